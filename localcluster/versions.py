@@ -1,0 +1,55 @@
+"""Pinned versions of everything localcluster builds; the cache is keyed by them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+KUBERNETES = "v1.36.3"
+ETCD = "v3.6.16"
+KWOK = "v0.8.0"
+HELM = "v4.3.1"
+
+
+def cache_root() -> Path:
+    """Where built binaries live; override with SWARM_CACHE_DIR."""
+    env = os.environ.get("SWARM_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "swarm-operator"
+
+
+def k8s_bin() -> Path:
+    return cache_root() / "k8s" / KUBERNETES / "bin"
+
+
+def etcd_bin() -> Path:
+    return cache_root() / "etcd" / ETCD / "bin"
+
+
+def kwok_bin() -> Path:
+    return cache_root() / "kwok" / KWOK / "bin"
+
+
+def helm_bin() -> Path:
+    return cache_root() / "helm" / HELM / "bin"
+
+
+def tool_path(name: str) -> Path:
+    """Path of one built tool by its binary name."""
+    where = {
+        "kube-apiserver": k8s_bin(),
+        "kube-controller-manager": k8s_bin(),
+        "kube-scheduler": k8s_bin(),
+        "kubectl": k8s_bin(),
+        "etcd": etcd_bin(),
+        "kwok": kwok_bin(),
+        "kwokctl": kwok_bin(),
+        "helm": helm_bin(),
+    }
+    return where[name] / name
+
+
+def path_dirs() -> list[str]:
+    """Directories to put on PATH so kwokctl and tests find kubectl, helm, etc."""
+    return [str(d) for d in (k8s_bin(), etcd_bin(), kwok_bin(), helm_bin())]

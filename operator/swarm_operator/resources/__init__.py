@@ -1,0 +1,1 @@
+"""Pure builders: spec → Kubernetes objects as plain dicts. No API calls here."""

@@ -1,0 +1,72 @@
+"""Merge a user's pod template overlay into a generated pod, keeping what the operator relies on. Pure.
+
+Rules (documented in docs/crd.md, "Pod template overlays"):
+- metadata labels/annotations: the user's are added; the operator's selector labels win.
+- the Ray container is the container named "ray" (or the first one) in the overlay: the user's
+  fields win (image, env appended, volumeMounts appended, securityContext, ports appended …) except
+  `name`, `command`, `args`, `resources` and the probes, which the operator sets.
+- other containers are sidecars, appended; volumes are appended by name (the operator's win).
+- every other pod spec field from the user wins, except `restartPolicy` (workers must not be
+  restarted in place: the operator replaces them).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+RAY_CONTAINER = "ray"
+OPERATOR_CONTAINER_FIELDS = frozenset({"name", "command", "args", "resources", "readinessProbe", "livenessProbe"})
+OPERATOR_POD_FIELDS = frozenset({"containers", "volumes", "restartPolicy"})
+APPENDED_CONTAINER_LISTS = ("env", "volumeMounts", "ports", "envFrom")
+
+
+def _merge_named(ours: list[dict[str, Any]], theirs: list[Any], key: str = "name") -> list[dict[str, Any]]:
+    """Ours first; theirs appended unless an item of the same key already exists (ours win)."""
+    taken = {item.get(key) for item in ours}
+    return ours + [copy.deepcopy(dict(t)) for t in theirs if isinstance(t, Mapping) and t.get(key) not in taken]
+
+
+def _user_ray_container(containers: list[Any]) -> tuple[Mapping[str, Any] | None, list[Mapping[str, Any]]]:
+    named = [c for c in containers if isinstance(c, Mapping)]
+    ray = next((c for c in named if c.get("name") == RAY_CONTAINER), None)
+    if ray is None and named and not any(c.get("name") == RAY_CONTAINER for c in named):
+        ray = named[0]
+    return ray, [c for c in named if c is not ray]
+
+
+def merge_container(ours: dict[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(ours)
+    for key, value in theirs.items():
+        if key in OPERATOR_CONTAINER_FIELDS:
+            continue
+        if key in APPENDED_CONTAINER_LISTS and isinstance(value, list):
+            merged[key] = _merge_named(merged.get(key, []), value,
+                                       "containerPort" if key == "ports" else "name")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_overlay(pod: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a new pod: the generated `pod` with the user's `overlay` merged in."""
+    out = copy.deepcopy(pod)
+    meta_overlay = overlay.get("metadata") or {}
+    for key in ("labels", "annotations"):
+        user = dict(meta_overlay.get(key) or {})
+        user.update(out["metadata"].get(key) or {})  # ours win
+        if user:
+            out["metadata"][key] = user
+    spec_overlay = overlay.get("spec") or {}
+    spec = out["spec"]
+    for key, value in spec_overlay.items():
+        if key not in OPERATOR_POD_FIELDS:
+            spec[key] = copy.deepcopy(value)
+    user_ray, sidecars = _user_ray_container(list(spec_overlay.get("containers") or []))
+    containers = spec["containers"]
+    if user_ray is not None:
+        containers[0] = merge_container(containers[0], user_ray)
+    spec["containers"] = _merge_named(containers, sidecars)
+    spec["volumes"] = _merge_named(spec.get("volumes", []), list(spec_overlay.get("volumes") or []))
+    return out

@@ -1,0 +1,186 @@
+"""Head and worker pods of a SwarmCluster. Pure: spec in, pod dict out.
+
+Every Ray container runs `ray start --block` with --num-cpus/--num-gpus/--memory taken from
+the declared resources, so what Ray schedules on equals what Kubernetes reserved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from swarm_operator.resources import labels
+from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay
+from swarm_operator.spec import ClusterSpec, GcsFaultTolerance, Resources, WorkerGroupSpec
+
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+CLIENT_PORT = 10001
+METRICS_PORT = 8080
+DASHBOARD_AGENT_PORT = 52365
+OBJECT_STORE_FRACTION = 0.3  # Ray's own default share of memory for the object store
+REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
+
+
+def ray_num_cpus(res: Resources) -> int:
+    """`ray start --num-cpus` takes whole CPUs; a fractional limit rounds up (500m → 1)."""
+    return max(1, math.ceil(res.cpu))
+
+
+def object_store_bytes(res: Resources, ray_start_params: dict[str, str]) -> int:
+    explicit = ray_start_params.get("object-store-memory")
+    if explicit is not None and explicit.isdigit():
+        return int(explicit)
+    return int(res.memory * OBJECT_STORE_FRACTION)
+
+
+def container_resources(res: Resources) -> dict[str, Any]:
+    """Requests equal limits (Guaranteed QoS): Ray's view of the node must not exceed the pod's."""
+    limits: dict[str, Any] = {"cpu": res.cpu_text, "memory": res.memory_text}
+    if res.gpu:
+        limits[res.gpu_resource_name] = str(res.gpu)
+    return {"requests": dict(limits), "limits": dict(limits)}
+
+
+def ray_start_args(res: Resources, params: dict[str, str], extra: list[str],
+                   custom_resources: dict[str, float] | None = None) -> list[str]:
+    args = ["start", "--block", *extra,
+            f"--num-cpus={ray_num_cpus(res)}", f"--num-gpus={res.gpu}", f"--memory={res.memory}",
+            f"--metrics-export-port={METRICS_PORT}"]
+    if custom_resources:
+        args.append("--resources=" + json.dumps(dict(custom_resources), sort_keys=True, separators=(",", ":")))
+    for key in sorted(params):
+        args.append(f"--{key}" if params[key] == "" else f"--{key}={params[key]}")
+    return args
+
+
+def _env(name: str, value: str) -> dict[str, str]:
+    return {"name": name, "value": value}
+
+
+def _gcs_env(gcs: GcsFaultTolerance | None, cluster: ClusterSpec) -> list[dict[str, Any]]:
+    if gcs is None:
+        return []
+    env: list[dict[str, Any]] = [
+        _env("RAY_REDIS_ADDRESS", gcs.redis_address),
+        # One Redis may serve several clusters: keep each one's GCS tables apart.
+        _env("RAY_external_storage_namespace", cluster.uid or f"{cluster.namespace}/{cluster.name}"),
+    ]
+    if gcs.password_secret_name and gcs.password_secret_key:
+        env.append({"name": REDIS_PASSWORD_ENV, "valueFrom": {"secretKeyRef": {
+            "name": gcs.password_secret_name, "key": gcs.password_secret_key}}})
+    return env
+
+
+def _probe(path: str, port: int, *, liveness: bool) -> dict[str, Any]:
+    probe: dict[str, Any] = {"httpGet": {"path": path, "port": port}, "timeoutSeconds": 2}
+    if liveness:
+        probe.update(initialDelaySeconds=30, periodSeconds=10, failureThreshold=12)
+    else:
+        probe.update(initialDelaySeconds=2, periodSeconds=3, failureThreshold=3)
+    return probe
+
+
+def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resources, args: list[str],
+         env: list[dict[str, Any]], ports: list[dict[str, Any]], probe_path: str, probe_port: int,
+         template: Any, template_hash: str) -> dict[str, Any]:
+    params_shm = object_store_bytes(res, {})
+    for a in args:
+        if a.startswith("--object-store-memory="):
+            params_shm = int(a.split("=", 1)[1])
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": cluster.namespace,
+            "labels": {**pod_labels, labels.TEMPLATE_HASH: template_hash},
+            "ownerReferences": [labels.owner_reference(cluster.name, cluster.uid)],
+        },
+        "spec": {
+            # The operator, not the kubelet, replaces Ray nodes: a restarted raylet could not rejoin cleanly.
+            "restartPolicy": "Never",
+            "enableServiceLinks": False,
+            "containers": [{
+                "name": RAY_CONTAINER,
+                "image": cluster.image,
+                "command": ["ray"],
+                "args": args,
+                "env": env,
+                "ports": ports,
+                "resources": container_resources(res),
+                "readinessProbe": _probe(probe_path, probe_port, liveness=False),
+                "livenessProbe": _probe(probe_path, probe_port, liveness=True),
+                "volumeMounts": [{"name": "shared-mem", "mountPath": "/dev/shm"}],
+            }],
+            # The object store lives in /dev/shm; the container runtime's 64 MiB default is far too small.
+            "volumes": [{"name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": str(params_shm)}}],
+        },
+    }
+    return apply_overlay(pod, template)
+
+
+def head_hash(cluster: ClusterSpec) -> str:
+    h = cluster.head
+    return labels.template_hash(cluster.image, h.resources, dict(h.ray_start_params), dict(h.template),
+                                cluster.fault_tolerance.gcs)
+
+
+def worker_hash(cluster: ClusterSpec, group: WorkerGroupSpec) -> str:
+    return labels.template_hash(cluster.image, group.resources, dict(group.ray_resources),
+                                dict(group.ray_start_params), dict(group.template), cluster.fault_tolerance.gcs)
+
+
+def head_address(cluster: ClusterSpec) -> str:
+    """The GCS address workers join: the head service's cluster DNS name."""
+    svc = labels.head_service_name(cluster.name)
+    return f"{svc}.{cluster.namespace}.svc.cluster.local:{GCS_PORT}"
+
+
+def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
+    head = cluster.head
+    name = labels.head_pod_name(cluster.name)
+    extra = [
+        "--head", f"--port={GCS_PORT}", "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}",
+        f"--ray-client-server-port={CLIENT_PORT}",
+    ]
+    gcs = cluster.fault_tolerance.gcs
+    if gcs and gcs.password_secret_name:
+        extra.append(f"--redis-password=$({REDIS_PASSWORD_ENV})")
+    env = [
+        _env("RAY_CLOUD_INSTANCE_ID", name),
+        _env("RAY_NODE_TYPE_NAME", labels.HEAD),
+        # The operator reads demand from GCS autoscaler state; v2 mode puts request_resources there too.
+        _env("RAY_enable_autoscaler_v2", "1"),
+        _env("RAY_USAGE_STATS_ENABLED", "0"),
+        *_gcs_env(gcs, cluster),
+    ]
+    ports = [
+        {"name": "gcs", "containerPort": GCS_PORT},
+        {"name": "dashboard", "containerPort": DASHBOARD_PORT},
+        {"name": "client", "containerPort": CLIENT_PORT},
+        {"name": "metrics", "containerPort": METRICS_PORT},
+    ]
+    pod_labels = {**labels.common_labels(cluster.name), **labels.head_selector(cluster.name)}
+    return _pod(cluster, name, pod_labels, head.resources,
+                ray_start_args(head.resources, dict(head.ray_start_params), extra), env, ports,
+                "/api/gcs_healthz", DASHBOARD_PORT, head.template, head_hash(cluster))
+
+
+def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str) -> dict[str, Any]:
+    name = labels.worker_pod_name(cluster.name, group.name, suffix)
+    env = [
+        _env("RAY_CLOUD_INSTANCE_ID", name),
+        _env("RAY_NODE_TYPE_NAME", group.name),
+        _env("RAY_USAGE_STATS_ENABLED", "0"),
+    ]
+    if cluster.fault_tolerance.gcs is not None:
+        # With GCS fault tolerance workers wait for a replaced head instead of exiting.
+        env.append(_env("RAY_gcs_rpc_server_reconnect_timeout_s", "600"))
+    pod_labels = {**labels.common_labels(cluster.name), **labels.worker_selector(cluster.name, group.name)}
+    args = ray_start_args(group.resources, dict(group.ray_start_params), [f"--address={head_address(cluster)}"],
+                          dict(group.ray_resources))
+    return _pod(cluster, name, pod_labels, group.resources, args, env,
+                [{"name": "metrics", "containerPort": METRICS_PORT}],
+                "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.template, worker_hash(cluster, group))

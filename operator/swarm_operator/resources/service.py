@@ -1,0 +1,41 @@
+"""The head service. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from swarm_operator.resources import labels
+from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT
+from swarm_operator.spec import ClusterSpec
+
+
+def build_head_service(cluster: ClusterSpec) -> dict[str, Any]:
+    """Headless by default: workers resolve the head pod's IP directly, no kube-proxy in the path."""
+    headless = cluster.head.service_type == "Headless"
+    spec: dict[str, Any] = {
+        "selector": labels.head_selector(cluster.name),
+        "ports": [
+            {"name": "gcs", "port": GCS_PORT, "targetPort": GCS_PORT},
+            {"name": "dashboard", "port": DASHBOARD_PORT, "targetPort": DASHBOARD_PORT},
+            {"name": "client", "port": CLIENT_PORT, "targetPort": CLIENT_PORT},
+            {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT},
+        ],
+        # Workers must find the head while it starts, before it is Ready.
+        "publishNotReadyAddresses": True,
+    }
+    if headless:
+        spec["clusterIP"] = "None"
+        spec["type"] = "ClusterIP"
+    else:
+        spec["type"] = cluster.head.service_type
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": labels.head_service_name(cluster.name),
+            "namespace": cluster.namespace,
+            "labels": {**labels.common_labels(cluster.name), labels.NODE_TYPE: labels.HEAD},
+            "ownerReferences": [labels.owner_reference(cluster.name, cluster.uid)],
+        },
+        "spec": spec,
+    }
