@@ -1,0 +1,39 @@
+"""`swarm-operator run …`: parse flags, start metrics, hand over to kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import kopf
+from prometheus_client import start_http_server
+
+from swarm_operator import handlers
+from swarm_operator.config import OperatorConfig, from_args
+
+
+async def _operate(cfg: OperatorConfig) -> None:
+    await kopf.operator(
+        # Leader election is ours (a Lease); kopf's own peering needs extra CRDs and is not exclusive.
+        standalone=True,
+        clusterwide=cfg.all_namespaces,
+        namespaces=list(cfg.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = from_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.configure(verbose=cfg.log_level == "DEBUG")
+    logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(cfg.log_level)))
+    handlers.Runtime.config = cfg
+    start_http_server(cfg.metrics_port)
+    asyncio.run(_operate(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""The control loop: a keyed work queue fed by watch events; each turn reads the cache,
+decides with the pure planner, acts through kube.py, and writes status only on change.
+
+Why not kopf daemons: kopf puts a finalizer on every object a daemon serves, and a
+namespace deletion would then hang whenever the operator is down. Children are owned
+by the SwarmCluster, so nothing needs a finalizer; watch handlers add none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from swarm_operator import metrics
+from swarm_operator.config import OperatorConfig
+from swarm_operator.kube import Kube
+from swarm_operator.reconcile.observe import PodState, observe_pod, owned_by
+from swarm_operator.reconcile.plan import (
+    Action,
+    CreateHead,
+    CreateService,
+    CreateWorkers,
+    DeletePod,
+    Observed,
+    desired_replicas,
+    plan_cluster,
+)
+from swarm_operator.resources import labels
+from swarm_operator.resources.pods import build_head_pod, build_worker_pod
+from swarm_operator.resources.service import build_head_service
+from swarm_operator.spec import ClusterSpec, SpecError, parse_cluster
+from swarm_operator.status import cluster_status, differs, health_from_status, invalid_status
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]  # (namespace, cluster name)
+SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' own: no vowels, no look-alikes
+ERROR_BACKOFF_CAP = 60.0
+
+
+def random_suffix(n: int = 5) -> str:
+    return "".join(random.choice(SUFFIX_ALPHABET) for _ in range(n))
+
+
+def _newer(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
+    """Whether `candidate` is at least as new as `current` (resourceVersions are etcd revisions)."""
+    if current is None:
+        return True
+    a = (candidate.get("metadata") or {}).get("resourceVersion", "")
+    b = (current.get("metadata") or {}).get("resourceVersion", "")
+    if a.isdigit() and b.isdigit():
+        return int(a) >= int(b)
+    return True
+
+
+def _key_of(obj: Mapping[str, Any]) -> Key | None:
+    meta = obj.get("metadata") or {}
+    cluster = (meta.get("labels") or {}).get(labels.CLUSTER)
+    if not cluster or not meta.get("namespace"):
+        return None
+    return (meta["namespace"], cluster)
+
+
+class Controller:
+    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+        self.kube = kube
+        self.config = config
+        self.clusters: dict[Key, dict[str, Any]] = {}
+        self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.services: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._errors: dict[Key, int] = defaultdict(int)
+        self._warned: dict[Key, tuple[int, str]] = {}
+        self._pod_gauges: dict[Key, set[tuple[str, str]]] = defaultdict(set)
+        self.active = asyncio.Event()  # set while this replica may act (always, without leader election)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- watch inputs ---------------------------------------------------------------------------
+
+    def on_cluster(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            self.clusters.pop(key, None)
+            timer = self._timers.pop(key, None)
+            if timer:
+                timer.cancel()
+            for group, state in self._pod_gauges.pop(key, set()):
+                metrics.PODS.remove(key[0], key[1], group, state)
+            self._warned.pop(key, None)
+            return
+        self.clusters[key] = dict(body)
+        self.enqueue(key)
+
+    def _index(self, store: dict[Key, dict[str, dict[str, Any]]], event_type: str | None,
+               obj: Mapping[str, Any]) -> Key | None:
+        key = _key_of(obj)
+        if key is None:
+            return None
+        name = obj["metadata"]["name"]
+        current = store[key].get(name)
+        if not _newer(obj, current):
+            return None  # a late event older than what a write already told us
+        if event_type == "DELETED":
+            store[key].pop(name, None)
+        else:
+            store[key][name] = dict(obj)
+        return key
+
+    def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        key = self._index(self.pods, event_type, body)
+        if key is not None and key in self.clusters:
+            self.enqueue(key)
+
+    def on_service(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        key = self._index(self.services, event_type, body)
+        if key is not None and key in self.clusters:
+            self.enqueue(key)
+
+    def _scopes(self) -> list[str | None]:
+        """Namespaces to list in; None means all of them."""
+        return list(self.config.namespaces) or [None]
+
+    def seed(self) -> None:
+        """Fill the pod and service index from the API before acting (blocking; runs at startup)."""
+        selector = labels.CLUSTER
+        for ns in self._scopes():
+            pods, _ = self.kube.list_pods(ns, selector)
+            for pod in pods:
+                self._index(self.pods, None, pod)
+            for svc in self.kube.list_services(ns, selector):
+                self._index(self.services, None, svc)
+
+    async def relist(self) -> None:
+        """Replace the index with a fresh list: catches deletions a broken watch never reported."""
+        selector = labels.CLUSTER
+        fresh_pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        fresh_svcs: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for ns in self._scopes():
+            pods, _ = await asyncio.to_thread(self.kube.list_pods, ns, selector)
+            for pod in pods:
+                key = _key_of(pod)
+                if key:
+                    fresh_pods[key][pod["metadata"]["name"]] = pod
+            for svc in await asyncio.to_thread(self.kube.list_services, ns, selector):
+                key = _key_of(svc)
+                if key:
+                    fresh_svcs[key][svc["metadata"]["name"]] = svc
+        for store, fresh in ((self.pods, fresh_pods), (self.services, fresh_svcs)):
+            for key in set(store) | set(fresh):
+                # Keep entries newer than the list (written or watched while it ran).
+                merged = dict(fresh.get(key, {}))
+                for name, obj in store.get(key, {}).items():
+                    if name in merged and _newer(obj, merged[name]):
+                        merged[name] = obj
+                if merged != store.get(key, {}):
+                    store[key] = merged
+                    if key in self.clusters:
+                        self.enqueue(key)
+
+    # -- the queue -------------------------------------------------------------------------------
+
+    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+        if delay > 0:
+            old = self._timers.get(key)
+            when = asyncio.get_running_loop().time() + delay
+            if old is not None and old.when() <= when:
+                return
+            if old is not None:
+                old.cancel()
+            self._timers[key] = asyncio.get_running_loop().call_at(when, self._fire, key)
+            return
+        if key in self._active:
+            self._dirty.add(key)  # run again when the current turn ends; never two turns at once
+        elif key not in self._queued:
+            self._queued.add(key)
+            self.queue.put_nowait(key)
+            metrics.QUEUE_DEPTH.set(self.queue.qsize())
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        if key in self.clusters:
+            self.enqueue(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            await self.active.wait()
+            self._queued.discard(key)
+            self._active.add(key)
+            metrics.QUEUE_DEPTH.set(self.queue.qsize())
+            requeue: float | None = None
+            started = time.monotonic()
+            try:
+                requeue = await self.reconcile(key)
+                self._errors.pop(key, None)
+                metrics.RECONCILES.labels("ok").inc()
+            except Exception as exc:
+                self._errors[key] += 1
+                requeue = min(ERROR_BACKOFF_CAP, 0.5 * 2 ** self._errors[key])
+                metrics.RECONCILES.labels("error").inc()
+                metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+                log.warning("reconcile of %s/%s failed (retry in %.1fs): %s", *key, requeue, exc)
+            finally:
+                metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+                self._active.discard(key)
+                self.queue.task_done()
+            if key in self.clusters:
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.enqueue(key)
+                self.enqueue(key, min(requeue, self.config.resync_seconds) if requeue
+                             else self.config.resync_seconds * random.uniform(0.9, 1.1))
+
+    async def _relist_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.relist_seconds)
+            try:
+                await self.relist()
+            except Exception as exc:
+                log.warning("periodic re-list failed: %s", exc)
+
+    async def _phase_gauge_loop(self) -> None:
+        while True:
+            counts: dict[str, int] = defaultdict(int)
+            for body in list(self.clusters.values()):
+                counts[(body.get("status") or {}).get("phase") or "Pending"] += 1
+            for phase in ("Pending", "Running", "Degraded", "Suspended", "Invalid"):
+                metrics.CLUSTERS.labels(phase).set(counts.get(phase, 0))
+            await asyncio.sleep(5)
+
+    def start(self) -> None:
+        for _ in range(self.config.workers):
+            self._tasks.append(asyncio.create_task(self._worker()))
+        self._tasks.append(asyncio.create_task(self._relist_loop()))
+        self._tasks.append(asyncio.create_task(self._phase_gauge_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # -- one turn --------------------------------------------------------------------------------
+
+    def _pods_of(self, key: Key, uid: str) -> list[dict[str, Any]]:
+        return [p for p in list(self.pods.get(key, {}).values()) if owned_by(p, uid)]
+
+    async def reconcile(self, key: Key) -> float | None:
+        body = self.clusters.get(key)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None  # deleted: the garbage collector removes the children
+        meta = body["metadata"]
+        old_status: dict[str, Any] = dict(body.get("status") or {})
+        now = time.time()
+        try:
+            cluster = parse_cluster(body)
+        except SpecError as exc:
+            await self._report_invalid(key, meta, old_status, str(exc), now)
+            return None
+        self._warned.pop(key, None)
+        uid = meta.get("uid", "")
+        states = [observe_pod(p) for p in self._pods_of(key, uid)]
+        health, targets, head_restarts = health_from_status(old_status)
+        svc_name = labels.head_service_name(cluster.name)
+        svc = self.services.get(key, {}).get(svc_name)
+        obs = Observed(pods=tuple(states), service_exists=svc is not None and owned_by(svc, uid),
+                       health=health, head_restarts=head_restarts)
+        plan = plan_cluster(cluster, obs, targets, now)
+        if plan.actions:
+            await self._act(key, cluster, plan.actions)
+        for action in plan.actions:
+            if isinstance(action, DeletePod) and action.failed_group:
+                metrics.WORKER_REPLACEMENTS.labels(key[0], key[1], action.failed_group).inc()
+        if plan.head_restarts > head_restarts:
+            metrics.HEAD_REPLACEMENTS.labels(*key).inc(plan.head_restarts - head_restarts)
+        raw_pods = self._pods_of(key, uid)
+        states = [observe_pod(p) for p in raw_pods]
+        head_ip = next((((p.get("status") or {}).get("podIP")) for p in raw_pods
+                        if (p.get("metadata") or {}).get("name") == labels.head_pod_name(cluster.name)), None)
+        desired = desired_replicas(cluster, targets)
+        status = cluster_status(cluster, states, desired, plan.health, plan.head_restarts, old_status, now, head_ip)
+        self._update_pod_gauges(key, states)
+        if differs(old_status, status):
+            await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status)
+            body["status"] = {**old_status, **status}  # our own write; the watch confirms it later
+        return plan.requeue_after
+
+    async def _report_invalid(self, key: Key, meta: Mapping[str, Any], old: dict[str, Any], message: str,
+                              now: float) -> None:
+        generation = int(meta.get("generation") or 0)
+        status = invalid_status(message, old, generation, now)
+        if differs(old, status):
+            await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status)
+        if self._warned.get(key) != (generation, message):
+            self._warned[key] = (generation, message)
+            log.warning("SwarmCluster %s/%s is invalid: %s", *key, message.replace("\n", "; "))
+            await asyncio.to_thread(self.kube.post_event, key[0], key[1], meta.get("uid", ""), "Warning",
+                                    "InvalidSpec", message.replace("\n", "; "))
+
+    def _update_pod_gauges(self, key: Key, states: list[PodState]) -> None:
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for p in states:
+            group = p.group or labels.HEAD
+            state = "deleting" if p.deleting else "failed" if p.failure else "ready" if p.ready else p.phase.lower()
+            counts[(group, state)] += 1
+        for gs in self._pod_gauges[key] - set(counts):
+            metrics.PODS.labels(key[0], key[1], *gs).set(0)
+        for gs, n in counts.items():
+            metrics.PODS.labels(key[0], key[1], *gs).set(n)
+        self._pod_gauges[key] |= set(counts)
+
+    async def _act(self, key: Key, cluster: ClusterSpec, actions: tuple[Action, ...]) -> None:
+        """Run the plan's actions concurrently; the index learns each result at once (write-through)."""
+        ns = cluster.namespace
+        calls: list[asyncio.Future[Any]] = []
+        created: list[str] = []
+        deleted: list[DeletePod] = []
+
+        def remember(obj: dict[str, Any] | None) -> None:
+            if obj is not None:
+                self._index(self.pods, None, obj)
+
+        for action in actions:
+            if isinstance(action, CreateService):
+                svc = build_head_service(cluster)
+                calls.append(asyncio.ensure_future(asyncio.to_thread(self.kube.create_service, ns, svc)))
+                self.services[key][svc["metadata"]["name"]] = svc
+                created.append(f"service {svc['metadata']['name']}")
+            elif isinstance(action, CreateHead):
+                pod = build_head_pod(cluster)
+                calls.append(asyncio.ensure_future(asyncio.to_thread(self.kube.create_pod, ns, pod)))
+                created.append(f"head {pod['metadata']['name']}")
+            elif isinstance(action, CreateWorkers):
+                group = cluster.group(action.group)
+                assert group is not None
+                for _ in range(action.count):
+                    pod = build_worker_pod(cluster, group, random_suffix())
+                    calls.append(asyncio.ensure_future(asyncio.to_thread(self.kube.create_pod, ns, pod)))
+                created.append(f"{action.count} {action.group} worker(s) ({action.reason})")
+            else:
+                calls.append(asyncio.ensure_future(asyncio.to_thread(self.kube.delete_pod, ns, action.name)))
+                deleted.append(action)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for r in results:
+            if isinstance(r, dict) and r.get("kind") == "Pod":
+                remember(r)
+        await self._post_action_events(key, cluster, created, deleted)
+        if errors:
+            raise errors[0]
+
+    async def _post_action_events(self, key: Key, cluster: ClusterSpec, created: list[str],
+                                  deleted: list[DeletePod]) -> None:
+        posts = []
+        if created:
+            posts.append(("Normal", "Created", "created " + ", ".join(created)))
+        failures = [d for d in deleted if d.failed_group or d.reason.startswith("head ")]
+        if failures:
+            posts.append(("Warning", "Replacing", "; ".join(d.reason for d in failures)))
+        others = [d for d in deleted if d not in failures]
+        if others:
+            posts.append(("Normal", "Deleted", "; ".join(f"{d.name}: {d.reason}" for d in others)))
+        for event_type, reason, message in posts:
+            await asyncio.to_thread(self.kube.post_event, key[0], key[1], cluster.uid, event_type, reason, message)

@@ -1,0 +1,94 @@
+"""kopf wiring only: settings, watch events → the controller's queue, startup and cleanup.
+
+Only watching handlers (`on.event`) are used: they put no finalizer and no annotation on
+anything, so deleting a namespace never waits for this operator. They are async so they
+run on the event loop, next to the controller's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+
+from swarm_operator import GROUP, PLURAL, VERSION
+from swarm_operator.config import OperatorConfig
+from swarm_operator.controller import Controller
+from swarm_operator.kube import Kube
+from swarm_operator.leader import LeaderElector
+from swarm_operator.resources import labels
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """What startup builds and the handlers use; set once per process."""
+
+    config: OperatorConfig = OperatorConfig()
+    controller: Controller | None = None
+    elector: LeaderElector | None = None
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    cfg = Runtime.config
+    # Our own prefix for anything kopf might store, so it never collides with other kopf operators.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled")
+    # A watch that goes silent (lost connection, stuck proxy) is re-established within minutes, never frozen.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 15
+    settings.watching.reconnect_backoff = 1.0
+    # Every API call fails fast enough that one slow request cannot stall the event loop's queue.
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 15
+    # Events are posted by the controller with reasons; kopf's per-log-line events would flood the API.
+    settings.posting.enabled = False
+    # Watch events for one object are handled in order; batching coalesces bursts of pod updates.
+    settings.batching.batch_window = 0.1
+    settings.batching.worker_limit = 1000
+    # API calls run in threads (the client is synchronous); enough for every worker to have some in flight.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=max(32, cfg.workers * 4)))
+    kube = Kube.connect(pool_size=max(32, cfg.workers * 4))
+    controller = Controller(kube, cfg)
+    await asyncio.to_thread(controller.seed)
+    Runtime.controller = controller
+    controller.start()
+    if cfg.leader_elect:
+        Runtime.elector = LeaderElector(kube, cfg.lease_namespace, cfg.lease_name, controller.active)
+        Runtime.elector.start()
+    else:
+        controller.active.set()
+    log.info("swarm-operator started: namespaces=%s, leader election=%s",
+             ",".join(cfg.namespaces) or "all", cfg.leader_elect)
+
+
+@kopf.on.cleanup()
+async def shutdown(**_: Any) -> None:
+    if Runtime.elector is not None:
+        await Runtime.elector.stop()
+    if Runtime.controller is not None:
+        await Runtime.controller.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def swarmcluster_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    if Runtime.controller is not None:
+        Runtime.controller.on_cluster(type, dict(body))
+
+
+@kopf.on.event("v1", "pods", labels={labels.CLUSTER: kopf.PRESENT})
+async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    if Runtime.controller is not None:
+        Runtime.controller.on_pod(type, dict(body))
+
+
+@kopf.on.event("v1", "services", labels={labels.CLUSTER: kopf.PRESENT})
+async def service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    if Runtime.controller is not None:
+        Runtime.controller.on_service(type, dict(body))

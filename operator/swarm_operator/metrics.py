@@ -1,0 +1,18 @@
+"""Prometheus metrics of the operator (served on --metrics-port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("swarm_reconcile_total", "Reconciles run", ["result"])
+RECONCILE_SECONDS = Histogram("swarm_reconcile_duration_seconds", "Time of one reconcile",
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+RECONCILE_ERRORS = Counter("swarm_reconcile_errors_total", "Reconciles that raised", ["kind"])
+CLUSTERS = Gauge("swarm_clusters", "SwarmClusters by phase", ["phase"])
+PODS = Gauge("swarm_pods", "Pods by cluster, group and state", ["namespace", "cluster", "group", "state"])
+WORKER_REPLACEMENTS = Counter("swarm_worker_replacements_total", "Failed workers replaced",
+                              ["namespace", "cluster", "group"])
+HEAD_REPLACEMENTS = Counter("swarm_head_replacements_total", "Failed heads replaced", ["namespace", "cluster"])
+API_REQUESTS = Counter("swarm_api_requests_total", "Kubernetes API requests issued by the operator",
+                       ["verb", "resource"])
+QUEUE_DEPTH = Gauge("swarm_workqueue_depth", "Clusters waiting to be reconciled")

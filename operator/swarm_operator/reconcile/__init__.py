@@ -1,0 +1,1 @@
+"""Pure decisions: desired state vs observed pods → actions, each with its reason."""

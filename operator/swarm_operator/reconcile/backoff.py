@@ -1,0 +1,49 @@
+"""Per-group replacement backoff: ~1 s doubling to a cap, reset after a healthy period. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class GroupHealth:
+    """What the operator remembers about a group's failures (kept in status, so it survives restarts)."""
+
+    restarts: int = 0
+    consecutive_failures: int = 0
+    last_failure: float = 0.0  # epoch seconds
+    backoff_until: float = 0.0
+
+
+def backoff_delay(consecutive_failures: int, initial: float, cap: float) -> float:
+    """Delay before replacing after the n-th consecutive failure: initial, 2×, 4× … up to cap."""
+    if consecutive_failures <= 0:
+        return 0.0
+    return float(min(cap, initial * 2 ** min(consecutive_failures - 1, 40)))
+
+
+def healthy_reset_seconds(cap: float) -> float:
+    """A group that has not failed for this long starts again from the initial delay."""
+    return max(60.0, 2 * cap)
+
+
+def record_failures(health: GroupHealth, failures: int, now: float, initial: float, cap: float) -> GroupHealth:
+    if failures <= 0:
+        return health
+    consecutive = health.consecutive_failures
+    if consecutive and now - health.last_failure > healthy_reset_seconds(cap):
+        consecutive = 0
+    consecutive += failures
+    return GroupHealth(
+        restarts=health.restarts + failures,
+        consecutive_failures=consecutive,
+        last_failure=now,
+        backoff_until=now + backoff_delay(consecutive, initial, cap),
+    )
+
+
+def settle(health: GroupHealth, now: float, cap: float) -> GroupHealth:
+    """Forget old failures once the group has been healthy long enough."""
+    if health.consecutive_failures and now - health.last_failure > healthy_reset_seconds(cap):
+        return replace(health, consecutive_failures=0, backoff_until=0.0)
+    return health

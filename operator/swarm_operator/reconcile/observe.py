@@ -1,0 +1,92 @@
+"""Pod dicts from the API → the few facts the decisions need. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from swarm_operator.resources import labels
+from swarm_operator.resources.overlay import RAY_CONTAINER
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    node_type: str  # labels.HEAD or labels.WORKER
+    group: str | None
+    phase: str
+    ready: bool
+    deleting: bool
+    template_hash: str
+    created: float  # epoch seconds; 0 when unknown
+    scheduled: bool
+    failure: str | None  # why the pod is dead, None while it is alive
+
+    @property
+    def alive(self) -> bool:
+        return not self.deleting and self.failure is None
+
+
+def parse_time(text: str | None) -> float:
+    if not text:
+        return 0.0
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _ray_container_end(status: Mapping[str, Any]) -> str | None:
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != RAY_CONTAINER:
+            continue
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            code = term.get("exitCode")
+            reason = term.get("reason") or "Terminated"
+            return f"Ray container ended ({reason}, exit code {code})"
+    return None
+
+
+def failure_reason(pod: Mapping[str, Any]) -> str | None:
+    """Why a pod counts as dead: failed, evicted, completed, or its Ray container ended."""
+    status = pod.get("status") or {}
+    phase = status.get("phase")
+    if phase == "Failed":
+        reason = status.get("reason") or "Failed"
+        message = status.get("message")
+        detail = _ray_container_end(status)
+        text = f"pod {reason}"
+        if message:
+            text += f": {message}"
+        elif detail:
+            text += f": {detail}"
+        return text
+    if phase == "Succeeded":
+        # `ray start --block` exits 0 after its node was drained: the pod is done, not healthy.
+        return "pod Succeeded (Ray node exited)"
+    return _ray_container_end(status)
+
+
+def observe_pod(pod: Mapping[str, Any]) -> PodState:
+    meta = pod.get("metadata") or {}
+    pod_labels = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return PodState(
+        name=meta.get("name", ""),
+        node_type=pod_labels.get(labels.NODE_TYPE, ""),
+        group=pod_labels.get(labels.WORKER_GROUP),
+        phase=status.get("phase") or "Pending",
+        ready=ready and status.get("phase") == "Running",
+        deleting=bool(meta.get("deletionTimestamp")),
+        template_hash=pod_labels.get(labels.TEMPLATE_HASH, ""),
+        created=parse_time(meta.get("creationTimestamp")),
+        scheduled=bool((pod.get("spec") or {}).get("nodeName")),
+        failure=failure_reason(pod),
+    )
+
+
+def owned_by(pod: Mapping[str, Any], uid: str) -> bool:
+    """Pods of an earlier cluster with the same name carry the same labels; only the owner uid tells them apart."""
+    refs = (pod.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)

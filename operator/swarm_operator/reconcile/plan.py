@@ -1,0 +1,185 @@
+"""Desired vs observed → the actions that close the gap, each with its reason. Pure.
+
+Level-based: the plan is computed from what exists now (pods counted by label and owner),
+never from what the operator remembers having done, so a restart at any moment converges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from swarm_operator.reconcile.backoff import GroupHealth, record_failures, settle
+from swarm_operator.reconcile.observe import PodState
+from swarm_operator.resources import labels
+from swarm_operator.resources.pods import head_hash, worker_hash
+from swarm_operator.spec import ClusterSpec, WorkerGroupSpec
+
+
+@dataclass(frozen=True)
+class CreateService:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CreateHead:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CreateWorkers:
+    group: str
+    count: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    reason: str
+    failed_group: str | None = None  # set when the deletion replaces a failed worker
+
+
+Action = CreateService | CreateHead | CreateWorkers | DeletePod
+
+
+@dataclass(frozen=True)
+class Observed:
+    pods: tuple[PodState, ...]
+    service_exists: bool
+    health: Mapping[str, GroupHealth]  # per worker group
+    head_restarts: int = 0
+    # Pods Ray reports idle (None when Ray's state is unknown); IdleFirst rollouts use it.
+    idle_pods: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    health: Mapping[str, GroupHealth]
+    head_restarts: int
+    requeue_after: float | None = None  # seconds; when a backoff expires or a name frees up
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def desired_replicas(cluster: ClusterSpec, status_targets: Mapping[str, int]) -> dict[str, int]:
+    """With autoscaling on, the autoscaler's target in status wins over spec.replicas (GitOps-safe)."""
+    out: dict[str, int] = {}
+    for g in cluster.worker_groups:
+        target = g.initial_replicas()
+        if cluster.autoscaling.enabled and g.name in status_targets:
+            target = status_targets[g.name]
+        out[g.name] = max(g.min_replicas, min(g.max_replicas, target))
+    return out
+
+
+def _scale_down_order(pods: list[PodState]) -> list[PodState]:
+    """Not-ready pods first (no Ray work on them), then the newest."""
+    return sorted(pods, key=lambda p: (p.ready, -p.created, p.name))
+
+
+def _rollout_order(pods: list[PodState], idle: frozenset[str] | None, idle_first: bool) -> list[PodState]:
+    def key(p: PodState) -> tuple[bool, bool, float, str]:
+        busy = idle_first and idle is not None and p.name not in idle
+        return (busy, p.ready, p.created, p.name)
+
+    return sorted(pods, key=key)
+
+
+def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodState], desired: int,
+                health: GroupHealth, now: float, obs: Observed) -> tuple[list[Action], GroupHealth, float | None]:
+    actions: list[Action] = []
+    requeue: float | None = None
+    dead = [p for p in pods if not p.deleting and p.failure is not None]
+    for p in dead:
+        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: {p.failure}", group.name))
+    health = record_failures(health, len(dead), now, cluster.fault_tolerance.backoff_initial_seconds,
+                             cluster.fault_tolerance.backoff_max_seconds)
+    health = settle(health, now, cluster.fault_tolerance.backoff_max_seconds)
+    live = [p for p in pods if p.alive]
+    missing = desired - len(live)
+    if missing > 0:
+        if now < health.backoff_until:
+            requeue = health.backoff_until - now
+        else:
+            why = f"group {group.name} has {len(live)} of {desired} workers"
+            if dead:
+                why += f" (replacing {len(dead)} failed)"
+            actions.append(CreateWorkers(group.name, missing, why))
+    elif missing < 0:
+        removable = _scale_down_order(live)
+        if cluster.autoscaling.enabled:
+            # Ray nodes are removed only by the autoscaler's drain; here only pods with no Ray work yet.
+            removable = [p for p in removable if not p.ready]
+        for p in removable[: -missing]:
+            actions.append(DeletePod(p.name, f"group {group.name} scaled to {desired} "
+                                             f"({'not ready' if not p.ready else 'newest'} first)"))
+    if missing == 0 and cluster.update_strategy.type != "OnDelete":
+        want = worker_hash(cluster, group)
+        outdated = [p for p in live if p.template_hash != want]
+        unavailable = desired - sum(1 for p in live if p.ready)
+        budget = cluster.update_strategy.max_unavailable - max(0, unavailable)
+        order = _rollout_order(outdated, obs.idle_pods, cluster.update_strategy.type == "IdleFirst")
+        for p in order[: max(0, budget)]:
+            actions.append(DeletePod(p.name, f"worker {p.name} has an outdated template "
+                                             f"({p.template_hash} ≠ {want}); rolling update"))
+    return actions, health, requeue
+
+
+def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int], now: float) -> Plan:
+    """Everything to do for one cluster now. `targets` is the per-group target from status."""
+    actions: list[Action] = []
+    pods = list(obs.pods)
+    head_restarts = obs.head_restarts
+    if cluster.suspend:
+        for p in pods:
+            if not p.deleting:
+                actions.append(DeletePod(p.name, "cluster is suspended"))
+        return Plan(tuple(actions), dict(obs.health), head_restarts)
+
+    requeues: list[float] = []
+    heads = [p for p in pods if p.node_type == labels.HEAD]
+    workers = [p for p in pods if p.node_type == labels.WORKER]
+    if not obs.service_exists:
+        actions.append(CreateService("head service missing"))
+
+    head_dead = [p for p in heads if not p.deleting and p.failure is not None]
+    recycle_workers = False
+    for p in head_dead:
+        actions.append(DeletePod(p.name, f"head {p.name}: {p.failure}; replacing it"))
+        head_restarts += 1
+        if cluster.fault_tolerance.gcs is None:
+            recycle_workers = True
+    live_heads = [p for p in heads if p.alive]
+    if live_heads and cluster.update_strategy.type != "OnDelete" and live_heads[0].template_hash != head_hash(cluster):
+        actions.append(DeletePod(live_heads[0].name, "head template changed; replacing the head"))
+        live_heads = []
+        recycle_workers = recycle_workers or cluster.fault_tolerance.gcs is None
+    if not live_heads:
+        if any(p.deleting for p in heads) or head_dead:
+            requeues.append(1.0)  # the head's fixed name is free only once the old pod is gone
+        else:
+            actions.append(CreateHead("head pod missing"))
+
+    if recycle_workers:
+        for p in workers:
+            if not p.deleting:
+                actions.append(DeletePod(p.name, "head replaced without GCS fault tolerance; "
+                                                 "workers cannot rejoin a new GCS"))
+        workers = []
+
+    desired = desired_replicas(cluster, targets)
+    health = dict(obs.health)
+    known = {g.name for g in cluster.worker_groups}
+    for p in workers:
+        if p.group not in known and not p.deleting:
+            actions.append(DeletePod(p.name, f"group {p.group} is no longer in the spec"))
+    for g in cluster.worker_groups:
+        group_pods = [p for p in workers if p.group == g.name]
+        acts, h, requeue = _plan_group(cluster, g, group_pods, desired[g.name], health.get(g.name, GroupHealth()),
+                                       now, obs)
+        actions.extend(acts)
+        health[g.name] = h
+        if requeue is not None:
+            requeues.append(requeue)
+    return Plan(tuple(actions), health, head_restarts, min(requeues) if requeues else None)

@@ -1,0 +1,158 @@
+"""SwarmCluster status and conditions from spec + observed pods. Pure.
+
+Condition timestamps move only when a condition's status flips, and the operator writes
+status only when this computed dict differs from what is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from swarm_operator.reconcile.backoff import GroupHealth
+from swarm_operator.reconcile.observe import PodState, parse_time
+from swarm_operator.resources import labels
+from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT
+from swarm_operator.spec import ClusterSpec
+
+CONDITION_TYPES = ("Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure")
+
+
+def timestamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": ctype, "status": "True" if ok else "False", "reason": reason, "message": message}
+
+
+def merge_conditions(old: list[Mapping[str, Any]], new: list[dict[str, Any]], now: float,
+                     generation: int) -> list[dict[str, Any]]:
+    """Keep lastTransitionTime of conditions whose status did not change."""
+    before = {c.get("type"): c for c in old}
+    out = []
+    for c in new:
+        prev = before.get(c["type"])
+        keep = prev is not None and prev.get("status") == c["status"] and prev.get("lastTransitionTime")
+        out.append({**c, "lastTransitionTime": prev["lastTransitionTime"] if keep and prev else timestamp(now),
+                    "observedGeneration": generation})
+    return out
+
+
+def health_from_status(status: Mapping[str, Any]) -> tuple[dict[str, GroupHealth], dict[str, int], int]:
+    """Read back what an earlier run stored: group health, autoscaler targets, head restarts."""
+    health: dict[str, GroupHealth] = {}
+    targets: dict[str, int] = {}
+    for g in status.get("workerGroups") or []:
+        name = g.get("name")
+        if not isinstance(name, str):
+            continue
+        health[name] = GroupHealth(
+            restarts=int(g.get("restarts") or 0),
+            consecutive_failures=int(g.get("consecutiveFailures") or 0),
+            last_failure=parse_time(g.get("lastFailureTime")),
+            backoff_until=parse_time(g.get("backoffUntil")),
+        )
+        if isinstance(g.get("desiredReplicas"), int):
+            targets[name] = g["desiredReplicas"]
+    head = status.get("head") or {}
+    return health, targets, int(head.get("restarts") or 0)
+
+
+def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[str, int],
+                   health: Mapping[str, GroupHealth], head_restarts: int, old: Mapping[str, Any],
+                   now: float, head_ip: str | None) -> dict[str, Any]:
+    heads = [p for p in pods if p.node_type == labels.HEAD and p.alive]
+    head = heads[0] if heads else None
+    groups = []
+    ready_total = desired_total = gpus = 0
+    failing: list[str] = []
+    for g in cluster.worker_groups:
+        mine = [p for p in pods if p.node_type == labels.WORKER and p.group == g.name and p.alive]
+        ready = sum(1 for p in mine if p.ready)
+        h = health.get(g.name, GroupHealth())
+        entry: dict[str, Any] = {
+            "name": g.name,
+            "desiredReplicas": desired[g.name],
+            "currentReplicas": len(mine),
+            "readyReplicas": ready,
+            "restarts": h.restarts,
+            "consecutiveFailures": h.consecutive_failures,
+        }
+        if h.last_failure:
+            entry["lastFailureTime"] = timestamp(h.last_failure)
+        if h.backoff_until > now:
+            entry["backoffUntil"] = timestamp(h.backoff_until)
+        if h.consecutive_failures:
+            failing.append(f"{g.name}: {h.consecutive_failures} consecutive failures")
+        groups.append(entry)
+        ready_total += ready
+        desired_total += desired[g.name]
+        gpus += ready * g.resources.gpu
+    head_ready = bool(head and head.ready)
+    workers_ready = ready_total >= desired_total
+    if cluster.suspend:
+        phase = "Suspended"
+    elif head_ready and workers_ready:
+        phase = "Running"
+    elif head_ready and failing:
+        phase = "Degraded"
+    else:
+        phase = "Pending"
+    svc = labels.head_service_name(cluster.name)
+    host = f"{svc}.{cluster.namespace}.svc"
+    conditions = [
+        condition("Valid", True, "SpecValid", "spec accepted"),
+        condition("HeadReady", head_ready, "HeadPodReady" if head_ready else "HeadPodNotReady",
+                  f"head pod {head.name} is {'ready' if head_ready else head.phase}" if head else "no head pod"),
+        condition("WorkersReady", workers_ready, "AllWorkersReady" if workers_ready else "WorkersNotReady",
+                  f"{ready_total}/{desired_total} workers ready"),
+        condition("Autoscaling", cluster.autoscaling.enabled,
+                  "Enabled" if cluster.autoscaling.enabled else "Disabled",
+                  "worker groups follow Ray's pending demand" if cluster.autoscaling.enabled
+                  else "worker groups follow spec.replicas"),
+        condition("Suspended", cluster.suspend, "Suspended" if cluster.suspend else "Active",
+                  "spec.suspend is true" if cluster.suspend else "cluster is active"),
+        condition("ReplicaFailure", bool(failing), "WorkersFailing" if failing else "NoFailures",
+                  "; ".join(failing) if failing else "no recent worker failures"),
+    ]
+    status: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": cluster.generation,
+        "workers": f"{ready_total}/{desired_total}",
+        "readyWorkers": ready_total,
+        "desiredWorkers": desired_total,
+        "gpus": gpus,
+        "head": {
+            "podName": labels.head_pod_name(cluster.name),
+            "serviceName": svc,
+            "ready": head_ready,
+            "gcsAddress": f"{host}:{GCS_PORT}",
+            "dashboardURL": f"http://{host}:{DASHBOARD_PORT}",
+            "clientAddress": f"ray://{host}:{CLIENT_PORT}",
+            "restarts": head_restarts,
+            **({"podIP": head_ip} if head_ip else {}),
+        },
+        "workerGroups": groups,
+        "conditions": merge_conditions(list(old.get("conditions") or []), conditions, now, cluster.generation),
+    }
+    if "autoscaler" in old:
+        status["autoscaler"] = old["autoscaler"]
+    return status
+
+
+def invalid_status(message: str, old: Mapping[str, Any], generation: int, now: float) -> dict[str, Any]:
+    """A spec the operator cannot serve: say why, keep everything else as it was."""
+    status = {k: v for k, v in old.items() if k not in ("conditions", "phase", "observedGeneration")}
+    others = [c for c in old.get("conditions") or [] if c.get("type") != "Valid"]
+    valid = condition("Valid", False, "InvalidSpec", message[:1000])
+    status["conditions"] = merge_conditions(list(old.get("conditions") or []), [valid], now, generation) + others
+    status["phase"] = "Invalid"
+    status["observedGeneration"] = generation
+    return status
+
+
+def differs(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether writing `wanted` would change anything (ignores fields only others write)."""
+    return any(current.get(k) != v for k, v in wanted.items())
