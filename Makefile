@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 ## demo: the main job: a local cluster with the operator and a sample SwarmCluster
 demo: $(STAMP)
-	@$(BIN)/python -m swarm_operator.demo
+	@$(BIN)/python -m localcluster.demo
 
 ## test: the whole suite: lint, unit, then the integration tier on a local cluster
 test: lint test-unit test-integration

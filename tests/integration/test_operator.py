@@ -1,0 +1,323 @@
+"""The operator against a real API server, scheduler and garbage collector, on kwok's fake nodes."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from localcluster.chaos import fail_pod
+from swarm_operator import GROUP, PLURAL, VERSION
+from swarm_operator.resources import labels
+from swarm_operator.resources.pods import build_head_pod
+from swarm_operator.spec import parse_cluster
+from tests.integration.operator_process import OperatorProcess
+
+pytestmark = pytest.mark.integration
+
+
+def manifest(name: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SwarmCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "head": {"resources": {"cpu": 1, "memory": "1Gi"}},
+            "workerGroups": [{"name": "cpu", "replicas": replicas, "minReplicas": 0, "maxReplicas": 8,
+                              "resources": {"cpu": 1, "memory": "1Gi"}}],
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+class Cluster:
+    """Small helpers around one namespace's SwarmClusters and pods."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api = api
+        self.ns = namespace
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+        return result
+
+    def get(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+        return result
+
+    def patch(self, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, patch)
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def pods(self, cluster: str, *, include_deleting: bool = False) -> list[client.V1Pod]:
+        items = self.core.list_namespaced_pod(self.ns, label_selector=f"{labels.CLUSTER}={cluster}").items
+        return [p for p in items if include_deleting or p.metadata.deletion_timestamp is None]
+
+    def workers(self, cluster: str) -> list[client.V1Pod]:
+        return [p for p in self.pods(cluster) if p.metadata.labels.get(labels.NODE_TYPE) == labels.WORKER]
+
+    def heads(self, cluster: str) -> list[client.V1Pod]:
+        return [p for p in self.pods(cluster) if p.metadata.labels.get(labels.NODE_TYPE) == labels.HEAD]
+
+    def running(self, cluster: str) -> list[client.V1Pod]:
+        return [p for p in self.pods(cluster) if p.status.phase == "Running"]
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except ApiException as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture
+def swc(api_client: client.ApiClient, namespace: str) -> Cluster:
+    return Cluster(api_client, namespace)
+
+
+@pytest.fixture
+def operator(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def ready_status(swc: Cluster, name: str, workers: int) -> Callable[[], bool]:
+    def check() -> bool:
+        st = swc.status(name)
+        return st.get("phase") == "Running" and st.get("workers") == f"{workers}/{workers}"
+    return check
+
+
+def test_create_builds_head_service_workers_and_status(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("alpha", replicas=3))
+    wait_for("cluster Running 3/3", ready_status(swc, "alpha", 3))
+    assert len(swc.heads("alpha")) == 1
+    assert len(swc.workers("alpha")) == 3
+    assert all(p.status.phase == "Running" and p.spec.node_name for p in swc.pods("alpha"))
+    svc = swc.core.read_namespaced_service("alpha-head-svc", swc.ns)
+    assert svc.spec.cluster_ip == "None"
+    st = swc.status("alpha")
+    assert st["observedGeneration"] == swc.get("alpha")["metadata"]["generation"]
+    assert st["head"]["ready"] is True
+    conditions = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conditions == {"Valid": "True", "HeadReady": "True", "WorkersReady": "True", "Autoscaling": "False",
+                          "Suspended": "False", "ReplicaFailure": "False"}
+    assert any(e.reason == "Created" for e in swc.events("alpha"))
+    assert not swc.get("alpha")["metadata"].get("finalizers"), "the operator must not put finalizers"
+    text = operator.metrics()
+    assert "swarm_reconcile_total" in text and "swarm_pods{" in text
+
+
+def test_deleted_worker_is_replaced(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("beta", replicas=2))
+    wait_for("Running", ready_status(swc, "beta", 2))
+    victim = swc.workers("beta")[0].metadata.name
+    swc.core.delete_namespaced_pod(victim, swc.ns)
+    wait_for("replacement", lambda: len(swc.workers("beta")) == 2
+             and victim not in {p.metadata.name for p in swc.workers("beta")})
+    wait_for("Running again", ready_status(swc, "beta", 2))
+
+
+def test_failed_worker_is_replaced_with_growing_backoff(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("gamma", replicas=1, faultTolerance={"workerBackoffInitialSeconds": 1,
+                                                             "workerBackoffMaxSeconds": 30}))
+    wait_for("Running", ready_status(swc, "gamma", 1))
+    delays = []
+    for _ in range(3):
+        pod = wait_for("one running worker", lambda: [p for p in swc.workers("gamma") if p.status.phase == "Running"])
+        old = pod[0].metadata.name
+        failed_at = time.monotonic()
+        fail_pod(swc.api, swc.ns, old)
+        wait_for("replacement", lambda o=old: any(p.metadata.name != o for p in swc.workers("gamma")), timeout=60)
+        delays.append(time.monotonic() - failed_at)
+    st = swc.status("gamma")["workerGroups"][0]
+    assert st["restarts"] == 3
+    assert st["consecutiveFailures"] == 3
+    # 1 s, 2 s, 4 s: the third replacement waits measurably longer than the first.
+    assert delays[2] >= 3.5, delays
+    assert delays[2] > delays[0] + 2, delays
+    assert any(e.reason == "Replacing" and "gamma-cpu" in e.message for e in swc.events("gamma"))
+    conditions = {c["type"]: c for c in swc.status("gamma")["conditions"]}
+    assert conditions["ReplicaFailure"]["status"] == "True"
+
+
+@pytest.mark.parametrize("gcs_ft", [False, True], ids=["no-gcs-ft-recycles-workers", "gcs-ft-keeps-workers"])
+def test_failed_head_is_replaced(swc: Cluster, operator: OperatorProcess, gcs_ft: bool) -> None:
+    extra = {"faultTolerance": {"gcs": {"redisAddress": "redis:6379"}}} if gcs_ft else {}
+    swc.create(manifest("delta", replicas=2, **extra))
+    wait_for("Running", ready_status(swc, "delta", 2))
+    old_head = swc.heads("delta")[0].metadata.uid
+    old_workers = {p.metadata.name for p in swc.workers("delta")}
+    fail_pod(swc.api, swc.ns, "delta-head")
+    wait_for("new head", lambda: [h for h in swc.heads("delta") if h.metadata.uid != old_head
+                                  and h.status.phase == "Running"])
+    wait_for("Running", ready_status(swc, "delta", 2))
+    new_workers = {p.metadata.name for p in swc.workers("delta")}
+    if gcs_ft:
+        assert new_workers == old_workers
+    else:
+        assert not new_workers & old_workers
+    assert swc.status("delta")["head"]["restarts"] == 1
+
+
+def test_scale_up_and_down_by_spec(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("eps", replicas=1))
+    wait_for("1", ready_status(swc, "eps", 1))
+    swc.patch("eps", {"spec": {"workerGroups": [{"name": "cpu", "replicas": 4}]}})
+    wait_for("4", ready_status(swc, "eps", 4))
+    assert len(swc.workers("eps")) == 4
+    swc.patch("eps", {"spec": {"workerGroups": [{"name": "cpu", "replicas": 1}]}})
+    wait_for("1 again", lambda: len(swc.workers("eps")) == 1 and ready_status(swc, "eps", 1)())
+
+
+def test_template_change_rolls_workers_one_at_a_time(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("zeta", replicas=3))
+    wait_for("Running", ready_status(swc, "zeta", 3))
+    before = {p.metadata.name for p in swc.workers("zeta")}
+    old_hash = swc.workers("zeta")[0].metadata.labels[labels.TEMPLATE_HASH]
+    group = copy.deepcopy(swc.get("zeta")["spec"]["workerGroups"][0])
+    group["template"] = {"metadata": {"labels": {"team": "vision"}}}
+    swc.patch("zeta", {"spec": {"workerGroups": [group]}})
+    least_ready = 3
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ws = swc.workers("zeta")
+        least_ready = min(least_ready, sum(1 for p in ws if p.status.phase == "Running"))
+        if len(ws) == 3 and all(p.metadata.labels.get("team") == "vision" for p in ws):
+            break
+        time.sleep(0.2)
+    ws = swc.workers("zeta")
+    assert all(p.metadata.labels[labels.TEMPLATE_HASH] != old_hash for p in ws)
+    assert not {p.metadata.name for p in ws} & before
+    assert least_ready >= 2, "maxUnavailable=1: never more than one worker down during the rollout"
+
+
+def test_suspend_and_resume(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("eta", replicas=2))
+    wait_for("Running", ready_status(swc, "eta", 2))
+    swc.patch("eta", {"spec": {"suspend": True}})
+    wait_for("no pods", lambda: not swc.pods("eta", include_deleting=True))
+    wait_for("Suspended", lambda: swc.status("eta").get("phase") == "Suspended")
+    swc.patch("eta", {"spec": {"suspend": False}})
+    wait_for("back", ready_status(swc, "eta", 2))
+
+
+def test_delete_cascades_through_owner_references(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("theta", replicas=2))
+    wait_for("Running", ready_status(swc, "theta", 2))
+    swc.delete("theta")
+    wait_for("pods gone", lambda: not swc.pods("theta", include_deleting=True), timeout=90)
+    wait_for("service gone", lambda: not swc.core.list_namespaced_service(
+        swc.ns, label_selector=f"{labels.CLUSTER}=theta").items, timeout=90)
+
+
+def test_invalid_spec_is_marked_and_neighbour_keeps_working(swc: Cluster, operator: OperatorProcess) -> None:
+    bad = manifest("broken", replicas=1)
+    bad["spec"]["workerGroups"][0]["template"] = {"spec": {"containers": "not-a-list"}}
+    swc.create(bad)
+    swc.create(manifest("fine", replicas=2))
+    wait_for("Valid=False", lambda: any(c["type"] == "Valid" and c["status"] == "False"
+                                        for c in swc.status("broken").get("conditions", [])))
+    wait_for("neighbour Running", ready_status(swc, "fine", 2))
+    assert swc.status("broken")["phase"] == "Invalid"
+    assert not swc.pods("broken"), "no pods for a spec the operator cannot serve"
+    warnings = [e for e in swc.events("broken") if e.type == "Warning" and e.reason == "InvalidSpec"]
+    assert warnings and "spec.workerGroups[0].template.spec.containers" in warnings[0].message
+    # the neighbour is still served: scale it while the broken one sits there
+    swc.patch("fine", {"spec": {"workerGroups": [{"name": "cpu", "replicas": 3}]}})
+    wait_for("neighbour scaled", ready_status(swc, "fine", 3))
+    # fixing the spec brings the broken cluster up
+    swc.patch("broken", {"spec": {"workerGroups": [{"name": "cpu", "template": None}]}})
+    wait_for("fixed cluster Running", ready_status(swc, "broken", 1))
+
+
+def test_restart_after_head_only_converges_without_duplicates(
+        swc: Cluster, kubeconfig: str, namespace: str, tmp_path: Path) -> None:
+    """The operator died right after creating the head: a new one creates the rest, and no second head."""
+    body = swc.create(manifest("iota", replicas=3))
+    head = build_head_pod(parse_cluster(body))
+    swc.core.create_namespaced_pod(namespace, head)
+    proc = OperatorProcess(kubeconfig, [namespace], tmp_path / "op.log")
+    proc.start()
+    try:
+        wait_for("Running", ready_status(swc, "iota", 3))
+        time.sleep(2)  # a duplicate would show up within a couple of turns
+        assert len(swc.heads("iota")) == 1
+        assert len(swc.workers("iota")) == 3
+    finally:
+        proc.stop()
+
+
+def test_kill_9_at_random_moments_converges(swc: Cluster, kubeconfig: str, namespace: str, tmp_path: Path) -> None:
+    rng = random.Random(4)
+    names = [f"kappa{i}" for i in range(4)]
+    proc = OperatorProcess(kubeconfig, [namespace], tmp_path / "op.log")
+    for i, name in enumerate(names):
+        swc.create(manifest(name, replicas=3))
+        proc.start()
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.kill()
+        if i % 2:
+            swc.patch(names[0], {"spec": {"workerGroups": [{"name": "cpu", "replicas": 1 + i}]}})
+    proc.start()
+    try:
+        want = {names[0]: 4, **{n: 3 for n in names[1:]}}
+        for name, n in want.items():
+            wait_for(f"{name} Running", ready_status(swc, name, n), timeout=90)
+        time.sleep(2)
+        for name, n in want.items():
+            assert len(swc.heads(name)) == 1, name
+            assert len(swc.workers(name)) == n, name
+    finally:
+        proc.stop()
+
+
+def test_namespace_deletion_never_waits_for_the_operator(api_client: client.ApiClient, kubeconfig: str,
+                                                          tmp_path: Path) -> None:
+    core = client.CoreV1Api(api_client)
+    ns = f"swarm-nsdel-{random.randrange(10**6)}"
+    core.create_namespace({"metadata": {"name": ns}})
+    cl = Cluster(api_client, ns)
+    proc = OperatorProcess(kubeconfig, [ns], tmp_path / "op.log")
+    proc.start()
+    try:
+        cl.create(manifest("lam", replicas=1))
+        wait_for("Running", ready_status(cl, "lam", 1))
+    finally:
+        proc.stop()  # the operator is gone when the namespace is deleted
+    core.delete_namespace(ns)
+
+    def gone() -> bool:
+        try:
+            core.read_namespace(ns)
+            return False
+        except ApiException as exc:
+            return exc.status == 404
+    wait_for("namespace deleted", gone, timeout=120)
