@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 _SUFFIXES: dict[str, Decimal] = {
     "": Decimal(1),
@@ -28,6 +29,10 @@ _QUANTITY = re.compile(
 )
 
 
+# Kubernetes caps every quantity at 2^63-1 in magnitude; anything larger is a mistake here.
+MAX_QUANTITY = Decimal(2**63 - 1)
+
+
 class QuantityError(ValueError):
     """The text is not a Kubernetes quantity."""
 
@@ -35,24 +40,35 @@ class QuantityError(ValueError):
 def parse_quantity(value: object) -> Decimal:
     """Parse a quantity as Kubernetes does; raises QuantityError with the offending text."""
     if isinstance(value, bool):
-        raise QuantityError(f"{value!r} is not a quantity")
+        raise QuantityError(f"{_show(value)} is not a quantity")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise QuantityError(f"{_show(value)} is not a quantity")
     if isinstance(value, int | float):
-        return Decimal(str(value))
+        return _bounded(Decimal(str(value)), value)
     if not isinstance(value, str):
-        raise QuantityError(f"{value!r} is not a quantity")
-    m = _QUANTITY.match(value.strip())
+        raise QuantityError(f"{_show(value)} is not a quantity")
+    m = _QUANTITY.fullmatch(value.strip())
     if not m:
-        raise QuantityError(f"{value!r} is not a quantity (expected e.g. 2, 500m, 4Gi)")
+        raise QuantityError(f"{_show(value)} is not a quantity (expected e.g. 2, 500m, 4Gi)")
     number, exponent, suffix = m.group(1), m.group(2), m.group(3) or ""
     if exponent and suffix:
-        raise QuantityError(f"{value!r} is not a quantity (exponent and suffix together)")
-    try:
-        result = Decimal(number) * _SUFFIXES[suffix]
-        if exponent:
-            result *= Decimal(10) ** int(exponent)
-    except InvalidOperation as exc:  # pragma: no cover - regex already guards the shape
-        raise QuantityError(f"{value!r} is not a quantity") from exc
+        raise QuantityError(f"{_show(value)} is not a quantity (exponent and suffix together)")
+    try:  # exact construction: a huge exponent must not overflow Decimal's context
+        result = Decimal(f"{number}e{exponent}") if exponent else Decimal(number) * _SUFFIXES[suffix]
+    except ArithmeticError as exc:
+        raise QuantityError(f"{_show(value)} is out of range") from exc
+    return _bounded(result, value)
+
+
+def _bounded(result: Decimal, value: object) -> Decimal:
+    if result.copy_abs() > MAX_QUANTITY:
+        raise QuantityError(f"{_show(value)} is out of range (at most {MAX_QUANTITY})")
     return result
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def cpu_cores(value: object) -> Decimal:
