@@ -16,7 +16,12 @@ from typing import Any
 
 from swarm_operator.quantity import QuantityError, cpu_cores, memory_bytes
 
+# Patterns are used with fullmatch: "$" alone would also accept a trailing newline.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# The head service is named after the cluster, and Service names are DNS-1035 labels (start with a letter).
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 RESOURCE_NAME = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$"
 )
@@ -240,7 +245,7 @@ def _resources(r: _Reader, obj: Mapping[str, Any], path: str) -> Resources:
         r.fail(f"{rpath}.memory", str(exc))
     gpu = r.integer(raw, "gpu", rpath, 0, 0, MAX_GPUS) or 0
     gpu_name = r.string(raw, "gpuResourceName", rpath, DEFAULT_GPU_RESOURCE) or DEFAULT_GPU_RESOURCE
-    if not RESOURCE_NAME.match(gpu_name) or len(gpu_name) > 253:
+    if not RESOURCE_NAME.fullmatch(gpu_name) or len(gpu_name) > 253:
         r.fail(f"{rpath}.gpuResourceName", f"must be a Kubernetes resource name such as nvidia.com/gpu, "
                f"got {_show(gpu_name)}")
     return Resources(cpu=cpu, memory=mem, gpu=gpu, gpu_resource_name=gpu_name,
@@ -252,7 +257,7 @@ def _ray_start_params(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[
     out: dict[str, str] = {}
     for key, value in raw.items():
         kpath = f"{path}.rayStartParams.{key}"
-        if not isinstance(key, str) or not FLAG_NAME.match(key):
+        if not isinstance(key, str) or not FLAG_NAME.fullmatch(key):
             r.fail(kpath, "must be a ray start flag name such as object-store-memory (lower-case, no leading dashes)")
             continue
         if key in OPERATOR_OWNED_FLAGS:
@@ -260,6 +265,10 @@ def _ray_start_params(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[
             continue
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             r.fail(kpath, f"must be a string, got {_show(value)}")
+            continue
+        if key == "object-store-memory" and not re.fullmatch(r"0*[1-9][0-9]*", str(value)):
+            # Ray takes plain bytes here, and /dev/shm is sized from it.
+            r.fail(kpath, f"must be a positive number of bytes, got {_show(value)}")
             continue
         out[key] = str(value)
     return MappingProxyType(out)
@@ -296,9 +305,14 @@ def _template(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, Any
             if not isinstance(item, Mapping):
                 r.fail(f"{lpath}[{i}]", f"must be an object, got {_show(item)}")
             elif list_key in ("containers", "initContainers", "volumes") and not (
-                isinstance(item.get("name"), str) and DNS_LABEL.match(item["name"])
+                isinstance(item.get("name"), str) and DNS_LABEL.fullmatch(item["name"])
             ):
                 r.fail(f"{lpath}[{i}].name", f"must be a DNS label, got {_show(item.get('name'))}")
+            elif list_key in ("containers", "initContainers"):
+                # The overlay appends these to the operator's lists; anything else would replace them.
+                for field_key in ("env", "envFrom", "volumeMounts", "ports"):
+                    if item.get(field_key) is not None and not isinstance(item[field_key], list):
+                        r.fail(f"{lpath}[{i}].{field_key}", f"must be a list, got {_show(item[field_key])}")
     for map_key in ("nodeSelector",):
         values = r.mapping(spec, map_key, f"{tpath}.spec")
         for k, v in values.items():
@@ -322,7 +336,7 @@ def _worker_group(r: _Reader, raw: Mapping[str, Any], path: str, cluster_name: s
     if name is None:
         r.fail(f"{path}.name", "is required")
         name = ""
-    elif not DNS_LABEL.match(name) or len(name) > MAX_GROUP_NAME:
+    elif not DNS_LABEL.fullmatch(name) or len(name) > MAX_GROUP_NAME:
         r.fail(f"{path}.name", f"must be a DNS label of at most {MAX_GROUP_NAME} characters, got {_show(name)}")
     elif len(cluster_name) + len(name) + 2 + WORKER_SUFFIX_LEN > MAX_POD_NAME:
         r.fail(f"{path}.name", f"cluster name + group name must be at most {MAX_POD_NAME - 2 - WORKER_SUFFIX_LEN} "
@@ -402,13 +416,17 @@ def _fault_tolerance(r: _Reader, spec: Mapping[str, Any]) -> FaultToleranceSpec:
         address = r.string(g, "redisAddress", gp, None)
         if address is None:
             r.fail(f"{gp}.redisAddress", "is required when gcs fault tolerance is set")
-        elif not REDIS_ADDRESS.match(address):
+        elif not REDIS_ADDRESS.fullmatch(address):
             r.fail(f"{gp}.redisAddress", f"must be host:port, got {_show(address)}")
         secret = r.mapping(g, "redisPasswordSecret", gp)
         sname = r.string(secret, "name", f"{gp}.redisPasswordSecret", None)
         skey = r.string(secret, "key", f"{gp}.redisPasswordSecret", None)
         if secret and (not sname or not skey):
             r.fail(f"{gp}.redisPasswordSecret", "needs both name and key")
+        if sname and not (SECRET_NAME.fullmatch(sname) and len(sname) <= 253):
+            r.fail(f"{gp}.redisPasswordSecret.name", f"must be a Secret name, got {_show(sname)}")
+        if skey and not (SECRET_KEY.fullmatch(skey) and len(skey) <= 253):
+            r.fail(f"{gp}.redisPasswordSecret.key", f"must be a Secret key, got {_show(skey)}")
         gcs = GcsFaultTolerance(redis_address=address or "", password_secret_name=sname, password_secret_key=skey)
     return FaultToleranceSpec(backoff_initial_seconds=initial, backoff_max_seconds=cap, gcs=gcs)
 
@@ -428,15 +446,16 @@ def parse_cluster(obj: Mapping[str, Any]) -> ClusterSpec:
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
     assert isinstance(meta, Mapping)
     name = meta.get("name") or ""
-    if not isinstance(name, str) or not DNS_LABEL.match(name) or len(name) > MAX_CLUSTER_NAME:
-        r.fail("metadata.name", f"must be a DNS label of at most {MAX_CLUSTER_NAME} characters, got {_show(name)}")
+    if not isinstance(name, str) or not DNS_1035_LABEL.fullmatch(name) or len(name) > MAX_CLUSTER_NAME:
+        r.fail("metadata.name", f"must be a DNS-1035 label (a-z, 0-9, '-', starting with a letter) of at most "
+               f"{MAX_CLUSTER_NAME} characters, got {_show(name)}")
         name = str(name)
     raw_spec = obj.get("spec")
     if not isinstance(raw_spec, Mapping):
         r.fail("spec", f"must be an object, got {_show(raw_spec)}")
         raise SpecError(r.errors)
     ray_version = r.string(raw_spec, "rayVersion", "spec", None)
-    if ray_version is not None and not VERSION_TEXT.match(ray_version):
+    if ray_version is not None and not VERSION_TEXT.fullmatch(ray_version):
         r.fail("spec.rayVersion", f"must be a version such as 2.60.0, got {_show(ray_version)}")
     image = r.string(raw_spec, "image", "spec", DEFAULT_IMAGE) or ""
     if not image.strip():
@@ -445,7 +464,7 @@ def parse_cluster(obj: Mapping[str, Any]) -> ClusterSpec:
         name=name,
         namespace=str(meta.get("namespace") or "default"),
         uid=str(meta.get("uid") or ""),
-        generation=int(meta.get("generation") or 0),
+        generation=meta["generation"] if isinstance(meta.get("generation"), int) else 0,
         ray_version=ray_version,
         image=image,
         suspend=r.boolean(raw_spec, "suspend", "spec", False),
