@@ -120,7 +120,13 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
         unavailable = desired - sum(1 for p in live if p.ready)
         budget = cluster.update_strategy.max_unavailable - max(0, unavailable)
         order = _rollout_order(outdated, obs.idle_pods, cluster.update_strategy.type == "IdleFirst")
-        for p in order[: max(0, budget)]:
+        for p in order:
+            # Replacing a pod that is not ready costs no availability; without this, a template fix for
+            # pods that can never become ready (bad image, unschedulable) would wait forever.
+            if p.ready:
+                if budget <= 0:
+                    continue
+                budget -= 1
             actions.append(DeletePod(p.name, f"worker {p.name} has an outdated template "
                                              f"({p.template_hash} ≠ {want}); rolling update"))
     return actions, health, requeue
@@ -151,12 +157,14 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         if cluster.fault_tolerance.gcs is None:
             recycle_workers = True
     live_heads = [p for p in heads if p.alive]
+    head_outdated = False
     if live_heads and cluster.update_strategy.type != "OnDelete" and live_heads[0].template_hash != head_hash(cluster):
         actions.append(DeletePod(live_heads[0].name, "head template changed; replacing the head"))
         live_heads = []
+        head_outdated = True
         recycle_workers = recycle_workers or cluster.fault_tolerance.gcs is None
     if not live_heads:
-        if any(p.deleting for p in heads) or head_dead:
+        if any(p.deleting for p in heads) or head_dead or head_outdated:
             requeues.append(1.0)  # the head's fixed name is free only once the old pod is gone
         else:
             actions.append(CreateHead("head pod missing"))

@@ -1,0 +1,431 @@
+"""plan_cluster / desired_replicas: what to create, what to delete, and why."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from swarm_operator.reconcile.backoff import GroupHealth
+from swarm_operator.reconcile.observe import PodState
+from swarm_operator.reconcile.plan import (
+    Action,
+    CreateHead,
+    CreateService,
+    CreateWorkers,
+    DeletePod,
+    Observed,
+    Plan,
+    desired_replicas,
+    plan_cluster,
+)
+from swarm_operator.spec import ClusterSpec
+from tests.unit.operator_fixtures import NOW, cluster, group, head, worker, workers
+
+GCS = {"faultTolerance": {"gcs": {"redisAddress": "redis:6379"}}}
+AUTO = {"autoscaling": {"enabled": True}}
+NO_BACKOFF = {"faultTolerance": {"workerBackoffInitialSeconds": 0}}
+
+
+def run(c: ClusterSpec, pods: list[PodState], *, service: bool = True, health: Mapping[str, GroupHealth] | None = None,
+        targets: Mapping[str, int] | None = None, idle: frozenset[str] | None = None, head_restarts: int = 0) -> Plan:
+    obs = Observed(pods=tuple(pods), service_exists=service, health=dict(health or {}),
+                   head_restarts=head_restarts, idle_pods=idle)
+    return plan_cluster(c, obs, dict(targets or {}), NOW)
+
+
+def describe(a: Action) -> tuple[Any, ...]:
+    if isinstance(a, CreateService):
+        return ("service",)
+    if isinstance(a, CreateHead):
+        return ("head",)
+    if isinstance(a, CreateWorkers):
+        return ("create", a.group, a.count)
+    assert isinstance(a, DeletePod)
+    return ("replace", a.name, a.failed_group) if a.failed_group else ("delete", a.name)
+
+
+def summary(p: Plan) -> list[tuple[Any, ...]]:
+    return sorted((describe(a) for a in p.actions), key=repr)
+
+
+def same(p: Plan, expected: list[tuple[Any, ...]]) -> bool:
+    """The plan's actions, in any order, are exactly `expected`."""
+    return summary(p) == sorted(expected, key=repr)
+
+
+def w(i: int, group_name: str = "cpu") -> str:
+    return f"demo-{group_name}-w{i:04d}"
+
+
+C = cluster()
+C3 = cluster(groups=[group("cpu", 3)])
+TWO_GROUPS = cluster(groups=[group("cpu", 2), group("gpu", 1, gpu=1)])
+# The same cluster before a change to the worker group's pod template (the head is untouched).
+C3_OLD = cluster(groups=[group("cpu", 3, rayStartParams={"object-store-memory": "100000000"})])
+
+
+def healthy(c: ClusterSpec, n: int = 2) -> list[PodState]:
+    return [head(c), *workers(c, n)]
+
+
+# -- creation: service, head, worker counts -----------------------------------------------------
+
+CREATE_CASES = [
+    pytest.param(C, [], False, [("create", "cpu", 2), ("head",), ("service",)], id="new-cluster-everything"),
+    pytest.param(C, healthy(C), True, [], id="converged-nothing-to-do"),
+    pytest.param(C, healthy(C), False, [("service",)], id="service-missing"),
+    pytest.param(C, workers(C, 2), True, [("head",)], id="head-missing"),
+    pytest.param(C, healthy(C, 1), True, [("create", "cpu", 1)], id="one-worker-missing"),
+    pytest.param(C, [head(C), *workers(C, 1), worker(C, suffix="gone1", deleting=True)], True,
+                 [("create", "cpu", 1)], id="deleting-worker-does-not-count"),
+    pytest.param(C, [head(C), *workers(C, 2, phase="Pending", ready=False, node=None)], True, [],
+                 id="pending-workers-count"),
+    pytest.param(TWO_GROUPS, [], True, [("create", "cpu", 2), ("create", "gpu", 1), ("head",)], id="two-groups"),
+    pytest.param(TWO_GROUPS, [head(TWO_GROUPS), *workers(TWO_GROUPS, 2)], True, [("create", "gpu", 1)],
+                 id="only-the-short-group"),
+    pytest.param(cluster(groups=[group("cpu", None, lo=3)]), [head(C)], True, [("create", "cpu", 3)],
+                 id="no-replicas-means-min"),
+    pytest.param(cluster(groups=[group("cpu", 0)]), [head(C)], True, [], id="zero-replicas"),
+    pytest.param(cluster(groups=[]), [head(C)], True, [], id="head-only-cluster"),
+]
+
+
+@pytest.mark.parametrize(("c", "pods", "service", "expected"), CREATE_CASES)
+def test_creation(c: ClusterSpec, pods: list[PodState], service: bool, expected: list[tuple[Any, ...]]) -> None:
+    p = run(c, pods, service=service)
+    assert same(p, expected)
+    assert p.requeue_after is None
+
+
+def test_create_reasons_name_the_gap() -> None:
+    p = run(C, [head(C), *workers(C, 1)])
+    assert p.actions == (CreateWorkers("cpu", 1, "group cpu has 1 of 2 workers"),)
+
+
+# -- failed workers: replaced, with backoff ------------------------------------------------------
+
+FAILED = {"phase": "Failed", "ready": False, "reason": "Evicted", "message": "low on memory"}
+RECENT_FAILURES = GroupHealth(restarts=3, consecutive_failures=3, last_failure=NOW - 5, backoff_until=NOW - 1)
+
+
+@pytest.mark.parametrize(
+    ("c", "pods", "health", "expected", "requeue", "health_after"),
+    [
+        pytest.param(C, [head(C), *workers(C, 1), worker(C, suffix="dead1", **FAILED)], None,
+                     [("replace", "demo-cpu-dead1", "cpu")], 1.0, GroupHealth(1, 1, NOW, NOW + 1),
+                     id="first-failure-deleted-replacement-after-1s"),
+        pytest.param(cluster(NO_BACKOFF), [head(C), *workers(C, 1), worker(C, suffix="dead1", **FAILED)], None,
+                     [("create", "cpu", 1), ("replace", "demo-cpu-dead1", "cpu")], None,
+                     GroupHealth(1, 1, NOW, NOW), id="no-backoff-replaced-at-once"),
+        pytest.param(C, [head(C), *workers(C, 1), worker(C, suffix="dead1", ready=False, terminated=("Error", 1))],
+                     None, [("replace", "demo-cpu-dead1", "cpu")], 1.0, GroupHealth(1, 1, NOW, NOW + 1),
+                     id="ray-container-ended"),
+        pytest.param(C, [head(C), *workers(C, 1), worker(C, suffix="done1", phase="Succeeded", ready=False)], None,
+                     [("replace", "demo-cpu-done1", "cpu")], 1.0, GroupHealth(1, 1, NOW, NOW + 1),
+                     id="drained-node-exited-0"),
+        pytest.param(C, [head(C), *workers(C, 1), worker(C, suffix="dead1", deleting=True, **FAILED)],
+                     None, [("create", "cpu", 1)], None, GroupHealth(), id="failed-and-deleting-counted-once"),
+        pytest.param(C, [head(C), *workers(C, 1), worker(C, suffix="dead1", **FAILED)], {"cpu": RECENT_FAILURES},
+                     [("replace", "demo-cpu-dead1", "cpu")], 8.0, GroupHealth(4, 4, NOW, NOW + 8),
+                     id="crash-loop-doubles"),
+        pytest.param(C, [head(C), *workers(C, 1)], {"cpu": GroupHealth(1, 1, NOW - 2, NOW + 30)}, [], 30.0,
+                     GroupHealth(1, 1, NOW - 2, NOW + 30), id="backoff-holds-the-replacement"),
+        pytest.param(C, [head(C), *workers(C, 1)], {"cpu": GroupHealth(1, 1, NOW - 2, NOW - 1)},
+                     [("create", "cpu", 1)], None, GroupHealth(1, 1, NOW - 2, NOW - 1), id="backoff-expired"),
+        pytest.param(C, healthy(C), {"cpu": GroupHealth(4, 4, NOW - 601, NOW - 590)}, [], None,
+                     GroupHealth(4, 0, NOW - 601, 0.0), id="healthy-period-settles-the-group"),
+        pytest.param(C, [head(C), *workers(C, 2), worker(C, suffix="dead1", **FAILED)], None,
+                     [("replace", "demo-cpu-dead1", "cpu")], None, GroupHealth(1, 1, NOW, NOW + 1),
+                     id="failed-surplus-not-replaced"),
+    ],
+)
+def test_failed_workers(c: ClusterSpec, pods: list[PodState], health: dict[str, GroupHealth] | None,
+                        expected: list[tuple[Any, ...]], requeue: float | None, health_after: GroupHealth) -> None:
+    p = run(c, pods, health=health)
+    assert same(p, expected)
+    assert p.requeue_after == requeue
+    assert p.health["cpu"] == health_after
+
+
+def test_failed_worker_reason_carries_the_pod_failure() -> None:
+    p = run(cluster(NO_BACKOFF), [head(C), worker(C, suffix="dead1", **FAILED), *workers(C, 1)])
+    delete = next(a for a in p.actions if isinstance(a, DeletePod))
+    create = next(a for a in p.actions if isinstance(a, CreateWorkers))
+    assert delete.reason == "worker demo-cpu-dead1 of group cpu: pod Evicted: low on memory"
+    assert create.reason == "group cpu has 1 of 2 workers (replacing 1 failed)"
+
+
+def test_backoff_is_per_group() -> None:
+    c = cluster(groups=[group("cpu", 1), group("gpu", 1, gpu=1)])
+    p = run(c, [head(c)], health={"cpu": GroupHealth(1, 1, NOW - 1, NOW + 10)})
+    assert same(p, [("create", "gpu", 1)])
+    assert p.requeue_after == 10.0
+
+
+# -- the head: failure, deletion in progress, template change ------------------------------------
+
+HEAD_FAILED = {"phase": "Failed", "ready": False, "terminated": ("Error", 1)}
+C_GCS = cluster(GCS)
+
+
+@pytest.mark.parametrize(
+    ("c", "pods", "expected", "restarts"),
+    [
+        pytest.param(C, [head(C, **HEAD_FAILED), *workers(C, 2)],
+                     [("create", "cpu", 2), ("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))], 1,
+                     id="failed-head-without-gcs-ft-recycles-workers"),
+        pytest.param(C_GCS, [head(C_GCS, **HEAD_FAILED), *workers(C_GCS, 2)], [("delete", "demo-head")], 1,
+                     id="failed-head-with-gcs-ft-keeps-workers"),
+        pytest.param(C, [head(C, **HEAD_FAILED), *workers(C, 1), worker(C, suffix="going", deleting=True)],
+                     [("create", "cpu", 2), ("delete", "demo-head"), ("delete", w(0))], 1,
+                     id="recycling-skips-workers-already-deleting"),
+        pytest.param(C, [head(C, deleting=True), *workers(C, 2)], [], 0, id="head-deleting-blocks-new-head"),
+        pytest.param(C, [head(C, deleting=True, **HEAD_FAILED), *workers(C, 2)], [], 0,
+                     id="failed-head-already-deleting-not-counted-again"),
+        pytest.param(cluster({"head": {"resources": {"cpu": "2", "memory": "2Gi"}}}), [head(C), *workers(C, 2)],
+                     [("create", "cpu", 2), ("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))], 0,
+                     id="head-template-changed-no-new-head-in-the-same-turn"),
+    ],
+)
+def test_head_replacement(c: ClusterSpec, pods: list[PodState], expected: list[tuple[Any, ...]],
+                          restarts: int) -> None:
+    p = run(c, pods, head_restarts=0)
+    assert same(p, expected)
+    assert p.head_restarts == restarts
+    # The head's name is fixed: a new one can be created only once the old pod is gone.
+    assert not any(isinstance(a, CreateHead) for a in p.actions)
+    assert p.requeue_after == 1.0
+
+
+def test_head_failure_reason_and_restart_count_accumulate() -> None:
+    p = run(C_GCS, [head(C_GCS, **HEAD_FAILED), *workers(C_GCS, 2)], head_restarts=4)
+    assert p.head_restarts == 5
+    assert p.actions == (DeletePod("demo-head", "head demo-head: pod Failed: Ray container ended (Error, exit code 1); "
+                                                "replacing it"),)
+
+
+def test_recycled_workers_say_why() -> None:
+    p = run(C, [head(C, **HEAD_FAILED), *workers(C, 1)])
+    reasons = {a.name: a.reason for a in p.actions if isinstance(a, DeletePod)}
+    assert reasons[w(0)] == "head replaced without GCS fault tolerance; workers cannot rejoin a new GCS"
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        pytest.param({}, [("create", "cpu", 2), ("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))],
+                     id="without-gcs-ft-workers-recycled"),
+        pytest.param(GCS, [("delete", "demo-head")], id="with-gcs-ft-workers-kept"),
+        pytest.param({"updateStrategy": {"type": "OnDelete"}}, [], id="on-delete-leaves-the-head"),
+    ],
+)
+def test_head_template_change(spec: dict[str, Any], expected: list[tuple[Any, ...]]) -> None:
+    old = cluster(spec)
+    new = cluster({**spec, "head": {"resources": {"cpu": "1", "memory": "2Gi"}, "rayStartParams": {"num-java": "0"}}})
+    p = run(new, [head(old), *workers(new, 2)])
+    assert same(p, expected)
+    assert p.head_restarts == 0, "a template change is not a failure"
+    heads = [a for a in p.actions if isinstance(a, DeletePod) and a.name == "demo-head"]
+    assert all(a.reason == "head template changed; replacing the head" for a in heads)
+
+
+# -- scaling by spec (autoscaling off) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("replicas", "pods", "expected"),
+    [
+        pytest.param(2, workers(C, 4), [w(2), w(3)], id="newest-first"),
+        pytest.param(2, [*workers(C, 3), worker(C, suffix="w0009", created=NOW - 7200, ready=False)],
+                     [w(2), w(9)], id="not-ready-first-even-if-oldest"),
+        pytest.param(1, [worker(C, suffix="w0000", created=NOW - 100, phase="Pending", ready=False),
+                         worker(C, suffix="w0001", created=NOW - 50, phase="Pending", ready=False),
+                         worker(C, suffix="w0002", created=NOW - 3600)],
+                     [w(0), w(1)], id="all-not-ready-before-any-ready"),
+        pytest.param(0, workers(C, 3), [w(0), w(1), w(2)], id="to-zero"),
+        pytest.param(3, workers(C, 3), [], id="equal"),
+    ],
+)
+def test_scale_down_by_spec(replicas: int, pods: list[PodState], expected: list[str]) -> None:
+    c = cluster(groups=[group("cpu", replicas)])
+    p = run(c, [head(c), *pods])
+    deleted = sorted(a.name for a in p.actions if isinstance(a, DeletePod))
+    assert deleted == expected
+    assert not any(isinstance(a, CreateWorkers) for a in p.actions)
+
+
+def test_scale_down_reasons() -> None:
+    c = cluster(groups=[group("cpu", 1)])
+    p = run(c, [head(c), *workers(c, 2), worker(c, suffix="slow1", ready=False)])
+    assert {a.name: a.reason for a in p.actions if isinstance(a, DeletePod)} == {
+        "demo-cpu-slow1": "group cpu scaled to 1 (not ready first)",
+        w(1): "group cpu scaled to 1 (newest first)",
+    }
+
+
+def test_scale_up_by_spec() -> None:
+    c = cluster(groups=[group("cpu", 5)])
+    assert same(run(c, healthy(c, 2)), [("create", "cpu", 3)])
+
+
+# -- autoscaling on: targets from status, only not-ready excess removed ---------------------------
+
+AUTO_C = cluster({**AUTO}, groups=[group("cpu", 2, lo=1, hi=4)])
+
+
+@pytest.mark.parametrize(
+    ("pods", "targets", "expected"),
+    [
+        pytest.param(workers(AUTO_C, 2), {"cpu": 3}, [("create", "cpu", 1)], id="status-target-wins-over-spec"),
+        pytest.param(workers(AUTO_C, 2), {"cpu": 9}, [("create", "cpu", 2)], id="target-clamped-to-max"),
+        pytest.param(workers(AUTO_C, 0), {"cpu": 0}, [("create", "cpu", 1)], id="target-clamped-to-min"),
+        pytest.param(workers(AUTO_C, 2), {}, [], id="no-target-yet-spec-replicas"),
+        pytest.param(workers(AUTO_C, 3), {"cpu": 1}, [], id="ready-excess-left-to-the-autoscaler-drain"),
+        pytest.param([*workers(AUTO_C, 2), worker(AUTO_C, suffix="new01", phase="Pending", ready=False)],
+                     {"cpu": 1}, [("delete", "demo-cpu-new01")], id="not-ready-excess-removed"),
+        pytest.param([worker(AUTO_C, suffix=f"new0{i}", phase="Pending", ready=False, created=NOW - 100 + i)
+                      for i in range(4)],
+                     {"cpu": 2}, [("delete", "demo-cpu-new02"), ("delete", "demo-cpu-new03")],
+                     id="only-as-many-as-the-excess"),
+    ],
+)
+def test_autoscaling(pods: list[PodState], targets: dict[str, int], expected: list[tuple[Any, ...]]) -> None:
+    assert same(run(AUTO_C, [head(AUTO_C), *pods], targets=targets), expected)
+
+
+def test_spec_replicas_rule_when_autoscaling_off() -> None:
+    c = cluster(groups=[group("cpu", 2, lo=1, hi=4)])
+    assert same(run(c, [head(c), *workers(c, 2)], targets={"cpu": 4}), [])
+
+
+@pytest.mark.parametrize(
+    ("spec", "groups", "targets", "expected"),
+    [
+        pytest.param({}, [group("cpu", 2)], {"cpu": 7}, {"cpu": 2}, id="off-spec-wins"),
+        pytest.param(AUTO, [group("cpu", 2)], {"cpu": 7}, {"cpu": 7}, id="on-status-wins"),
+        pytest.param(AUTO, [group("cpu", 2, lo=1, hi=4)], {"cpu": 9}, {"cpu": 4}, id="on-clamped-max"),
+        pytest.param(AUTO, [group("cpu", 2, lo=1, hi=4)], {"cpu": 0}, {"cpu": 1}, id="on-clamped-min"),
+        pytest.param(AUTO, [group("cpu", 2)], {}, {"cpu": 2}, id="on-no-target-uses-spec"),
+        pytest.param(AUTO, [group("cpu", None, lo=3)], {}, {"cpu": 3}, id="on-no-target-no-replicas-uses-min"),
+        pytest.param(AUTO, [group("cpu", 2), group("gpu", 0, gpu=1)], {"gpu": 5, "gone": 3},
+                     {"cpu": 2, "gpu": 5}, id="per-group-unknown-targets-ignored"),
+        pytest.param({}, [group("cpu", None, lo=2)], {}, {"cpu": 2}, id="off-no-replicas-uses-min"),
+    ],
+)
+def test_desired_replicas(spec: dict[str, Any], groups: list[dict[str, Any]], targets: dict[str, int],
+                          expected: dict[str, int]) -> None:
+    assert desired_replicas(cluster(spec, groups=groups), targets) == expected
+
+
+# -- rolling updates of the worker template ------------------------------------------------------
+
+
+def rollout(strategy: dict[str, Any], old_pods: list[PodState], new_pods: list[PodState] | None = None,
+            idle: frozenset[str] | None = None) -> list[str]:
+    c = cluster({"updateStrategy": strategy}, groups=[group("cpu", 3)])
+    p = run(c, [head(c), *old_pods, *(new_pods or [])], idle=idle)
+    assert not any(isinstance(a, CreateWorkers) for a in p.actions)
+    return sorted(a.name for a in p.actions if isinstance(a, DeletePod))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "old", "new", "idle", "expected"),
+    [
+        pytest.param({}, workers(C3_OLD, 3), [], None, [w(0)], id="rolling-one-at-a-time-oldest-first"),
+        pytest.param({"maxUnavailable": 2}, workers(C3_OLD, 3), [], None, [w(0), w(1)], id="max-unavailable-2"),
+        pytest.param({"maxUnavailable": 5}, workers(C3_OLD, 3), [], None, [w(0), w(1), w(2)],
+                     id="budget-larger-than-outdated"),
+        pytest.param({}, workers(C3_OLD, 2), [worker(C3, suffix="fresh", ready=False)], None, [],
+                     id="waits-while-a-new-pod-is-not-ready"),
+        pytest.param({}, workers(C3_OLD, 2), [worker(C3, suffix="fresh")], None, [w(0)],
+                     id="continues-once-it-is-ready"),
+        pytest.param({}, workers(C3, 3), [], None, [], id="up-to-date-nothing"),
+        pytest.param({}, [*workers(C3_OLD, 2), worker(C3_OLD, suffix="stuck", phase="Pending", ready=False)], [],
+                     None, ["demo-cpu-stuck"], id="not-ready-outdated-first"),
+        pytest.param({}, workers(C3_OLD, 3, phase="Pending", ready=False, node=None), [], None,
+                     [w(0), w(1), w(2)], id="unschedulable-old-template-does-not-block-the-fix"),
+        pytest.param({"type": "IdleFirst"}, workers(C3_OLD, 3), [], frozenset({w(2)}), [w(2)],
+                     id="idle-first-takes-the-idle-node"),
+        pytest.param({"type": "IdleFirst", "maxUnavailable": 2}, workers(C3_OLD, 3), [], frozenset({w(2)}),
+                     [w(0), w(2)], id="idle-first-then-oldest-busy"),
+        pytest.param({"type": "IdleFirst"}, workers(C3_OLD, 3), [], None, [w(0)],
+                     id="idle-first-without-ray-state-oldest"),
+        pytest.param({"type": "Rolling"}, workers(C3_OLD, 3), [], frozenset({w(2)}), [w(0)],
+                     id="rolling-ignores-idleness"),
+        pytest.param({"type": "OnDelete"}, workers(C3_OLD, 3), [], None, [], id="on-delete-never-deletes"),
+    ],
+)
+def test_rolling_update(strategy: dict[str, Any], old: list[PodState], new: list[PodState],
+                        idle: frozenset[str] | None, expected: list[str]) -> None:
+    assert rollout(strategy, old, new, idle) == expected
+
+
+def test_rollout_waits_for_the_count_first() -> None:
+    p = run(C3, [head(C3), *workers(C3_OLD, 2)])
+    assert same(p, [("create", "cpu", 1)])
+
+
+def test_rollout_reason_names_both_hashes() -> None:
+    p = run(C3, [head(C3), *workers(C3_OLD, 3)])
+    (action,) = p.actions
+    assert isinstance(action, DeletePod)
+    want = worker(C3).template_hash
+    got = worker(C3_OLD).template_hash
+    assert want != got
+    assert action.reason == f"worker {w(0)} has an outdated template ({got} ≠ {want}); rolling update"
+
+
+# -- suspend, removed groups, requeue ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pods", "service", "expected"),
+    [
+        pytest.param(healthy(C), True, [("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))],
+                     id="deletes-every-pod"),
+        pytest.param([head(C, deleting=True), worker(C, suffix="w0000", deleting=True), *workers(C, 2)[1:]],
+                     True, [("delete", w(1))], id="skips-pods-already-deleting"),
+        pytest.param([], False, [], id="creates-nothing-not-even-the-service"),
+        pytest.param([head(C, **HEAD_FAILED), worker(C, suffix="dead1", **FAILED)], True,
+                     [("delete", "demo-cpu-dead1"), ("delete", "demo-head")], id="failed-pods-not-replacements"),
+    ],
+)
+def test_suspend(pods: list[PodState], service: bool, expected: list[tuple[Any, ...]]) -> None:
+    health = {"cpu": GroupHealth(2, 1, NOW - 5, NOW + 5)}
+    p = run(cluster({"suspend": True}), pods, service=service, health=health, head_restarts=3)
+    assert same(p, expected)
+    assert all(isinstance(a, DeletePod) and a.reason == "cluster is suspended" for a in p.actions)
+    assert (p.health, p.head_restarts, p.requeue_after) == (health, 3, None)
+
+
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        pytest.param([*healthy(C), worker(TWO_GROUPS, "gpu", "g0000")], [("delete", "demo-gpu-g0000")],
+                     id="removed-group-pods-deleted"),
+        pytest.param([*healthy(C), worker(TWO_GROUPS, "gpu", "g0000", deleting=True)], [],
+                     id="already-deleting-left-alone"),
+        pytest.param([*healthy(C), worker(TWO_GROUPS, "gpu", "g0000", **FAILED)], [("delete", "demo-gpu-g0000")],
+                     id="failed-pod-of-removed-group-not-replaced"),
+    ],
+)
+def test_removed_group(pods: list[PodState], expected: list[tuple[Any, ...]]) -> None:
+    p = run(C, pods)
+    assert same(p, expected)
+    for a in p.actions:
+        assert isinstance(a, DeletePod) and a.reason == "group gpu is no longer in the spec"
+    assert set(p.health) == {"cpu"}
+
+
+def test_requeue_is_the_earliest_wait() -> None:
+    p = run(C, [head(C, deleting=True), *workers(C, 1)], health={"cpu": GroupHealth(1, 1, NOW - 1, NOW + 20)})
+    assert p.actions == ()
+    assert p.requeue_after == 1.0
+
+
+def test_plan_keeps_other_groups_health_and_adds_missing() -> None:
+    other = GroupHealth(9, 0, NOW - 9999, 0.0)
+    p = run(C, healthy(C), health={"old": other})
+    assert p.health == {"old": other, "cpu": GroupHealth()}
