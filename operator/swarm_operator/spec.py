@@ -244,8 +244,10 @@ def _resources(r: _Reader, obj: Mapping[str, Any], path: str) -> Resources:
     except QuantityError as exc:
         r.fail(f"{rpath}.memory", str(exc))
     gpu = r.integer(raw, "gpu", rpath, 0, 0, MAX_GPUS) or 0
-    gpu_name = r.string(raw, "gpuResourceName", rpath, DEFAULT_GPU_RESOURCE) or DEFAULT_GPU_RESOURCE
-    if not RESOURCE_NAME.fullmatch(gpu_name) or len(gpu_name) > 253:
+    gpu_name = r.string(raw, "gpuResourceName", rpath, DEFAULT_GPU_RESOURCE)
+    if gpu_name is None:
+        gpu_name = DEFAULT_GPU_RESOURCE
+    elif not RESOURCE_NAME.fullmatch(gpu_name) or len(gpu_name) > 253:  # "" too: it is no default
         r.fail(f"{rpath}.gpuResourceName", f"must be a Kubernetes resource name such as nvidia.com/gpu, "
                f"got {_show(gpu_name)}")
     return Resources(cpu=cpu, memory=mem, gpu=gpu, gpu_resource_name=gpu_name,
