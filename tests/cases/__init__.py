@@ -1,0 +1,1 @@
+"""Shared test data: manifests used by more than one test tier (unit and integration)."""
