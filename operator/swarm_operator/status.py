@@ -68,6 +68,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
     groups = []
     ready_total = desired_total = gpus = 0
     failing: list[str] = []
+    short: list[str] = []  # groups with fewer ready workers than desired
     for g in cluster.worker_groups:
         mine = [p for p in pods if p.node_type == labels.WORKER and p.group == g.name and p.alive]
         ready = sum(1 for p in mine if p.ready)
@@ -86,12 +87,15 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
             entry["backoffUntil"] = timestamp(h.backoff_until)
         if h.consecutive_failures:
             failing.append(f"{g.name}: {h.consecutive_failures} consecutive failures")
+        if ready < desired[g.name]:
+            short.append(g.name)
         groups.append(entry)
         ready_total += ready
         desired_total += desired[g.name]
         gpus += ready * g.resources.gpu
     head_ready = bool(head and head.ready)
-    workers_ready = ready_total >= desired_total
+    # Per group: surplus ready workers in one group (awaiting scale-down) must not hide an empty one.
+    workers_ready = not short
     if cluster.suspend:
         phase = "Suspended"
     elif head_ready and workers_ready:
@@ -107,7 +111,8 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
         condition("HeadReady", head_ready, "HeadPodReady" if head_ready else "HeadPodNotReady",
                   f"head pod {head.name} is {'ready' if head_ready else head.phase}" if head else "no head pod"),
         condition("WorkersReady", workers_ready, "AllWorkersReady" if workers_ready else "WorkersNotReady",
-                  f"{ready_total}/{desired_total} workers ready"),
+                  f"{ready_total}/{desired_total} workers ready"
+                  + (f"; short: {', '.join(short)}" if short else "")),
         condition("Autoscaling", cluster.autoscaling.enabled,
                   "Enabled" if cluster.autoscaling.enabled else "Disabled",
                   "worker groups follow Ray's pending demand" if cluster.autoscaling.enabled

@@ -1,0 +1,315 @@
+"""status.py: phase and conditions, lastTransitionTime kept, round trip through status, invalid specs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from swarm_operator.reconcile.backoff import GroupHealth
+from swarm_operator.reconcile.observe import PodState
+from swarm_operator.spec import ClusterSpec
+from swarm_operator.status import (
+    CONDITION_TYPES,
+    cluster_status,
+    differs,
+    health_from_status,
+    invalid_status,
+    merge_conditions,
+)
+from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker, workers
+
+C = cluster()  # one group "cpu", 2 replicas
+TWO = cluster(groups=[group("cpu", 1), group("gpu", 2, gpu=4)])
+FAILING = {"cpu": GroupHealth(restarts=3, consecutive_failures=2, last_failure=NOW - 10, backoff_until=NOW + 2)}
+
+
+def status_of(c: ClusterSpec, pods: list[PodState], *, health: dict[str, GroupHealth] | None = None,
+              desired: dict[str, int] | None = None, old: dict[str, Any] | None = None, now: float = NOW,
+              head_restarts: int = 0, head_ip: str | None = None) -> dict[str, Any]:
+    want = desired if desired is not None else {g.name: g.initial_replicas() for g in c.worker_groups}
+    return cluster_status(c, pods, want, health or {}, head_restarts, old or {}, now, head_ip)
+
+
+def conditions(status: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in status["conditions"]}
+
+
+def flags(valid: str = "True", head: str = "True", workers_: str = "True", auto: str = "False",
+          suspended: str = "False", failure: str = "False") -> dict[str, str]:
+    return {"Valid": valid, "HeadReady": head, "WorkersReady": workers_, "Autoscaling": auto,
+            "Suspended": suspended, "ReplicaFailure": failure}
+
+
+@pytest.mark.parametrize(
+    ("c", "pods", "health", "phase", "conds"),
+    [
+        pytest.param(C, [head(C), *workers(C, 2)], None, "Running", flags(), id="running"),
+        pytest.param(C, [], None, "Pending", flags(head="False", workers_="False"), id="nothing-yet"),
+        pytest.param(C, [head(C, phase="Pending", ready=False), *workers(C, 2)], None, "Pending",
+                     flags(head="False"), id="head-not-ready"),
+        pytest.param(C, [head(C), *workers(C, 1)], None, "Pending", flags(workers_="False"), id="workers-starting"),
+        pytest.param(C, [head(C), *workers(C, 1)], FAILING, "Degraded", flags(workers_="False", failure="True"),
+                     id="workers-failing-degraded"),
+        pytest.param(C, [head(C), *workers(C, 2)], FAILING, "Running", flags(failure="True"),
+                     id="recovered-but-failures-remembered"),
+        pytest.param(C, [head(C, phase="Pending", ready=False), *workers(C, 1)], FAILING, "Pending",
+                     flags(head="False", workers_="False", failure="True"), id="head-down-is-pending-not-degraded"),
+        pytest.param(C, [head(C, deleting=True), *workers(C, 2)], None, "Pending", flags(head="False"),
+                     id="deleting-head-not-ready"),
+        pytest.param(C, [head(C), *workers(C, 2, deleting=True)], None, "Pending", flags(workers_="False"),
+                     id="deleting-workers-not-counted"),
+        pytest.param(cluster({"suspend": True}), [], None, "Suspended",
+                     flags(head="False", workers_="False", suspended="True"), id="suspended"),
+        pytest.param(cluster({"autoscaling": {"enabled": True}}), [head(C), *workers(C, 2)], None, "Running",
+                     flags(auto="True"), id="autoscaling"),
+        pytest.param(cluster(groups=[]), [head(C)], None, "Running", flags(), id="head-only"),
+        pytest.param(TWO, [head(TWO), *workers(TWO, 3, "cpu")], None, "Pending", flags(workers_="False"),
+                     id="surplus-in-one-group-does-not-hide-an-empty-group"),
+        pytest.param(TWO, [head(TWO), *workers(TWO, 1, "cpu"), *workers(TWO, 2, "gpu")], None, "Running", flags(),
+                     id="two-groups-ready"),
+    ],
+)
+def test_phase_and_conditions(c: ClusterSpec, pods: list[PodState], health: dict[str, GroupHealth] | None,
+                              phase: str, conds: dict[str, str]) -> None:
+    s = status_of(c, pods, health=health)
+    assert s["phase"] == phase
+    assert conditions(s) == conds
+    assert [c["type"] for c in s["conditions"]] == list(CONDITION_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("c", "pods", "expected"),
+    [
+        pytest.param(C, [head(C), *workers(C, 2)], "2/2 workers ready", id="all"),
+        pytest.param(C, [head(C), *workers(C, 1)], "1/2 workers ready; short: cpu", id="one-short"),
+        pytest.param(TWO, [*workers(TWO, 3, "cpu")], "3/3 workers ready; short: gpu", id="surplus-elsewhere"),
+        pytest.param(TWO, [], "0/3 workers ready; short: cpu, gpu", id="none"),
+    ],
+)
+def test_workers_ready_message(c: ClusterSpec, pods: list[PodState], expected: str) -> None:
+    (cond,) = [x for x in status_of(c, pods)["conditions"] if x["type"] == "WorkersReady"]
+    assert cond["message"] == expected
+
+
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        pytest.param([head(C), *workers(C, 2)], "head pod demo-head is ready", id="ready"),
+        pytest.param([head(C, phase="Pending", ready=False)], "head pod demo-head is Pending", id="pending"),
+        pytest.param([], "no head pod", id="missing"),
+    ],
+)
+def test_head_ready_message(pods: list[PodState], expected: str) -> None:
+    (cond,) = [c for c in status_of(C, pods)["conditions"] if c["type"] == "HeadReady"]
+    assert cond["message"] == expected
+
+
+def test_summary_fields() -> None:
+    pods = [head(TWO), *workers(TWO, 1, "cpu"), *workers(TWO, 1, "gpu"),
+            worker(TWO, "gpu", "slow1", phase="Pending", ready=False)]
+    s = status_of(TWO, pods, head_restarts=2, head_ip="10.0.0.7")
+    assert (s["workers"], s["readyWorkers"], s["desiredWorkers"], s["gpus"]) == ("2/3", 2, 3, 4)
+    assert s["observedGeneration"] == 1
+    assert s["head"] == {
+        "podName": "demo-head",
+        "serviceName": "demo-head-svc",
+        "ready": True,
+        "gcsAddress": "demo-head-svc.ns.svc:6379",
+        "dashboardURL": "http://demo-head-svc.ns.svc:8265",
+        "clientAddress": "ray://demo-head-svc.ns.svc:10001",
+        "restarts": 2,
+        "podIP": "10.0.0.7",
+    }
+    assert [(g["name"], g["desiredReplicas"], g["currentReplicas"], g["readyReplicas"]) for g in s["workerGroups"]] \
+        == [("cpu", 1, 1, 1), ("gpu", 2, 2, 1)]
+
+
+def test_no_pod_ip_key_without_an_ip() -> None:
+    assert "podIP" not in status_of(C, [head(C)])["head"]
+
+
+@pytest.mark.parametrize(
+    ("health", "expected"),
+    [
+        pytest.param(GroupHealth(), {"restarts": 0, "consecutiveFailures": 0}, id="never-failed"),
+        pytest.param(GroupHealth(3, 2, NOW - 10, NOW + 2),
+                     {"restarts": 3, "consecutiveFailures": 2, "lastFailureTime": iso(NOW - 10),
+                      "backoffUntil": iso(NOW + 2)}, id="in-backoff"),
+        pytest.param(GroupHealth(3, 0, NOW - 900, 0.0),
+                     {"restarts": 3, "consecutiveFailures": 0, "lastFailureTime": iso(NOW - 900)},
+                     id="settled-no-backoff-key"),
+        pytest.param(GroupHealth(3, 2, NOW - 10, NOW - 1),
+                     {"restarts": 3, "consecutiveFailures": 2, "lastFailureTime": iso(NOW - 10)},
+                     id="expired-backoff-not-written"),
+    ],
+)
+def test_group_health_fields(health: GroupHealth, expected: dict[str, Any]) -> None:
+    (entry,) = status_of(C, [], health={"cpu": health})["workerGroups"]
+    assert {k: v for k, v in entry.items() if k not in ("name", "desiredReplicas", "currentReplicas",
+                                                         "readyReplicas")} == expected
+
+
+def test_replica_failure_message_lists_groups() -> None:
+    health = {"cpu": GroupHealth(3, 2, NOW - 10, 0.0), "gpu": GroupHealth(1, 1, NOW - 5, 0.0)}
+    (cond,) = [c for c in status_of(TWO, [], health=health)["conditions"] if c["type"] == "ReplicaFailure"]
+    assert cond["message"] == "cpu: 2 consecutive failures; gpu: 1 consecutive failures"
+
+
+@pytest.mark.parametrize(
+    ("old", "key", "present"),
+    [
+        pytest.param({"autoscaler": {"lastDecision": "cpu 1→2"}}, "autoscaler", True, id="autoscaler-kept"),
+        pytest.param({}, "autoscaler", False, id="no-autoscaler-invented"),
+    ],
+)
+def test_fields_written_by_others_are_carried(old: dict[str, Any], key: str, present: bool) -> None:
+    s = status_of(C, [], old=old)
+    assert (key in s) is present
+    if present:
+        assert s[key] == old[key]
+
+
+# -- merge_conditions ----------------------------------------------------------------------------
+
+T0 = iso(NOW - 3600)
+
+
+@pytest.mark.parametrize(
+    ("old", "new_status", "expected_time"),
+    [
+        pytest.param([], "True", iso(NOW), id="first-time"),
+        pytest.param([{"type": "HeadReady", "status": "True", "lastTransitionTime": T0}], "True", T0,
+                     id="unchanged-keeps-time"),
+        pytest.param([{"type": "HeadReady", "status": "False", "lastTransitionTime": T0}], "True", iso(NOW),
+                     id="flipped-moves-time"),
+        pytest.param([{"type": "HeadReady", "status": "True"}], "True", iso(NOW), id="old-without-time"),
+        pytest.param([{"type": "Valid", "status": "True", "lastTransitionTime": T0}], "True", iso(NOW),
+                     id="other-type-does-not-count"),
+    ],
+)
+def test_merge_conditions_transition_time(old: list[dict[str, Any]], new_status: str, expected_time: str) -> None:
+    new = [{"type": "HeadReady", "status": new_status, "reason": "R", "message": "changed text"}]
+    (merged,) = merge_conditions(old, new, NOW, generation=7)
+    assert merged == {**new[0], "lastTransitionTime": expected_time, "observedGeneration": 7}
+
+
+def test_merge_conditions_drops_conditions_not_computed() -> None:
+    old = [{"type": "Gone", "status": "True", "lastTransitionTime": T0}]
+    assert [c["type"] for c in merge_conditions(old, [{"type": "Valid", "status": "True"}], NOW, 1)] == ["Valid"]
+
+
+def test_status_settles_so_nothing_is_rewritten() -> None:
+    """Computed again a minute later from what it wrote, the status must not differ (no write per turn)."""
+    pods = [head(C), *workers(C, 1)]
+    first = status_of(C, pods, health=FAILING)
+    again = status_of(C, pods, health=FAILING, old=first, now=NOW + 1)  # backoffUntil still ahead
+    assert not differs(first, again)
+    later = status_of(C, pods, health=FAILING, old=first, now=NOW + 60)
+    assert differs(first, later), "backoffUntil expired: the status must change"
+    assert {c["type"]: c["lastTransitionTime"] for c in later["conditions"]} == \
+        {c["type"]: c["lastTransitionTime"] for c in first["conditions"]}
+
+
+def test_condition_flip_moves_only_that_condition() -> None:
+    first = status_of(C, [head(C), *workers(C, 1)])
+    second = status_of(C, [head(C), *workers(C, 2)], old=first, now=NOW + 30)
+    times = {c["type"]: c["lastTransitionTime"] for c in second["conditions"]}
+    assert times.pop("WorkersReady") == iso(NOW + 30)
+    assert set(times.values()) == {iso(NOW)}
+
+
+# -- health_from_status: what the next turn (or the next operator process) reads back ------------
+
+
+@pytest.mark.parametrize(
+    ("c", "health", "desired", "restarts"),
+    [
+        pytest.param(C, {"cpu": GroupHealth()}, {"cpu": 2}, 0, id="fresh"),
+        pytest.param(C, {"cpu": GroupHealth(5, 2, NOW - 3, NOW + 4)}, {"cpu": 7}, 3, id="in-backoff"),
+        pytest.param(TWO, {"cpu": GroupHealth(1, 0, NOW - 900, 0.0), "gpu": GroupHealth(2, 2, NOW - 1, NOW + 2)},
+                     {"cpu": 0, "gpu": 5}, 1, id="two-groups"),
+    ],
+)
+def test_health_round_trip(c: ClusterSpec, health: dict[str, GroupHealth], desired: dict[str, int],
+                           restarts: int) -> None:
+    s = status_of(c, [], health=health, desired=desired, head_restarts=restarts)
+    assert health_from_status(s) == (health, desired, restarts)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        pytest.param({}, ({}, {}, 0), id="empty"),
+        pytest.param({"workerGroups": [{"desiredReplicas": 3}]}, ({}, {}, 0), id="entry-without-name"),
+        pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": "3"}]}, ({"cpu": GroupHealth()}, {}, 0),
+                     id="non-int-target-ignored"),
+        pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": 0}]}, ({"cpu": GroupHealth()}, {"cpu": 0}, 0),
+                     id="zero-target-kept"),
+        pytest.param({"head": {"restarts": 4}}, ({}, {}, 4), id="head-restarts"),
+    ],
+)
+def test_health_from_partial_status(status: dict[str, Any], expected: tuple[Any, ...]) -> None:
+    assert health_from_status(status) == expected
+
+
+# -- invalid specs --------------------------------------------------------------------------------
+
+
+def test_invalid_status_keeps_everything_else() -> None:
+    old = status_of(C, [head(C), *workers(C, 2)], head_restarts=1)
+    s = invalid_status("spec.workerGroups[0].template.spec.containers: must be a list", old, 4, NOW + 60)
+    assert s["phase"] == "Invalid"
+    assert s["observedGeneration"] == 4
+    assert s["workerGroups"] == old["workerGroups"] and s["head"] == old["head"]
+    valid, *others = s["conditions"]
+    assert valid == {"type": "Valid", "status": "False", "reason": "InvalidSpec",
+                     "message": "spec.workerGroups[0].template.spec.containers: must be a list",
+                     "lastTransitionTime": iso(NOW + 60), "observedGeneration": 4}
+    assert others == [c for c in old["conditions"] if c["type"] != "Valid"]
+
+
+@pytest.mark.parametrize(
+    ("old_conditions", "expected_time"),
+    [
+        pytest.param([], iso(NOW), id="first-report"),
+        pytest.param([{"type": "Valid", "status": "False", "lastTransitionTime": T0}], T0, id="still-invalid"),
+        pytest.param([{"type": "Valid", "status": "True", "lastTransitionTime": T0}], iso(NOW), id="became-invalid"),
+    ],
+)
+def test_invalid_status_transition_time(old_conditions: list[dict[str, Any]], expected_time: str) -> None:
+    s = invalid_status("bad", {"conditions": old_conditions}, 2, NOW)
+    assert [(c["type"], c["lastTransitionTime"]) for c in s["conditions"]] == [("Valid", expected_time)]
+
+
+def test_invalid_message_is_bounded() -> None:
+    s = invalid_status("x" * 5000, {}, 1, NOW)
+    assert len(s["conditions"][0]["message"]) == 1000
+
+
+def test_valid_again_flips_the_condition_back() -> None:
+    bad = invalid_status("bad", {}, 1, NOW)
+    good = status_of(C, [], old=bad, now=NOW + 5)
+    (valid,) = [c for c in good["conditions"] if c["type"] == "Valid"]
+    assert (valid["status"], valid["lastTransitionTime"], good["phase"]) == ("True", iso(NOW + 5), "Pending")
+
+
+# -- differs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "expected"),
+    [
+        pytest.param({}, {}, False, id="both-empty"),
+        pytest.param({"phase": "Running"}, {"phase": "Running"}, False, id="same"),
+        pytest.param({"phase": "Running"}, {"phase": "Pending"}, True, id="changed"),
+        pytest.param({}, {"phase": "Running"}, True, id="new-key"),
+        pytest.param({"phase": "Running", "autoscaler": {"x": 1}}, {"phase": "Running"}, False,
+                     id="fields-others-write-ignored"),
+        pytest.param({"workerGroups": [{"name": "a"}]}, {"workerGroups": [{"name": "a"}, {"name": "b"}]}, True,
+                     id="nested-list"),
+        pytest.param({"head": {"ready": True}}, {"head": {"ready": True}}, False, id="nested-same"),
+    ],
+)
+def test_differs(current: dict[str, Any], wanted: dict[str, Any], expected: bool) -> None:
+    assert differs(current, wanted) is expected
