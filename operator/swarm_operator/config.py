@@ -54,7 +54,7 @@ def from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Oper
     args = parser().parse_args(list(argv))
     namespaces = tuple(args.namespace)
     if not namespaces and not args.all_namespaces and env.get("SWARM_NAMESPACES"):
-        namespaces = tuple(n for n in env["SWARM_NAMESPACES"].split(",") if n)
+        namespaces = tuple(n.strip() for n in env["SWARM_NAMESPACES"].split(",") if n.strip())
     if args.workers < 1:
         parser().error("--workers must be at least 1")
     return OperatorConfig(
