@@ -94,6 +94,14 @@ def set_path(obj: dict[str, Any], path: str, value: Any) -> None:
         node[last] = value
 
 
+def get_path(obj: Any, path: str) -> Any:
+    """The value at `path`; raises LookupError (KeyError/IndexError) or TypeError when it is absent."""
+    node = obj
+    for token in _tokens(path):
+        node = node[token]
+    return node
+
+
 def mutated(changes: Mapping[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """A deep copy of `base` (default: base_manifest()) with each path in `changes` set."""
     out = copy.deepcopy(base if base is not None else base_manifest())
