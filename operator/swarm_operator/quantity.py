@@ -47,7 +47,7 @@ def parse_quantity(value: object) -> Decimal:
         return _bounded(Decimal(str(value)), value)
     if not isinstance(value, str):
         raise QuantityError(f"{_show(value)} is not a quantity")
-    m = _QUANTITY.fullmatch(value.strip())
+    m = _QUANTITY.fullmatch(value)  # no strip: the API server's isQuantity() rejects surrounding spaces too
     if not m:
         raise QuantityError(f"{_show(value)} is not a quantity (expected e.g. 2, 500m, 4Gi)")
     number, exponent, suffix = m.group(1), m.group(2), m.group(3) or ""
