@@ -300,6 +300,9 @@ class Controller:
         status = invalid_status(message, old, generation, now)
         if differs(old, status):
             await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status)
+            body = self.clusters.get(key)
+            if body is not None:
+                body["status"] = {**old, **status}  # our own write, as in reconcile: no rewrite every turn
         if self._warned.get(key) != (generation, message):
             self._warned[key] = (generation, message)
             log.warning("SwarmCluster %s/%s is invalid: %s", *key, message.replace("\n", "; "))
