@@ -144,8 +144,9 @@ class Controller:
         selector = labels.CLUSTER
         fresh_pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         fresh_svcs: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        listed_at: dict[str | None, str] = {}  # each pod list's resourceVersion, by scope
         for ns in self._scopes():
-            pods, _ = await asyncio.to_thread(self.kube.list_pods, ns, selector)
+            pods, listed_at[ns] = await asyncio.to_thread(self.kube.list_pods, ns, selector)
             for pod in pods:
                 key = _key_of(pod)
                 if key:
@@ -158,8 +159,14 @@ class Controller:
             for key in set(store) | set(fresh):
                 # Keep entries newer than the list (written or watched while it ran).
                 merged = dict(fresh.get(key, {}))
+                listed = {"metadata": {"resourceVersion": listed_at.get(key[0], listed_at.get(None, ""))}}
                 for name, obj in store.get(key, {}).items():
-                    if name in merged and _newer(obj, merged[name]):
+                    if name in merged:
+                        if _newer(obj, merged[name]):
+                            merged[name] = obj
+                    elif store is self.pods and _newer(obj, listed) and not _newer(listed, obj):
+                        # Created after the list was taken (worker names are random: dropping it would
+                        # let the next turn create a duplicate).
                         merged[name] = obj
                 if merged != store.get(key, {}):
                     store[key] = merged

@@ -403,6 +403,40 @@ def test_relist_drops_pods_a_broken_watch_never_reported() -> None:
     run(body)
 
 
+class RacingKube(FakeKube):
+    """A worker is created (and written through to the index) while the relist's pod list is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during_list: Callable[[], None] = lambda: None
+
+    def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
+        result = super().list_pods(namespace, selector)
+        self.during_list()
+        return result
+
+
+@pytest.mark.parametrize(
+    ("rv", "kept"),
+    [
+        pytest.param("200", True, id="created-after-the-list-kept"),
+        pytest.param("100", False, id="as-old-as-the-list-dropped"),
+        pytest.param("50", False, id="older-than-the-list-dropped"),
+    ],
+)
+def test_relist_keeps_pods_written_while_it_listed(rv: str, kept: bool) -> None:
+    kube = RacingKube()  # its list resourceVersion is "100"
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        kube.during_list = lambda: c.on_pod("ADDED", _pod(rv, name="demo-cpu-new01"))
+        await c.relist()
+        assert ("demo-cpu-new01" in c.pods[KEY]) is kept
+
+    run(body)
+
+
 # -- the queue -----------------------------------------------------------------------------------
 
 
