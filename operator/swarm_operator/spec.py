@@ -38,7 +38,11 @@ MAX_GROUPS = 16
 MAX_REPLICAS = 10000
 MAX_GPUS = 64
 
-OPERATOR_OWNED_FLAGS = frozenset({"block", "address", "head", "num-cpus", "num-gpus", "memory", "resources"})
+# The pod's ports, probes and the head service depend on the flags after "resources": a user value
+# would silently win over the operator's (the last flag counts) and break them.
+OPERATOR_OWNED_FLAGS = frozenset({"block", "address", "head", "num-cpus", "num-gpus", "memory", "resources",
+                                  "port", "dashboard-host", "dashboard-port", "ray-client-server-port",
+                                  "metrics-export-port", "redis-password"})
 BUILTIN_RAY_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 SERVICE_TYPES = ("Headless", "ClusterIP", "NodePort", "LoadBalancer")
 UPDATE_TYPES = ("Rolling", "IdleFirst", "OnDelete")
