@@ -229,6 +229,11 @@ CASES: tuple[InvalidCase, ...] = (
           f"{W1}.rayStartParams.block", f"{W1}.rayStartParams", "cel"),
     _case("ray-start-params-resources", {f"{W1}.rayStartParams": {"resources": '{"TPU": 1}'}},
           f"{W1}.rayStartParams.resources", f"{W1}.rayStartParams", "cel"),
+    # The head service and workers use 6379 and the pod declares 8080: a user's flag would win silently.
+    _case("ray-start-params-gcs-port", {f"{HEAD}.rayStartParams": {"port": "6380"}},
+          f"{HEAD}.rayStartParams.port", f"{HEAD}.rayStartParams", "cel"),
+    _case("ray-start-params-metrics-port", {f"{W0}.rayStartParams": {"metrics-export-port": "9000"}},
+          f"{W0}.rayStartParams.metrics-export-port", f"{W0}.rayStartParams", "cel"),
     _case("ray-start-params-leading-dashes", {f"{HEAD}.rayStartParams": {"--object-store-memory": "100000000"}},
           f"{HEAD}.rayStartParams.--object-store-memory", f"{HEAD}.rayStartParams", "cel"),
     _case("ray-start-params-uppercase-key", {f"{W0}.rayStartParams": {"Include_Dashboard": "false"}},
