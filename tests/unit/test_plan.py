@@ -223,7 +223,8 @@ def test_recycled_workers_say_why() -> None:
 )
 def test_head_template_change(spec: dict[str, Any], expected: list[tuple[Any, ...]]) -> None:
     old = cluster(spec)
-    new = cluster({**spec, "head": {"resources": {"cpu": "1", "memory": "2Gi"}, "rayStartParams": {"object-store-memory": "200000000"}}})
+    head_spec = {"resources": {"cpu": "1", "memory": "2Gi"}, "rayStartParams": {"object-store-memory": "200000000"}}
+    new = cluster({**spec, "head": head_spec})
     p = run(new, [head(old), *workers(new, 2)])
     assert same(p, expected)
     assert p.head_restarts == 0, "a template change is not a failure"
