@@ -1,0 +1,90 @@
+"""``python -m localcluster build|up|down|status|kubeconfig|test|run``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from localcluster import build, versions
+from localcluster.cluster import ClusterError, LocalCluster
+
+
+def _with_cluster(cmd: list[str], extra_env: dict[str, str]) -> int:
+    """Build (a no-op when cached), bring the cluster up, run ``cmd``, and bring it down again
+    if this call brought it up; a cluster that was already running is left running."""
+    build.build_all()
+    cluster = LocalCluster.from_env()
+    was_running = cluster.running()
+    try:
+        cluster.up()
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([*versions.path_dirs(), env.get("PATH", "")])
+        env["SWARM_TEST_KUBECONFIG"] = str(cluster.kubeconfig)
+        env.update(extra_env)
+        start = time.monotonic()
+        rc = subprocess.call(cmd, env=env)
+        print(f"[localcluster] `{' '.join(cmd)}` exited {rc} after {time.monotonic() - start:.1f}s", flush=True)
+        return rc
+    finally:
+        if not was_running:
+            cluster.down()
+
+
+def _test(pytest_args: list[str]) -> int:
+    cmd = [sys.executable, "-m", "pytest", *pytest_args]
+    if os.environ.get("SWARM_TEST_KUBECONFIG"):
+        # A cluster is given (kind, or any other): test against it, start nothing.
+        return subprocess.call(cmd)
+    return _with_cluster(cmd, {})
+
+
+def _run(cmd: list[str]) -> int:
+    if not cmd:
+        raise SystemExit("usage: python -m localcluster run -- COMMAND [ARGS…]")
+    return _with_cluster(cmd, {"KUBECONFIG": str(LocalCluster.from_env().kubeconfig)})
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_build = sub.add_parser("build", help="build the control plane from Go modules (cached by version)")
+    p_build.add_argument("only", nargs="*", help="components to build (default: all)")
+    sub.add_parser("up", help="start the cluster and its fake nodes (idempotent)")
+    sub.add_parser("down", help="delete the cluster: no process, no file left")
+    sub.add_parser("status", help="components, PIDs and memory")
+    sub.add_parser("kubeconfig", help="print the kubeconfig path")
+    p_test = sub.add_parser("test", help="run pytest against SWARM_TEST_KUBECONFIG or a local cluster")
+    p_test.add_argument("args", nargs=argparse.REMAINDER, help="pytest arguments (after --)")
+    p_run = sub.add_parser("run", help="run a command with KUBECONFIG set to a local cluster")
+    p_run.add_argument("args", nargs=argparse.REMAINDER, help="the command (after --)")
+    ns = parser.parse_args(argv)
+    # argparse keeps the "--" separator in a REMAINDER list.
+    rest: list[str] = [a for i, a in enumerate(getattr(ns, "args", [])) if not (i == 0 and a == "--")]
+
+    cluster = LocalCluster.from_env()
+    try:
+        if ns.command == "build":
+            return build.main(ns.only)
+        if ns.command == "up":
+            cluster.up()
+        elif ns.command == "down":
+            cluster.down()
+        elif ns.command == "status":
+            print(cluster.status())
+        elif ns.command == "kubeconfig":
+            print(cluster.kubeconfig)
+        elif ns.command == "test":
+            return _test(rest)
+        elif ns.command == "run":
+            return _run(rest)
+    except (ClusterError, build.BuildError) as exc:
+        print(f"[localcluster] ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,300 @@
+"""Run a real control plane with ``kwokctl --runtime binary``: up, down, status.
+
+Everything lives under one working directory (``SWARM_LOCALCLUSTER_DIR``, default
+``<cache>/run``) used as ``KWOK_WORKDIR``, so kwokctl never reads ``~/.kwok`` and never
+writes ``~/.kube/config``: the kubeconfig is a file of its own next to the cluster.
+Only built binaries are used (plain paths, no URLs), so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import kubernetes
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from localcluster import nodes, versions
+
+# kwokctl's own components, in start order; each writes <workdir>/pids/<binary>.pid.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
+
+# Loaded by every kwokctl call because it sits at $KWOK_WORKDIR/kwok.yaml.
+#  - bindAddress: every component listens on loopback only (kwok's default is 0.0.0.0).
+#  - kwok manages only nodes annotated kwok.x-k8s.io/node=fake (the binary runtime's
+#    default is every node), so nodes run by something else can join the cluster later.
+KWOKCTL_CONFIG = """\
+kind: KwokctlConfiguration
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+options:
+  bindAddress: 127.0.0.1
+componentsPatches:
+- name: kwok-controller
+  extraArgs:
+  - key: manage-all-nodes
+    value: "false"
+    override: true
+  - key: manage-nodes-with-annotation-selector
+    value: kwok.x-k8s.io/node=fake
+"""
+
+
+class ClusterError(RuntimeError):
+    """A cluster operation failed; the message says which and where to look."""
+
+
+@dataclass(frozen=True)
+class Proc:
+    component: str
+    pid: int
+    rss_kib: int | None  # None when the process is gone
+
+    @property
+    def alive(self) -> bool:
+        return self.rss_kib is not None
+
+
+def _rss_kib(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None  # a zombie has no VmRSS: it is not running
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    return _rss_kib(pid) is not None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _log(msg: str) -> None:
+    print(f"[localcluster] {msg}", flush=True)
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    name: str
+    root: Path  # KWOK_WORKDIR
+
+    @classmethod
+    def from_env(cls) -> LocalCluster:
+        root = os.environ.get("SWARM_LOCALCLUSTER_DIR")
+        return cls(name=os.environ.get("SWARM_LOCALCLUSTER_NAME", "swarm"),
+                   root=Path(root) if root else versions.cache_root() / "run")
+
+    @property
+    def workdir(self) -> Path:
+        return self.root / "clusters" / self.name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / f"{self.name}.kubeconfig"
+
+    def env(self) -> dict[str, str]:
+        """Environment for kwokctl, and for commands run against the cluster (built tools first on PATH)."""
+        env = dict(os.environ)
+        env.pop("KUBECONFIG", None)
+        env.update({
+            "KWOK_WORKDIR": str(self.root),
+            "KWOK_RUNTIME": "binary",
+            "KWOK_KUBE_VERSION": versions.KUBERNETES,
+            "KWOK_KUBE_APISERVER_BINARY": str(versions.tool_path("kube-apiserver")),
+            "KWOK_KUBE_CONTROLLER_MANAGER_BINARY": str(versions.tool_path("kube-controller-manager")),
+            "KWOK_KUBE_SCHEDULER_BINARY": str(versions.tool_path("kube-scheduler")),
+            "KWOK_CONTROLLER_BINARY": str(versions.tool_path("kwok")),
+            "KWOK_ETCD_BINARY": str(versions.tool_path("etcd")),
+            "KWOK_KUBECTL_BINARY": str(versions.tool_path("kubectl")),
+            "PATH": os.pathsep.join([*versions.path_dirs(), env.get("PATH", "")]),
+        })
+        return env
+
+    # --- inspection -------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.workdir / "kwok.yaml").is_file()
+
+    def processes(self) -> list[Proc]:
+        """The components kwokctl started, from its pid files."""
+        procs = []
+        for comp in COMPONENTS:
+            pidfile = self.workdir / "pids" / f"{comp}.pid"
+            try:
+                pid = int(pidfile.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            procs.append(Proc(comp, pid, _rss_kib(pid)))
+        return procs
+
+    def stray_pids(self) -> list[int]:
+        """Live processes whose command line names this cluster's working directory.
+
+        The pid files can be gone (a half-done delete) while the processes still run;
+        every component's arguments contain the workdir, so this finds them anyway.
+        """
+        marker = str(self.workdir) + "/"
+        return [pid for pid in _pids() if marker in _cmdline(pid) and pid_alive(pid)]
+
+    def api_client(self) -> client.ApiClient:
+        api = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(self.kubeconfig), persist_config=False)
+        return cast(client.ApiClient, api)
+
+    def serving(self) -> bool:
+        """The API server answers /readyz with ok."""
+        if not self.kubeconfig.is_file():
+            return False
+        try:
+            with self.api_client() as api:
+                return readyz(api, timeout=2.0)
+        except (ApiException, HTTPError, OSError, kubernetes.config.ConfigException):
+            return False
+
+    def running(self) -> bool:
+        procs = self.processes()
+        return len(procs) == len(COMPONENTS) and all(p.alive for p in procs) and self.serving()
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def _kwokctl(self, *args: str, timeout: float = 300) -> None:
+        cmd = [str(versions.tool_path("kwokctl")), "--name", self.name, *args]
+        logfile = self.root / f"{self.name}.kwokctl.log"
+        with logfile.open("a") as fh:
+            fh.write(f"$ {' '.join(cmd)}\n")
+            fh.flush()
+            try:
+                proc = subprocess.run(cmd, env=self.env(), stdout=fh, stderr=subprocess.STDOUT, timeout=timeout,
+                                      check=False)
+            except subprocess.TimeoutExpired:
+                raise ClusterError(f"`{' '.join(cmd)}` did not finish in {timeout:.0f}s; see {logfile}") from None
+        if proc.returncode != 0:
+            tail = "".join(logfile.read_text().splitlines(keepends=True)[-15:])
+            raise ClusterError(f"`{' '.join(cmd)}` exited {proc.returncode}; see {logfile}:\n{tail}")
+
+    def up(self, pools: tuple[nodes.NodePool, ...] = nodes.DEFAULT_POOL, timeout: float = 180) -> None:
+        """Start the cluster (or find it running), create the node pools, wait until all is Ready."""
+        missing = [t for t in ("kwokctl", *COMPONENTS[:-1], "kwok", "kubectl") if not versions.tool_path(t).is_file()]
+        if missing:
+            raise ClusterError(f"not built: {', '.join(missing)}; run `python -m localcluster build` first")
+        start = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "kwok.yaml").write_text(KWOKCTL_CONFIG)
+        if self.running():
+            _log(f"cluster {self.name!r} already running")
+        elif self.exists():
+            _log(f"cluster {self.name!r} exists but is stopped: starting it …")
+            self._kwokctl("start", "cluster", "--timeout", f"{timeout:.0f}s", timeout=timeout)
+        else:
+            _log(f"creating cluster {self.name!r} in {self.workdir} (kwokctl, binary runtime) …")
+            self._kwokctl("create", "cluster", "--runtime", "binary", "--kubeconfig", str(self.kubeconfig),
+                          "--quiet-pull", "--timeout", f"{timeout:.0f}s", timeout=timeout)
+        self._wait_serving(deadline=start + timeout)
+        _log(f"API server ready ({time.monotonic() - start:.1f}s)")
+        node_objs = nodes.pool_nodes(pools)
+        with self.api_client() as api:
+            nodes.create_nodes(api, node_objs)
+            nodes.wait_nodes_ready(api, [n["metadata"]["name"] for n in node_objs],
+                                   timeout=max(10.0, start + timeout - time.monotonic()))
+        summary = ", ".join(f"{p.count}×{p.prefix}" for p in pools)
+        _log(f"nodes Ready ({summary}); cluster up in {time.monotonic() - start:.1f}s")
+        _log(f"kubeconfig: {self.kubeconfig}")
+
+    def _wait_serving(self, deadline: float) -> None:
+        while not self.serving():
+            dead = [p.component for p in self.processes() if not p.alive]
+            if dead:
+                raise ClusterError(f"{', '.join(dead)} exited; see logs in {self.workdir / 'logs'}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"API server not ready in time; see logs in {self.workdir / 'logs'}")
+            time.sleep(0.25)
+
+    def down(self) -> None:
+        """Delete the cluster; afterwards no process of it runs and none of its files remain."""
+        start = time.monotonic()
+        pids = [p.pid for p in self.processes() if p.alive]
+        if self.exists():
+            _log(f"deleting cluster {self.name!r} …")
+            self._kwokctl("delete", "cluster", "--kubeconfig", str(self.kubeconfig), timeout=120)
+        # kwokctl signals the components and returns; wait for them, and end any that
+        # linger (or that a half-done earlier delete left without pid files), by PID.
+        _stop(sorted({*pids, *self.stray_pids()}))
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        for f in (self.kubeconfig, self.root / f"{self.name}.kwokctl.log"):
+            f.unlink(missing_ok=True)
+        self._remove_root_if_unused()
+        left = self.stray_pids()
+        if left or self.workdir.exists() or self.kubeconfig.exists():
+            raise ClusterError(f"down left behind processes {left} or files under {self.root}")
+        _log(f"cluster {self.name!r} down in {time.monotonic() - start:.1f}s; no process or file left")
+
+    def _remove_root_if_unused(self) -> None:
+        """Remove the shared working directory once no cluster uses it any more."""
+        clusters = self.root / "clusters"
+        if clusters.is_dir() and any(clusters.iterdir()):
+            return
+        if any(self.root.glob("*.kubeconfig")):
+            return
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def status(self) -> str:
+        if not self.exists():
+            return f"cluster {self.name!r}: not created ({self.workdir})"
+        procs = self.processes()
+        lines = [f"cluster {self.name!r}: {'serving' if self.serving() else 'NOT serving'}",
+                 f"  kubeconfig: {self.kubeconfig}",
+                 f"  {'component':<26}{'pid':>8}{'RSS MiB':>10}"]
+        for p in procs:
+            rss = f"{p.rss_kib / 1024:.0f}" if p.rss_kib is not None else "dead"
+            lines.append(f"  {p.component:<26}{p.pid:>8}{rss:>10}")
+        total = sum(p.rss_kib or 0 for p in procs)
+        lines.append(f"  {'total':<26}{'':>8}{total / 1024:>10.0f}")
+        return "\n".join(lines)
+
+
+def readyz(api: client.ApiClient, timeout: float = 5.0) -> bool:
+    """GET /readyz with the client's credentials; True when the API server says ok."""
+    method, url, headers, body, post = api.param_serialize("GET", "/readyz", auth_settings=["BearerToken"])
+    resp = api.call_api(method, url, headers, body, post, _request_timeout=timeout)
+    data = cast(bytes, resp.read())  # type: ignore[no-untyped-call]
+    return resp.status == 200 and data.decode().strip() == "ok"
+
+
+def _pids() -> Iterator[int]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def _stop(pids: list[int], grace: float = 10.0) -> None:
+    """Wait for ``pids`` to exit; SIGTERM, then SIGKILL, those that do not."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            for pid in pids:
+                if pid_alive(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = [pid for pid in pids if pid_alive(pid)]
+        if not pids:
+            return
