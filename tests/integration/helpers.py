@@ -1,0 +1,155 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "swarmcluster.yaml"
+CRD_NAME = "swarmclusters.swarm.io"
+GROUP, VERSION, PLURAL = "swarm.io", "v1alpha1", "swarmclusters"
+
+T = TypeVar("T")
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 60.0, every: float = 0.2) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except ApiException as exc:
+            last = f"{exc.status} {exc.reason}"
+        else:
+            if value:
+                return value
+            last = value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def pod(name: str, *, cpu: str = "100m", memory: str = "64Mi", gpus: int = 0,
+        owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A minimal pod asking for the given resources (requests = limits)."""
+    resources = {"cpu": cpu, "memory": memory}
+    if gpus:
+        resources["nvidia.com/gpu"] = str(gpus)
+    meta: dict[str, Any] = {"name": name}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "main", "image": "busybox",
+                                 "resources": {"requests": resources, "limits": resources}}]},
+    }
+
+
+def fake_nodes(core: Any) -> dict[str, dict[str, str]]:
+    """Labels of every kwok-managed node, by node name."""
+    return {n.metadata.name: dict(n.metadata.labels or {}) for n in core.list_node().items
+            if (n.metadata.annotations or {}).get("kwok.x-k8s.io/node") == "fake"}
+
+
+def _strip_swarmcluster_finalizers(custom: Any, namespace: str) -> None:
+    """Drop the finalizers of every SwarmCluster in ``namespace`` so that nothing waits on an operator."""
+    try:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    except ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+    for item in items:
+        if item["metadata"].get("finalizers"):
+            try:
+                custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, item["metadata"]["name"],
+                                                      {"metadata": {"finalizers": None}})
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+def delete_namespace(core: Any, custom: Any, namespace: str) -> None:
+    """Start deleting ``namespace`` after stripping its SwarmClusters' finalizers; does not wait.
+
+    The namespace controller takes several seconds per namespace (it waits out pod
+    grace periods); waiting here would add them to every test. ``await_gone`` waits
+    for all of them at once.
+    """
+    _strip_swarmcluster_finalizers(custom, namespace)
+    try:
+        core.delete_namespace(namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def await_gone(core: Any, custom: Any, namespaces: list[str], timeout: float = 60) -> list[str]:
+    """Wait (bounded) until the namespaces are gone; returns the ones still there, and warns about them."""
+    pending = list(namespaces)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        still = []
+        for ns in pending:
+            try:
+                core.read_namespace(ns)
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            # An operator still running could have added a finalizer back after the
+            # first strip; strip again on every round.
+            _strip_swarmcluster_finalizers(custom, ns)
+            still.append(ns)
+        pending = still
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        warnings.warn(f"namespaces still terminating after {timeout:.0f}s: {', '.join(pending)}", stacklevel=2)
+    return pending
+
+
+def create_namespace(core: Any, prefix: str = "swarm-test") -> str:
+    """Create a uniquely named namespace and wait until pods can be created in it.
+
+    Pods name the service account "default", which the controller manager creates a
+    moment after the namespace; creating a pod before it exists is refused.
+    """
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"swarm.io/test": "true"}}})
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return name
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+class Namespaces:
+    """The namespaces this session created: fresh ones on demand, all awaited at the end."""
+
+    def __init__(self, core: Any, custom: Any) -> None:
+        self.core, self.custom = core, custom
+        self.created: list[str] = []
+
+    def new(self, prefix: str = "swarm-test") -> str:
+        name = create_namespace(self.core, prefix)
+        self.created.append(name)
+        return name
+
+    def delete(self, name: str) -> None:
+        delete_namespace(self.core, self.custom, name)
