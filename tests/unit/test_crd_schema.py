@@ -1,8 +1,7 @@
 """The CRD: structural, validates the samples, rejects what its schema can express, agrees with spec.py.
 
-The OpenAPI schema is checked locally with `jsonschema` after mapping Kubernetes' extensions
-(x-kubernetes-int-or-string → anyOf integer/string; other x-kubernetes-* dropped; Go RE2's
-"$" → Python's "\\Z"), and with the CRD's defaults applied first, as the API server does.
+The OpenAPI schema is checked locally with `jsonschema` (see tests/cases/crd_schema.py for how
+Kubernetes' extensions are mapped), with the CRD's defaults applied first, as the API server does.
 CEL rules (x-kubernetes-validations) cannot be evaluated here: corpus cases that only a CEL
 rule rejects are checked to pass the structural schema, and tests/integration runs them against
 a real API server.
@@ -13,7 +12,6 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -21,97 +19,8 @@ import pytest
 import yaml
 
 from swarm_operator import spec as specmod
+from tests.cases.crd_schema import CRD, ROOT, SAMPLES, apply_defaults, schema_errors, to_json_schema, version, walk
 from tests.cases.invalid_manifests import CASES, InvalidCase, base_manifest, mutated
-
-REPO = Path(__file__).resolve().parents[2]
-CRD = yaml.safe_load((REPO / "crds" / "swarmcluster.yaml").read_text())
-SAMPLES = sorted((REPO / "manifests" / "samples").glob("*.yaml"))
-
-
-def version() -> dict[str, Any]:
-    versions = CRD["spec"]["versions"]
-    assert len(versions) == 1
-    return versions[0]  # type: ignore[no-any-return]
-
-
-ROOT: dict[str, Any] = version()["schema"]["openAPIV3Schema"]
-
-# --- schema walking and conversion -------------------------------------------------------------
-
-SUBSCHEMA_MAPS = ("properties",)
-SUBSCHEMA_ONE = ("items", "additionalProperties", "not")
-SUBSCHEMA_LISTS = ("anyOf", "allOf", "oneOf")
-
-
-def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every schema node with a readable path: spec.workerGroups[].resources.cpu, …{*} for map values."""
-    yield path, node
-    for name, sub in node.get("properties", {}).items():
-        yield from walk(sub, f"{path}.{name}" if path else name)
-    if isinstance(node.get("items"), dict):
-        yield from walk(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk(node["additionalProperties"], f"{path}{{*}}")
-
-
-def re2_to_python(pattern: str) -> str:
-    """In RE2 (no multi-line flag) "$" matches only at the very end; Python's also before a final newline."""
-    return re.sub(r"(?<!\\)\$", r"\\Z", pattern)
-
-
-def to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key.startswith("x-kubernetes-"):
-            continue
-        if key in SUBSCHEMA_MAPS:
-            out[key] = {k: to_json_schema(v) for k, v in value.items()}
-        elif key in SUBSCHEMA_ONE and isinstance(value, dict):
-            out[key] = to_json_schema(value)
-        elif key in SUBSCHEMA_LISTS:
-            out[key] = [to_json_schema(v) for v in value]
-        elif key == "pattern":
-            out[key] = re2_to_python(value)
-        else:
-            out[key] = copy.deepcopy(value)
-    if node.get("x-kubernetes-int-or-string"):
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    return out
-
-
-def apply_defaults(node: dict[str, Any], value: Any) -> Any:
-    """Structural defaulting as the API server does it: set missing defaulted fields, then recurse."""
-    if isinstance(value, dict):
-        for name, sub in node.get("properties", {}).items():
-            if name not in value and "default" in sub:
-                value[name] = copy.deepcopy(sub["default"])
-            if name in value:
-                value[name] = apply_defaults(sub, value[name])
-        if isinstance(node.get("additionalProperties"), dict):
-            for key in value:
-                value[key] = apply_defaults(node["additionalProperties"], value[key])
-    elif isinstance(value, list) and isinstance(node.get("items"), dict):
-        return [apply_defaults(node["items"], item) for item in value]
-    return value
-
-
-VALIDATOR = jsonschema.Draft4Validator(to_json_schema(ROOT))
-
-
-def k8s_path(error: jsonschema.ValidationError) -> list[str]:
-    """The field path(s) Kubernetes would name for a jsonschema error (required → the missing field)."""
-    path = ""
-    for part in error.absolute_path:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [n for n in error.validator_value if n not in error.instance]
-        return [f"{path}.{n}" if path else n for n in missing]
-    return [path]
-
-
-def schema_errors(manifest: dict[str, Any]) -> list[str]:
-    obj = apply_defaults(ROOT, copy.deepcopy(manifest))
-    return sorted(p for e in VALIDATOR.iter_errors(obj) for p in k8s_path(e))
 
 
 def sample_clusters() -> list[Any]:
