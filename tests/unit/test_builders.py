@@ -437,8 +437,11 @@ def test_other_pod_fields_come_from_the_user(key: str, value: Any) -> None:
 
 def test_overlay_does_not_modify_its_inputs() -> None:
     pod = build_head_pod(make_cluster())
-    overlay = {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "ray", "env": [{"name": "E"}]}],
-                                                            "volumes": [{"name": "v"}], "nodeSelector": {"x": "y"}}}
+    overlay: dict[str, Any] = {
+        "metadata": {"labels": {"a": "b"}},
+        "spec": {"containers": [{"name": "ray", "env": [{"name": "E"}]}], "volumes": [{"name": "v"}],
+                 "nodeSelector": {"x": "y"}},
+    }
     pod_before, overlay_before = copy.deepcopy(pod), copy.deepcopy(overlay)
     out = apply_overlay(pod, overlay)
     assert pod == pod_before and overlay == overlay_before

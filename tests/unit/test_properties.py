@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from swarm_operator.quantity import cpu_cores, memory_bytes
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
-from swarm_operator.spec import MAX_CLUSTER_NAME, MAX_GROUP_NAME, ClusterSpec, SpecError, parse_cluster
+from swarm_operator.spec import MAX_CLUSTER_NAME, MAX_GROUP_NAME, ClusterSpec, Resources, SpecError, parse_cluster
 from tests.cases.crd_schema import ROOT, schema_errors, walk
 from tests.cases.invalid_manifests import base_manifest, get_path, set_path
 
@@ -87,9 +87,9 @@ templates = st.fixed_dictionaries({}, optional={
     "spec": st.fixed_dictionaries({}, optional={
         "nodeSelector": st.dictionaries(st.sampled_from(["zone", "pool"]), st.text(ALNUM, max_size=8)),
         "restartPolicy": st.sampled_from(["Always", "OnFailure", "Never"]),
-        "containers": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["ray", "side", "main"])},
-                                                     optional={"env": st.just([{"name": "X", "value": "1"}])}),
-                               max_size=2, unique_by=lambda c: c["name"]),
+        "containers": st.lists(st.sampled_from(["ray", "side", "main"]), max_size=2, unique=True).flatmap(
+            lambda names: st.tuples(*(st.fixed_dictionaries({"name": st.just(n)}, optional={
+                "env": st.just([{"name": "X", "value": "1"}])}) for n in names)).map(list)),
     }),
 })
 
@@ -163,7 +163,8 @@ def test_valid_specs_render_dns_label_names(manifest: dict[str, Any], suffix: st
 @given(valid_manifests())
 def test_ray_resources_equal_container_limits(manifest: dict[str, Any]) -> None:
     cluster = parse_cluster(manifest)
-    pairs = [(build_head_pod(cluster), cluster.head.resources, {})]
+    pairs: list[tuple[dict[str, Any], Resources, dict[str, float]]] = [
+        (build_head_pod(cluster), cluster.head.resources, {})]
     pairs += [(build_worker_pod(cluster, g, "abcde"), g.resources, dict(g.ray_resources))
               for g in cluster.worker_groups]
     for pod, declared, custom in pairs:
