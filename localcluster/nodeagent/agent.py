@@ -42,6 +42,7 @@ WATCH_SECONDS = 60  # one watch request; then it is re-opened from the last reso
 PROCESS_NODE_LABEL = "swarm.io/process-node"
 GPU_LABEL = "swarm.io/gpu"  # the label localcluster.nodes puts on GPU nodes, for the same selectors
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+STOPPED_NODE_FILES_KEPT = 6 * 3600  # seconds the logs of a stopped node's pods stay on disk
 
 
 class AgentError(RuntimeError):
@@ -111,6 +112,22 @@ def parse_taint(text: str) -> dict[str, str]:
     if not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
         raise ValueError(f"taint {text!r}: want key[=value]:NoSchedule|PreferNoSchedule|NoExecute")
     return {"key": key, "value": value, "effect": effect} if value else {"key": key, "effect": effect}
+
+
+def _prune_stopped_nodes(keep: str) -> None:
+    """Remove the files of nodes whose agent stopped long ago (tests name nodes at random, and
+    each keeps its pods' logs after stopping, for whoever debugs a failure)."""
+    cutoff = time.time() - STOPPED_NODE_FILES_KEPT
+    for entry in paths.nodes_root().iterdir():
+        node = entry.name.removesuffix(".agent.log")
+        if node == keep or paths.agent_file(node).exists() or entry.suffix == ".json":
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat().st_mtime < cutoff:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
 
 
 class _Expired(Exception):
@@ -276,6 +293,7 @@ class NodeAgent:
             log(f"cleaned up pod {state['namespace']}/{state['name']} left by an earlier agent")
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
+        _prune_stopped_nodes(self.node)
 
     # --- the Node and its Lease ---------------------------------------------------------
 

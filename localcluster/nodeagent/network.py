@@ -53,23 +53,25 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat: with the pid it identifies a process even after pid reuse."""
+def proc_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: with the pid it identifies a process even after pid reuse.
+    None when the process is gone or has exited (a zombie waiting for its parent)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def process_identity(pid: int) -> dict[str, object]:
-    return {"pid": pid, "start": _proc_start_time(pid)}
+    return {"pid": pid, "start": proc_start_time(pid)}
 
 
 def identity_alive(ident: dict[str, object]) -> bool:
     pid = ident.get("pid")
-    return isinstance(pid, int) and _proc_start_time(pid) is not None and _proc_start_time(pid) == ident.get("start")
+    return isinstance(pid, int) and proc_start_time(pid) is not None and proc_start_time(pid) == ident.get("start")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,332 @@
+"""Process nodes: pods bound to a node agent's Node run as real processes with their own IPs.
+
+Needs root (network namespaces) and iproute2, on top of the API server of the other
+integration tests. The Ray test starts a real head and worker from the operator's own
+pod builders; two Ray nodes stay well inside the tier's budget of about six.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from localcluster.nodeagent import NodeAgentProcess, network, pod_usage, read_logs
+from localcluster.nodeagent.process import PodUsage
+from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT, build_head_pod, build_worker_pod
+from swarm_operator.resources.service import build_head_service
+from swarm_operator.spec import parse_cluster
+from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+# Every process a pod of this module ever ran, as (pid, start time): none may outlive the module.
+SEEN: set[tuple[int, str | None]] = set()
+
+
+def _remember(usage: list[PodUsage]) -> None:
+    for u in usage:
+        SEEN.update((pid, network.proc_start_time(pid)) for pid in u.pids)
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    return start is not None and network.proc_start_time(pid) == start
+
+
+@pytest.fixture(scope="module")
+def process_node(kubeconfig: str) -> Iterator[NodeAgentProcess]:
+    if os.geteuid() != 0:
+        pytest.skip("process nodes need root (network namespaces)")
+    if shutil.which("ip", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        pytest.skip("process nodes need iproute2's `ip`")
+    before = set(network.agent_netns())
+    agent = NodeAgentProcess(kubeconfig, f"proc-{uuid.uuid4().hex[:6]}", cpu="8", memory="16Gi", gpus=2)
+    start = time.monotonic()
+    agent.start()
+    print(f"\n[nodeagent] node {agent.node} registered and serving in {time.monotonic() - start:.1f}s")
+    yield agent
+    assert agent.stop() == 0, agent.log_tail()
+    assert set(network.agent_netns()) <= before, "network namespaces left behind"
+    assert not [p for p in SEEN if _alive(*p)], "pod processes outlived the agent"
+
+
+def _pod(node: str, name: str, command: list[str], **spec: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": "local", "command": command}
+    container.update(spec.pop("container", {}))
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        # Through the scheduler, as the operator's pods go: a selector, not spec.nodeName.
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "restartPolicy": "Never",
+                 "containers": [container], **spec},
+    }
+
+
+def _status(core: Any, namespace: str, name: str) -> Any:
+    return core.read_namespaced_pod(name, namespace).status
+
+
+def _is_ready(status: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+
+
+def _ready_status(core: Any, namespace: str, name: str) -> Any:
+    status = _status(core, namespace, name)
+    return status if _is_ready(status) else None
+
+
+# What the operator's autoscaler reads: GCS resource state (in a process of its own: importing
+# ray into pytest would leave its threads behind).
+GCS_PROBE = """
+import json, sys
+from ray._raylet import GcsClient
+from ray.autoscaler.v2.sdk import get_cluster_resource_state
+state = get_cluster_resource_state(GcsClient(address=sys.argv[1]))
+print(json.dumps({n.instance_id: {"type": n.ray_node_type_name, "ip": n.node_ip_address,
+                                  "cpu": n.total_resources.get("CPU")} for n in state.node_states}))
+"""
+
+
+def _gcs_nodes(address: str) -> dict[str, Any]:
+    """Ray nodes by instance id, as GCS reports them."""
+    out = subprocess.run([sys.executable, "-c", GCS_PROBE, address], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    return dict(json.loads(out))
+
+
+def _gone(core: Any, namespace: str, name: str) -> bool:
+    try:
+        core.read_namespaced_pod(name, namespace)
+    except ApiException as exc:
+        return bool(exc.status == 404)
+    return False
+
+
+def _usage(namespace: str, name: str) -> PodUsage | None:
+    usage = pod_usage()
+    _remember(usage)
+    return next((u for u in usage if (u.namespace, u.name) == (namespace, name)), None)
+
+
+def test_node_is_registered_ready_and_not_managed_by_kwok(core_v1: Any, process_node: NodeAgentProcess) -> None:
+    node = core_v1.read_node(process_node.node)
+    assert not any(k.startswith("kwok.x-k8s.io") for k in node.metadata.annotations or {})
+    assert node.status.capacity["nvidia.com/gpu"] == "2"
+    assert node.status.allocatable["cpu"] == "8"
+    assert node.metadata.labels["swarm.io/gpu"] == "true"
+    assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+    assert not node.spec.taints
+    # The agent, not kwok, holds the node's lease.
+    coord: Any = client.CoordinationV1Api(core_v1.api_client)
+    assert coord.read_namespaced_lease(process_node.node, "kube-node-lease").spec.holder_identity == process_node.node
+
+
+def test_plain_pod_runs_ready_with_its_own_reachable_ip(core_v1: Any, namespace: str,
+                                                       process_node: NodeAgentProcess) -> None:
+    core_v1.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}})
+    web = _pod(process_node.node, "web", ["python", "-m", "http.server", "$(PORT)"], container={
+        "env": [{"name": "PORT", "value": "8080"},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "GREETING", "value": "pod $(POD_IP) says $$(not expanded)"}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+    })
+    start = time.monotonic()
+    core_v1.create_namespaced_pod(namespace, web)
+    running = wait_for("web Running", lambda: (s := _status(core_v1, namespace, "web")).phase == "Running" and s,
+                       timeout=30, every=0.05)
+    t_running = time.monotonic() - start
+    status = wait_for("web Ready", lambda: _ready_status(core_v1, namespace, "web"), timeout=30, every=0.05)
+    t_ready = time.monotonic() - start
+    print(f"\n[nodeagent] plain pod: Running after {t_running:.2f}s, Ready after {t_ready:.2f}s")
+    assert running.pod_ip == status.pod_ip
+    ip = status.pod_ip
+    assert ipaddress.IPv4Address(ip) in network.CLUSTER_CIDR
+    assert status.host_ip == str(network.GATEWAY.ip)
+    assert status.container_statuses[0].ready and status.container_statuses[0].state.running
+    with urllib.request.urlopen(f"http://{ip}:8080/", timeout=5) as resp:
+        assert resp.status == 200
+    usage = _usage(namespace, "web")
+    assert usage is not None and usage.address == ip and usage.pids
+    environ = open(f"/proc/{usage.pids[0]}/environ", "rb").read().split(b"\0")  # noqa: SIM115
+    assert b"TOKEN=s3cret" in environ
+    assert f"GREETING=pod {ip} says $(not expanded)".encode() in environ
+    assert f"POD_IP={ip}".encode() in environ
+
+
+def test_failing_command_fails_the_pod_with_its_exit_code(core_v1: Any, namespace: str,
+                                                          process_node: NodeAgentProcess) -> None:
+    core_v1.create_namespaced_pod(namespace, _pod(process_node.node, "crash",
+                                                  ["sh", "-c", "echo about to fail; echo oops >&2; exit 1"]))
+    status = wait_for("crash Failed", lambda: (s := _status(core_v1, namespace, "crash")).phase == "Failed" and s,
+                      timeout=30)
+    term = status.container_statuses[0].state.terminated
+    assert term.exit_code == 1 and term.reason == "Error"
+    assert not _is_ready(status)
+    assert read_logs("crash", namespace) == "about to fail\noops\n"
+    wait_for("crash's network namespace removed", lambda: _usage(namespace, "crash") is None, timeout=10)
+
+
+def test_successful_command_succeeds(core_v1: Any, namespace: str, process_node: NodeAgentProcess) -> None:
+    core_v1.create_namespaced_pod(namespace, _pod(process_node.node, "ok", ["true"]))
+    status = wait_for("ok Succeeded", lambda: (s := _status(core_v1, namespace, "ok")).phase == "Succeeded" and s,
+                      timeout=30)
+    assert status.container_statuses[0].state.terminated.exit_code == 0
+
+
+def test_liveness_failure_kills_the_container_and_fails_the_pod(core_v1: Any, namespace: str,
+                                                                process_node: NodeAgentProcess) -> None:
+    probe = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
+    core_v1.create_namespaced_pod(namespace, _pod(process_node.node, "unhealthy", ["sleep", "600"],
+                                                  container={"livenessProbe": probe},
+                                                  terminationGracePeriodSeconds=1))
+    status = wait_for("unhealthy Failed",
+                      lambda: (s := _status(core_v1, namespace, "unhealthy")).phase == "Failed" and s, timeout=30)
+    assert status.container_statuses[0].state.terminated.exit_code == 128 + 15  # SIGTERM
+
+
+def test_deletion_stops_every_process_then_removes_namespace_and_pod(core_v1: Any, namespace: str,
+                                                                      process_node: NodeAgentProcess) -> None:
+    # A main process that ignores SIGTERM, and a child that left its process group: only the
+    # grace period's end (SIGKILL) and the namespace sweep stop them.
+    script = "trap '' TERM; setsid sleep 600 & sleep 600 & wait"
+    core_v1.create_namespaced_pod(namespace, _pod(process_node.node, "stubborn", ["sh", "-c", script],
+                                                  terminationGracePeriodSeconds=2))
+    wait_for("stubborn Running", lambda: _status(core_v1, namespace, "stubborn").phase == "Running", timeout=30)
+
+    def all_three() -> PodUsage | None:
+        u = _usage(namespace, "stubborn")
+        return u if u is not None and len(u.pids) >= 3 else None
+
+    usage = wait_for("three processes in the pod", all_three, timeout=10)
+    start = time.monotonic()
+    core_v1.delete_namespaced_pod("stubborn", namespace)
+    wait_for("stubborn deleted", lambda: _gone(core_v1, namespace, "stubborn"), timeout=30, every=0.05)
+    took = time.monotonic() - start
+    print(f"\n[nodeagent] deletion with a 2s grace period took {took:.2f}s")
+    assert took >= 1.9, "the grace period was not honoured"
+    assert not [p for p in SEEN if p[0] in usage.pids and _alive(*p)], "processes survived"
+    assert usage.netns not in network.agent_netns()
+
+
+def test_cluster_dns_resolves_headless_services_and_follows_changes(core_v1: Any, namespace: str,
+                                                                    process_node: NodeAgentProcess) -> None:
+    names = ["web", f"web.{namespace}", f"web.{namespace}.svc", f"web.{namespace}.svc.cluster.local"]
+    # The client starts before the service has any endpoint: it sees the name appear.
+    resolver = ("import socket, sys, time\n"
+                "deadline = time.time() + 60\n"
+                "while True:\n"
+                "    try:\n"
+                "        print(' '.join(socket.gethostbyname(n) for n in sys.argv[1:]), flush=True); break\n"
+                "    except OSError:\n"
+                "        if time.time() > deadline: raise\n"
+                "        time.sleep(0.2)\n")
+    core_v1.create_namespaced_pod(namespace, _pod(process_node.node, "client", ["python", "-c", resolver, *names]))
+    wait_for("client Running", lambda: _status(core_v1, namespace, "client").phase == "Running", timeout=30)
+    core_v1.create_namespaced_service(namespace, {"metadata": {"name": "web"}, "spec": {
+        "clusterIP": "None", "selector": {"app": "server"}, "ports": [{"name": "http", "port": 8080}]}})
+    server = _pod(process_node.node, "server", ["python", "-m", "http.server", "8080"], container={
+        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}})
+    core_v1.create_namespaced_pod(namespace, server)
+    server_ip = wait_for("server Ready", lambda: _ready_status(core_v1, namespace, "server"), timeout=30).pod_ip
+    wait_for("client Succeeded", lambda: _status(core_v1, namespace, "client").phase == "Succeeded", timeout=60)
+    assert read_logs("client", namespace).split() == [server_ip] * len(names)
+
+
+def test_ray_head_and_worker_from_the_operator_builders(core_v1: Any, custom_objects: Any, namespace: str,
+                                                        process_node: NodeAgentProcess) -> None:
+    selector = {"spec": {"nodeSelector": {"kubernetes.io/hostname": process_node.node}}}
+    manifest = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmCluster", "metadata": {"name": "rc"},
+        "spec": {"rayVersion": "2.60.0",
+                 "head": {"resources": {"cpu": 1, "memory": "1Gi"}, "template": selector},
+                 "workerGroups": [{"name": "cpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 1,
+                                   "resources": {"cpu": 1, "memory": "1Gi"}, "template": selector}]},
+    }
+    # A real SwarmCluster owns the pods (no operator runs here): deleting it cascades through the
+    # garbage collector, and the agent must then stop everything.
+    obj = custom_objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    cluster = parse_cluster(obj)
+    start = time.monotonic()
+    core_v1.create_namespaced_service(namespace, build_head_service(cluster))
+    core_v1.create_namespaced_pod(namespace, build_head_pod(cluster))
+    worker = build_worker_pod(cluster, cluster.worker_groups[0], "x7k2q")
+    core_v1.create_namespaced_pod(namespace, worker)
+    head_ip = wait_for("head Ready", lambda: _ready_status(core_v1, namespace, "rc-head"), timeout=90,
+                       every=0.1).pod_ip
+    t_head = time.monotonic() - start
+    wait_for("worker Ready", lambda: _is_ready(_status(core_v1, namespace, worker["metadata"]["name"])),
+             timeout=90, every=0.1)
+    t_worker = time.monotonic() - start
+
+    nodes = wait_for("two Ray nodes in GCS", lambda: (n := _gcs_nodes(f"{head_ip}:{GCS_PORT}")) and len(n) == 2 and n,
+                     timeout=60, every=1)
+    worker_ip = _status(core_v1, namespace, worker["metadata"]["name"]).pod_ip
+    assert nodes == {"rc-head": {"type": "head", "ip": head_ip, "cpu": 1.0},
+                     worker["metadata"]["name"]: {"type": "cpu", "ip": worker_ip, "cpu": 1.0}}
+
+    # A driver through the Jobs API: it runs on the head and sees both nodes.
+    entry = ("python -c \"import ray, json; ray.init(); "
+             "print(json.dumps(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))\"")
+    base = f"http://{head_ip}:{DASHBOARD_PORT}/api/jobs/"
+    req = urllib.request.Request(base, data=json.dumps({"entrypoint": entry}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        job = json.load(resp)["submission_id"]
+
+    def job_status() -> str | None:
+        with urllib.request.urlopen(base + job, timeout=10) as resp:
+            st = str(json.load(resp)["status"])
+        return st if st in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    assert wait_for("the job to finish", job_status, timeout=120, every=0.5) == "SUCCEEDED"
+    with urllib.request.urlopen(base + job + "/logs", timeout=10) as resp:
+        logs = json.load(resp)["logs"]
+    assert json.dumps(sorted([head_ip, worker_ip])) in logs
+
+    head_use, worker_use = _usage(namespace, "rc-head"), _usage(namespace, worker["metadata"]["name"])
+    assert head_use is not None and worker_use is not None
+    print(f"\n[nodeagent] ray head Ready after {t_head:.1f}s, worker after {t_worker:.1f}s; "
+          f"PSS head {head_use.pss_kib / 1024:.0f} MiB ({len(head_use.pids)} processes), "
+          f"worker {worker_use.pss_kib / 1024:.0f} MiB ({len(worker_use.pids)} processes)")
+    assert "Ray runtime started" in read_logs("rc-head", namespace)
+
+    # Deleting the SwarmCluster: the garbage collector deletes the pods, the agent stops them.
+    custom_objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "rc",
+                                                   propagation_policy="Background")
+    for name in ("rc-head", worker["metadata"]["name"]):
+        wait_for(f"{name} deleted", lambda: _gone(core_v1, namespace, name), timeout=90)  # noqa: B023 (called at once)
+    assert not network.netns_pids(head_use.netns) and not network.netns_pids(worker_use.netns)
+    assert not {head_use.netns, worker_use.netns} & set(network.agent_netns())
+
+
+def test_stopping_an_agent_stops_its_pods_and_leaves_nothing(kubeconfig: str, core_v1: Any, namespace: str,
+                                                             process_node: NodeAgentProcess) -> None:
+    other = NodeAgentProcess(kubeconfig, f"proc-{uuid.uuid4().hex[:6]}", cpu="2", memory="2Gi").start()
+    try:
+        core_v1.create_namespaced_pod(namespace, _pod(other.node, "orphan", ["sleep", "600"]))
+        wait_for("orphan Running", lambda: _status(core_v1, namespace, "orphan").phase == "Running", timeout=30)
+        usage = _usage(namespace, "orphan")
+        assert usage is not None and usage.pids
+    finally:
+        assert other.stop() == 0, other.log_tail()
+    status = _status(core_v1, namespace, "orphan")
+    assert status.phase == "Failed" and status.reason == "Terminated"
+    assert usage.netns not in network.agent_netns()
+    assert not network.netns_pids(usage.netns)
+    assert not [p for p in SEEN if p[0] in usage.pids and _alive(*p)]
+    assert network.bridge_exists(), "the bridge went while another agent still uses it"
+    wait_for(f"node {other.node} deleted", lambda: other.node not in
+             {n.metadata.name for n in core_v1.list_node().items}, timeout=10)
