@@ -2,7 +2,8 @@
 
 Everything lives under one working directory (``SWARM_LOCALCLUSTER_DIR``, default
 ``<cache>/run``) used as ``KWOK_WORKDIR``, so kwokctl never reads ``~/.kwok`` and never
-writes ``~/.kube/config``: the kubeconfig is a file of its own next to the cluster.
+writes ``~/.kube/config``: the kubeconfig is a file of its own next to the cluster
+(``<dir>/<name>.kubeconfig``; the name is ``SWARM_LOCALCLUSTER_NAME``, default ``swarm``).
 Only built binaries are used (plain paths, no URLs), so nothing is downloaded.
 """
 
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import kubernetes
 from kubernetes import client
@@ -196,24 +197,32 @@ class LocalCluster:
         if missing:
             raise ClusterError(f"not built: {', '.join(missing)}; run `python -m localcluster build` first")
         start = time.monotonic()
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "kwok.yaml").write_text(KWOKCTL_CONFIG)
-        if self.running():
+        deadline = start + timeout
+        fresh = not self.running()
+        if not fresh:
             _log(f"cluster {self.name!r} already running")
-        elif self.exists():
-            _log(f"cluster {self.name!r} exists but is stopped: starting it …")
-            self._kwokctl("start", "cluster", "--timeout", f"{timeout:.0f}s", timeout=timeout)
         else:
+            if self.exists():
+                # Some components died (a reboot, a kill). Recreate rather than restart: a
+                # restarted kwok leaves the existing nodes alone until the node leases of the
+                # dead one expire (200 s), and the controller manager waits out its own lease.
+                _log(f"cluster {self.name!r} exists but is not running: recreating it (its objects are lost) …")
+                self.down()
             _log(f"creating cluster {self.name!r} in {self.workdir} (kwokctl, binary runtime) …")
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "kwok.yaml").write_text(KWOKCTL_CONFIG)
             self._kwokctl("create", "cluster", "--runtime", "binary", "--kubeconfig", str(self.kubeconfig),
                           "--quiet-pull", "--timeout", f"{timeout:.0f}s", timeout=timeout)
-        self._wait_serving(deadline=start + timeout)
+        self._wait_serving(deadline)
         _log(f"API server ready ({time.monotonic() - start:.1f}s)")
         node_objs = nodes.pool_nodes(pools)
         with self.api_client() as api:
+            if fresh:
+                _wait_leaders(api, deadline)
+                _log(f"controller manager and scheduler leading ({time.monotonic() - start:.1f}s)")
             nodes.create_nodes(api, node_objs)
             nodes.wait_nodes_ready(api, [n["metadata"]["name"] for n in node_objs],
-                                   timeout=max(10.0, start + timeout - time.monotonic()))
+                                   timeout=max(10.0, deadline - time.monotonic()))
         summary = ", ".join(f"{p.count}×{p.prefix}" for p in pools)
         _log(f"nodes Ready ({summary}); cluster up in {time.monotonic() - start:.1f}s")
         _log(f"kubeconfig: {self.kubeconfig}")
@@ -270,6 +279,26 @@ class LocalCluster:
         return "\n".join(lines)
 
 
+def _wait_leaders(api: client.ApiClient, deadline: float) -> None:
+    """Wait until the controller manager and the scheduler of a new cluster hold their leader leases.
+
+    Serving is not enough: until they lead, nothing garbage-collects or schedules, and
+    a test started right after ``up`` would see a cluster that ignores it.
+    """
+    coordination: Any = client.CoordinationV1Api(api)
+    for name in ("kube-controller-manager", "kube-scheduler"):
+        while True:
+            try:
+                if coordination.read_namespaced_lease(name, "kube-system").spec.holder_identity:
+                    break
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{name} did not take its leader lease in time; see {name}.log")
+            time.sleep(0.25)
+
+
 def readyz(api: client.ApiClient, timeout: float = 5.0) -> bool:
     """GET /readyz with the client's credentials; True when the API server says ok."""
     method, url, headers, body, post = api.param_serialize("GET", "/readyz", auth_settings=["BearerToken"])
@@ -284,14 +313,17 @@ def _pids() -> Iterator[int]:
             yield int(entry.name)
 
 
-def _stop(pids: list[int], grace: float = 10.0) -> None:
-    """Wait for ``pids`` to exit; SIGTERM, then SIGKILL, those that do not."""
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+def _stop(pids: list[int], grace: float = 5.0) -> None:
+    """Wait up to ``grace`` for ``pids`` to exit, then SIGKILL the rest and wait for them.
+
+    SIGKILL, as kwokctl itself stops components: a SIGTERMed kube-apiserver spends about
+    a minute draining, and nothing here needs a graceful stop (etcd's data is fsynced).
+    """
+    for sig in (None, signal.SIGKILL):
         if sig is not None:
             for pid in pids:
-                if pid_alive(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, sig)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
         deadline = time.monotonic() + grace
         while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,19 @@ def test_failed_pod_stays_failed(api_client: client.ApiClient, core_v1: Any, nam
     (status,) = failed.status.container_statuses
     assert not status.ready and status.state.running is None
     assert status.state.terminated.exit_code == 1
+
+
+def test_kwok_leaves_nodes_without_its_annotation_alone(core_v1: Any,
+                                                       kwok_nodes: dict[str, dict[str, str]]) -> None:
+    """Nodes that something else runs (process nodes) can join without kwok marking them Ready."""
+    name = f"not-kwok-{uuid.uuid4().hex[:6]}"
+    core_v1.create_node({"metadata": {"name": name}})
+    try:
+        time.sleep(2)  # kwok marks its nodes Ready within milliseconds
+        conditions = core_v1.read_node(name).status.conditions or []
+        assert not any(c.type == "Ready" and c.status == "True" for c in conditions)
+    finally:
+        core_v1.delete_node(name)
 
 
 def test_cli_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path, local_tools_built: bool) -> None:
