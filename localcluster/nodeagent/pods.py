@@ -210,6 +210,8 @@ class PodWorker(threading.Thread):
             if grace is not None:
                 self._stop_containers(grace, "pod deleted")
                 self._push_status()
+                # Like a kubelet: the sandbox is gone before the object is.
+                self._teardown_network()
                 self._finalize()
                 return
             if self._shutdown:
@@ -248,9 +250,10 @@ class PodWorker(threading.Thread):
         address = self.agent.allocate_ip()
         net = network.PodNetwork.for_pod(self.uid, address)
         self._save_state(net)
-        network.create(net, dns.resolv_conf(self.namespace))
+        # Owned before it exists: if creating it fails half-way, the teardown still runs.
         with self._lock:
             self.net = net
+        network.create(net, dns.resolv_conf(self.namespace))
         self.write_hosts(self.agent.dns_records())
         self._set_condition("PodReadyToStartContainers", True)
         self._set_condition("Initialized", not self.init_containers)
@@ -319,8 +322,9 @@ class PodWorker(threading.Thread):
         if now >= c.restart_at:
             self._start(c)
 
-    def _reap(self, c: Container) -> None:
-        """Record the exit of ``c``'s main process and decide whether it runs again."""
+    def _reap(self, c: Container, restart: bool = True) -> None:
+        """Record the exit of ``c``'s main process and decide (unless the pod is stopping)
+        whether it runs again."""
         assert c.proc is not None
         code = exit_code(c.proc.wait())
         # The main process is gone: like a PID namespace, take the rest of its group with it.
@@ -335,8 +339,8 @@ class PodWorker(threading.Thread):
         c.probes.clear()
         policy = self._restart_policy()
         # An init container runs again only after a failure; a container per the pod's policy.
-        again = (code != 0 and policy != "Never") if c.init else (policy == "Always" or (policy == "OnFailure"
-                                                                                          and code != 0))
+        again = restart and ((code != 0 and policy != "Never") if c.init
+                             else (policy == "Always" or (policy == "OnFailure" and code != 0)))
         self.note(f"container {c.name} exited {code}" + (", restarting" if again else ""))
         if not again:
             c.done = True
@@ -538,8 +542,7 @@ class PodWorker(threading.Thread):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(c.proc.pid, signal.SIGKILL)
         for c in live:
-            self._reap(c)
-            c.done = True
+            self._reap(c, restart=False)
         for c in [*self.init_containers, *self.containers]:
             if c.proc is None and "waiting" in c.state:
                 c.done = True

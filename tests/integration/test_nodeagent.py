@@ -186,6 +186,29 @@ def test_successful_command_succeeds(core_v1: Any, namespace: str, process_node:
     assert status.container_statuses[0].state.terminated.exit_code == 0
 
 
+def test_init_container_memory_volume_and_restart_on_failure(core_v1: Any, namespace: str,
+                                                             process_node: NodeAgentProcess) -> None:
+    # The init container leaves a file in a shared memory-backed emptyDir; the main container
+    # fails on its first run (leaving a mark there) and succeeds on the second, after back-off.
+    main = "cat /data/greeting; test -e /data/ran && exit 0; touch /data/ran; exit 3"
+    pod = _pod(process_node.node, "retry", ["sh", "-c", main], restartPolicy="OnFailure",
+               container={"volumeMounts": [{"name": "data", "mountPath": "/dev/shm"}]},
+               initContainers=[{"name": "init", "image": "local", "command": ["sh", "-c", "echo hi > /data/greeting"],
+                                "volumeMounts": [{"name": "data", "mountPath": "/dev/shm"}]}],
+               volumes=[{"name": "data", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}])
+    # /dev/shm is the one mount point every host has; the commands see it as /data through a link.
+    for c in [pod["spec"]["containers"][0], pod["spec"]["initContainers"][0]]:
+        c["command"][2] = "ln -sfn /dev/shm /tmp/data; " + c["command"][2].replace("/data", "/tmp/data")
+    core_v1.create_namespaced_pod(namespace, pod)
+    status = wait_for("retry Succeeded", lambda: (s := _status(core_v1, namespace, "retry")).phase == "Succeeded"
+                      and s, timeout=60)
+    assert status.init_container_statuses[0].state.terminated.exit_code == 0
+    main_status = status.container_statuses[0]
+    assert main_status.restart_count == 1
+    assert main_status.last_state.terminated.exit_code == 3
+    assert read_logs("retry", namespace, "main") == "hi\nhi\n"
+
+
 def test_liveness_failure_kills_the_container_and_fails_the_pod(core_v1: Any, namespace: str,
                                                                 process_node: NodeAgentProcess) -> None:
     probe = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
