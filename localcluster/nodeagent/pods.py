@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from localcluster.nodeagent import dns, network, paths
 from localcluster.nodeagent.podspec import ConfigError, command_line, container_env, quantity
-from localcluster.nodeagent.probes import Probe, check
+from localcluster.nodeagent.probes import UNSUPPORTED, Probe, check
 
 if TYPE_CHECKING:
     from localcluster.nodeagent.agent import NodeAgent
@@ -495,7 +495,7 @@ class PodWorker(threading.Thread):
             if kind == "startup" and probe.verdict is True:
                 continue
             ok, what = check(probe.spec, c.spec, str(self.net.address), c.proc.pid, c.env, probe.timeout)
-            if "not supported" in what:
+            if what.endswith(UNSUPPORTED):
                 self._note_once(f"container {c.name}: {kind} probe {what}")
             changed = probe.record(ok, time.monotonic())
             if not ok:

@@ -19,6 +19,9 @@ from typing import Any
 from localcluster.nodeagent.podspec import container_port
 
 USER_AGENT = "kube-probe/1.36"
+UNSUPPORTED = "not supported: counted as passing"
+_TIMING = {"initialDelaySeconds", "periodSeconds", "timeoutSeconds", "successThreshold", "failureThreshold",
+           "terminationGracePeriodSeconds"}
 
 
 @dataclass
@@ -77,11 +80,7 @@ def check(spec: Mapping[str, Any], container: Mapping[str, Any], pod_ip: str, ma
             return _exec(spec["exec"]["command"], main_pid, env, timeout)
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return False, f"{type(exc).__name__}: {exc}"
-    return True, f"probe type {sorted(k for k in spec if k not in _TIMING)} not supported: counted as passing"
-
-
-_TIMING = {"initialDelaySeconds", "periodSeconds", "timeoutSeconds", "successThreshold", "failureThreshold",
-           "terminationGracePeriodSeconds"}
+    return True, f"probe type {sorted(k for k in spec if k not in _TIMING)} {UNSUPPORTED}"
 
 
 def _http(get: Mapping[str, Any], container: Mapping[str, Any], pod_ip: str, timeout: float) -> tuple[bool, str]:
