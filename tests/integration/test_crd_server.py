@@ -16,7 +16,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.cases.invalid_manifests import CASES
-from tests.integration.helpers import GROUP, PLURAL, REPO, VERSION, Kubectl, Namespaces
+from tests.integration.helpers import GROUP, PLURAL, REPO, VERSION, Kubectl, Namespaces, await_gone
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +77,14 @@ def test_api_server_rejects_invalid_manifest(case: Any, custom_objects: Any, val
 def test_api_server_accepts_what_only_the_operator_rejects(case: Any, custom_objects: Any,
                                                            validation_namespace: str) -> None:
     _dry_run_create(custom_objects, validation_namespace, case.manifest)
+
+
+def test_namespace_cleanup_does_not_hang_on_a_finalizer(namespaces: Namespaces, custom_objects: Any,
+                                                        core_v1: Any) -> None:
+    """A SwarmCluster whose finalizer no operator will ever remove does not keep its namespace."""
+    name = namespaces.new("swarm-finalizer")
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmCluster",
+            "metadata": {"name": "stuck", "finalizers": ["swarm.io/never-removed"]}, "spec": {"head": {}}}
+    custom_objects.create_namespaced_custom_object(GROUP, VERSION, name, PLURAL, body)
+    namespaces.delete(name)
+    assert await_gone(core_v1, custom_objects, [name], timeout=60) == []
