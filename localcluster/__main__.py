@@ -14,23 +14,25 @@ from localcluster.cluster import ClusterError, LocalCluster
 
 def _with_cluster(cmd: list[str], extra_env: dict[str, str]) -> int:
     """Build (a no-op when cached), bring the cluster up, run ``cmd``, and bring it down again
-    if this call brought it up; a cluster that was already running is left running."""
+    if it was not running before, unless another run is still using it."""
     build.build_all()
     cluster = LocalCluster.from_env()
-    was_running = cluster.running()
+    was_running = True  # until checked: never take down a cluster this call did not see down
     try:
-        cluster.up()
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([*versions.path_dirs(), env.get("PATH", "")])
-        env["SWARM_TEST_KUBECONFIG"] = str(cluster.kubeconfig)
-        env.update(extra_env)
-        start = time.monotonic()
-        rc = subprocess.call(cmd, env=env)
-        print(f"[localcluster] `{' '.join(cmd)}` exited {rc} after {time.monotonic() - start:.1f}s", flush=True)
-        return rc
+        with cluster.in_use():
+            was_running = cluster.running()
+            cluster.up()
+            env = dict(os.environ)
+            env["PATH"] = os.pathsep.join([*versions.path_dirs(), env.get("PATH", "")])
+            env["SWARM_TEST_KUBECONFIG"] = str(cluster.kubeconfig)
+            env.update(extra_env)
+            start = time.monotonic()
+            rc = subprocess.call(cmd, env=env)
+            print(f"[localcluster] `{' '.join(cmd)}` exited {rc} after {time.monotonic() - start:.1f}s", flush=True)
+            return rc
     finally:
         if not was_running:
-            cluster.down()
+            cluster.down_unless_in_use()
 
 
 def _test(pytest_args: list[str]) -> int:

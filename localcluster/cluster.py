@@ -10,6 +10,7 @@ Only built binaries are used (plain paths, no URLs), so nothing is downloaded.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -111,6 +112,16 @@ class LocalCluster:
     def kubeconfig(self) -> Path:
         return self.root / f"{self.name}.kubeconfig"
 
+    # Lock files sit next to the working directory, not in it: removing the directory
+    # (down) must not remove the locks of other clusters that share it.
+    @property
+    def _lifecycle_lock(self) -> Path:
+        return self.root.parent / f".{self.root.name}-{self.name}.lock"
+
+    @property
+    def _users_lock(self) -> Path:
+        return self.root.parent / f".{self.root.name}-{self.name}.users.lock"
+
     def env(self) -> dict[str, str]:
         """Environment for kwokctl, and for commands run against the cluster (built tools first on PATH)."""
         env = dict(os.environ)
@@ -192,7 +203,15 @@ class LocalCluster:
             raise ClusterError(f"`{' '.join(cmd)}` exited {proc.returncode}; see {logfile}:\n{tail}")
 
     def up(self, pools: tuple[nodes.NodePool, ...] = nodes.DEFAULT_POOL, timeout: float = 180) -> None:
-        """Start the cluster (or find it running), create the node pools, wait until all is Ready."""
+        """Start the cluster (or find it running), create the node pools, wait until all is Ready.
+
+        Serialised with other ``up``/``down`` calls on the same cluster (a file lock), so
+        that concurrent runs neither create it twice nor take a half-created one for dead.
+        """
+        with _locked(self._lifecycle_lock):
+            self._up(pools, timeout)
+
+    def _up(self, pools: tuple[nodes.NodePool, ...], timeout: float) -> None:
         missing = [t for t in ("kwokctl", *COMPONENTS[:-1], "kwok", "kubectl") if not versions.tool_path(t).is_file()]
         if missing:
             raise ClusterError(f"not built: {', '.join(missing)}; run `python -m localcluster build` first")
@@ -207,7 +226,7 @@ class LocalCluster:
                 # restarted kwok leaves the existing nodes alone until the node leases of the
                 # dead one expire (200 s), and the controller manager waits out its own lease.
                 _log(f"cluster {self.name!r} exists but is not running: recreating it (its objects are lost) …")
-                self.down()
+                self._down()
             _log(f"creating cluster {self.name!r} in {self.workdir} (kwokctl, binary runtime) …")
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / "kwok.yaml").write_text(KWOKCTL_CONFIG)
@@ -238,6 +257,27 @@ class LocalCluster:
 
     def down(self) -> None:
         """Delete the cluster; afterwards no process of it runs and none of its files remain."""
+        with _locked(self._lifecycle_lock):
+            self._down()
+            # Waiters on these files notice the removal and lock the files' successors.
+            self._users_lock.unlink(missing_ok=True)
+            self._lifecycle_lock.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Mark the cluster as used by this process (a shared lock) for ``down_unless_in_use``."""
+        with _locked(self._users_lock, shared=True):
+            yield
+
+    def down_unless_in_use(self) -> None:
+        """``down``, unless another process is inside ``in_use``: the last user out takes it down."""
+        with _locked(self._users_lock, wait=False) as alone:
+            if alone:
+                self.down()
+            else:
+                _log(f"cluster {self.name!r} left running: another run is using it")
+
+    def _down(self) -> None:
         start = time.monotonic()
         pids = [p.pid for p in self.processes() if p.alive]
         if self.exists():
@@ -311,6 +351,34 @@ def _pids() -> Iterator[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             yield int(entry.name)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+    """flock ``path``; yields False (holding nothing) when ``wait`` is off and it is taken.
+
+    ``down`` removes the lock files; a process that was blocked on a removed file retries
+    on its successor, so every holder locks the file that is currently at ``path``.
+    """
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, mode)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                yield True
+                return
+        finally:
+            os.close(fd)
 
 
 def _stop(pids: list[int], grace: float = 5.0) -> None:
