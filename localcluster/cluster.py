@@ -125,6 +125,8 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """Environment for kwokctl, and for commands run against the cluster (built tools first on PATH)."""
         env = dict(os.environ)
+        # kwokctl's kubeconfig default is $KUBECONFIG (else ~/.kube/config): with it unset
+        # here, nothing can fall back to the user's file; every call names its own.
         env.pop("KUBECONFIG", None)
         env.update({
             "KWOK_WORKDIR": str(self.root),
@@ -166,9 +168,13 @@ class LocalCluster:
         marker = str(self.workdir) + "/"
         return [pid for pid in _pids() if marker in _cmdline(pid) and pid_alive(pid)]
 
-    def api_client(self) -> client.ApiClient:
+    def api_client(self, retries: int | None = None) -> client.ApiClient:
+        """A client for this cluster; ``retries`` overrides urllib3's default of 3."""
+        config = client.Configuration()
+        if retries is not None:
+            config.retries = retries
         api = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(self.kubeconfig), persist_config=False)
+            config_file=str(self.kubeconfig), persist_config=False, client_configuration=config)
         return cast(client.ApiClient, api)
 
     def serving(self) -> bool:
@@ -176,7 +182,8 @@ class LocalCluster:
         if not self.kubeconfig.is_file():
             return False
         try:
-            with self.api_client() as api:
+            # No retries: this is polled, and each refused connection would log a warning.
+            with self.api_client(retries=0) as api:
                 return readyz(api, timeout=2.0)
         except (ApiException, HTTPError, OSError, kubernetes.config.ConfigException):
             return False
