@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 
@@ -35,7 +36,7 @@ def kubectl(lc: LocalCluster, *args: str, check: bool = True) -> str:
 
 
 def wait_running(lc: LocalCluster, names: list[str], timeout: float = 120) -> None:
-    custom = client.CustomObjectsApi(lc.api_client())
+    custom: Any = client.CustomObjectsApi(lc.api_client())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         phases = {n: (custom.get_namespaced_custom_object("swarm.io", "v1alpha1", "default", "swarmclusters", n)
@@ -73,9 +74,9 @@ def main() -> int:
         say("kubectl get swarmclusters,pods")
         print(kubectl(lc, "get", "swc,pods", "-n", "default", "-o", "wide"))
         say("healing: failing a worker of cpu-small (its container exits 1)")
-        core = client.CoreV1Api(lc.api_client())
-        victim = core.list_namespaced_pod("default", label_selector="swarm.io/cluster=cpu-small,"
-                                          "swarm.io/node-type=worker").items[0].metadata.name
+        core: Any = client.CoreV1Api(lc.api_client())
+        victim = str(core.list_namespaced_pod("default", label_selector="swarm.io/cluster=cpu-small,"
+                                              "swarm.io/node-type=worker").items[0].metadata.name)
         fail_pod(lc.api_client(), "default", victim)
         print(f"    failed {victim}")
         time.sleep(3)

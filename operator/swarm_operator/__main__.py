@@ -26,9 +26,10 @@ async def _operate(cfg: OperatorConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = from_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kopf.configure(verbose=cfg.log_level == "DEBUG")
-    logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(cfg.log_level)))
+    kopf.configure(verbose=cfg.log_level == "DEBUG")  # installs the one log handler
+    logging.getLogger().setLevel(cfg.log_level)
+    # kopf logs every handled watch event at INFO: thousands a minute with many pods.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLevelName(cfg.log_level)))
     handlers.Runtime.config = cfg
     start_http_server(cfg.metrics_port)
     asyncio.run(_operate(cfg))

@@ -40,20 +40,21 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, cluster name)
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' own: no vowels, no look-alikes
 ERROR_BACKOFF_CAP = 60.0
+TOMBSTONES = 10000  # remembered deletions; far more than can be in flight at once
 
 
 def random_suffix(n: int = 5) -> str:
     return "".join(random.choice(SUFFIX_ALPHABET) for _ in range(n))
 
 
-def _newer(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
+def _newer(candidate: Mapping[str, Any], current: Mapping[str, Any] | None, *, strictly: bool = False) -> bool:
     """Whether `candidate` is at least as new as `current` (resourceVersions are etcd revisions)."""
     if current is None:
         return True
     a = (candidate.get("metadata") or {}).get("resourceVersion", "")
     b = (current.get("metadata") or {}).get("resourceVersion", "")
     if a.isdigit() and b.isdigit():
-        return int(a) >= int(b)
+        return int(a) > int(b) if strictly else int(a) >= int(b)
     return True
 
 
@@ -82,6 +83,7 @@ class Controller:
         self._pod_gauges: dict[Key, set[tuple[str, str]]] = defaultdict(set)
         self.active = asyncio.Event()  # set while this replica may act (always, without leader election)
         self._tasks: list[asyncio.Task[None]] = []
+        self._tombstones: dict[tuple[Key, str], dict[str, Any]] = {}  # insertion-ordered: oldest first
 
     # -- watch inputs ---------------------------------------------------------------------------
 
@@ -106,11 +108,19 @@ class Controller:
         if key is None:
             return None
         name = obj["metadata"]["name"]
-        current = store[key].get(name)
-        if not _newer(obj, current):
-            return None  # a late event older than what a write already told us
+        if not _newer(obj, store[key].get(name)):
+            return None  # older than what a write already told us
+        # A deleted pod's delete response carries the deletion's own revision: only a strictly
+        # newer object (a new pod of the same name) may replace its tombstone.
+        if event_type != "DELETED" and not _newer(obj, self._tombstones.get((key, name)), strictly=True):
+            return None
         if event_type == "DELETED":
             store[key].pop(name, None)
+            # A delete response can arrive after the watch reported the pod gone; without a
+            # tombstone it would put back a pod that no longer exists.
+            self._tombstones[(key, name)] = dict(obj)
+            while len(self._tombstones) > TOMBSTONES:
+                self._tombstones.pop(next(iter(self._tombstones)))
         else:
             store[key][name] = dict(obj)
         return key
@@ -373,7 +383,7 @@ class Controller:
         posts = []
         if created:
             posts.append(("Normal", "Created", "created " + ", ".join(created)))
-        failures = [d for d in deleted if d.failed_group or d.reason.startswith("head ")]
+        failures = [d for d in deleted if d.failed]
         if failures:
             posts.append(("Warning", "Replacing", "; ".join(d.reason for d in failures)))
         others = [d for d in deleted if d not in failures]

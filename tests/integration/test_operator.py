@@ -58,6 +58,13 @@ class Cluster:
     def patch(self, name: str, patch: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, patch)
 
+    def patch_group(self, name: str, **fields: Any) -> None:
+        """Change fields of the first worker group. A merge patch replaces a whole list, so send all of it."""
+        groups = copy.deepcopy(self.get(name)["spec"]["workerGroups"])
+        groups[0].update(fields)
+        groups[0] = {k: v for k, v in groups[0].items() if v is not None}
+        self.patch(name, {"spec": {"workerGroups": groups}})
+
     def delete(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
 
@@ -76,6 +83,19 @@ class Cluster:
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(self.get(name).get("status") or {})
+
+    def snapshot(self) -> str:
+        """Pods, cluster phases and events of the namespace, for failure reports."""
+        lines = [f"--- namespace {self.ns}"]
+        for p in self.core.list_namespaced_pod(self.ns).items:
+            lines.append(f"pod {p.metadata.name} phase={p.status.phase} node={p.spec.node_name} "
+                         f"deleting={p.metadata.deletion_timestamp is not None}")
+        for c in self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)["items"]:
+            st = c.get("status") or {}
+            lines.append(f"swc {c['metadata']['name']} phase={st.get('phase')} workers={st.get('workers')}")
+        for e in self.core.list_namespaced_event(self.ns).items:
+            lines.append(f"event {e.involved_object.name} {e.type} {e.reason}: {e.message}")
+        return "\n".join(lines)
 
     def events(self, name: str) -> list[client.CoreV1Event]:
         return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]
@@ -96,8 +116,12 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: 
 
 
 @pytest.fixture
-def swc(api_client: client.ApiClient, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
+def swc(api_client: client.ApiClient, namespace: str) -> Iterator[Cluster]:
+    cluster = Cluster(api_client, namespace)
+    yield cluster
+    print(cluster.snapshot())  # shown by pytest only when the test failed
+
+
 
 
 @pytest.fixture
@@ -190,10 +214,10 @@ def test_failed_head_is_replaced(swc: Cluster, operator: OperatorProcess, gcs_ft
 def test_scale_up_and_down_by_spec(swc: Cluster, operator: OperatorProcess) -> None:
     swc.create(manifest("eps", replicas=1))
     wait_for("1", ready_status(swc, "eps", 1))
-    swc.patch("eps", {"spec": {"workerGroups": [{"name": "cpu", "replicas": 4}]}})
+    swc.patch_group("eps", replicas=4)
     wait_for("4", ready_status(swc, "eps", 4))
     assert len(swc.workers("eps")) == 4
-    swc.patch("eps", {"spec": {"workerGroups": [{"name": "cpu", "replicas": 1}]}})
+    swc.patch_group("eps", replicas=1)
     wait_for("1 again", lambda: len(swc.workers("eps")) == 1 and ready_status(swc, "eps", 1)())
 
 
@@ -202,9 +226,7 @@ def test_template_change_rolls_workers_one_at_a_time(swc: Cluster, operator: Ope
     wait_for("Running", ready_status(swc, "zeta", 3))
     before = {p.metadata.name for p in swc.workers("zeta")}
     old_hash = swc.workers("zeta")[0].metadata.labels[labels.TEMPLATE_HASH]
-    group = copy.deepcopy(swc.get("zeta")["spec"]["workerGroups"][0])
-    group["template"] = {"metadata": {"labels": {"team": "vision"}}}
-    swc.patch("zeta", {"spec": {"workerGroups": [group]}})
+    swc.patch_group("zeta", template={"metadata": {"labels": {"team": "vision"}}})
     least_ready = 3
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -251,10 +273,10 @@ def test_invalid_spec_is_marked_and_neighbour_keeps_working(swc: Cluster, operat
     warnings = [e for e in swc.events("broken") if e.type == "Warning" and e.reason == "InvalidSpec"]
     assert warnings and "spec.workerGroups[0].template.spec.containers" in warnings[0].message
     # the neighbour is still served: scale it while the broken one sits there
-    swc.patch("fine", {"spec": {"workerGroups": [{"name": "cpu", "replicas": 3}]}})
+    swc.patch_group("fine", replicas=3)
     wait_for("neighbour scaled", ready_status(swc, "fine", 3))
     # fixing the spec brings the broken cluster up
-    swc.patch("broken", {"spec": {"workerGroups": [{"name": "cpu", "template": None}]}})
+    swc.patch_group("broken", template=None)
     wait_for("fixed cluster Running", ready_status(swc, "broken", 1))
 
 
@@ -285,7 +307,7 @@ def test_kill_9_at_random_moments_converges(swc: Cluster, kubeconfig: str, names
         time.sleep(rng.uniform(0.0, 1.5))
         proc.kill()
         if i % 2:
-            swc.patch(names[0], {"spec": {"workerGroups": [{"name": "cpu", "replicas": 1 + i}]}})
+            swc.patch_group(names[0], replicas=1 + i)
     proc.start()
     try:
         want = {names[0]: 4, **{n: 3 for n in names[1:]}}

@@ -203,7 +203,7 @@ def test_head_failure_reason_and_restart_count_accumulate() -> None:
     p = run(C_GCS, [head(C_GCS, **HEAD_FAILED), *workers(C_GCS, 2)], head_restarts=4)
     assert p.head_restarts == 5
     assert p.actions == (DeletePod("demo-head", "head demo-head: pod Failed: Ray container ended (Error, exit code 1); "
-                                                "replacing it"),)
+                                                "replacing it", failed=True),)
 
 
 def test_recycled_workers_say_why() -> None:

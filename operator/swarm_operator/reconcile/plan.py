@@ -38,6 +38,7 @@ class DeletePod:
     name: str
     reason: str
     failed_group: str | None = None  # set when the deletion replaces a failed worker
+    failed: bool = False  # the pod died (worker or head): reported as a Warning
 
 
 Action = CreateService | CreateHead | CreateWorkers | DeletePod
@@ -92,7 +93,8 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     requeue: float | None = None
     dead = [p for p in pods if not p.deleting and p.failure is not None]
     for p in dead:
-        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: {p.failure}", group.name))
+        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: {p.failure}", group.name,
+                                 failed=True))
     health = record_failures(health, len(dead), now, cluster.fault_tolerance.backoff_initial_seconds,
                              cluster.fault_tolerance.backoff_max_seconds)
     health = settle(health, now, cluster.fault_tolerance.backoff_max_seconds)
@@ -152,7 +154,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     head_dead = [p for p in heads if not p.deleting and p.failure is not None]
     recycle_workers = False
     for p in head_dead:
-        actions.append(DeletePod(p.name, f"head {p.name}: {p.failure}; replacing it"))
+        actions.append(DeletePod(p.name, f"head {p.name}: {p.failure}; replacing it", failed=True))
         head_restarts += 1
         if cluster.fault_tolerance.gcs is None:
             recycle_workers = True
