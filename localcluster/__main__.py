@@ -1,4 +1,11 @@
-"""``python -m localcluster build|up|down|status|kubeconfig|test|run``."""
+"""A real Kubernetes (kwok's binary runtime) for the demo, the tests and the benchmarks.
+
+environment:
+  SWARM_LOCALCLUSTER_NAME  cluster name (default: swarm)
+  SWARM_LOCALCLUSTER_DIR   working directory of the clusters (default: <cache>/run)
+  SWARM_CACHE_DIR          where built binaries are cached (default: ~/.cache/swarm-operator)
+  SWARM_TEST_KUBECONFIG    `test` runs against this cluster and starts nothing
+"""
 
 from __future__ import annotations
 
@@ -50,7 +57,8 @@ def _run(cmd: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_build = sub.add_parser("build", help="build the control plane from Go modules (cached by version)")
     p_build.add_argument("only", nargs="*", help="components to build (default: all)")
