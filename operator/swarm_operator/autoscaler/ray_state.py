@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import importlib
 import itertools
 import json
@@ -910,8 +911,19 @@ class RayStatePool(Generic[_C]):
         if isinstance(outcome, ReadResult):
             return outcome
         entry, future = outcome
-        # asyncio.wait leaves the read running on timeout; the pool remembers it as in flight.
-        await asyncio.wait([asyncio.wrap_future(future)], timeout=timeout)
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
+
+        def wake(_: concurrent.futures.Future[ClusterSnapshot]) -> None:
+            # RuntimeError: the loop closed while the read ran late, so nobody waits for it any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(finished.set)
+
+        # Not asyncio.wrap_future: a read that fails after the timeout would leave an exception nobody
+        # retrieves. On timeout the read keeps running and the pool remembers it as in flight.
+        future.add_done_callback(wake)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), timeout)
         return self._finish(key, entry, future, timeout)
 
     def close(self) -> None:
