@@ -121,10 +121,11 @@ def status(argv: list[str]) -> int:
         alive = network.identity_alive(info)
         print(f"node {info['node']}: pid {info['pid']} {'running' if alive else 'GONE'}, pod CIDR {info['podCIDR']}")
     usage = pod_usage()
-    print(f"{'pod':<48}{'address':<16}{'procs':>6}{'PSS MiB':>10}")
+    print(f"{'node':<16}{'pod':<48}{'address':<16}{'procs':>6}{'PSS MiB':>10}")
     for u in usage:
-        print(f"{u.namespace + '/' + u.name:<48}{u.address:<16}{len(u.pids):>6}{u.pss_kib / 1024:>10.0f}")
-    print(f"{'total':<48}{'':<16}{sum(len(u.pids) for u in usage):>6}{sum(u.pss_kib for u in usage) / 1024:>10.0f}")
+        print(f"{u.node:<16}{u.namespace + '/' + u.name:<48}{u.address:<16}{len(u.pids):>6}{u.pss_kib / 1024:>10.0f}")
+    procs, pss = sum(len(u.pids) for u in usage), sum(u.pss_kib for u in usage) / 1024
+    print(f"{'total':<80}{procs:>6}{pss:>10.0f}")
     print(f"network namespaces: {len(network.agent_netns())}, veths: {len(network.agent_veths())}, "
           f"bridge {network.BRIDGE}: {'up' if network.bridge_exists() else 'absent'}")
     return 0

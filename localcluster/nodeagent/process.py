@@ -140,6 +140,7 @@ def follow(path: Path) -> None:
 
 @dataclass(frozen=True)
 class PodUsage:
+    node: str
     namespace: str
     name: str
     netns: str
@@ -166,6 +167,7 @@ def pod_usage() -> list[PodUsage]:
         except (OSError, ValueError):
             continue
         pids = network.netns_pids(state["netns"])
-        out.append(PodUsage(state["namespace"], state["name"], state["netns"], state["address"], pids,
+        node = state_file.parents[2].name  # <nodes>/<node>/pods/<pod>/state.json
+        out.append(PodUsage(node, state["namespace"], state["name"], state["netns"], state["address"], pids,
                             sum(_pss_kib(p) for p in pids)))
     return out

@@ -32,13 +32,16 @@ from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-# Every process a pod of this module ever ran, as (pid, start time): none may outlive the module.
+# Every process and network namespace the pods of this module ever had (processes as (pid,
+# start time)): none may outlive the module. Other agents on this host are not this module's.
 SEEN: set[tuple[int, str | None]] = set()
+SEEN_NETNS: set[str] = set()
 
 
 def _remember(usage: list[PodUsage]) -> None:
     for u in usage:
         SEEN.update((pid, network.proc_start_time(pid)) for pid in u.pids)
+        SEEN_NETNS.add(u.netns)
 
 
 def _alive(pid: int, start: str | None) -> bool:
@@ -51,14 +54,13 @@ def process_node(kubeconfig: str) -> Iterator[NodeAgentProcess]:
         pytest.skip("process nodes need root (network namespaces)")
     if shutil.which("ip", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
         pytest.skip("process nodes need iproute2's `ip`")
-    before = set(network.agent_netns())
     agent = NodeAgentProcess(kubeconfig, f"proc-{uuid.uuid4().hex[:6]}", cpu="8", memory="16Gi", gpus=2)
     start = time.monotonic()
     agent.start()
     print(f"\n[nodeagent] node {agent.node} registered and serving in {time.monotonic() - start:.1f}s")
     yield agent
     assert agent.stop() == 0, agent.log_tail()
-    assert set(network.agent_netns()) <= before, "network namespaces left behind"
+    assert not SEEN_NETNS & set(network.agent_netns()), "network namespaces left behind"
     assert not [p for p in SEEN if _alive(*p)], "pod processes outlived the agent"
 
 
@@ -115,7 +117,7 @@ def _gone(core: Any, namespace: str, name: str) -> bool:
 
 
 def _usage(namespace: str, name: str) -> PodUsage | None:
-    usage = pod_usage()
+    usage = [u for u in pod_usage() if u.namespace == namespace]  # the test's own namespace: its pods only
     _remember(usage)
     return next((u for u in usage if (u.namespace, u.name) == (namespace, name)), None)
 
