@@ -343,16 +343,22 @@ def _gangs(protos: Iterable[Any]) -> tuple[GangDemand, ...]:
 _NODE_STATUS = {1: NodeStatus.RUNNING, 2: NodeStatus.DEAD, 3: NodeStatus.IDLE, 4: NodeStatus.DRAINING}
 
 
+def _map(proto_map: Any) -> dict[Any, Any]:
+    # Indexing is twice as fast as dict(proto_map), which goes through the generic Mapping.keys();
+    # with a thousand nodes this is most of the parsing time.
+    return {k: proto_map[k] for k in proto_map}
+
+
 def _node(proto: Any) -> RayNode:
     return RayNode(
         node_id=proto.node_id.hex(),
         instance_id=proto.instance_id,
         node_type=proto.ray_node_type_name,
         status=_NODE_STATUS.get(proto.status, NodeStatus.UNKNOWN),
-        total=dict(proto.total_resources),
-        available=dict(proto.available_resources),
+        total=_map(proto.total_resources),
+        available=_map(proto.available_resources),
         idle_duration_ms=proto.idle_duration_ms,
-        labels=dict(proto.labels),
+        labels=_map(proto.labels),
         ip=proto.node_ip_address,
         activity=tuple(proto.node_activity),
     )
