@@ -1,4 +1,4 @@
-"""Run the real operator as a subprocess for the integration tier (and the benchmarks)."""
+"""Run the real operator as a subprocess, for the integration tier, the demo and the benchmarks."""
 
 from __future__ import annotations
 

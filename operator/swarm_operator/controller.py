@@ -19,7 +19,7 @@ from typing import Any
 from swarm_operator import metrics
 from swarm_operator.config import OperatorConfig
 from swarm_operator.kube import Kube
-from swarm_operator.reconcile.observe import PodState, observe_pod, owned_by
+from swarm_operator.reconcile.observe import PodState, observe_pod, owned_by, slim_pod
 from swarm_operator.reconcile.plan import (
     Action,
     CreateHead,
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, cluster name)
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' own: no vowels, no look-alikes
 ERROR_BACKOFF_CAP = 60.0
+POD_EVENT_SETTLE_SECONDS = 0.5
 TOMBSTONES = 10000  # remembered deletions; far more than can be in flight at once
 
 
@@ -118,17 +119,18 @@ class Controller:
             store[key].pop(name, None)
             # A delete response can arrive after the watch reported the pod gone; without a
             # tombstone it would put back a pod that no longer exists.
-            self._tombstones[(key, name)] = dict(obj)
+            self._tombstones[(key, name)] = {"metadata": {"resourceVersion": obj["metadata"].get("resourceVersion")}}
             while len(self._tombstones) > TOMBSTONES:
                 self._tombstones.pop(next(iter(self._tombstones)))
         else:
-            store[key][name] = dict(obj)
+            store[key][name] = slim_pod(obj) if store is self.pods else dict(obj)
         return key
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         key = self._index(self.pods, event_type, body)
         if key is not None and key in self.clusters:
-            self.enqueue(key)
+            # Pods of a cluster change in bursts (scheduled, running, ready …): one turn for the burst.
+            self.enqueue(key, POD_EVENT_SETTLE_SECONDS)
 
     def on_service(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         key = self._index(self.services, event_type, body)
@@ -160,7 +162,7 @@ class Controller:
             for pod in pods:
                 key = _key_of(pod)
                 if key:
-                    fresh_pods[key][pod["metadata"]["name"]] = pod
+                    fresh_pods[key][pod["metadata"]["name"]] = slim_pod(pod)
             for svc in await asyncio.to_thread(self.kube.list_services, ns, selector):
                 key = _key_of(svc)
                 if key:

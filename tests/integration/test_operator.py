@@ -14,11 +14,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from localcluster.chaos import fail_pod
+from localcluster.operator_process import OperatorProcess
 from swarm_operator import GROUP, PLURAL, VERSION
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import build_head_pod
 from swarm_operator.spec import parse_cluster
-from tests.integration.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 

@@ -90,3 +90,22 @@ def owned_by(pod: Mapping[str, Any], uid: str) -> bool:
     """Pods of an earlier cluster with the same name carry the same labels; only the owner uid tells them apart."""
     refs = (pod.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == uid for ref in refs)
+
+
+def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the fields the operator reads (observe_pod, owned_by, status): a cached pod costs
+    ~1 KB instead of ~20 KB, which is what keeps the operator small at thousands of pods."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    slim_meta = {k: meta[k] for k in ("name", "namespace", "labels", "resourceVersion", "creationTimestamp",
+                                      "deletionTimestamp") if k in meta}
+    slim_meta["ownerReferences"] = [{"uid": r.get("uid")} for r in meta.get("ownerReferences") or []]
+    slim_status = {k: status[k] for k in ("phase", "reason", "message", "podIP") if k in status}
+    slim_status["conditions"] = [{"type": c.get("type"), "status": c.get("status")}
+                                 for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    slim_status["containerStatuses"] = [
+        {"name": cs.get("name"), "state": {"terminated": (cs.get("state") or {}).get("terminated")}}
+        for cs in status.get("containerStatuses") or [] if (cs.get("state") or {}).get("terminated")
+    ]
+    return {"metadata": slim_meta, "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
+            "status": slim_status}
