@@ -17,6 +17,7 @@ import time
 
 from localcluster import build, versions
 from localcluster.cluster import ClusterError, LocalCluster
+from localcluster.nodeagent import cli as nodeagent_cli
 
 
 def _with_cluster(cmd: list[str], extra_env: dict[str, str]) -> int:
@@ -57,6 +58,8 @@ def _run(cmd: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["logs"]:  # its options (-n, -c, -f) are the node agent's own
+        return nodeagent_cli.logs(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -48,6 +48,10 @@ def ray_start_args(res: Resources, params: dict[str, str], extra: list[str],
     args = ["start", "--block", *extra,
             f"--num-cpus={ray_num_cpus(res)}", f"--num-gpus={res.gpu}", f"--memory={res.memory}",
             f"--metrics-export-port={METRICS_PORT}"]
+    if "object-store-memory" not in params:
+        # Explicit, equal to /dev/shm's size: Ray would otherwise size its store from what it
+        # sees of the host's memory and fall back to /tmp when /dev/shm is smaller.
+        args.append(f"--object-store-memory={object_store_bytes(res, params)}")
     if custom_resources:
         args.append("--resources=" + json.dumps(dict(custom_resources), sort_keys=True, separators=(",", ":")))
     for key in sorted(params):
