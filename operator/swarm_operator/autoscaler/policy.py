@@ -354,7 +354,7 @@ class _Pool:
                 continue
             bins = lst.bins
             misses = 0
-            for k in range(len(bins)):  # bins split off below are appended; they are full for this shape
+            for k in range(len(bins)):  # a split ends the scan (it only happens for the last take)
                 b = bins[k]
                 if b.mult == 0 or (gang >= 0 and b.gang == gang):
                     continue
@@ -373,7 +373,7 @@ class _Pool:
                     misses += 1
                     continue
                 take = min(remaining, fit * b.mult)
-                self._take(lst, b, items, fit, take, gang)
+                self._take(lst, k, items, fit, take, gang)
                 remaining -= take
                 if remaining == 0:
                     return count
@@ -386,7 +386,8 @@ class _Pool:
                     ub[i] = max(map(itemgetter(i), avails))
         return count - remaining
 
-    def _take(self, lst: _List, b: _Bin, items: Items, fit: int, take: int, gang: int) -> None:
+    def _take(self, lst: _List, at: int, items: Items, fit: int, take: int, gang: int) -> None:
+        b = lst.bins[at]
         full, rest = divmod(take, fit)
         if rest == 0 and full == b.mult:  # every node of the bin gets the same: update in place
             if self.undo is not None:
@@ -409,7 +410,9 @@ class _Pool:
             s.used = True
         b.mult -= taken
         b.names = names[taken:]
-        lst.bins.extend(split)
+        # The used nodes go where the bin was, ahead of its untouched nodes: first fit then keeps filling
+        # nodes already started before it opens untouched ones (packing, as node-by-node first fit would).
+        lst.bins[at:at] = split
         if self.undo is not None:
             self.undo.append(lambda: _unsplit(b, taken, names, split))
 
