@@ -7,6 +7,7 @@ of one basename from folders without ``__init__.py``.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -86,27 +87,36 @@ class Proc:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        pgid = self.popen.pid  # start_new_session: the group id is the leader's pid
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
+        stop_all([self])
+
+
+def stop_all(procs: list[Proc], grace_s: float = 5.0) -> None:
+    """SIGTERM every group at once, SIGKILL whatever is left after ``grace_s`` (``ray start --block``
+    often takes longer than that to stop gcs_server and the raylet)."""
+    groups = [p.popen.pid for p in procs]  # start_new_session: each group id is its leader's pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.popen.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-            # the leader is gone; its group may still hold gcs_server or raylet for a moment
-            if not _group_alive(pgid):
-                break
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+            for p in procs:
+                p.popen.poll()  # reap the leaders so their groups can vanish
+            time.sleep(0.1)
+    for p in procs:
+        p.popen.wait()
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a process of the group still runs. Zombies do not count: orphans are re-parented to a
+    pid 1 that may never reap them, and they hold no ports."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after its ")"
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 def spawn(name: str, args: list[str], env: dict[str, str], logdir: Path, stdin: int | None = None) -> Proc:
@@ -239,8 +249,7 @@ def _start_or_skip(proc: Proc, client: RayStateClient, instances: int, rig_procs
             pass
         time.sleep(0.2)
     tail = proc.log_tail()
-    for p in rig_procs:
-        p.stop()
+    stop_all(rig_procs)
     pytest.skip(f"ray could not start ({proc.name}):\n{tail}")
 
 
@@ -279,8 +288,7 @@ def rig() -> Iterator[Rig]:
         main.procs, v1.procs = [head, worker], [v1_head]
         yield rig
     finally:
-        for p in [*rig.drivers, *reversed(procs)]:
-            p.stop()
+        stop_all([*rig.drivers, *procs])
         shutil.rmtree(logdir, ignore_errors=True)
 
 
