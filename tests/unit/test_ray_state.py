@@ -9,7 +9,7 @@ import importlib
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -635,3 +635,79 @@ def test_aread_never_blocks_the_event_loop(factory: Factory, pool: RayStatePool[
     assert fast.snapshot is not None
     assert slow.error == "no answer within 0.3s"
     assert ticks >= 10  # the loop kept running while the slow read waited
+
+
+# ------------------------------------------------------------------------ reconnects, with a fake wire
+
+
+class FakeWire:
+    """Stands in for a connection; ``script`` says what each successive connection does."""
+
+    script: ClassVar[list[Exception | None]] = []
+    made: ClassVar[int] = 0
+
+    def __init__(self, address: str, connect_timeout_s: float) -> None:
+        FakeWire.made += 1
+        self.error = FakeWire.script.pop(0) if FakeWire.script else None
+        self.closed = False
+        self.drains = 0
+
+    def resource_state(self, timeout_s: float) -> Any:
+        if self.error is not None:
+            raise self.error
+        return state(node_states=[node(WORKER_ID, "w-1", "cpu", pb.IDLE)])
+
+    def kv_get(self, key: bytes, namespace: bytes, timeout_s: float) -> bytes | None:
+        return None
+
+    def drain(self, node_id_hex: str, reason: int, message: str, deadline_ms: int, timeout_s: float) -> DrainResult:
+        self.drains += 1
+        return DrainResult(True, "")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_wire(monkeypatch: pytest.MonkeyPatch) -> type[FakeWire]:
+    ray_state = importlib.import_module("swarm_operator.autoscaler.ray_state")
+    monkeypatch.setattr(ray_state, "_GcsClientWire", FakeWire)
+    FakeWire.script, FakeWire.made = [], 0
+    return FakeWire
+
+
+def test_a_replaced_head_is_read_again_on_a_fresh_connection(fake_wire: type[FakeWire]) -> None:
+    replaced = importlib.import_module("swarm_operator.autoscaler.ray_state")._GcsReplaced
+    fake_wire.script = [replaced("WrongClusterID")]
+    s = RayStateClient(ADDRESS).read()
+    assert fake_wire.made == 2 and s.node_by_instance("w-1") is not None
+
+
+def test_a_failure_drops_the_connection_and_the_next_call_reconnects(fake_wire: type[FakeWire]) -> None:
+    fake_wire.script = [GcsUnavailable("timed out")]
+    client = RayStateClient(ADDRESS)
+    with pytest.raises(GcsUnavailable):
+        client.read()
+    client.read()
+    client.read()
+    assert fake_wire.made == 2  # one failed connection, then one kept
+
+
+def test_a_drain_is_never_retried_on_a_replaced_head(fake_wire: type[FakeWire]) -> None:
+    client = RayStateClient(ADDRESS)
+    snapshot = client.read()
+    replaced = importlib.import_module("swarm_operator.autoscaler.ray_state")._GcsReplaced
+    fake_wire.script = [replaced("WrongClusterID")]
+    client.close()  # the next call connects anew, to the "replaced" head
+    with pytest.raises(GcsUnavailable):
+        client.drain(WORKER_ID.hex(), snapshot=snapshot)
+    assert fake_wire.made == 2
+
+
+def test_a_drain_is_not_sent_when_the_session_changed(fake_wire: type[FakeWire]) -> None:
+    client = RayStateClient(ADDRESS)
+    old = snapshot_from_state(state(cluster_session_name="session_0", node_states=[
+        node(WORKER_ID, "w-1", "cpu", pb.IDLE)]), address=ADDRESS)
+    accepted, why = client.drain(WORKER_ID.hex(), snapshot=old)
+    assert not accepted and "session is now session_1" in why
+    assert client.drain(WORKER_ID.hex(), snapshot=client.read()) == (True, "")

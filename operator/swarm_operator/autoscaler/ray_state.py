@@ -20,6 +20,8 @@ Facts about Ray 2.60 this module is built on (measured against real ``ray start`
   token, if any, comes from the operator's environment) and plain gRPC with Ray's generated stubs and the
   metadata ``authorization: Bearer <token>`` per call (used when a per-cluster token is given).
 - A GcsClient whose GCS was replaced fails every call with ``WrongClusterID``; it must be recreated.
+  One whose GCS died fails each call at its deadline and does not exit the process (watched for 80 s,
+  past Ray's 60 s reconnect timeout).
 - ``DrainNode`` accepts drains of unknown and dead nodes, and a node id of the wrong length is accepted
   too (logged by the C++ client as an error): an accept only means something for a node that was alive
   in the snapshot the decision came from, and ids are checked here.
