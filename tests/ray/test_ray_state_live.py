@@ -437,7 +437,7 @@ def test_request_resources_on_a_v1_head_comes_from_internal_kv(rig: Rig) -> None
     driver = rig.driver("v1-request", rig.v1, 'request_resources(num_cpus=2, bundles=[{"GPU": 1, "CPU": 1}])\n')
     expected = (ResourceDemand({"CPU": 1.0}, 2), ResourceDemand({"CPU": 1.0, "GPU": 1.0}, 1))
     s, _ = wait_for("the KV request", rig.v1.client(), lambda s: s.constraints == expected)
-    assert s.autoscaler_v2 is not True
+    assert s.autoscaler_v2 is False  # the head writes "0" under __autoscaler_v2_enabled
     # the GcsClient transport, with the token from the environment as Ray's own tools take it
     probe = (
         "import json, sys\n"
