@@ -782,11 +782,13 @@ class _Run:
                         used.update(b.names)
         return used
 
-    def choose_drains(self) -> tuple[list[Drain], list[int]]:
+    def choose_drains(self) -> tuple[list[Drain], list[int], list[int]]:
+        """The drains, and per group how many are for the idle timeout and how many for maxReplicas."""
         s = self.settings
         groups = self.inp.groups
         used = self.used_names()
-        drained = [0] * len(groups)
+        idle_out = [0] * len(groups)
+        above_max = [0] * len(groups)
         drains: list[Drain] = []
         # Newest first (the oldest stay, warm), then the longest idle.
         idle = sorted((n for n in self.live_nodes if n.status is NodeStatus.IDLE and n.name not in used),
@@ -796,9 +798,10 @@ class _Run:
             if gi is None:
                 continue
             g = groups[gi]
-            left = self.live[gi] - drained[gi]
+            left = self.live[gi] - idle_out[gi] - above_max[gi]
             if left > g.max_replicas:  # maxReplicas was lowered: idle nodes go first, timeout or not
                 reason = f"above maxReplicas {g.max_replicas}"
+                above_max[gi] += 1
             else:
                 since_up = self.inp.now - self.inp.last_scale_up.get(g.name, -math.inf)
                 stabilizing = since_up < s.scale_down_stabilization_s
@@ -806,27 +809,27 @@ class _Run:
                         or left <= g.min_replicas):
                     continue
                 reason = f"idle {n.idle_s:.0f}s > idleTimeout {s.idle_timeout_s:g}s"
-            drained[gi] += 1
+                idle_out[gi] += 1
             drains.append(Drain(n.name, g.name, reason))
-        return drains, drained
+        return drains, idle_out, above_max
 
     def decide(self) -> Decision:
         self.build_pools()
         self.place_constraints()
         self.place_gangs()
         self.place_tasks()
-        drains, drained = self.choose_drains()
+        drains, idle_out, above_max = self.choose_drains()
         targets: dict[str, int] = {}
         reasons: dict[str, str] = {}
         for gi, g in enumerate(self.inp.groups):
-            raw = self.live[gi] - drained[gi] + self.coming[gi] + self.new[gi]
+            raw = self.live[gi] - idle_out[gi] - above_max[gi] + self.coming[gi] + self.new[gi]
             target = max(g.min_replicas, min(g.max_replicas, raw))
             targets[g.name] = target
             if target != g.replicas:
-                reasons[g.name] = f"{g.name} {g.replicas}→{target}: " + self.explain(gi, drained[gi], raw, drains)
+                reasons[g.name] = f"{g.name} {g.replicas}→{target}: " + self.explain(gi, idle_out[gi], raw)
         return Decision(targets, tuple(drains), tuple(self.infeasible), tuple(self.waiting), reasons)
 
-    def explain(self, gi: int, drained: int, raw: int, drains: list[Drain]) -> str:
+    def explain(self, gi: int, idle_out: int, raw: int) -> str:
         g = self.inp.groups[gi]
         parts: list[str] = []
         if self.min_new[gi] or raw < g.min_replicas:
@@ -838,11 +841,10 @@ class _Run:
                 parts.append(f"{n} pending placement group{'s' if n > 1 else ''} {text}")
             else:
                 parts.append(f"request_resources {n}×{text}")
-        over = sum(1 for d in drains if d.group == g.name and d.reason.startswith("above"))
         if self.live[gi] > g.max_replicas:
             parts.append(f"above maxReplicas {g.max_replicas}")
-        if drained - over:
-            parts.append(f"{drained - over} idle > {self.settings.idle_timeout_s:g}s")
+        if idle_out:
+            parts.append(f"{idle_out} idle > {self.settings.idle_timeout_s:g}s")
         if g.name in self.inp.unavailable and g.replicas > raw:
             parts.append("unavailable: pods stay unschedulable")
         parts.extend(self.capped[gi])
