@@ -35,6 +35,11 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 #  - bindAddress: every component listens on loopback only (kwok's default is 0.0.0.0).
 #  - kwok manages only nodes annotated kwok.x-k8s.io/node=fake (the binary runtime's
 #    default is every node), so nodes run by something else can join the cluster later.
+#  - fake pods get loopback IPs (kwok's default is 10.0.0.0/24): anything that connects
+#    to a fake pod (the operator reading a Ray head's GCS) stays on this machine, and a
+#    /12 has room for the scale benchmarks' thousands of pods.
+#  - the scheduler's and controller manager's client rates are raised from 50 and 20
+#    requests/s, as large clusters do, so benchmarks measure the operator, not throttling.
 KWOKCTL_CONFIG = """\
 kind: KwokctlConfiguration
 apiVersion: config.kwok.x-k8s.io/v1alpha1
@@ -48,6 +53,20 @@ componentsPatches:
     override: true
   - key: manage-nodes-with-annotation-selector
     value: kwok.x-k8s.io/node=fake
+  - key: cidr
+    value: 127.128.0.0/12
+- name: kube-scheduler
+  extraArgs:
+  - key: kube-api-qps
+    value: "500"
+  - key: kube-api-burst
+    value: "1000"
+- name: kube-controller-manager
+  extraArgs:
+  - key: kube-api-qps
+    value: "200"
+  - key: kube-api-burst
+    value: "400"
 """
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from swarm_operator import metrics
+from swarm_operator.autoscaler.runner import Autoscaler
 from swarm_operator.config import OperatorConfig
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, observe_pod, owned_by, slim_pod
@@ -82,6 +83,7 @@ class Controller:
         self._errors: dict[Key, int] = defaultdict(int)
         self._warned: dict[Key, tuple[int, str]] = {}
         self._pod_gauges: dict[Key, set[tuple[str, str]]] = defaultdict(set)
+        self.autoscaler = Autoscaler(kube)
         self.active = asyncio.Event()  # set while this replica may act (always, without leader election)
         self._tasks: list[asyncio.Task[None]] = []
         self._tombstones: dict[tuple[Key, str], dict[str, Any]] = {}  # insertion-ordered: oldest first
@@ -99,6 +101,7 @@ class Controller:
             for group, state in self._pod_gauges.pop(key, set()):
                 metrics.PODS.remove(key[0], key[1], group, state)
             self._warned.pop(key, None)
+            self.autoscaler.forget("/".join(key))
             return
         self.clusters[key] = dict(body)
         self.enqueue(key)
@@ -291,8 +294,21 @@ class Controller:
         health, targets, head_restarts = health_from_status(old_status)
         svc_name = labels.head_service_name(cluster.name)
         svc = self.services.get(key, {}).get(svc_name)
+        outcome = None
+        if cluster.autoscaling.enabled and not cluster.suspend:
+            outcome = await self.autoscaler.step("/".join(key), cluster, states, self._head_ip(key, cluster),
+                                                 targets, old_status, now)
+        if outcome is not None:
+            targets = outcome.targets
+            for pod in outcome.patched_pods:
+                self._index(self.pods, None, pod)
+            states = [observe_pod(p) for p in self._pods_of(key, uid)]
+            for event_type, reason, message in outcome.events:
+                await asyncio.to_thread(self.kube.post_event, key[0], key[1], uid, event_type, reason, message)
         obs = Observed(pods=tuple(states), service_exists=svc is not None and owned_by(svc, uid),
-                       health=health, head_restarts=head_restarts)
+                       health=health, head_restarts=head_restarts,
+                       idle_pods=outcome.idle if outcome else None,
+                       ray_dead=outcome.ray_dead if outcome else frozenset())
         plan = plan_cluster(cluster, obs, targets, now)
         if plan.actions:
             await self._act(key, cluster, plan.actions)
@@ -301,17 +317,28 @@ class Controller:
                 metrics.WORKER_REPLACEMENTS.labels(key[0], key[1], action.failed_group).inc()
         if plan.head_restarts > head_restarts:
             metrics.HEAD_REPLACEMENTS.labels(*key).inc(plan.head_restarts - head_restarts)
-        raw_pods = self._pods_of(key, uid)
-        states = [observe_pod(p) for p in raw_pods]
-        head_ip = next((((p.get("status") or {}).get("podIP")) for p in raw_pods
-                        if (p.get("metadata") or {}).get("name") == labels.head_pod_name(cluster.name)), None)
+        states = [observe_pod(p) for p in self._pods_of(key, uid)]
+        head_ip = self._head_ip(key, cluster)
         desired = desired_replicas(cluster, targets)
         status = cluster_status(cluster, states, desired, plan.health, plan.head_restarts, old_status, now, head_ip)
+        if outcome is not None:
+            status["autoscaler"] = outcome.status
         self._update_pod_gauges(key, states)
         if differs(old_status, status):
             await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status)
             body["status"] = {**old_status, **status}  # our own write; the watch confirms it later
+        if cluster.autoscaling.enabled and not cluster.suspend:
+            due = max(0.05, self.autoscaler.due_in("/".join(key), time.time()))
+            return due if plan.requeue_after is None else min(due, plan.requeue_after)
         return plan.requeue_after
+
+    def _head_ip(self, key: Key, cluster: ClusterSpec) -> str | None:
+        """The running head pod's IP: where the autoscaler reaches the GCS."""
+        pod = self.pods.get(key, {}).get(labels.head_pod_name(cluster.name))
+        if not pod or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        status = pod.get("status") or {}
+        return status.get("podIP") if status.get("phase") == "Running" else None
 
     async def _report_invalid(self, key: Key, meta: Mapping[str, Any], old: dict[str, Any], message: str,
                               now: float) -> None:

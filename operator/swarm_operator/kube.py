@@ -82,6 +82,18 @@ class Kube:
         body = self._json(resp)
         return body if body.get("kind") == "Pod" else None
 
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
+        """Merge annotations into a pod; the patched pod, or None when it is gone."""
+        API_REQUESTS.labels("patch", "pods").inc()
+        try:
+            resp = self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": dict(annotations)}},
+                                                  _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._json(resp)
+
     # -- services -----------------------------------------------------------------------------
 
     def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:

@@ -16,3 +16,14 @@ HEAD_REPLACEMENTS = Counter("swarm_head_replacements_total", "Failed heads repla
 API_REQUESTS = Counter("swarm_api_requests_total", "Kubernetes API requests issued by the operator",
                        ["verb", "resource"])
 QUEUE_DEPTH = Gauge("swarm_workqueue_depth", "Clusters waiting to be reconciled")
+
+AUTOSCALER_DECISIONS = Counter("swarm_autoscaler_decisions_total", "Autoscaler decisions that changed a target",
+                               ["namespace", "cluster", "group", "direction"])
+AUTOSCALER_DRAINS = Counter("swarm_autoscaler_drains_total", "Drains of idle Ray nodes, by Ray's answer",
+                            ["namespace", "cluster", "result"])
+AUTOSCALER_PENDING = Gauge("swarm_autoscaler_pending_demand", "Pending Ray demand, summed per resource",
+                           ["namespace", "cluster", "resource"])
+AUTOSCALER_POLL_SECONDS = Histogram("swarm_autoscaler_poll_seconds", "Time to read one cluster's Ray state",
+                                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+AUTOSCALER_POLL_ERRORS = Counter("swarm_autoscaler_poll_errors_total", "Failed reads of Ray state",
+                                 ["namespace", "cluster"])

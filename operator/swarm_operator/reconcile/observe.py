@@ -23,6 +23,7 @@ class PodState:
     created: float  # epoch seconds; 0 when unknown
     scheduled: bool
     failure: str | None  # why the pod is dead, None while it is alive
+    drained: bool = False  # the autoscaler drained its Ray node: its end is planned, not a failure
 
     @property
     def alive(self) -> bool:
@@ -83,6 +84,7 @@ def observe_pod(pod: Mapping[str, Any]) -> PodState:
         created=parse_time(meta.get("creationTimestamp")),
         scheduled=bool((pod.get("spec") or {}).get("nodeName")),
         failure=failure_reason(pod),
+        drained=labels.DRAINED in (meta.get("annotations") or {}),
     )
 
 
@@ -100,6 +102,9 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     slim_meta = {k: meta[k] for k in ("name", "namespace", "labels", "resourceVersion", "creationTimestamp",
                                       "deletionTimestamp") if k in meta}
     slim_meta["ownerReferences"] = [{"uid": r.get("uid")} for r in meta.get("ownerReferences") or []]
+    ours = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(labels.PREFIX)}
+    if ours:
+        slim_meta["annotations"] = ours
     slim_status = {k: status[k] for k in ("phase", "reason", "message", "podIP") if k in status}
     slim_status["conditions"] = [{"type": c.get("type"), "status": c.get("status")}
                                  for c in status.get("conditions") or [] if c.get("type") == "Ready"]

@@ -52,6 +52,8 @@ class Observed:
     head_restarts: int = 0
     # Pods Ray reports idle (None when Ray's state is unknown); IdleFirst rollouts use it.
     idle_pods: frozenset[str] | None = None
+    # Pods whose Ray node the GCS reports DEAD while the pod still runs (`ray start --block` outlives it).
+    ray_dead: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -91,14 +93,20 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
                 health: GroupHealth, now: float, obs: Observed) -> tuple[list[Action], GroupHealth, float | None]:
     actions: list[Action] = []
     requeue: float | None = None
-    dead = [p for p in pods if not p.deleting and p.failure is not None]
+    ended = [p for p in pods if not p.deleting and (p.failure is not None or p.name in obs.ray_dead)]
+    dead = [p for p in ended if not p.drained]
+    for p in ended:
+        if p.drained:
+            actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: its Ray node was drained "
+                                             "(idle); removing the pod"))
     for p in dead:
-        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: {p.failure}", group.name,
+        why = p.failure or "its Ray node died"
+        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: {why}", group.name,
                                  failed=True))
     health = record_failures(health, len(dead), now, cluster.fault_tolerance.backoff_initial_seconds,
                              cluster.fault_tolerance.backoff_max_seconds)
     health = settle(health, now, cluster.fault_tolerance.backoff_max_seconds)
-    live = [p for p in pods if p.alive]
+    live = [p for p in pods if p.alive and p.name not in obs.ray_dead]
     missing = desired - len(live)
     if missing > 0:
         if now < health.backoff_until:

@@ -9,10 +9,12 @@ from typing import Any
 
 from swarm_operator import GROUP, KIND, VERSION
 
+PREFIX = f"{GROUP}/"
 CLUSTER = f"{GROUP}/cluster"
 NODE_TYPE = f"{GROUP}/node-type"
 WORKER_GROUP = f"{GROUP}/group"
 TEMPLATE_HASH = f"{GROUP}/template-hash"
+DRAINED = f"{GROUP}/drained-at"  # pod annotation: when the autoscaler's drain of its Ray node was accepted
 HEAD = "head"
 WORKER = "worker"
 

@@ -1,0 +1,189 @@
+"""One autoscaling turn of one cluster: read Ray's state, decide (pure), drain, record.
+
+Called from the controller's turn, so a cluster is never autoscaled and reconciled at the
+same time. Reads go through a RayStatePool (a thread and a deadline per read), so a slow or
+dead cluster costs only its own turn. Nothing is deleted here: an accepted drain marks the
+pod (annotation), and the planner removes the pod once Ray reports the node gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm_operator import metrics
+from swarm_operator.autoscaler import policy
+from swarm_operator.autoscaler import ray_state as rs
+from swarm_operator.autoscaler.inputs import demand_summary, policy_input
+from swarm_operator.kube import Kube
+from swarm_operator.reconcile.observe import PodState, parse_time
+from swarm_operator.resources import labels
+from swarm_operator.resources.pods import GCS_PORT
+from swarm_operator.spec import ClusterSpec
+from swarm_operator.status import timestamp
+
+log = logging.getLogger(__name__)
+PENDING_TIMEOUT_SECONDS = 120.0  # a pod unscheduled this long means its group cannot grow now
+
+
+@dataclass(frozen=True)
+class Outcome:
+    targets: dict[str, int]  # per group, to store in status.workerGroups[].desiredReplicas
+    status: dict[str, Any]  # status.autoscaler
+    ray_dead: frozenset[str] = frozenset()  # pods whose Ray node is DEAD
+    idle: frozenset[str] | None = None
+    events: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)  # (type, reason, message)
+    patched_pods: tuple[dict[str, Any], ...] = ()  # pods annotated as drained, for the controller's cache
+
+
+def unavailable_groups(pods: Iterable[PodState], now: float) -> frozenset[str]:
+    """Groups with a pod the scheduler could not place for PENDING_TIMEOUT_SECONDS: try other groups."""
+    return frozenset(p.group for p in pods if p.group and p.alive and not p.scheduled
+                     and p.created and now - p.created > PENDING_TIMEOUT_SECONDS)
+
+
+def ray_dead_pods(snapshot: rs.ClusterSnapshot, pods: Iterable[PodState]) -> frozenset[str]:
+    """Worker pods whose Ray node is DEAD with no live node of the same pod."""
+    out = set()
+    for p in pods:
+        if p.node_type != labels.WORKER or not p.alive:
+            continue
+        node = snapshot.node_by_instance(p.name)
+        if node is not None and node.status is rs.NodeStatus.DEAD:
+            out.add(p.name)
+    return frozenset(out)
+
+
+def pending_by_resource(snapshot: rs.ClusterSnapshot) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for d in (*snapshot.pending, *snapshot.constraints):
+        for k, v in d.shape.items():
+            totals[k] = totals.get(k, 0.0) + v * d.count
+    for g in snapshot.gangs:
+        for b in g.bundles:
+            for k, v in b.shape.items():
+                totals[k] = totals.get(k, 0.0) + v * g.count
+    return totals
+
+
+def last_scale_ups(status: Mapping[str, Any]) -> dict[str, float]:
+    raw = (status.get("autoscaler") or {}).get("lastScaleUpTime") or {}
+    return {k: parse_time(v) for k, v in raw.items() if isinstance(v, str)}
+
+
+class Autoscaler:
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.pool: rs.RayStatePool[rs.RayStateClient] = rs.RayStatePool(rs.new_client)
+        self._next_read: dict[str, float] = {}
+        self._warned_version: set[str] = set()
+        self._last_infeasible: dict[str, str] = {}
+
+    def forget(self, key: str) -> None:
+        self.pool.remove_cluster(key)
+        self._next_read.pop(key, None)
+        self._warned_version.discard(key)
+        self._last_infeasible.pop(key, None)
+
+    def due_in(self, key: str, now: float) -> float:
+        return max(0.0, self._next_read.get(key, 0.0) - now)
+
+    async def step(self, key: str, cluster: ClusterSpec, pods: list[PodState], head_ip: str | None,
+                   targets: Mapping[str, int], status: Mapping[str, Any], now: float) -> Outcome | None:
+        """None when it is not time yet, or there is no head to ask."""
+        if now < self._next_read.get(key, 0.0):
+            return None
+        self._next_read[key] = now + cluster.autoscaling.interval_seconds
+        if head_ip is None:
+            return None
+        self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}")
+        started = time.monotonic()
+        result = await self.pool.aread(key)
+        metrics.AUTOSCALER_POLL_SECONDS.observe(time.monotonic() - started)
+        old = dict(status.get("autoscaler") or {})
+        ns, name = cluster.namespace, cluster.name
+        if result.snapshot is None:
+            if result.started:
+                metrics.AUTOSCALER_POLL_ERRORS.labels(ns, name).inc()
+            # A head that is still starting has no GCS yet: not worth a warning.
+            return Outcome(dict(targets), {**old, "lastError": f"reading Ray state: {result.error}"})
+        snap = result.snapshot
+        events: list[tuple[str, str, str]] = []
+        if key not in self._warned_version and (mismatch := rs.version_mismatch(snap.ray_version)):
+            self._warned_version.add(key)
+            events.append(("Warning", "RayVersionMismatch", mismatch))
+        inp = policy_input(cluster, snap, pods, targets, last_scale_ups(status), unavailable_groups(pods, now), now)
+        decision = policy.decide(inp)
+        new_targets = dict(decision.targets)
+        accepted, refused = await self._drain(key, snap, decision.drains, events)
+        for d in refused:  # the node got work: it stays, and so does its place in the target
+            new_targets[d.group] = new_targets.get(d.group, 0) + 1
+        patched = []
+        for d in accepted:
+            pod = await asyncio.to_thread(self.kube.annotate_pod, ns, d.node, {labels.DRAINED: timestamp(now)})
+            if pod is not None:
+                patched.append(pod)
+
+        scale_ups = dict(old.get("lastScaleUpTime") or {})
+        for g in cluster.worker_groups:
+            before, after = targets.get(g.name, g.initial_replicas()), new_targets.get(g.name, 0)
+            if after != before:
+                metrics.AUTOSCALER_DECISIONS.labels(ns, name, g.name, "up" if after > before else "down").inc()
+            if after > before:
+                scale_ups[g.name] = timestamp(now)
+        reasons = [decision.reasons[g] for g in sorted(decision.reasons)]
+        for text in reasons:
+            events.append(("Normal", "Autoscaled", text))
+        infeasible = demand_summary(decision.infeasible)
+        if infeasible and self._last_infeasible.get(key) != infeasible:
+            events.append(("Warning", "InfeasibleDemand", f"fits no worker group, not scaling for it: {infeasible}"))
+        self._last_infeasible[key] = infeasible
+        for resource, amount in pending_by_resource(snap).items():
+            metrics.AUTOSCALER_PENDING.labels(ns, name, resource).set(amount)
+        record: dict[str, Any] = {
+            "pendingDemand": demand_summary([*inp.demands, *inp.constraints]) or "none",
+            "infeasibleDemand": infeasible or "none",
+            "lastScaleUpTime": scale_ups,
+            "lastError": "",
+            "rayVersion": snap.ray_version or "unknown",
+        }
+        if reasons or accepted or refused:
+            record["lastDecisionTime"] = timestamp(now)
+            record["lastDecision"] = "; ".join(reasons + [f"drained {d.node}: {d.reason}" for d in accepted]
+                                               + [f"drain of {d.node} refused (it got work)" for d in refused])
+        else:
+            record.update({k: old[k] for k in ("lastDecisionTime", "lastDecision") if k in old})
+        idle = frozenset(n.instance_id for n in snap.nodes if n.status is rs.NodeStatus.IDLE)
+        return Outcome(new_targets, record, ray_dead_pods(snap, pods), idle, tuple(events), tuple(patched))
+
+    async def _drain(self, key: str, snap: rs.ClusterSnapshot, drains: Iterable[policy.Drain],
+                     events: list[tuple[str, str, str]]) -> tuple[list[policy.Drain], list[policy.Drain]]:
+        """Ask Ray to drain each chosen idle node; the raylet re-checks idleness and may refuse."""
+        accepted: list[policy.Drain] = []
+        refused: list[policy.Drain] = []
+        ns, name = key.split("/", 1)
+        client = self.pool.client(key)
+        for d in drains:
+            node = snap.node_by_instance(d.node)
+            if node is None:
+                refused.append(d)
+                continue
+            try:
+                result = await asyncio.to_thread(client.drain, node.node_id, rs.DrainReason.IDLE_TERMINATION,
+                                                 f"swarm-operator: {d.reason}", 0, snapshot=snap)
+            except rs.RayStateError as exc:
+                log.warning("drain of %s in %s failed: %s", d.node, key, exc)
+                result = rs.DrainResult(False, str(exc))
+            if result.accepted:
+                accepted.append(d)
+                metrics.AUTOSCALER_DRAINS.labels(ns, name, "accepted").inc()
+            else:
+                refused.append(d)
+                metrics.AUTOSCALER_DRAINS.labels(ns, name, "refused").inc()
+                log.info("drain of %s in %s refused: %s", d.node, key, result.why)
+                events.append(("Normal", "DrainRefused", f"{d.node} keeps running: {result.why}"))
+        return accepted, refused
