@@ -17,8 +17,9 @@ from swarm_operator.resources.pods import object_store_bytes, ray_num_cpus
 from swarm_operator.spec import ClusterSpec, WorkerGroupSpec
 
 # Per-node resources (node:<ip>, the head marker) and placement-group reservations
-# (<res>_group_<pg>) are unique per node or per group: they only defeat aggregation.
-_UNIQUE = re.compile(r"^node:|_group_")
+# (<res>_group_[<bundle>_]<pg id>, 36 hex digits) are unique per node or per group: they only defeat
+# aggregation. A user's own resource may contain "_group_": only Ray's exact form is dropped.
+_UNIQUE = re.compile(r"node:.*|.+_group_(?:\d+_)?[0-9a-f]{36}")
 
 
 def group_shape(group: WorkerGroupSpec) -> dict[str, float]:
@@ -33,7 +34,7 @@ def group_shape(group: WorkerGroupSpec) -> dict[str, float]:
 
 
 def capacity(resources: Mapping[str, float]) -> dict[str, float]:
-    return {k: v for k, v in resources.items() if not _UNIQUE.search(k)}
+    return {k: v for k, v in resources.items() if not _UNIQUE.fullmatch(k)}
 
 
 def _selector(terms: rs.LabelSelector) -> policy.LabelSelector:
@@ -76,14 +77,15 @@ def policy_input(cluster: ClusterSpec, snapshot: rs.ClusterSnapshot, pods: Itera
             total=capacity(n.total), available=capacity(n.available), idle_s=n.idle_duration_ms / 1000.0,
             age_s=max(0.0, now - created.get(n.instance_id, now)),
         ))
-    joined = {n.instance_id for n in snapshot.alive_nodes()}
+    # Pods Ray knows (alive, or already DEAD and about to go) and drained pods bring no new capacity.
+    known = {n.instance_id for n in snapshot.nodes}
     groups = []
     for g in cluster.worker_groups:
         mine = [p for p in pod_list if p.node_type == labels.WORKER and p.group == g.name]
         target = max(g.min_replicas, min(g.max_replicas, targets.get(g.name, g.initial_replicas())))
         groups.append(policy.WorkerGroup(
             name=g.name, resources=group_shape(g), min_replicas=g.min_replicas, max_replicas=g.max_replicas,
-            replicas=target, pending_pods=sum(1 for p in mine if p.name not in joined),
+            replicas=target, pending_pods=sum(1 for p in mine if p.name not in known and not p.drained),
         ))
     a = cluster.autoscaling
     return policy.PolicyInput(
