@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from swarm_operator.autoscaler import policy
-from swarm_operator.autoscaler import ray_state as rs
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import object_store_bytes, ray_num_cpus
 from swarm_operator.spec import ClusterSpec, WorkerGroupSpec
+
+if TYPE_CHECKING:  # importing ray costs ~40 MiB: only processes that autoscale pay for it
+    from swarm_operator.autoscaler import ray_state as rs
 
 # Per-node resources (node:<ip>, the head marker) and placement-group reservations
 # (<res>_group_[<bundle>_]<pg id>, 36 hex digits) are unique per node or per group: they only defeat

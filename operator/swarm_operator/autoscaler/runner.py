@@ -9,15 +9,16 @@ pod (annotation), and the planner removes the pod once Ray reports the node gone
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarm_operator import metrics
 from swarm_operator.autoscaler import policy
-from swarm_operator.autoscaler import ray_state as rs
 from swarm_operator.autoscaler.inputs import demand_summary, policy_input
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, parse_time
@@ -26,7 +27,11 @@ from swarm_operator.resources.pods import GCS_PORT
 from swarm_operator.spec import ClusterSpec
 from swarm_operator.status import timestamp
 
+if TYPE_CHECKING:
+    from swarm_operator.autoscaler import ray_state as rs
+
 log = logging.getLogger(__name__)
+DEAD, IDLE = "DEAD", "IDLE"  # ray_state.NodeStatus values (a StrEnum)
 PENDING_TIMEOUT_SECONDS = 120.0  # a pod unscheduled this long means its group cannot grow now
 
 
@@ -53,7 +58,7 @@ def ray_dead_pods(snapshot: rs.ClusterSnapshot, pods: Iterable[PodState]) -> fro
         if p.node_type != labels.WORKER or not p.alive:
             continue
         node = snapshot.node_by_instance(p.name)
-        if node is not None and node.status is rs.NodeStatus.DEAD:
+        if node is not None and node.status == DEAD:
             out.add(p.name)
     return frozenset(out)
 
@@ -75,19 +80,59 @@ def last_scale_ups(status: Mapping[str, Any]) -> dict[str, float]:
     return {k: parse_time(v) for k, v in raw.items() if isinstance(v, str)}
 
 
+def _reasons(decision: policy.Decision, inp: policy.PolicyInput, targets: Mapping[str, int],
+             refused: Iterable[policy.Drain]) -> list[str]:
+    """The policy's reasons, for the targets groups really got: a refused drain keeps its node's place."""
+    kept: dict[str, int] = {}
+    for d in refused:
+        kept[d.group] = kept.get(d.group, 0) + 1
+    before = {g.name: g.replicas for g in inp.groups}
+    out = []
+    for group in sorted(decision.reasons):
+        text = decision.reasons[group]
+        if group in kept:
+            if targets.get(group) == before.get(group):
+                continue  # every node it let go got work: nothing changed
+            why = text.split(": ", 1)[1]
+            text = f"{group} {before.get(group)}→{targets.get(group)}: {why}; {kept[group]} drain(s) refused"
+        out.append(text)
+    return out
+
+
 class Autoscaler:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
-        self.pool: rs.RayStatePool[rs.RayStateClient] = rs.RayStatePool(rs.new_client)
+        self._pool: rs.RayStatePool[rs.RayStateClient] | None = None
         self._next_read: dict[str, float] = {}
         self._warned_version: set[str] = set()
         self._last_infeasible: dict[str, str] = {}
+        self._pending_resources: dict[str, set[str]] = {}  # resources ever reported in the pending gauge
+
+    @property
+    def ray(self) -> Any:
+        """The Ray client module, imported on first use: importing ray costs ~40 MiB."""
+        return importlib.import_module("swarm_operator.autoscaler.ray_state")
+
+    @property
+    def pool(self) -> rs.RayStatePool[rs.RayStateClient]:
+        if self._pool is None:
+            self._pool = self.ray.RayStatePool(self.ray.new_client)
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: rs.RayStatePool[rs.RayStateClient]) -> None:
+        self._pool = pool
 
     def forget(self, key: str) -> None:
-        self.pool.remove_cluster(key)
+        if self._pool is not None:
+            self._pool.remove_cluster(key)
         self._next_read.pop(key, None)
         self._warned_version.discard(key)
         self._last_infeasible.pop(key, None)
+        ns, name = key.split("/", 1)
+        for resource in self._pending_resources.pop(key, set()):
+            with contextlib.suppress(KeyError):
+                metrics.AUTOSCALER_PENDING.remove(ns, name, resource)
 
     def due_in(self, key: str, now: float) -> float:
         return max(0.0, self._next_read.get(key, 0.0) - now)
@@ -113,7 +158,7 @@ class Autoscaler:
             return Outcome(dict(targets), {**old, "lastError": f"reading Ray state: {result.error}"})
         snap = result.snapshot
         events: list[tuple[str, str, str]] = []
-        if key not in self._warned_version and (mismatch := rs.version_mismatch(snap.ray_version)):
+        if key not in self._warned_version and (mismatch := self.ray.version_mismatch(snap.ray_version)):
             self._warned_version.add(key)
             events.append(("Warning", "RayVersionMismatch", mismatch))
         inp = policy_input(cluster, snap, pods, targets, last_scale_ups(status), unavailable_groups(pods, now), now)
@@ -135,15 +180,19 @@ class Autoscaler:
                 metrics.AUTOSCALER_DECISIONS.labels(ns, name, g.name, "up" if after > before else "down").inc()
             if after > before:
                 scale_ups[g.name] = timestamp(now)
-        reasons = [decision.reasons[g] for g in sorted(decision.reasons)]
+        reasons = _reasons(decision, inp, new_targets, refused)
         for text in reasons:
             events.append(("Normal", "Autoscaled", text))
         infeasible = demand_summary(decision.infeasible)
         if infeasible and self._last_infeasible.get(key) != infeasible:
             events.append(("Warning", "InfeasibleDemand", f"fits no worker group, not scaling for it: {infeasible}"))
         self._last_infeasible[key] = infeasible
-        for resource, amount in pending_by_resource(snap).items():
+        pending = pending_by_resource(snap)
+        for resource in self._pending_resources.get(key, set()) - pending.keys():
+            metrics.AUTOSCALER_PENDING.labels(ns, name, resource).set(0)  # that demand went away
+        for resource, amount in pending.items():
             metrics.AUTOSCALER_PENDING.labels(ns, name, resource).set(amount)
+        self._pending_resources[key] = self._pending_resources.get(key, set()) | pending.keys()
         record: dict[str, Any] = {
             "pendingDemand": demand_summary([*inp.demands, *inp.constraints]) or "none",
             "infeasibleDemand": infeasible or "none",
@@ -157,7 +206,7 @@ class Autoscaler:
                                                + [f"drain of {d.node} refused (it got work)" for d in refused])
         else:
             record.update({k: old[k] for k in ("lastDecisionTime", "lastDecision") if k in old})
-        idle = frozenset(n.instance_id for n in snap.nodes if n.status is rs.NodeStatus.IDLE)
+        idle = frozenset(n.instance_id for n in snap.nodes if n.status == IDLE)
         return Outcome(new_targets, record, ray_dead_pods(snap, pods), idle, tuple(events), tuple(patched))
 
     async def _drain(self, key: str, snap: rs.ClusterSnapshot, drains: Iterable[policy.Drain],
@@ -173,11 +222,11 @@ class Autoscaler:
                 refused.append(d)
                 continue
             try:
-                result = await asyncio.to_thread(client.drain, node.node_id, rs.DrainReason.IDLE_TERMINATION,
+                result = await asyncio.to_thread(client.drain, node.node_id, self.ray.DrainReason.IDLE_TERMINATION,
                                                  f"swarm-operator: {d.reason}", 0, snapshot=snap)
-            except rs.RayStateError as exc:
+            except self.ray.RayStateError as exc:
                 log.warning("drain of %s in %s failed: %s", d.node, key, exc)
-                result = rs.DrainResult(False, str(exc))
+                result = self.ray.DrainResult(False, str(exc))
             if result.accepted:
                 accepted.append(d)
                 metrics.AUTOSCALER_DRAINS.labels(ns, name, "accepted").inc()
