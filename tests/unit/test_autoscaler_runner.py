@@ -1,0 +1,512 @@
+"""autoscaler.runner: the helpers, and Autoscaler.step against a fake GCS (a RayStatePool of fake clients)
+and a fake Kubernetes that records pod annotations."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
+
+import pytest
+from prometheus_client import REGISTRY
+
+from swarm_operator.autoscaler import ray_state as rs
+from swarm_operator.autoscaler.runner import (
+    PENDING_TIMEOUT_SECONDS,
+    Autoscaler,
+    Outcome,
+    last_scale_ups,
+    pending_by_resource,
+    ray_dead_pods,
+    unavailable_groups,
+)
+from swarm_operator.kube import Kube
+from swarm_operator.reconcile.observe import PodState, observe_pod
+from swarm_operator.resources import labels
+from swarm_operator.spec import ClusterSpec
+from swarm_operator.status import timestamp
+from tests.unit.operator_fixtures import NAMESPACE, NOW, cluster, group, head, iso, worker, worker_pod
+from tests.unit.ray_fixtures import HEAD_IP, demand, node_id, ray_node, snapshot
+
+# -- helpers ------------------------------------------------------------------------------------
+
+C = cluster(groups=[group("cpu", 2), group("gpu", 1, gpu=1)])
+
+
+def pod(suffix: str, group_name: str = "cpu", **state: Any) -> PodState:
+    return worker(C, group_name, suffix, **state)
+
+
+OLD = NOW - PENDING_TIMEOUT_SECONDS - 1
+YOUNG = NOW - PENDING_TIMEOUT_SECONDS + 1
+UNSCHEDULED = {"phase": "Pending", "ready": False, "node": None}
+
+
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        pytest.param([], set(), id="no-pods"),
+        pytest.param([pod("a", created=OLD, **UNSCHEDULED)], {"cpu"}, id="unscheduled-too-long"),
+        pytest.param([pod("a", created=YOUNG, **UNSCHEDULED)], set(), id="unscheduled-recently"),
+        pytest.param([pod("a", created=OLD, phase="Pending", ready=False)], set(), id="scheduled-still-pending"),
+        pytest.param([pod("a", created=OLD, deleting=True, **UNSCHEDULED)], set(), id="deleting"),
+        pytest.param([pod("a", created=OLD, phase="Failed", ready=False, node=None)], set(), id="failed"),
+        pytest.param([head(C, created=OLD, **UNSCHEDULED)], set(), id="head-has-no-group"),
+        pytest.param([pod("a", created=OLD, **UNSCHEDULED), pod("b", "gpu", created=OLD, **UNSCHEDULED),
+                      pod("c", created=YOUNG, **UNSCHEDULED)], {"cpu", "gpu"}, id="per-group"),
+    ],
+)
+def test_unavailable_groups(pods: list[PodState], expected: set[str]) -> None:
+    assert unavailable_groups(pods, NOW) == frozenset(expected)
+
+
+def test_unavailable_groups_ignores_unknown_creation_time() -> None:
+    p = worker(C, "cpu", "a", **UNSCHEDULED)
+    assert unavailable_groups([PodState(**{**p.__dict__, "created": 0.0})], NOW) == frozenset()
+
+
+A, B = pod("aaaaa"), pod("bbbbb")
+
+
+@pytest.mark.parametrize(
+    ("pods", "nodes", "expected"),
+    [
+        pytest.param([A], [ray_node(A.name, "cpu")], set(), id="alive"),
+        pytest.param([A], [], set(), id="not-joined-yet"),
+        pytest.param([A, B], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD), ray_node(B.name, "cpu")], {A.name},
+                     id="dead"),
+        pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.DRAINING)], set(), id="draining"),
+        pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD), ray_node(A.name, "cpu")], set(),
+                     id="dead-then-restarted"),
+        pytest.param([pod("aaaaa", phase="Failed", ready=False)], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD)],
+                     set(), id="pod-already-failed"),
+        pytest.param([pod("aaaaa", deleting=True)], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD)], set(),
+                     id="pod-already-deleting"),
+        pytest.param([head(C)], [ray_node(head(C).name, labels.HEAD, rs.NodeStatus.DEAD)], set(), id="head-ignored"),
+    ],
+)
+def test_ray_dead_pods(pods: list[PodState], nodes: list[rs.RayNode], expected: set[str]) -> None:
+    assert ray_dead_pods(snapshot(*nodes), pods) == frozenset(expected)
+
+
+def test_pending_by_resource() -> None:
+    snap = snapshot(
+        pending=(demand(3, CPU=1.0), demand(2, GPU=1.0, CPU=0.5)),
+        constraints=(demand(1, CPU=2.0),),
+        gangs=(rs.GangDemand((rs.Bundle({"GPU": 1.0}), rs.Bundle({"CPU": 1.0})), rs.Strategy.PACK, 2, ("p", "q")),),
+    )
+    assert pending_by_resource(snap) == {"CPU": 3.0 + 1.0 + 2.0 + 2.0, "GPU": 2.0 + 2.0}
+    assert pending_by_resource(snapshot()) == {}
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        pytest.param({}, {}, id="no-autoscaler-status"),
+        pytest.param({"autoscaler": None}, {}, id="null"),
+        pytest.param({"autoscaler": {"lastScaleUpTime": None}}, {}, id="null-times"),
+        pytest.param({"autoscaler": {"lastScaleUpTime": {"cpu": iso(NOW), "gpu": iso(NOW - 60)}}},
+                     {"cpu": NOW, "gpu": NOW - 60}, id="times"),
+        pytest.param({"autoscaler": {"lastScaleUpTime": {"cpu": iso(NOW), "gpu": 5}}}, {"cpu": NOW},
+                     id="non-string-ignored"),
+    ],
+)
+def test_last_scale_ups(status: dict[str, Any], expected: dict[str, float]) -> None:
+    assert last_scale_ups(status) == expected
+
+
+# -- Autoscaler.step with fakes -----------------------------------------------------------------
+
+
+class FakeRay:
+    """What the GCS answers, shared by every client the pool makes; it records reads and drains."""
+
+    def __init__(self) -> None:
+        self.snapshot: rs.ClusterSnapshot = snapshot()
+        self.error: str | None = None
+        self.refuse: dict[str, str] = {}  # pod -> Ray's reason
+        self.fail_drain: set[str] = set()  # pods whose drain RPC fails
+        self.addresses: list[str] = []
+        self.reads = 0
+        self.drains: list[tuple[str, rs.DrainReason, str, int, rs.ClusterSnapshot]] = []
+
+    def factory(self, address: str, token: str | None) -> FakeClient:
+        self.addresses.append(address)
+        return FakeClient(self)
+
+
+class FakeClient:
+    def __init__(self, ray: FakeRay) -> None:
+        self.ray = ray
+
+    def read(self) -> rs.ClusterSnapshot:
+        self.ray.reads += 1
+        if self.ray.error is not None:
+            raise rs.GcsUnavailable(self.ray.error)
+        return self.ray.snapshot
+
+    def drain(self, node_id_hex: str, reason: rs.DrainReason, message: str, deadline_ms: int, *,
+              snapshot: rs.ClusterSnapshot) -> rs.DrainResult:
+        self.ray.drains.append((node_id_hex, reason, message, deadline_ms, snapshot))
+        node = snapshot.node(node_id_hex)
+        assert node is not None, node_id_hex
+        if node.instance_id in self.ray.fail_drain:
+            raise rs.GcsUnavailable("drain timed out")
+        why = self.ray.refuse.get(node.instance_id)
+        return rs.DrainResult(why is None, why or "")
+
+    def close(self) -> None:
+        pass
+
+
+class FakeKube:
+    """kube.Kube's annotate_pod: records the call, returns the patched pod (None for an unknown pod)."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.annotated: list[tuple[str, str, dict[str, str]]] = []
+
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
+        self.annotated.append((namespace, name, dict(annotations)))
+        pod = self.pods.get(name)
+        if pod is None:
+            return None
+        pod = copy.deepcopy(pod)
+        pod["metadata"].setdefault("annotations", {}).update(annotations)
+        return pod
+
+
+AUTO = {"autoscaling": {"enabled": True, "idleTimeoutSeconds": 60, "intervalSeconds": 5,
+                        "scaleDownStabilizationSeconds": 0}}
+CPU4 = {"cpu": "4", "memory": "8Gi"}
+GPU_NODE = {"cpu": "16", "memory": "64Gi", "gpu": 1}
+
+
+def autoscaled(name: str = "demo", *, cpu_max: int = 10) -> ClusterSpec:
+    return cluster(AUTO, name=name, groups=[group("cpu", 1, lo=0, hi=cpu_max, resources=CPU4),
+                                            group("gpu", 0, lo=0, hi=4, resources=GPU_NODE)])
+
+
+def key_of(c: ClusterSpec) -> str:
+    return f"{c.namespace}/{c.name}"
+
+
+BUSY = {"CPU": 0.0, "memory": 8e9}
+CPU_TOTAL = {"CPU": 4.0, "memory": 8 * 1024**3}
+
+
+def head_node(c: ClusterSpec) -> rs.RayNode:
+    return ray_node(head(c).name, labels.HEAD, head=True, total={"CPU": 1.0}, available={"CPU": 0.0})
+
+
+def cpu_node(c: ClusterSpec, i: int, status: rs.NodeStatus = rs.NodeStatus.RUNNING, idle_s: float = 0.0) -> rs.RayNode:
+    name = f"{c.name}-cpu-w{i:04d}"
+    free = BUSY if status is rs.NodeStatus.RUNNING else CPU_TOTAL
+    return ray_node(name, "cpu", status, idle_s=idle_s, total=CPU_TOTAL, available=free)
+
+
+class Harness:
+    def __init__(self, ray: FakeRay, kube: FakeKube, scaler: Autoscaler) -> None:
+        self.ray, self.kube, self.scaler = ray, kube, scaler
+
+    def pods(self, c: ClusterSpec, n: int) -> list[PodState]:
+        """The head and n cpu workers, running; the fake API server knows their pod dicts."""
+        out = [head(c)]
+        for i in range(n):
+            raw = worker_pod(c, "cpu", f"w{i:04d}", created=NOW - 3600 + 60 * i)
+            self.kube.pods[raw["metadata"]["name"]] = raw
+            out.append(worker(c, "cpu", f"w{i:04d}", created=NOW - 3600 + 60 * i))
+        return out
+
+    def step(self, c: ClusterSpec, pods: list[PodState], targets: Mapping[str, int], *, now: float = NOW,
+             status: Mapping[str, Any] | None = None, head_ip: str | None = HEAD_IP) -> Outcome | None:
+        return asyncio.run(self.scaler.step(key_of(c), c, pods, head_ip, targets, status or {}, now))
+
+
+@pytest.fixture
+def h() -> Iterator[Harness]:
+    ray, kube = FakeRay(), FakeKube()
+    scaler = Autoscaler(cast(Kube, kube))
+    scaler.pool.close()
+    scaler.pool = cast(Any, rs.RayStatePool(ray.factory, read_timeout_s=5.0))
+    yield Harness(ray, kube, scaler)
+    scaler.pool.close()
+
+
+def metric(name: str, **labels_: str) -> float:
+    return REGISTRY.get_sample_value(name, labels_) or 0.0
+
+
+def events(o: Outcome, reason: str | None = None) -> list[tuple[str, str, str]]:
+    return [e for e in o.events if reason is None or e[1] == reason]
+
+
+def test_not_due_yet(h: Harness) -> None:
+    c = autoscaled()
+    pods = h.pods(c, 1)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0))
+    assert h.step(c, pods, {"cpu": 1}) is not None
+    assert h.step(c, pods, {"cpu": 1}, now=NOW + 4.9) is None
+    assert h.scaler.due_in(key_of(c), NOW + 1) == pytest.approx(4.0)
+    assert h.step(c, pods, {"cpu": 1}, now=NOW + 5) is not None
+    assert h.ray.reads == 2
+    assert h.ray.addresses == [f"{HEAD_IP}:6379"]  # one client, kept between reads
+
+
+def test_forget_makes_it_due_again(h: Harness) -> None:
+    c = autoscaled()
+    pods = h.pods(c, 1)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0))
+    assert h.step(c, pods, {"cpu": 1}) is not None
+    h.scaler.forget(key_of(c))
+    assert h.scaler.due_in(key_of(c), NOW) == 0.0
+    assert h.step(c, pods, {"cpu": 1}, now=NOW + 1) is not None
+
+
+def test_no_head_ip(h: Harness) -> None:
+    c = autoscaled()
+    assert h.step(c, h.pods(c, 1), {"cpu": 1}, head_ip=None) is None
+    assert (h.ray.reads, h.ray.addresses) == (0, [])
+
+
+def test_read_error_keeps_targets_and_records_the_error(h: Harness) -> None:
+    c = autoscaled("read-error")
+    h.ray.error = "connection refused"
+    old = {"autoscaler": {"lastDecision": "cpu 1→3: 9 pending {CPU:1}", "pendingDemand": "9×{CPU:1}"}}
+    errors = metric("swarm_autoscaler_poll_errors_total", namespace=NAMESPACE, cluster="read-error")
+    o = h.step(c, h.pods(c, 3), {"cpu": 3, "gpu": 1}, status=old)
+    assert o is not None
+    assert o.targets == {"cpu": 3, "gpu": 1}
+    assert o.status == {**old["autoscaler"], "lastError": "reading Ray state: connection refused"}
+    assert (o.events, o.ray_dead, o.idle, o.patched_pods) == ((), frozenset(), None, ())
+    assert metric("swarm_autoscaler_poll_errors_total", namespace=NAMESPACE, cluster="read-error") == errors + 1
+
+
+def test_cpu_demand_scales_the_cpu_group_not_the_gpu_group(h: Harness) -> None:
+    c = autoscaled("cpu-demand")
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=(demand(12, CPU=1.0),))
+    ups = metric("swarm_autoscaler_decisions_total", namespace=NAMESPACE, cluster="cpu-demand", group="cpu",
+                 direction="up")
+    o = h.step(c, h.pods(c, 1), {"cpu": 1, "gpu": 0})
+    assert o is not None
+    assert o.targets == {"cpu": 4, "gpu": 0}
+    (event,) = events(o)
+    assert event[:2] == ("Normal", "Autoscaled")
+    assert re.fullmatch(r"cpu 1→4: 12 pending \{CPU:1\}", event[2]), event[2]
+    assert o.status["lastScaleUpTime"] == {"cpu": timestamp(NOW)}
+    assert o.status["lastDecision"] == event[2]
+    assert o.status["lastDecisionTime"] == timestamp(NOW)
+    assert (o.status["pendingDemand"], o.status["infeasibleDemand"], o.status["lastError"]) == (
+        "12×{CPU:1}", "none", "")
+    assert metric("swarm_autoscaler_decisions_total", namespace=NAMESPACE, cluster="cpu-demand", group="cpu",
+                  direction="up") == ups + 1
+    assert h.ray.drains == []
+
+
+def test_gpu_demand_scales_the_gpu_group(h: Harness) -> None:
+    c = autoscaled()
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=(demand(2, GPU=1.0),))
+    o = h.step(c, h.pods(c, 1), {"cpu": 1, "gpu": 0})
+    assert o is not None
+    assert o.targets == {"cpu": 1, "gpu": 2}
+    assert [e[2] for e in events(o, "Autoscaled")] == ["gpu 0→2: 2 pending {GPU:1}"]
+
+
+def test_no_change_keeps_the_last_decision(h: Harness) -> None:
+    c = autoscaled()
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0))
+    old = {"autoscaler": {"lastDecision": "earlier", "lastDecisionTime": iso(NOW - 60), "lastError": "x",
+                          "lastScaleUpTime": {"cpu": iso(NOW - 60)}}}
+    o = h.step(c, h.pods(c, 1), {"cpu": 1, "gpu": 0}, status=old)
+    assert o is not None
+    assert (o.targets, o.events) == ({"cpu": 1, "gpu": 0}, ())
+    assert o.status == {"pendingDemand": "none", "infeasibleDemand": "none", "lastError": "",
+                        "lastScaleUpTime": {"cpu": iso(NOW - 60)}, "rayVersion": rs.OPERATOR_RAY_VERSION,
+                        "lastDecision": "earlier", "lastDecisionTime": iso(NOW - 60)}
+
+
+def test_an_unavailable_group_is_not_grown(h: Harness) -> None:
+    """A cpu pod unschedulable past the timeout: the cpu group is not scaled up for more demand."""
+    c = autoscaled()
+    stuck = worker(c, "cpu", "w0001", created=OLD, **UNSCHEDULED)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=(demand(12, CPU=1.0),))
+    o = h.step(c, [*h.pods(c, 1), stuck], {"cpu": 2, "gpu": 0})
+    assert o is not None
+    assert o.targets["cpu"] <= 2
+
+
+def test_infeasible_demand_is_reported_once(h: Harness) -> None:
+    c = autoscaled()
+    pods = h.pods(c, 1)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=(demand(2, TPU=1.0),))
+    warning = ("Warning", "InfeasibleDemand", "fits no worker group, not scaling for it: 2×{TPU:1}")
+    steps: list[tuple[float, tuple[rs.ResourceDemand, ...], list[tuple[str, str, str]]]] = [
+        (NOW, (demand(2, TPU=1.0),), [warning]),
+        (NOW + 5, (demand(2, TPU=1.0),), []),  # the same summary: no second event
+        (NOW + 10, (demand(3, TPU=1.0),), [(*warning[:2], warning[2].replace("2×", "3×"))]),  # changed
+        (NOW + 15, (), []),  # gone
+        (NOW + 20, (demand(3, TPU=1.0),), [(*warning[:2], warning[2].replace("2×", "3×"))]),  # back again
+    ]
+    for now, pending, expected in steps:
+        h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=pending)
+        o = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=now)
+        assert o is not None
+        assert events(o) == expected, now - NOW
+        assert o.targets == {"cpu": 1, "gpu": 0}
+        assert o.status["infeasibleDemand"] == (warning[2].split(": ", 1)[1].replace("2×", f"{pending[0].count}×")
+                                                if pending else "none")
+
+
+def idle_cluster(h: Harness, c: ClusterSpec, idle: int) -> list[PodState]:
+    """One busy cpu worker (w0000) and `idle` workers idle for 120 s (> the 60 s timeout)."""
+    pods = h.pods(c, 1 + idle)
+    nodes = [cpu_node(c, 0)] + [cpu_node(c, 1 + i, rs.NodeStatus.IDLE, idle_s=120) for i in range(idle)]
+    h.ray.snapshot = snapshot(head_node(c), *nodes)
+    return pods
+
+
+def test_idle_node_past_the_timeout_is_drained(h: Harness) -> None:
+    c = autoscaled("idle-drain")
+    pods = idle_cluster(h, c, 1)
+    accepted = metric("swarm_autoscaler_drains_total", namespace=NAMESPACE, cluster="idle-drain", result="accepted")
+    o = h.step(c, pods, {"cpu": 2, "gpu": 0})
+    assert o is not None
+    victim = "idle-drain-cpu-w0001"
+    (drain,) = h.ray.drains
+    assert drain[:4] == (node_id(victim), rs.DrainReason.IDLE_TERMINATION,
+                         "swarm-operator: idle 120s > idleTimeout 60s", 0)
+    assert drain[4] is h.ray.snapshot  # only the snapshot the decision came from
+    assert h.kube.annotated == [(NAMESPACE, victim, {labels.DRAINED: timestamp(NOW)})]
+    (patched,) = o.patched_pods
+    assert patched["metadata"]["name"] == victim
+    assert patched["metadata"]["annotations"][labels.DRAINED] == timestamp(NOW)
+    assert o.targets == {"cpu": 1, "gpu": 0}
+    assert [e[2] for e in events(o, "Autoscaled")] == ["cpu 2→1: 1 idle > 60s"]
+    assert events(o, "DrainRefused") == []
+    assert o.status["lastDecision"] == f"cpu 2→1: 1 idle > 60s; drained {victim}: idle 120s > idleTimeout 60s"
+    assert "cpu" not in o.status["lastScaleUpTime"]
+    assert o.idle == frozenset({victim})
+    assert metric("swarm_autoscaler_drains_total", namespace=NAMESPACE, cluster="idle-drain",
+                  result="accepted") == accepted + 1
+
+
+def test_a_drained_pod_already_gone_is_not_patched(h: Harness) -> None:
+    c = autoscaled()
+    pods = idle_cluster(h, c, 1)
+    del h.kube.pods["demo-cpu-w0001"]
+    o = h.step(c, pods, {"cpu": 2, "gpu": 0})
+    assert o is not None
+    assert (o.targets["cpu"], o.patched_pods, len(h.kube.annotated)) == (1, (), 1)
+
+
+REFUSALS = [
+    pytest.param({"refuse": "node has running tasks"}, "node has running tasks", id="refused-by-the-raylet"),
+    pytest.param({"fail": True}, "drain timed out", id="drain-rpc-failed"),
+]
+
+
+@pytest.mark.parametrize(("how", "why"), REFUSALS)
+def test_refused_drain_keeps_the_node_and_its_target(h: Harness, how: dict[str, Any], why: str) -> None:
+    c = autoscaled(f"refused-{'rpc' if 'fail' in how else 'ray'}")
+    pods = idle_cluster(h, c, 1)
+    victim = f"{c.name}-cpu-w0001"
+    if "refuse" in how:
+        h.ray.refuse[victim] = how["refuse"]
+    else:
+        h.ray.fail_drain.add(victim)
+    refused = metric("swarm_autoscaler_drains_total", namespace=NAMESPACE, cluster=c.name, result="refused")
+    o = h.step(c, pods, {"cpu": 2, "gpu": 0})
+    assert o is not None
+    assert o.targets == {"cpu": 2, "gpu": 0}
+    assert h.kube.annotated == [] and o.patched_pods == ()
+    assert events(o, "DrainRefused") == [("Normal", "DrainRefused", f"{victim} keeps running: {why}")]
+    # The target did not change: no event may claim it did.
+    assert events(o, "Autoscaled") == []
+    assert f"drain of {victim} refused (it got work)" in o.status["lastDecision"]
+    assert metric("swarm_autoscaler_drains_total", namespace=NAMESPACE, cluster=c.name, result="refused") == refused + 1
+
+
+def test_one_drain_refused_of_two(h: Harness) -> None:
+    c = autoscaled()
+    pods = idle_cluster(h, c, 2)
+    h.ray.refuse["demo-cpu-w0002"] = "busy"
+    o = h.step(c, pods, {"cpu": 3, "gpu": 0})
+    assert o is not None
+    assert len(h.ray.drains) == 2
+    assert o.targets["cpu"] == 2
+    assert [a[1] for a in h.kube.annotated] == ["demo-cpu-w0001"]
+    (event,) = events(o, "Autoscaled")
+    # The target it really got, not the policy's 3→1.
+    assert event[2] == "cpu 3→2: 2 idle > 60s; 1 drain(s) refused"
+
+
+def test_ray_version_mismatch_warns_once_per_cluster(h: Harness) -> None:
+    one, two = autoscaled("one"), autoscaled("two")
+    h.ray.snapshot = snapshot(ray_version="2.40.0")
+    warning = ("Warning", "RayVersionMismatch", rs.version_mismatch("2.40.0"))
+    for now, c, expected in [(NOW, one, [warning]), (NOW, two, [warning]), (NOW + 5, one, []), (NOW + 5, two, []),
+                             (NOW + 10, one, [])]:
+        o = h.step(c, [], {"cpu": 1, "gpu": 0}, now=now)
+        assert o is not None
+        assert events(o, "RayVersionMismatch") == expected, (c.name, now)
+        assert o.status["rayVersion"] == "2.40.0"
+    h.scaler.forget(key_of(one))
+    o = h.step(one, [], {"cpu": 1, "gpu": 0}, now=NOW + 15)
+    assert o is not None and events(o, "RayVersionMismatch") == [warning]
+
+
+def test_same_ray_version_or_unknown_never_warns(h: Harness) -> None:
+    c = autoscaled()
+    h.ray.snapshot = snapshot()
+    o = h.step(c, [], {"cpu": 1, "gpu": 0})
+    assert o is not None and events(o, "RayVersionMismatch") == []
+    h.ray.snapshot = rs.ClusterSnapshot("a", "s", 1, (), (), (), (), ray_version=None)
+    o = h.step(c, [], {"cpu": 1, "gpu": 0}, now=NOW + 5)
+    assert o is not None and events(o, "RayVersionMismatch") == [] and o.status["rayVersion"] == "unknown"
+
+
+def test_ray_dead_pods_are_reported(h: Harness) -> None:
+    c = autoscaled()
+    pods = h.pods(c, 2)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, rs.NodeStatus.DEAD))
+    o = h.step(c, pods, {"cpu": 2, "gpu": 0})
+    assert o is not None
+    assert o.ray_dead == frozenset({"demo-cpu-w0001"})
+    assert o.targets["cpu"] == 2  # the planner replaces it; the autoscaler does not drop its place
+
+
+def test_the_turn_after_a_drain_keeps_the_lower_target(h: Harness) -> None:
+    """The drained node is DEAD, its pod still runs: reported ray_dead, and the target stays lowered."""
+    c = autoscaled()
+    pods = idle_cluster(h, c, 1)
+    o = h.step(c, pods, {"cpu": 2, "gpu": 0})
+    assert o is not None and o.targets["cpu"] == 1
+    (patched,) = o.patched_pods
+    pods = [p if p.name != "demo-cpu-w0001" else observe_pod(patched) for p in pods]
+    assert pods[-1].drained
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, rs.NodeStatus.DEAD))
+    o = h.step(c, pods, o.targets, now=NOW + 5, status={"autoscaler": o.status})
+    assert o is not None
+    assert o.targets["cpu"] == 1
+    assert events(o, "Autoscaled") == []
+    assert o.ray_dead == frozenset({"demo-cpu-w0001"})
+
+
+def test_pending_demand_gauge_follows_the_demand(h: Harness) -> None:
+    c = autoscaled("gauge")
+    pods = h.pods(c, 1)
+
+    def gauge(resource: str) -> float | None:
+        return REGISTRY.get_sample_value("swarm_autoscaler_pending_demand",
+                                         {"namespace": NAMESPACE, "cluster": "gauge", "resource": resource})
+
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=(demand(2, GPU=1.0, CPU=1.0),))
+    assert h.step(c, pods, {"cpu": 1, "gpu": 0}) is not None
+    assert (gauge("GPU"), gauge("CPU")) == (2.0, 2.0)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=(demand(3, CPU=1.0),))
+    assert h.step(c, pods, {"cpu": 1, "gpu": 2}, now=NOW + 5) is not None
+    assert (gauge("GPU"), gauge("CPU")) == (0.0, 3.0)  # demand that went away is no longer reported
+    h.scaler.forget(key_of(c))
+    assert (gauge("GPU"), gauge("CPU")) == (None, None)  # a deleted cluster leaves no series behind
