@@ -1,0 +1,111 @@
+{{/* The chart's name, overridable. */}}
+{{- define "swarm-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The name of every object of this release: the release name alone when it already contains
+the chart's name (`helm install swarm-operator …`), else "<release>-<chart>". 63 characters
+at most: it is used as a label value and in DNS names.
+*/}}
+{{- define "swarm-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "swarm-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: fixed for the life of a release (a Deployment's selector is immutable). */}}
+{{- define "swarm-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "swarm-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "swarm-operator.labels" -}}
+helm.sh/chart: {{ include "swarm-operator.chart" . }}
+{{ include "swarm-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: swarm-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "swarm-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "swarm-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Several replicas need leader election so that exactly one acts; one replica may ask for it too. */}}
+{{- define "swarm-operator.leaderElect" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{- define "swarm-operator.leaseName" -}}
+{{- default (include "swarm-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{- define "swarm-operator.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+What the operator does in a namespace it serves. kube.py is the only caller of the API:
+pods list/watch (kopf and the cache), create/delete (reconcile), patch (the autoscaler marks
+drained pods with an annotation), get; services list/watch/create (the head service; deletion
+is the garbage collector's, through owner references); SwarmClusters read-only plus a merge
+patch of their status subresource; Events create. No Secrets: the GCS fault tolerance password
+reaches the Ray pods through a secretKeyRef that the kubelet resolves, never through the operator.
+*/}}
+{{- define "swarm-operator.namespacedRules" -}}
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+- apiGroups: [swarm.io]
+  resources: [swarmclusters]
+  verbs: [get, list, watch]
+- apiGroups: [swarm.io]
+  resources: [swarmclusters/status]
+  verbs: [patch]
+{{- end }}
+
+{{/*
+kopf's own observation, cluster-scoped and read-only. CRDs: kopf watches them so that a
+SwarmCluster CRD created after the operator started (kubectl apply -f install.yaml applies
+both at once) is served without a restart; without this it scans once and never again.
+Namespaces (only when namespaced): kopf lists and watches them to know which of the named
+namespaces exist; without it, it logs a warning and assumes they all do.
+*/}}
+{{- define "swarm-operator.observerRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- end }}
