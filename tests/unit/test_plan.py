@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from swarm_operator.reconcile.backoff import GroupHealth
-from swarm_operator.reconcile.observe import PodState
+from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.reconcile.plan import (
     Action,
     CreateHead,
@@ -20,8 +20,9 @@ from swarm_operator.reconcile.plan import (
     desired_replicas,
     plan_cluster,
 )
+from swarm_operator.resources import labels
 from swarm_operator.spec import ClusterSpec
-from tests.unit.operator_fixtures import NOW, cluster, group, head, worker, workers
+from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker, worker_pod, workers
 
 GCS = {"faultTolerance": {"gcs": {"redisAddress": "redis:6379"}}}
 AUTO = {"autoscaling": {"enabled": True}}
@@ -430,3 +431,72 @@ def test_plan_keeps_other_groups_health_and_adds_missing() -> None:
     other = GroupHealth(9, 0, NOW - 9999, 0.0)
     p = run(C, healthy(C), health={"old": other})
     assert p.health == {"old": other, "cpu": GroupHealth()}
+
+
+# -- Ray's view: workers whose Ray node is DEAD, and pods the autoscaler drained ------------------
+# (Observed.ray_dead and PodState.drained; a drained pod's end is planned, never a failure.)
+
+RD = cluster(AUTO, groups=[group("cpu", 2, lo=0, hi=4)])
+RD_NO_BACKOFF = cluster({**AUTO, **NO_BACKOFF}, groups=[group("cpu", 2, lo=0, hi=4)])
+SUCCEEDED = {"phase": "Succeeded", "ready": False, "terminated": ("Completed", 0)}
+
+
+def drained_worker(c: ClusterSpec, suffix: str, **state: Any) -> PodState:
+    """A worker whose Ray node the autoscaler drained: the pod carries swarm.io/drained-at."""
+    raw = worker_pod(c, "cpu", suffix, **state)
+    raw["metadata"].setdefault("annotations", {})[labels.DRAINED] = iso(NOW - 10)
+    return observe_pod(raw)
+
+
+def run_ray(c: ClusterSpec, pods: list[PodState], ray_dead: set[str], targets: Mapping[str, int]) -> Plan:
+    obs = Observed(pods=(head(c), *pods), service_exists=True, health={}, ray_dead=frozenset(ray_dead))
+    return plan_cluster(c, obs, dict(targets), NOW)
+
+
+RAY_CASES = [
+    pytest.param(RD, workers(RD, 2), {w(1)}, {"cpu": 2}, [("replace", w(1), "cpu")], 1, 1.0,
+                 id="ray-dead-worker-deleted-as-a-failure-then-backoff"),
+    pytest.param(RD_NO_BACKOFF, workers(RD, 2), {w(1)}, {"cpu": 2}, [("replace", w(1), "cpu"), ("create", "cpu", 1)],
+                 1, None, id="ray-dead-worker-replaced"),
+    pytest.param(C, workers(C, 2), {w(1)}, {}, [("replace", w(1), "cpu")], 1, 1.0, id="ray-dead-without-autoscaling"),
+    pytest.param(RD, [*workers(RD, 1), worker(RD, suffix="w0001", phase="Failed", ready=False)], {w(1)}, {"cpu": 2},
+                 [("replace", w(1), "cpu")], 1, 1.0, id="ray-dead-and-failed-deleted-once"),
+    pytest.param(RD, [*workers(RD, 1), worker(RD, suffix="w0001", deleting=True)], {w(1)}, {"cpu": 2},
+                 [("create", "cpu", 1)], 0, None, id="ray-dead-already-deleting"),
+    pytest.param(RD, workers(RD, 2), {"demo-head"}, {"cpu": 2}, [], 0, None, id="unknown-or-head-name-ignored"),
+    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001", **SUCCEEDED)], set(), {"cpu": 1},
+                 [("delete", w(1))], 0, None, id="drained-pod-ended-deleted-without-failure"),
+    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001")], {w(1)}, {"cpu": 1},
+                 [("delete", w(1))], 0, None, id="drained-pod-ray-dead-deleted-without-failure"),
+    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001")], set(), {"cpu": 1}, [], 0, None,
+                 id="drained-pod-still-running-left-alone"),
+    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001")], set(), {"cpu": 2}, [], 0, None,
+                 id="drained-pod-still-running-counts-as-live-no-replacement"),
+    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001", **SUCCEEDED)], set(), {"cpu": 2},
+                 [("delete", w(1)), ("create", "cpu", 1)], 0, None, id="drained-pod-ended-target-kept-no-backoff"),
+    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001", deleting=True)], {w(1)}, {"cpu": 1}, [], 0, None,
+                 id="drained-pod-already-deleting"),
+    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001", **SUCCEEDED), worker(RD, suffix="w0002", **FAILED)],
+                 set(), {"cpu": 2}, [("delete", w(1)), ("replace", w(2), "cpu")], 1, 1.0,
+                 id="drained-and-crashed-only-the-crash-counts"),
+]
+
+
+@pytest.mark.parametrize(("c", "pods", "ray_dead", "targets", "expected", "failures", "requeue"), RAY_CASES)
+def test_ray_dead_and_drained(c: ClusterSpec, pods: list[PodState], ray_dead: set[str], targets: dict[str, int],
+                              expected: list[tuple[Any, ...]], failures: int, requeue: float | None) -> None:
+    p = run_ray(c, pods, ray_dead, targets)
+    assert same(p, expected), summary(p)
+    assert (p.health["cpu"].consecutive_failures, p.health["cpu"].restarts) == (failures, failures)
+    assert p.requeue_after == requeue
+
+
+def test_ray_dead_and_drained_reasons() -> None:
+    pods = [*workers(RD, 1), drained_worker(RD, "w0001"), worker(RD, suffix="w0002")]
+    p = run_ray(RD_NO_BACKOFF, pods, {w(1), w(2)}, {"cpu": 3})
+    by_name = {a.name: a for a in p.actions if isinstance(a, DeletePod)}
+    assert by_name[w(1)] == DeletePod(w(1), f"worker {w(1)} of group cpu: its Ray node was drained (idle); "
+                                            "removing the pod")
+    assert by_name[w(2)] == DeletePod(w(2), f"worker {w(2)} of group cpu: its Ray node died", "cpu", failed=True)
+    create = next(a for a in p.actions if isinstance(a, CreateWorkers))
+    assert create == CreateWorkers("cpu", 2, "group cpu has 1 of 3 workers (replacing 1 failed)")
