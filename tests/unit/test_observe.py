@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.reconcile.observe import failure_reason, observe_pod, owned_by, parse_time
+from swarm_operator.reconcile.observe import failure_reason, observe_pod, owned_by, parse_time, slim_pod
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import build_worker_pod, head_hash, worker_hash
-from tests.unit.operator_fixtures import NOW, UID, cluster, head_pod, with_state, worker_pod
+from tests.unit.operator_fixtures import NOW, UID, cluster, head_pod, iso, with_state, worker_pod
 
 C = cluster()
 
@@ -129,3 +129,75 @@ def test_owned_by(refs: list[dict[str, str]] | None, uid: str, expected: bool) -
 
 def test_builders_set_the_owner() -> None:
     assert owned_by(head_pod(C), UID) and owned_by(worker_pod(C), UID)
+
+
+# -- the autoscaler's drain mark, and the slim cached pod --------------------------------------------
+
+
+def annotated(annotations: dict[str, str] | None, **state: Any) -> dict[str, Any]:
+    pod = worker_pod(C, **state)
+    if annotations is None:
+        pod["metadata"].pop("annotations", None)
+    else:
+        pod["metadata"]["annotations"] = dict(annotations)
+    return pod
+
+
+@pytest.mark.parametrize(
+    ("annotations", "drained"),
+    [
+        pytest.param(None, False, id="no-annotations"),
+        pytest.param({}, False, id="empty"),
+        pytest.param({labels.DRAINED: iso(NOW)}, True, id="drained-at"),
+        pytest.param({labels.DRAINED: ""}, True, id="present-even-if-empty"),
+        pytest.param({"example.com/drained-at": iso(NOW), "swarm.io/other": "x"}, False, id="other-annotations"),
+    ],
+)
+def test_drained_from_the_annotation(annotations: dict[str, str] | None, drained: bool) -> None:
+    assert observe_pod(annotated(annotations)).drained is drained
+
+
+def test_drained_is_the_swarm_annotation() -> None:
+    assert labels.DRAINED == "swarm.io/drained-at"
+
+
+@pytest.mark.parametrize(
+    ("annotations", "kept"),
+    [
+        pytest.param(None, None, id="none"),
+        pytest.param({"prometheus.io/scrape": "true", "x.swarm.io/y": "1", "swarm.io": "1"}, None,
+                     id="only-foreign-annotations-dropped-entirely"),
+        pytest.param({labels.DRAINED: iso(NOW), "prometheus.io/scrape": "true", "swarm.io/note": "n"},
+                     {labels.DRAINED: iso(NOW), "swarm.io/note": "n"}, id="swarm-annotations-kept"),
+    ],
+)
+def test_slim_pod_keeps_only_swarm_annotations(annotations: dict[str, str] | None,
+                                               kept: dict[str, str] | None) -> None:
+    slim = slim_pod(annotated(annotations))
+    assert slim["metadata"].get("annotations") == kept
+
+
+SLIM_STATES = [
+    pytest.param({}, id="running"),
+    pytest.param({"phase": "Pending", "ready": False, "node": None}, id="pending"),
+    pytest.param({"deleting": True}, id="deleting"),
+    pytest.param({"phase": "Failed", "ready": False, "reason": "Evicted", "message": "disk"}, id="evicted"),
+    pytest.param({"phase": "Succeeded", "ready": False, "terminated": ("Completed", 0)}, id="succeeded"),
+    pytest.param({"ready": False, "terminated": ("OOMKilled", 137)}, id="ray-container-ended"),
+]
+
+
+@pytest.mark.parametrize("state", SLIM_STATES)
+@pytest.mark.parametrize("annotations", [None, {labels.DRAINED: iso(NOW)}], ids=["plain", "drained"])
+def test_slim_pod_observes_the_same(state: dict[str, Any], annotations: dict[str, str] | None) -> None:
+    """Everything the operator reads survives slimming: observe_pod and owned_by agree on both forms."""
+    full = annotated(annotations, resource_version="42", **state)
+    full["metadata"]["managedFields"] = [{"manager": "kubelet"}]
+    full["status"]["podIP"] = "10.1.2.3"
+    slim = slim_pod(full)
+    assert observe_pod(slim) == observe_pod(full)
+    assert owned_by(slim, UID) and not owned_by(slim, "other")
+    assert slim["metadata"]["resourceVersion"] == "42"
+    assert slim["status"]["podIP"] == "10.1.2.3"
+    assert "managedFields" not in slim["metadata"]
+    assert "containers" not in slim["spec"]
