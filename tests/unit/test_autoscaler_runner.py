@@ -229,8 +229,7 @@ class Harness:
 def h() -> Iterator[Harness]:
     ray, kube = FakeRay(), FakeKube()
     scaler = Autoscaler(cast(Kube, kube))
-    scaler.pool.close()
-    scaler.pool = cast(Any, rs.RayStatePool(ray.factory, read_timeout_s=5.0))
+    scaler.pool = cast(Any, rs.RayStatePool(ray.factory, read_timeout_s=5.0))  # in place of the real clients
     yield Harness(ray, kube, scaler)
     scaler.pool.close()
 
