@@ -14,18 +14,22 @@ $(STAMP): pyproject.toml
 	@$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-## demo: the main job: a local cluster with the operator and a sample SwarmCluster
+## demo: the main job end to end: local cluster, process nodes, operator, the GPU+CPU sample as a Ray cluster, a Ray job
 demo: $(STAMP)
 	@$(BIN)/python -m localcluster.demo
 
-## test: the whole suite: lint, unit, then the integration tier on a local cluster
-test: lint test-unit test-integration
+## test: the whole suite: lint, unit, the integration tier, then real Ray end to end on a local cluster
+test: lint test-unit test-integration test-e2e
 
 test-unit: $(STAMP)
 	@$(BIN)/pytest -q tests/unit
 
 test-integration: $(STAMP) build
 	@$(BIN)/python -m localcluster test -- -q tests/integration
+
+# Real Ray in pods on process nodes (root, iproute2), and the autoscaler's GCS client against real Ray.
+test-e2e: $(STAMP) build
+	@$(BIN)/python -m localcluster test -- -q tests/e2e tests/ray
 
 lint: $(STAMP)
 	@$(BIN)/ruff check operator localcluster tests bench

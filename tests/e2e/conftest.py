@@ -1,0 +1,87 @@
+"""Fixtures of the end-to-end tier: real Ray in the pods of process nodes, driven by the real operator.
+
+The cluster fixtures are the integration tier's (a local cluster, or SWARM_TEST_KUBECONFIG).
+On top: two process nodes for the session (a CPU node and a "GPU" node with fake
+``nvidia.com/gpu``), tainted like the demo's and labelled with a pool of this session, and
+the operator per module, watching only that module's namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from localcluster.nodeagent import NodeAgentProcess
+from localcluster.operator_process import OperatorProcess
+from tests.e2e.helpers import POOL_LABEL, ProcessNodes
+
+# The integration tier's fixtures, imported so that pytest finds them here too (a conftest
+# below the rootdir cannot use pytest_plugins).
+from tests.integration.conftest import (  # noqa: F401
+    api_client,
+    core_v1,
+    crd,
+    custom_objects,
+    kubeconfig,
+    kubectl,
+    local_tools_built,
+    namespaces,
+)
+from tests.integration.helpers import Namespaces
+
+# As in the demo: the sample tolerates both taints; pods that cannot run here (no command) do not.
+PROCESS_TAINT = "swarm.io/process-node=true:NoSchedule"
+GPU_TAINT = "nvidia.com/gpu=present:NoSchedule"
+
+
+@pytest.fixture(scope="session")
+def process_nodes(kubeconfig: str) -> Iterator[ProcessNodes]:  # noqa: F811
+    """A CPU node (4 CPUs, 8 GiB) and a GPU node (2 CPUs, 4 GiB, 2 GPUs) for the whole session.
+
+    Their pool label is unique to the session: other process nodes on the same cluster (the
+    demo's, another run's) are never chosen, even though they carry the same taint.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("process nodes need root (network namespaces)")
+    if shutil.which("ip", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        pytest.skip("process nodes need iproute2's `ip`")
+    pool = f"e2e-{uuid.uuid4().hex[:6]}"
+    labels = {POOL_LABEL: pool}
+    cpu = NodeAgentProcess(kubeconfig, f"{pool}-cpu", cpu="4", memory="8Gi", labels=labels, taints=[PROCESS_TAINT])
+    gpu = NodeAgentProcess(kubeconfig, f"{pool}-gpu", cpu="2", memory="4Gi", gpus=2, labels=labels,
+                           taints=[PROCESS_TAINT, GPU_TAINT])
+    with ExitStack() as stack:
+        for agent in (cpu, gpu):
+            agent.start()
+            stack.callback(_stop_agent, agent)
+        yield ProcessNodes(pool, cpu, gpu)
+
+
+def _stop_agent(agent: NodeAgentProcess) -> None:
+    assert agent.stop() == 0, f"node agent {agent.node} did not stop cleanly:\n{agent.log_tail()}"
+
+
+@pytest.fixture(scope="module")
+def module_namespace(namespaces: Namespaces) -> Iterator[str]:  # noqa: F811
+    """One namespace per test module: its operator watches only it."""
+    name = namespaces.new("swarm-e2e")
+    yield name
+    namespaces.delete(name)
+
+
+@pytest.fixture(scope="module")
+def operator(kubeconfig: str, module_namespace: str,  # noqa: F811
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    log: Path = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = OperatorProcess(kubeconfig, [module_namespace], log)
+    try:
+        op.start()
+        yield op
+    finally:
+        op.stop()

@@ -1,0 +1,132 @@
+"""What the end-to-end tests share: the sample on this session's process nodes, waiting for its
+Ray cluster, and looking at pods as processes."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from localcluster import rayjobs
+from localcluster.nodeagent import NodeAgentProcess, network, pod_usage
+from tests.integration.helpers import GROUP, PLURAL, REPO, VERSION, wait_for
+
+SAMPLE = REPO / "manifests" / "samples" / "local-gpu-cpu.yaml"
+POOL_LABEL = "swarm.io/pool"
+
+
+@dataclass(frozen=True)
+class ProcessNodes:
+    """The session's process nodes; both carry ``POOL_LABEL: pool``, which the tests' pods select."""
+
+    pool: str
+    cpu: NodeAgentProcess
+    gpu: NodeAgentProcess
+
+
+def sample_manifest(pool: str) -> dict[str, Any]:
+    """The demo's sample, pinned to the process nodes of ``pool``, every group at its minimum.
+
+    Pinned sizes (maxReplicas = minReplicas): these tests are about healing, and a job's
+    queued tasks would otherwise let the autoscaler add nodes (and memory) while they run.
+    """
+    manifest: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
+    spec = manifest["spec"]
+    for part in [spec["head"], *spec["workerGroups"]]:
+        part["template"]["spec"]["nodeSelector"][POOL_LABEL] = pool
+    for group in spec["workerGroups"]:
+        group["maxReplicas"] = group["minReplicas"]
+    return manifest
+
+
+def is_ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def cluster_pods(core: Any, namespace: str, name: str) -> list[Any]:
+    return list(core.list_namespaced_pod(namespace, label_selector=f"swarm.io/cluster={name}").items)
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    head_ip: str
+    pods: dict[str, Any]  # by name: every pod of the SwarmCluster, all Ready
+    nodes: dict[str, rayjobs.RayNode]  # the live Ray nodes, by instance id (= pod name)
+    dead: dict[str, rayjobs.RayNode]  # Ray nodes the GCS reports DEAD
+
+
+def wait_ray_cluster(core: Any, namespace: str, name: str, want: int, timeout: float = 120.0) -> RayCluster:
+    """Until ``want`` pods are Ready, none is being deleted, and the head's GCS reports exactly
+    those pods (by instance id) as its live Ray nodes."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        pods = {p.metadata.name: p for p in cluster_pods(core, namespace, name)}
+        heads = [p for p in pods.values() if p.metadata.labels.get("swarm.io/node-type") == "head"]
+        settled = [p for p in pods.values() if is_ready(p) and p.metadata.deletion_timestamp is None]
+        seen = f"pods {sorted(pods)}, {len(settled)} ready and not deleting"
+        if len(pods) == want == len(settled) and len(heads) == 1:
+            try:
+                nodes = rayjobs.ray_nodes(heads[0].status.pod_ip)
+            except subprocess.SubprocessError as exc:
+                seen += f"; the GCS does not answer: {exc}"
+            else:
+                live = {n.instance_id: n for n in nodes if n.alive}
+                if set(live) == set(pods):
+                    return RayCluster(heads[0].status.pod_ip, pods, live,
+                                      {n.instance_id: n for n in nodes if not n.alive})
+                seen += f"; live Ray nodes {sorted(live)}"
+        time.sleep(1.0)
+    raise AssertionError(f"{name}: no {want} ready pods that are each a live Ray node after {timeout:.0f}s; "
+                         f"last seen: {seen}")
+
+
+def delete_swarmcluster(core: Any, custom: Any, namespace: str, name: str, timeout: float = 90.0) -> float:
+    """Delete the SwarmCluster and wait until its pods are gone; returns how long that took."""
+    start = time.monotonic()
+    try:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    wait_for(f"the pods of {name} gone", lambda: not cluster_pods(core, namespace, name), timeout=timeout)
+    return time.monotonic() - start
+
+
+def pod_processes(namespace: str) -> tuple[set[tuple[int, str]], set[str]]:
+    """Processes ((pid, start time): a pid alone could be reused) and network namespaces of
+    the pods of ``namespace`` on this host's process nodes."""
+    procs: set[tuple[int, str]] = set()
+    netns: set[str] = set()
+    for u in pod_usage():
+        if u.namespace != namespace:
+            continue
+        netns.add(u.netns)
+        for pid in u.pids:
+            start = network.proc_start_time(pid)
+            if start is not None:
+                procs.add((pid, start))
+    return procs, netns
+
+
+def still_alive(procs: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    return {(pid, start) for pid, start in procs if network.proc_start_time(pid) == start}
+
+
+def raylet_pid(namespace: str, pod: str) -> int:
+    """The PID of the raylet inside a pod (found among the processes of its network namespace)."""
+    usage = next((u for u in pod_usage() if (u.namespace, u.name) == (namespace, pod)), None)
+    assert usage is not None, f"pod {namespace}/{pod} runs no processes on this host"
+    for pid in usage.pids:
+        try:
+            exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if Path(exe.decode()).name == "raylet":
+            return pid
+    raise AssertionError(f"no raylet among the processes {usage.pids} of pod {pod}")
