@@ -14,6 +14,7 @@ The chart's pods never run here: that needs an image (kind: hack/kind-e2e.sh).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -290,8 +291,8 @@ def test_operator_runs_as_the_service_account_namespaced_with_leader_election(
         for ns in (*r.watched, unwatched):
             custom_objects.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, swarmcluster("rbac"))
         for ns in r.watched:
-            wait_for(f"the cluster in {ns} brought up",
-                     lambda ns=ns: brought_up(custom_objects, core_v1, ns, "rbac"), timeout=90)
+            wait_for(f"the cluster in {ns} brought up", functools.partial(brought_up, custom_objects, core_v1, ns,
+                                                                          "rbac"), timeout=90)
 
         def lease() -> dict[str, Any] | None:
             res = kubectl("get", "lease", r.fullname, "-n", r.namespace, "-o", "json")
@@ -299,8 +300,7 @@ def test_operator_runs_as_the_service_account_namespaced_with_leader_election(
 
         first = wait_for("the Lease held", lease)
         # Renewals every few seconds prove the update permission, not just the create.
-        wait_for("the Lease renewed", lambda: (s := lease()) and s["renewTime"] != first["renewTime"] and s,
-                 timeout=30)
+        wait_for("the Lease renewed", lambda: (lease() or first)["renewTime"] != first["renewTime"], timeout=30)
         assert core_v1.list_namespaced_pod(unwatched).items == []
     finally:
         op.stop()
