@@ -52,9 +52,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Watch events for one object are handled in order; batching coalesces bursts of pod updates.
     settings.batching.batch_window = 0.1
     settings.batching.worker_limit = 1000
-    # API calls run in threads (the client is synchronous); enough for every worker to have some in flight.
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=max(32, cfg.workers * 4)))
-    kube = Kube.connect(pool_size=max(32, cfg.workers * 4))
+    # API calls run in threads (the client is synchronous). Each thread costs native memory
+    # (stack, malloc arena), so a few more than the workers: a turn's calls mostly run one by one.
+    threads = cfg.workers + 8
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=threads))
+    kube = Kube.connect(pool_size=threads)
     controller = Controller(kube, cfg)
     await asyncio.to_thread(controller.seed)
     Runtime.controller = controller
