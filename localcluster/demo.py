@@ -45,15 +45,18 @@ PROCESS_TAINT = "swarm.io/process-node=true:NoSchedule"
 GPU_TAINT = "nvidia.com/gpu=present:NoSchedule"
 READY_TIMEOUT = 180.0
 
-# The job: CPU tasks spread over the Ray nodes (a Monte Carlo estimate of pi) and one task that
-# needs a GPU, so it can only run on the gpu group's worker. Its last line is the result as JSON.
+# The job: a Monte Carlo estimate of pi with one task pinned to each Ray node (so every pod
+# does some of the work, and no task waits: waiting tasks are demand the autoscaler would
+# answer with more nodes), then a task that needs a GPU, which only the gpu worker has.
+# Its last line is the result as JSON.
 JOB = """\
-import collections, json, os, random, socket
+import json, os, random, socket
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 ray.init()
 
-@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
+@ray.remote(num_cpus=1)
 def inside_circle(n):
     rng = random.Random()
     return socket.gethostname(), sum(rng.random() ** 2 + rng.random() ** 2 <= 1 for _ in range(n))
@@ -62,14 +65,16 @@ def inside_circle(n):
 def gpu_task():
     return socket.gethostname(), ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")
 
-n, tasks = 200_000, 6
-counts = ray.get([inside_circle.remote(n) for _ in range(tasks)])
-pi = 4 * sum(c for _, c in counts) / (n * tasks)
-cpu_pods = dict(collections.Counter(pod for pod, _ in counts))
+n = 400_000
+nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+counts = dict(ray.get([
+    inside_circle.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(n)
+    for node in nodes]))
+pi = 4 * sum(counts.values()) / (n * len(nodes))
 gpu_pod, gpu_ids, cuda = ray.get(gpu_task.remote())
-print(f"pi is about {pi:.4f} ({n * tasks:,} samples in {tasks} tasks on {cpu_pods})")
+print(f"pi is about {pi:.4f}: {n:,} samples on each of {sorted(counts)}")
 print(f"the GPU task ran on {gpu_pod}: GPU ids {gpu_ids}, CUDA_VISIBLE_DEVICES={cuda}")
-print(json.dumps({"pi": round(pi, 4), "cpu_tasks_by_pod": cpu_pods, "gpu_task_pod": gpu_pod}))
+print(json.dumps({"pi": round(pi, 4), "pods_sampling": sorted(counts), "gpu_task_pod": gpu_pod}))
 """
 
 
@@ -152,7 +157,7 @@ def wait_for_ray_cluster(core: Any, custom: Any, name: str, want: int) -> tuple[
         cluster_phase = phase(custom, name)
         line = (f"SwarmCluster {cluster_phase}; pods ready {len(ready)}/{want} ("
                 + ", ".join(f"{p.metadata.name} {p.status.phase}{' ready' if _ready(p) else ''}" for p in pods)
-                + f"); Ray nodes in the GCS {len(nodes)}/{want}")
+                + ")" + (f"; Ray nodes in the GCS {len(nodes)}/{want}" if len(ready) == want else ""))
         if line != last:
             note(f"{elapsed:5.1f}s  {line}")
             last = line
@@ -284,9 +289,11 @@ def print_keep_instructions(lc: LocalCluster, op: OperatorProcess, agents: list[
     pids = " ".join(str(p.pid) for p in procs if p is not None)
     env = f"SWARM_LOCALCLUSTER_NAME={lc.name} " if "SWARM_LOCALCLUSTER_NAME" in os.environ else ""
     dashboard = f"http://{head_ip}:{rayjobs.DASHBOARD_PORT}"
+    # kubectl from the build cache, python and ray from the environment the demo ran in.
+    path = f"{versions.tool_path('kubectl').parent}:{Path(sys.executable).parent}"
     say("DEMO_KEEP=1: everything keeps running. Look around:")
     print(f"""\
-    export KUBECONFIG={lc.kubeconfig} PATH={versions.tool_path("kubectl").parent}:$PATH
+    cd {ROOT}; export KUBECONFIG={lc.kubeconfig} PATH={path}:$PATH
     kubectl get swarmclusters,pods -n {NAMESPACE} -o wide
     python -m localcluster logs -n {NAMESPACE} POD     # what a pod's containers wrote
     python -m localcluster.nodeagent status          # the pods' processes: IPs, PIDs, memory
