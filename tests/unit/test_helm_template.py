@@ -114,11 +114,11 @@ LINT_VALUES: list[Obj] = [
     {},
     {"watchNamespaces": ["team-a", "team-b"]},
     {"replicaCount": 2},
-    {"metrics": {"serviceMonitor": {"enabled": True}}},
+    {"metrics": {"serviceMonitor": {"enabled": True}, "rayPodMonitor": {"enabled": True}}},
 ]
 
 
-@pytest.mark.parametrize("values", LINT_VALUES, ids=["default", "namespaced", "ha", "servicemonitor"])
+@pytest.mark.parametrize("values", LINT_VALUES, ids=["default", "namespaced", "ha", "monitors"])
 def test_helm_lint_strict(helm: str, values: Obj) -> None:
     res = run_helm(helm, "lint", "--strict", str(CHART), values=values, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -276,7 +276,23 @@ def test_service_monitor(helm: str) -> None:
     svc = only(objs, "Service", f"{FULLNAME}-metrics")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}]
+    assert not [o for o in objs if o["kind"] == "PodMonitor"]
+
+
+@pytest.mark.parametrize(("values", "namespaces"), [
+    ({}, {"any": True}),
+    ({"watchNamespaces": ["team-a", "team-b"]}, {"matchNames": ["team-a", "team-b"]}),
+], ids=["cluster-wide", "namespaced"])
+def test_ray_pod_monitor(helm: str, values: Obj, namespaces: Obj) -> None:
+    objs = render(helm, {**values, "metrics": {"rayPodMonitor": {"enabled": True}}})
+    pm = only(objs, "PodMonitor", f"{FULLNAME}-ray", NAMESPACE)
+    assert pm["spec"]["namespaceSelector"] == namespaces
+    assert pm["spec"]["selector"] == {"matchExpressions": [{"key": "swarm.io/cluster", "operator": "Exists"}]}
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"  # the Ray container's port name (resources/pods.py)
+    targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert targets["ray_io_cluster"] == ["__meta_kubernetes_pod_label_swarm_io_cluster"]
 
 
 # -- values reach the pod ---------------------------------------------------------------------------
