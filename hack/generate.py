@@ -2,7 +2,8 @@
 
 - helm/swarm-operator/crds/swarmcluster.yaml  a copy of crds/swarmcluster.yaml (the single source);
 - manifests/install.yaml                      the chart rendered with its default values, for `kubectl apply -f`;
-- docs/crd-reference.md                       the field reference, from the CRD's schema.
+- docs/crd-reference.md                       the field reference, from the CRD's schema;
+- docs/grafana/swarm-operator.json            the Grafana dashboard (hack/dashboard.py).
 
     python -m hack.generate            # rewrite them (run from the repository root)
     python -m hack.generate --check    # exit 1 naming the stale ones; tests/unit/test_generated.py does this
@@ -14,6 +15,7 @@ else $HELM, else helm on PATH.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from hack import crd_docs
+from hack import crd_docs, dashboard
 from localcluster import versions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +34,7 @@ CHART = REPO / "helm" / "swarm-operator"
 CHART_CRD = CHART / "crds" / "swarmcluster.yaml"
 INSTALL = REPO / "manifests" / "install.yaml"
 CRD_REFERENCE = REPO / "docs" / "crd-reference.md"
+DASHBOARD = REPO / "docs" / "grafana" / "swarm-operator.json"
 
 # install.yaml: release and namespace both named swarm-operator, so objects are named plainly.
 RELEASE = "swarm-operator"
@@ -74,12 +77,17 @@ def crd_reference() -> str:
     return crd_docs.render(yaml.safe_load(CRD.read_text()), "crds/swarmcluster.yaml")
 
 
+def dashboard_json() -> str:
+    return json.dumps(dashboard.dashboard(), indent=2, ensure_ascii=False) + "\n"
+
+
 def targets(helm: str | None) -> dict[Path, Callable[[], str]]:
     """Generated file → how to make it, in dependency order (install.yaml renders the chart's CRD copy)."""
     out: dict[Path, Callable[[], str]] = {CHART_CRD: chart_crd}
     if helm is not None:
         out[INSTALL] = lambda: install_yaml(helm)
     out[CRD_REFERENCE] = crd_reference
+    out[DASHBOARD] = dashboard_json
     return out
 
 

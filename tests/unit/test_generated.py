@@ -1,4 +1,5 @@
-"""Generated files stay current: the chart's CRD copy, manifests/install.yaml, docs/crd-reference.md.
+"""Generated files stay current: the chart's CRD copy, manifests/install.yaml, docs/crd-reference.md,
+docs/grafana/swarm-operator.json.
 
 Each test regenerates in memory and compares with what is committed; `python -m hack.generate`
 rewrites them all.
@@ -6,12 +7,15 @@ rewrites them all.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
-from hack import crd_docs, generate
+from hack import crd_docs, dashboard, generate
+from swarm_operator import metrics
 
 FIX = "stale: run `python -m hack.generate` and commit the result"
 
@@ -77,3 +81,29 @@ def test_rows_flatten_the_schema() -> None:
     assert rows["spec.e"].type == "int or string"
     assert rows["spec.e"].constraints == ("must be positive (`self > 0 \\|\\| true`)",)
     assert rows["spec.f"].type == "object (free-form)"
+
+
+def test_dashboard_is_current() -> None:
+    assert generate.DASHBOARD.read_text() == generate.dashboard_json(), FIX
+
+
+def test_dashboard_shows_every_operator_metric() -> None:
+    exprs = " ".join(t["expr"] for p in dashboard.dashboard()["panels"] for t in p.get("targets", []))
+    defined = [m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert len(defined) >= 10
+    assert [name for name in defined if name not in exprs] == []
+
+
+def test_dashboard_layout() -> None:
+    board = json.loads(generate.DASHBOARD.read_text())
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in board["panels"]:
+        grid = p["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, p["title"]
+    used = {v["name"] for v in board["templating"]["list"]}
+    for p in board["panels"]:
+        for t in p.get("targets", []):
+            for var in ("$namespace", "$cluster", "$job"):
+                if var in t["expr"]:
+                    assert var[1:] in used
