@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit test-integration test-e2e lint bench build cluster-up cluster-down clean
+.PHONY: demo test test-unit test-integration test-e2e test-packaging lint generate bench build cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	@echo "[venv] installing swarm-operator and its dev dependencies into $(VENV) …"
@@ -19,7 +19,7 @@ demo: $(STAMP)
 	@$(BIN)/python -m localcluster.demo
 
 ## test: the whole suite: lint, unit, the integration tier, then real Ray end to end on a local cluster
-test: lint test-unit test-integration test-e2e
+test: lint test-unit test-integration test-e2e test-packaging
 
 test-unit: $(STAMP)
 	@$(BIN)/pytest -q tests/unit
@@ -31,11 +31,20 @@ test-integration: $(STAMP) build
 test-e2e: $(STAMP) build
 	@$(BIN)/python -m localcluster test -- -q tests/e2e tests/ray
 
+# The image's install steps in a fresh virtual environment, and its entry point on a read-only root.
+test-packaging: $(STAMP) build
+	@$(BIN)/python -m localcluster test -- -q tests/packaging
+
 lint: $(STAMP)
-	@$(BIN)/ruff check operator localcluster tests bench
+	@$(BIN)/ruff check operator localcluster tests bench hack
 	@$(BIN)/mypy
 
+## generate: the chart's CRD copy, manifests/install.yaml, docs/crd-reference.md, the Grafana dashboard
+generate: $(STAMP)
+	@$(BIN)/python -m hack.generate
+
 bench: $(STAMP) build
+	@$(BIN)/python bench/autoscaler.py --quick
 	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/reconcile.py
 
 ## build: the control plane from Go modules (cached by version)

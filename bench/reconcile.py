@@ -37,9 +37,10 @@ WORKERS = 3
 def cluster_body(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "swarm.io/v1alpha1", "kind": "SwarmCluster", "metadata": {"name": name},
-        "spec": {"head": {"resources": {"cpu": "100m", "memory": "128Mi"}},
+        # Tiny requests: 4,000 pods must fit the local cluster's fake nodes (192 CPUs in all).
+        "spec": {"head": {"resources": {"cpu": "10m", "memory": "32Mi"}},
                  "workerGroups": [{"name": "cpu", "replicas": WORKERS, "maxReplicas": 10,
-                                   "resources": {"cpu": "100m", "memory": "128Mi"}}]},
+                                   "resources": {"cpu": "10m", "memory": "32Mi"}}]},
     }
 
 
@@ -105,6 +106,17 @@ def run_size(api: client.ApiClient, kubeconfig: str, n: int, workdir: Path, time
     finally:
         op.stop()
         core.delete_namespace(ns)
+        wait_gone(core, ns)
+
+
+def wait_gone(core: Any, ns: str, timeout: float = 600) -> None:
+    """The next size must not share the nodes (or the garbage collector) with this one's pods."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not core.list_namespace(field_selector=f"metadata.name={ns}").items:
+            return
+        time.sleep(2)
+    print(f"[bench] namespace {ns} still terminating after {timeout:.0f}s", flush=True)
 
 
 def main() -> int:
