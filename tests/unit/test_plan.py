@@ -61,6 +61,7 @@ def w(i: int, group_name: str = "cpu") -> str:
 
 
 C = cluster()
+C_GCS = cluster(GCS)
 C3 = cluster(groups=[group("cpu", 3)])
 TWO_GROUPS = cluster(groups=[group("cpu", 2), group("gpu", 1, gpu=1)])
 # The same cluster before a change to the worker group's pod template (the head is untouched).
@@ -77,7 +78,10 @@ CREATE_CASES = [
     pytest.param(C, [], False, [("create", "cpu", 2), ("head",), ("service",)], id="new-cluster-everything"),
     pytest.param(C, healthy(C), True, [], id="converged-nothing-to-do"),
     pytest.param(C, healthy(C), False, [("service",)], id="service-missing"),
-    pytest.param(C, workers(C, 2), True, [("head",)], id="head-missing"),
+    # Without GCS fault tolerance, workers of a head that is gone cannot rejoin: recycled, new ones with the head.
+    pytest.param(C, workers(C, 2), True, [("head",), ("delete", w(0)), ("delete", w(1)), ("create", "cpu", 2)],
+                 id="head-missing"),
+    pytest.param(C_GCS, workers(C_GCS, 2), True, [("head",)], id="head-missing-gcs-ft-keeps-workers"),
     pytest.param(C, healthy(C, 1), True, [("create", "cpu", 1)], id="one-worker-missing"),
     pytest.param(C, [head(C), *workers(C, 1), worker(C, suffix="gone1", deleting=True)], True,
                  [("create", "cpu", 1)], id="deleting-worker-does-not-count"),
@@ -168,25 +172,27 @@ def test_backoff_is_per_group() -> None:
 # -- the head: failure, deletion in progress, template change ------------------------------------
 
 HEAD_FAILED = {"phase": "Failed", "ready": False, "terminated": ("Error", 1)}
-C_GCS = cluster(GCS)
 
 
 @pytest.mark.parametrize(
     ("c", "pods", "expected", "restarts"),
     [
         pytest.param(C, [head(C, **HEAD_FAILED), *workers(C, 2)],
-                     [("create", "cpu", 2), ("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))], 1,
+                     [("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))], 1,
                      id="failed-head-without-gcs-ft-recycles-workers"),
         pytest.param(C_GCS, [head(C_GCS, **HEAD_FAILED), *workers(C_GCS, 2)], [("delete", "demo-head")], 1,
                      id="failed-head-with-gcs-ft-keeps-workers"),
         pytest.param(C, [head(C, **HEAD_FAILED), *workers(C, 1), worker(C, suffix="going", deleting=True)],
-                     [("create", "cpu", 2), ("delete", "demo-head"), ("delete", w(0))], 1,
+                     [("delete", "demo-head"), ("delete", w(0))], 1,
                      id="recycling-skips-workers-already-deleting"),
-        pytest.param(C, [head(C, deleting=True), *workers(C, 2)], [], 0, id="head-deleting-blocks-new-head"),
-        pytest.param(C, [head(C, deleting=True, **HEAD_FAILED), *workers(C, 2)], [], 0,
-                     id="failed-head-already-deleting-not-counted-again"),
+        pytest.param(C, [head(C, deleting=True), *workers(C, 2)], [("delete", w(0)), ("delete", w(1))], 0,
+                     id="head-deleting-blocks-new-head-and-recycles-workers"),
+        pytest.param(C_GCS, [head(C_GCS, deleting=True), *workers(C_GCS, 2)], [], 0,
+                     id="head-deleting-with-gcs-ft-keeps-workers"),
+        pytest.param(C, [head(C, deleting=True, **HEAD_FAILED), *workers(C, 2)], [("delete", w(0)), ("delete", w(1))],
+                     0, id="failed-head-already-deleting-not-counted-again"),
         pytest.param(cluster({"head": {"resources": {"cpu": "2", "memory": "2Gi"}}}), [head(C), *workers(C, 2)],
-                     [("create", "cpu", 2), ("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))], 0,
+                     [("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))], 0,
                      id="head-template-changed-no-new-head-in-the-same-turn"),
     ],
 )
@@ -216,7 +222,7 @@ def test_recycled_workers_say_why() -> None:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        pytest.param({}, [("create", "cpu", 2), ("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))],
+        pytest.param({}, [("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))],
                      id="without-gcs-ft-workers-recycled"),
         pytest.param(GCS, [("delete", "demo-head")], id="with-gcs-ft-workers-kept"),
         pytest.param({"updateStrategy": {"type": "OnDelete"}}, [], id="on-delete-leaves-the-head"),
@@ -422,7 +428,8 @@ def test_removed_group(pods: list[PodState], expected: list[tuple[Any, ...]]) ->
 
 
 def test_requeue_is_the_earliest_wait() -> None:
-    p = run(C, [head(C, deleting=True), *workers(C, 1)], health={"cpu": GroupHealth(1, 1, NOW - 1, NOW + 20)})
+    p = run(C_GCS, [head(C_GCS, deleting=True), *workers(C_GCS, 1)],
+            health={"cpu": GroupHealth(1, 1, NOW - 1, NOW + 20)})
     assert p.actions == ()
     assert p.requeue_after == 1.0
 

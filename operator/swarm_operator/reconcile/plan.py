@@ -90,7 +90,8 @@ def _rollout_order(pods: list[PodState], idle: frozenset[str] | None, idle_first
 
 
 def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodState], desired: int,
-                health: GroupHealth, now: float, obs: Observed) -> tuple[list[Action], GroupHealth, float | None]:
+                health: GroupHealth, now: float, obs: Observed,
+                head_coming: bool) -> tuple[list[Action], GroupHealth, float | None]:
     actions: list[Action] = []
     requeue: float | None = None
     ended = [p for p in pods if not p.deleting and (p.failure is not None or p.name in obs.ray_dead)]
@@ -108,7 +109,9 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     health = settle(health, now, cluster.fault_tolerance.backoff_max_seconds)
     live = [p for p in pods if p.alive and p.name not in obs.ray_dead]
     missing = desired - len(live)
-    if missing > 0:
+    if missing > 0 and not head_coming:
+        pass  # new workers wait for a head (one that exists, or is created in this turn) to join
+    elif missing > 0:
         if now < health.backoff_until:
             requeue = health.backoff_until - now
         else:
@@ -173,6 +176,10 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         live_heads = []
         head_outdated = True
         recycle_workers = recycle_workers or cluster.fault_tolerance.gcs is None
+    if not live_heads and cluster.fault_tolerance.gcs is None and any(p.alive for p in workers):
+        # The head is going or gone (deleted by someone, evicted): its GCS goes with it, and
+        # workers cannot rejoin a new one. Replacing them now beats waiting for their raylets to give up.
+        recycle_workers = True
     if not live_heads:
         if any(p.deleting for p in heads) or head_dead or head_outdated:
             requeues.append(1.0)  # the head's fixed name is free only once the old pod is gone
@@ -186,6 +193,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
                                                  "workers cannot rejoin a new GCS"))
         workers = []
 
+    head_coming = bool(live_heads) or any(isinstance(a, CreateHead) for a in actions)
     desired = desired_replicas(cluster, targets)
     health = dict(obs.health)
     known = {g.name for g in cluster.worker_groups}
@@ -195,7 +203,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     for g in cluster.worker_groups:
         group_pods = [p for p in workers if p.group == g.name]
         acts, h, requeue = _plan_group(cluster, g, group_pods, desired[g.name], health.get(g.name, GroupHealth()),
-                                       now, obs)
+                                       now, obs, head_coming)
         actions.extend(acts)
         health[g.name] = h
         if requeue is not None:
