@@ -368,50 +368,64 @@ class Controller:
         self._pod_gauges[key] |= set(counts)
 
     async def _act(self, key: Key, cluster: ClusterSpec, actions: tuple[Action, ...]) -> None:
-        """Run the plan's actions concurrently; the index learns each result at once (write-through)."""
+        """Run the plan's actions concurrently; the index learns each result at once (write-through).
+
+        Events report what the API server accepted: a refused create (a quota, an admission
+        webhook) is a Warning with the server's reason, never a "Created".
+        """
         ns = cluster.namespace
         calls: list[asyncio.Future[Any]] = []
-        created: list[str] = []
+        labels_of_calls: list[str] = []  # what each call creates; "" for deletions
         deleted: list[DeletePod] = []
 
-        def remember(obj: dict[str, Any] | None) -> None:
-            if obj is not None:
-                self._index(self.pods, None, obj)
+        def call(fn: Any, *args: Any, what: str = "") -> None:
+            calls.append(asyncio.ensure_future(asyncio.to_thread(fn, *args)))
+            labels_of_calls.append(what)
 
         for action in actions:
             if isinstance(action, CreateService):
                 svc = build_head_service(cluster)
-                calls.append(asyncio.ensure_future(asyncio.to_thread(self.kube.create_service, ns, svc)))
+                call(self.kube.create_service, ns, svc, what=f"service {svc['metadata']['name']}")
                 self.services[key][svc["metadata"]["name"]] = svc
-                created.append(f"service {svc['metadata']['name']}")
             elif isinstance(action, CreateHead):
                 pod = build_head_pod(cluster)
-                calls.append(asyncio.ensure_future(asyncio.to_thread(self.kube.create_pod, ns, pod)))
-                created.append(f"head {pod['metadata']['name']}")
+                call(self.kube.create_pod, ns, pod, what=f"head {pod['metadata']['name']}")
             elif isinstance(action, CreateWorkers):
                 group = cluster.group(action.group)
                 assert group is not None
                 for _ in range(action.count):
                     pod = build_worker_pod(cluster, group, random_suffix())
-                    calls.append(asyncio.ensure_future(asyncio.to_thread(self.kube.create_pod, ns, pod)))
-                created.append(f"{action.count} {action.group} worker(s) ({action.reason})")
+                    call(self.kube.create_pod, ns, pod, what=f"{action.group} worker")
             else:
-                calls.append(asyncio.ensure_future(asyncio.to_thread(self.kube.delete_pod, ns, action.name)))
+                call(self.kube.delete_pod, ns, action.name)
                 deleted.append(action)
         results = await asyncio.gather(*calls, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
-        for r in results:
+        created: dict[str, int] = {}
+        refused: dict[str, str] = {}
+        for what, r in zip(labels_of_calls, results, strict=True):
             if isinstance(r, dict) and r.get("kind") == "Pod":
-                remember(r)
-        await self._post_action_events(key, cluster, created, deleted)
+                self._index(self.pods, None, r)
+            if not what:
+                continue
+            if isinstance(r, BaseException):
+                refused[what] = getattr(r, "reason", None) or str(r)
+                if what.startswith("service "):
+                    self.services[key].pop(what.split(" ", 1)[1], None)
+            else:
+                created[what] = created.get(what, 0) + 1
+        summary = [w if n == 1 and not w.endswith(" worker") else f"{n} {w}(s)" for w, n in created.items()]
+        await self._post_action_events(key, cluster, summary, deleted, refused)
         if errors:
             raise errors[0]
 
     async def _post_action_events(self, key: Key, cluster: ClusterSpec, created: list[str],
-                                  deleted: list[DeletePod]) -> None:
+                                  deleted: list[DeletePod], refused: Mapping[str, str]) -> None:
         posts = []
         if created:
             posts.append(("Normal", "Created", "created " + ", ".join(created)))
+        if refused:
+            posts.append(("Warning", "CreateFailed", "; ".join(f"{w}: {why}" for w, why in refused.items())))
         failures = [d for d in deleted if d.failed]
         if failures:
             posts.append(("Warning", "Replacing", "; ".join(d.reason for d in failures)))
