@@ -19,7 +19,7 @@ demo: $(STAMP)
 	@$(BIN)/python -m localcluster.demo
 
 ## test: the whole suite: lint, unit, the integration tier, then real Ray end to end on a local cluster
-test: lint test-unit test-integration test-e2e test-packaging
+test: build lint test-unit test-integration test-e2e test-packaging
 
 test-unit: $(STAMP)
 	@$(BIN)/pytest -q tests/unit
