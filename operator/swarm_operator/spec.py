@@ -317,8 +317,18 @@ def _template(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, Any
             elif list_key in ("containers", "initContainers"):
                 # The overlay appends these to the operator's lists; anything else would replace them.
                 for field_key in ("env", "envFrom", "volumeMounts", "ports"):
-                    if item.get(field_key) is not None and not isinstance(item[field_key], list):
-                        r.fail(f"{lpath}[{i}].{field_key}", f"must be a list, got {_show(item[field_key])}")
+                    entries = item.get(field_key)
+                    if entries is not None and not isinstance(entries, list):
+                        r.fail(f"{lpath}[{i}].{field_key}", f"must be a list, got {_show(entries)}")
+                        continue
+                    # Entries are merged by their key (name, or containerPort): it must be a plain value.
+                    merge_key = "containerPort" if field_key == "ports" else "name"
+                    for j, entry in enumerate(entries or []):
+                        epath = f"{lpath}[{i}].{field_key}[{j}]"
+                        if not isinstance(entry, Mapping):
+                            r.fail(epath, f"must be an object, got {_show(entry)}")
+                        elif field_key != "envFrom" and not isinstance(entry.get(merge_key), str | int):
+                            r.fail(f"{epath}.{merge_key}", f"must be set, got {_show(entry.get(merge_key))}")
     for map_key in ("nodeSelector",):
         values = r.mapping(spec, map_key, f"{tpath}.spec")
         for k, v in values.items():

@@ -331,6 +331,13 @@ CASES: tuple[InvalidCase, ...] = (
     _case("template-container-env-not-list",
           {f"{W0}.template.spec.containers": [{"name": "ray", "env": {"NAME": "value"}}]},
           f"{W0}.template.spec.containers[0].env", None, "operator"),
+    # Found by the property tests: an unhashable merge key crashed the overlay merge.
+    _case("template-container-env-name-not-a-value",
+          {f"{W0}.template.spec.containers": [{"name": "ray", "env": [{"name": [], "value": "1"}]}]},
+          f"{W0}.template.spec.containers[0].env[0].name", None, "operator"),
+    _case("template-container-port-without-number",
+          {f"{W0}.template.spec.containers": [{"name": "ray", "ports": [{"name": "http"}]}]},
+          f"{W0}.template.spec.containers[0].ports[0].containerPort", None, "operator"),
     _case("template-labels-non-string", {f"{W0}.template.metadata.labels": {"team": 7}},
           f"{W0}.template.metadata.labels.team", None, "operator"),
     _case("template-annotations-non-string", {f"{HEAD}.template.metadata.annotations": {"audit": True}},

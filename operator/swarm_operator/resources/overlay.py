@@ -24,7 +24,7 @@ APPENDED_CONTAINER_LISTS = ("env", "volumeMounts", "ports", "envFrom")
 
 def _merge_named(ours: list[dict[str, Any]], theirs: list[Any], key: str = "name") -> list[dict[str, Any]]:
     """Ours first; theirs appended unless an item of the same key already exists (ours win)."""
-    taken = {item.get(key) for item in ours}
+    taken = [item.get(key) for item in ours]  # a list: membership works for any value
     return ours + [copy.deepcopy(dict(t)) for t in theirs if isinstance(t, Mapping) and t.get(key) not in taken]
 
 
