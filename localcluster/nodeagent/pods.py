@@ -34,6 +34,16 @@ from localcluster.nodeagent.probes import UNSUPPORTED, Probe, check
 if TYPE_CHECKING:
     from localcluster.nodeagent.agent import NodeAgent
 
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _host_dirs_under_tmp() -> list[Path]:
+    """The checkout and the Python environment pods run from, where they sit under /tmp."""
+    dirs = {REPO, Path(sys.prefix).resolve()}
+    return sorted(d for d in dirs if Path("/tmp") in d.parents and not any(p in dirs for p in d.parents))
+
+
 LAUNCHER = Path(__file__).with_name("launch.py")
 TICK = 0.2  # seconds between two looks at the processes when nothing wakes the worker
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0  # a kubelet's crash-loop back-off
@@ -419,7 +429,15 @@ class PodWorker(threading.Thread):
         """What the launcher mounts in the container: the pod's /tmp, a private /dev/shm unless a
         volume takes its place, then the container's volumeMounts (parents before children)."""
         volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
-        mounts: list[dict[str, Any]] = [{"type": "bind", "source": str(self.dir / "tmp"), "target": "/tmp"}]
+        mounts: list[dict[str, Any]] = []
+        # The pod's own /tmp would hide a checkout (and its venv, the stand-in for the image) that
+        # lives under the host's /tmp, as a CI clone may: bind it into the pod's /tmp first, so the
+        # recursive bind of that /tmp brings it along.
+        for host_dir in _host_dirs_under_tmp():
+            inside = self.dir / "tmp" / host_dir.relative_to("/tmp")
+            inside.mkdir(parents=True, exist_ok=True)
+            mounts.append({"type": "bind", "source": str(host_dir), "target": str(inside)})
+        mounts.append({"type": "bind", "source": str(self.dir / "tmp"), "target": "/tmp"})
         wanted = sorted(c.spec.get("volumeMounts") or [], key=lambda m: m["mountPath"].count("/"))
         if not any(m["mountPath"].rstrip("/") == "/dev/shm" for m in wanted):
             mounts.append({"type": "tmpfs", "target": "/dev/shm", "size": DEFAULT_SHM})
