@@ -19,6 +19,7 @@ from swarm_operator import GROUP, PLURAL, VERSION
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import build_head_pod
 from swarm_operator.spec import parse_cluster
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -99,20 +100,6 @@ class Cluster:
 
     def events(self, name: str) -> list[client.CoreV1Event]:
         return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except ApiException as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture
