@@ -195,7 +195,7 @@ def test_image_defaults_to_app_version_which_is_the_package_version(helm: str) -
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert chart["appVersion"] == project["version"]
-    assert container(render(helm))["image"] == f"ghcr.io/swarm-operator/swarm-operator:{project['version']}"
+    assert container(render(helm))["image"] == f"swarm-operator/swarm-operator:{project['version']}"
     digest = "sha256:" + "a" * 64
     pinned = render(helm, {"image": {"repository": "r.example/so", "tag": "x", "digest": digest}})
     assert container(pinned)["image"] == f"r.example/so@{digest}"
