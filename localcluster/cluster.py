@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -330,6 +331,55 @@ class LocalCluster:
             return
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def restart_component(self, component: str, *, down_seconds: float = 0.0, timeout: float = 90.0) -> int:
+        """SIGKILL one control-plane component of this cluster and start it again; returns its new PID.
+
+        For chaos tests (an API server or etcd restarting under a running operator). kwokctl
+        can only stop or start a whole cluster, so the component is found by this cluster's
+        pid file and started again with the command line, environment and working directory
+        it ran with, read from /proc before the kill; its log file is appended to and its
+        pid file updated, so ``down`` still finds it. The new process is not a child of this
+        one (as kwokctl's own are not). Waits up to ``timeout`` until the API server answers
+        /readyz again, or for the other components, until the new process is still alive after
+        a second.
+        """
+        if component not in COMPONENTS:
+            raise ValueError(f"unknown component {component!r}; one of {', '.join(COMPONENTS)}")
+        pidfile = self.workdir / "pids" / f"{component}.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise ClusterError(f"{component} of cluster {self.name!r} has no pid file: {exc}") from None
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError as exc:
+            raise ClusterError(f"{component} of cluster {self.name!r} (pid {pid}) is not running: {exc}") from None
+        args = [a.decode() for a in argv if a]
+        # The pid file is this cluster's, but a stale one could name a reused PID: only a
+        # process started from this cluster's own bin/ is ever killed.
+        if not args or not args[0].startswith(str(self.workdir) + "/"):
+            raise ClusterError(f"pid {pid} from {pidfile} is not {component} of cluster {self.name!r}: {args[:1]}")
+        env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
+        deadline = time.monotonic() + timeout
+        os.kill(pid, signal.SIGKILL)  # at once, as a crash would; then wait until its ports are free
+        while pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{component} (pid {pid}) still alive after SIGKILL")
+            time.sleep(0.05)
+        time.sleep(down_seconds)
+        new_pid = _spawn_detached(args, env, cwd, self.workdir / "logs" / f"{component}.log")
+        pidfile.write_text(str(new_pid))
+        if component in ("etcd", "kube-apiserver"):
+            self._wait_serving(deadline)
+        else:
+            time.sleep(1.0)
+            if not pid_alive(new_pid):
+                raise ClusterError(f"{component} exited right after its restart; see {self.workdir / 'logs'}")
+        _log(f"{component} of cluster {self.name!r} restarted: pid {pid} → {new_pid}")
+        return new_pid
+
     def status(self) -> str:
         if not self.exists():
             return f"cluster {self.name!r}: not created ({self.workdir})"
@@ -405,6 +455,24 @@ def _locked(path: Path, *, shared: bool = False, wait: bool = True) -> Iterator[
                 return
         finally:
             os.close(fd)
+
+
+# Starts a process in a session of its own and exits: the process is re-parented to init,
+# like the components kwokctl starts, and never lingers as a zombie child of the caller.
+_SPAWN = """\
+import subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    proc = subprocess.Popen(sys.argv[3:], cwd=sys.argv[2], stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+print(proc.pid)
+"""
+
+
+def _spawn_detached(args: list[str], env: dict[str, str], cwd: str, log: Path) -> int:
+    """Start ``args`` detached (own session, output appended to ``log``); returns its PID."""
+    out = subprocess.run([sys.executable, "-c", _SPAWN, str(log), cwd, *args], env=env, capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    return int(out.strip())
 
 
 def _stop(pids: list[int], grace: float = 5.0) -> None:
