@@ -17,7 +17,7 @@ import kopf
 from swarm_operator import GROUP, PLURAL, VERSION
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
-from swarm_operator.kube import Kube
+from swarm_operator.kube import Kube, login
 from swarm_operator.leader import LeaderElector
 from swarm_operator.resources import labels
 
@@ -68,6 +68,12 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         controller.active.set()
     log.info("swarm-operator started: namespaces=%s, leader election=%s",
              ",".join(cfg.namespaces) or "all", cfg.leader_elect)
+
+
+@kopf.on.login()
+def credentials(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches log in exactly as kube.py does: the service account in a pod, else the kubeconfig."""
+    return login()
 
 
 @kopf.on.cleanup()

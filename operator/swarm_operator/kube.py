@@ -1,7 +1,10 @@
 """The one module that calls the Kubernetes API.
 
-Bodies travel as plain dicts (raw JSON, `_preload_content=False`): the client's model
-deserialisation costs more CPU than the request itself at thousands of pods.
+A small synchronous REST client on urllib3 rather than the `kubernetes` package: bodies
+travel as plain dicts (raw JSON), and the package's thousands of generated model classes
+would cost ~25 MiB of resident memory for nothing. Credentials come from the pod's
+service account (in-cluster) or a kubeconfig, through the same `kopf.ConnectionInfo`
+kopf itself logs in with, so the watches and our requests always use one identity.
 """
 
 from __future__ import annotations
@@ -10,62 +13,116 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
+import kopf
+import urllib3
 
 from swarm_operator import GROUP, KIND, PLURAL, VERSION
 from swarm_operator.metrics import API_REQUESTS
 
 log = logging.getLogger(__name__)
 
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+PODS = "/api/v1/namespaces/{ns}/pods"
+SERVICES = "/api/v1/namespaces/{ns}/services"
+EVENTS = "/api/v1/namespaces/{ns}/events"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+MERGE_PATCH = "application/merge-patch+json"
+SWARMCLUSTERS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
+
+
+class ApiError(Exception):
+    """A response with status ≥ 400; `reason` is the API server's message (it names the field)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+def login(service_account_dir: Path = SERVICE_ACCOUNT_DIR, env: Mapping[str, str] = os.environ) -> kopf.ConnectionInfo:
+    """In-cluster credentials when running in a pod with a service account, else the kubeconfig.
+
+    In-cluster, the server comes from KUBERNETES_SERVICE_HOST/PORT as client-go does it, so no
+    cluster DNS is needed to reach the API server.
+    """
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    token_path = service_account_dir / "token"
+    if host and port and token_path.exists():
+        ca_path = service_account_dir / "ca.crt"
+        ns_path = service_account_dir / "namespace"
+        return kopf.ConnectionInfo(
+            server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+            ca_path=str(ca_path) if ca_path.exists() else None,
+            token=token_path.read_text().strip() or None,
+            default_namespace=ns_path.read_text().strip() if ns_path.exists() else None,
+        )
+    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    if info is None:
+        raise kopf.LoginError("no service account (not in a pod) and no kubeconfig: set KUBECONFIG "
+                              "or create ~/.kube/config")
+    return info
+
 
 class Kube:
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
-        self.client = api_client
-        # Typed as Any: bodies are plain dicts here, not the client's generated models.
-        self.core: Any = kubernetes.client.CoreV1Api(api_client)
-        self.custom: Any = kubernetes.client.CustomObjectsApi(api_client)
-        self.coordination: Any = kubernetes.client.CoordinationV1Api(api_client)
+    def __init__(self, info: kopf.ConnectionInfo, pool_size: int = 32,
+                 relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
+        self.server = info.server.rstrip("/")
+        # Projected service-account tokens rotate: on a 401, log in again (re-reading the token) and retry once.
+        self.relogin = relogin
+        self.headers = self._auth_headers(info)
+        self.http = urllib3.PoolManager(
+            num_pools=2, maxsize=pool_size, block=False, ssl_context=info.as_ssl_context(), retries=False,
+            # Fail fast enough that one slow request cannot stall a cluster's turn for long.
+            timeout=urllib3.Timeout(connect=15, read=60))
         self.host = socket.gethostname()
 
     @classmethod
     def connect(cls, pool_size: int = 32) -> Kube:
-        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-        config = kubernetes.client.Configuration()
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            kubernetes.config.load_incluster_config(client_configuration=config)
-        else:
-            kubernetes.config.load_kube_config(client_configuration=config)
-        config.connection_pool_maxsize = pool_size
-        return cls(kubernetes.client.ApiClient(config))
+        return cls(login(), pool_size, relogin=login)
 
     @staticmethod
-    def _json(response: Any) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(response.data)
-        return data
+    def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
+        return {"Accept": "application/json", **info.as_http_headers()}
+
+    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
+                query: Mapping[str, str] | None = None, content_type: str = "application/json") -> dict[str, Any]:
+        """One API call; the decoded JSON body. Raises ApiError for a status ≥ 400."""
+        url = self.server + path + ("?" + urlencode(query) if query else "")
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in range(2):
+            headers = self.headers if data is None else {**self.headers, "Content-Type": content_type}
+            resp = self.http.request(method, url, body=data, headers=headers)
+            if resp.status == 401 and attempt == 0 and self.relogin is not None:
+                self.headers = self._auth_headers(self.relogin())
+                continue
+            break
+        if resp.status >= 400:
+            raise ApiError(resp.status, _message(resp.data))
+        parsed: dict[str, Any] = json.loads(resp.data) if resp.data else {}
+        return parsed
 
     # -- pods ---------------------------------------------------------------------------------
 
     def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
         """Pods matching `selector` (all namespaces when None), and the list's resourceVersion."""
         API_REQUESTS.labels("list", "pods").inc()
-        if namespace is None:
-            resp = self.core.list_pod_for_all_namespaces(label_selector=selector, _preload_content=False)
-        else:
-            resp = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
-        body = self._json(resp)
+        path = "/api/v1/pods" if namespace is None else PODS.format(ns=namespace)
+        body = self.request("GET", path, query={"labelSelector": selector})
         return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
 
     def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict[str, Any] | None:
         """The created pod; None when one of that name exists already (409 is success: level-based)."""
         API_REQUESTS.labels("create", "pods").inc()
         try:
-            return self._json(self.core.create_namespaced_pod(namespace, pod, _preload_content=False))
-        except ApiException as exc:
+            return self.request("POST", PODS.format(ns=namespace), pod)
+        except ApiError as exc:
             if exc.status == 409:
                 return None
             raise
@@ -74,41 +131,36 @@ class Kube:
         """The pod as it is being deleted; None when already gone (404 is success)."""
         API_REQUESTS.labels("delete", "pods").inc()
         try:
-            resp = self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
-        except ApiException as exc:
+            body = self.request("DELETE", f"{PODS.format(ns=namespace)}/{quote(name)}")
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        body = self._json(resp)
         return body if body.get("kind") == "Pod" else None
 
     def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
         """Merge annotations into a pod; the patched pod, or None when it is gone."""
         API_REQUESTS.labels("patch", "pods").inc()
         try:
-            resp = self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": dict(annotations)}},
-                                                  _preload_content=False)
-        except ApiException as exc:
+            return self.request("PATCH", f"{PODS.format(ns=namespace)}/{quote(name)}",
+                                {"metadata": {"annotations": dict(annotations)}}, content_type=MERGE_PATCH)
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        return self._json(resp)
 
     # -- services -----------------------------------------------------------------------------
 
     def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
         API_REQUESTS.labels("list", "services").inc()
-        if namespace is None:
-            resp = self.core.list_service_for_all_namespaces(label_selector=selector, _preload_content=False)
-        else:
-            resp = self.core.list_namespaced_service(namespace, label_selector=selector, _preload_content=False)
-        return list(self._json(resp).get("items") or [])
+        path = "/api/v1/services" if namespace is None else SERVICES.format(ns=namespace)
+        return list(self.request("GET", path, query={"labelSelector": selector}).get("items") or [])
 
     def create_service(self, namespace: str, service: Mapping[str, Any]) -> None:
         API_REQUESTS.labels("create", "services").inc()
         try:
-            self.core.create_namespaced_service(namespace, service, _preload_content=False)
-        except ApiException as exc:
+            self.request("POST", SERVICES.format(ns=namespace), service)
+        except ApiError as exc:
             if exc.status != 409:
                 raise
 
@@ -118,9 +170,9 @@ class Kube:
         """Merge-patch the status subresource; lists are sent whole, so they replace what is stored."""
         API_REQUESTS.labels("patch", "swarmclusters/status").inc()
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}, _preload_content=False)
-        except ApiException as exc:
+            self.request("PATCH", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}/status",
+                         {"status": dict(status)}, content_type=MERGE_PATCH)
+        except ApiError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing left to report on
                 raise
 
@@ -129,8 +181,8 @@ class Kube:
     def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         API_REQUESTS.labels("get", "leases").inc()
         try:
-            return self._json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
-        except ApiException as exc:
+            return self.request("GET", f"{LEASES.format(ns=namespace)}/{quote(name)}")
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -141,9 +193,9 @@ class Kube:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
         try:
-            self.coordination.create_namespaced_lease(namespace, body, _preload_content=False)
+            self.request("POST", LEASES.format(ns=namespace), body)
             return True
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 409:
                 return False
             raise
@@ -156,9 +208,9 @@ class Kube:
                              "resourceVersion": current["metadata"]["resourceVersion"]},
                 "spec": dict(spec)}
         try:
-            self.coordination.replace_namespaced_lease(name, namespace, body, _preload_content=False)
+            self.request("PUT", f"{LEASES.format(ns=namespace)}/{quote(name)}", body)
             return True
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 409:
                 return False
             raise
@@ -184,6 +236,15 @@ class Kube:
         }
         API_REQUESTS.labels("create", "events").inc()
         try:
-            self.core.create_namespaced_event(namespace, body, _preload_content=False)
-        except ApiException as exc:
+            self.request("POST", EVENTS.format(ns=namespace), body)
+        except ApiError as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, namespace, name, exc.reason)
+
+
+def _message(data: bytes) -> str:
+    """The API server's Status message (it names the field at fault), else the start of the body."""
+    try:
+        status = json.loads(data)
+    except ValueError:
+        return data[:300].decode(errors="replace")
+    return str(status.get("message") or status.get("reason") or "") if isinstance(status, dict) else str(status)
