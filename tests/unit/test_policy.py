@@ -164,6 +164,25 @@ CASES = [
         inp(grp("cpu", CPU4), grp("gpu", GPU1), demands=(task({"GPU": 1}, 3),)),
         Expect({"cpu": 0, "gpu": 3}), id="gpu-demand-starts-gpu-nodes"),
     pytest.param(
+        inp(grp("cpu", CPU4), grp("gpu", GPU1), demands=(task({"CPU": 4}, 40), task({"GPU": 1}, 2)),
+            settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 5, "gpu": 0}, waiting=((DemandKind.TASK, 2), (DemandKind.TASK, 35)),
+               reasons={"cpu": "capped by upscaling speed (5"}),
+        id="conserve-gpu-nodes-held-while-the-cpu-group-ramps-up"),
+    pytest.param(
+        inp(grp("cpu", CPU4, replicas=20), grp("gpu", GPU1), demands=(task({"CPU": 4}, 20), task({"GPU": 1}, 2)),
+            settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 20, "gpu": 2}), id="conserve-gpu-nodes-start-once-the-cpu-ramp-is-done"),
+    pytest.param(
+        inp(grp("cpu", CPU4, hi=5), grp("gpu", GPU1), demands=(task({"CPU": 4}, 40), task({"GPU": 1}, 2)),
+            settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 5, "gpu": 2}, waiting=((DemandKind.TASK, 31),)),
+        id="conserve-gpu-nodes-not-held-when-cpu-is-capped-by-max"),
+    pytest.param(
+        inp(grp("cpu", CPU4), grp("gpu", GPU1), demands=(task({"CPU": 4}, 40), task({"GPU": 1}, 2)),
+            settings=Settings(upscaling_speed=1.0, conserve_gpu_nodes=False)),
+        Expect({"cpu": 5, "gpu": 5}, waiting=((DemandKind.TASK, 25),)), id="no-conserve-no-hold"),
+    pytest.param(
         inp(grp("cpu", CPU4), grp("gpu", GPU1, replicas=1),
             nodes=(node("g1", "gpu", GPU1, status=RUNNING, free={"CPU": 6.0, "memory": 16 * G}),),
             demands=(task({"CPU": 1}, 6),)),

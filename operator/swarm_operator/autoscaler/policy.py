@@ -21,6 +21,11 @@ the number of distinct shapes, groups and nodes, never with the number of tasks.
 STRICT_PACK are placed one instance at a time (each instance is atomic); STRICT_PACK gangs are one
 bundle each and go in bulk.
 
+With ``conserve_gpu_nodes``, CPU-only demand never opens GPU nodes while a non-GPU group fits it, and no
+GPU nodes beyond the minimum open while a non-GPU group is still ramping up under the upscaling speed:
+Ray places CPU-only work on GPU nodes when nothing else has room, so GPU nodes that came up first would
+fill with the CPU backlog (the decision is re-run with the GPU groups' budgets at zero).
+
 Resources are compared in fixed point (1/10000 of a unit, Ray's own resolution), so ``0.1 + 0.2`` CPUs
 fit where ``0.3`` are free.
 """
@@ -231,7 +236,11 @@ def _format_bundles(bundles: Iterable[Resources]) -> str:
 
 def decide(inp: PolicyInput) -> Decision:
     """Targets, drains and leftover demand for one snapshot; see the module docstring for the rules."""
-    return _Run(inp).decide()
+    run = _Run(inp)
+    decision = run.decide()
+    if run.gpu_nodes_to_hold():
+        return _Run(inp, hold_gpu_nodes=True).decide()
+    return decision
 
 
 # ---- internals -------------------------------------------------------------------------------------------
@@ -431,7 +440,7 @@ def _unsplit(b: _Bin, taken: int, names: list[str], split: list[_Bin]) -> None:
 class _Run:
     """State of one decision. Built from the input, mutated phase by phase, then read into a Decision."""
 
-    def __init__(self, inp: PolicyInput) -> None:
+    def __init__(self, inp: PolicyInput, hold_gpu_nodes: bool = False) -> None:
         self.inp = inp
         self.settings = inp.settings
         groups = inp.groups
@@ -492,10 +501,14 @@ class _Run:
                 self.speed_cap[gi] = (max(5, math.ceil(s.upscaling_speed * current))
                                       if math.isfinite(s.upscaling_speed) else g.max_replicas)
                 self.budget[gi] = max(0, min(g.max_replicas - current - self.min_new[gi], self.speed_cap[gi]))
+        self.held = {gi for gi in range(len(groups)) if hold_gpu_nodes and self.gpu[gi]}
+        for gi in self.held:
+            self.budget[gi] = 0
         self.new = self.min_new[:]
         # Why each group grows: (kind, text) -> count, in the order first seen.
         self.why: list[dict[tuple[DemandKind, str], int]] = [{} for _ in groups]
         self.capped: list[dict[str, None]] = [{} for _ in groups]
+        self.speed_capped: set[int] = set()
         self.infeasible: list[Unplaced] = []
         self.waiting: list[Unplaced] = []
         self.next_gang = 0
@@ -634,11 +647,15 @@ class _Run:
         g = self.inp.groups[gi]
         if g.name in self.inp.unavailable:
             return
+        if gi in self.held:
+            self.capped[gi]["new GPU nodes held until the CPU groups have ramped up"] = None
+            return
         grown = self.live[gi] + self.coming[gi] + self.new[gi]
         if grown >= g.max_replicas:
             self.capped[gi][f"capped by maxReplicas {g.max_replicas}"] = None
         else:
             self.capped[gi][f"capped by upscaling speed ({self.speed_cap[gi]} new nodes per decision)"] = None
+            self.speed_capped.add(gi)
 
     def count_why(self, opened: list[tuple[int, int]], kind: DemandKind, text: str) -> None:
         for gi, got in opened:
@@ -828,6 +845,14 @@ class _Run:
             if target != g.replicas:
                 reasons[g.name] = f"{g.name} {g.replicas}→{target}: " + self.explain(gi, idle_out[gi], raw)
         return Decision(targets, tuple(drains), tuple(self.infeasible), tuple(self.waiting), reasons)
+
+    def gpu_nodes_to_hold(self) -> bool:
+        """conserveGpuNodes: open no GPU nodes beyond the minimum while a non-GPU group still ramps up under
+        the speed cap. Ray puts CPU-only work on GPU nodes when no other node has room, so GPU nodes that come
+        up before the CPU capacity fill with the CPU backlog, and the GPU work they are for waits for yet more
+        GPU nodes. The hold lasts only while the ramp does (the cap doubles every decision)."""
+        return (self.settings.conserve_gpu_nodes and any(not self.gpu[gi] for gi in self.speed_capped)
+                and any(self.gpu[gi] and self.new[gi] > self.min_new[gi] for gi in range(len(self.new))))
 
     def explain(self, gi: int, idle_out: int, raw: int) -> str:
         g = self.inp.groups[gi]
