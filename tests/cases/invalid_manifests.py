@@ -276,6 +276,8 @@ CASES: tuple[InvalidCase, ...] = (
           f"{AS}.idleTimeoutSeconds", f"{AS}.idleTimeoutSeconds", "schema"),
     _case("autoscaling-stabilization-too-long", {f"{AS}.scaleDownStabilizationSeconds": 4000},
           f"{AS}.scaleDownStabilizationSeconds", f"{AS}.scaleDownStabilizationSeconds", "schema"),
+    _case("autoscaling-pending-timeout-too-short", {f"{AS}.pendingTimeoutSeconds": 1},
+          f"{AS}.pendingTimeoutSeconds", f"{AS}.pendingTimeoutSeconds", "schema"),
     _case("autoscaling-enabled-string", {f"{AS}.enabled": "yes"}, f"{AS}.enabled", f"{AS}.enabled", "schema"),
     _case("autoscaling-not-object", {AS: True}, AS, AS, "schema"),
     # --- fault tolerance ----------------------------------------------------------------------

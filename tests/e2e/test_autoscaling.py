@@ -23,16 +23,24 @@ from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 IDLE_TIMEOUT = 8
+PENDING_TIMEOUT = 10
 
 
-def autoscaling_manifest(pool: str, name: str, cpu_max: int = 2, gpu_max: int = 1) -> dict[str, Any]:
+def autoscaling_manifest(pool: str, name: str, cpu_max: int = 2, gpu_max: int = 1,
+                         stuck_cpu: bool = False) -> dict[str, Any]:
+    """``stuck_cpu``: the cpu group's pods can never be scheduled, and an identical group "spare" follows it."""
     manifest = copy.deepcopy(sample_manifest(pool))
     manifest["metadata"]["name"] = name
     cpu, gpu = manifest["spec"]["workerGroups"]
     cpu.update(minReplicas=0, maxReplicas=cpu_max, rayResources={"slot": 1})
     gpu.update(minReplicas=0, maxReplicas=gpu_max)
     manifest["spec"]["autoscaling"] = {"enabled": True, "idleTimeoutSeconds": IDLE_TIMEOUT, "intervalSeconds": 1,
-                                       "scaleDownStabilizationSeconds": 5}
+                                       "scaleDownStabilizationSeconds": 5, "pendingTimeoutSeconds": PENDING_TIMEOUT}
+    if stuck_cpu:
+        spare = copy.deepcopy(cpu)
+        spare["name"] = "spare"
+        cpu["template"]["spec"]["nodeSelector"]["swarm.io/no-such-node"] = "true"
+        manifest["spec"]["workerGroups"].append(spare)
     return manifest
 
 
@@ -212,3 +220,27 @@ def test_request_resources_scales_up_with_no_tasks(scaled: Callable[..., Scaled]
     # A constraint keeps its nodes even when they idle past the timeout.
     time.sleep(IDLE_TIMEOUT + 5)
     assert len(c.pods("cpu")) == 2
+
+
+SLOT_JOB = """\
+import json, socket, ray
+ray.init()
+
+@ray.remote(num_cpus=1, resources={"slot": 1})
+def where():
+    return socket.gethostname()
+
+print("E2E-RESULT " + json.dumps({"pod": ray.get(where.remote())}))
+"""
+
+
+def test_a_group_whose_pods_stay_pending_gives_way_to_the_next_group(scaled: Callable[..., Scaled]) -> None:
+    c = scaled("as-stuck", stuck_cpu=True)
+    job = c.submit(SLOT_JOB)
+    # The cpu group fits best (first in the spec), but its pod can never be scheduled.
+    wait_for("a cpu pod, Pending", lambda: c.pods("cpu"), timeout=60)
+    logs = c.wait_job(job, timeout=PENDING_TIMEOUT + 150, while_waiting=c.pods)
+    assert result_line(logs)["pod"].startswith("as-stuck-spare-"), logs
+    # After the timeout the stuck pod is given up, not left Pending forever.
+    wait_for("the stuck cpu pod removed", lambda: not c.pods("cpu"), timeout=60)
+    assert any("unavailable" in m for m in c.events("Autoscaled")), c.events("Autoscaled")

@@ -14,7 +14,6 @@ from prometheus_client import REGISTRY
 
 from swarm_operator.autoscaler import ray_state as rs
 from swarm_operator.autoscaler.runner import (
-    PENDING_TIMEOUT_SECONDS,
     Autoscaler,
     Outcome,
     last_scale_ups,
@@ -39,8 +38,9 @@ def pod(suffix: str, group_name: str = "cpu", **state: Any) -> PodState:
     return worker(C, group_name, suffix, **state)
 
 
-OLD = NOW - PENDING_TIMEOUT_SECONDS - 1
-YOUNG = NOW - PENDING_TIMEOUT_SECONDS + 1
+PENDING_TIMEOUT = 120.0
+OLD = NOW - PENDING_TIMEOUT - 1
+YOUNG = NOW - PENDING_TIMEOUT + 1
 UNSCHEDULED = {"phase": "Pending", "ready": False, "node": None}
 
 
@@ -59,12 +59,12 @@ UNSCHEDULED = {"phase": "Pending", "ready": False, "node": None}
     ],
 )
 def test_unavailable_groups(pods: list[PodState], expected: set[str]) -> None:
-    assert unavailable_groups(pods, NOW) == frozenset(expected)
+    assert unavailable_groups(pods, NOW, PENDING_TIMEOUT) == frozenset(expected)
 
 
 def test_unavailable_groups_ignores_unknown_creation_time() -> None:
     p = worker(C, "cpu", "a", **UNSCHEDULED)
-    assert unavailable_groups([PodState(**{**p.__dict__, "created": 0.0})], NOW) == frozenset()
+    assert unavailable_groups([PodState(**{**p.__dict__, "created": 0.0})], NOW, PENDING_TIMEOUT) == frozenset()
 
 
 A, B = pod("aaaaa"), pod("bbbbb")

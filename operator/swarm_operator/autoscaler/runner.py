@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEAD, IDLE = "DEAD", "IDLE"  # ray_state.NodeStatus values (a StrEnum)
-PENDING_TIMEOUT_SECONDS = 120.0  # a pod unscheduled this long means its group cannot grow now
 
 
 @dataclass(frozen=True)
@@ -45,10 +44,10 @@ class Outcome:
     patched_pods: tuple[dict[str, Any], ...] = ()  # pods annotated as drained, for the controller's cache
 
 
-def unavailable_groups(pods: Iterable[PodState], now: float) -> frozenset[str]:
-    """Groups with a pod the scheduler could not place for PENDING_TIMEOUT_SECONDS: try other groups."""
+def unavailable_groups(pods: Iterable[PodState], now: float, timeout: float) -> frozenset[str]:
+    """Groups with a pod the scheduler could not place for ``timeout`` seconds: try other groups."""
     return frozenset(p.group for p in pods if p.group and p.alive and not p.scheduled
-                     and p.created and now - p.created > PENDING_TIMEOUT_SECONDS)
+                     and p.created and now - p.created > timeout)
 
 
 def ray_dead_pods(snapshot: rs.ClusterSnapshot, pods: Iterable[PodState]) -> frozenset[str]:
@@ -161,7 +160,8 @@ class Autoscaler:
         if key not in self._warned_version and (mismatch := self.ray.version_mismatch(snap.ray_version)):
             self._warned_version.add(key)
             events.append(("Warning", "RayVersionMismatch", mismatch))
-        inp = policy_input(cluster, snap, pods, targets, last_scale_ups(status), unavailable_groups(pods, now), now)
+        unavailable = unavailable_groups(pods, now, cluster.autoscaling.pending_timeout_seconds)
+        inp = policy_input(cluster, snap, pods, targets, last_scale_ups(status), unavailable, now)
         decision = policy.decide(inp)
         new_targets = dict(decision.targets)
         accepted, refused = await self._drain(key, snap, decision.drains, events)
