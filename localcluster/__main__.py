@@ -64,7 +64,9 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_build = sub.add_parser("build", help="build the control plane from Go modules (cached by version)")
-    p_build.add_argument("only", nargs="*", help="components to build (default: all)")
+    p_build.add_argument("only", nargs="*", help="components to build (default: all but the optional kuberay)")
+    p_build.add_argument("--kuberay", action="store_true",
+                         help="also build KubeRay's operator (optional; bench/scale.py builds it on demand)")
     sub.add_parser("up", help="start the cluster and its fake nodes (idempotent)")
     sub.add_parser("down", help="delete the cluster: no process, no file left")
     sub.add_parser("status", help="components, PIDs and memory")
@@ -80,7 +82,7 @@ def main(argv: list[str]) -> int:
     cluster = LocalCluster.from_env()
     try:
         if ns.command == "build":
-            return build.main(ns.only)
+            return build.main(ns.only, kuberay=ns.kuberay)
         if ns.command == "up":
             cluster.up()
         elif ns.command == "down":

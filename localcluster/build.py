@@ -114,6 +114,30 @@ def build_helm(work: Path, log: Path) -> None:
     _go_install([f"helm.sh/helm/v4/cmd/helm@{versions.HELM}"], versions.helm_bin(), work, log)
 
 
+def build_kuberay(work: Path, log: Path) -> None:
+    """KubeRay's operator from its own module (its go.mod and go.sum as released), for bench/scale.py.
+
+    Built like its release image's manager (``go build`` of the module's main package, not
+    stripped) except with cgo off, as everything here. The module's CRDs are copied next to
+    the binary; the binary is written last, so its presence means the component is complete.
+    """
+    mod = f"{versions.KUBERAY_MODULE}@{versions.KUBERAY}"
+    work.parent.mkdir(parents=True, exist_ok=True)
+    src = Path(json.loads(_run(["go", "mod", "download", "-json", mod], work.parent, log))["Dir"])
+    shutil.copytree(src, work)
+    for path in (work, *work.rglob("*")):  # the module cache is read-only; go build writes nothing there,
+        path.chmod(path.stat().st_mode | 0o200)  # but a copy must be writable to be removed afterwards
+    crds = versions.kuberay_crds()
+    crds.mkdir(parents=True, exist_ok=True)
+    for crd in sorted((work / "config" / "crd" / "bases").glob("*.yaml")):
+        shutil.copyfile(crd, crds / crd.name)
+    out = versions.tool_path("kuberay-operator")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    _run(["go", "build", "-p", "2", "-o", str(partial), "."], work, log)
+    partial.rename(out)
+
+
 def components() -> list[Component]:
     return [
         Component("kwok", versions.KWOK, (versions.tool_path("kwok"), versions.tool_path("kwokctl")), build_kwok),
@@ -122,6 +146,11 @@ def components() -> list[Component]:
         Component("kubernetes", versions.KUBERNETES, tuple(versions.tool_path(c) for c in K8S_COMMANDS),
                   build_kubernetes),
     ]
+
+
+def optional_components() -> list[Component]:
+    """Built only when named (``python -m localcluster build kuberay``) or asked for by a benchmark."""
+    return [Component("kuberay", versions.KUBERAY, (versions.tool_path("kuberay-operator"),), build_kuberay)]
 
 
 def _with_progress(label: str, fn: Callable[[], None]) -> float:
@@ -141,16 +170,28 @@ def _with_progress(label: str, fn: Callable[[], None]) -> float:
     return time.monotonic() - start
 
 
+def selected(only: list[str] | None = None) -> list[Component]:
+    """The default components, or only those named in ``only`` (optional ones included)."""
+    everything = components() + optional_components()
+    known = {c.name for c in everything}
+    unknown = sorted(set(only or []) - known)
+    if unknown:
+        raise BuildError(f"unknown component(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if only:
+        return [c for c in everything if c.name in only]
+    return components()
+
+
 def build_all(only: list[str] | None = None) -> None:
+    """Build the default components, or only those named in ``only`` (optional ones included)."""
+    chosen = selected(only)
     if shutil.which("go") is None:
         raise BuildError("the Go toolchain is not on PATH; install Go ≥ 1.25 and retry")
     root = versions.cache_root()
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     total = time.monotonic()
-    for comp in components():
-        if only and comp.name not in only:
-            continue
+    for comp in chosen:
         label = f"{comp.name} {comp.version}"
         if comp.present():
             print(f"[build] {label}: cached", flush=True)
@@ -169,9 +210,19 @@ def build_all(only: list[str] | None = None) -> None:
     print(f"[build] all components ready in {time.monotonic() - total:.0f}s", flush=True)
 
 
-def main(argv: list[str]) -> int:
+def ensure_kuberay() -> Path:
+    """KubeRay's operator binary, built first if it is not cached (its CRDs: versions.kuberay_crds())."""
+    build_all(["kuberay"])
+    return versions.tool_path("kuberay-operator")
+
+
+def main(argv: list[str], *, kuberay: bool = False) -> int:
+    """Build ``argv``'s components (default: all but the optional ones); ``kuberay`` adds KubeRay."""
+    only = list(argv)
+    if kuberay:
+        only = [*(only or [c.name for c in components()]), "kuberay"]
     try:
-        build_all(argv or None)
+        build_all(only or None)
     except BuildError as exc:
         print(f"[build] ERROR: {exc}", file=sys.stderr)
         return 1

@@ -30,14 +30,18 @@ class OperatorProcess:
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: float = 60.0) -> None:
+    def command(self) -> list[str]:
+        """The command line; subclasses run other operators (localcluster.kuberay) the same way."""
         args = [sys.executable, "-m", "swarm_operator", "run", "--metrics-port", str(self.metrics_port),
                 "--health-port", str(self.health_port), *self.extra]
         for ns in self.namespaces:
             args += ["--namespace", ns]
+        return args
+
+    def start(self, wait: float = 60.0) -> None:
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -9,6 +9,11 @@ KUBERNETES = "v1.36.3"
 ETCD = "v3.6.16"
 KWOK = "v0.8.0"
 HELM = "v4.3.1"
+# Optional (built on demand only, for bench/scale.py's comparison; never by a plain `build`).
+# v1.6.2: the newest ray-operator release the Go module proxy serves here (v1.7.0's zip is
+# refused, later 1.6.x are absent).
+KUBERAY = "v1.6.2"
+KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
 
 
 def cache_root() -> Path:
@@ -35,6 +40,19 @@ def helm_bin() -> Path:
     return cache_root() / "helm" / HELM / "bin"
 
 
+def kuberay_dir() -> Path:
+    return cache_root() / "kuberay" / KUBERAY
+
+
+def kuberay_bin() -> Path:
+    return kuberay_dir() / "bin"
+
+
+def kuberay_crds() -> Path:
+    """The module's CRDs (config/crd/bases), copied next to the binary when it is built."""
+    return kuberay_dir() / "crds"
+
+
 def tool_path(name: str) -> Path:
     """Path of one built tool by its binary name."""
     where = {
@@ -46,6 +64,7 @@ def tool_path(name: str) -> Path:
         "kwok": kwok_bin(),
         "kwokctl": kwok_bin(),
         "helm": helm_bin(),
+        "kuberay-operator": kuberay_bin(),
     }
     return where[name] / name
 

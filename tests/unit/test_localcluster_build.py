@@ -1,0 +1,34 @@
+"""Which components `python -m localcluster build` builds: KubeRay only when asked for."""
+
+from __future__ import annotations
+
+import pytest
+
+from localcluster import build, versions
+
+
+def names(comps: list[build.Component]) -> list[str]:
+    return [c.name for c in comps]
+
+
+def test_default_build_leaves_kuberay_out() -> None:
+    assert "kuberay" not in names(build.selected())
+    assert names(build.selected()) == names(build.components())
+
+
+def test_kuberay_is_built_when_named() -> None:
+    assert names(build.selected(["kuberay"])) == ["kuberay"]
+    assert names(build.selected(["etcd", "kuberay"])) == ["etcd", "kuberay"]
+
+
+def test_kuberay_is_cached_by_version() -> None:
+    (comp,) = build.optional_components()
+    assert comp.version == versions.KUBERAY
+    assert comp.outputs == (versions.tool_path("kuberay-operator"),)
+    assert versions.KUBERAY in comp.outputs[0].parts
+    assert versions.kuberay_crds().parent == comp.outputs[0].parent.parent
+
+
+def test_unknown_component_is_refused() -> None:
+    with pytest.raises(build.BuildError, match="unknown component"):
+        build.selected(["kuberay", "nope"])
