@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -28,48 +26,17 @@ import kubernetes
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (
+    CRD,
+    WORKERS,
+    apiserver_requests,
+    cluster_body,
+    proc_stats,
+    running_pods,
+    swarm_operator_requests,
+    wait_gone,
+)
 from localcluster.operator_process import OperatorProcess
-
-CRD = Path(__file__).resolve().parent.parent / "crds" / "swarmcluster.yaml"
-WORKERS = 3
-
-
-def cluster_body(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "swarm.io/v1alpha1", "kind": "SwarmCluster", "metadata": {"name": name},
-        # Tiny requests: 4,000 pods must fit the local cluster's fake nodes (192 CPUs in all).
-        "spec": {"head": {"resources": {"cpu": "10m", "memory": "32Mi"}},
-                 "workerGroups": [{"name": "cpu", "replicas": WORKERS, "maxReplicas": 10,
-                                   "resources": {"cpu": "10m", "memory": "32Mi"}}]},
-    }
-
-
-def apiserver_requests(kubeconfig: str) -> float:
-    """Sum of apiserver_request_total over all labels."""
-    text = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "get", "--raw", "/metrics"],
-                          check=True, capture_output=True, text=True).stdout
-    return sum(float(m.group(1)) for m in re.finditer(r"^apiserver_request_total\{[^}]*\} (\S+)$", text, re.M))
-
-
-def operator_requests(op: OperatorProcess) -> float:
-    return sum(float(m.group(1)) for m in
-               re.finditer(r"^swarm_api_requests_total\{[^}]*\} (\S+)$", op.metrics(), re.M))
-
-
-def proc_stats(pid: int) -> tuple[float, float]:
-    """(peak RSS MiB, CPU seconds) of a process, from /proc."""
-    peak = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return peak, cpu
-
-
-def running_pods(core: Any, ns: str) -> int:
-    pods = core.list_namespaced_pod(ns, field_selector="status.phase=Running", _preload_content=False)
-    return len(json.loads(pods.data)["items"])
 
 
 def run_size(api: client.ApiClient, kubeconfig: str, n: int, workdir: Path, timeout: float) -> dict[str, Any]:
@@ -81,7 +48,7 @@ def run_size(api: client.ApiClient, kubeconfig: str, n: int, workdir: Path, time
     op.start()
     try:
         base_api = apiserver_requests(kubeconfig)
-        base_op = operator_requests(op)
+        base_op = swarm_operator_requests(op.metrics())
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda i: custom.create_namespaced_custom_object(
@@ -100,23 +67,13 @@ def run_size(api: client.ApiClient, kubeconfig: str, n: int, workdir: Path, time
         return {
             "n": n, "pods": want, "running": running, "create_s": created, "all_running_s": elapsed,
             "rss_mib": rss, "cpu_s": cpu,
-            "op_req_per_cluster": (operator_requests(op) - base_op) / n,
+            "op_req_per_cluster": (swarm_operator_requests(op.metrics()) - base_op) / n,
             "api_req_per_cluster": (apiserver_requests(kubeconfig) - base_api) / n,
         }
     finally:
         op.stop()
         core.delete_namespace(ns)
         wait_gone(core, ns)
-
-
-def wait_gone(core: Any, ns: str, timeout: float = 600) -> None:
-    """The next size must not share the nodes (or the garbage collector) with this one's pods."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not core.list_namespace(field_selector=f"metadata.name={ns}").items:
-            return
-        time.sleep(2)
-    print(f"[bench] namespace {ns} still terminating after {timeout:.0f}s", flush=True)
 
 
 def main() -> int:
