@@ -25,22 +25,15 @@ def _with_cluster(cmd: list[str], extra_env: dict[str, str]) -> int:
     if it was not running before, unless another run is still using it."""
     build.build_all()
     cluster = LocalCluster.from_env()
-    was_running = True  # until checked: never take down a cluster this call did not see down
-    try:
-        with cluster.in_use():
-            was_running = cluster.running()
-            cluster.up()
-            env = dict(os.environ)
-            env["PATH"] = os.pathsep.join([*versions.path_dirs(), env.get("PATH", "")])
-            env["SWARM_TEST_KUBECONFIG"] = str(cluster.kubeconfig)
-            env.update(extra_env)
-            start = time.monotonic()
-            rc = subprocess.call(cmd, env=env)
-            print(f"[localcluster] `{' '.join(cmd)}` exited {rc} after {time.monotonic() - start:.1f}s", flush=True)
-            return rc
-    finally:
-        if not was_running:
-            cluster.down_unless_in_use()
+    with cluster.borrowed():
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([*versions.path_dirs(), env.get("PATH", "")])
+        env["SWARM_TEST_KUBECONFIG"] = str(cluster.kubeconfig)
+        env.update(extra_env)
+        start = time.monotonic()
+        rc = subprocess.call(cmd, env=env)
+        print(f"[localcluster] `{' '.join(cmd)}` exited {rc} after {time.monotonic() - start:.1f}s", flush=True)
+        return rc
 
 
 def _test(pytest_args: list[str]) -> int:

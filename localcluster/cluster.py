@@ -296,6 +296,20 @@ class LocalCluster:
         with _locked(self._users_lock, shared=True):
             yield
 
+    @contextlib.contextmanager
+    def borrowed(self, keep: bool = False) -> Iterator[None]:
+        """Up for the duration of the block: brought up if needed, and down again afterwards only if this
+        call found it down and nobody else is using it (and not ``keep``)."""
+        was_running = True  # until checked: never take down a cluster this call did not see down
+        try:
+            with self.in_use():
+                was_running = self.running()
+                self.up()
+                yield
+        finally:
+            if not keep and not was_running:
+                self.down_unless_in_use()
+
     def down_unless_in_use(self) -> None:
         """``down``, unless another process is inside ``in_use``: the last user out takes it down."""
         with _locked(self._users_lock, wait=False) as alone:

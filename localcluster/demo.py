@@ -374,18 +374,10 @@ def main() -> int:
     with step("building the control plane (cached by version; a cold build takes 15–30 min)"):
         build.build_all()
     lc = LocalCluster.from_env()
-    was_running = True  # until checked: never take down a cluster the demo did not see down
-    try:
-        with lc.in_use():
-            was_running = lc.running()
-            with step(f"starting the local cluster {lc.name!r} (etcd, kube-apiserver, controller-manager, "
-                      "scheduler, kwok)"):
-                lc.up()
-            demo(lc, keep)
-    finally:
-        if not keep and not was_running:
-            with step("bringing the local cluster down"):
-                lc.down_unless_in_use()
+    print(f"[demo] the local cluster {lc.name!r}: etcd, kube-apiserver, controller-manager, scheduler, kwok "
+          "(brought down at the end unless it was running already or DEMO_KEEP=1)", flush=True)
+    with lc.borrowed(keep=keep):
+        demo(lc, keep)
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s", flush=True)
     return 0
 

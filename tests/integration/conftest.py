@@ -49,15 +49,8 @@ def kubeconfig(local_tools_built: bool) -> Iterator[str]:
     if not local_tools_built:
         pytest.skip("no cluster: set SWARM_TEST_KUBECONFIG, or run `python -m localcluster build` first")
     cluster = LocalCluster.from_env()
-    was_running = True  # until checked: never take down a cluster this session did not see down
-    try:
-        with cluster.in_use():
-            was_running = cluster.running()
-            cluster.up()
-            yield str(cluster.kubeconfig)
-    finally:
-        if not was_running:
-            cluster.down_unless_in_use()
+    with cluster.borrowed():
+        yield str(cluster.kubeconfig)
 
 
 @pytest.fixture(scope="session")
