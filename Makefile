@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit test-integration test-e2e test-packaging lint generate bench build cluster-up cluster-down clean
+.PHONY: demo test test-unit test-integration test-e2e test-packaging lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	@echo "[venv] installing swarm-operator and its dev dependencies into $(VENV) …"
@@ -46,6 +46,14 @@ generate: $(STAMP)
 bench: $(STAMP) build
 	@$(BIN)/python bench/autoscaler.py --quick
 	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/reconcile.py
+
+## bench-scale: 1,000 clusters with our operator, then with KubeRay's (built on first use); SCALE_ARGS="--clusters 100"
+bench-scale: $(STAMP) build
+	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/scale.py $(SCALE_ARGS)
+
+## bench-recovery: worker and head failures on fake nodes, time to recover (p50/p95); RECOVERY_ARGS=…
+bench-recovery: $(STAMP) build
+	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/recovery.py $(RECOVERY_ARGS)
 
 ## build: the control plane from Go modules (cached by version)
 build: $(STAMP)

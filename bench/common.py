@@ -28,15 +28,18 @@ RESOURCES = {"cpu": "10m", "memory": "32Mi"}
 FAKE_NODES = {"type": "kwok"}
 
 
-def cluster_body(name: str, node_selector: dict[str, str] | None = None) -> dict[str, Any]:
-    """A SwarmCluster of 1 head + one group of WORKERS workers, all with RESOURCES."""
+def cluster_body(name: str, node_selector: dict[str, str] | None = None, groups: int = 1) -> dict[str, Any]:
+    """A SwarmCluster of 1 head + ``groups`` groups of WORKERS workers (group ``cpu``, or ``cpu0``, ``cpu1``, …),
+    all with RESOURCES."""
     head: dict[str, Any] = {"resources": dict(RESOURCES)}
-    group: dict[str, Any] = {"name": "cpu", "replicas": WORKERS, "maxReplicas": 10, "resources": dict(RESOURCES)}
+    names = ["cpu"] if groups == 1 else [f"cpu{i}" for i in range(groups)]
+    worker_groups: list[dict[str, Any]] = [
+        {"name": g, "replicas": WORKERS, "maxReplicas": 10, "resources": dict(RESOURCES)} for g in names]
     if node_selector:
-        head["template"] = {"spec": {"nodeSelector": dict(node_selector)}}
-        group["template"] = {"spec": {"nodeSelector": dict(node_selector)}}
+        for part in (head, *worker_groups):
+            part["template"] = {"spec": {"nodeSelector": dict(node_selector)}}
     return {"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmCluster", "metadata": {"name": name},
-            "spec": {"head": head, "workerGroups": [group]}}
+            "spec": {"head": head, "workerGroups": worker_groups}}
 
 
 def kubeconfig_from_env() -> str | None:
@@ -52,9 +55,18 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return out
 
 
+def kubectl() -> str:
+    return shutil.which("kubectl") or str(versions.tool_path("kubectl"))
+
+
+def kubectl_apply(kubeconfig: str, path: Path) -> None:
+    """Server-side apply (CRDs are too big for the client-side annotation)."""
+    subprocess.run([kubectl(), f"--kubeconfig={kubeconfig}", "apply", "--server-side", "--force-conflicts",
+                    "-f", str(path)], check=True, capture_output=True)
+
+
 def apiserver_metrics(kubeconfig: str) -> str:
-    kubectl = shutil.which("kubectl") or str(versions.tool_path("kubectl"))
-    return subprocess.run([kubectl, f"--kubeconfig={kubeconfig}", "get", "--raw", "/metrics"],
+    return subprocess.run([kubectl(), f"--kubeconfig={kubeconfig}", "get", "--raw", "/metrics"],
                           check=True, capture_output=True, text=True).stdout
 
 
