@@ -21,11 +21,11 @@ import concurrent.futures
 import json
 import math
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,13 @@ from bench.common import (
     cluster_body,
     delta,
     kubeconfig_from_env,
+    kubectl_apply,
     pod_rows,
     proc_stats,
     swarm_operator_requests,
     wait_gone,
 )
-from localcluster import kuberay, nodes, versions
+from localcluster import kuberay, nodes
 from localcluster.operator_process import OperatorProcess
 
 POLL_SECONDS = 0.5
@@ -148,6 +149,7 @@ def run_one(api: client.ApiClient, kubeconfig: str, which: str, n: int, workdir:
     core.create_namespace({"metadata": {"name": ns}})
     log = workdir / f"{which}-{n}.log"
     op: OperatorProcess
+    body: Callable[[str, dict[str, str] | None], dict[str, Any]]
     if which == "swarm":
         op = OperatorProcess(kubeconfig, [ns], log, extra=swarm_flags)
         group, version, plural, body = "swarm.io", "v1alpha1", "swarmclusters", cluster_body
@@ -215,13 +217,15 @@ def ratio(a: float, b: float) -> str:
 
 def report(results: list[Result]) -> None:
     print()
-    head = (f"{'operator':<9} {'clusters':>8} {'pods':>6} {'all Running s':>13} {'idle RSS MiB':>12} "
-            f"{'peak RSS MiB':>12} {'CPU s':>7} {'op req/cluster':>14} {'apiserver req/cluster':>21}")
+    head = (f"{'operator':<9} {'clusters':>8} {'pods':>6} {'creates done s':>14} {'all Running s':>13} "
+            f"{'idle RSS MiB':>12} {'peak RSS MiB':>12} {'CPU s':>7} {'op req/cluster':>14} "
+            f"{'apiserver req/cluster':>21}")
     print(head)
     print("-" * len(head))
     for r in results:
         t = f"{r.all_running_s:.1f}" if r.done else f"timeout ({r.running} Running)"
-        print(f"{r.operator:<9} {r.clusters:>8} {r.pods:>6} {t:>13} {r.idle_rss_mib:>12.0f} {r.peak_rss_mib:>12.0f} "
+        print(f"{r.operator:<9} {r.clusters:>8} {r.pods:>6} {r.create_s:>14.1f} {t:>13} {r.idle_rss_mib:>12.0f} "
+              f"{r.peak_rss_mib:>12.0f} "
               f"{r.cpu_s:>7.1f} {r.op_requests / r.clusters:>14.1f} {r.api_requests / r.clusters:>21.1f}")
     for r in results:
         top = ", ".join(f"{k or '-'} {v:.0f}" for k, v in list(r.api_by_resource.items())[:8])
@@ -238,11 +242,6 @@ def report(results: list[Result]) -> None:
         faster = ours.done and theirs.done and ours.all_running_s <= theirs.all_running_s
         print(f"targets at {ours.pods} pods: time ≤ KubeRay's: {faster}; "
               f"peak RSS ≤ KubeRay's: {ours.peak_rss_mib <= theirs.peak_rss_mib}")
-
-
-def kubectl_apply(kubeconfig: str, path: Path) -> None:
-    subprocess.run([str(versions.tool_path("kubectl")), f"--kubeconfig={kubeconfig}", "apply", "--server-side",
-                    "--force-conflicts", "-f", str(path)], check=True, capture_output=True)
 
 
 def main() -> int:
