@@ -31,7 +31,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError
 
 from localcluster import versions
-from localcluster.nodeagent import dns, network, paths
+from localcluster.nodeagent import apiproxy, dns, network, paths
 from localcluster.nodeagent.pods import PodWorker, decode_secret, kill_all, now_rfc3339
 
 LEASE_NAMESPACE = "kube-node-lease"
@@ -203,6 +203,8 @@ class NodeAgent:
         self._used_ips: set[ipaddress.IPv4Address] = set()
         self._next_ip = 0
         self._node_uid = ""
+        # The API server at 127.0.0.1:443 inside every pod, relayed to where this agent reaches it.
+        self.relay = apiproxy.ApiRelay(apiproxy.api_address(api.configuration.host))
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -214,6 +216,7 @@ class NodeAgent:
         self._reap_leftovers()
         self._cidr = network.join(self.node, self.requested_cidr)
         threads: list[threading.Thread] = []
+        self.relay.start()
         try:
             self._register_node()
             dns_ready = threading.Event()
@@ -259,6 +262,7 @@ class NodeAgent:
         # The lease thread wakes on stop_event; waiting for it keeps it from recreating the Lease
         # deleted below. The watch threads may sit in a long read: they are daemons, and they
         # start no new pod worker once stop_event is set.
+        self.relay.stop()
         for t in threads:
             if t.name == "lease":
                 t.join(RENEW_EVERY)
@@ -440,6 +444,23 @@ class NodeAgent:
             if exc.status == 404:
                 return None
             raise
+
+    def request_token(self, namespace: str, service_account: str, pod: str, pod_uid: str, audience: str | None,
+                      seconds: int) -> tuple[str, float, float]:
+        """A service-account token bound to the pod (TokenRequest, as a kubelet asks for one):
+        (token, issued, expires) with times in seconds since the epoch."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
+            # No audience: the API server's own (what in-cluster clients present the token to).
+            "audiences": [audience] if audience else [],
+            "expirationSeconds": seconds,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": pod_uid},
+        }}
+        issued = time.time()
+        resp = self.core.create_namespaced_service_account_token(service_account, namespace, body,
+                                                                 _preload_content=False)
+        status = json.loads(resp.data)["status"]
+        expires = datetime.strptime(status["expirationTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return str(status["token"]), issued, expires.timestamp()
 
     def event(self, pod: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """Record a Kubernetes Event on the pod, as a kubelet does (best effort)."""

@@ -16,6 +16,8 @@ names of ClusterIP services therefore resolve to their endpoints too.
 Names written for a service ``svc`` in namespace ``ns``: ``svc.ns.svc.cluster.local``,
 ``svc.ns.svc``, ``svc.ns``, and plain ``svc`` in pods of ``ns`` (a hosts file has no
 search list); endpoints with a hostname also get ``host.svc.ns.svc.cluster.local``.
+``kubernetes.default.svc`` (and its other forms) is the pod's own loopback, where the agent
+relays the API server (apiproxy.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 DOMAIN = "cluster.local"
+API_HOST = "127.0.0.1"  # where apiproxy serves the API server inside every pod
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
@@ -41,8 +44,9 @@ class Record:
 
 def slice_records(endpoint_slice: Mapping[str, Any], network: IPv4Network) -> list[Record]:
     """The DNS records one EndpointSlice contributes: its ready IPv4 addresses inside the pod
-    network. Others (the API server's own address behind ``kubernetes.default``, the made-up
-    IPs of kwok's fake pods) are unreachable from a pod, and a pod must send nothing there."""
+    network. Others (the API server's own address behind ``kubernetes.default``, which pods
+    reach through apiproxy instead, the made-up IPs of kwok's fake pods) are unreachable from
+    a pod, and a pod must send nothing there."""
     meta = endpoint_slice.get("metadata", {})
     service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
     if not service or endpoint_slice.get("addressType") != "IPv4":
@@ -100,6 +104,8 @@ def render_hosts(namespace: str, pod_ip: str, hostname: str, subdomain: str | No
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",
         f"{pod_ip}\t{' '.join(own)}",
+        # The API server, relayed from the pod's own loopback (apiproxy.py); the name is in its certificate.
+        f"{API_HOST}\t{' '.join(api_names(namespace))}",
     ]
     for r in records:
         base = f"{r.service}.{r.namespace}"
@@ -110,6 +116,12 @@ def render_hosts(namespace: str, pod_ip: str, hostname: str, subdomain: str | No
             names.insert(0, f"{r.hostname}.{base}.svc.{DOMAIN}")
         lines.append(f"{r.ip}\t{' '.join(names)}")
     return "\n".join(lines) + "\n"
+
+
+def api_names(namespace: str) -> list[str]:
+    """The names of the ``kubernetes`` Service in ``default``, as a pod of ``namespace`` sees them."""
+    names = [f"kubernetes.default.svc.{DOMAIN}", "kubernetes.default.svc", "kubernetes.default"]
+    return [*names, "kubernetes"] if namespace == "default" else names
 
 
 def resolv_conf(namespace: str) -> str:

@@ -3,8 +3,8 @@
 ``ip netns exec`` has already moved this process into the pod's network namespace and a
 private mount namespace (mounts made here stay invisible to the host) with the pod's
 /etc/hosts and /etc/resolv.conf bound over the host's. This script adds what a container
-runtime would: its own UTS namespace with the pod name as hostname, the pod's own /tmp,
-/dev/shm and emptyDir volumes, the working directory, and a clean environment, then
+runtime would: its own UTS namespace with the pod name as hostname, the pod's own /run,
+/tmp, /dev/shm and volumes, the working directory, and a clean environment, then
 execs the command, so the agent's child *is* the container process and its exit code
 is the container's.
 
@@ -34,16 +34,32 @@ def _fail(what: str) -> None:
     raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount(libc: Any, mount: dict[str, Any]) -> None:
+def _inside(path: str, roots: list[str]) -> bool:
+    real = os.path.realpath(path)  # /var/run/... is /run/... on most hosts
+    return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _mount(libc: Any, mount: dict[str, Any], private: list[str]) -> None:
     target = mount["target"]
     if not os.path.isdir(target):
-        # Creating directories on the host for a mount point would leak them; say so and go on.
-        print(f"[nodeagent] mount point {target} does not exist on this host: volume not mounted", file=sys.stderr)
-        return
+        if not _inside(target, private):
+            # Creating directories on the host for a mount point would leak them; say so and go on.
+            print(f"[nodeagent] mount point {target} does not exist on this host: volume not mounted",
+                  file=sys.stderr)
+            return
+        # In one of the pod's own file systems (its /run, /tmp): made there, gone with the pod.
+        os.makedirs(target, exist_ok=True)
     if mount["type"] == "tmpfs":
-        opts = f"mode=1777,size={int(mount['size'])}" if mount.get("size") else "mode=1777"
+        opts = f"mode={mount.get('mode', '1777')}"
+        if mount.get("size"):
+            opts += f",size={int(mount['size'])}"
         if libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()) != 0:
             _fail(f"mount tmpfs on {target}")
+        if target == "/run":
+            # What a distribution keeps in /run and programs may expect.
+            os.mkdir("/run/lock", 0o1777)
+            os.chmod("/run/lock", 0o1777)
+            os.symlink("/dev/shm", "/run/shm")
         return
     if libc.mount(mount["source"].encode(), target.encode(), None, MS_BIND | MS_REC, None) != 0:
         _fail(f"bind {mount['source']} on {target}")
@@ -64,7 +80,7 @@ def main(argv: list[str]) -> int:
     if libc.sethostname(hostname, len(hostname)) != 0:
         _fail("sethostname")
     for mount in spec["mounts"]:
-        _mount(libc, mount)
+        _mount(libc, mount, spec.get("private", []))
     os.chdir(spec["cwd"])
     argv_exec: list[str] = spec["argv"]
     try:

@@ -5,7 +5,9 @@ the node until the pod object is gone. It does what a kubelet does, in a loop:
 start init containers one by one, then the containers; watch their exits; run probes;
 restart per ``restartPolicy``; report the status through the status subresource; on
 deletion stop everything (SIGTERM, grace, SIGKILL), remove the namespace and delete the
-pod object with grace period 0.
+pod object with grace period 0. Like a kubelet it also projects volumes (the service-account
+token the API server's admission adds to every pod, renewed before it expires) and makes the
+API server reachable from inside the pod (apiproxy.py).
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localcluster.nodeagent import dns, network, paths
-from localcluster.nodeagent.podspec import ConfigError, command_line, container_env, quantity
+from localcluster.nodeagent import apiproxy, dns, network, paths
+from localcluster.nodeagent.podspec import (
+    ConfigError,
+    command_line,
+    container_env,
+    downward_value,
+    quantity,
+    token_refresh_at,
+)
 from localcluster.nodeagent.probes import UNSUPPORTED, Probe, check
 
 if TYPE_CHECKING:
@@ -45,9 +54,14 @@ def _host_dirs_under_tmp() -> list[Path]:
 
 
 LAUNCHER = Path(__file__).with_name("launch.py")
+# The pod's own file systems: the launcher may create missing mount points in them (and only there).
+PRIVATE_DIRS = ["/tmp", "/run", "/dev/shm"]
 TICK = 0.2  # seconds between two looks at the processes when nothing wakes the worker
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0  # a kubelet's crash-loop back-off
 DEFAULT_SHM = 64 * 2**20  # what a container runtime gives a container without a /dev/shm volume
+RUN_SIZE = 64 * 2**20  # the pod's own /run
+DEFAULT_MODE = 0o644  # a volume's files without defaultMode or mode (a kubelet's 420)
+TOKEN_RETRY = 10.0  # seconds before a failed token renewal is tried again
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -111,6 +125,17 @@ class Container:
         return st
 
 
+@dataclass
+class Token:
+    """A projected service-account token: the file it lives in, and when to renew it."""
+
+    volume: str
+    source: dict[str, Any]  # the projected source: path, audience, expirationSeconds
+    mode: int
+    token: str
+    refresh_at: float  # monotonic
+
+
 class PodWorker(threading.Thread):
     def __init__(self, agent: NodeAgent, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -136,6 +161,8 @@ class PodWorker(threading.Thread):
                                 for c in spec.get("initContainers") or []]
         self.containers = [Container(c, False, self.dir / "logs" / f"{c['name']}.log") for c in spec["containers"]]
         self._init_failed = False
+        self._tokens: dict[tuple[str, str], Token] = {}  # (volume, path) → the token projected there
+        self._relayed = False  # apiproxy serves this pod's network namespace
 
     # --- called by the agent's threads --------------------------------------------------
 
@@ -265,6 +292,12 @@ class PodWorker(threading.Thread):
             self.net = net
         network.create(net, dns.resolv_conf(self.namespace))
         self.write_hosts(self.agent.dns_records())
+        try:
+            self.agent.relay.add(net.netns)
+            self._relayed = True
+        except OSError as exc:
+            self.note(f"the API server is not reachable from this pod: {apiproxy.HOST}:{apiproxy.PORT}: {exc}")
+            self.agent.event(self.pod, "Warning", "NoApiServer", f"cannot serve the API server in the pod: {exc}")
         self._set_condition("PodReadyToStartContainers", True)
         self._set_condition("Initialized", not self.init_containers)
         self.note(f"network namespace {net.netns}, address {address}")
@@ -279,6 +312,10 @@ class PodWorker(threading.Thread):
             net, self.net = self.net, None
         if net is None:
             return
+        if self._relayed:
+            # Its sockets hold the namespace: closed first, so that deleting the namespace frees it.
+            self.agent.relay.remove(net.netns)
+            self._relayed = False
         kill_all(net.netns)
         network.delete(net)
         for mount in self._tmpfs:
@@ -299,6 +336,7 @@ class PodWorker(threading.Thread):
         return str(self.pod["spec"].get("restartPolicy") or "Always")
 
     def _step(self, now: float) -> None:
+        self._renew_tokens(now)
         if self._init_failed:
             return
         if not self._init_done():
@@ -397,10 +435,13 @@ class PodWorker(threading.Thread):
             "HOME": str(home),
             "HOSTNAME": self.pod_name,
             "LANG": "C.UTF-8",
+            # The `kubernetes` Service's variables, as a kubelet sets them in every container.
+            **apiproxy.service_env(),
             **env,
         }
         spec = {"hostname": self.pod["spec"].get("hostname") or self.pod_name, "mounts": mounts,
-                "cwd": c.spec.get("workingDir") or str(home), "argv": argv, "env": full_env}
+                "private": PRIVATE_DIRS, "cwd": c.spec.get("workingDir") or str(home), "argv": argv,
+                "env": full_env}
         spec_file = self.dir / f".launch-{c.name}.json"
         fd = os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -426,10 +467,13 @@ class PodWorker(threading.Thread):
         return self.dir / "volumes" / name
 
     def _mounts(self, c: Container) -> list[dict[str, Any]]:
-        """What the launcher mounts in the container: the pod's /tmp, a private /dev/shm unless a
-        volume takes its place, then the container's volumeMounts (parents before children)."""
+        """What the launcher mounts in the container: a private /run, the pod's /tmp, a private
+        /dev/shm unless a volume takes its place, then the container's volumeMounts (parents
+        before children)."""
         volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
-        mounts: list[dict[str, Any]] = []
+        # A fresh /run, as an image brings its own: mount points below it (the service account's
+        # /var/run/secrets/kubernetes.io/serviceaccount) are made there, not on the host.
+        mounts: list[dict[str, Any]] = [{"type": "tmpfs", "target": "/run", "size": RUN_SIZE, "mode": "755"}]
         # The pod's own /tmp would hide a checkout (and its venv, the stand-in for the image) that
         # lives under the host's /tmp, as a CI clone may: bind it into the pod's /tmp first, so the
         # recursive bind of that /tmp brings it along.
@@ -483,12 +527,87 @@ class PodWorker(threading.Thread):
                         data = {}
                     else:
                         raise ConfigError(f'{kind.lower()} "{ref_name}" not found (volume {name})')
-                _write_projection(target, data, ref.get("items"))
+                _write_projection(target, data, ref.get("items"), _mode(ref.get("defaultMode")))
                 return target
-        # Kinds without a meaning here (the API server adds a projected service-account volume to
-        # every pod; no process on this node talks to the API through it).
+        if "projected" in vol or "downwardAPI" in vol:
+            _write_files(target, self._projected_files(name, vol))
+            return target
         self._note_once(f"volume {name}: kind {sorted(k for k in vol if k != 'name')} not supported; not mounted")
         return None
+
+    def _projected_files(self, volume: str, vol: dict[str, Any]) -> dict[str, tuple[str, int]]:
+        """Path → (content, mode) of a projected or downwardAPI volume."""
+        if "downwardAPI" in vol:
+            sources = [{"downwardAPI": vol["downwardAPI"] or {}}]
+            default_mode = _mode((vol["downwardAPI"] or {}).get("defaultMode"))
+        else:
+            sources = (vol["projected"] or {}).get("sources") or []
+            default_mode = _mode((vol["projected"] or {}).get("defaultMode"))
+        files: dict[str, tuple[str, int]] = {}
+        for source in sources:
+            if "serviceAccountToken" in source:
+                sat = source["serviceAccountToken"]
+                files[sat["path"]] = (self._token(volume, sat, default_mode), default_mode)
+            elif "downwardAPI" in source:
+                pod = self._pod_view()
+                for item in source["downwardAPI"].get("items") or []:
+                    files[item["path"]] = (downward_value(pod, item, self.agent.allocatable),
+                                           _mode(item.get("mode"), default_mode))
+            elif "configMap" in source or "secret" in source:
+                kind = "ConfigMap" if "configMap" in source else "Secret"
+                ref = source["configMap"] if kind == "ConfigMap" else source["secret"]
+                data = self._lookup(kind, ref["name"])
+                if data is None:
+                    if ref.get("optional"):
+                        continue
+                    raise ConfigError(f'{kind.lower()} "{ref["name"]}" not found (volume {volume})')
+                items = ref.get("items") or [{"key": k, "path": k} for k in sorted(data)]
+                for item in items:
+                    if item["key"] not in data:
+                        if ref.get("optional"):
+                            continue
+                        raise ConfigError(f'volume {volume}: no key {item["key"]} in {kind} {ref["name"]}')
+                    files[item["path"]] = (data[item["key"]], _mode(item.get("mode"), default_mode))
+            else:
+                self._note_once(f"volume {volume}: projected source {sorted(source)} not supported; left out")
+        return files
+
+    def _token(self, volume: str, source: dict[str, Any], mode: int) -> str:
+        """The token for a serviceAccountToken source: the current one, or a new one (TokenRequest,
+        bound to this pod) when there is none yet or it is due for renewal."""
+        key = (volume, source["path"])
+        current = self._tokens.get(key)
+        if current is not None and time.monotonic() < current.refresh_at:
+            return current.token
+        token, refresh_in = self._request_token(source)
+        self._tokens[key] = Token(volume, source, mode, token, time.monotonic() + refresh_in)
+        return token
+
+    def _request_token(self, source: dict[str, Any]) -> tuple[str, float]:
+        account = self.pod["spec"].get("serviceAccountName") or "default"
+        try:
+            token, issued, expires = self.agent.request_token(
+                self.namespace, account, self.pod_name, self.uid, source.get("audience") or None,
+                int(source.get("expirationSeconds") or 3600))
+        except Exception as exc:  # the API's error, whichever client raised it
+            raise ConfigError(f"service account token for {account}: {exc}") from exc
+        self.note(f"service account {account}: token issued, expires {datetime.fromtimestamp(expires, UTC):%H:%M:%S}")
+        return token, token_refresh_at(issued, expires) - issued
+
+    def _renew_tokens(self, now: float) -> None:
+        """Replace each projected token that reached its renewal time, in place (a rename: a reader
+        never sees half a file); the API server keeps accepting the old one until it expires."""
+        for (volume, path), tok in list(self._tokens.items()):
+            if now < tok.refresh_at:
+                continue
+            try:
+                token, refresh_in = self._request_token(tok.source)
+            except ConfigError as exc:
+                self.note(f"volume {volume}: renewing the token failed, retrying in {TOKEN_RETRY:.0f}s: {exc}")
+                tok.refresh_at = now + TOKEN_RETRY
+                continue
+            tok.token, tok.refresh_at = token, time.monotonic() + refresh_in
+            _write_files(self._volume_dir(volume), {path: (token, tok.mode)})
 
     def _mount_tmpfs(self, target: Path, size_limit: str | None) -> None:
         # One tmpfs per memory-backed emptyDir, on the host like a kubelet's, so all containers
@@ -630,15 +749,33 @@ def _ip_of(status: dict[str, Any]) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(text) if text else None
 
 
-def _write_projection(target: Path, data: dict[str, str], items: list[dict[str, Any]] | None) -> None:
+def _mode(value: Any, default: int = DEFAULT_MODE) -> int:
+    return int(value) if value is not None else default
+
+
+def _write_projection(target: Path, data: dict[str, str], items: list[dict[str, Any]] | None,
+                      mode: int = DEFAULT_MODE) -> None:
     """The files of a configMap or secret volume: every key, or the listed items at their paths."""
+    chosen = {i["key"]: i for i in items} if items else {k: {"path": k} for k in data}
+    _write_files(target, {item.get("path") or key: (data[key], _mode(item.get("mode"), mode))
+                          for key, item in chosen.items() if key in data})
+
+
+def _write_files(target: Path, files: dict[str, tuple[str, int]]) -> None:
+    """Write each file (path relative to ``target``) through a rename, so that a container reading
+    it (a token being renewed) sees the old or the new content, never a part."""
     target.mkdir(parents=True, exist_ok=True)
-    chosen = {i["key"]: i.get("path") or i["key"] for i in items} if items else {k: k for k in data}
-    for key, rel in chosen.items():
-        if key in data:
-            path = target / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(data[key])
+    for rel, (text, mode) in files.items():
+        path = target / rel
+        if target.resolve() not in path.resolve().parents:
+            raise ConfigError(f"volume file {rel!r} lies outside its volume")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        tmp.chmod(mode)
+        os.replace(tmp, path)
 
 
 def kill_all(netns: str) -> None:

@@ -4,7 +4,9 @@
   reference stays as written),
 - the container environment: ``envFrom``, then ``env`` with ``value``, ``fieldRef``,
   ``resourceFieldRef``, ``secretKeyRef``, ``configMapKeyRef``,
-- quantities, for ``resourceFieldRef``.
+- quantities, for ``resourceFieldRef``,
+- the files of ``downwardAPI`` volumes and of ``projected`` volume sources, and when a
+  projected service-account token is due for renewal.
 """
 
 from __future__ import annotations
@@ -192,3 +194,31 @@ def container_port(container: Mapping[str, Any], port: int | str) -> int:
         if p.get("name") == port:
             return int(p["containerPort"])
     raise ValueError(f"container {container['name']!r} has no port named {port!r}")
+
+
+def downward_value(pod: Mapping[str, Any], item: Mapping[str, Any], node_allocatable: Mapping[str, str]) -> str:
+    """One file of a downwardAPI volume: a field (``metadata.labels``/``annotations`` whole, one
+    ``key="value"`` line each, sorted, as a kubelet writes them) or a container's resource."""
+    if "fieldRef" in item:
+        path = item["fieldRef"]["fieldPath"]
+        meta = pod.get("metadata", {})
+        if path in ("metadata.labels", "metadata.annotations"):
+            values = meta.get(path.split(".", 1)[1]) or {}
+            return "\n".join(f'{k}="{v}"' for k, v in sorted(values.items()))
+        return field_value(pod, path)
+    if "resourceFieldRef" in item:
+        ref = item["resourceFieldRef"]
+        spec = pod.get("spec", {})
+        containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+        container = next((c for c in containers if c["name"] == ref.get("containerName")), None)
+        if container is None:
+            raise ConfigError(f"downwardAPI {item.get('path')}: no container {ref.get('containerName')!r}")
+        return resource_value(container, ref, node_allocatable)
+    raise ConfigError(f"downwardAPI {item.get('path')}: neither fieldRef nor resourceFieldRef")
+
+
+def token_refresh_at(issued: float, expires: float) -> float:
+    """When a projected service-account token is renewed: at 80 % of its lifetime, or 24 h after it
+    was issued if that comes first (a kubelet's rule; the API server may hand out tokens valid far
+    longer than asked, and the file must still turn over)."""
+    return min(issued + 0.8 * (expires - issued), issued + 24 * 3600)

@@ -270,6 +270,78 @@ def test_cluster_dns_resolves_headless_services_and_follows_changes(core_v1: Any
     assert read_logs("client", namespace).split() == [server_ip] * len(names)
 
 
+# In-cluster config, as every client library does it (client-go, kopf, the kubernetes client): the
+# service account's files and KUBERNETES_SERVICE_HOST/PORT, TLS verified against that ca.crt. Stdlib only.
+IN_CLUSTER_CHECK = """
+import errno, json, os, ssl, urllib.error, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+token = open(sa + "/token").read().strip()
+ns = open(sa + "/namespace").read().strip()
+ctx = ssl.create_default_context(cafile=sa + "/ca.crt")
+server = "https://%s:%s" % (os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])
+def call(base, path, auth=True, context=ctx, body=None):
+    headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"} if auth else {}
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, headers=headers, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(req, context=context, timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+out = {"server": server, "namespace": ns}
+status, pods = call(server, "/api/v1/namespaces/%s/pods" % ns)
+out["pods"] = [status, sorted(p["metadata"]["name"] for p in pods["items"]) if pods else None]
+out["by_name"] = call("https://kubernetes.default.svc", "/api/v1/namespaces/%s/pods" % ns)[0]
+out["anonymous"] = call(server, "/api/v1/namespaces/%s/pods" % ns, auth=False)[0]
+out["secrets"] = call(server, "/api/v1/namespaces/%s/secrets" % ns)[0]
+status, review = call(server, "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                      body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+info = review["status"]["userInfo"] if review else {}
+out["user"] = [status, info.get("username"), (info.get("extra") or {}).get("authentication.kubernetes.io/pod-name")]
+try:
+    call(server, "/version", context=ssl.create_default_context())
+    out["system_ca"] = "trusted"
+except urllib.error.URLError as exc:
+    out["system_ca"] = type(exc.reason).__name__
+try:
+    open(sa + "/token", "w")
+    out["token_file"] = "writable"
+except OSError as exc:
+    out["token_file"] = errno.errorcode[exc.errno]
+out["host_run_visible"] = os.path.exists("/run/netns")
+print(json.dumps(out))
+"""
+
+
+def test_service_account_in_cluster_config_reaches_the_api_server(core_v1: Any, namespace: str,
+                                                                  process_node: NodeAgentProcess) -> None:
+    rbac: Any = client.RbacAuthorizationV1Api(core_v1.api_client)
+    core_v1.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "reader"}, "rules": [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "reader"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                    "name": "reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}]})
+    core_v1.create_namespaced_pod(namespace, _pod(process_node.node, "incluster", ["python", "-c", IN_CLUSTER_CHECK],
+                                                  serviceAccountName="reader"))
+    status = wait_for("incluster finished", lambda: (s := _status(core_v1, namespace, "incluster")).phase
+                      in ("Succeeded", "Failed") and s, timeout=60)
+    logs = read_logs("incluster", namespace)
+    assert status.phase == "Succeeded", logs
+    seen = json.loads(logs.strip().splitlines()[-1])
+    assert seen["server"] == "https://127.0.0.1:443" and seen["namespace"] == namespace
+    # The token, the CA and the relayed address work together: TLS verified, the Role's grant honoured.
+    assert seen["pods"] == [200, ["incluster"]]
+    assert seen["by_name"] == 200  # https://kubernetes.default.svc, as kopf's own service-account login uses
+    assert seen["anonymous"] in (401, 403) and seen["secrets"] == 403
+    # The token is the pod's own: issued for its service account and bound to the pod.
+    assert seen["user"] == [201, f"system:serviceaccount:{namespace}:reader", ["incluster"]]
+    assert seen["system_ca"] == "SSLCertVerificationError"  # the mounted ca.crt is what makes TLS verify
+    assert seen["token_file"] == "EROFS"  # the volume is mounted read-only, as the admission asked
+    assert seen["host_run_visible"] is False  # the pod's own /run, where the mount point was made
+
+
 def test_ray_head_and_worker_from_the_operator_builders(core_v1: Any, custom_objects: Any, namespace: str,
                                                         process_node: NodeAgentProcess) -> None:
     selector = {"spec": {"nodeSelector": {"kubernetes.io/hostname": process_node.node}}}

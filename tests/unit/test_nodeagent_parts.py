@@ -1,4 +1,5 @@
-"""The node agent's pure parts: $(VAR) expansion, container env, quantities, DNS records, probes."""
+"""The node agent's pure parts: $(VAR) expansion, container env, quantities, DNS records, probes,
+downward-API files, token renewal times, the API server's address inside pods."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from localcluster.nodeagent import apiproxy
 from localcluster.nodeagent.agent import KWOK_ANNOTATION, node_object, parse_taint
 from localcluster.nodeagent.dns import DnsTable, Record, render_hosts, resolv_conf, slice_records
 from localcluster.nodeagent.pods import decode_secret, exit_code
@@ -17,8 +19,10 @@ from localcluster.nodeagent.podspec import (
     command_line,
     container_env,
     container_port,
+    downward_value,
     expand,
     quantity,
+    token_refresh_at,
 )
 from localcluster.nodeagent.probes import Probe
 
@@ -152,6 +156,41 @@ def test_hosts_file_names_services_in_every_form() -> None:
     # Another namespace's service has no short name here; its endpoint's hostname is addressable.
     assert "10.250.2.9\tdb-0.db.other.svc.cluster.local db.other.svc.cluster.local db.other.svc db.other" in hosts
     assert "nameserver 127.0.0.1" in resolv_conf("ns")
+    # The API server, relayed at the pod's loopback; the short name only in namespace default.
+    assert "127.0.0.1\tkubernetes.default.svc.cluster.local kubernetes.default.svc kubernetes.default" in hosts
+    assert render_hosts("default", "10.250.1.7", "w", None, []).splitlines()[-1].endswith(" kubernetes")
+
+
+def test_api_server_inside_pods_is_what_in_cluster_clients_expect() -> None:
+    env = apiproxy.service_env()
+    assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("127.0.0.1", "443")
+    assert env["KUBERNETES_PORT"] == env["KUBERNETES_PORT_443_TCP"] == "tcp://127.0.0.1:443"
+    assert apiproxy.api_address("https://127.0.0.1:32764") == ("127.0.0.1", 32764)
+    assert apiproxy.api_address("https://api.example") == ("api.example", 443)
+
+
+@pytest.mark.parametrize(("issued", "expires", "want"), [
+    (1000.0, 1000.0 + 3607, 1000.0 + 0.8 * 3607),  # what the admission asks for: renewed after ~48 min
+    (0.0, 600.0, 480.0),
+    (0.0, 365 * 86400.0, 86400.0),  # an extended one-year token still turns over daily
+])
+def test_token_refresh_at(issued: float, expires: float, want: float) -> None:
+    assert token_refresh_at(issued, expires) == pytest.approx(want)
+
+
+def test_downward_api_files() -> None:
+    pod: dict[str, Any] = {
+        "metadata": {"name": "p", "namespace": "ns", "labels": {"b": "2", "a": "1"}, "annotations": {}},
+        "spec": {"containers": [{"name": "main", "resources": {"limits": {"memory": "1Gi"}}}]},
+    }
+    assert downward_value(pod, {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}, {}) == "ns"
+    assert downward_value(pod, {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}, {}) == \
+        'a="1"\nb="2"'
+    assert downward_value(pod, {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}, {}) == ""
+    mem = {"path": "mem", "resourceFieldRef": {"containerName": "main", "resource": "limits.memory", "divisor": "1Mi"}}
+    assert downward_value(pod, mem, {}) == "1024"
+    with pytest.raises(ConfigError):
+        downward_value(pod, {"path": "x", "resourceFieldRef": {"containerName": "nope", "resource": "limits.cpu"}}, {})
 
 
 def test_readiness_probe_thresholds() -> None:
