@@ -4,6 +4,12 @@ The cluster fixtures are the integration tier's (a local cluster, or SWARM_TEST_
 On top: two process nodes for the session (a CPU node and a "GPU" node with fake
 ``nvidia.com/gpu``), tainted like the demo's and labelled with a pool of this session, and
 the operator per module, watching only that module's namespace.
+
+The operator is a local subprocess by default. With ``SWARM_TEST_OPERATOR=in-cluster`` it is
+the Helm chart's Deployment instead: on the local cluster it is installed per module onto the
+session's system process node (its pod runs `swarm-operator run` and logs in with its
+ServiceAccount); on another cluster (hack/kind-e2e.sh) the chart is installed already, and the
+tier uses that operator.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from localcluster.nodeagent import NodeAgentProcess
 from localcluster.operator_process import OperatorProcess
+from tests.e2e.chart import ChartOperator, is_local_cluster
 from tests.e2e.helpers import POOL_LABEL, ProcessNodes
 
 # The integration tier's fixtures, imported so that pytest finds them here too (a conftest
@@ -63,6 +71,22 @@ def process_nodes(kubeconfig: str) -> Iterator[ProcessNodes]:  # noqa: F811
         yield ProcessNodes(pool, cpu, gpu)
 
 
+@pytest.fixture(scope="session")
+def system_node(kubeconfig: str, process_nodes: ProcessNodes) -> Iterator[NodeAgentProcess]:  # noqa: F811
+    """A process node of its own for the operator's pod (SWARM_TEST_OPERATOR=in-cluster,
+    test_operator_in_cluster.py), started when first asked for. Its pool label is not the session's,
+    so no Ray pod lands there, and the operator's requests (100m CPU) take none of the room the tests
+    size their Ray clusters to (a head and three 1-CPU workers fill the CPU node)."""
+    pool = f"{process_nodes.pool}-system"
+    agent = NodeAgentProcess(kubeconfig, pool, cpu="1", memory="2Gi", labels={POOL_LABEL: pool},
+                             taints=[PROCESS_TAINT])
+    agent.start()
+    try:
+        yield agent
+    finally:
+        _stop_agent(agent)
+
+
 def _stop_agent(agent: NodeAgentProcess) -> None:
     assert agent.stop() == 0, f"node agent {agent.node} did not stop cleanly:\n{agent.log_tail()}"
 
@@ -76,8 +100,25 @@ def module_namespace(namespaces: Namespaces) -> Iterator[str]:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def operator(kubeconfig: str, module_namespace: str,  # noqa: F811
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(kubeconfig: str, module_namespace: str, core_v1: Any, namespaces: Namespaces,  # noqa: F811
+             request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess | ChartOperator | None]:
+    mode = os.environ.get("SWARM_TEST_OPERATOR", "local")
+    if mode not in ("local", "in-cluster"):
+        raise pytest.UsageError(f"SWARM_TEST_OPERATOR={mode!r}: want local or in-cluster")
+    if mode == "in-cluster":
+        if not is_local_cluster(kubeconfig):
+            yield None  # installed with the cluster (hack/kind-e2e.sh), serving every namespace
+            return
+        # Its own release namespace: the module's namespace holds only the module's pods.
+        node: NodeAgentProcess = request.getfixturevalue("system_node")
+        chart = ChartOperator(kubeconfig, namespaces.new("swarm-op"), [module_namespace], node.node)
+        try:
+            chart.install(core_v1)
+            yield chart
+        finally:
+            chart.uninstall(core_v1)
+        return
     log: Path = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(kubeconfig, [module_namespace], log)
     try:
