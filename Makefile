@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit test-integration test-e2e test-packaging lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
+.PHONY: demo test test-unit test-integration test-e2e test-chaos test-packaging lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	@echo "[venv] installing swarm-operator and its dev dependencies into $(VENV) …"
@@ -19,7 +19,7 @@ demo: $(STAMP)
 	@$(BIN)/python -m localcluster.demo
 
 ## test: the whole suite: lint, unit, the integration tier, then real Ray end to end on a local cluster
-test: build lint test-unit test-integration test-e2e test-packaging
+test: build lint test-unit test-integration test-e2e test-chaos test-packaging
 
 test-unit: $(STAMP)
 	@$(BIN)/pytest -q tests/unit
@@ -30,6 +30,11 @@ test-integration: $(STAMP) build
 # Real Ray in pods on process nodes (root, iproute2), and the autoscaler's GCS client against real Ray.
 test-e2e: $(STAMP) build
 	@$(BIN)/python -m localcluster test -- -q tests/e2e tests/ray
+
+# Chaos (seeded; CHAOS_SEED=…): kill -9 the operator, restart kube-apiserver and etcd, conflicting writers,
+# scale-down under running Ray tasks; each time everything converges. ~5 min; -m "not ray" skips real Ray.
+test-chaos: $(STAMP) build
+	@$(BIN)/python -m localcluster test -- -q tests/chaos
 
 # The image's install steps in a fresh virtual environment, and its entry point on a read-only root.
 test-packaging: $(STAMP) build
