@@ -56,6 +56,7 @@ from localcluster.operator_process import OperatorProcess
 
 POLL_SECONDS = 0.5
 CREATE_THREADS = 8
+STALL_SECONDS = 120
 
 
 def raycluster_body(name: str, node_selector: dict[str, str] | None = None) -> dict[str, Any]:
@@ -110,27 +111,38 @@ def quantity(q: str) -> float:
     return float(parse_quantity(q))  # type: ignore[no-untyped-call]
 
 
-def ensure_capacity(api: client.ApiClient, pods: int) -> None:
-    """Add kwok fake nodes (pool ``kwok-bench``) until the fake nodes hold ``pods`` more pods of RESOURCES
-    with a 10% margin; the default `up` has 6 nodes of 1,000 pods and 32 CPUs each."""
+# KubeRay injects an init container into every worker pod (ENABLE_INIT_CONTAINER_INJECTION, on by default) that
+# waits for the GCS, with requests = limits = 200m CPU and 256Mi (ray-operator/controllers/ray/common/pod.go in
+# v1.6.2); a pod asks the scheduler for the larger of its init containers and the sum of its containers.
+KUBERAY_INIT = {"cpu": "200m", "memory": "256Mi"}
+BENCH_NODE = {"cpu": "256", "memory": "2Ti", "pods": "1000"}
+
+
+def demand(clusters: int, kuberay_run: bool) -> dict[str, float]:
+    """What one run's pods ask the scheduler for: pods, CPUs, bytes of memory."""
+    head = {k: quantity(RESOURCES[k]) for k in ("cpu", "memory")}
+    worker = {k: max(head[k], quantity(KUBERAY_INIT[k])) if kuberay_run else head[k] for k in head}
+    return {"pods": clusters * (1 + WORKERS), **{k: clusters * (head[k] + WORKERS * worker[k]) for k in head}}
+
+
+def ensure_capacity(api: client.ApiClient, want: dict[str, float]) -> None:
+    """Add kwok fake nodes (pool ``kwok-bench``, BENCH_NODE each) until the fake nodes hold ``want`` (pods, cpu,
+    memory) with a 10% margin; the default `up` has 6 nodes of 1,000 pods, 32 CPUs and 128–256 GiB each."""
     core: Any = client.CoreV1Api(api)
     fake = [n for n in core.list_node().items
             if (n.metadata.annotations or {}).get(nodes.KWOK_ANNOTATION) == "fake"
             and all((n.metadata.labels or {}).get(k) == v for k, v in FAKE_NODES.items())]
-    have_pods = sum(int(quantity(n.status.allocatable.get("pods", "0"))) for n in fake)
-    have_mcpu = sum(int(quantity(n.status.allocatable.get("cpu", "0")) * 1000) for n in fake)
-    need_pods = math.ceil(pods * 1.1)
-    need_mcpu = math.ceil(pods * 1.1 * quantity(RESOURCES["cpu"]) * 1000)
-    per_node_pods, per_node_cpu = 1000, 32
-    extra = max(0, math.ceil((need_pods - have_pods) / per_node_pods),
-                math.ceil((need_mcpu - have_mcpu) / (per_node_cpu * 1000)))
+    have = {k: sum(quantity(n.status.allocatable.get(k, "0")) for n in fake) for k in want}
+    extra = max(0, *(math.ceil((want[k] * 1.1 - have[k]) / quantity(BENCH_NODE[k])) for k in want))
+    summary = f"{have['pods']:.0f} pods, {have['cpu']:.0f} CPUs, {have['memory'] / 2**30:.0f} GiB"
     if not extra:
-        print(f"[scale] {len(fake)} fake nodes hold {have_pods} pods, {have_mcpu / 1000:.0f} CPUs: enough", flush=True)
+        print(f"[scale] {len(fake)} fake nodes hold {summary}: enough", flush=True)
         return
     existing = sum(1 for n in fake if n.metadata.name.startswith("kwok-bench-"))
-    pool = nodes.NodePool(prefix="kwok-bench", count=existing + extra, cpu=str(per_node_cpu), memory="256Gi",
-                          pods=per_node_pods)
-    print(f"[scale] adding {extra} fake nodes (pool kwok-bench) for {pods} pods", flush=True)
+    pool = nodes.NodePool(prefix="kwok-bench", count=existing + extra, cpu=BENCH_NODE["cpu"],
+                          memory=BENCH_NODE["memory"], pods=int(BENCH_NODE["pods"]))
+    print(f"[scale] {len(fake)} fake nodes hold {summary}; adding {extra} (pool kwok-bench, {BENCH_NODE} each) "
+          f"for {want['pods']:.0f} pods, {want['cpu']:.0f} CPUs, {want['memory'] / 2**30:.0f} GiB", flush=True)
     nodes.create_nodes(api, nodes.pool_nodes((pool,)))
     nodes.wait_nodes_ready(api, pool.names())
 
@@ -178,12 +190,18 @@ def run_one(api: client.ApiClient, kubeconfig: str, which: str, n: int, workdir:
             list(pool.map(create, range(n)))
         own += n
         res.create_s = time.monotonic() - started
-        last_report = started
+        last_report = last_progress = started
         while time.monotonic() - started < timeout:
-            res.running = len(pod_rows(api, ns, "status.phase=Running"))
+            running = len(pod_rows(api, ns, "status.phase=Running"))
             own += 1
+            if running != res.running:
+                res.running, last_progress = running, time.monotonic()
             if res.running >= res.pods:
                 res.all_running_s = time.monotonic() - started
+                break
+            if time.monotonic() - last_progress > STALL_SECONDS:
+                print(f"[scale]   no pod became Running for {STALL_SECONDS}s: giving up (unschedulable? "
+                      f"`kubectl -n {ns} describe pod` of a Pending one says why)", flush=True)
                 break
             if time.monotonic() - last_report > 15:
                 last_report = time.monotonic()
@@ -266,7 +284,9 @@ def main() -> int:
     kubectl_apply(kubeconfig, CRD)
     if not args.skip_kuberay:
         kuberay.apply_crds(kubeconfig)  # builds KubeRay first if it is not cached
-    ensure_capacity(api, args.clusters * (1 + WORKERS))
+    runs = [demand(args.clusters, kuberay_run=False), *(() if args.skip_kuberay else
+                                                       (demand(args.clusters, kuberay_run=True),))]
+    ensure_capacity(api, {k: max(r[k] for r in runs) for k in runs[0]})  # the runs take turns
     results = []
     logs = Path(tempfile.mkdtemp(prefix="swarm-scale-"))  # kept: the operators' logs
     for which in ("swarm", *(() if args.skip_kuberay else ("kuberay",))):
