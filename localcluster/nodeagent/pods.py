@@ -496,6 +496,11 @@ class PodWorker(threading.Thread):
             if source is not None:
                 mounts.append({"type": "bind", "source": str(source), "target": vm["mountPath"],
                                "readOnly": bool(vm.get("readOnly"))})
+        # A volume on /tmp (the chart's, for a read-only root) hides them again: bind them back on top.
+        for host_dir in _host_dirs_under_tmp():
+            if any(host_dir.is_relative_to(vm["mountPath"]) for vm in wanted if vm["name"] in volumes):
+                mounts.append({"type": "bind", "source": str(self.dir / "tmp" / host_dir.relative_to("/tmp")),
+                               "target": str(host_dir)})
         return mounts
 
     def _note_once(self, message: str) -> None:
