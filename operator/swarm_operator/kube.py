@@ -57,6 +57,7 @@ def login(service_account_dir: Path = SERVICE_ACCOUNT_DIR, env: Mapping[str, str
     if host and port and token_path.exists():
         ca_path = service_account_dir / "ca.crt"
         ns_path = service_account_dir / "namespace"
+        log.info("API server https://%s:%s, in-cluster: the pod's service account", host, port)
         return kopf.ConnectionInfo(
             server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
             ca_path=str(ca_path) if ca_path.exists() else None,
@@ -67,6 +68,7 @@ def login(service_account_dir: Path = SERVICE_ACCOUNT_DIR, env: Mapping[str, str
     if info is None:
         raise kopf.LoginError("no service account (not in a pod) and no kubeconfig: set KUBECONFIG "
                               "or create ~/.kube/config")
+    log.info("API server %s, from the kubeconfig", info.server)
     return info
 
 
