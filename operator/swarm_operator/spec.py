@@ -22,9 +22,19 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+# An extended resource (the GPU's): domain-prefixed. "cpu" or "memory" would replace the pod's own limits.
 RESOURCE_NAME = re.compile(
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$"
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$"
 )
+# An image reference has no whitespace, control or non-ASCII characters (the pod API refuses surrounding spaces).
+IMAGE = re.compile(r"^[!-~]+$")
+# Label and annotation keys (Kubernetes "qualified names"), label values, as the pod API checks them.
+QUALIFIED_NAME = re.compile(
+    r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)/)?([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$"
+)
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Environment variable names: printable ASCII except "=" (Kubernetes ≥ 1.34).
+ENV_NAME = re.compile(r"^[ -<>-~]+$")
 FLAG_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 REDIS_ADDRESS = re.compile(r"^[^\s:]+:[0-9]{1,5}$")
 VERSION_TEXT = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?([a-z0-9.+-]*)?$")
@@ -37,6 +47,13 @@ MAX_POD_NAME = 63
 MAX_GROUPS = 16
 MAX_REPLICAS = 10000
 MAX_GPUS = 64
+# `ray start` refuses more than this of any resource (ray_constants.MAX_RESOURCE_QUANTITY), bytes included.
+MAX_RAY_QUANTITY = 10**14
+MAX_RAY_START_PARAMS = 64
+MAX_RAY_START_PARAM_VALUE = 4096
+MAX_RAY_RESOURCES = 32
+# Kubernetes: all annotations of an object together (keys and values, in bytes).
+MAX_ANNOTATIONS_BYTES = 256 * 1024
 
 # The pod's ports, probes and the head service depend on the flags after "resources": a user value
 # would silently win over the operator's (the last flag counts) and break them.
@@ -240,12 +257,16 @@ def _resources(r: _Reader, obj: Mapping[str, Any], path: str) -> Resources:
         cpu = cpu_cores(cpu_raw)
         if cpu <= 0:
             r.fail(f"{rpath}.cpu", f"must be a positive quantity, got {_show(cpu_raw)}")
+        elif cpu > MAX_RAY_QUANTITY:
+            r.fail(f"{rpath}.cpu", f"must be at most 100T (Ray's limit), got {_show(cpu_raw)}")
     except QuantityError as exc:
         r.fail(f"{rpath}.cpu", str(exc))
     try:
         mem = memory_bytes(mem_raw)
         if mem <= 0:
             r.fail(f"{rpath}.memory", f"must be a positive quantity, got {_show(mem_raw)}")
+        elif mem > MAX_RAY_QUANTITY:
+            r.fail(f"{rpath}.memory", f"must be at most 100T bytes (Ray's limit), got {_show(mem_raw)}")
     except QuantityError as exc:
         r.fail(f"{rpath}.memory", str(exc))
     gpu = r.integer(raw, "gpu", rpath, 0, 0, MAX_GPUS) or 0
@@ -262,6 +283,8 @@ def _resources(r: _Reader, obj: Mapping[str, Any], path: str) -> Resources:
 def _ray_start_params(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, str]:
     raw = r.mapping(obj, "rayStartParams", path)
     out: dict[str, str] = {}
+    if len(raw) > MAX_RAY_START_PARAMS:
+        r.fail(f"{path}.rayStartParams", f"must have at most {MAX_RAY_START_PARAMS} flags, got {len(raw)}")
     for key, value in raw.items():
         kpath = f"{path}.rayStartParams.{key}"
         if not isinstance(key, str) or not FLAG_NAME.fullmatch(key):
@@ -273,16 +296,74 @@ def _ray_start_params(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             r.fail(kpath, f"must be a string, got {_show(value)}")
             continue
-        if key == "object-store-memory" and not re.fullmatch(r"0*[1-9][0-9]*", str(value)):
-            # Ray takes plain bytes here, and /dev/shm is sized from it.
-            r.fail(kpath, f"must be a positive number of bytes, got {_show(value)}")
+        if len(str(value)) > MAX_RAY_START_PARAM_VALUE:
+            r.fail(kpath, f"must be at most {MAX_RAY_START_PARAM_VALUE} characters, got {len(str(value))}")
+            continue
+        digits = str(value).lstrip("0")
+        # (length first: int() refuses more than 4300 digits)
+        if key == "object-store-memory" and not (re.fullmatch(r"[1-9][0-9]*", digits) and len(digits) <= 15
+                                                 and int(digits) <= MAX_RAY_QUANTITY):
+            # Ray takes plain bytes here (at most 1e14), and /dev/shm is sized from it.
+            r.fail(kpath, f"must be a positive number of bytes of at most 1e14, got {_show(value)}")
             continue
         out[key] = str(value)
     return MappingProxyType(out)
 
 
+def _qualified_name_ok(key: object) -> bool:
+    """A label or annotation key: [prefix/]name, prefix a DNS subdomain ≤ 253, name ≤ 63."""
+    if not isinstance(key, str):
+        return False
+    m = QUALIFIED_NAME.fullmatch(key)
+    if m is None:
+        return False
+    return len(m.group(6)) <= 63 and len(m.group(2) or "") <= 253
+
+
+def _string_map(r: _Reader, values: Mapping[str, Any], path: str, *, label_values: bool) -> None:
+    """Labels or a node selector (label_values) or annotations: keys qualified names, values strings."""
+    for k, v in values.items():
+        if not isinstance(v, str):
+            r.fail(f"{path}.{k}", f"must be a string, got {_show(v)}")
+        elif not _qualified_name_ok(k):
+            r.fail(f"{path}.{k}", f"key must be a qualified name such as example.com/team (letters, digits, '-', "
+                   f"'_', '.'; at most 63 after an optional DNS prefix), got key {_show(k)}")
+        elif label_values and not (LABEL_VALUE.fullmatch(v) and len(v) <= 63):
+            r.fail(f"{path}.{k}", f"must be a label value (at most 63 letters, digits, '-', '_', '.', starting and "
+                   f"ending alphanumeric), got {_show(v)}")
+
+
+def _container(r: _Reader, item: Mapping[str, Any], cpath: str, *, needs_image: bool) -> None:
+    image = item.get("image")
+    if (image is not None or needs_image) and not (isinstance(image, str) and IMAGE.fullmatch(image)):
+        r.fail(f"{cpath}.image", f"must be an image reference (a sidecar needs one), got {_show(image)}")
+    # The overlay appends these to the operator's lists; anything else would replace them.
+    for field_key in ("env", "envFrom", "volumeMounts", "ports"):
+        entries = item.get(field_key)
+        if entries is not None and not isinstance(entries, list):
+            r.fail(f"{cpath}.{field_key}", f"must be a list, got {_show(entries)}")
+            continue
+        # Entries are merged by their key (name, or containerPort): it must be a plain value.
+        merge_key = "containerPort" if field_key == "ports" else "name"
+        for j, entry in enumerate(entries or []):
+            epath = f"{cpath}.{field_key}[{j}]"
+            if not isinstance(entry, Mapping):
+                r.fail(epath, f"must be an object, got {_show(entry)}")
+                continue
+            value = entry.get(merge_key)
+            if field_key == "envFrom":
+                continue
+            if not isinstance(value, str | int):
+                r.fail(f"{epath}.{merge_key}", f"must be set, got {_show(value)}")
+            elif field_key == "ports" and (isinstance(value, bool) or not isinstance(value, int)
+                                           or not 1 <= value <= 65535):
+                r.fail(f"{epath}.{merge_key}", f"must be a port number from 1 to 65535, got {_show(value)}")
+            elif field_key == "env" and not (isinstance(value, str) and ENV_NAME.fullmatch(value)):
+                r.fail(f"{epath}.{merge_key}", f"must be printable ASCII without '=', got {_show(value)}")
+
+
 def _template(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, Any]:
-    """A pod template overlay: metadata and spec objects, containers a list of named objects."""
+    """A pod template overlay, checked as far as the pod API would refuse the pods built from it."""
     raw = obj.get("template")
     tpath = f"{path}.template"
     if raw is None:
@@ -294,11 +375,13 @@ def _template(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, Any
     if unknown:
         r.fail(f"{tpath}.{unknown[0]}", "unknown field; a pod template has only metadata and spec")
     meta = r.mapping(raw, "metadata", tpath)
-    for key in ("labels", "annotations"):
-        values = r.mapping(meta, key, f"{tpath}.metadata")
-        for k, v in values.items():
-            if not isinstance(v, str):
-                r.fail(f"{tpath}.metadata.{key}.{k}", f"must be a string, got {_show(v)}")
+    _string_map(r, r.mapping(meta, "labels", f"{tpath}.metadata"), f"{tpath}.metadata.labels", label_values=True)
+    annotations = r.mapping(meta, "annotations", f"{tpath}.metadata")
+    _string_map(r, annotations, f"{tpath}.metadata.annotations", label_values=False)
+    size = sum(len(str(k).encode()) + len(v.encode()) for k, v in annotations.items() if isinstance(v, str))
+    if size > MAX_ANNOTATIONS_BYTES:
+        r.fail(f"{tpath}.metadata.annotations", f"must be at most {MAX_ANNOTATIONS_BYTES} bytes together "
+               f"(Kubernetes' limit for a pod), got {size}")
     spec = r.mapping(raw, "spec", tpath)
     for list_key in ("containers", "initContainers", "volumes", "tolerations", "imagePullSecrets"):
         items = spec.get(list_key)
@@ -308,6 +391,9 @@ def _template(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, Any
         if not isinstance(items, list):
             r.fail(lpath, f"must be a list, got {_show(items)}")
             continue
+        # The Ray container is the one named "ray", else the first; the others are sidecars (need an image).
+        ray_index = next((i for i, c in enumerate(items) if isinstance(c, Mapping) and c.get("name") == "ray"),
+                         next((i for i, c in enumerate(items) if isinstance(c, Mapping)), -1))
         for i, item in enumerate(items):
             if not isinstance(item, Mapping):
                 r.fail(f"{lpath}[{i}]", f"must be an object, got {_show(item)}")
@@ -316,25 +402,8 @@ def _template(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, Any
             ):
                 r.fail(f"{lpath}[{i}].name", f"must be a DNS label, got {_show(item.get('name'))}")
             elif list_key in ("containers", "initContainers"):
-                # The overlay appends these to the operator's lists; anything else would replace them.
-                for field_key in ("env", "envFrom", "volumeMounts", "ports"):
-                    entries = item.get(field_key)
-                    if entries is not None and not isinstance(entries, list):
-                        r.fail(f"{lpath}[{i}].{field_key}", f"must be a list, got {_show(entries)}")
-                        continue
-                    # Entries are merged by their key (name, or containerPort): it must be a plain value.
-                    merge_key = "containerPort" if field_key == "ports" else "name"
-                    for j, entry in enumerate(entries or []):
-                        epath = f"{lpath}[{i}].{field_key}[{j}]"
-                        if not isinstance(entry, Mapping):
-                            r.fail(epath, f"must be an object, got {_show(entry)}")
-                        elif field_key != "envFrom" and not isinstance(entry.get(merge_key), str | int):
-                            r.fail(f"{epath}.{merge_key}", f"must be set, got {_show(entry.get(merge_key))}")
-    for map_key in ("nodeSelector",):
-        values = r.mapping(spec, map_key, f"{tpath}.spec")
-        for k, v in values.items():
-            if not isinstance(v, str):
-                r.fail(f"{tpath}.spec.{map_key}.{k}", f"must be a string, got {_show(v)}")
+                _container(r, item, f"{lpath}[{i}]", needs_image=list_key == "initContainers" or i != ray_index)
+    _string_map(r, r.mapping(spec, "nodeSelector", f"{tpath}.spec"), f"{tpath}.spec.nodeSelector", label_values=True)
     return MappingProxyType(dict(raw))
 
 
@@ -367,12 +436,17 @@ def _worker_group(r: _Reader, raw: Mapping[str, Any], path: str, cluster_name: s
     elif replicas is not None and not lo <= replicas <= hi:
         r.fail(f"{path}.replicas", f"must lie within [minReplicas, maxReplicas] = [{lo}, {hi}], got {replicas}")
     ray_resources: dict[str, float] = {}
-    for key, value in r.mapping(raw, "rayResources", path).items():
+    raw_resources = r.mapping(raw, "rayResources", path)
+    if len(raw_resources) > MAX_RAY_RESOURCES:
+        r.fail(f"{path}.rayResources", f"must have at most {MAX_RAY_RESOURCES} resources, got {len(raw_resources)}")
+    for key, value in raw_resources.items():
         kpath = f"{path}.rayResources.{key}"
         if key in BUILTIN_RAY_RESOURCES:
             r.fail(kpath, "comes from resources, not rayResources")
-        elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            r.fail(kpath, f"must be a non-negative number, got {_show(value)}")
+        elif (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_RAY_QUANTITY
+              or value != int(value)):
+            # `ray start` takes whole numbers only, at most 1e14 ("Resource quantities must all be whole numbers").
+            r.fail(kpath, f"must be a whole number from 0 to 1e14, got {_show(value)}")
         else:
             ray_resources[key] = float(value)
     return WorkerGroupSpec(
@@ -478,6 +552,9 @@ def parse_cluster(obj: Mapping[str, Any]) -> ClusterSpec:
     image = r.string(raw_spec, "image", "spec", DEFAULT_IMAGE) or ""
     if not image.strip():
         r.fail("spec.image", "must not be empty")
+    elif not IMAGE.fullmatch(image) or len(image) > 512:
+        r.fail("spec.image", f"must be an image reference (printable ASCII, no spaces, at most 512), "
+               f"got {_show(image)}")
     cluster = ClusterSpec(
         name=name,
         namespace=str(meta.get("namespace") or "default"),

@@ -172,9 +172,9 @@ def test_gpu_limit_uses_the_configured_resource_name() -> None:
 
 
 def test_ray_resources_flag_is_compact_sorted_json() -> None:
-    pod = worker({"spec.workerGroups[1].rayResources": {"zeta": 1, "TPU": 4, "slice": 0.5}})
-    assert flags(pod)["resources"] == '{"TPU":4.0,"slice":0.5,"zeta":1.0}'
-    assert json.loads(flags(pod)["resources"]) == {"TPU": 4.0, "slice": 0.5, "zeta": 1.0}
+    pod = worker({"spec.workerGroups[1].rayResources": {"zeta": 1, "TPU": 4, "slice": 2}})
+    assert flags(pod)["resources"] == '{"TPU":4.0,"slice":2.0,"zeta":1.0}'
+    assert json.loads(flags(pod)["resources"]) == {"TPU": 4.0, "slice": 2.0, "zeta": 1.0}
     assert "resources" not in flags(worker())
     assert "resources" not in flags(head())
 

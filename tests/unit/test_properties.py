@@ -52,7 +52,7 @@ memories = st.one_of(
         lambda t: f"{t[0]}{t[1]}"),
     st.integers(1, 12).map(lambda e: f"1e{e}"),
 )
-gpu_names = st.sampled_from(["nvidia.com/gpu", "amd.com/gpu", "gpu", "example.com/accel-v2"])
+gpu_names = st.sampled_from(["nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915", "example.com/accel-v2"])
 
 
 @st.composite
@@ -71,7 +71,7 @@ def resources(draw: st.DrawFn) -> dict[str, Any]:
 
 ray_resources = st.dictionaries(
     st.text(LOWER + "_", min_size=1, max_size=12).filter(lambda k: k not in ("memory",)),
-    st.floats(0, 1e6, allow_nan=False, allow_infinity=False) | st.integers(0, 1000),
+    st.integers(0, 10**14),  # `ray start` takes whole numbers, at most 1e14
     max_size=3,
 )
 ray_start_params = st.fixed_dictionaries({}, optional={
@@ -88,8 +88,10 @@ templates = st.fixed_dictionaries({}, optional={
         "nodeSelector": st.dictionaries(st.sampled_from(["zone", "pool"]), st.text(ALNUM, max_size=8)),
         "restartPolicy": st.sampled_from(["Always", "OnFailure", "Never"]),
         "containers": st.lists(st.sampled_from(["ray", "side", "main"]), max_size=2, unique=True).flatmap(
-            lambda names: st.tuples(*(st.fixed_dictionaries({"name": st.just(n)}, optional={
-                "env": st.just([{"name": "X", "value": "1"}])}) for n in names)).map(list)),
+            # Sidecars need an image (the pod API requires one); the Ray container may override its own.
+            lambda names: st.tuples(*(st.fixed_dictionaries(
+                {"name": st.just(n), "image": st.just("busybox")},
+                optional={"env": st.just([{"name": "X", "value": "1"}])}) for n in names)).map(list)),
     }),
 })
 
