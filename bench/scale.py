@@ -118,31 +118,37 @@ KUBERAY_INIT = {"cpu": "200m", "memory": "256Mi"}
 BENCH_NODE = {"cpu": "256", "memory": "2Ti", "pods": "1000"}
 
 
-def demand(clusters: int, kuberay_run: bool) -> dict[str, float]:
-    """What one run's pods ask the scheduler for: pods, CPUs, bytes of memory."""
-    head = {k: quantity(RESOURCES[k]) for k in ("cpu", "memory")}
-    worker = {k: max(head[k], quantity(KUBERAY_INIT[k])) if kuberay_run else head[k] for k in head}
-    return {"pods": clusters * (1 + WORKERS), **{k: clusters * (head[k] + WORKERS * worker[k]) for k in head}}
+def pod_shape(kuberay_run: bool) -> dict[str, float]:
+    """The largest pod of a run, as the scheduler counts it: pods, CPUs, bytes of memory."""
+    worker = {k: max(quantity(RESOURCES[k]), quantity(KUBERAY_INIT[k])) if kuberay_run else quantity(RESOURCES[k])
+              for k in ("cpu", "memory")}
+    return {"pods": 1.0, **worker}
 
 
-def ensure_capacity(api: client.ApiClient, want: dict[str, float]) -> None:
-    """Add kwok fake nodes (pool ``kwok-bench``, BENCH_NODE each) until the fake nodes hold ``want`` (pods, cpu,
-    memory) with a 10% margin; the default `up` has 6 nodes of 1,000 pods, 32 CPUs and 128–256 GiB each."""
+def fits(allocatable: dict[str, float], shape: dict[str, float]) -> int:
+    """How many pods of ``shape`` one node holds: its scarcest resource decides."""
+    return int(min(allocatable[k] / shape[k] for k in shape))
+
+
+def ensure_capacity(api: client.ApiClient, pods: int, shape: dict[str, float]) -> None:
+    """Add kwok fake nodes (pool ``kwok-bench``, BENCH_NODE each) until the fake nodes hold ``pods`` pods of
+    ``shape`` with a 10% margin. Counted node by node (a node full of CPU takes no more pods, whatever its pod
+    limit); the default `up` has 6 nodes of 32 CPUs and 1,000 pods each."""
     core: Any = client.CoreV1Api(api)
     fake = [n for n in core.list_node().items
             if (n.metadata.annotations or {}).get(nodes.KWOK_ANNOTATION) == "fake"
             and all((n.metadata.labels or {}).get(k) == v for k, v in FAKE_NODES.items())]
-    have = {k: sum(quantity(n.status.allocatable.get(k, "0")) for n in fake) for k in want}
-    extra = max(0, *(math.ceil((want[k] * 1.1 - have[k]) / quantity(BENCH_NODE[k])) for k in want))
-    summary = f"{have['pods']:.0f} pods, {have['cpu']:.0f} CPUs, {have['memory'] / 2**30:.0f} GiB"
+    have = sum(fits({k: quantity(n.status.allocatable.get(k, "0")) for k in shape}, shape) for n in fake)
+    per_node = fits({k: quantity(BENCH_NODE[k]) for k in shape}, shape)
+    extra = max(0, math.ceil((pods * 1.1 - have) / per_node))
     if not extra:
-        print(f"[scale] {len(fake)} fake nodes hold {summary}: enough", flush=True)
+        print(f"[scale] {len(fake)} fake nodes hold {have} pods of {shape}: enough for {pods}", flush=True)
         return
     existing = sum(1 for n in fake if n.metadata.name.startswith("kwok-bench-"))
     pool = nodes.NodePool(prefix="kwok-bench", count=existing + extra, cpu=BENCH_NODE["cpu"],
                           memory=BENCH_NODE["memory"], pods=int(BENCH_NODE["pods"]))
-    print(f"[scale] {len(fake)} fake nodes hold {summary}; adding {extra} (pool kwok-bench, {BENCH_NODE} each) "
-          f"for {want['pods']:.0f} pods, {want['cpu']:.0f} CPUs, {want['memory'] / 2**30:.0f} GiB", flush=True)
+    print(f"[scale] {len(fake)} fake nodes hold {have} pods of {shape}; adding {extra} "
+          f"(pool kwok-bench, {BENCH_NODE} each) for {pods}", flush=True)
     nodes.create_nodes(api, nodes.pool_nodes((pool,)))
     nodes.wait_nodes_ready(api, pool.names())
 
@@ -216,7 +222,7 @@ def run_one(api: client.ApiClient, kubeconfig: str, which: str, n: int, workdir:
         by_resource = delta(apiserver_requests_by(kubeconfig, "resource"), base_api)
         res.api_by_resource = dict(sorted(by_resource.items(), key=lambda kv: -kv[1]))
         res.api_requests = sum(by_resource.values()) - own
-        state = f"{res.all_running_s:.1f}s" if res.done else f"NOT done after {timeout:.0f}s"
+        state = f"{res.all_running_s:.1f}s" if res.done else f"NOT all after {time.monotonic() - started:.0f}s"
         print(f"[scale]   {res.running}/{res.pods} pods Running: {state}; peak RSS {res.peak_rss_mib:.0f} MiB, "
               f"CPU {res.cpu_s:.1f}s, {res.op_requests:.0f} operator requests", flush=True)
         return res
@@ -284,9 +290,8 @@ def main() -> int:
     kubectl_apply(kubeconfig, CRD)
     if not args.skip_kuberay:
         kuberay.apply_crds(kubeconfig)  # builds KubeRay first if it is not cached
-    runs = [demand(args.clusters, kuberay_run=False), *(() if args.skip_kuberay else
-                                                       (demand(args.clusters, kuberay_run=True),))]
-    ensure_capacity(api, {k: max(r[k] for r in runs) for k in runs[0]})  # the runs take turns
+    # The runs take turns: room for the larger pods of the two is enough.
+    ensure_capacity(api, args.clusters * (1 + WORKERS), pod_shape(kuberay_run=not args.skip_kuberay))
     results = []
     logs = Path(tempfile.mkdtemp(prefix="swarm-scale-"))  # kept: the operators' logs
     for which in ("swarm", *(() if args.skip_kuberay else ("kuberay",))):
