@@ -310,8 +310,12 @@ class Controller:
                        idle_pods=outcome.idle if outcome else None,
                        ray_dead=outcome.ray_dead if outcome else frozenset())
         plan = plan_cluster(cluster, obs, targets, now)
+        refused: Exception | None = None
         if plan.actions:
-            await self._act(key, cluster, plan.actions)
+            try:
+                await self._act(key, cluster, plan.actions)
+            except Exception as exc:  # status is still written below, then the turn fails and backs off
+                refused = exc
         for action in plan.actions:
             if isinstance(action, DeletePod) and action.failed_group:
                 metrics.WORKER_REPLACEMENTS.labels(key[0], key[1], action.failed_group).inc()
@@ -327,6 +331,8 @@ class Controller:
         if differs(old_status, status):
             await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status)
             body["status"] = {**old_status, **status}  # our own write; the watch confirms it later
+        if refused is not None:
+            raise refused
         if cluster.autoscaling.enabled and not cluster.suspend:
             due = max(0.05, self.autoscaler.due_in("/".join(key), time.time()))
             return due if plan.requeue_after is None else min(due, plan.requeue_after)
@@ -382,15 +388,23 @@ class Controller:
             calls.append(asyncio.ensure_future(asyncio.to_thread(fn, *args)))
             labels_of_calls.append(what)
 
+        head_refused = False
+        if any(isinstance(a, CreateHead) for a in actions):
+            # The head first: workers of a head the API refused (a quota, an admission webhook) could
+            # join nothing and would be recycled next turn, over and over.
+            pod = build_head_pod(cluster)
+            call(self.kube.create_pod, ns, pod, what=f"head {pod['metadata']['name']}")
+            head_refused = isinstance((await asyncio.gather(calls[-1], return_exceptions=True))[0], BaseException)
         for action in actions:
             if isinstance(action, CreateService):
                 svc = build_head_service(cluster)
                 call(self.kube.create_service, ns, svc, what=f"service {svc['metadata']['name']}")
                 self.services[key][svc["metadata"]["name"]] = svc
             elif isinstance(action, CreateHead):
-                pod = build_head_pod(cluster)
-                call(self.kube.create_pod, ns, pod, what=f"head {pod['metadata']['name']}")
+                continue  # created above
             elif isinstance(action, CreateWorkers):
+                if head_refused:
+                    continue
                 group = cluster.group(action.group)
                 assert group is not None
                 for _ in range(action.count):

@@ -54,7 +54,7 @@ TAINT_KEY = "swarm.io/hostile-test"
 CONDITION_TYPES = {"Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure"}
 SETTLE_TIMEOUT = 30.0
 MAX_FAILED_TURNS_PER_OBJECT = 3
-KNOWN_FAILING = {"churn"}  # the refused-head cluster: its turns fail by design of the test (see its xfail)
+KNOWN_FAILING = {"churn"}  # the refused-head cluster: its turns fail (and back off) until the head is admitted
 
 
 # --- bookkeeping ------------------------------------------------------------------------------------------
@@ -600,11 +600,6 @@ def test_victim_still_scales_after_the_status_garbage(env: Env) -> None:
     wait_for("the victim Running 3/3", running_status(env, VICTIM, 3), timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "operator bug: a status.workerGroups[].backoffUntil far in the future, written by anyone, is trusted "
-    "(status.health_from_status → plan._plan_group: `now < health.backoff_until`) and never reset while "
-    "consecutiveFailures is 0 (backoff.settle), so the group cannot scale up. Not fixable in the CRD "
-    "(CEL has no clock)."))
 def test_status_backoff_far_in_the_future_does_not_block_scaling(env: Env) -> None:
     err = patch_status(env, VICTIM, {"workerGroups": [{"name": "cpu", "backoffUntil": "2999-12-31T23:59:59Z",
                                                       "consecutiveFailures": 0}]})
@@ -640,12 +635,6 @@ def test_a_head_refused_by_admission_is_reported(env: Env) -> None:
     assert not [p for p in env.pods(CHURN) if p.metadata.labels.get(labels.NODE_TYPE) == labels.HEAD]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "operator bug: while the head pod is refused (admission, quota, webhook), every turn creates the workers "
-    "(plan_cluster counts a CreateHead action as a head 'coming') and the next turn deletes them again "
-    "('head replaced without GCS fault tolerance'); pod events re-queue the cluster every 0.5 s, so the error "
-    "backoff never applies: ~4 pod writes a second, forever. Also no status is ever written (the refused "
-    "create raises before cluster_status), so the cluster shows no phase and no condition."))
 def test_a_refused_head_does_not_churn_workers(env: Env, kubeconfig: str) -> None:
     api = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=kubeconfig, persist_config=False)

@@ -79,6 +79,9 @@ def test_record_no_failures_changes_nothing(failures: int) -> None:
                                            backoff_until=0.0), id="old-failures-forgotten-restarts-kept"),
         pytest.param(GroupHealth(1, 1, NOW - 600, NOW - 599), GroupHealth(1, 1, NOW - 600, NOW - 599),
                      id="exactly-at-reset-boundary-kept"),
+        pytest.param(GroupHealth(0, 0, 0.0, 32503680000.0), GroupHealth(), id="planted-backoff-without-failures"),
+        pytest.param(GroupHealth(3, 2, NOW - 10, 32503680000.0), GroupHealth(3, 2, NOW - 10, NOW - 10 + CAP),
+                     id="planted-backoff-beyond-the-cap"),
     ],
 )
 def test_settle(health: GroupHealth, expected: GroupHealth) -> None:

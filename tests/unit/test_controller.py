@@ -18,7 +18,7 @@ import pytest
 from swarm_operator import controller as controller_module
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import SUFFIX_ALPHABET, Controller, Key, _key_of, _newer, random_suffix
-from swarm_operator.kube import Kube
+from swarm_operator.kube import ApiError, Kube
 from swarm_operator.resources import labels
 from tests.unit.operator_fixtures import NAMESPACE, NOW, iso, manifest, with_state
 
@@ -193,6 +193,34 @@ def test_new_cluster_created_exactly_once_even_if_reconciled_twice() -> None:
     ((_, etype, reason, message),) = kube.events
     assert (etype, reason) == ("Normal", "Created")
     assert "head demo-head" in message and "service demo-head-svc" in message and "2 cpu worker(s)" in message
+
+
+class RefusingHeadKube(FakeKube):
+    """An API server whose admission refuses the head pod (a missing PriorityClass, a quota)."""
+
+    def create_pod(self, namespace: str, pod: dict[str, Any]) -> dict[str, Any] | None:
+        if pod["metadata"]["name"].endswith("-head"):
+            with self._lock:
+                self.calls.append(("create_pod", pod["metadata"]["name"]))
+            raise ApiError(403, 'pods "demo-head" is forbidden: no PriorityClass with name x was found')
+        return super().create_pod(namespace, pod)
+
+
+def test_a_refused_head_creates_no_workers_but_still_reports_status() -> None:
+    kube = RefusingHeadKube()
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        for _ in range(3):
+            with pytest.raises(ApiError, match="PriorityClass"):
+                await c.reconcile(KEY)
+
+    run(body)
+    creates = [name for verb, name in kube.calls if verb == "create_pod"]
+    assert creates == ["demo-head"] * 3, "no worker of a head that does not exist"
+    assert kube.statuses and kube.statuses[0][2]["phase"] == "Pending"
+    assert any(reason == "CreateFailed" and "PriorityClass" in message for _, _, reason, message in kube.events)
 
 
 def test_restart_after_head_created_converges_without_duplicates() -> None:

@@ -43,7 +43,13 @@ def record_failures(health: GroupHealth, failures: int, now: float, initial: flo
 
 
 def settle(health: GroupHealth, now: float, cap: float) -> GroupHealth:
-    """Forget old failures once the group has been healthy long enough."""
+    """Forget old failures once the group has been healthy long enough.
+
+    Status may have been written by someone else: a backoff never outlasts the cap after the last
+    failure, and there is none without consecutive failures (else a planted date blocks the group)."""
+    limit = health.last_failure + cap if health.consecutive_failures else 0.0
+    if health.backoff_until > limit:
+        health = replace(health, backoff_until=limit)
     if health.consecutive_failures and now - health.last_failure > healthy_reset_seconds(cap):
         return replace(health, consecutive_failures=0, backoff_until=0.0)
     return health
