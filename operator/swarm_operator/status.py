@@ -6,6 +6,7 @@ status only when this computed dict differs from what is stored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -84,7 +85,8 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
         if h.last_failure:
             entry["lastFailureTime"] = timestamp(h.last_failure)
         if h.backoff_until > now:
-            entry["backoffUntil"] = timestamp(h.backoff_until)
+            # Rounded up: status keeps whole seconds, and a backoff read back early is no backoff.
+            entry["backoffUntil"] = timestamp(math.ceil(h.backoff_until))
         if h.consecutive_failures:
             failing.append(f"{g.name}: {h.consecutive_failures} consecutive failures")
         if ready < desired[g.name]:

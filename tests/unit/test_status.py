@@ -142,6 +142,9 @@ def test_no_pod_ip_key_without_an_ip() -> None:
         pytest.param(GroupHealth(3, 2, NOW - 10, NOW - 1),
                      {"restarts": 3, "consecutiveFailures": 2, "lastFailureTime": iso(NOW - 10)},
                      id="expired-backoff-not-written"),
+        pytest.param(GroupHealth(3, 1, NOW - 0.3, NOW + 0.7),
+                     {"restarts": 3, "consecutiveFailures": 1, "lastFailureTime": iso(NOW - 1),
+                      "backoffUntil": iso(NOW + 1)}, id="backoff-rounded-up-never-read-back-early"),
     ],
 )
 def test_group_health_fields(health: GroupHealth, expected: dict[str, Any]) -> None:
