@@ -43,6 +43,7 @@ test-packaging: $(STAMP) build
 lint: $(STAMP)
 	@$(BIN)/ruff check operator localcluster tests bench hack
 	@$(BIN)/mypy
+	@$(BIN)/mypy --explicit-package-bases bench
 
 ## generate: the chart's CRD copy, manifests/install.yaml, docs/crd-reference.md, the Grafana dashboard
 generate: $(STAMP)

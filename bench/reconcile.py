@@ -85,7 +85,7 @@ def main() -> int:
     if not kubeconfig:
         print("set KUBECONFIG (or run through `python -m localcluster run -- …`)", file=sys.stderr)
         return 2
-    api = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    api = kubernetes.config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "apply", "--server-side", "--force-conflicts",
                     "-f", str(CRD)], check=True, capture_output=True)
     rows = []
