@@ -42,6 +42,7 @@ Key = tuple[str, str]  # (namespace, cluster name)
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' own: no vowels, no look-alikes
 ERROR_BACKOFF_CAP = 60.0
 POD_EVENT_SETTLE_SECONDS = 0.5
+NAME_TAKEN_RETRY_SECONDS = 3.0  # a name held by an object not ours: often a predecessor still terminating
 TOMBSTONES = 10000  # remembered deletions; far more than can be in flight at once
 
 
@@ -82,6 +83,7 @@ class Controller:
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._errors: dict[Key, int] = defaultdict(int)
         self._warned: dict[Key, tuple[int, str]] = {}
+        self._taken: dict[Key, set[str]] = {}  # names found held by others, warned about once
         self._pod_gauges: dict[Key, set[tuple[str, str]]] = defaultdict(set)
         self.autoscaler = Autoscaler(kube)
         self.active = asyncio.Event()  # set while this replica may act (always, without leader election)
@@ -94,17 +96,22 @@ class Controller:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if event_type == "DELETED":
-            self.clusters.pop(key, None)
-            timer = self._timers.pop(key, None)
-            if timer:
-                timer.cancel()
-            for group, state in self._pod_gauges.pop(key, set()):
-                metrics.PODS.remove(key[0], key[1], group, state)
-            self._warned.pop(key, None)
-            self.autoscaler.forget("/".join(key))
+            self._forget(key)
             return
         self.clusters[key] = dict(body)
         self.enqueue(key)
+
+    def _forget(self, key: Key) -> None:
+        """The SwarmCluster is gone: stop serving it (the garbage collector removes its children)."""
+        self.clusters.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer:
+            timer.cancel()
+        for group, state in self._pod_gauges.pop(key, set()):
+            metrics.PODS.remove(key[0], key[1], group, state)
+        self._warned.pop(key, None)
+        self._taken.pop(key, None)
+        self.autoscaler.forget("/".join(key))
 
     def _index(self, store: dict[Key, dict[str, dict[str, Any]]], event_type: str | None,
                obj: Mapping[str, Any]) -> Key | None:
@@ -154,8 +161,23 @@ class Controller:
             for svc in self.kube.list_services(ns, selector):
                 self._index(self.services, None, svc)
 
+    async def _relist_clusters(self) -> None:
+        """A watch resumed after an API server restart re-lists without reporting the objects deleted
+        meanwhile (kopf emits no DELETED for them): forget those, and serve any the watch missed."""
+        for ns in self._scopes():
+            items, rv = await asyncio.to_thread(self.kube.list_swarmclusters, ns)
+            listed = {"metadata": {"resourceVersion": rv}}
+            present = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in items}
+            for gone in [k for k in self.clusters if ns in (None, k[0]) and k not in present]:
+                if not _newer(self.clusters[gone], listed, strictly=True):  # not created after the list
+                    self._forget(gone)
+            for key, body in present.items():
+                if key not in self.clusters:
+                    self.on_cluster("ADDED", body)
+
     async def relist(self) -> None:
         """Replace the index with a fresh list: catches deletions a broken watch never reported."""
+        await self._relist_clusters()
         selector = labels.CLUSTER
         fresh_pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         fresh_svcs: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -310,10 +332,21 @@ class Controller:
                        idle_pods=outcome.idle if outcome else None,
                        ray_dead=outcome.ray_dead if outcome else frozenset())
         plan = plan_cluster(cluster, obs, targets, now)
+        if old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers)) for a in plan.actions):
+            # Re-creating children of a cluster served before: make sure it still exists. A watch
+            # resumed after an API server restart may never report its deletion, and every child
+            # made for it would be garbage-collected and made again.
+            stored = await asyncio.to_thread(self.kube.get_swarmcluster, *key)
+            if stored is None or (stored.get("metadata") or {}).get("uid") != uid:
+                self._forget(key)
+                if stored is not None:
+                    self.on_cluster("ADDED", stored)  # deleted and made again under the same name
+                return None
         refused: Exception | None = None
+        taken: list[str] = []
         if plan.actions:
             try:
-                await self._act(key, cluster, plan.actions)
+                taken = await self._act(key, cluster, plan.actions)
             except Exception as exc:  # status is still written below, then the turn fails and backs off
                 refused = exc
         for action in plan.actions:
@@ -329,14 +362,16 @@ class Controller:
             status["autoscaler"] = outcome.status
         self._update_pod_gauges(key, states)
         if differs(old_status, status):
-            await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status)
+            if not await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status):
+                self._forget(key)  # deleted, though no watch said so
+                return None
             body["status"] = {**old_status, **status}  # our own write; the watch confirms it later
         if refused is not None:
             raise refused
+        requeues = [r for r in (plan.requeue_after, NAME_TAKEN_RETRY_SECONDS if taken else None) if r is not None]
         if cluster.autoscaling.enabled and not cluster.suspend:
-            due = max(0.05, self.autoscaler.due_in("/".join(key), time.time()))
-            return due if plan.requeue_after is None else min(due, plan.requeue_after)
-        return plan.requeue_after
+            requeues.append(max(0.05, self.autoscaler.due_in("/".join(key), time.time())))
+        return min(requeues) if requeues else None
 
     def _head_ip(self, key: Key, cluster: ClusterSpec) -> str | None:
         """The running head pod's IP: where the autoscaler reaches the GCS."""
@@ -373,11 +408,12 @@ class Controller:
             metrics.PODS.labels(key[0], key[1], *gs).set(n)
         self._pod_gauges[key] |= set(counts)
 
-    async def _act(self, key: Key, cluster: ClusterSpec, actions: tuple[Action, ...]) -> None:
+    async def _act(self, key: Key, cluster: ClusterSpec, actions: tuple[Action, ...]) -> list[str]:
         """Run the plan's actions concurrently; the index learns each result at once (write-through).
+        Returns what could not be created because its name is held by an object not this cluster's.
 
         Events report what the API server accepted: a refused create (a quota, an admission
-        webhook) is a Warning with the server's reason, never a "Created".
+        webhook) is a Warning with the server's reason, a taken name a Warning, never a "Created".
         """
         ns = cluster.namespace
         calls: list[asyncio.Future[Any]] = []
@@ -388,22 +424,21 @@ class Controller:
             calls.append(asyncio.ensure_future(asyncio.to_thread(fn, *args)))
             labels_of_calls.append(what)
 
-        head_refused = False
+        head_missing = False
         if any(isinstance(a, CreateHead) for a in actions):
-            # The head first: workers of a head the API refused (a quota, an admission webhook) could
-            # join nothing and would be recycled next turn, over and over.
+            # The head first: workers of a head the API refused (a quota, an admission webhook), or
+            # whose name another pod holds, could join nothing and would be recycled next turn.
             pod = build_head_pod(cluster)
             call(self.kube.create_pod, ns, pod, what=f"head {pod['metadata']['name']}")
-            head_refused = isinstance((await asyncio.gather(calls[-1], return_exceptions=True))[0], BaseException)
+            head_missing = not isinstance((await asyncio.gather(calls[-1], return_exceptions=True))[0], dict)
         for action in actions:
             if isinstance(action, CreateService):
                 svc = build_head_service(cluster)
                 call(self.kube.create_service, ns, svc, what=f"service {svc['metadata']['name']}")
-                self.services[key][svc["metadata"]["name"]] = svc
             elif isinstance(action, CreateHead):
                 continue  # created above
             elif isinstance(action, CreateWorkers):
-                if head_refused:
+                if head_missing:
                     continue
                 group = cluster.group(action.group)
                 assert group is not None
@@ -417,21 +452,31 @@ class Controller:
         errors = [r for r in results if isinstance(r, BaseException)]
         created: dict[str, int] = {}
         refused: dict[str, str] = {}
+        taken: list[str] = []
         for what, r in zip(labels_of_calls, results, strict=True):
             if isinstance(r, dict) and r.get("kind") == "Pod":
                 self._index(self.pods, None, r)
+            elif isinstance(r, dict) and r.get("kind") == "Service":
+                self._index(self.services, None, r)
             if not what:
                 continue
             if isinstance(r, BaseException):
                 refused[what] = getattr(r, "reason", None) or str(r)
-                if what.startswith("service "):
-                    self.services[key].pop(what.split(" ", 1)[1], None)
+            elif r is None:  # 409: ours would be in the index, so the name is held by someone else
+                taken.append(what)
             else:
                 created[what] = created.get(what, 0) + 1
         summary = [w if n == 1 and not w.endswith(" worker") else f"{n} {w}(s)" for w, n in created.items()]
+        warned = self._taken.setdefault(key, set())
+        for what in [w for w in taken if w not in warned]:
+            refused[what] = ("the name is held by an object that is not this cluster's (an earlier cluster of "
+                             f"the same name still terminating?); retrying every {NAME_TAKEN_RETRY_SECONDS:g}s")
+        warned.intersection_update(taken)
+        warned.update(taken)
         await self._post_action_events(key, cluster, summary, deleted, refused)
         if errors:
             raise errors[0]
+        return taken
 
     async def _post_action_events(self, key: Key, cluster: ClusterSpec, created: list[str],
                                   deleted: list[DeletePod], refused: Mapping[str, str]) -> None:

@@ -158,25 +158,47 @@ class Kube:
         path = "/api/v1/services" if namespace is None else SERVICES.format(ns=namespace)
         return list(self.request("GET", path, query={"labelSelector": selector}).get("items") or [])
 
-    def create_service(self, namespace: str, service: Mapping[str, Any]) -> None:
+    def create_service(self, namespace: str, service: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The created service; None when one of that name exists already."""
         API_REQUESTS.labels("create", "services").inc()
         try:
-            self.request("POST", SERVICES.format(ns=namespace), service)
+            return self.request("POST", SERVICES.format(ns=namespace), service)
         except ApiError as exc:
-            if exc.status != 409:
-                raise
+            if exc.status == 409:
+                return None
+            raise
 
     # -- swarmclusters ------------------------------------------------------------------------
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch the status subresource; lists are sent whole, so they replace what is stored."""
+    def list_swarmclusters(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """SwarmClusters (all namespaces when None), and the list's resourceVersion."""
+        API_REQUESTS.labels("list", "swarmclusters").inc()
+        path = f"/apis/{GROUP}/{VERSION}/{PLURAL}" if namespace is None else SWARMCLUSTERS.format(ns=namespace)
+        body = self.request("GET", path)
+        return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
+
+    def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The SwarmCluster as stored now; None when it is gone."""
+        API_REQUESTS.labels("get", "swarmclusters").inc()
+        try:
+            return self.request("GET", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        """Merge-patch the status subresource (lists are sent whole, so they replace what is stored);
+        False when the SwarmCluster is gone."""
         API_REQUESTS.labels("patch", "swarmclusters/status").inc()
         try:
             self.request("PATCH", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}/status",
                          {"status": dict(status)}, content_type=MERGE_PATCH)
         except ApiError as exc:
-            if exc.status != 404:  # deleted meanwhile: nothing left to report on
-                raise
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     # -- leases (leader election) --------------------------------------------------------------
 

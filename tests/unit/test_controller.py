@@ -10,14 +10,22 @@ import asyncio
 import copy
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import pytest
 
 from swarm_operator import controller as controller_module
 from swarm_operator.config import OperatorConfig
-from swarm_operator.controller import SUFFIX_ALPHABET, Controller, Key, _key_of, _newer, random_suffix
+from swarm_operator.controller import (
+    NAME_TAKEN_RETRY_SECONDS,
+    SUFFIX_ALPHABET,
+    Controller,
+    Key,
+    _key_of,
+    _newer,
+    random_suffix,
+)
 from swarm_operator.kube import ApiError, Kube
 from swarm_operator.resources import labels
 from tests.unit.operator_fixtures import NAMESPACE, NOW, iso, manifest, with_state
@@ -34,6 +42,7 @@ class FakeKube:
         self.calls: list[tuple[Any, ...]] = []
         self.statuses: list[tuple[str, str, dict[str, Any]]] = []
         self.events: list[tuple[str, str, str, str]] = []  # (cluster, type, reason, message)
+        self.swarmclusters: dict[Key, dict[str, Any]] = {}  # what the API server stores
         self._rv = 100
         self._lock = threading.Lock()  # the controller calls from worker threads
 
@@ -73,16 +82,35 @@ class FakeKube:
             pod["metadata"].update(deletionTimestamp=iso(NOW), resourceVersion=self._bump())
             return copy.deepcopy(pod)
 
-    def create_service(self, namespace: str, service: dict[str, Any]) -> None:
+    def create_service(self, namespace: str, service: dict[str, Any]) -> dict[str, Any] | None:
         with self._lock:
             name = service["metadata"]["name"]
             self.calls.append(("create_service", name))
-            self.services.setdefault((namespace, name), copy.deepcopy(service))
+            if (namespace, name) in self.services:
+                return None  # 409
+            stored = {**copy.deepcopy(service), "kind": "Service"}
+            stored["metadata"].update(resourceVersion=self._bump(), uid=f"svc-{name}")
+            self.services[(namespace, name)] = stored
+            return copy.deepcopy(stored)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("get_swarmcluster", name))
+            return copy.deepcopy(self.swarmclusters.get((namespace, name)))
+
+    def list_swarmclusters(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        with self._lock:
+            self.calls.append(("list_swarmclusters", namespace))
+            return [copy.deepcopy(b) for (ns, _), b in self.swarmclusters.items() if namespace in (None, ns)], \
+                str(self._rv)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         with self._lock:
             self.calls.append(("patch_status", name))
+            if (namespace, name) not in self.swarmclusters:
+                return False  # 404
             self.statuses.append((namespace, name, copy.deepcopy(status)))
+            return True
 
     def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str) -> None:
         with self._lock:
@@ -110,8 +138,24 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller_module, "time", _Clock)
 
 
+class WatchedController(Controller):
+    """The controller, with each watch event it is given also stored in the fake API server."""
+
+    def __init__(self, kube: FakeKube, config: OperatorConfig) -> None:
+        super().__init__(cast(Kube, kube), config)
+        self.fake = kube
+
+    def on_cluster(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event_type == "DELETED":
+            self.fake.swarmclusters.pop(key, None)
+        else:
+            self.fake.swarmclusters[key] = copy.deepcopy(dict(body))
+        super().on_cluster(event_type, body)
+
+
 def make(kube: FakeKube, **config: Any) -> Controller:
-    return Controller(cast(Kube, kube), OperatorConfig(**config))
+    return WatchedController(kube, OperatorConfig(**config))
 
 
 def run(body: Callable[[], Awaitable[None]]) -> None:
@@ -221,6 +265,80 @@ def test_a_refused_head_creates_no_workers_but_still_reports_status() -> None:
     assert creates == ["demo-head"] * 3, "no worker of a head that does not exist"
     assert kube.statuses and kube.statuses[0][2]["phase"] == "Pending"
     assert any(reason == "CreateFailed" and "PriorityClass" in message for _, _, reason, message in kube.events)
+
+
+def test_a_head_name_held_by_someone_else_is_retried_without_workers_or_false_events() -> None:
+    """A pod of the head's name exists and is not ours (a deleted cluster's, still terminating): 409."""
+    kube = FakeKube()
+    kube.pods[(NAMESPACE, "demo-head")] = {"metadata": {"name": "demo-head", "namespace": NAMESPACE,
+                                                        "labels": {"app": "someone-else"}}}
+    requeues: list[float | None] = []
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        for _ in range(3):
+            requeues.append(await c.reconcile(KEY))
+
+    run(body)
+    assert [n for verb, n in kube.calls if verb == "create_pod"] == ["demo-head"] * 3
+    assert requeues == [NAME_TAKEN_RETRY_SECONDS] * 3
+    assert not [m for _, _, reason, m in kube.events if reason == "Created" and "head demo-head" in m]
+    warnings = [m for _, etype, reason, m in kube.events if etype == "Warning" and "head demo-head" in m]
+    assert len(warnings) == 1 and "held by an object that is not this cluster's" in warnings[0]
+
+
+def test_a_service_name_held_by_someone_else_is_not_taken_for_ours() -> None:
+    kube = FakeKube()
+    kube.services[(NAMESPACE, "demo-head-svc")] = {"metadata": {"name": "demo-head-svc", "namespace": NAMESPACE}}
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        assert await c.reconcile(KEY) == NAME_TAKEN_RETRY_SECONDS
+        del kube.services[(NAMESPACE, "demo-head-svc")]  # freed
+        await c.reconcile(KEY)
+
+    run(body)
+    assert [n for verb, n in kube.calls if verb == "create_service"] == ["demo-head-svc"] * 2
+    assert kube.services[(NAMESPACE, "demo-head-svc")]["metadata"]["uid"] == "svc-demo-head-svc"
+
+
+def test_a_cluster_deleted_unseen_is_forgotten_before_children_are_made_again() -> None:
+    """The watch missed the deletion (resumed after an API server restart): the garbage collector took
+    the children; before making them again the operator checks that the cluster still exists."""
+    kube = FakeKube()
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        await c.reconcile(KEY)
+        c.clusters[KEY]["status"] = kube.statuses[-1][2]
+        del kube.swarmclusters[KEY]  # deleted; no DELETED event
+        kube.pods.clear()
+        for name in list(c.pods[KEY]):
+            c.on_pod("DELETED", {**c.pods[KEY][name], "metadata": {**c.pods[KEY][name]["metadata"],
+                                                                      "resourceVersion": "999"}})
+        assert await c.reconcile(KEY) is None
+        assert KEY not in c.clusters
+
+    run(body)
+    assert [n for verb, n in kube.calls if verb == "create_pod"].count("demo-head") == 1
+
+
+def test_relist_forgets_clusters_the_watch_never_reported_deleted() -> None:
+    kube = FakeKube()
+
+    async def body() -> None:
+        c = make(kube)
+        for body in (manifest(), manifest(name="other", uid="uid-other")):
+            body["metadata"]["resourceVersion"] = "5"  # older than the list's
+            c.on_cluster("ADDED", body)
+        del kube.swarmclusters[KEY]
+        await c.relist()
+        assert set(c.clusters) == {(NAMESPACE, "other")}
+
+    run(body)
 
 
 def test_restart_after_head_created_converges_without_duplicates() -> None:
