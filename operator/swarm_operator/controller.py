@@ -42,6 +42,7 @@ Key = tuple[str, str]  # (namespace, cluster name)
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' own: no vowels, no look-alikes
 ERROR_BACKOFF_CAP = 60.0
 POD_EVENT_SETTLE_SECONDS = 0.5
+RELIST_AFTER_LISTING_SECONDS = 2.0  # once kopf's (re)listing of a resource has gone quiet
 NAME_TAKEN_RETRY_SECONDS = 3.0  # a name held by an object not ours: often a predecessor still terminating
 TOMBSTONES = 10000  # remembered deletions; far more than can be in flight at once
 
@@ -89,10 +90,29 @@ class Controller:
         self.active = asyncio.Event()  # set while this replica may act (always, without leader election)
         self._tasks: list[asyncio.Task[None]] = []
         self._tombstones: dict[tuple[Key, str], dict[str, Any]] = {}  # insertion-ordered: oldest first
+        self._relist_timer: asyncio.TimerHandle | None = None
 
     # -- watch inputs ---------------------------------------------------------------------------
 
+    def _listed(self) -> None:
+        """kopf (re)listed a resource (events of type None): at startup, or after a watch it could not
+        resume (an API server restart). Objects deleted meanwhile are never reported, so once the
+        listing has gone quiet, re-list everything ourselves and drop what is gone."""
+        if self._relist_timer is not None:
+            self._relist_timer.cancel()
+        self._relist_timer = asyncio.get_running_loop().call_later(
+            RELIST_AFTER_LISTING_SECONDS, lambda: self._tasks.append(asyncio.ensure_future(self._relist_once())))
+
+    async def _relist_once(self) -> None:
+        self._tasks[:] = [t for t in self._tasks if not t.done()]
+        try:
+            await self.relist()
+        except Exception as exc:
+            log.warning("re-list after a watch restart failed: %s", exc)
+
     def on_cluster(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        if event_type is None:
+            self._listed()
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if event_type == "DELETED":
@@ -137,12 +157,16 @@ class Controller:
         return key
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        if event_type is None:
+            self._listed()
         key = self._index(self.pods, event_type, body)
         if key is not None and key in self.clusters:
             # Pods of a cluster change in bursts (scheduled, running, ready …): one turn for the burst.
             self.enqueue(key, POD_EVENT_SETTLE_SECONDS)
 
     def on_service(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        if event_type is None:
+            self._listed()
         key = self._index(self.services, event_type, body)
         if key is not None and key in self.clusters:
             self.enqueue(key)
@@ -288,6 +312,8 @@ class Controller:
         self._tasks.append(asyncio.create_task(self._phase_gauge_loop()))
 
     async def stop(self) -> None:
+        if self._relist_timer is not None:
+            self._relist_timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,9 +1,10 @@
 """kube-apiserver, then (separately) etcd, killed and restarted under a running operator: the
 operator is not restarted, its watches reconnect, and it converges on changes made afterwards.
 
-Spec changes reach the operator only through its SwarmCluster watch (its periodic resync and
-re-list work from what that watch delivered; the re-list covers pods and services only), so
-convergence on a deleted cluster, a new one and two scaled ones proves the watches came back.
+Spec changes reach the operator only through its SwarmCluster watch (its periodic re-list runs
+only every few minutes), so convergence on a deleted cluster, a new one and two scaled ones proves
+the watches came back; a watch that could not resume re-lists without reporting deletions, which
+the operator must notice on its own.
 The deletion comes first, while the operator's watch may still be reconnecting: a cluster
 deleted in that gap must be noticed as gone too, not served on from the operator's cache.
 Converged also means at rest: no pod or service created or deleted over 3 s, and no pod of a

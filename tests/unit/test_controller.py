@@ -551,6 +551,27 @@ def test_relist_drops_pods_a_broken_watch_never_reported() -> None:
     run(body)
 
 
+def test_a_listing_by_kopf_triggers_a_relist_that_drops_what_was_deleted_unseen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an API server restart kopf re-lists (events of type None) and never reports deletions."""
+    monkeypatch.setattr(controller_module, "RELIST_AFTER_LISTING_SECONDS", 0.05)
+    kube = FakeKube()
+    live = _pod("11", name="demo-cpu-live1")
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        c.on_pod("ADDED", _pod("10", name="demo-cpu-gone1"))  # deleted while the watch was down
+        kube.pods[(NAMESPACE, "demo-cpu-live1")] = live
+        c.on_pod(None, live)  # kopf's re-listing
+        await asyncio.sleep(0.3)
+        assert set(c.pods[KEY]) == {"demo-cpu-live1"}
+        await c.stop()
+
+    run(body)
+    assert [n for verb, n in kube.calls if verb == "list_pods"] == [None]  # one re-list, all namespaces
+
+
 class RacingKube(FakeKube):
     """A worker is created (and written through to the index) while the relist's pod list is in flight."""
 
