@@ -24,6 +24,13 @@ def timestamp(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def deadline_timestamp(epoch: float) -> str:
+    """Milliseconds, rounded up: a deadline read back from status must not end early (a second's
+    rounding would turn the first 1 s backoff into anything from 0 to 2 s)."""
+    seconds, millis = divmod(math.ceil(epoch * 1000 - 1e-6), 1000)  # the epsilon: re-reads round-trip
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+
+
 def condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
     return {"type": ctype, "status": "True" if ok else "False", "reason": reason, "message": message}
 
@@ -85,8 +92,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
         if h.last_failure:
             entry["lastFailureTime"] = timestamp(h.last_failure)
         if h.backoff_until > now:
-            # Rounded up: status keeps whole seconds, and a backoff read back early is no backoff.
-            entry["backoffUntil"] = timestamp(math.ceil(h.backoff_until))
+            entry["backoffUntil"] = deadline_timestamp(h.backoff_until)
         if h.consecutive_failures:
             failing.append(f"{g.name}: {h.consecutive_failures} consecutive failures")
         if ready < desired[g.name]:
