@@ -170,6 +170,11 @@ CASES = [
                reasons={"cpu": "capped by upscaling speed (5"}),
         id="conserve-gpu-nodes-held-while-the-cpu-group-ramps-up"),
     pytest.param(
+        inp(grp("cpu", CPU4), grp("gpu", GPU1), demands=(task({"CPU": 4}, 40),),
+            gangs=(gang(Strategy.STRICT_SPREAD, {"GPU": 1}, {"GPU": 1}),), settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 5, "gpu": 2}, waiting=((DemandKind.TASK, 31),)),
+        id="conserve-gpu-gangs-not-held-while-the-cpu-group-ramps-up"),
+    pytest.param(
         inp(grp("cpu", CPU4, replicas=20), grp("gpu", GPU1), demands=(task({"CPU": 4}, 20), task({"GPU": 1}, 2)),
             settings=Settings(upscaling_speed=1.0)),
         Expect({"cpu": 20, "gpu": 2}), id="conserve-gpu-nodes-start-once-the-cpu-ramp-is-done"),

@@ -21,10 +21,11 @@ the number of distinct shapes, groups and nodes, never with the number of tasks.
 STRICT_PACK are placed one instance at a time (each instance is atomic); STRICT_PACK gangs are one
 bundle each and go in bulk.
 
-With ``conserve_gpu_nodes``, CPU-only demand never opens GPU nodes while a non-GPU group fits it, and no
-GPU nodes beyond the minimum open while a non-GPU group is still ramping up under the upscaling speed:
-Ray places CPU-only work on GPU nodes when nothing else has room, so GPU nodes that came up first would
-fill with the CPU backlog (the decision is re-run with the GPU groups' budgets at zero).
+With ``conserve_gpu_nodes``, CPU-only demand never opens GPU nodes while a non-GPU group fits it, and GPU
+tasks open no GPU nodes beyond the minimum while a non-GPU group is still ramping up under the upscaling
+speed: Ray places CPU-only work on GPU nodes when nothing else has room, so GPU nodes that came up first
+would fill with the CPU backlog (the decision is re-run with the GPU groups' budgets at zero for tasks;
+gangs, all-or-nothing training jobs, are not held back).
 
 Resources are compared in fixed point (1/10000 of a unit, Ray's own resolution), so ``0.1 + 0.2`` CPUs
 fit where ``0.3`` are free.
@@ -502,8 +503,6 @@ class _Run:
                                       if math.isfinite(s.upscaling_speed) else g.max_replicas)
                 self.budget[gi] = max(0, min(g.max_replicas - current - self.min_new[gi], self.speed_cap[gi]))
         self.held = {gi for gi in range(len(groups)) if hold_gpu_nodes and self.gpu[gi]}
-        for gi in self.held:
-            self.budget[gi] = 0
         self.new = self.min_new[:]
         # Why each group grows: (kind, text) -> count, in the order first seen.
         self.why: list[dict[tuple[DemandKind, str], int]] = [{} for _ in groups]
@@ -834,6 +833,8 @@ class _Run:
         self.build_pools()
         self.place_constraints()
         self.place_gangs()
+        for gi in self.held:  # gangs (training jobs, all-or-nothing) are not held back, tasks are
+            self.budget[gi] = 0
         self.place_tasks()
         drains, idle_out, above_max = self.choose_drains()
         targets: dict[str, int] = {}
@@ -847,8 +848,8 @@ class _Run:
         return Decision(targets, tuple(drains), tuple(self.infeasible), tuple(self.waiting), reasons)
 
     def gpu_nodes_to_hold(self) -> bool:
-        """conserveGpuNodes: open no GPU nodes beyond the minimum while a non-GPU group still ramps up under
-        the speed cap. Ray puts CPU-only work on GPU nodes when no other node has room, so GPU nodes that come
+        """conserveGpuNodes: GPU tasks open no GPU nodes beyond the minimum while a non-GPU group still ramps
+        up under the speed cap. Ray puts CPU-only work on GPU nodes when no other node has room, so GPU nodes that come
         up before the CPU capacity fill with the CPU backlog, and the GPU work they are for waits for yet more
         GPU nodes. The hold lasts only while the ramp does (the cap doubles every decision)."""
         return (self.settings.conserve_gpu_nodes and any(not self.gpu[gi] for gi in self.speed_capped)
