@@ -174,6 +174,31 @@ CASES = [
             gangs=(gang(Strategy.STRICT_SPREAD, {"GPU": 1}, {"GPU": 1}),), settings=Settings(upscaling_speed=1.0)),
         Expect({"cpu": 5, "gpu": 2}, waiting=((DemandKind.TASK, 31),)),
         id="conserve-gpu-gangs-not-held-while-the-cpu-group-ramps-up"),
+    pytest.param(  # 4 + 4 nodes: the second gang goes past the cap of 5 (one may), the other 8 wait
+        inp(grp("cpu", CPU4), grp("gpu", GPU1),
+            gangs=(gang(Strategy.PACK, *[{"CPU": 4}] * 4, count=10),
+                   gang(Strategy.STRICT_SPREAD, *[{"GPU": 1, "CPU": 8}] * 2)),
+            settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 8, "gpu": 0}, waiting=((DemandKind.GANG, 1), (DemandKind.GANG, 8)),
+               reasons={"cpu": "capped by upscaling speed (5 new nodes per decision)"}),
+        id="conserve-gpu-gangs-held-while-cpu-only-gangs-wait-for-the-ramp"),
+    pytest.param(
+        inp(grp("cpu", CPU4, replicas=2, pending=2),
+            gangs=(gang(Strategy.STRICT_SPREAD, *[{"CPU": 4}] * 12),), settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 12}, reasons={"cpu": "cpu 2→12: 1 pending placement group STRICT_SPREAD [12×{CPU:4}]"}),
+        id="a-gang-wider-than-the-speed-cap-still-starts"),
+    pytest.param(
+        inp(grp("cpu", CPU4), grp("gpu", GPU1),
+            gangs=(gang(Strategy.PACK, *[{"CPU": 4}] * 4), gang(Strategy.STRICT_SPREAD, *[{"GPU": 1, "CPU": 8}] * 2)),
+            settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 4, "gpu": 2}), id="conserve-gpu-gangs-not-held-when-the-cpu-gangs-fit-the-ramp"),
+    pytest.param(
+        inp(grp("cpu", CPU4), grp("gpu", GPU1),
+            gangs=(gang(Strategy.PACK, *[{"CPU": 4}] * 4, count=10),
+                   gang(Strategy.STRICT_SPREAD, *[{"GPU": 1, "CPU": 8}] * 2)),
+            constraints=(task({"GPU": 1}, 1),), settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 6, "gpu": 1}, waiting=((DemandKind.GANG, 1), (DemandKind.GANG, 8))),
+        id="conserve-gpu-request-resources-never-held"),
     pytest.param(
         inp(grp("cpu", CPU4, replicas=20), grp("gpu", GPU1), demands=(task({"CPU": 4}, 20), task({"GPU": 1}, 2)),
             settings=Settings(upscaling_speed=1.0)),
@@ -244,6 +269,17 @@ CASES = [
         inp(grp("gpu", GPU4, replicas=1), nodes=(node("g1", "gpu", GPU4),),
             gangs=(gang(Strategy.STRICT_SPREAD, *[{"GPU": 1}] * 3),)),
         Expect({"gpu": 3}), id="strict-spread-mixes-existing-and-new-nodes"),
+    pytest.param(  # one at a time: 3 fresh nodes hold 4 instances, the 5th needs 3 more (6)
+        inp(grp("gpu", GPU4), gangs=(gang(Strategy.STRICT_SPREAD, *[{"GPU": 1}] * 3, count=5),)),
+        Expect({"gpu": 4}, reasons={"gpu": "gpu 0→4: 5 pending placement groups STRICT_SPREAD [3×{GPU:1}]"}),
+        id="identical-strict-spreads-share-new-nodes-round-robin"),
+    pytest.param(
+        inp(grp("gpu", GPU4, hi=3), gangs=(gang(Strategy.STRICT_SPREAD, *[{"GPU": 1}] * 3, count=5),)),
+        Expect({"gpu": 3}, waiting=((DemandKind.GANG, 1),)), id="round-robin-strict-spreads-stop-at-max"),
+    pytest.param(  # each instance takes g1 once: 3 nodes, where all-new round robin would open 3
+        inp(grp("gpu", GPU4, replicas=1), nodes=(node("g1", "gpu", GPU4),),
+            gangs=(gang(Strategy.STRICT_SPREAD, *[{"GPU": 1}] * 3, count=3),)),
+        Expect({"gpu": 3}), id="strict-spreads-reuse-an-existing-node-each"),
     pytest.param(
         inp(grp("gpu", GPU4, hi=2), gangs=(gang(Strategy.STRICT_SPREAD, *[{"GPU": 2}] * 2),),
             demands=(task({"GPU": 1}, 4),)),

@@ -18,14 +18,18 @@ and only then opens new nodes, in the group that wastes least. Everything works 
 nodes of a group are opened in bulk (``ceil(count / per_node)``). Identical nodes are merged into one
 bin with a multiplicity, and a bin is only split when part of it is used. The cost therefore grows with
 the number of distinct shapes, groups and nodes, never with the number of tasks. Gangs other than
-STRICT_PACK are placed one instance at a time (each instance is atomic); STRICT_PACK gangs are one
-bundle each and go in bulk.
+STRICT_PACK are placed one instance at a time (each instance is atomic), except that identical
+STRICT_SPREAD instances that fit no node there is get new nodes at once, round robin over the fewest nodes
+that keep each instance's bundles apart; STRICT_PACK gangs are one bundle each and go in bulk. One gang
+instance per group and decision may go past the upscaling-speed cap: an atomic gang wider than the cap
+would otherwise never start.
 
 With ``conserve_gpu_nodes``, CPU-only demand never opens GPU nodes while a non-GPU group fits it, and GPU
-tasks open no GPU nodes beyond the minimum while a non-GPU group is still ramping up under the upscaling
-speed: Ray places CPU-only work on GPU nodes when nothing else has room, so GPU nodes that came up first
-would fill with the CPU backlog (the decision is re-run with the GPU groups' budgets at zero for tasks;
-gangs, all-or-nothing training jobs, are not held back).
+tasks (and gangs, while CPU-only gangs wait) open no GPU nodes beyond the minimum while a non-GPU group is
+still ramping up under the upscaling speed: Ray places CPU-only work on GPU nodes when nothing else has
+room (its placement-group scheduler does not look at GPUs at all), so GPU nodes that came up first would
+fill with the CPU backlog and the GPU work would wait for yet more of them (the decision is re-run with
+the GPU groups' budgets at zero after ``request_resources``, which asks for capacity outright).
 
 Resources are compared in fixed point (1/10000 of a unit, Ray's own resolution), so ``0.1 + 0.2`` CPUs
 fit where ``0.3`` are free.
@@ -503,6 +507,7 @@ class _Run:
                                       if math.isfinite(s.upscaling_speed) else g.max_replicas)
                 self.budget[gi] = max(0, min(g.max_replicas - current - self.min_new[gi], self.speed_cap[gi]))
         self.held = {gi for gi in range(len(groups)) if hold_gpu_nodes and self.gpu[gi]}
+        self.lifted: set[int] = set()  # groups whose speed cap one gang instance has already exceeded
         self.new = self.min_new[:]
         # Why each group grows: (kind, text) -> count, in the order first seen.
         self.why: list[dict[tuple[DemandKind, str], int]] = [{} for _ in groups]
@@ -635,6 +640,42 @@ class _Run:
             placed += got
         return placed
 
+    def open_spread_nodes(self, shape: _Shape, width: int, count: int, cands: list[tuple[int, int, int]],
+                          pool: _Pool, opened: list[tuple[int, int]]) -> int:
+        """Up to ``count`` identical STRICT_SPREAD instances of ``width`` bundles of one shape, on new nodes of
+        one group at once, laid round robin; returns how many were placed.
+
+        One instance at a time would give each its own ``width`` fresh nodes once the earlier ones are full
+        (5 instances of 3 GPU bundles on 4-GPU nodes: 6 nodes); round robin over ``max(width, ceil(bundles /
+        per node))`` nodes keeps every instance on distinct nodes with fewer of them (4)."""
+        items = shape.items
+        best: tuple[tuple[int, int, int, int], int, int, int] | None = None
+        for gi, _, waste in cands:
+            budget = self.budget[gi]
+            if budget < width:
+                continue
+            per = _per_node(self.caps[gi], items, 1 << 62)  # bundles of other instances may share a node
+            placed = min(count, budget * per // width)
+            nodes = max(width, -(-placed * width // per))
+            key = (-waste, placed, -nodes, -gi)
+            if best is None or key > best[0]:
+                best = (key, gi, nodes, placed)
+        if best is None:
+            for gi, _, _ in cands:
+                self.note_cap(gi)
+            return 0
+        _, gi, nodes, placed = best
+        if placed < count:
+            self.note_cap(gi)
+        q, r = divmod(placed * width, nodes)  # round robin: r nodes with q + 1 bundles, the others with q
+        cap_vec = self.caps[gi]
+        if r:
+            pool.add(_NEW, gi, _minus(cap_vec, items, q + 1), r, [], self.group_labels[gi])
+        pool.add(_NEW, gi, _minus(cap_vec, items, q), nodes - r, [], self.group_labels[gi])
+        self.change_budget(gi, nodes)
+        opened.append((gi, placed * width))
+        return placed
+
     def change_budget(self, gi: int, n: int) -> None:
         self.budget[gi] -= n
         self.new[gi] += n
@@ -721,17 +762,25 @@ class _Run:
                     self.waiting.append(Unplaced(DemandKind.GANG, gang.bundles, gang.count - placed,
                                                  gang.strategy, gang.selector))
                 continue
-            for done in range(gang.count):
+            done = 0
+            lifted: dict[int, int] | None = None  # extra budget per group while one instance exceeds the speed cap
+            while done < gang.count:
+                notes = ([dict(c) for c in self.capped], set(self.speed_capped))
                 gid = self.next_gang
                 self.next_gang += 1
                 pool.undo = []
                 opened = []
                 ok = True
+                also = 0  # identical instances after this one, placed with it (STRICT_SPREAD in bulk)
                 for (shape, n), shape_cands in zip(parts, cands, strict=True):
                     order = pool.order(shape, conserve)
                     placed = pool.fill(shape, n, order, cap=1 if spread else 0, gang=gid if spread else -1)
                     if gang.strategy is Strategy.SPREAD and placed < n:  # best effort: share nodes after all
                         placed += pool.fill(shape, n - placed, order)
+                    if placed == 0 and cap and len(parts) == 1:  # fits no node there is, nor will the rest
+                        also = self.open_spread_nodes(shape, n, gang.count - done, shape_cands, pool, opened) - 1
+                        ok = also >= 0
+                        break
                     # New nodes for STRICT_SPREAD take one bundle each and are tagged so the gang's other
                     # bundles go elsewhere; for PACK and SPREAD they are packed.
                     tag = gid if cap else -1
@@ -743,10 +792,21 @@ class _Run:
                 if not ok:  # atomic: give back everything this instance took; identical ones fail the same
                     for step in reversed(journal):
                         step()
+                    if lifted is None:
+                        lifted = self.lift_speed_caps({gi for c in cands for gi, _, _ in c})
+                        if lifted:
+                            self.capped, self.speed_capped = notes
+                            continue
                     self.waiting.append(Unplaced(DemandKind.GANG, gang.bundles, gang.count - done,
                                                  gang.strategy, gang.selector))
                     break
-                self.count_why([(gi, 1) for gi in dict.fromkeys(gi for gi, _ in opened)], DemandKind.GANG, text)
+                if lifted:  # that one instance may exceed the speed cap, the ones after it may not
+                    for gi, extra in lifted.items():
+                        self.budget[gi] = max(0, self.budget[gi] - extra)
+                    lifted = {}
+                done += 1 + also
+                self.count_why([(gi, 1 + also) for gi in dict.fromkeys(gi for gi, _ in opened)], DemandKind.GANG,
+                               text)
 
     def merge_gangs(self) -> list[Gang]:
         merged: dict[tuple[object, ...], Gang] = {}
@@ -831,10 +891,11 @@ class _Run:
 
     def decide(self) -> Decision:
         self.build_pools()
-        self.place_constraints()
+        self.place_constraints()  # request_resources asks for capacity outright: never held
+        if any(all(b.get(GPU, 0) <= 0 for b in g.bundles) for g in self.inp.gangs):
+            self.hold_gpu_budgets()  # CPU-only placement groups wait: GPU ones are held too
         self.place_gangs()
-        for gi in self.held:  # gangs (training jobs, all-or-nothing) are not held back, tasks are
-            self.budget[gi] = 0
+        self.hold_gpu_budgets()
         self.place_tasks()
         drains, idle_out, above_max = self.choose_drains()
         targets: dict[str, int] = {}
@@ -847,11 +908,34 @@ class _Run:
                 reasons[g.name] = f"{g.name} {g.replicas}→{target}: " + self.explain(gi, idle_out[gi], raw)
         return Decision(targets, tuple(drains), tuple(self.infeasible), tuple(self.waiting), reasons)
 
+    def lift_speed_caps(self, groups: Iterable[int]) -> dict[int, int]:
+        """Raise the budgets of speed-capped ``groups`` to their room under maxReplicas; returns what was added.
+
+        A placement group needs all its nodes at once: one wider than the upscaling-speed cap would otherwise
+        wait forever, since a decision only ever adds what the cap allows and an atomic gang takes all or none.
+        So one gang instance per group and decision may go past the cap."""
+        extra: dict[int, int] = {}
+        for gi in groups:
+            g = self.inp.groups[gi]
+            room = g.max_replicas - self.live[gi] - self.coming[gi] - self.new[gi]
+            if (gi not in self.held and gi not in self.lifted and g.name not in self.inp.unavailable
+                    and room > self.budget[gi]):
+                extra[gi] = room - self.budget[gi]
+                self.budget[gi] = room
+                self.lifted.add(gi)
+        return extra
+
+    def hold_gpu_budgets(self) -> None:
+        for gi in self.held:
+            self.budget[gi] = 0
+
     def gpu_nodes_to_hold(self) -> bool:
-        """conserveGpuNodes: GPU tasks open no GPU nodes beyond the minimum while a non-GPU group still ramps
-        up under the speed cap. Ray puts CPU-only work on GPU nodes when no other node has room, so GPU nodes that come
-        up before the CPU capacity fill with the CPU backlog, and the GPU work they are for waits for yet more
-        GPU nodes. The hold lasts only while the ramp does (the cap doubles every decision)."""
+        """conserveGpuNodes: GPU tasks open no GPU nodes beyond the minimum while a non-GPU group still ramps up
+        under the speed cap, and neither do placement groups while CPU-only ones wait. Ray puts CPU-only tasks on
+        GPU nodes when no other node has room, and its placement-group scheduler ignores GPUs altogether, so GPU
+        nodes that come up before the CPU capacity fill with the CPU backlog, and the GPU work they are for
+        waits for yet more GPU nodes. The hold lasts only while the ramp does (the cap doubles every decision).
+        GPU placement groups behind no CPU-only ones are not held: they claim the GPU nodes before tasks do."""
         return (self.settings.conserve_gpu_nodes and any(not self.gpu[gi] for gi in self.speed_capped)
                 and any(self.gpu[gi] and self.new[gi] > self.min_new[gi] for gi in range(len(self.new))))
 
