@@ -9,7 +9,8 @@ pending pods are identical. Ray's side runs in a forked child that is killed onc
 size it does not finish is reported as such, never extrapolated.
 
 The quality section replays seeded traces in a small discrete-time simulator (5 s ticks, pods take 30 s to
-become Ray nodes, a first-fit "raylet" that runs whatever fits) and lets each policy drive the cluster.
+become Ray nodes, a stand-in for Ray's schedulers that starts whatever fits: tasks first fit, placement groups
+as GCS's bundle policies place them) and lets each policy drive the cluster.
 Both go through the same launch pacing, ``max(5, ceil(speed × nodes))`` per group per decision (Ray's
 launches wait as QUEUED instances, which its scheduler counts as coming capacity, as in Ray's v2 instance
 manager), the same idle timeout, and the same drain rule (only idle nodes go).
@@ -370,13 +371,28 @@ def _fits(free: Mapping[str, float], shape: Mapping[str, float]) -> bool:
     return all(free.get(k, 0.0) >= v - 1e-9 for k, v in shape.items())
 
 
+def _most_room(nodes: list[SimNode], free: Mapping[str, Mapping[str, float]],
+               bundle: Mapping[str, float]) -> SimNode | None:
+    """The node Ray's LeastResourceScorer picks for ``bundle``: the highest sum over the resources asked of
+    (available - asked) / available, among nodes it fits; the first such node on a tie."""
+    best, best_score = None, -1.0
+    for n in nodes:
+        room = free[n.name]
+        if not _fits(room, bundle):
+            continue
+        score = sum((room.get(k, 0.0) - v) / room[k] for k, v in bundle.items() if room.get(k, 0.0) > 0)
+        if best is None or score > best_score:
+            best, best_score = n, score
+    return best
+
+
 def _take(free: dict[str, float], shape: Mapping[str, float], sign: float = 1.0) -> None:
     for k, v in shape.items():
         free[k] = free.get(k, 0.0) - sign * v
 
 
 class Cluster:
-    """Nodes, pods coming up, pending work, and a first-fit stand-in for Ray's own task scheduling."""
+    """Nodes, pods coming up, pending work, and a stand-in for Ray's own scheduling of tasks and bundles."""
 
     def __init__(self, trace: Trace) -> None:
         self.trace = trace
@@ -435,31 +451,56 @@ class Cluster:
 
     @staticmethod
     def place(w: Work, nodes: list[SimNode]) -> list[SimNode] | None:
-        """Where Ray would run ``w`` now: CPU-only work avoids GPU nodes while others fit; gangs are atomic."""
-        gpu_work = any("GPU" in b for b in w.bundles)
-        order = nodes if gpu_work else sorted(nodes, key=lambda n: "GPU" in n.total)
-        if w.strategy is Strategy.STRICT_PACK or (w.strategy is Strategy.PACK and len(w.bundles) > 1):
+        """Where Ray would run ``w`` now, or None. A task: first fit, CPU-only ones avoiding GPU nodes while
+        others fit (the raylet's ``scheduler_avoid_gpu_nodes``). A placement group: as GCS's bundle policies do
+        (``bundle_scheduling_policy.cc``): bundles GPU-first, each onto the node with the most room for it
+        (Ray's LeastResourceScorer; ties to the older node), GPUs or not; PACK then puts every remaining bundle
+        that fits on that node before taking another; SPREAD and STRICT_SPREAD want a node per bundle, SPREAD
+        sharing when it must; STRICT_PACK all on one node. All or nothing."""
+        if w.strategy is None:
+            order = nodes if "GPU" in w.bundles[0] else sorted(nodes, key=lambda n: "GPU" in n.total)
+            one = next((n for n in order if _fits(n.free, w.bundles[0])), None)
+            return None if one is None else [one]
+        if w.strategy is Strategy.STRICT_PACK:
             combined: dict[str, float] = {}
             for b in w.bundles:
                 for k, v in b.items():
                     combined[k] = combined.get(k, 0.0) + v
-            one = next((n for n in order if _fits(n.free, combined)), None)
-            if one is not None:
-                return [one] * len(w.bundles)
-            if w.strategy is Strategy.STRICT_PACK:
-                return None
-        scratch = {n.name: dict(n.free) for n in order}
-        chosen: list[SimNode] = []
-        for b in w.bundles:
-            distinct = w.strategy in (Strategy.SPREAD, Strategy.STRICT_SPREAD)
-            pick = next((n for n in order if _fits(scratch[n.name], b) and not (distinct and n in chosen)), None)
-            if pick is None and w.strategy is Strategy.SPREAD:
-                pick = next((n for n in order if _fits(scratch[n.name], b)), None)
-            if pick is None:
-                return None
-            _take(scratch[pick.name], b)
-            chosen.append(pick)
-        return chosen
+            one = _most_room(nodes, {n.name: n.free for n in nodes}, combined)
+            return None if one is None else [one] * len(w.bundles)
+        scratch = {n.name: dict(n.free) for n in nodes}
+        todo = sorted(range(len(w.bundles)), key=lambda i: tuple(-w.bundles[i].get(k, 0.0)
+                                                                  for k in ("GPU", "memory", "CPU")))
+        chosen: list[SimNode | None] = [None] * len(w.bundles)
+        unused = list(nodes)
+        if w.strategy is Strategy.PACK:
+            while todo:
+                node = _most_room(unused, scratch, w.bundles[todo[0]])
+                if node is None:
+                    return None
+                unused.remove(node)
+                left = []
+                for i in todo:
+                    if _fits(scratch[node.name], w.bundles[i]):
+                        _take(scratch[node.name], w.bundles[i])
+                        chosen[i] = node
+                    else:
+                        left.append(i)
+                todo = left
+        else:
+            used: list[SimNode] = []
+            for i in todo:
+                node = _most_room(unused, scratch, w.bundles[i])
+                if node is not None:
+                    unused.remove(node)
+                    used.append(node)
+                elif w.strategy is Strategy.SPREAD:
+                    node = _most_room(used, scratch, w.bundles[i])
+                if node is None:
+                    return None
+                _take(scratch[node.name], w.bundles[i])
+                chosen[i] = node
+        return [n for n in chosen if n is not None]
 
     def account(self, now: float) -> None:
         self.node_seconds += TICK * len(self.nodes)
