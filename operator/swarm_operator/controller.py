@@ -356,7 +356,8 @@ class Controller:
         obs = Observed(pods=tuple(states), service_exists=svc is not None and owned_by(svc, uid),
                        health=health, head_restarts=head_restarts,
                        idle_pods=outcome.idle if outcome else None,
-                       ray_dead=outcome.ray_dead if outcome else frozenset())
+                       ray_dead=outcome.ray_dead if outcome else frozenset(),
+                       ray_nodes=outcome.ray_nodes if outcome else None)
         plan = plan_cluster(cluster, obs, targets, now)
         if old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers)) for a in plan.actions):
             # Re-creating children of a cluster served before: make sure it still exists. A watch

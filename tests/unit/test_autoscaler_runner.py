@@ -279,7 +279,7 @@ def test_read_error_keeps_targets_and_records_the_error(h: Harness) -> None:
     assert o is not None
     assert o.targets == {"cpu": 3, "gpu": 1}
     assert o.status == {**old["autoscaler"], "lastError": "reading Ray state: connection refused"}
-    assert (o.events, o.ray_dead, o.idle, o.patched_pods) == ((), frozenset(), None, ())
+    assert (o.events, o.ray_dead, o.idle, o.ray_nodes, o.patched_pods) == ((), frozenset(), None, None, ())
     assert metric("swarm_autoscaler_poll_errors_total", namespace=NAMESPACE, cluster="read-error") == errors + 1
 
 
@@ -473,6 +473,7 @@ def test_ray_dead_pods_are_reported(h: Harness) -> None:
     o = h.step(c, pods, {"cpu": 2, "gpu": 0})
     assert o is not None
     assert o.ray_dead == frozenset({"demo-cpu-w0001"})
+    assert o.ray_nodes == frozenset({head_node(c).instance_id, "demo-cpu-w0000"})  # live ones only
     assert o.targets["cpu"] == 2  # the planner replaces it; the autoscaler does not drop its place
 
 

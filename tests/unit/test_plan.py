@@ -30,9 +30,10 @@ NO_BACKOFF = {"faultTolerance": {"workerBackoffInitialSeconds": 0}}
 
 
 def run(c: ClusterSpec, pods: list[PodState], *, service: bool = True, health: Mapping[str, GroupHealth] | None = None,
-        targets: Mapping[str, int] | None = None, idle: frozenset[str] | None = None, head_restarts: int = 0) -> Plan:
+        targets: Mapping[str, int] | None = None, idle: frozenset[str] | None = None, head_restarts: int = 0,
+        ray_nodes: frozenset[str] | None = None) -> Plan:
     obs = Observed(pods=tuple(pods), service_exists=service, health=dict(health or {}),
-                   head_restarts=head_restarts, idle_pods=idle)
+                   head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes)
     return plan_cluster(c, obs, dict(targets or {}), NOW)
 
 
@@ -301,6 +302,26 @@ AUTO_C = cluster({**AUTO}, groups=[group("cpu", 2, lo=1, hi=4)])
 )
 def test_autoscaling(pods: list[PodState], targets: dict[str, int], expected: list[tuple[Any, ...]]) -> None:
     assert same(run(AUTO_C, [head(AUTO_C), *pods], targets=targets), expected)
+
+
+# A worker joins Ray, and gets tasks, before its readiness probe first passes.
+JOINING = worker(AUTO_C, suffix="join1", ready=False)
+
+
+@pytest.mark.parametrize(
+    ("ray_nodes", "expected"),
+    [
+        pytest.param(None, [], id="running-not-ready-kept-while-ray-state-unknown"),
+        pytest.param(frozenset({"demo-cpu-w0000", "demo-cpu-w0001", "demo-cpu-join1"}), [],
+                     id="running-not-ready-ray-node-kept"),
+        pytest.param(frozenset({"demo-cpu-w0000", "demo-cpu-w0001"}), [("delete", "demo-cpu-join1")],
+                     id="running-not-ready-not-yet-in-ray-removed"),
+    ],
+)
+def test_autoscaling_never_removes_a_ray_node_by_spec(ray_nodes: frozenset[str] | None,
+                                                      expected: list[tuple[Any, ...]]) -> None:
+    pods = [head(AUTO_C), *workers(AUTO_C, 2), JOINING]
+    assert same(run(AUTO_C, pods, targets={"cpu": 2}, ray_nodes=ray_nodes), expected)
 
 
 def test_spec_replicas_rule_when_autoscaling_off() -> None:

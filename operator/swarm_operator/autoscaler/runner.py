@@ -40,6 +40,7 @@ class Outcome:
     status: dict[str, Any]  # status.autoscaler
     ray_dead: frozenset[str] = frozenset()  # pods whose Ray node is DEAD
     idle: frozenset[str] | None = None
+    ray_nodes: frozenset[str] | None = None  # pods whose Ray node is alive (None: Ray's state unknown)
     events: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)  # (type, reason, message)
     patched_pods: tuple[dict[str, Any], ...] = ()  # pods annotated as drained, for the controller's cache
 
@@ -207,7 +208,8 @@ class Autoscaler:
         else:
             record.update({k: old[k] for k in ("lastDecisionTime", "lastDecision") if k in old})
         idle = frozenset(n.instance_id for n in snap.nodes if n.status == IDLE)
-        return Outcome(new_targets, record, ray_dead_pods(snap, pods), idle, tuple(events), tuple(patched))
+        alive = frozenset(n.instance_id for n in snap.nodes if n.status != DEAD)
+        return Outcome(new_targets, record, ray_dead_pods(snap, pods), idle, alive, tuple(events), tuple(patched))
 
     async def _drain(self, key: str, snap: rs.ClusterSnapshot, drains: Iterable[policy.Drain],
                      events: list[tuple[str, str, str]]) -> tuple[list[policy.Drain], list[policy.Drain]]:

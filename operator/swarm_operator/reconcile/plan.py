@@ -54,6 +54,9 @@ class Observed:
     idle_pods: frozenset[str] | None = None
     # Pods whose Ray node the GCS reports DEAD while the pod still runs (`ray start --block` outlives it).
     ray_dead: frozenset[str] = frozenset()
+    # Pods the GCS reports as live Ray nodes (None when Ray's state is unknown). A pod joins Ray, and
+    # gets tasks, before its readiness probe first passes: "not ready" does not mean "no Ray work".
+    ray_nodes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,10 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     elif missing < 0:
         removable = _scale_down_order(live)
         if cluster.autoscaling.enabled:
-            # Ray nodes are removed only by the autoscaler's drain; here only pods with no Ray work yet.
-            removable = [p for p in removable if not p.ready]
+            # Ray nodes are removed only by the autoscaler's drain; here only pods with no Ray work yet:
+            # not ready and not a Ray node (with Ray's state unknown, not even running).
+            removable = [p for p in removable if not p.ready and (
+                p.name not in obs.ray_nodes if obs.ray_nodes is not None else p.phase != "Running")]
         for p in removable[: -missing]:
             actions.append(DeletePod(p.name, f"group {group.name} scaled to {desired} "
                                              f"({'not ready' if not p.ready else 'newest'} first)"))
