@@ -156,6 +156,12 @@ class Controller:
             store[key][name] = slim_pod(obj) if store is self.pods else dict(obj)
         return key
 
+    def _drop_pod(self, key: Key, name: str) -> None:
+        """Forget a pod the API says is gone, as if the watch had reported its deletion."""
+        cached = self.pods[key].get(name)
+        if cached is not None:
+            self._index(self.pods, "DELETED", cached)
+
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         if event_type is None:
             self._listed()
@@ -218,8 +224,11 @@ class Controller:
                     fresh_svcs[key][svc["metadata"]["name"]] = svc
         for store, fresh in ((self.pods, fresh_pods), (self.services, fresh_svcs)):
             for key in set(store) | set(fresh):
-                # Keep entries newer than the list (written or watched while it ran).
-                merged = dict(fresh.get(key, {}))
+                # Keep entries newer than the list (written or watched while it ran), and leave out
+                # listed objects whose deletion was seen while it ran: the list predates it, and
+                # putting such a pod back would have every turn delete it again (404) and count a failure.
+                merged = {name: obj for name, obj in fresh.get(key, {}).items()
+                          if _newer(obj, self._tombstones.get((key, name)), strictly=True)}
                 listed = {"metadata": {"resourceVersion": listed_at.get(key[0], listed_at.get(None, ""))}}
                 for name, obj in store.get(key, {}).items():
                     if name in merged:
@@ -444,7 +453,7 @@ class Controller:
         """
         ns = cluster.namespace
         calls: list[asyncio.Future[Any]] = []
-        labels_of_calls: list[str] = []  # what each call creates; "" for deletions
+        labels_of_calls: list[str] = []  # what each call creates; "-<pod name>" for deletions
         deleted: list[DeletePod] = []
 
         def call(fn: Any, *args: Any, what: str = "") -> None:
@@ -473,7 +482,7 @@ class Controller:
                     pod = build_worker_pod(cluster, group, random_suffix())
                     call(self.kube.create_pod, ns, pod, what=f"{action.group} worker")
             else:
-                call(self.kube.delete_pod, ns, action.name)
+                call(self.kube.delete_pod, ns, action.name, what=f"-{action.name}")
                 deleted.append(action)
         results = await asyncio.gather(*calls, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -485,7 +494,9 @@ class Controller:
                 self._index(self.pods, None, r)
             elif isinstance(r, dict) and r.get("kind") == "Service":
                 self._index(self.services, None, r)
-            if not what:
+            if what.startswith("-"):  # a deletion
+                if r is None:  # 404: the pod is gone whatever the index says
+                    self._drop_pod(key, what[1:])
                 continue
             if isinstance(r, BaseException):
                 refused[what] = getattr(r, "reason", None) or str(r)

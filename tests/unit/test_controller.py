@@ -607,6 +607,53 @@ def test_relist_keeps_pods_written_while_it_listed(rv: str, kept: bool) -> None:
     run(body)
 
 
+def test_relist_does_not_bring_back_a_pod_deleted_while_it_listed() -> None:
+    """The list still has the pod; its DELETED event arrives while the list is in flight."""
+    kube = RacingKube()
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        kube.pods[(NAMESPACE, "demo-cpu-gone1")] = _pod("90", name="demo-cpu-gone1")
+        c.on_pod("ADDED", _pod("90", name="demo-cpu-gone1"))
+
+        def deleted_meanwhile() -> None:
+            del kube.pods[(NAMESPACE, "demo-cpu-gone1")]
+            c._index(c.pods, "DELETED", _pod("120", name="demo-cpu-gone1"))  # the watch event
+
+        kube.during_list = deleted_meanwhile
+        await c.relist()
+        assert "demo-cpu-gone1" not in c.pods[KEY]
+
+    run(body)
+
+
+def test_a_failed_pod_already_gone_is_forgotten_not_deleted_every_turn() -> None:
+    """The index still has a Failed worker the API no longer has (its deletion went unseen): the delete
+    answers 404 once, and the next turns neither delete it again nor count it as another failure."""
+    kube = FakeKube()
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        await c.reconcile(KEY)  # creates head + 2 workers
+        worker = next(p for (_, n), p in kube.pods.items() if n.startswith("demo-cpu-"))
+        name = worker["metadata"]["name"]
+        failed = with_state(worker, phase="Failed", ready=False, reason="Error", resource_version=kube._bump())
+        del kube.pods[(NAMESPACE, name)]  # gone from the API server
+        c.on_pod("MODIFIED", failed)  # but the index only ever saw it fail
+        kube.calls.clear()
+        for _ in range(3):
+            await c.reconcile(KEY)
+        assert name not in c.pods[KEY]
+
+    run(body)
+    assert kube.verbs()["delete_pod"] == 1
+    assert len([e for e in kube.events if e[2] == "Replacing"]) == 1
+    (group,) = kube.statuses[-1][2]["workerGroups"]
+    assert (group["restarts"], group["consecutiveFailures"]) == (1, 1)
+
+
 # -- the queue -----------------------------------------------------------------------------------
 
 
