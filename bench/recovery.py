@@ -166,6 +166,23 @@ def cluster_ready_again(f: Failure, events: list[Seen]) -> float | None:
     return None
 
 
+def describe_cluster(core: Any, custom: Any, ns: str, f: Failure, events: list[Seen]) -> None:
+    """What the API server and this benchmark's watches say of a cluster that did not recover."""
+    body = custom.get_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters", f.cluster)
+    status = body.get("status") or {}
+    print(f"[recovery] {f.cluster} not recovered: status phase {status.get('phase')!r}, head {status.get('head')}, "
+          f"conditions {[(c.get('type'), c.get('status'), c.get('reason')) for c in status.get('conditions') or []]}")
+    for pod in core.list_namespaced_pod(ns, label_selector=f"{labels.CLUSTER}={f.cluster}").items:
+        print(f"  pod {pod.metadata.name} uid {pod.metadata.uid} phase {pod.status.phase} "
+              f"deleting {pod.metadata.deletion_timestamp is not None} "
+              f"{'known before the failure' if pod.metadata.uid in f.known_uids else 'new'}")
+    for e in events:
+        if e.at >= f.at and (e.name == f.cluster or e.labels.get(labels.CLUSTER) == f.cluster):
+            print(f"  seen +{e.at - f.at:6.2f}s {e.kind} {e.name} {e.phase} restarts={e.head_restarts}")
+    for ev in core.list_namespaced_event(ns, field_selector=f"involvedObject.name={f.cluster}").items:
+        print(f"  event {ev.type} {ev.reason}: {ev.message}")
+
+
 def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -281,6 +298,9 @@ def main() -> int:
         ok &= wait_for(lambda: all(cluster_ready_again(f, rec.snapshot()) is not None for f in heads),
                        args.timeout, "every cluster Running again")
         evs = rec.snapshot()
+        for f in heads:
+            if cluster_ready_again(f, evs) is None:
+                describe_cluster(core, custom, ns, f, evs)
         head_pod_times = [head_pod_running(f, evs) for f in heads]
         ready_times = [cluster_ready_again(f, evs) for f in heads]
         rss, cpu = proc_stats(op.proc.pid if op.proc else 0)

@@ -490,14 +490,19 @@ class Controller:
         refused: dict[str, str] = {}
         taken: list[str] = []
         for what, r in zip(labels_of_calls, results, strict=True):
+            if what.startswith("-"):  # a deletion: the pod as it is being deleted, or gone
+                if isinstance(r, dict) and (r.get("metadata") or {}).get("resourceVersion"):
+                    self._index(self.pods, None, r)
+                elif not isinstance(r, BaseException):
+                    # 404, or removed at once (a Failed pod gets no grace period): the API server then
+                    # answers with the pod as it was, without a resourceVersion, which no tombstone could
+                    # be compared with. Either way it is gone, whatever the index says.
+                    self._drop_pod(key, what[1:])
+                continue
             if isinstance(r, dict) and r.get("kind") == "Pod":
                 self._index(self.pods, None, r)
             elif isinstance(r, dict) and r.get("kind") == "Service":
                 self._index(self.services, None, r)
-            if what.startswith("-"):  # a deletion
-                if r is None:  # 404: the pod is gone whatever the index says
-                    self._drop_pod(key, what[1:])
-                continue
             if isinstance(r, BaseException):
                 refused[what] = getattr(r, "reason", None) or str(r)
             elif r is None:  # 409: ours would be in the index, so the name is held by someone else

@@ -654,6 +654,51 @@ def test_a_failed_pod_already_gone_is_forgotten_not_deleted_every_turn() -> None
     assert (group["restarts"], group["consecutiveFailures"]) == (1, 1)
 
 
+class ImmediateDeleteKube(FakeKube):
+    """Removes a pod at once, as the API server does for a Failed one (no grace period), and answers
+    with the pod as it was, without a resourceVersion; the watch reports the deletion first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watch: Callable[[str, dict[str, Any]], None] = lambda event, obj: None
+
+    def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("delete_pod", name))
+            pod = self.pods.pop((namespace, name), None)
+            if pod is None:
+                return None
+            rv = self._bump()
+        self.watch("DELETED", {**pod, "metadata": {**pod["metadata"], "resourceVersion": rv}})
+        gone = copy.deepcopy(pod)
+        gone["metadata"]["deletionTimestamp"] = iso(NOW)
+        del gone["metadata"]["resourceVersion"]
+        return gone
+
+
+def test_a_failed_head_removed_at_once_is_replaced() -> None:
+    """The delete's answer (no resourceVersion) comes after the watch's DELETED: it must not put the old
+    head back, or every turn would wait for a deletion that already happened."""
+    kube = ImmediateDeleteKube()
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        await c.reconcile(KEY)  # creates head + 2 workers
+        head = kube.pods[(NAMESPACE, "demo-head")]
+        failed = with_state(head, phase="Failed", ready=False, reason="Error", resource_version=kube._bump())
+        kube.pods[(NAMESPACE, "demo-head")] = failed
+        c.on_pod("MODIFIED", failed)
+        kube.watch = lambda event, obj: c._index(c.pods, event, obj)
+        await c.reconcile(KEY)  # deletes the head and recycles the workers
+        assert not c.pods[KEY]
+        kube.calls.clear()
+        await c.reconcile(KEY)
+
+    run(body)
+    assert ("create_pod", "demo-head") in kube.calls
+
+
 # -- the queue -----------------------------------------------------------------------------------
 
 
