@@ -453,8 +453,9 @@ class Controller:
         """
         ns = cluster.namespace
         calls: list[asyncio.Future[Any]] = []
-        labels_of_calls: list[str] = []  # what each call creates; "-<pod name>" for deletions
+        labels_of_calls: list[str] = []  # what each call creates
         deleted: list[DeletePod] = []
+        deletions: list[asyncio.Future[Any]] = []  # one per `deleted`, in the same order
 
         def call(fn: Any, *args: Any, what: str = "") -> None:
             calls.append(asyncio.ensure_future(asyncio.to_thread(fn, *args)))
@@ -482,23 +483,23 @@ class Controller:
                     pod = build_worker_pod(cluster, group, random_suffix())
                     call(self.kube.create_pod, ns, pod, what=f"{action.group} worker")
             else:
-                call(self.kube.delete_pod, ns, action.name, what=f"-{action.name}")
+                deletions.append(asyncio.ensure_future(asyncio.to_thread(self.kube.delete_pod, ns, action.name)))
                 deleted.append(action)
         results = await asyncio.gather(*calls, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        gone = await asyncio.gather(*deletions, return_exceptions=True)
+        errors = [r for r in (*results, *gone) if isinstance(r, BaseException)]
+        for action, r in zip(deleted, gone, strict=True):
+            if isinstance(r, dict) and (r.get("metadata") or {}).get("resourceVersion"):
+                self._index(self.pods, None, r)  # being deleted (a grace period)
+            elif not isinstance(r, BaseException):
+                # 404, or removed at once (a Failed pod gets no grace period): the API server then
+                # answers with the pod as it was, without a resourceVersion, which no tombstone could
+                # be compared with. Either way it is gone, whatever the index says.
+                self._drop_pod(key, action.name)
         created: dict[str, int] = {}
         refused: dict[str, str] = {}
         taken: list[str] = []
         for what, r in zip(labels_of_calls, results, strict=True):
-            if what.startswith("-"):  # a deletion: the pod as it is being deleted, or gone
-                if isinstance(r, dict) and (r.get("metadata") or {}).get("resourceVersion"):
-                    self._index(self.pods, None, r)
-                elif not isinstance(r, BaseException):
-                    # 404, or removed at once (a Failed pod gets no grace period): the API server then
-                    # answers with the pod as it was, without a resourceVersion, which no tombstone could
-                    # be compared with. Either way it is gone, whatever the index says.
-                    self._drop_pod(key, what[1:])
-                continue
             if isinstance(r, dict) and r.get("kind") == "Pod":
                 self._index(self.pods, None, r)
             elif isinstance(r, dict) and r.get("kind") == "Service":

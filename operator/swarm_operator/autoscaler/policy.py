@@ -765,7 +765,8 @@ class _Run:
             done = 0
             lifted: dict[int, int] | None = None  # extra budget per group while one instance exceeds the speed cap
             while done < gang.count:
-                notes = ([dict(c) for c in self.capped], set(self.speed_capped))
+                # The notes as they were, for a retry past the speed cap to start from (only until one is tried).
+                notes = ([dict(c) for c in self.capped], set(self.speed_capped)) if lifted is None else None
                 gid = self.next_gang
                 self.next_gang += 1
                 pool.undo = []
@@ -794,7 +795,7 @@ class _Run:
                         step()
                     if lifted is None:
                         lifted = self.lift_speed_caps({gi for c in cands for gi, _, _ in c})
-                        if lifted:
+                        if lifted and notes is not None:
                             self.capped, self.speed_capped = notes
                             continue
                     self.waiting.append(Unplaced(DemandKind.GANG, gang.bundles, gang.count - done,

@@ -84,6 +84,13 @@ def _scale_down_order(pods: list[PodState]) -> list[PodState]:
     return sorted(pods, key=lambda p: (p.ready, -p.created, p.name))
 
 
+def _no_ray_work_yet(p: PodState, ray_nodes: frozenset[str] | None) -> bool:
+    """Not ready and not a Ray node; with Ray's state unknown, not even running."""
+    if p.ready:
+        return False
+    return p.name not in ray_nodes if ray_nodes is not None else p.phase != "Running"
+
+
 def _rollout_order(pods: list[PodState], idle: frozenset[str] | None, idle_first: bool) -> list[PodState]:
     def key(p: PodState) -> tuple[bool, bool, float, str]:
         busy = idle_first and idle is not None and p.name not in idle
@@ -125,10 +132,8 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     elif missing < 0:
         removable = _scale_down_order(live)
         if cluster.autoscaling.enabled:
-            # Ray nodes are removed only by the autoscaler's drain; here only pods with no Ray work yet:
-            # not ready and not a Ray node (with Ray's state unknown, not even running).
-            removable = [p for p in removable if not p.ready and (
-                p.name not in obs.ray_nodes if obs.ray_nodes is not None else p.phase != "Running")]
+            # Ray nodes are removed only by the autoscaler's drain; here only pods with no Ray work yet.
+            removable = [p for p in removable if _no_ray_work_yet(p, obs.ray_nodes)]
         for p in removable[: -missing]:
             actions.append(DeletePod(p.name, f"group {group.name} scaled to {desired} "
                                              f"({'not ready' if not p.ready else 'newest'} first)"))
