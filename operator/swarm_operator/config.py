@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -20,10 +22,34 @@ class OperatorConfig:
     resync_seconds: float = 60.0
     relist_seconds: float = 300.0
     log_level: str = "INFO"
+    kubeconfig: str | None = None  # None: KUBECONFIG, the pod's service account, ~/.kube/config
+    context: str | None = None  # None: the kubeconfig's current context
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 
     @property
     def all_namespaces(self) -> bool:
         return not self.namespaces
+
+    @property
+    def api_threads(self) -> int:
+        """Threads for API calls (the client is synchronous). Each costs native memory (stack, malloc
+        arena), so a few more than the workers: a turn's calls mostly run one by one."""
+        return self.workers + 8
+
+
+def cluster_domain_from_resolv_conf(text: str) -> str | None:
+    """The cluster's DNS domain as a pod sees it: its resolv.conf search list holds
+    `<namespace>.svc.<domain>` and `svc.<domain>` (kubelet writes them); None outside a pod."""
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or fields[0] != "search":
+            continue
+        for entry in fields[1:]:
+            names = entry.rstrip(".").split(".")
+            for at in (0, 1):  # svc.<domain>, <namespace>.svc.<domain>
+                if len(names) > at + 1 and names[at] == "svc":
+                    return ".".join(names[at + 1:])
+    return None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,11 +71,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=16, help="clusters reconciled concurrently")
     run.add_argument("--resync-seconds", type=float, default=60.0, help="re-check every cluster this often")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--kubeconfig", default=None,
+                     help="kubeconfig file (default: KUBECONFIG, the pod's service account, ~/.kube/config)")
+    run.add_argument("--context", default=None, help="kubeconfig context (default: its current context)")
+    run.add_argument("--cluster-domain", default=None,
+                     help="the cluster's DNS domain, for workers' head address (default: CLUSTER_DOMAIN, "
+                          "else read from the pod's /etc/resolv.conf, else cluster.local)")
     return p
 
 
-def from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> OperatorConfig:
-    """Flags win over environment (SWARM_NAMESPACES, SWARM_METRICS_PORT, SWARM_HEALTH_PORT, POD_NAMESPACE)."""
+def from_args(argv: Sequence[str], env: Mapping[str, str] | None = None, resolv_conf: str = "") -> OperatorConfig:
+    """Flags win over environment (SWARM_NAMESPACES, SWARM_METRICS_PORT, SWARM_HEALTH_PORT, POD_NAMESPACE,
+    CLUSTER_DOMAIN); `resolv_conf` is the text of /etc/resolv.conf, for the cluster domain."""
     env = os.environ if env is None else env
     args = parser().parse_args(list(argv))
     namespaces = tuple(args.namespace)
@@ -67,4 +100,8 @@ def from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Oper
         workers=args.workers,
         resync_seconds=args.resync_seconds,
         log_level=args.log_level,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        cluster_domain=(args.cluster_domain or env.get("CLUSTER_DOMAIN")
+                        or cluster_domain_from_resolv_conf(resolv_conf) or DEFAULT_CLUSTER_DOMAIN).strip("."),
     )

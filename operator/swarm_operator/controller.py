@@ -480,7 +480,7 @@ class Controller:
                 group = cluster.group(action.group)
                 assert group is not None
                 for _ in range(action.count):
-                    pod = build_worker_pod(cluster, group, random_suffix())
+                    pod = build_worker_pod(cluster, group, random_suffix(), self.config.cluster_domain)
                     call(self.kube.create_pod, ns, pod, what=f"{action.group} worker")
             else:
                 deletions.append(asyncio.ensure_future(asyncio.to_thread(self.kube.delete_pod, ns, action.name)))

@@ -206,6 +206,12 @@ def test_worker_joins_the_head_service_by_dns() -> None:
     assert "head" not in f and "dashboard-host" not in f
 
 
+def test_the_join_address_follows_the_cluster_domain() -> None:
+    c = make_cluster()
+    f = flags(build_worker_pod(c, group(c, "cpu"), SUFFIX, "k8s.corp"))
+    assert f["address"] == "demo-head-svc.ns.svc.k8s.corp:6379"
+
+
 @pytest.mark.parametrize(("build", "name", "node_type"),
                          [(lambda: head(), "demo-head", "head"), (lambda: worker(), f"demo-gpu-{SUFFIX}", "gpu"),
                           (lambda: worker(name="cpu"), f"demo-cpu-{SUFFIX}", "cpu")],

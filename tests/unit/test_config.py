@@ -6,7 +6,34 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.config import OperatorConfig, from_args
+from swarm_operator.config import OperatorConfig, cluster_domain_from_resolv_conf, from_args
+
+POD_RESOLV_CONF = """search team-a.svc.k8s.corp svc.k8s.corp k8s.corp
+nameserver 10.96.0.10
+options ndots:5
+"""
+
+
+@pytest.mark.parametrize(("text", "domain"), [
+    pytest.param(POD_RESOLV_CONF, "k8s.corp", id="pod"),
+    pytest.param("search svc.cluster.local\n", "cluster.local", id="svc-first"),
+    pytest.param("nameserver 1.1.1.1\nsearch ns.svc.cluster.local.\n", "cluster.local", id="trailing-dot"),
+    pytest.param("search corp.example mysvc.example.com\n", None, id="a-laptop"),
+    pytest.param("search a.b.svc.x\n", None, id="svc-too-deep"),
+    pytest.param("# search ns.svc.cluster.local\n", None, id="comment"),
+    pytest.param("", None, id="empty"),
+])
+def test_cluster_domain_from_resolv_conf(text: str, domain: str | None) -> None:
+    assert cluster_domain_from_resolv_conf(text) == domain
+
+
+@pytest.mark.parametrize(("argv", "env", "domain"), [
+    pytest.param([], {}, "k8s.corp", id="detected"),
+    pytest.param([], {"CLUSTER_DOMAIN": "env.example"}, "env.example", id="env-beats-detected"),
+    pytest.param(["--cluster-domain", "flag.example"], {}, "flag.example", id="flag-beats-detected"),
+])
+def test_cluster_domain_precedence(argv: list[str], env: dict[str, str], domain: str) -> None:
+    assert from_args(["run", *argv], env, resolv_conf=POD_RESOLV_CONF).cluster_domain == domain
 
 
 @pytest.mark.parametrize(
@@ -37,6 +64,11 @@ from swarm_operator.config import OperatorConfig, from_args
                      {"lease_namespace": "kube-system", "lease_name": "l"}, id="lease-flags-beat-env"),
         pytest.param(["--workers", "3", "--resync-seconds", "2.5", "--log-level", "DEBUG"], {},
                      {"workers": 3, "resync_seconds": 2.5, "log_level": "DEBUG"}, id="tuning"),
+        pytest.param(["--kubeconfig", "/k", "--context", "second"], {}, {"kubeconfig": "/k", "context": "second"},
+                     id="kubeconfig-and-context"),
+        pytest.param([], {"CLUSTER_DOMAIN": "corp.example"}, {"cluster_domain": "corp.example"}, id="env-domain"),
+        pytest.param(["--cluster-domain", "a.b."], {"CLUSTER_DOMAIN": "corp.example"}, {"cluster_domain": "a.b"},
+                     id="flag-domain-beats-env"),
     ],
 )
 def test_from_args(argv: list[str], env: dict[str, str], expected: dict[str, Any]) -> None:

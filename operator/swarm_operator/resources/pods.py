@@ -10,6 +10,7 @@ import json
 import math
 from typing import Any
 
+from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.resources import labels
 from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay
 from swarm_operator.spec import ClusterSpec, GcsFaultTolerance, Resources, WorkerGroupSpec
@@ -136,10 +137,10 @@ def worker_hash(cluster: ClusterSpec, group: WorkerGroupSpec) -> str:
                                 dict(group.ray_start_params), dict(group.template), cluster.fault_tolerance.gcs)
 
 
-def head_address(cluster: ClusterSpec) -> str:
+def head_address(cluster: ClusterSpec, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> str:
     """The GCS address workers join: the head service's cluster DNS name."""
     svc = labels.head_service_name(cluster.name)
-    return f"{svc}.{cluster.namespace}.svc.cluster.local:{GCS_PORT}"
+    return f"{svc}.{cluster.namespace}.svc.{cluster_domain}:{GCS_PORT}"
 
 
 def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
@@ -172,7 +173,8 @@ def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
                 "/api/gcs_healthz", DASHBOARD_PORT, head.template, head_hash(cluster))
 
 
-def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str) -> dict[str, Any]:
+def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
+                     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> dict[str, Any]:
     name = labels.worker_pod_name(cluster.name, group.name, suffix)
     env = [
         _env("RAY_CLOUD_INSTANCE_ID", name),
@@ -183,8 +185,8 @@ def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str) 
         # With GCS fault tolerance workers wait for a replaced head instead of exiting.
         env.append(_env("RAY_gcs_rpc_server_reconnect_timeout_s", "600"))
     pod_labels = {**labels.common_labels(cluster.name), **labels.worker_selector(cluster.name, group.name)}
-    args = ray_start_args(group.resources, dict(group.ray_start_params), [f"--address={head_address(cluster)}"],
-                          dict(group.ray_resources))
+    join = f"--address={head_address(cluster, cluster_domain)}"
+    args = ray_start_args(group.resources, dict(group.ray_start_params), [join], dict(group.ray_resources))
     return _pod(cluster, name, pod_labels, group.resources, args, env,
                 [{"name": "metrics", "containerPort": METRICS_PORT}],
                 "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.template, worker_hash(cluster, group))
