@@ -17,7 +17,7 @@ import kopf
 from swarm_operator import GROUP, PLURAL, VERSION
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
-from swarm_operator.kube import Kube, login
+from swarm_operator.kube import Kube
 from swarm_operator.leader import LeaderElector
 from swarm_operator.resources import labels
 
@@ -28,6 +28,8 @@ class Runtime:
     """What startup builds and the handlers use; set once per process."""
 
     config: OperatorConfig = OperatorConfig()
+    kube: Kube | None = None  # logged in by __main__ before kopf starts
+    kopf_logins = 0
     controller: Controller | None = None
     elector: LeaderElector | None = None
 
@@ -52,11 +54,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Watch events for one object are handled in order; batching coalesces bursts of pod updates.
     settings.batching.batch_window = 0.1
     settings.batching.worker_limit = 1000
-    # API calls run in threads (the client is synchronous). Each thread costs native memory
-    # (stack, malloc arena), so a few more than the workers: a turn's calls mostly run one by one.
-    threads = cfg.workers + 8
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=threads))
-    kube = Kube.connect(pool_size=threads)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=cfg.api_threads))
+    kube = Runtime.kube
+    assert kube is not None, "__main__ logs in before kopf starts"
     controller = Controller(kube, cfg)
     await asyncio.to_thread(controller.seed)
     Runtime.controller = controller
@@ -72,8 +72,12 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.login()
 def credentials(**_: Any) -> kopf.ConnectionInfo:
-    """kopf's watches log in exactly as kube.py does: the service account in a pod, else the kubeconfig."""
-    return login()
+    """kopf's watches use kube.py's credentials: the current ones at start; later kopf asks only
+    when its credentials were refused or expired, so those are renewed."""
+    assert Runtime.kube is not None, "__main__ logs in before kopf starts"
+    Runtime.kopf_logins += 1
+    login = Runtime.kube.credentials
+    return login.current() if Runtime.kopf_logins == 1 else login.renew()
 
 
 @kopf.on.cleanup()

@@ -1,40 +1,62 @@
 """The one module that calls the Kubernetes API.
 
-A small synchronous REST client on urllib3 rather than the `kubernetes` package: bodies
-travel as plain dicts (raw JSON), and the package's thousands of generated model classes
-would cost ~25 MiB of resident memory for nothing. Credentials come from the pod's
-service account (in-cluster) or a kubeconfig, through the same `kopf.ConnectionInfo`
-kopf itself logs in with, so the watches and our requests always use one identity.
+A small synchronous REST client on urllib3 rather than the `kubernetes` package's generated
+API classes: bodies travel as plain dicts (raw JSON), and the package's thousands of model
+classes would cost ~31 MiB of resident memory for nothing. Credentials come from
+`login.Login` (the `kubernetes` package's own config loaders), shared with kopf's watches,
+so both always use one identity.
+
+A well-behaved client: it names itself (User-Agent), its writes carry a fieldManager,
+429 and 5xx answers are retried with bounded exponential backoff honouring Retry-After,
+and Events are aggregated (events.py) rather than posted anew each time.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import platform
+import random
 import socket
+import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import kopf
 import urllib3
 
-from swarm_operator import GROUP, KIND, PLURAL, VERSION
+from swarm_operator import GROUP, KIND, PLURAL, VERSION, __version__
+from swarm_operator.events import EventAggregator, EventKey, Posted
 from swarm_operator.metrics import API_REQUESTS
 
 log = logging.getLogger(__name__)
-
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 PODS = "/api/v1/namespaces/{ns}/pods"
 SERVICES = "/api/v1/namespaces/{ns}/services"
 EVENTS = "/api/v1/namespaces/{ns}/events"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 MERGE_PATCH = "application/merge-patch+json"
 SWARMCLUSTERS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
+
+USER_AGENT = f"swarm-operator/{__version__} (python/{platform.python_version()})"
+FIELD_MANAGER = "swarm-operator"
+WRITES = frozenset({"POST", "PUT", "PATCH"})
+# The API server sheds load with 429 (priority and fairness) and answers 5xx while it restarts;
+# a create retried after a 5xx that did land answers 409, which callers already treat as success.
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Refused or reset: the server may be restarting. A read timeout is not retried: the server is
+# working on it, and asking again would only add to its load.
+RETRIED_ERRORS = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+                  urllib3.exceptions.ProtocolError)
+ATTEMPTS = 5
+BACKOFF_FIRST_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 5.0
+RETRY_AFTER_MAX_SECONDS = 10.0
 
 
 class ApiError(Exception):
@@ -46,69 +68,120 @@ class ApiError(Exception):
         self.reason = reason
 
 
-def login(service_account_dir: Path = SERVICE_ACCOUNT_DIR, env: Mapping[str, str] = os.environ) -> kopf.ConnectionInfo:
-    """In-cluster credentials when running in a pod with a service account, else the kubeconfig.
+class Credentials(Protocol):
+    """What Kube needs of login.Login: the current credentials, and new ones after a 401."""
 
-    In-cluster, the server comes from KUBERNETES_SERVICE_HOST/PORT as client-go does it, so no
-    cluster DNS is needed to reach the API server.
-    """
-    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
-    token_path = service_account_dir / "token"
-    if host and port and token_path.exists():
-        ca_path = service_account_dir / "ca.crt"
-        ns_path = service_account_dir / "namespace"
-        log.info("API server https://%s:%s, in-cluster: the pod's service account", host, port)
-        return kopf.ConnectionInfo(
-            server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
-            ca_path=str(ca_path) if ca_path.exists() else None,
-            token=token_path.read_text().strip() or None,
-            default_namespace=ns_path.read_text().strip() if ns_path.exists() else None,
-        )
-    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
-    if info is None:
-        raise kopf.LoginError("no service account (not in a pod) and no kubeconfig: set KUBECONFIG "
-                              "or create ~/.kube/config")
-    log.info("API server %s, from the kubeconfig", info.server)
-    return info
+    def current(self) -> kopf.ConnectionInfo: ...
+
+    def renew(self) -> kopf.ConnectionInfo: ...
+
+
+def retry_delay(attempt: int, retry_after: str | None, jitter: float) -> float:
+    """Seconds to wait before retry number `attempt` (0-based): the server's Retry-After when it
+    gives one (seconds or an HTTP date, capped), else exponential backoff scaled by `jitter` in [0.5, 1]."""
+    if retry_after:
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            try:
+                seconds = (parsedate_to_datetime(retry_after) - datetime.now(UTC)).total_seconds()
+            except (TypeError, ValueError):
+                seconds = 0.0
+        if seconds > 0:
+            return min(seconds, RETRY_AFTER_MAX_SECONDS)
+    return min(BACKOFF_FIRST_SECONDS * 2.0 ** attempt, BACKOFF_MAX_SECONDS) * jitter
+
+
+def _tls_of(info: kopf.ConnectionInfo) -> tuple[Any, ...]:
+    """What the connection pool is built from: a change here needs a new pool."""
+    return (info.server, info.ca_path, info.ca_data, info.insecure, info.certificate_path, info.certificate_data,
+            info.private_key_path, info.private_key_data, info.proxy_url)
+
+
+def _pool(info: kopf.ConnectionInfo, size: int) -> urllib3.PoolManager:
+    # Fail fast enough that one slow request cannot stall a cluster's turn for long.
+    options: dict[str, Any] = dict(num_pools=2, maxsize=size, block=False, ssl_context=info.as_ssl_context(),
+                                   retries=False, timeout=urllib3.Timeout(connect=15, read=60))
+    if info.proxy_url:
+        return urllib3.ProxyManager(info.proxy_url, **options)
+    return urllib3.PoolManager(**options)
 
 
 class Kube:
-    def __init__(self, info: kopf.ConnectionInfo, pool_size: int = 32,
-                 relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
-        self.server = info.server.rstrip("/")
-        # Projected service-account tokens rotate: on a 401, log in again (re-reading the token) and retry once.
-        self.relogin = relogin
-        self.headers = self._auth_headers(info)
-        self.http = urllib3.PoolManager(
-            num_pools=2, maxsize=pool_size, block=False, ssl_context=info.as_ssl_context(), retries=False,
-            # Fail fast enough that one slow request cannot stall a cluster's turn for long.
-            timeout=urllib3.Timeout(connect=15, read=60))
+    def __init__(self, credentials: Credentials, pool_size: int = 32,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.credentials = credentials
+        self.pool_size = pool_size
+        self.sleep = sleep
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._info: kopf.ConnectionInfo | None = None
+        self._headers: dict[str, str] = {}
+        self._http: urllib3.PoolManager | None = None
+        self.events = EventAggregator()
         self.host = socket.gethostname()
 
-    @classmethod
-    def connect(cls, pool_size: int = 32) -> Kube:
-        return cls(login(), pool_size, relogin=login)
-
-    @staticmethod
-    def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
-        return {"Accept": "application/json", **info.as_http_headers()}
+    def _session(self, info: kopf.ConnectionInfo) -> tuple[str, dict[str, str], urllib3.PoolManager]:
+        """Server, headers and pool for these credentials; rebuilt when they changed (a renewed token)."""
+        with self._lock:
+            if info is not self._info or self._http is None:
+                if self._http is None or self._info is None or _tls_of(info) != _tls_of(self._info):
+                    if self._http is not None:
+                        self._http.clear()
+                    self._http = _pool(info, self.pool_size)
+                self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **info.as_http_headers()}
+                self._info = info
+            return info.server.rstrip("/"), self._headers, self._http
 
     def request(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
                 query: Mapping[str, str] | None = None, content_type: str = "application/json") -> dict[str, Any]:
-        """One API call; the decoded JSON body. Raises ApiError for a status ≥ 400."""
-        url = self.server + path + ("?" + urlencode(query) if query else "")
+        """One API call; the decoded JSON body. Raises ApiError for a status ≥ 400 (after retries)."""
+        if method in WRITES:
+            query = {**(query or {}), "fieldManager": FIELD_MANAGER}
+        target = path + ("?" + urlencode(query) if query else "")
         data = None if body is None else json.dumps(body).encode()
-        for attempt in range(2):
-            headers = self.headers if data is None else {**self.headers, "Content-Type": content_type}
-            resp = self.http.request(method, url, body=data, headers=headers)
-            if resp.status == 401 and attempt == 0 and self.relogin is not None:
-                self.headers = self._auth_headers(self.relogin())
+        info, renewed = self.credentials.current(), False
+        attempt = 0
+        while True:
+            server, headers, http = self._session(info)
+            if data is not None:
+                headers = {**headers, "Content-Type": content_type}
+            try:
+                resp = http.request(method, server + target, body=data, headers=headers)
+            except RETRIED_ERRORS as exc:
+                if attempt + 1 >= ATTEMPTS:
+                    raise
+                log.debug("%s %s failed (%s), retrying", method, path, exc)
+                self.sleep(retry_delay(attempt, None, random.uniform(0.5, 1.0)))
+                attempt += 1
+                continue
+            if resp.status == 401 and not renewed:
+                # Tokens rotate (service accounts) and expire (exec plugins): log in again, once.
+                info, renewed = self.credentials.renew(), True
+                continue
+            if resp.status in RETRIED_STATUSES and attempt + 1 < ATTEMPTS:
+                delay = retry_delay(attempt, resp.headers.get("Retry-After"), random.uniform(0.5, 1.0))
+                log.debug("%s %s answered %s, retrying in %.2fs", method, path, resp.status, delay)
+                self.sleep(delay)
+                attempt += 1
                 continue
             break
         if resp.status >= 400:
             raise ApiError(resp.status, _message(resp.data))
         parsed: dict[str, Any] = json.loads(resp.data) if resp.data else {}
         return parsed
+
+    def whoami(self) -> str | None:
+        """The user the API server sees (SelfSubjectReview); None where that API is not served."""
+        try:
+            review = self.request("POST", SELF_SUBJECT_REVIEWS,
+                                  {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        except ApiError as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+        return str(((review.get("status") or {}).get("userInfo") or {}).get("username", ""))
 
     # -- pods ---------------------------------------------------------------------------------
 
@@ -242,25 +315,42 @@ class Kube:
     # -- events -------------------------------------------------------------------------------
 
     def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the SwarmCluster; failures to post are logged, never raised."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        body = {
-            "metadata": {"generateName": f"{name}.", "namespace": namespace},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name,
-                               "namespace": namespace, "uid": uid},
-            "type": event_type,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "swarm-operator", "host": self.host},
-            "reportingComponent": "swarm.io/operator",
-            "reportingInstance": self.host,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        API_REQUESTS.labels("create", "events").inc()
+        """A core/v1 Event on the SwarmCluster, aggregated with the last one of the same type and reason
+        (events.py); failures to post are logged, never raised."""
+        key = EventKey(namespace, name, uid, event_type, reason)
+        now = self.clock()
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        message = message[:1024]
         try:
-            self.request("POST", EVENTS.format(ns=namespace), body)
+            update = self.events.update_for(key, message, now)
+            if update is not None:
+                API_REQUESTS.labels("patch", "events").inc()
+                try:
+                    self.request("PATCH", f"{EVENTS.format(ns=namespace)}/{quote(update.event_name)}",
+                                 {"count": update.count, "lastTimestamp": stamp, "message": update.message},
+                                 content_type=MERGE_PATCH)
+                    self.events.remember(key, Posted(update.event_name, update.count, update.message, now))
+                    return
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    self.events.forget(key)  # expired by the API server's event TTL: start a new one
+            API_REQUESTS.labels("create", "events").inc()
+            created = self.request("POST", EVENTS.format(ns=namespace), {
+                "metadata": {"generateName": f"{name}.", "namespace": namespace},
+                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name,
+                                   "namespace": namespace, "uid": uid},
+                "type": event_type,
+                "reason": reason,
+                "message": message,
+                "source": {"component": "swarm-operator", "host": self.host},
+                "reportingComponent": "swarm.io/operator",
+                "reportingInstance": self.host,
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "count": 1,
+            })
+            self.events.remember(key, Posted(created["metadata"]["name"], 1, message, now))
         except ApiError as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, namespace, name, exc.reason)
 
