@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import time
 import uuid
@@ -10,7 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from swarm_operator.resources import labels
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "swarmcluster.yaml"
@@ -153,3 +157,88 @@ class Namespaces:
 
     def delete(self, name: str) -> None:
         delete_namespace(self.core, self.custom, name)
+
+
+def manifest(name: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SwarmCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "head": {"resources": {"cpu": 1, "memory": "1Gi"}},
+            "workerGroups": [{"name": "cpu", "replicas": replicas, "minReplicas": 0, "maxReplicas": 8,
+                              "resources": {"cpu": 1, "memory": "1Gi"}}],
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+class Cluster:
+    """Small helpers around one namespace's SwarmClusters and pods."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api = api
+        self.ns = namespace
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+        return result
+
+    def get(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+        return result
+
+    def patch(self, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, patch)
+
+    def patch_group(self, name: str, **fields: Any) -> None:
+        """Change fields of the first worker group. A merge patch replaces a whole list, so send all of it."""
+        groups = copy.deepcopy(self.get(name)["spec"]["workerGroups"])
+        groups[0].update(fields)
+        groups[0] = {k: v for k, v in groups[0].items() if v is not None}
+        self.patch(name, {"spec": {"workerGroups": groups}})
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def pods(self, cluster: str, *, include_deleting: bool = False) -> list[client.V1Pod]:
+        items = self.core.list_namespaced_pod(self.ns, label_selector=f"{labels.CLUSTER}={cluster}").items
+        return [p for p in items if include_deleting or p.metadata.deletion_timestamp is None]
+
+    def workers(self, cluster: str) -> list[client.V1Pod]:
+        return [p for p in self.pods(cluster) if p.metadata.labels.get(labels.NODE_TYPE) == labels.WORKER]
+
+    def heads(self, cluster: str) -> list[client.V1Pod]:
+        return [p for p in self.pods(cluster) if p.metadata.labels.get(labels.NODE_TYPE) == labels.HEAD]
+
+    def running(self, cluster: str) -> list[client.V1Pod]:
+        return [p for p in self.pods(cluster) if p.status.phase == "Running"]
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def snapshot(self) -> str:
+        """Pods, cluster phases and events of the namespace, for failure reports."""
+        lines = [f"--- namespace {self.ns}"]
+        for p in self.core.list_namespaced_pod(self.ns).items:
+            lines.append(f"pod {p.metadata.name} phase={p.status.phase} node={p.spec.node_name} "
+                         f"deleting={p.metadata.deletion_timestamp is not None}")
+        for c in self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)["items"]:
+            st = c.get("status") or {}
+            lines.append(f"swc {c['metadata']['name']} phase={st.get('phase')} workers={st.get('workers')}")
+        for e in self.core.list_namespaced_event(self.ns).items:
+            lines.append(f"event {e.involved_object.name} {e.type} {e.reason}: {e.message}")
+        return "\n".join(lines)
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]
+
+
+def ready_status(swc: Cluster, name: str, workers: int) -> Callable[[], bool]:
+    def check() -> bool:
+        st = swc.status(name)
+        return st.get("phase") == "Running" and st.get("workers") == f"{workers}/{workers}"
+    return check

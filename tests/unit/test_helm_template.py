@@ -95,7 +95,7 @@ NAMESPACED_GRANTS = {
 } | {
     ("", "services", v) for v in ("get", "list", "watch", "create")
 } | {
-    ("", "events", "create"),
+    ("", "events", "create"), ("", "events", "patch"),
     ("swarm.io", "swarmclusters", "get"), ("swarm.io", "swarmclusters", "list"), ("swarm.io", "swarmclusters", "watch"),
     ("swarm.io", "swarmclusters/status", "patch"),
 }

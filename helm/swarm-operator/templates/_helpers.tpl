@@ -83,7 +83,7 @@ reaches the Ray pods through a secretKeyRef that the kubelet resolves, never thr
   verbs: [get, list, watch, create]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]  # patch: a repeated event updates its count (kube.post_event)
 - apiGroups: [swarm.io]
   resources: [swarmclusters]
   verbs: [get, list, watch]
