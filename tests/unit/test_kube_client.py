@@ -15,8 +15,16 @@ import kopf
 import pytest
 
 from swarm_operator import kube as kube_module
-from swarm_operator.kube import ATTEMPTS, FIELD_MANAGER, RETRY_AFTER_MAX_SECONDS, USER_AGENT, ApiError, Kube, \
-    _message, retry_delay
+from swarm_operator.kube import (
+    ATTEMPTS,
+    FIELD_MANAGER,
+    RETRY_AFTER_MAX_SECONDS,
+    USER_AGENT,
+    ApiError,
+    Kube,
+    _message,
+    retry_delay,
+)
 
 
 @pytest.mark.parametrize(("body", "message"), [
