@@ -102,13 +102,14 @@ def client_go_requests(metrics_text: str) -> float:
 
 
 def proc_stats(pid: int) -> tuple[float, float]:
-    """(peak RSS MiB, CPU seconds) of a process, from /proc: VmHWM and utime+stime."""
+    """(peak RSS MiB, CPU seconds) of a process, from /proc: VmHWM, and utime+stime with the CPU of the
+    children it waited for (cutime+cstime: our operator's login helper)."""
     peak = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             peak = int(line.split()[1]) / 1024
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     return peak, cpu
 
 
