@@ -6,7 +6,7 @@ classes would cost ~31 MiB of resident memory for nothing. Credentials come from
 `login.Login` (the `kubernetes` package's own config loaders), shared with kopf's watches,
 so both always use one identity.
 
-A well-behaved client: it names itself (User-Agent), its writes carry a fieldManager,
+A well-behaved client: it names itself (User-Agent, as kopf's watches do), its writes carry a fieldManager,
 429 and 5xx answers are retried with bounded exponential backoff honouring Retry-After,
 and Events are aggregated (events.py) rather than posted anew each time.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import random
 import socket
 import threading
@@ -29,8 +28,9 @@ from urllib.parse import quote, urlencode
 import kopf
 import urllib3
 
-from swarm_operator import GROUP, KIND, PLURAL, VERSION, __version__
+from swarm_operator import GROUP, KIND, PLURAL, VERSION
 from swarm_operator.events import EventAggregator, EventKey, Posted
+from swarm_operator.login import USER_AGENT
 from swarm_operator.metrics import API_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 MERGE_PATCH = "application/merge-patch+json"
 SWARMCLUSTERS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
 
-USER_AGENT = f"swarm-operator/{__version__} (python/{platform.python_version()})"
 FIELD_MANAGER = "swarm-operator"
 WRITES = frozenset({"POST", "PUT", "PATCH"})
 # The API server sheds load with 429 (priority and fairness) and answers 5xx while it restarts;
@@ -130,6 +129,7 @@ class Kube:
                     if self._http is not None:
                         self._http.clear()
                     self._http = _pool(info, self.pool_size)
+                # login.ConnectionInfo's headers name us already; a plain one (tests, other callers) gets it here.
                 self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **info.as_http_headers()}
                 self._info = info
             return info.server.rstrip("/"), self._headers, self._http

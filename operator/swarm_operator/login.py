@@ -18,6 +18,7 @@ import base64
 import json
 import logging
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -25,10 +26,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import kopf
+
+from swarm_operator import __version__
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,17 @@ EXPIRY_MARGIN_SECONDS = 30.0
 HELPER_TIMEOUT_SECONDS = 60.0
 SUPPORTED = ("token, tokenFile, client-certificate/client-key, exec credential plugins, "
              "auth-provider (oidc, gcp), username/password")
+
+
+USER_AGENT = f"swarm-operator/{__version__} kopf/{version('kopf')} (python/{platform.python_version()})"
+
+
+class ConnectionInfo(kopf.ConnectionInfo):
+    """kopf's ConnectionInfo whose requests name swarm-operator: kopf builds its watches' session from
+    these headers (and adds its own User-Agent only where none is given), kube.Kube its requests."""
+
+    def as_http_headers(self) -> dict[str, str]:
+        return {**super().as_http_headers(), "User-Agent": USER_AGENT}
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ def run_helper(source: LoginSource) -> dict[str, Any]:
     return answer
 
 
-def connection_info(answer: Mapping[str, Any]) -> kopf.ConnectionInfo:
+def connection_info(answer: Mapping[str, Any]) -> ConnectionInfo:
     """kopf's ConnectionInfo from the helper's answer (an Authorization header, TLS material as data)."""
     scheme, _, credential = str(answer.get("authorization") or "").partition(" ")
     token = username = password = None
@@ -81,7 +96,7 @@ def connection_info(answer: Mapping[str, Any]) -> kopf.ConnectionInfo:
     elif scheme.lower() == "basic":
         username, _, password = base64.b64decode(credential).decode().partition(":")
     expiration = answer.get("expiration")
-    return kopf.ConnectionInfo(
+    return ConnectionInfo(
         server=answer["server"],
         ca_data=answer.get("ca_data"),
         insecure=answer.get("insecure"),

@@ -13,9 +13,11 @@ from typing import Any
 import kopf
 import pytest
 
+from swarm_operator import __version__
 from swarm_operator.login import (
     EXPIRY_MARGIN_SECONDS,
     IN_CLUSTER_RENEW_SECONDS,
+    USER_AGENT,
     Login,
     LoginSource,
     connection_info,
@@ -57,6 +59,9 @@ def test_a_token_user(tmp_path: Path) -> None:
     info = connection_info(answer)
     assert (info.server, info.token, info.expiration) == (SERVER, "abc", None)
     assert "user 'u'" in answer["source"]
+    # kopf's watches take their headers from here: they name swarm-operator too.
+    assert info.as_http_headers() == {"Authorization": "Bearer abc", "User-Agent": USER_AGENT}
+    assert USER_AGENT.startswith(f"swarm-operator/{__version__} kopf/")
 
 
 def test_an_exec_plugin_token_and_its_expiry(tmp_path: Path) -> None:
