@@ -134,7 +134,7 @@ class AutoscalingSpec:
     upscaling_speed: float = 1.0
     conserve_gpu_nodes: bool = True
     scale_down_stabilization_seconds: int = 30
-    pending_timeout_seconds: int = 120
+    pending_timeout_seconds: int = 600
 
 
 @dataclass(frozen=True)
@@ -490,7 +490,7 @@ def _autoscaling(r: _Reader, spec: Mapping[str, Any]) -> AutoscalingSpec:
         upscaling_speed=r.number(raw, "upscalingSpeed", p, 1.0, 0.01, 1000),
         conserve_gpu_nodes=r.boolean(raw, "conserveGpuNodes", p, True),
         scale_down_stabilization_seconds=r.integer(raw, "scaleDownStabilizationSeconds", p, 30, 0, 3600) or 0,
-        pending_timeout_seconds=r.integer(raw, "pendingTimeoutSeconds", p, 120, 5, 3600) or 120,
+        pending_timeout_seconds=r.integer(raw, "pendingTimeoutSeconds", p, 600, 5, 3600) or 600,
     )
 
 

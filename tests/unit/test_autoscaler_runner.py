@@ -24,7 +24,7 @@ from swarm_operator.autoscaler.runner import (
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources import labels
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec import AutoscalingSpec, ClusterSpec
 from swarm_operator.status import timestamp
 from tests.unit.operator_fixtures import NAMESPACE, NOW, cluster, group, head, iso, worker, worker_pod
 from tests.unit.ray_fixtures import HEAD_IP, demand, node_id, ray_node, snapshot
@@ -38,7 +38,7 @@ def pod(suffix: str, group_name: str = "cpu", **state: Any) -> PodState:
     return worker(C, group_name, suffix, **state)
 
 
-PENDING_TIMEOUT = 120.0
+PENDING_TIMEOUT = float(AutoscalingSpec().pending_timeout_seconds)  # what the clusters here get
 OLD = NOW - PENDING_TIMEOUT - 1
 YOUNG = NOW - PENDING_TIMEOUT + 1
 UNSCHEDULED = {"phase": "Pending", "ready": False, "node": None}

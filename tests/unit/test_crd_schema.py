@@ -293,3 +293,19 @@ def test_schema_case_is_rejected_by_the_schema(case: InvalidCase) -> None:
 def test_non_schema_case_passes_the_schema(case: InvalidCase) -> None:
     """CEL, API-machinery and operator-only cases must not be schema violations (else mislabelled)."""
     assert schema_errors(case.manifest) == []
+
+
+def test_nothing_is_defaulted_inside_spec_list_items() -> None:
+    # A merge patch replaces a list item whole: a default stored inside one makes GitOps tools
+    # (Argo CD's diff) report fields the user never wrote as OutOfSync.
+    inside = [p for p, n in walk(ROOT) if "default" in n and p.startswith("spec.") and "[]" in p]
+    assert inside == []
+
+
+def test_worker_groups_default_in_spec_py_as_the_head_does_in_the_crd() -> None:
+    parsed = specmod.parse_cluster({"metadata": {"name": "w"}, "spec": {"workerGroups": [{"name": "a"}]}})
+    head_defaults = apply_defaults(ROOT, {"metadata": {"name": "w"}, "spec": {}})["spec"]["head"]["resources"]
+    group = parsed.worker_groups[0]
+    assert (group.min_replicas, group.max_replicas) == (0, 10)
+    assert group.resources == specmod.parse_cluster(
+        {"metadata": {"name": "w"}, "spec": {"head": {"resources": head_defaults}}}).head.resources

@@ -248,7 +248,7 @@ DEFAULTS: list[tuple[dict[str, Any], str, Any]] = [
     (MINIMAL, "autoscaling.upscaling_speed", 1.0),
     (MINIMAL, "autoscaling.conserve_gpu_nodes", True),
     (MINIMAL, "autoscaling.scale_down_stabilization_seconds", 30),
-    (MINIMAL, "autoscaling.pending_timeout_seconds", 120),
+    (MINIMAL, "autoscaling.pending_timeout_seconds", 600),
     (MINIMAL, "fault_tolerance.backoff_initial_seconds", 1.0),
     (MINIMAL, "fault_tolerance.backoff_max_seconds", 300.0),
     (MINIMAL, "fault_tolerance.gcs", None),
