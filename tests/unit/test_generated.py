@@ -31,16 +31,16 @@ def test_install_yaml_is_the_chart_rendered_with_defaults() -> None:
     assert generate.INSTALL.read_text() == generate.install_yaml(helm), FIX
 
 
-def test_install_yaml_applies_in_order() -> None:
-    """kubectl apply -f creates in file order: the namespace and the CRD before anything that needs them."""
+def test_install_yaml_applies_in_order_and_never_holds_the_crd() -> None:
+    """kubectl apply -f creates in file order: the namespace before anything in it. The CRD is applied on
+    its own: `kubectl delete -f install.yaml` must never delete it (and with it every SwarmCluster)."""
     docs = [d for d in yaml.safe_load_all(generate.INSTALL.read_text()) if d]
     kinds = [d["kind"] for d in docs]
-    assert kinds[:2] == ["Namespace", "CustomResourceDefinition"]
+    assert kinds[0] == "Namespace"
+    assert "CustomResourceDefinition" not in kinds
     assert kinds.index("ServiceAccount") < kinds.index("Deployment")
     namespaced = [d for d in docs if d["kind"] in ("ServiceAccount", "Service", "Deployment")]
     assert {d["metadata"]["namespace"] for d in namespaced} == {generate.NAMESPACE}
-    crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
-    assert crd == yaml.safe_load(generate.CRD.read_text())
 
 
 def test_crd_reference_is_current() -> None:
