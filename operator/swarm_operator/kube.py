@@ -315,26 +315,25 @@ class Kube:
     # -- events -------------------------------------------------------------------------------
 
     def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the SwarmCluster, aggregated with the last one of the same type and reason
-        (events.py); failures to post are logged, never raised."""
+        """A core/v1 Event on the SwarmCluster, counted into an earlier one as client-go's correlator
+        would (events.py); failures to post are logged, never raised."""
         key = EventKey(namespace, name, uid, event_type, reason)
         now = self.clock()
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        message = message[:1024]
+        decision = self.events.decide(key, message[:1024], now)
         try:
-            update = self.events.update_for(key, message, now)
-            if update is not None:
+            if decision.update_of is not None:
                 API_REQUESTS.labels("patch", "events").inc()
                 try:
-                    self.request("PATCH", f"{EVENTS.format(ns=namespace)}/{quote(update.event_name)}",
-                                 {"count": update.count, "lastTimestamp": stamp, "message": update.message},
+                    self.request("PATCH", f"{EVENTS.format(ns=namespace)}/{quote(decision.update_of)}",
+                                 {"count": decision.count, "lastTimestamp": stamp, "message": decision.message},
                                  content_type=MERGE_PATCH)
-                    self.events.remember(key, Posted(update.event_name, update.count, update.message, now))
+                    self.events.remember(key, decision.slot, Posted(decision.update_of, decision.count, now))
                     return
                 except ApiError as exc:
                     if exc.status != 404:
                         raise
-                    self.events.forget(key)  # expired by the API server's event TTL: start a new one
+                    self.events.forget(key, decision.slot)  # expired by the API server's event TTL
             API_REQUESTS.labels("create", "events").inc()
             created = self.request("POST", EVENTS.format(ns=namespace), {
                 "metadata": {"generateName": f"{name}.", "namespace": namespace},
@@ -342,7 +341,7 @@ class Kube:
                                    "namespace": namespace, "uid": uid},
                 "type": event_type,
                 "reason": reason,
-                "message": message,
+                "message": decision.message,
                 "source": {"component": "swarm-operator", "host": self.host},
                 "reportingComponent": "swarm.io/operator",
                 "reportingInstance": self.host,
@@ -350,7 +349,7 @@ class Kube:
                 "lastTimestamp": stamp,
                 "count": 1,
             })
-            self.events.remember(key, Posted(created["metadata"]["name"], 1, message, now))
+            self.events.remember(key, decision.slot, Posted(created["metadata"]["name"], 1, now))
         except ApiError as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, namespace, name, exc.reason)
 

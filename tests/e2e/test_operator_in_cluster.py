@@ -98,8 +98,11 @@ def test_chart_operator_runs_in_cluster_and_brings_up_ray(chart_operator: ChartO
     for bad in ("Forbidden", " 403", "LoginError", "Unauthorized", "Traceback"):
         assert bad not in logs, f"{bad!r} in the operator's log:\n{logs[-3000:]}"
     assert "swarm-operator started: namespaces=" + watched in logs
-    # Its API calls (urllib3's DEBUG lines) went to the in-cluster address, and were accepted.
-    assert 'https://127.0.0.1:443 "POST /api/v1/namespaces/' + watched + '/pods HTTP/1.1" 201' in logs
-    assert f"/swarmclusters/{NAME}/status HTTP/1.1\" 200" in logs
+    # Its API calls (urllib3's DEBUG lines) went to the in-cluster address, named their field manager,
+    # and were accepted.
+    assert ('https://127.0.0.1:443 "POST /api/v1/namespaces/' + watched
+            + '/pods?fieldManager=swarm-operator HTTP/1.1" 201') in logs
+    assert f"/swarmclusters/{NAME}/status?fieldManager=swarm-operator HTTP/1.1\" 200" in logs
+    assert f"logged in as {op.service_account}" in logs
     delete_swarmcluster(core_v1, custom_objects, watched, NAME)
     print(f"[in-cluster] whole test before uninstall: {time.monotonic() - start:.1f}s")

@@ -203,18 +203,34 @@ def events_seen() -> list[tuple[str, str, Any]]:
     return [(m, p.split("?")[0], b) for m, p, _, b in FakeServer.seen if "/events" in p]
 
 
-def test_the_same_reason_on_the_same_object_updates_one_event_with_a_count(server: str) -> None:
+def test_a_repeated_event_updates_one_event_with_a_count(server: str) -> None:
     kube = kube_for(server)
-    for i in range(5):
-        kube.post_event("ns", "c", "uid-1", "Warning", "Replacing", f"worker c-cpu-{i} failed")
+    for _ in range(3):
+        kube.post_event("ns", "c", "uid-1", "Warning", "Replacing", "worker c-cpu-0 failed")
     kube.post_event("ns", "c", "uid-1", "Normal", "Created", "head")
-    kube.post_event("ns", "other", "uid-2", "Warning", "Replacing", "worker other-cpu-0 failed")
+    kube.post_event("ns", "other", "uid-2", "Warning", "Replacing", "worker c-cpu-0 failed")
     seen = events_seen()
-    assert [(m, p) for m, p, _ in seen] == [("POST", "/api/v1/namespaces/ns/events")] + [
-        ("PATCH", "/api/v1/namespaces/ns/events/ev1")] * 4 + [("POST", "/api/v1/namespaces/ns/events")] * 2
-    assert seen[0][2]["count"] == 1 and seen[0][2]["involvedObject"]["uid"] == "uid-1"
-    assert [b["count"] for _, _, b in seen[1:5]] == [2, 3, 4, 5]
-    assert seen[4][2]["message"] == "(combined from similar events): worker c-cpu-4 failed"
+    assert [(m, p, (b or {}).get("count")) for m, p, b in seen] == [
+        ("POST", "/api/v1/namespaces/ns/events", 1),
+        ("PATCH", "/api/v1/namespaces/ns/events/ev1", 2),
+        ("PATCH", "/api/v1/namespaces/ns/events/ev1", 3),
+        ("POST", "/api/v1/namespaces/ns/events", 1),
+        ("POST", "/api/v1/namespaces/ns/events", 1),
+    ]
+    assert seen[0][2]["involvedObject"]["uid"] == "uid-1"
+
+
+def test_a_storm_of_different_messages_ends_in_one_combined_event(server: str) -> None:
+    kube = kube_for(server)
+    for i in range(14):
+        kube.post_event("ns", "c", "uid-1", "Warning", "Replacing", f"worker c-cpu-{i} failed")
+    seen = events_seen()
+    posts = [b for m, _, b in seen if m == "POST"]
+    assert len(posts) == 11  # ten distinct, then the combined one
+    assert posts[-1]["message"] == "(combined from similar events): worker c-cpu-10 failed"
+    patches = [(p, b["count"], b["message"]) for m, p, b in seen if m == "PATCH"]
+    assert patches[-1] == ("/api/v1/namespaces/ns/events/ev11", 4,
+                           "(combined from similar events): worker c-cpu-13 failed")
 
 
 def test_an_event_the_server_expired_is_created_anew(server: str) -> None:
