@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from swarm_operator.quantity import QuantityError, cpu_cores, memory_bytes
+from swarm_operator.resources.overlay import OPERATOR_CONTAINER_FIELDS, RAY_CONTAINER
 
 # Patterns are used with fullmatch: "$" alone would also accept a trailing newline.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -391,9 +392,6 @@ def _template(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, Any
         if not isinstance(items, list):
             r.fail(lpath, f"must be a list, got {_show(items)}")
             continue
-        # The Ray container is the one named "ray", else the first; the others are sidecars (need an image).
-        ray_index = next((i for i, c in enumerate(items) if isinstance(c, Mapping) and c.get("name") == "ray"),
-                         next((i for i, c in enumerate(items) if isinstance(c, Mapping)), -1))
         for i, item in enumerate(items):
             if not isinstance(item, Mapping):
                 r.fail(f"{lpath}[{i}]", f"must be an object, got {_show(item)}")
@@ -402,7 +400,11 @@ def _template(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, Any
             ):
                 r.fail(f"{lpath}[{i}].name", f"must be a DNS label, got {_show(item.get('name'))}")
             elif list_key in ("containers", "initContainers"):
-                _container(r, item, f"{lpath}[{i}]", needs_image=list_key == "initContainers" or i != ray_index)
+                # The Ray container is the one named "ray"; every other one is a sidecar and needs an image.
+                is_ray = list_key == "containers" and item.get("name") == RAY_CONTAINER
+                _container(r, item, f"{lpath}[{i}]", needs_image=not is_ray)
+                for owned in (sorted(set(item) & set(OPERATOR_CONTAINER_FIELDS)) if is_ray else ()):
+                    r.fail(f"{lpath}[{i}].{owned}", f"is set by the operator: {OPERATOR_CONTAINER_FIELDS[owned]}")
     _string_map(r, r.mapping(spec, "nodeSelector", f"{tpath}.spec"), f"{tpath}.spec.nodeSelector", label_values=True)
     return MappingProxyType(dict(raw))
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from swarm_operator.resources import labels
-from swarm_operator.resources.overlay import apply_overlay
+from swarm_operator.resources.overlay import OPERATOR_CONTAINER_FIELDS, apply_overlay
 from swarm_operator.resources.pods import (
     build_head_pod,
     build_worker_pod,
@@ -18,7 +18,7 @@ from swarm_operator.resources.pods import (
     worker_hash,
 )
 from swarm_operator.resources.service import build_head_service
-from swarm_operator.spec import ClusterSpec, WorkerGroupSpec, parse_cluster
+from swarm_operator.spec import ClusterSpec, SpecError, WorkerGroupSpec, parse_cluster
 from tests.cases.invalid_manifests import mutated
 
 NS = "ns"
@@ -361,14 +361,30 @@ def test_user_labels_merge_but_selector_labels_win() -> None:
     assert pod["metadata"]["annotations"] == {"owner": "ml-team"}
 
 
-def test_user_cannot_change_command_args_resources_or_probes() -> None:
-    plain = worker()
-    pod = worker({f"{T}.spec.containers": [{
+@pytest.mark.parametrize("owned", sorted(OPERATOR_CONTAINER_FIELDS))
+def test_fields_the_operator_sets_are_refused_naming_the_field(owned: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        worker({f"{T}.spec.containers": [{"name": "ray", owned: ["x"]}]})
+    paths = [e.path for e in caught.value.errors]
+    assert paths == [f"{T}.spec.containers[0].{owned}"]
+    assert "is set by the operator" in str(caught.value)
+
+
+def test_a_sidecar_may_set_what_the_ray_container_may_not() -> None:
+    pod = worker({f"{T}.spec.containers": [{"name": "proxy", "image": "envoy", "command": ["envoy"],
+                                            "resources": {"limits": {"cpu": "1"}}}]})
+    assert pod["spec"]["containers"][1]["command"] == ["envoy"]
+
+
+def test_the_merge_itself_never_takes_operator_fields() -> None:
+    # Defence in depth below spec.py's refusal: the merge keeps ours even if handed them.
+    plain = build_worker_pod(make_cluster(), group(make_cluster(), "gpu"), SUFFIX)
+    pod = apply_overlay(plain, {"spec": {"containers": [{
         "name": "ray", "command": ["sleep"], "args": ["infinity"],
         "resources": {"limits": {"cpu": "64"}}, "readinessProbe": {"exec": {"command": ["true"]}},
         "livenessProbe": None, "image": "example.com/ray:patched", "imagePullPolicy": "Always",
         "securityContext": {"runAsNonRoot": True},
-    }]})
+    }]}})
     c, p = ray(pod), ray(plain)
     for key in ("command", "args", "resources", "readinessProbe", "livenessProbe"):
         assert c[key] == p[key], key
@@ -403,10 +419,12 @@ def test_sidecars_are_appended() -> None:
     assert env(pod)["X"] == "y"
 
 
-def test_without_a_ray_container_the_first_one_is_merged_into_ray() -> None:
-    pod = worker({f"{T}.spec.containers": [{"name": "main", "image": "mine"}, {"name": "side", "image": "s"}]})
-    assert [c["name"] for c in pod["spec"]["containers"]] == ["ray", "side"]
-    assert ray(pod)["image"] == "mine"
+def test_without_a_ray_container_every_container_is_a_sidecar() -> None:
+    # A template holding only a logging sidecar must not replace the Ray container's image.
+    pod = worker({f"{T}.spec.containers": [{"name": "log-shipper", "image": "fluent-bit"},
+                                           {"name": "side", "image": "s"}]})
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["ray", "log-shipper", "side"]
+    assert ray(pod)["image"] == make_cluster().image
     assert flags(pod)["num-gpus"] == "1"
 
 

@@ -2,10 +2,12 @@
 
 Rules (documented in docs/crd.md, "Pod template overlays"):
 - metadata labels/annotations: the user's are added; the operator's selector labels win.
-- the Ray container is the container named "ray" (or the first one) in the overlay: the user's
-  fields win (image, env appended, volumeMounts appended, securityContext, ports appended …) except
-  `name`, `command`, `args`, `resources` and the probes, which the operator sets.
-- other containers are sidecars, appended; volumes are appended by name (the operator's win).
+- the Ray container is the container named "ray" in the overlay, if any: the user's fields win
+  (image, env appended, volumeMounts appended, securityContext, ports appended …). The fields the
+  operator sets (OPERATOR_CONTAINER_FIELDS) are refused by spec.py (Valid=False naming the field),
+  never merged.
+- every other container is a sidecar, appended (an overlay without a "ray" container only adds
+  sidecars); volumes are appended by name (the operator's win).
 - every other pod spec field from the user wins, except `restartPolicy` (workers must not be
   restarted in place: the operator replaces them).
 """
@@ -17,7 +19,14 @@ from collections.abc import Mapping
 from typing import Any
 
 RAY_CONTAINER = "ray"
-OPERATOR_CONTAINER_FIELDS = frozenset({"name", "command", "args", "resources", "readinessProbe", "livenessProbe"})
+# Fields of the Ray container the operator sets, and where the user says what they want instead.
+OPERATOR_CONTAINER_FIELDS: dict[str, str] = {
+    "command": "the operator runs `ray start --block`; give ray start flags in rayStartParams",
+    "args": "the operator runs `ray start --block`; give ray start flags in rayStartParams",
+    "resources": "the operator sets them from resources (head.resources, workerGroups[].resources); set them there",
+    "readinessProbe": "the operator probes Ray's own health endpoints",
+    "livenessProbe": "the operator probes Ray's own health endpoints",
+}
 OPERATOR_POD_FIELDS = frozenset({"containers", "volumes", "restartPolicy"})
 APPENDED_CONTAINER_LISTS = ("env", "volumeMounts", "ports", "envFrom")
 
@@ -29,17 +38,16 @@ def _merge_named(ours: list[dict[str, Any]], theirs: list[Any], key: str = "name
 
 
 def _user_ray_container(containers: list[Any]) -> tuple[Mapping[str, Any] | None, list[Mapping[str, Any]]]:
+    """The container named "ray" (None: there is none), and the sidecars."""
     named = [c for c in containers if isinstance(c, Mapping)]
     ray = next((c for c in named if c.get("name") == RAY_CONTAINER), None)
-    if ray is None and named and not any(c.get("name") == RAY_CONTAINER for c in named):
-        ray = named[0]
     return ray, [c for c in named if c is not ray]
 
 
 def merge_container(ours: dict[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(ours)
     for key, value in theirs.items():
-        if key in OPERATOR_CONTAINER_FIELDS:
+        if key == "name" or key in OPERATOR_CONTAINER_FIELDS:
             continue
         if key in APPENDED_CONTAINER_LISTS and isinstance(value, list):
             merged[key] = _merge_named(merged.get(key, []), value,
