@@ -251,3 +251,12 @@ def test_a_failed_event_post_is_logged_not_raised(server: str, caplog: pytest.Lo
     FakeServer.script = [(403, {})]
     kube_for(server).post_event("ns", "c", "u", "Normal", "Created", "m")
     assert "could not post event Created on ns/c: scripted 403" in caplog.text
+
+
+def test_a_kubeconfig_proxy_url_carries_every_request(server: str) -> None:
+    # The API server's name does not resolve: only the proxy (the fake server here) can answer.
+    creds = Credentials("http://apiserver.invalid:6443")
+    creds.info = kopf.ConnectionInfo(server="http://apiserver.invalid:6443", token="new", proxy_url=server)
+    assert Kube(creds).get_swarmcluster("ns", "c") == {"kind": "Pod", "metadata": {"name": "p"}}
+    assert FakeServer.seen[0][1] == ("http://apiserver.invalid:6443/apis/swarm.io/v1alpha1/namespaces/ns/"
+                                     "swarmclusters/c")
