@@ -1,8 +1,9 @@
-# syntax=docker/dockerfile:1
 # The swarm-operator image. Build: `docker build -t swarm-operator:dev .` (hack/kind-e2e.sh does, then loads it
 # into kind). Stage one turns the package and every dependency into wheels; stage two installs only those wheels
 # into a virtual environment on a clean slim Python, so the final image holds no build tools and no sources.
 # tests/packaging runs these same RUN commands in a fresh virtual environment (no Docker engine on the CI machines).
+# No `# syntax=` line: the Dockerfile frontend built into every BuildKit engine since Docker 20.10 handles
+# RUN --mount, and a syntax line makes every build fetch the frontend from a registry (offline builds fail).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit test-integration test-e2e test-chaos test-packaging lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
+.PHONY: demo test test-unit test-integration test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	@echo "[venv] installing swarm-operator and its dev dependencies into $(VENV) …"
@@ -39,6 +39,14 @@ test-chaos: $(STAMP) build
 # The image's install steps in a fresh virtual environment, and its entry point on a read-only root.
 test-packaging: $(STAMP) build
 	@$(BIN)/python -m localcluster test -- -q tests/packaging
+
+## image: the operator's image from the Dockerfile, on a private Docker engine (root; base image cached by version)
+image: $(STAMP)
+	@$(BIN)/python -m localcluster image
+
+# The image built and run (non-root, read-only root) against a local cluster; root (apt, dockerd). Not in `test`.
+test-image: $(STAMP) build
+	@$(BIN)/python -m localcluster test -- -q tests/image
 
 lint: $(STAMP)
 	@$(BIN)/ruff check operator localcluster tests bench hack

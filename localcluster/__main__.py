@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from localcluster import build, versions
+from localcluster import build, docker_engine, image, versions
 from localcluster.cluster import ClusterError, LocalCluster
 from localcluster.nodeagent import cli as nodeagent_cli
 
@@ -50,6 +50,16 @@ def _run(cmd: list[str]) -> int:
     return _with_cluster(cmd, {"KUBECONFIG": str(LocalCluster.from_env().kubeconfig)})
 
 
+def _image() -> int:
+    """Build the operator's image on a private Docker engine (started and stopped here if not running)."""
+    with docker_engine.running() as engine:
+        built = image.build_operator_image(engine)
+    base = f"made in {built.base_seconds:.0f}s" if built.base_seconds else "cached"
+    print(f"[image] {built.tag}: {built.size_bytes / 1e6:.0f} MB; base image {base}; docker build "
+          f"{built.build_seconds:.0f}s", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["logs"]:  # its options (-n, -c, -f) are the node agent's own
         return nodeagent_cli.logs(argv[1:])
@@ -60,6 +70,7 @@ def main(argv: list[str]) -> int:
     p_build.add_argument("only", nargs="*", help="components to build (default: all but the optional kuberay)")
     p_build.add_argument("--kuberay", action="store_true",
                          help="also build KubeRay's operator (optional; bench/scale.py builds it on demand)")
+    sub.add_parser("image", help="build the operator's image from the Dockerfile on a local Docker engine")
     sub.add_parser("up", help="start the cluster and its fake nodes (idempotent)")
     sub.add_parser("down", help="delete the cluster: no process, no file left")
     sub.add_parser("status", help="components, PIDs and memory")
@@ -76,6 +87,8 @@ def main(argv: list[str]) -> int:
     try:
         if ns.command == "build":
             return build.main(ns.only, kuberay=ns.kuberay)
+        if ns.command == "image":
+            return _image()
         if ns.command == "up":
             cluster.up()
         elif ns.command == "down":
@@ -88,7 +101,7 @@ def main(argv: list[str]) -> int:
             return _test(rest)
         elif ns.command == "run":
             return _run(rest)
-    except (ClusterError, build.BuildError) as exc:
+    except (ClusterError, build.BuildError, docker_engine.EngineError) as exc:
         print(f"[localcluster] ERROR: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -14,6 +14,9 @@ HELM = "v4.3.1"
 # refused, later 1.6.x are absent).
 KUBERAY = "v1.6.2"
 KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
+# The image path (python -m localcluster image / kind): the local stand-in for python:3.11-slim is
+# cached under this revision of its recipe (localcluster/image.py); bump it when the recipe changes.
+LOCAL_BASE_IMAGE = "r1"
 
 
 def cache_root() -> Path:
