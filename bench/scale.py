@@ -286,7 +286,7 @@ class Spread:
         return self.low <= other.high and other.low <= self.high
 
     def __str__(self) -> str:
-        return f"{self.median:.1f} [{self.low:.1f}–{self.high:.1f}]"
+        return f"{self.median:.3g} [{self.low:.3g}–{self.high:.3g}]"
 
 
 def spread(values: Sequence[float]) -> Spread:
@@ -380,7 +380,12 @@ def main() -> int:
                          "own defaults: concurrency 1, qps 100, burst 200)")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up on one run after this many seconds")
     ap.add_argument("--json", type=Path, help="also write every run's results here")
+    ap.add_argument("--report", type=Path, metavar="JSON", help="only print the report of runs saved by --json")
     args = ap.parse_args()
+    if args.report:
+        saved = [Result(**r) for r in json.loads(args.report.read_text())]
+        checks = report(saved)
+        return 0 if all(r.done for r in saved) and all(met for _, met in checks) else 1
     kubeconfig = kubeconfig_from_env()
     if not kubeconfig:
         print("set KUBECONFIG (or run through `python -m localcluster run -- …`)", file=sys.stderr)
