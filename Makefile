@@ -48,6 +48,10 @@ image: $(STAMP)
 test-image: $(STAMP) build
 	@$(BIN)/python -m localcluster test -- -q tests/image
 
+## kind-e2e: the e2e tier on kind, everything made here (kind, node image, operator image; root); KIND_E2E_ARGS=…
+kind-e2e: $(STAMP) build
+	@$(BIN)/python -m localcluster kind-e2e -- $(KIND_E2E_ARGS)
+
 lint: $(STAMP)
 	@$(BIN)/ruff check operator localcluster tests bench hack
 	@$(BIN)/mypy

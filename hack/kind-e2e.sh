@@ -11,15 +11,18 @@
 # The cluster is deleted at the end unless KEEP_CLUSTER=1 (then `kind delete cluster --name …` yourself).
 #
 # Needs: docker (with a running engine), kind, kubectl, helm (v3.8+), and Python ≥ 3.11 (`make` sets up .venv).
-# The machines this project is developed on have no Docker engine: this script has never run there;
-# tests/unit/test_packaging.py keeps it shellcheck-clean.
+# tests/unit/test_packaging.py keeps it shellcheck-clean and checks its flow with stub tools.
 #
 # Settings (environment):
 #   CLUSTER_NAME      kind cluster name                       (default: swarm-e2e)
 #   KIND_NODE_IMAGE   kindest/node image, i.e. the Kubernetes version (default: kind's own default)
+#   KIND_CONFIG       a kind cluster config file                (default: none)
 #   IMAGE             image reference to build and load       (default: swarm-operator:e2e)
 #   KEEP_CLUSTER      1 keeps the cluster afterwards          (default: 0)
 #   HELM_EXTRA_ARGS   more `helm upgrade --install` arguments, word-split (e.g. "--set replicaCount=2")
+#   DOCKER_BUILD_EXTRA_ARGS  more `docker build` arguments, word-split (e.g. "--build-arg PYTHON_IMAGE=…")
+#
+# `make kind-e2e` runs this with everything built on the machine itself (localcluster/kind.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -73,6 +76,9 @@ else
   if [[ -n ${KIND_NODE_IMAGE:-} ]]; then
     create+=(--image "$KIND_NODE_IMAGE")
   fi
+  if [[ -n ${KIND_CONFIG:-} ]]; then
+    create+=(--config "$KIND_CONFIG")
+  fi
   "${create[@]}"
 fi
 kind get kubeconfig --name "$cluster" >"$kubeconfig"
@@ -82,7 +88,8 @@ k() { kubectl --kubeconfig "$kubeconfig" "$@"; }
 version=$("$python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 log "building $image (version $version, revision $revision)"
-docker build --tag "$image" --build-arg "VERSION=$version" --build-arg "REVISION=$revision" "$repo"
+read -r -a build_extra <<<"${DOCKER_BUILD_EXTRA_ARGS:-}"
+docker build --tag "$image" --build-arg "VERSION=$version" --build-arg "REVISION=$revision" "${build_extra[@]}" "$repo"
 kind load docker-image "$image" --name "$cluster"
 
 # -- 3. the operator ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from localcluster import build, docker_engine, image, versions
+from localcluster import build, docker_engine, image, kind, versions
 from localcluster.cluster import ClusterError, LocalCluster
 from localcluster.nodeagent import cli as nodeagent_cli
 
@@ -71,6 +71,9 @@ def main(argv: list[str]) -> int:
     p_build.add_argument("--kuberay", action="store_true",
                          help="also build KubeRay's operator (optional; bench/scale.py builds it on demand)")
     sub.add_parser("image", help="build the operator's image from the Dockerfile on a local Docker engine")
+    sub.add_parser("kind-node-image", help="build a kind node image here, with no registry (cached by version)")
+    p_kind = sub.add_parser("kind-e2e", help="hack/kind-e2e.sh on a kind cluster of that node image")
+    p_kind.add_argument("args", nargs=argparse.REMAINDER, help="pytest arguments (after --)")
     sub.add_parser("up", help="start the cluster and its fake nodes (idempotent)")
     sub.add_parser("down", help="delete the cluster: no process, no file left")
     sub.add_parser("status", help="components, PIDs and memory")
@@ -89,6 +92,13 @@ def main(argv: list[str]) -> int:
             return build.main(ns.only, kuberay=ns.kuberay)
         if ns.command == "image":
             return _image()
+        if ns.command == "kind-node-image":
+            with docker_engine.running(kind.engine_for_kind()) as engine:
+                tag, seconds = kind.ensure_node_image(engine)
+            print(f"[kind] {tag}: {'cached' if not seconds else f'made in {seconds:.0f}s'}", flush=True)
+            return 0
+        if ns.command == "kind-e2e":
+            return kind.kind_e2e(rest)
         if ns.command == "up":
             cluster.up()
         elif ns.command == "down":

@@ -54,6 +54,8 @@ def apt_install(packages: tuple[str, ...], log: Path) -> None:
 @dataclass(frozen=True)
 class DockerEngine:
     root: Path
+    # A runc stand-in for every container (kind's node containers are 'privileged'; see localcluster/kind.py).
+    default_runtime: Path | None = None
 
     @classmethod
     def default(cls) -> DockerEngine:
@@ -123,6 +125,8 @@ class DockerEngine:
                # Host networking only: no bridge, no NAT rules written into the machine's iptables.
                "--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-forward=false",
                "--ip-masq=false"]
+        if self.default_runtime is not None:
+            cmd += ["--add-runtime", f"wrapped={self.default_runtime}", "--default-runtime", "wrapped"]
         with self.log.open("ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)

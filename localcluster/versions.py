@@ -15,8 +15,14 @@ HELM = "v4.3.1"
 KUBERAY = "v1.6.2"
 KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
 # The image path (python -m localcluster image / kind): the local stand-in for python:3.11-slim is
-# cached under this revision of its recipe (localcluster/image.py); bump it when the recipe changes.
+# cached under this revision of its recipe (localcluster/image.py), as are the kind node image and its base
+# (localcluster/kind.py, hack/kind/): bump it when either recipe changes.
 LOCAL_BASE_IMAGE = "r1"
+# kind (python -m localcluster kind-e2e): its CLI, and the node image's pieces that are not the control plane's.
+KIND = "v0.33.0"
+COREDNS = "v1.14.2"  # what kubeadm of KUBERNETES deploys
+CRICTL = "v1.36.0"
+CONTAINERD = "v2.3.4"  # kind's base image's
 
 
 def cache_root() -> Path:

@@ -18,7 +18,7 @@ import pytest
 from tests.packaging.dockerfile import DOCKERFILE, REPO, parse, run_command
 
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-SHELL_SCRIPTS = [*sorted(REPO.glob("hack/*.sh")), REPO / ".ci" / "run"]
+SHELL_SCRIPTS = [*sorted(REPO.glob("hack/**/*.sh")), REPO / ".ci" / "run"]
 
 
 def tool(name: str) -> str | None:
@@ -127,7 +127,9 @@ def test_kind_e2e_script_flow_with_stub_tools(tmp_path: Path) -> None:
         (stubs / name).symlink_to(stubs / "stub")
     calls = tmp_path / "calls"
     env = {"PATH": f"{stubs}:/usr/bin:/bin", "STUB_LOG": str(calls), "HOME": str(tmp_path),
-           "IMAGE": "registry.example/so:test", "HELM_EXTRA_ARGS": "--set replicaCount=2"}
+           "IMAGE": "registry.example/so:test", "HELM_EXTRA_ARGS": "--set replicaCount=2",
+           "KIND_CONFIG": "/cfg/cluster.yaml",
+           "DOCKER_BUILD_EXTRA_ARGS": "--network host --build-arg PYTHON_IMAGE=base:1"}
     res = subprocess.run(["bash", str(REPO / "hack" / "kind-e2e.sh"), "--collect-only", "-q"], env=env,
                          capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
@@ -141,4 +143,6 @@ def test_kind_e2e_script_flow_with_stub_tools(tmp_path: Path) -> None:
                 "--skip-crds", "--set replicaCount=2"):
         assert arg in helm
     version = PROJECT["version"]
-    assert any(line.startswith("docker build") and f"VERSION={version}" in line for line in lines)
+    build = next(line for line in lines if line.startswith("docker build"))
+    assert f"VERSION={version}" in build and "--network host --build-arg PYTHON_IMAGE=base:1" in build
+    assert any(line.startswith("kind create cluster") and "--config /cfg/cluster.yaml" in line for line in lines)
