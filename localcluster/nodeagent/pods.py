@@ -27,9 +27,10 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from localcluster.nodeagent import apiproxy, dns, network, paths
+from localcluster.nodeagent.host import PodHost
 from localcluster.nodeagent.podspec import (
     ConfigError,
     command_line,
@@ -39,10 +40,6 @@ from localcluster.nodeagent.podspec import (
     token_refresh_at,
 )
 from localcluster.nodeagent.probes import UNSUPPORTED, Probe, check
-
-if TYPE_CHECKING:
-    from localcluster.nodeagent.agent import NodeAgent
-
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -137,7 +134,7 @@ class Token:
 
 
 class PodWorker(threading.Thread):
-    def __init__(self, agent: NodeAgent, pod: dict[str, Any]) -> None:
+    def __init__(self, agent: PodHost, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
         self.agent = agent
