@@ -1,6 +1,6 @@
 """A private Docker engine for building and running the operator's image on this machine.
 
-Debian's ``docker.io`` (dockerd, containerd, runc) is installed with apt on first use. The engine
+Debian's Docker engine package (dockerd, containerd, runc) is installed with apt on first use. The engine
 keeps its data, state and socket under ``<cache>/docker``, so it collides with no other engine on
 the machine; it is started by whoever needs it and stopped by its PID when they are done.
 

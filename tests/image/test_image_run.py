@@ -1,6 +1,6 @@
 """The operator's image for real: built from the Dockerfile by a Docker engine on this machine, then run.
 
-The engine (Debian's docker.io, installed on first use) is started for this module and stopped by its PID
+The engine (Debian's Docker package, installed on first use) is started for this module and stopped by its PID
 at the end; the image's base is the local stand-in for python:3.11-slim (localcluster/image.py). The
 container runs as the chart runs it: its own non-root user, a read-only root filesystem with a tmpfs on
 /tmp, no capabilities; on the host's network, so it reaches the local API server as the host does.
@@ -37,7 +37,7 @@ IMAGE_UID = 10001  # the Dockerfile's USER
 @pytest.fixture(scope="module")
 def engine() -> Iterator[DockerEngine]:
     if os.geteuid() != 0:
-        pytest.skip("needs root: installs docker.io with apt and runs dockerd")
+        pytest.skip("needs root: installs the Docker engine with apt and runs dockerd")
     with docker_engine.running() as running:
         yield running
 
