@@ -166,7 +166,13 @@ class DockerEngine:
 def running(engine: DockerEngine | None = None) -> Iterator[DockerEngine]:
     """The engine, started if it is not running and then stopped again at the end; reused if it is."""
     engine = engine or DockerEngine.default()
-    if engine.pid() is not None and engine.answering():
+    pid = engine.pid()
+    if pid is not None and engine.answering():
+        wanted = "wrapped" if engine.default_runtime is not None else "runc"
+        current = engine.docker("info", "--format", "{{.DefaultRuntime}}").stdout.strip()
+        if current != wanted:
+            raise EngineError(f"dockerd {pid} runs containers with {current}, this needs {wanted}: "
+                              f"stop it (kill {pid}) and retry")
         yield engine
         return
     pid = engine.start()
