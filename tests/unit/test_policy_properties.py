@@ -155,3 +155,21 @@ def test_never_more_nodes_than_a_simple_assignment(inp: PolicyInput) -> None:
         else:
             bound += gang.count * len(gang.bundles)
     assert decide(inp).targets["g"] <= bound
+
+
+def test_a_gang_that_waits_gives_back_the_speed_cap_it_lifted() -> None:
+    """Found by test_gangs_are_all_or_nothing: a gang retried past the speed cap and failing again kept the
+    lifted budget, so the CPU tasks behind it got one node more than without that gang."""
+    cpu = {"CPU": 2.0, "GPU": 0.0, "memory": 8 * G}
+    groups = (WorkerGroup("g0", cpu, 0, 6, 0, 0, {}), WorkerGroup("g1", cpu, 0, 0, 0, 0, {}),
+              WorkerGroup("g3", {"CPU": 2.0, "GPU": 1.0, "memory": 8 * G}, 0, 0, 0, 0, {}))
+    task = {"CPU": 0.5, "GPU": 0.0, "memory": 0.0}
+    waiting_gang = Gang(({"CPU": 0.5, "GPU": 0.0, "memory": 0.0}, {"CPU": 0.5, "GPU": 1.0, "memory": 0.0}),
+                        Strategy.PACK, 1)
+    base = PolicyInput(groups=groups, nodes=(), demands=(Demand(task, 17),),
+                       gangs=(Gang(({"CPU": 2.0, "GPU": 0.0, "memory": 0.0},), Strategy.PACK, 1),),
+                       settings=Settings(upscaling_speed=0.5, idle_timeout_s=0.0, scale_down_stabilization_s=0.0),
+                       now=1000.0)
+    with_waiting = decide(replace(base, gangs=(*base.gangs, waiting_gang)))
+    assert [u.kind for u in with_waiting.waiting if u.kind is DemandKind.GANG] == [DemandKind.GANG]
+    assert with_waiting.targets == decide(base).targets

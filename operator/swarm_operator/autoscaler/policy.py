@@ -798,6 +798,10 @@ class _Run:
                         if lifted and notes is not None:
                             self.capped, self.speed_capped = notes
                             continue
+                    elif lifted:  # the retry past the cap failed too: give the lifted budget back
+                        for gi, extra in lifted.items():
+                            self.budget[gi] = max(0, self.budget[gi] - extra)
+                            self.lifted.discard(gi)
                     self.waiting.append(Unplaced(DemandKind.GANG, gang.bundles, gang.count - done,
                                                  gang.strategy, gang.selector))
                     break
