@@ -65,7 +65,7 @@ bench: $(STAMP) build
 	@$(BIN)/python bench/autoscaler.py --quick
 	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/reconcile.py
 
-## bench-scale: 1,000 clusters with our operator, then with KubeRay's (built on first use); SCALE_ARGS="--clusters 100"
+## bench-scale: 250 and 1,000 clusters, ours and KubeRay's (built on first use) in alternating pairs, plus a baseline; SCALE_ARGS="--sizes 100 --pairs 1"
 bench-scale: $(STAMP) build
 	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/scale.py $(SCALE_ARGS)
 
