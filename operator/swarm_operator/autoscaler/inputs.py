@@ -37,7 +37,15 @@ def group_shape(group: WorkerGroupSpec) -> dict[str, float]:
 
 
 def capacity(resources: Mapping[str, float]) -> dict[str, float]:
-    return {k: v for k, v in resources.items() if not _UNIQUE.fullmatch(k)}
+    # The substring tests pass only names the pattern might match; they spare most names the regex, which
+    # at a thousand nodes was a third of this translation's time.
+    return {k: v for k, v in resources.items()
+            if not ((k.startswith("node:") or "_group_" in k) and _UNIQUE.fullmatch(k))}
+
+
+# Both enums are StrEnums of the same values, so Ray's statuses look up the policy's by value; a dict lookup
+# costs a tenth of calling the enum.
+_STATUS = {s.value: s for s in policy.NodeStatus}
 
 
 def _selector(terms: rs.LabelSelector) -> policy.LabelSelector:
@@ -76,19 +84,22 @@ def policy_input(cluster: ClusterSpec, snapshot: rs.ClusterSnapshot, pods: Itera
             continue  # dead, or its pod is already gone
         group = n.node_type if n.node_type in group_names and not n.is_head else None
         nodes.append(policy.RayNode(
-            name=n.instance_id or n.node_id, group=group, status=policy.NodeStatus(n.status.value),
+            name=n.instance_id or n.node_id, group=group, status=_STATUS[n.status],
             total=capacity(n.total), available=capacity(n.available), idle_s=n.idle_duration_ms / 1000.0,
             age_s=max(0.0, now - created.get(n.instance_id, now)),
         ))
     # Pods Ray knows (alive, or already DEAD and about to go) and drained pods bring no new capacity.
     known = {n.instance_id for n in snapshot.nodes}
+    coming: dict[str | None, int] = {}
+    for p in pod_list:
+        if p.node_type == labels.WORKER and p.name not in known and not p.drained:
+            coming[p.group] = coming.get(p.group, 0) + 1
     groups = []
     for g in cluster.worker_groups:
-        mine = [p for p in pod_list if p.node_type == labels.WORKER and p.group == g.name]
         target = max(g.min_replicas, min(g.max_replicas, targets.get(g.name, g.initial_replicas())))
         groups.append(policy.WorkerGroup(
             name=g.name, resources=group_shape(g), min_replicas=g.min_replicas, max_replicas=g.max_replicas,
-            replicas=target, pending_pods=sum(1 for p in mine if p.name not in known and not p.drained),
+            replicas=target, pending_pods=coming.get(g.name, 0),
         ))
     a = cluster.autoscaling
     return policy.PolicyInput(

@@ -479,14 +479,17 @@ class _Run:
         self.live = [0] * len(groups)  # RUNNING or IDLE Ray nodes
         live_totals: dict[tuple[tuple[int, ...], int], None] = {}
         self.live_nodes: list[RayNode] = []
+        self.live_total_vectors: list[list[int]] = []  # never mutated: bins replace their lists
         for n in inp.nodes:
             if n.status in (NodeStatus.RUNNING, NodeStatus.IDLE):
+                total = self.vector(n.total)
                 self.live_nodes.append(n)
+                self.live_total_vectors.append(total)
                 gi = self.gindex.get(n.group) if n.group is not None else None
                 if gi is not None:
                     self.live[gi] += 1
                 labels = self.node_labels(n, gi)
-                live_totals[(tuple(self.vector(n.total)), labels)] = None
+                live_totals[(tuple(total), labels)] = None
         self.live_totals = list(live_totals)
         self.biggest = [max([1] + [c[i] for c in self.caps] + [t[i] for t, _ in self.live_totals])
                         for i in range(nres)]
@@ -520,10 +523,12 @@ class _Run:
     # -- conversions
 
     def vector(self, r: Resources) -> list[int]:
-        v = [0] * len(self.res)
+        """``r`` in fixed point, indexed by resource; every entry >= 0."""
+        index = self.res
+        v = [0] * len(index)
         for name, amount in r.items():
             if amount > 0:
-                v[self.res[name]] = round(amount * _SCALE)
+                v[index[name]] = round(amount * _SCALE)
         return v
 
     def shape(self, r: Resources, selector: LabelSelector) -> _Shape:
@@ -554,14 +559,15 @@ class _Run:
         merged: dict[tuple[int, int, int, tuple[int, ...]], tuple[_Bin, _Bin]] = {}
         # Idle nodes in keep-first order (oldest, then least idle), so the nodes bins hand out first are the
         # ones a drain would take last.
-        ordered = sorted(self.live_nodes, key=lambda n: (-n.age_s, n.idle_s, n.name))
-        for n in ordered:
+        ordered = sorted(zip(self.live_nodes, self.live_total_vectors, strict=True),
+                         key=lambda nt: (-nt[0].age_s, nt[0].idle_s, nt[0].name))
+        for n, total in ordered:
             gi = self.gindex.get(n.group) if n.group is not None else None
             slot = gi if gi is not None else slots + (1 if n.total.get(GPU, 0) > 0 else 0)
             tier = _IDLE if gi is not None and n.status is NodeStatus.IDLE else _BUSY
             labels = self.node_labels(n, gi)
-            total = self.vector(n.total)
-            avail = [max(0, min(a, t)) for a, t in zip(self.vector(n.available), total, strict=True)]
+            # Never above the total (both vectors are >= 0): a conditional is cheaper than min() per resource.
+            avail = [a if a <= t else t for a, t in zip(self.vector(n.available), total, strict=True)]
             key = (tier, slot, labels, tuple(avail + total))
             pair = merged.get(key)
             if pair is None:
