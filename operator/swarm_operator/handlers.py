@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,6 +23,24 @@ from swarm_operator.leader import LeaderElector
 from swarm_operator.resources import labels
 
 log = logging.getLogger(__name__)
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff base for change handlers, which this operator does not register.
+
+    kopf builds the diff base on every watch event whatever handlers exist: a deep copy of the whole
+    body, then a cleaned copy of that. With only `on.event` handlers nothing reads it, and at 250
+    clusters it was the largest single CPU cost (17% of the operator's busy time, py-spy).
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 class Runtime:
@@ -40,7 +59,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own prefix for anything kopf might store, so it never collides with other kopf operators.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled")
+    settings.persistence.diffbase_storage = NoDiffBase()
     # A watch that goes silent (lost connection, stuck proxy) is re-established within minutes, never frozen.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
