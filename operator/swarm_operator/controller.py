@@ -28,6 +28,7 @@ from swarm_operator.reconcile.plan import (
     CreateWorkers,
     DeletePod,
     Observed,
+    PatchPod,
     desired_replicas,
     plan_cluster,
 )
@@ -456,6 +457,8 @@ class Controller:
         labels_of_calls: list[str] = []  # what each call creates
         deleted: list[DeletePod] = []
         deletions: list[asyncio.Future[Any]] = []  # one per `deleted`, in the same order
+        patched: list[PatchPod] = []
+        patches: list[asyncio.Future[Any]] = []  # one per `patched`, in the same order
 
         def call(fn: Any, *args: Any, what: str = "") -> None:
             calls.append(asyncio.ensure_future(asyncio.to_thread(fn, *args)))
@@ -482,12 +485,22 @@ class Controller:
                 for _ in range(action.count):
                     pod = build_worker_pod(cluster, group, random_suffix(), self.config.cluster_domain)
                     call(self.kube.create_pod, ns, pod, what=f"{action.group} worker")
+            elif isinstance(action, PatchPod):
+                patches.append(asyncio.ensure_future(asyncio.to_thread(self.kube.patch_pod, ns, action.name,
+                                                                       action.patch)))
+                patched.append(action)
             else:
                 deletions.append(asyncio.ensure_future(asyncio.to_thread(self.kube.delete_pod, ns, action.name)))
                 deleted.append(action)
         results = await asyncio.gather(*calls, return_exceptions=True)
         gone = await asyncio.gather(*deletions, return_exceptions=True)
-        errors = [r for r in (*results, *gone) if isinstance(r, BaseException)]
+        patch_results = await asyncio.gather(*patches, return_exceptions=True)
+        errors = [r for r in (*results, *gone, *patch_results) if isinstance(r, BaseException)]
+        updated = []
+        for patch, r in zip(patched, patch_results, strict=True):
+            if isinstance(r, dict):
+                self._index(self.pods, None, r)
+                updated.append(patch)
         for action, r in zip(deleted, gone, strict=True):
             if isinstance(r, dict) and (r.get("metadata") or {}).get("resourceVersion"):
                 self._index(self.pods, None, r)  # being deleted (a grace period)
@@ -517,14 +530,17 @@ class Controller:
                              f"the same name still terminating?); retrying every {NAME_TAKEN_RETRY_SECONDS:g}s")
         warned.intersection_update(taken)
         warned.update(taken)
-        await self._post_action_events(key, cluster, summary, deleted, refused)
+        await self._post_action_events(key, cluster, summary, deleted, refused, updated)
         if errors:
             raise errors[0]
         return taken
 
     async def _post_action_events(self, key: Key, cluster: ClusterSpec, created: list[str],
-                                  deleted: list[DeletePod], refused: Mapping[str, str]) -> None:
+                                  deleted: list[DeletePod], refused: Mapping[str, str],
+                                  updated: list[PatchPod]) -> None:
         posts = []
+        if updated:
+            posts.append(("Normal", "Updated", f"{', '.join(p.name for p in updated)}: {updated[0].reason}"))
         if created:
             posts.append(("Normal", "Created", "created " + ", ".join(created)))
         if refused:

@@ -213,16 +213,20 @@ class Kube:
             raise
         return body if body.get("kind") == "Pod" else None
 
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
-        """Merge annotations into a pod; the patched pod, or None when it is gone."""
+    def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch (a null removes a key); the patched pod, or None when it is gone."""
         API_REQUESTS.labels("patch", "pods").inc()
         try:
-            return self.request("PATCH", f"{PODS.format(ns=namespace)}/{quote(name)}",
-                                {"metadata": {"annotations": dict(annotations)}}, content_type=MERGE_PATCH)
+            return self.request("PATCH", f"{PODS.format(ns=namespace)}/{quote(name)}", patch,
+                                content_type=MERGE_PATCH)
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
+
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
+        """Merge annotations into a pod; the patched pod, or None when it is gone."""
+        return self.patch_pod(namespace, name, {"metadata": {"annotations": dict(annotations)}})
 
     # -- services -----------------------------------------------------------------------------
 

@@ -14,10 +14,11 @@ from typing import Any
 from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.observe import PodState, parse_time
 from swarm_operator.resources import labels
-from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT
+from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, head_hash, worker_hash
 from swarm_operator.spec import ClusterSpec
 
-CONDITION_TYPES = ("Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure")
+CONDITION_TYPES = ("Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure",
+                   "RolloutComplete")
 
 
 def timestamp(epoch: float) -> str:
@@ -77,15 +78,21 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
     ready_total = desired_total = gpus = 0
     failing: list[str] = []
     short: list[str] = []  # groups with fewer ready workers than desired
+    behind: list[str] = []  # what still runs an earlier revision of the spec
     for g in cluster.worker_groups:
         mine = [p for p in pods if p.node_type == labels.WORKER and p.group == g.name and p.alive]
         ready = sum(1 for p in mine if p.ready)
+        want = worker_hash(cluster, g)
+        updated = sum(1 for p in mine if p.template_hash == want)
+        if updated < len(mine):
+            behind.append(f"{g.name}: {len(mine) - updated} of {len(mine)} workers outdated")
         h = health.get(g.name, GroupHealth())
         entry: dict[str, Any] = {
             "name": g.name,
             "desiredReplicas": desired[g.name],
             "currentReplicas": len(mine),
             "readyReplicas": ready,
+            "updatedReplicas": updated,
             "restarts": h.restarts,
             "consecutiveFailures": h.consecutive_failures,
         }
@@ -102,6 +109,11 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
         desired_total += desired[g.name]
         gpus += ready * g.resources.gpu
     head_ready = bool(head and head.ready)
+    if head is None or head.template_hash != head_hash(cluster):
+        behind.insert(0, "head outdated" if head else "no head")
+    stale = [p for p in pods if p.alive and p.node_type == labels.WORKER and cluster.group(p.group or "") is None]
+    if stale:
+        behind.append(f"{len(stale)} worker(s) of removed groups")
     # Per group: surplus ready workers in one group (awaiting scale-down) must not hide an empty one.
     workers_ready = not short
     if cluster.suspend:
@@ -129,6 +141,11 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
                   "spec.suspend is true" if cluster.suspend else "cluster is active"),
         condition("ReplicaFailure", bool(failing), "WorkersFailing" if failing else "NoFailures",
                   "; ".join(failing) if failing else "no recent worker failures"),
+        condition("RolloutComplete", not behind and not cluster.suspend,
+                  "Suspended" if cluster.suspend else "AllPodsUpdated" if not behind
+                  else "WaitingForDeletion" if cluster.update_strategy.type == "OnDelete" else "RollingUpdate",
+                  "spec.suspend is true" if cluster.suspend else
+                  "every pod runs the current spec" if not behind else "; ".join(behind)),
     ]
     status: dict[str, Any] = {
         "phase": phase,

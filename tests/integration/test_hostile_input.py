@@ -51,7 +51,8 @@ pytestmark = pytest.mark.integration
 NEIGHBOUR = "neighbour"
 POOL = "hostile-neighbour"
 TAINT_KEY = "swarm.io/hostile-test"
-CONDITION_TYPES = {"Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure"}
+CONDITION_TYPES = {"Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure",
+                   "RolloutComplete"}
 SETTLE_TIMEOUT = 30.0
 MAX_FAILED_TURNS_PER_OBJECT = 3
 KNOWN_FAILING = {"churn"}  # the refused-head cluster: its turns fail (and back off) until the head is admitted

@@ -358,7 +358,9 @@ def test_user_labels_merge_but_selector_labels_win() -> None:
     assert got["team"] == "ml"
     assert (got["swarm.io/cluster"], got["swarm.io/node-type"], got["swarm.io/group"]) == ("demo", "worker", "gpu")
     assert got["swarm.io/template-hash"] != "0"
-    assert pod["metadata"]["annotations"] == {"owner": "ml-team"}
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["owner"] == "ml-team"
+    assert set(annotations) == {"owner", "swarm.io/revision", "swarm.io/template-metadata"}
 
 
 @pytest.mark.parametrize("owned", sorted(OPERATOR_CONTAINER_FIELDS))

@@ -82,6 +82,19 @@ class FakeKube:
             pod["metadata"].update(deletionTimestamp=iso(NOW), resourceVersion=self._bump())
             return copy.deepcopy(pod)
 
+    def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch of metadata labels/annotations (all the controller patches)."""
+        with self._lock:
+            self.calls.append(("patch_pod", name))
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                return None  # 404
+            for key, change in patch["metadata"].items():
+                merged = {**pod["metadata"].get(key, {}), **change}
+                pod["metadata"][key] = {k: v for k, v in merged.items() if v is not None}
+            pod["metadata"]["resourceVersion"] = self._bump()
+            return copy.deepcopy(pod)
+
     def create_service(self, namespace: str, service: dict[str, Any]) -> dict[str, Any] | None:
         with self._lock:
             name = service["metadata"]["name"]
@@ -441,6 +454,26 @@ def test_fixed_spec_becomes_valid_and_is_served() -> None:
     valid = next(x for x in kube.statuses[-1][2]["conditions"] if x["type"] == "Valid")
     assert valid["status"] == "True"
     assert kube.verbs()["create_pod"] == 3
+
+
+def test_a_template_annotation_is_patched_onto_running_pods_without_a_restart() -> None:
+    kube = FakeKube()
+    annotated = {"head": {"resources": {"cpu": "1", "memory": "2Gi"},
+                          "template": {"metadata": {"annotations": {"prometheus.io/scrape": "true"}}}}}
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        await c.reconcile(KEY)
+        c.on_cluster("MODIFIED", {**manifest(annotated, generation=2), "status": kube.statuses[-1][2]})
+        await c.reconcile(KEY)
+        await c.reconcile(KEY)  # the patched pod is current: nothing more to do
+
+    run(body)
+    assert kube.verbs()["delete_pod"] == 0 and kube.verbs()["create_pod"] == 3
+    assert [name for verb, name in kube.calls if verb == "patch_pod"] == ["demo-head"]
+    assert kube.pods[(NAMESPACE, "demo-head")]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert any(reason == "Updated" and message.startswith("demo-head: ") for _, _, reason, message in kube.events)
 
 
 def test_failed_worker_deleted_once_and_backoff_survives_in_status() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,11 +18,12 @@ from swarm_operator.reconcile.plan import (
     CreateWorkers,
     DeletePod,
     Observed,
+    PatchPod,
     Plan,
     desired_replicas,
     plan_cluster,
 )
-from swarm_operator.resources import labels
+from swarm_operator.resources import labels, revision
 from swarm_operator.spec import ClusterSpec
 from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker, worker_pod, workers
 
@@ -237,7 +240,8 @@ def test_head_template_change(spec: dict[str, Any], expected: list[tuple[Any, ..
     assert same(p, expected)
     assert p.head_restarts == 0, "a template change is not a failure"
     heads = [a for a in p.actions if isinstance(a, DeletePod) and a.name == "demo-head"]
-    assert all(a.reason == "head template changed; replacing the head" for a in heads)
+    consequence = "; without GCS fault tolerance its 2 worker(s) are replaced too" if not spec else ""
+    assert all(a.reason == f"head demo-head: rayStartParams changed; replacing the head{consequence}" for a in heads)
 
 
 # -- scaling by spec (autoscaling off) ------------------------------------------------------------
@@ -396,14 +400,64 @@ def test_rollout_waits_for_the_count_first() -> None:
     assert same(p, [("create", "cpu", 1)])
 
 
-def test_rollout_reason_names_both_hashes() -> None:
+def test_rollout_reason_names_what_changed() -> None:
     p = run(C3, [head(C3), *workers(C3_OLD, 3)])
     (action,) = p.actions
     assert isinstance(action, DeletePod)
-    want = worker(C3).template_hash
-    got = worker(C3_OLD).template_hash
-    assert want != got
-    assert action.reason == f"worker {w(0)} has an outdated template ({got} ≠ {want}); rolling update"
+    assert worker(C3).template_hash != worker(C3_OLD).template_hash
+    assert action.reason == f"worker {w(0)} of group cpu: rayStartParams changed; rolling update (Rolling)"
+
+
+def test_a_pod_without_a_revision_record_is_replaced_saying_so() -> None:
+    old = [dataclasses.replace(p, revision=None, template_hash="0123456789") for p in workers(C3, 3)]
+    (action, *_) = run(C3, [head(C3), *old]).actions
+    assert isinstance(action, DeletePod)
+    assert "without a revision record, made by an older operator" in action.reason
+
+
+# -- template metadata: patched in place, never a restart --------------------------------------------
+
+def _with_meta(meta: dict[str, Any], where: str = "cpu") -> ClusterSpec:
+    if where == "head":
+        return cluster({"head": {"resources": {"cpu": "1", "memory": "2Gi"}, "template": {"metadata": meta}}})
+    return cluster(groups=[group("cpu", 2, template={"metadata": meta})])
+
+
+META_CASES = [
+    pytest.param({}, {"labels": {"team": "ml"}}, "cpu", {"labels": {"team": "ml"}}, id="label-added"),
+    pytest.param({"annotations": {"a": "1"}}, {"annotations": {"a": "2"}}, "cpu", {"annotations": {"a": "2"}},
+                 id="annotation-changed"),
+    pytest.param({"labels": {"team": "ml", "tier": "x"}}, {"labels": {"team": "ml"}}, "cpu",
+                 {"labels": {"tier": None}}, id="label-removed-because-the-template-set-it"),
+    pytest.param({}, {"labels": {"swarm.io/cluster": "evil", "app.kubernetes.io/name": "x", "team": "a"}}, "cpu",
+                 {"labels": {"team": "a"}}, id="the-operators-labels-are-never-patched"),
+    pytest.param({}, {"annotations": {"prometheus.io/scrape": "true"}}, "head",
+                 {"annotations": {"prometheus.io/scrape": "true"}}, id="head-annotation-added"),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "where", "changes"), META_CASES)
+def test_template_metadata_is_patched_in_place(before: dict[str, Any], after: dict[str, Any], where: str,
+                                               changes: dict[str, Any]) -> None:
+    old, new = _with_meta(before, where), _with_meta(after, where)
+    pods = [head(old), *workers(old, 2)]
+    p = run(new, pods)
+    assert not [a for a in p.actions if not isinstance(a, PatchPod)], "no pod is replaced or created"
+    patched = {a.name: dict(a.patch["metadata"]) for a in p.actions if isinstance(a, PatchPod)}
+    assert set(patched) == ({"demo-head"} if where == "head" else {w(0), w(1)})
+    for meta in patched.values():
+        record = json.loads(meta["annotations"].pop("swarm.io/template-metadata"))
+        assert record == revision.template_metadata({"metadata": after})
+        assert {k: v for k, v in meta.items() if v} == changes
+    # A pod patched as planned plans nothing more.
+    done = [observe_pod(worker_pod(new, "cpu", f"w{i:04d}")) for i in range(2)]
+    assert run(new, [head(new), *done]).actions == ()
+
+
+def test_a_hand_added_label_is_left_alone() -> None:
+    new = _with_meta({"labels": {"team": "ml"}})
+    pods = [head(new), *workers(new, 2)]
+    assert run(new, pods).actions == ()  # the record says the template never set anything else
 
 
 # -- suspend, removed groups, requeue ------------------------------------------------------------

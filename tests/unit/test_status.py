@@ -36,16 +36,17 @@ def conditions(status: dict[str, Any]) -> dict[str, str]:
 
 
 def flags(valid: str = "True", head: str = "True", workers_: str = "True", auto: str = "False",
-          suspended: str = "False", failure: str = "False") -> dict[str, str]:
+          suspended: str = "False", failure: str = "False", rollout: str = "True") -> dict[str, str]:
     return {"Valid": valid, "HeadReady": head, "WorkersReady": workers_, "Autoscaling": auto,
-            "Suspended": suspended, "ReplicaFailure": failure}
+            "Suspended": suspended, "ReplicaFailure": failure, "RolloutComplete": rollout}
 
 
 @pytest.mark.parametrize(
     ("c", "pods", "health", "phase", "conds"),
     [
         pytest.param(C, [head(C), *workers(C, 2)], None, "Running", flags(), id="running"),
-        pytest.param(C, [], None, "Pending", flags(head="False", workers_="False"), id="nothing-yet"),
+        pytest.param(C, [], None, "Pending", flags(head="False", workers_="False", rollout="False"),
+                     id="nothing-yet"),
         pytest.param(C, [head(C, phase="Pending", ready=False), *workers(C, 2)], None, "Pending",
                      flags(head="False"), id="head-not-ready"),
         pytest.param(C, [head(C), *workers(C, 1)], None, "Pending", flags(workers_="False"), id="workers-starting"),
@@ -55,12 +56,12 @@ def flags(valid: str = "True", head: str = "True", workers_: str = "True", auto:
                      id="recovered-but-failures-remembered"),
         pytest.param(C, [head(C, phase="Pending", ready=False), *workers(C, 1)], FAILING, "Pending",
                      flags(head="False", workers_="False", failure="True"), id="head-down-is-pending-not-degraded"),
-        pytest.param(C, [head(C, deleting=True), *workers(C, 2)], None, "Pending", flags(head="False"),
+        pytest.param(C, [head(C, deleting=True), *workers(C, 2)], None, "Pending", flags(head="False", rollout="False"),
                      id="deleting-head-not-ready"),
         pytest.param(C, [head(C), *workers(C, 2, deleting=True)], None, "Pending", flags(workers_="False"),
                      id="deleting-workers-not-counted"),
         pytest.param(cluster({"suspend": True}), [], None, "Suspended",
-                     flags(head="False", workers_="False", suspended="True"), id="suspended"),
+                     flags(head="False", workers_="False", suspended="True", rollout="False"), id="suspended"),
         pytest.param(cluster({"autoscaling": {"enabled": True}}), [head(C), *workers(C, 2)], None, "Running",
                      flags(auto="True"), id="autoscaling"),
         pytest.param(cluster(groups=[]), [head(C)], None, "Running", flags(), id="head-only"),
@@ -150,6 +151,7 @@ def test_no_pod_ip_key_without_an_ip() -> None:
 def test_group_health_fields(health: GroupHealth, expected: dict[str, Any]) -> None:
     (entry,) = status_of(C, [], health={"cpu": health})["workerGroups"]
     assert {k: v for k, v in entry.items() if k not in ("name", "desiredReplicas", "currentReplicas",
+                                                             "updatedReplicas",
                                                          "readyReplicas")} == expected
 
 
@@ -316,3 +318,31 @@ def test_valid_again_flips_the_condition_back() -> None:
 )
 def test_differs(current: dict[str, Any], wanted: dict[str, Any], expected: bool) -> None:
     assert differs(current, wanted) is expected
+
+
+OLD_IMAGE = cluster({"image": "rayproject/ray:2.59.0"})
+
+
+@pytest.mark.parametrize(
+    ("c", "pods", "state", "reason", "message", "updated"),
+    [
+        pytest.param(C, [head(C), *workers(C, 2)], "True", "AllPodsUpdated", "every pod runs the current spec", 2,
+                     id="current"),
+        pytest.param(C, [head(C), *workers(C, 1)], "True", "AllPodsUpdated", "every pod runs the current spec", 1,
+                     id="a-missing-worker-is-scaling-not-rollout"),
+        pytest.param(C, [head(C), *workers(OLD_IMAGE, 1), *workers(C, 1)], "False", "RollingUpdate",
+                     "cpu: 1 of 2 workers outdated", 1, id="one-worker-behind"),
+        pytest.param(C, [head(OLD_IMAGE), *workers(C, 2)], "False", "RollingUpdate", "head outdated", 2,
+                     id="head-behind"),
+        pytest.param(cluster({"updateStrategy": {"type": "OnDelete"}}), [head(C), *workers(OLD_IMAGE, 2)], "False",
+                     "WaitingForDeletion", "cpu: 2 of 2 workers outdated", 0, id="on-delete-waits"),
+        pytest.param(C, [head(C), *workers(C, 2), *workers(TWO, 1, "gpu")], "False", "RollingUpdate",
+                     "1 worker(s) of removed groups", 2, id="removed-group"),
+    ],
+)
+def test_rollout_complete(c: ClusterSpec, pods: list[PodState], state: str, reason: str, message: str,
+                          updated: int) -> None:
+    s = status_of(c, pods)
+    (cond,) = [x for x in s["conditions"] if x["type"] == "RolloutComplete"]
+    assert (cond["status"], cond["reason"], cond["message"]) == (state, reason, message)
+    assert s["workerGroups"][0]["updatedReplicas"] == updated

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from swarm_operator.resources import labels
+from swarm_operator.resources import labels, revision
 from swarm_operator.resources.overlay import RAY_CONTAINER
 
 
@@ -24,6 +24,9 @@ class PodState:
     scheduled: bool
     failure: str | None  # why the pod is dead, None while it is alive
     drained: bool = False  # the autoscaler drained its Ray node: its end is planned, not a failure
+    # What the pod recorded it was built from (resources/revision.py); None when it recorded nothing.
+    revision: Mapping[str, Any] | None = field(default=None, compare=False)
+    template_metadata: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def alive(self) -> bool:
@@ -72,6 +75,7 @@ def observe_pod(pod: Mapping[str, Any]) -> PodState:
     meta = pod.get("metadata") or {}
     pod_labels = meta.get("labels") or {}
     status = pod.get("status") or {}
+    annotations = meta.get("annotations") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     return PodState(
         name=meta.get("name", ""),
@@ -84,7 +88,9 @@ def observe_pod(pod: Mapping[str, Any]) -> PodState:
         created=parse_time(meta.get("creationTimestamp")),
         scheduled=bool((pod.get("spec") or {}).get("nodeName")),
         failure=failure_reason(pod),
-        drained=labels.DRAINED in (meta.get("annotations") or {}),
+        drained=labels.DRAINED in annotations,
+        revision=revision.read_json_annotation(annotations, revision.REVISION),
+        template_metadata=revision.read_json_annotation(annotations, revision.TEMPLATE_METADATA),
     )
 
 

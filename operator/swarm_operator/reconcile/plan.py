@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from swarm_operator.reconcile.backoff import GroupHealth, record_failures, settle
 from swarm_operator.reconcile.observe import PodState
-from swarm_operator.resources import labels
-from swarm_operator.resources.pods import head_hash, worker_hash
+from swarm_operator.resources import labels, revision
+from swarm_operator.resources.pods import head_hash
 from swarm_operator.spec import ClusterSpec, WorkerGroupSpec
 
 
@@ -41,7 +42,15 @@ class DeletePod:
     failed: bool = False  # the pod died (worker or head): reported as a Warning
 
 
-Action = CreateService | CreateHead | CreateWorkers | DeletePod
+@dataclass(frozen=True)
+class PatchPod:
+    """A change the running pod can take in place (its template's labels and annotations): no restart."""
+    name: str
+    patch: Mapping[str, Any] = field(compare=False)
+    reason: str
+
+
+Action = CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod
 
 
 @dataclass(frozen=True)
@@ -138,7 +147,8 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
             actions.append(DeletePod(p.name, f"group {group.name} scaled to {desired} "
                                              f"({'not ready' if not p.ready else 'newest'} first)"))
     if missing == 0 and cluster.update_strategy.type != "OnDelete":
-        want = worker_hash(cluster, group)
+        parts = revision.worker_parts(cluster, group)
+        want = revision.revision_hash(parts)
         outdated = [p for p in live if p.template_hash != want]
         unavailable = desired - sum(1 for p in live if p.ready)
         budget = cluster.update_strategy.max_unavailable - max(0, unavailable)
@@ -150,9 +160,32 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
                 if budget <= 0:
                     continue
                 budget -= 1
-            actions.append(DeletePod(p.name, f"worker {p.name} has an outdated template "
-                                             f"({p.template_hash} ≠ {want}); rolling update"))
+            change = revision.describe_change(revision.changed_parts(p.revision, parts))
+            actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: {change}; "
+                                             f"rolling update ({cluster.update_strategy.type})"))
     return actions, health, requeue
+
+
+def _metadata_patches(cluster: ClusterSpec, pods: list[PodState], leaving: set[str]) -> list[PatchPod]:
+    """Template labels/annotations brought up to date on running pods, in place (no restart)."""
+    patches = []
+    for p in pods:
+        if not p.alive or p.name in leaving:
+            continue
+        if p.node_type == labels.HEAD:
+            template = cluster.head.template
+            ours = {**labels.common_labels(cluster.name), **labels.head_selector(cluster.name)}
+        else:
+            group = cluster.group(p.group or "")
+            if group is None:
+                continue
+            template = group.template
+            ours = {**labels.common_labels(cluster.name), **labels.worker_selector(cluster.name, group.name)}
+        patch = revision.metadata_patch(p.template_metadata, template, ours)
+        if patch is not None:
+            patches.append(PatchPod(p.name, patch, "its template's labels or annotations changed; "
+                                                   "patched in place, no restart"))
+    return patches
 
 
 def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int], now: float) -> Plan:
@@ -182,7 +215,12 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     live_heads = [p for p in heads if p.alive]
     head_outdated = False
     if live_heads and cluster.update_strategy.type != "OnDelete" and live_heads[0].template_hash != head_hash(cluster):
-        actions.append(DeletePod(live_heads[0].name, "head template changed; replacing the head"))
+        change = revision.describe_change(revision.changed_parts(live_heads[0].revision, revision.head_parts(cluster)))
+        live_workers = sum(1 for p in workers if p.alive)
+        consequence = (f"; without GCS fault tolerance its {live_workers} worker(s) are replaced too"
+                       if cluster.fault_tolerance.gcs is None and live_workers else "")
+        actions.append(DeletePod(live_heads[0].name, f"head {live_heads[0].name}: {change}; "
+                                                     f"replacing the head{consequence}"))
         live_heads = []
         head_outdated = True
         recycle_workers = recycle_workers or cluster.fault_tolerance.gcs is None
@@ -218,4 +256,6 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         health[g.name] = h
         if requeue is not None:
             requeues.append(requeue)
+    leaving = {a.name for a in actions if isinstance(a, DeletePod)}
+    actions.extend(_metadata_patches(cluster, pods, leaving))
     return Plan(tuple(actions), health, head_restarts, min(requeues) if requeues else None)

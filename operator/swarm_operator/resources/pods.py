@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
-from swarm_operator.resources import labels
+from swarm_operator.resources import labels, revision
 from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay
 from swarm_operator.spec import ClusterSpec, GcsFaultTolerance, Resources, WorkerGroupSpec
 
@@ -89,7 +89,7 @@ def _probe(path: str, port: int, *, liveness: bool) -> dict[str, Any]:
 
 def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resources, args: list[str],
          env: list[dict[str, Any]], ports: list[dict[str, Any]], probe_path: str, probe_port: int,
-         template: Any, template_hash: str) -> dict[str, Any]:
+         template: Any, parts: dict[str, Any]) -> dict[str, Any]:
     params_shm = object_store_bytes(res, {})
     for a in args:
         if a.startswith("--object-store-memory="):
@@ -100,7 +100,8 @@ def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resou
         "metadata": {
             "name": name,
             "namespace": cluster.namespace,
-            "labels": {**pod_labels, labels.TEMPLATE_HASH: template_hash},
+            "labels": {**pod_labels, labels.TEMPLATE_HASH: revision.revision_hash(parts)},
+            "annotations": revision.revision_annotations(parts, template),
             "ownerReferences": [labels.owner_reference(cluster.name, cluster.uid)],
         },
         "spec": {
@@ -127,14 +128,11 @@ def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resou
 
 
 def head_hash(cluster: ClusterSpec) -> str:
-    h = cluster.head
-    return labels.template_hash(cluster.image, h.resources, dict(h.ray_start_params), dict(h.template),
-                                cluster.fault_tolerance.gcs)
+    return revision.revision_hash(revision.head_parts(cluster))
 
 
 def worker_hash(cluster: ClusterSpec, group: WorkerGroupSpec) -> str:
-    return labels.template_hash(cluster.image, group.resources, dict(group.ray_resources),
-                                dict(group.ray_start_params), dict(group.template), cluster.fault_tolerance.gcs)
+    return revision.revision_hash(revision.worker_parts(cluster, group))
 
 
 def head_address(cluster: ClusterSpec, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> str:
@@ -170,7 +168,7 @@ def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
     pod_labels = {**labels.common_labels(cluster.name), **labels.head_selector(cluster.name)}
     return _pod(cluster, name, pod_labels, head.resources,
                 ray_start_args(head.resources, dict(head.ray_start_params), extra), env, ports,
-                "/api/gcs_healthz", DASHBOARD_PORT, head.template, head_hash(cluster))
+                "/api/gcs_healthz", DASHBOARD_PORT, head.template, revision.head_parts(cluster))
 
 
 def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
@@ -189,4 +187,5 @@ def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
     args = ray_start_args(group.resources, dict(group.ray_start_params), [join], dict(group.ray_resources))
     return _pod(cluster, name, pod_labels, group.resources, args, env,
                 [{"name": "metrics", "containerPort": METRICS_PORT}],
-                "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.template, worker_hash(cluster, group))
+                "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.template,
+                revision.worker_parts(cluster, group))
