@@ -51,7 +51,7 @@ def test_create_builds_head_service_workers_and_status(swc: Cluster, operator: O
     assert st["head"]["ready"] is True
     conditions = {c["type"]: c["status"] for c in st["conditions"]}
     assert conditions == {"Valid": "True", "HeadReady": "True", "WorkersReady": "True", "Autoscaling": "False",
-                          "Suspended": "False", "ReplicaFailure": "False"}
+                          "Suspended": "False", "ReplicaFailure": "False", "RolloutComplete": "True"}
     assert any(e.reason == "Created" for e in swc.events("alpha"))
     assert not swc.get("alpha")["metadata"].get("finalizers"), "the operator must not put finalizers"
     text = operator.metrics()
@@ -125,19 +125,55 @@ def test_template_change_rolls_workers_one_at_a_time(swc: Cluster, operator: Ope
     wait_for("Running", ready_status(swc, "zeta", 3))
     before = {p.metadata.name for p in swc.workers("zeta")}
     old_hash = swc.workers("zeta")[0].metadata.labels[labels.TEMPLATE_HASH]
-    swc.patch_group("zeta", template={"metadata": {"labels": {"team": "vision"}}})
+    swc.patch_group("zeta", template={"spec": {"terminationGracePeriodSeconds": 7}})
     least_ready = 3
+    rollout_seen = False
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         ws = swc.workers("zeta")
         least_ready = min(least_ready, sum(1 for p in ws if p.status.phase == "Running"))
-        if len(ws) == 3 and all(p.metadata.labels.get("team") == "vision" for p in ws):
+        rollout = _condition(swc, "zeta", "RolloutComplete")
+        rollout_seen = rollout_seen or (rollout["status"], rollout["reason"]) == ("False", "RollingUpdate")
+        if len(ws) == 3 and all(p.spec.termination_grace_period_seconds == 7 for p in ws):
             break
         time.sleep(0.2)
     ws = swc.workers("zeta")
     assert all(p.metadata.labels[labels.TEMPLATE_HASH] != old_hash for p in ws)
     assert not {p.metadata.name for p in ws} & before
     assert least_ready >= 2, "maxUnavailable=1: never more than one worker down during the rollout"
+    assert rollout_seen, "RolloutComplete=False (RollingUpdate) while workers were outdated"
+    wait_for("RolloutComplete", lambda: _condition(swc, "zeta", "RolloutComplete")["status"] == "True")
+    deleted = [e.message for e in swc.events("zeta") if e.reason == "Deleted"]
+    assert any("of group cpu: template.spec changed; rolling update (Rolling)" in m for m in deleted), deleted
+
+
+def test_template_labels_and_annotations_are_patched_in_place(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("kappa", replicas=2))
+    wait_for("Running", ready_status(swc, "kappa", 2))
+    before = {p.metadata.name: p.metadata.uid for p in swc.pods("kappa")}
+    meta = {"metadata": {"labels": {"team": "vision"}, "annotations": {"prometheus.io/scrape": "true"}}}
+    swc.patch("kappa", {"spec": {"head": {"template": meta}}})
+    swc.patch_group("kappa", template=meta)
+
+    def patched() -> bool:
+        pods = swc.pods("kappa")
+        return len(pods) == 3 and all(p.metadata.labels.get("team") == "vision"
+                                      and p.metadata.annotations.get("prometheus.io/scrape") == "true" for p in pods)
+
+    wait_for("labels and annotations on every pod", patched)
+    assert {p.metadata.name: p.metadata.uid for p in swc.pods("kappa")} == before, "no pod was replaced"
+    assert _condition(swc, "kappa", "RolloutComplete")["status"] == "True"
+    assert any(e.reason == "Updated" for e in swc.events("kappa"))
+    # Removing the label from the template removes it from the pods it was patched onto.
+    swc.patch_group("kappa", template={"metadata": {"annotations": {"prometheus.io/scrape": "true"}}})
+    wait_for("label removed from workers",
+             lambda: all("team" not in (p.metadata.labels or {}) for p in swc.workers("kappa")))
+    assert {p.metadata.name: p.metadata.uid for p in swc.pods("kappa")} == before
+
+
+def _condition(swc: Cluster, name: str, ctype: str) -> dict[str, str]:
+    found = [c for c in swc.status(name).get("conditions") or [] if c["type"] == ctype]
+    return found[0] if found else {"status": "Unknown", "reason": "", "message": ""}
 
 
 def test_suspend_and_resume(swc: Cluster, operator: OperatorProcess) -> None:
