@@ -45,6 +45,8 @@ ERROR_BACKOFF_CAP = 60.0
 POD_EVENT_SETTLE_SECONDS = 0.5
 RELIST_AFTER_LISTING_SECONDS = 2.0  # once kopf's (re)listing of a resource has gone quiet
 NAME_TAKEN_RETRY_SECONDS = 3.0  # a name held by an object not ours: often a predecessor still terminating
+# Metadata a SwarmCluster's turn depends on; resourceVersion and managedFields change with every write.
+ECHO_METADATA = ("uid", "generation", "deletionTimestamp", "finalizers", "labels", "annotations")
 TOMBSTONES = 10000  # remembered deletions; far more than can be in flight at once
 
 
@@ -61,6 +63,15 @@ def _newer(candidate: Mapping[str, Any], current: Mapping[str, Any] | None, *, s
     if a.isdigit() and b.isdigit():
         return int(a) > int(b) if strictly else int(a) >= int(b)
     return True
+
+
+def _echo(cached: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
+    """Whether a SwarmCluster watch event only brings back what the cache holds already: every
+    status write of ours comes back as one, and a turn for it (one per write, thousands at scale)
+    would find nothing to do. Another writer's status, or any spec or metadata change, is no echo."""
+    old, new = cached.get("metadata") or {}, event.get("metadata") or {}
+    return (all(old.get(k) == new.get(k) for k in ECHO_METADATA)
+            and cached.get("spec") == event.get("spec") and cached.get("status") == event.get("status"))
 
 
 def _key_of(obj: Mapping[str, Any]) -> Key | None:
@@ -119,7 +130,10 @@ class Controller:
         if event_type == "DELETED":
             self._forget(key)
             return
+        cached = self.clusters.get(key)
         self.clusters[key] = dict(body)
+        if cached is not None and _echo(cached, body):
+            return  # our own status write coming back: the turn that wrote it has seen everything in it
         self.enqueue(key)
 
     def _forget(self, key: Key) -> None:

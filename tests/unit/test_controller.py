@@ -882,3 +882,51 @@ def test_failing_reconcile_retries_with_backoff() -> None:
         assert 0.5 < delay <= 1.0, "first retry after ~1 s, not the 60 s resync"
 
     run(body)
+
+
+# -- our own status writes coming back -------------------------------------------------------------
+
+
+def _turns_after(second: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+    """Turns the controller queues for a SwarmCluster event made from what it holds by `second`."""
+    kube = FakeKube()
+    queued: list[Key] = []
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        await c.reconcile(KEY)
+        stored = copy.deepcopy(c.clusters[KEY])
+        stored["metadata"]["resourceVersion"] = "999"  # every write gets a new one
+        c.enqueue = lambda key, delay=0.0: queued.append(key)  # type: ignore[method-assign]
+        c.on_cluster("MODIFIED", second(stored))
+
+    run(body)
+    return len(queued)
+
+
+def _edit(path: str, value: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def apply(body: dict[str, Any]) -> dict[str, Any]:
+        *parents, leaf = path.split(".")
+        node = body
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+        return body
+    return apply
+
+
+@pytest.mark.parametrize(
+    ("second", "turns"),
+    [
+        pytest.param(lambda b: b, 0, id="our-status-write-echoed"),
+        pytest.param(_edit("status.phase", "Degraded"), 1, id="another-writers-status"),
+        pytest.param(_edit("metadata.generation", 2), 1, id="spec-generation"),
+        pytest.param(_edit("spec.suspend", True), 1, id="spec"),
+        pytest.param(_edit("metadata.deletionTimestamp", iso(NOW)), 1, id="being-deleted"),
+        pytest.param(_edit("metadata.annotations", {"a": "b"}), 1, id="annotations"),
+    ],
+)
+def test_an_echo_of_our_status_write_queues_no_turn(second: Callable[[dict[str, Any]], dict[str, Any]],
+                                                    turns: int) -> None:
+    assert _turns_after(second) == turns
