@@ -19,13 +19,14 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import kopf
+import orjson
 import urllib3
 
 from swarm_operator import GROUP, KIND, PLURAL, VERSION
@@ -56,6 +57,15 @@ ATTEMPTS = 5
 BACKOFF_FIRST_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 5.0
 RETRY_AFTER_MAX_SECONDS = 10.0
+
+
+def collection_path(kind: str, namespace: str | None) -> str:
+    """The API path of a core collection (pods, services) in one namespace, or in all of them (None)."""
+    return f"/api/v1/{kind}" if namespace is None else f"/api/v1/namespaces/{namespace}/{kind}"
+
+
+class WatchExpired(Exception):
+    """410 Gone: the resourceVersion a watch started from is older than the API server keeps; list again."""
 
 
 class ApiError(Exception):
@@ -169,8 +179,44 @@ class Kube:
             break
         if resp.status >= 400:
             raise ApiError(resp.status, _message(resp.data))
-        parsed: dict[str, Any] = json.loads(resp.data) if resp.data else {}
+        parsed: dict[str, Any] = orjson.loads(resp.data) if resp.data else {}
         return parsed
+
+    def watch(self, path: str, selector: str, resource_version: str,
+              timeout_seconds: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """One watch request from `resource_version`: (type, object) per event, bookmarks included, until
+        the server ends it (after `timeout_seconds`). Raises WatchExpired on 410 Gone."""
+        query = {"watch": "1", "labelSelector": selector, "resourceVersion": resource_version,
+                 "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        API_REQUESTS.labels("watch", path.rsplit("/", 1)[-1]).inc()
+        info = self.credentials.current()
+        for renewed in (False, True):
+            server, headers, http = self._session(info)
+            resp = http.request("GET", f"{server}{path}?{urlencode(query)}", headers=headers, preload_content=False,
+                                timeout=urllib3.Timeout(connect=15, read=timeout_seconds + 30))
+            if resp.status != 401 or renewed:
+                break
+            resp.release_conn()
+            info = self.credentials.renew()  # tokens rotate and expire: log in again, once
+        finished = False
+        try:
+            if resp.status == 410:
+                raise WatchExpired(_message(resp.data))
+            if resp.status >= 400:
+                raise ApiError(resp.status, _message(resp.data))
+            for line in resp:  # one JSON event per line
+                event = orjson.loads(line)
+                kind, obj = event.get("type", ""), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise WatchExpired(obj.get("message", "410 Gone"))
+                    raise ApiError(int(obj.get("code") or 500), obj.get("message", "watch error"))
+                yield kind, obj
+            finished = True
+        finally:
+            if not finished:
+                resp.close()  # left mid-stream: the connection cannot serve another request
+            resp.release_conn()
 
     def whoami(self) -> str | None:
         """The user the API server sees (SelfSubjectReview); None where that API is not served."""
@@ -185,12 +231,15 @@ class Kube:
 
     # -- pods ---------------------------------------------------------------------------------
 
-    def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
-        """Pods matching `selector` (all namespaces when None), and the list's resourceVersion."""
-        API_REQUESTS.labels("list", "pods").inc()
-        path = "/api/v1/pods" if namespace is None else PODS.format(ns=namespace)
+    def list_objects(self, path: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+        """The objects at a collection path matching `selector`, and the list's resourceVersion."""
+        API_REQUESTS.labels("list", path.rsplit("/", 1)[-1]).inc()
         body = self.request("GET", path, query={"labelSelector": selector})
         return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
+
+    def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
+        """Pods matching `selector` (all namespaces when None), and the list's resourceVersion."""
+        return self.list_objects(collection_path("pods", namespace), selector)
 
     def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict[str, Any] | None:
         """The created pod; None when one of that name exists already (409 is success: level-based)."""
@@ -231,9 +280,7 @@ class Kube:
     # -- services -----------------------------------------------------------------------------
 
     def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
-        API_REQUESTS.labels("list", "services").inc()
-        path = "/api/v1/services" if namespace is None else SERVICES.format(ns=namespace)
-        return list(self.request("GET", path, query={"labelSelector": selector}).get("items") or [])
+        return self.list_objects(collection_path("services", namespace), selector)[0]
 
     def create_service(self, namespace: str, service: Mapping[str, Any]) -> dict[str, Any] | None:
         """The created service; None when one of that name exists already."""
