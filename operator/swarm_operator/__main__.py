@@ -21,7 +21,7 @@ from prometheus_client import start_http_server  # noqa: E402
 
 from swarm_operator import handlers  # noqa: E402
 from swarm_operator.config import OperatorConfig, from_args  # noqa: E402
-from swarm_operator.kube import ApiError, Kube  # noqa: E402
+from swarm_operator.kube import ApiError, KubeClient  # noqa: E402
 from swarm_operator.login import Login, LoginSource  # noqa: E402
 
 log = logging.getLogger("swarm_operator")
@@ -38,10 +38,10 @@ async def _operate(cfg: OperatorConfig) -> None:
     )
 
 
-def connect(cfg: OperatorConfig) -> Kube | str:
+def connect(cfg: OperatorConfig) -> KubeClient | str:
     """The API client, logged in and checked with the API server; else why not (for the user)."""
     login = Login(LoginSource(cfg.kubeconfig, cfg.context))
-    kube = Kube(login, pool_size=cfg.api_threads)
+    kube = KubeClient(login, pool_size=cfg.api_threads)
     try:
         user = kube.whoami()
     except kopf.LoginError as exc:

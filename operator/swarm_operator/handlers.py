@@ -18,7 +18,7 @@ import kopf
 from swarm_operator import GROUP, PLURAL, VERSION
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
-from swarm_operator.kube import Kube
+from swarm_operator.kube import KubeClient
 from swarm_operator.leader import LeaderElector
 from swarm_operator.resources import labels
 
@@ -47,7 +47,7 @@ class Runtime:
     """What startup builds and the handlers use; set once per process."""
 
     config: OperatorConfig = OperatorConfig()
-    kube: Kube | None = None  # logged in by __main__ before kopf starts
+    kube: KubeClient | None = None  # logged in by __main__ before kopf starts
     kopf_logins = 0
     controller: Controller | None = None
     elector: LeaderElector | None = None

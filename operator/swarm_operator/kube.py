@@ -116,7 +116,39 @@ def _pool(info: kopf.ConnectionInfo, size: int) -> urllib3.PoolManager:
     return urllib3.PoolManager(**options)
 
 
-class Kube:
+class Kube(Protocol):
+    """What the controller and the autoscaler ask of the Kubernetes API. KubeClient is the real one;
+    the unit tests' fake satisfies it too (mypy checks both), so tests exercise the same contract.
+
+    Creates answer the stored object, or None when the name is taken (409); deletes answer the object
+    being deleted, or None when it is already gone (404); patch_status answers False on 404; lists
+    answer their resourceVersion too. Other failures raise ApiError."""
+
+    def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]: ...
+
+    def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
+    def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None: ...
+
+    def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]: ...
+
+    def create_service(self, namespace: str, service: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
+    def list_swarmclusters(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]: ...
+
+    def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
+
+    def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str,
+                   message: str) -> None: ...
+
+
+class KubeClient:
     def __init__(self, credentials: Credentials, pool_size: int = 32,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from swarm_operator.kube import Kube
+from swarm_operator.kube import KubeClient
 from swarm_operator.reconcile.observe import parse_time
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def may_take(lease_spec: Mapping[str, Any], identity: str, now: float) -> bool:
 
 
 class LeaderElector:
-    def __init__(self, kube: Kube, namespace: str, name: str, active: asyncio.Event,
+    def __init__(self, kube: KubeClient, namespace: str, name: str, active: asyncio.Event,
                  lease_seconds: int = 15, renew_seconds: float = 5.0) -> None:
         self.kube = kube
         self.namespace = namespace

@@ -52,7 +52,7 @@ USER_AGENT = f"swarm-operator/{__version__} kopf/{version('kopf')} (python/{plat
 
 class ConnectionInfo(kopf.ConnectionInfo):
     """kopf's ConnectionInfo whose requests name swarm-operator: kopf builds its watches' session from
-    these headers (and adds its own User-Agent only where none is given), kube.Kube its requests."""
+    these headers (and adds its own User-Agent only where none is given), kube.KubeClient its requests."""
 
     def as_http_headers(self) -> dict[str, str]:
         return {**super().as_http_headers(), "User-Agent": USER_AGENT}
@@ -112,7 +112,7 @@ def connection_info(answer: Mapping[str, Any]) -> ConnectionInfo:
 
 
 class Login:
-    """The current credentials, shared by kopf's watches and kube.Kube; thread-safe.
+    """The current credentials, shared by kopf's watches and kube.KubeClient; thread-safe.
 
     `current()` answers from memory until the credentials are about to expire; `renew()`
     (after a 401) logs in again unless someone else just did.

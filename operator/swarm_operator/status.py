@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,8 +50,18 @@ def merge_conditions(old: list[Mapping[str, Any]], new: list[dict[str, Any]], no
     return out
 
 
-def health_from_status(status: Mapping[str, Any]) -> tuple[dict[str, GroupHealth], dict[str, int], int]:
-    """Read back what an earlier run stored: group health, autoscaler targets, head restarts."""
+@dataclass(frozen=True)
+class Persisted:
+    """What the operator must keep across restarts. It lives in status (never only in memory): each
+    turn reads it back with `persisted_from_status` and writes it with `persisted_to_status`."""
+
+    health: Mapping[str, GroupHealth] = field(default_factory=dict)  # per worker group: failures, backoff
+    targets: Mapping[str, int] = field(default_factory=dict)  # per group: desiredReplicas (the autoscaler's)
+    head_restarts: int = 0
+    last_scale_ups: Mapping[str, float] = field(default_factory=dict)  # per group, epoch seconds
+
+
+def persisted_from_status(status: Mapping[str, Any]) -> Persisted:
     health: dict[str, GroupHealth] = {}
     targets: dict[str, int] = {}
     for g in status.get("workerGroups") or []:
@@ -66,12 +77,67 @@ def health_from_status(status: Mapping[str, Any]) -> tuple[dict[str, GroupHealth
         if isinstance(g.get("desiredReplicas"), int):
             targets[name] = g["desiredReplicas"]
     head = status.get("head") or {}
-    return health, targets, int(head.get("restarts") or 0)
+    scale_ups = (status.get("autoscaler") or {}).get("lastScaleUpTime") or {}
+    return Persisted(health, targets, int(head.get("restarts") or 0),
+                     {k: parse_time(v) for k, v in scale_ups.items() if isinstance(v, str)})
 
 
-def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[str, int],
-                   health: Mapping[str, GroupHealth], head_restarts: int, old: Mapping[str, Any],
-                   now: float, head_ip: str | None) -> dict[str, Any]:
+def persisted_to_status(kept: Persisted, now: float) -> dict[str, Any]:
+    """The status fields that hold `kept`: one entry per group in `kept.targets`, the head's restarts,
+    and the autoscaler's last scale-ups (status.autoscaler's other fields are observations)."""
+    groups = []
+    for name, target in kept.targets.items():
+        h = kept.health.get(name, GroupHealth())
+        entry: dict[str, Any] = {"name": name, "desiredReplicas": target, "restarts": h.restarts,
+                                 "consecutiveFailures": h.consecutive_failures}
+        if h.last_failure:
+            entry["lastFailureTime"] = timestamp(h.last_failure)
+        if h.backoff_until > now:
+            entry["backoffUntil"] = deadline_timestamp(h.backoff_until)
+        groups.append(entry)
+    return {
+        "workerGroups": groups,
+        "head": {"restarts": kept.head_restarts},
+        "autoscaler": {"lastScaleUpTime": {g: timestamp(t) for g, t in kept.last_scale_ups.items()}},
+    }
+
+
+@dataclass(frozen=True)
+class AutoscalerReport:
+    """What one autoscaling turn observed and did, for status.autoscaler."""
+
+    error: str = ""  # reading Ray's state failed: all else is unknown
+    pending_demand: str = ""
+    infeasible_demand: str = ""
+    ray_version: str = ""
+    decisions: tuple[str, ...] = ()  # scalings and drains, empty when nothing changed
+
+
+def autoscaler_status(old: Mapping[str, Any], report: AutoscalerReport, now: float) -> dict[str, Any]:
+    """status.autoscaler after a turn (without lastScaleUpTime: that is persisted state)."""
+    if report.error:
+        return {**old, "lastError": report.error}
+    record: dict[str, Any] = {
+        "pendingDemand": report.pending_demand or "none",
+        "infeasibleDemand": report.infeasible_demand or "none",
+        "lastError": "",
+        "rayVersion": report.ray_version or "unknown",
+    }
+    if report.decisions:
+        record["lastDecisionTime"] = timestamp(now)
+        record["lastDecision"] = "; ".join(report.decisions)
+    else:
+        record.update({k: old[k] for k in ("lastDecisionTime", "lastDecision") if k in old})
+    return record
+
+
+def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, old: Mapping[str, Any],
+                   now: float, head_ip: str | None, autoscaler: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The whole status: `kept` (its targets are the desired replicas of every group) with what the
+    pods show; `autoscaler` is this turn's status.autoscaler, None to keep the stored one."""
+    desired = kept.targets
+    persisted = persisted_to_status(kept, now)
+    stored_groups = {e["name"]: e for e in persisted["workerGroups"]}
     heads = [p for p in pods if p.node_type == labels.HEAD and p.alive]
     head = heads[0] if heads else None
     groups = []
@@ -86,20 +152,9 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
         updated = sum(1 for p in mine if p.template_hash == want)
         if updated < len(mine):
             behind.append(f"{g.name}: {len(mine) - updated} of {len(mine)} workers outdated")
-        h = health.get(g.name, GroupHealth())
-        entry: dict[str, Any] = {
-            "name": g.name,
-            "desiredReplicas": desired[g.name],
-            "currentReplicas": len(mine),
-            "readyReplicas": ready,
-            "updatedReplicas": updated,
-            "restarts": h.restarts,
-            "consecutiveFailures": h.consecutive_failures,
-        }
-        if h.last_failure:
-            entry["lastFailureTime"] = timestamp(h.last_failure)
-        if h.backoff_until > now:
-            entry["backoffUntil"] = deadline_timestamp(h.backoff_until)
+        h = kept.health.get(g.name, GroupHealth())
+        entry = {**stored_groups[g.name], "currentReplicas": len(mine), "readyReplicas": ready,
+                 "updatedReplicas": updated}
         if h.consecutive_failures:
             failing.append(f"{g.name}: {h.consecutive_failures} consecutive failures")
         if ready < desired[g.name]:
@@ -161,14 +216,16 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], desired: Mapping[
             "gcsAddress": f"{host}:{GCS_PORT}",
             "dashboardURL": f"http://{host}:{DASHBOARD_PORT}",
             "clientAddress": f"ray://{host}:{CLIENT_PORT}",
-            "restarts": head_restarts,
+            **persisted["head"],
             **({"podIP": head_ip} if head_ip else {}),
         },
         "workerGroups": groups,
         "conditions": merge_conditions(list(old.get("conditions") or []), conditions, now, cluster.generation),
     }
-    if "autoscaler" in old:
-        status["autoscaler"] = old["autoscaler"]
+    if autoscaler is not None:
+        status["autoscaler"] = {**autoscaler, **persisted["autoscaler"]}
+    elif "autoscaler" in old:
+        status["autoscaler"] = old["autoscaler"]  # its scale-up times are kept's: only an autoscaling turn moves them
     return status
 
 

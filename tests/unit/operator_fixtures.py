@@ -8,9 +8,13 @@ deletion and creation timestamps.
 from __future__ import annotations
 
 import copy
+import threading
+from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources.overlay import RAY_CONTAINER
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
@@ -113,3 +117,127 @@ def workers(c: ClusterSpec, n: int, group_name: str = "cpu", **state: Any) -> li
     """n healthy workers named <cluster>-<group>-w0000 …, created one minute apart (w0000 oldest)."""
     base = state.pop("created", NOW - 3600)
     return [worker(c, group_name, f"w{i:04d}", created=base + 60 * i, **state) for i in range(n)]
+
+
+# -- a fake API server -----------------------------------------------------------------------------
+
+Key = tuple[str, str]
+
+
+class FakeKube:
+    """An API server of pods, services and SwarmClusters that records each call; it satisfies
+    kube.Kube (mypy checks `as_kube`), so the controller's tests use the real contract."""
+
+    def __init__(self) -> None:
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[Any, ...]] = []
+        self.statuses: list[tuple[str, str, dict[str, Any]]] = []
+        self.events: list[tuple[str, str, str, str]] = []  # (cluster, type, reason, message)
+        self.swarmclusters: dict[Key, dict[str, Any]] = {}  # what the API server stores
+        self._rv = 100
+        self._lock = threading.Lock()  # the controller calls from worker threads
+
+    def bump(self) -> str:
+        """The next resourceVersion, as the API server would give a write."""
+        self._rv += 1
+        return str(self._rv)
+
+    def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
+        with self._lock:
+            self.calls.append(("list_pods", namespace))
+            items = [copy.deepcopy(p) for (ns, _), p in self.pods.items() if namespace in (None, ns)]
+            return items, str(self._rv)
+
+    def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        with self._lock:
+            self.calls.append(("list_services", namespace))
+            return [copy.deepcopy(s) for (ns, _), s in self.services.items() if namespace in (None, ns)]
+
+    def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            name = pod["metadata"]["name"]
+            self.calls.append(("create_pod", name))
+            if (namespace, name) in self.pods:
+                return None  # 409
+            stored = copy.deepcopy(dict(pod))
+            stored["metadata"].update(resourceVersion=self.bump(), creationTimestamp=iso(NOW), uid=f"pod-{name}")
+            stored["status"] = {"phase": "Pending"}
+            self.pods[(namespace, name)] = stored
+            return copy.deepcopy(stored)
+
+    def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("delete_pod", name))
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                return None  # 404
+            pod["metadata"].update(deletionTimestamp=iso(NOW), resourceVersion=self.bump())
+            return copy.deepcopy(pod)
+
+    def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch of metadata labels/annotations (all the controller patches)."""
+        with self._lock:
+            self.calls.append(("patch_pod", name))
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                return None  # 404
+            for key, change in patch["metadata"].items():
+                merged = {**pod["metadata"].get(key, {}), **change}
+                pod["metadata"][key] = {k: v for k, v in merged.items() if v is not None}
+            pod["metadata"]["resourceVersion"] = self.bump()
+            return copy.deepcopy(pod)
+
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("annotate_pod", name))
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                return None  # 404
+            pod["metadata"].setdefault("annotations", {}).update(annotations)
+            pod["metadata"]["resourceVersion"] = self.bump()
+            return copy.deepcopy(pod)
+
+    def create_service(self, namespace: str, service: Mapping[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            name = service["metadata"]["name"]
+            self.calls.append(("create_service", name))
+            if (namespace, name) in self.services:
+                return None  # 409
+            stored = {**copy.deepcopy(dict(service)), "kind": "Service"}
+            stored["metadata"].update(resourceVersion=self.bump(), uid=f"svc-{name}")
+            self.services[(namespace, name)] = stored
+            return copy.deepcopy(stored)
+
+    def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("get_swarmcluster", name))
+            return copy.deepcopy(self.swarmclusters.get((namespace, name)))
+
+    def list_swarmclusters(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        with self._lock:
+            self.calls.append(("list_swarmclusters", namespace))
+            return [copy.deepcopy(b) for (ns, _), b in self.swarmclusters.items() if namespace in (None, ns)], \
+                str(self._rv)
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        with self._lock:
+            self.calls.append(("patch_status", name))
+            if (namespace, name) not in self.swarmclusters:
+                return False  # 404
+            self.statuses.append((namespace, name, copy.deepcopy(dict(status))))
+            return True
+
+    def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str) -> None:
+        with self._lock:
+            self.calls.append(("post_event", name))
+            self.events.append((name, event_type, reason, message))
+
+    def verbs(self) -> Counter[str]:
+        """How often each method was called."""
+        return Counter(c[0] for c in self.calls)
+
+
+def as_kube(fake: FakeKube) -> Kube:
+    """The fake, typed as what the operator asks for: mypy checks here that FakeKube satisfies kube.Kube."""
+    return fake

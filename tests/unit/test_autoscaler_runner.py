@@ -16,7 +16,6 @@ from swarm_operator.autoscaler import ray_state as rs
 from swarm_operator.autoscaler.runner import (
     Autoscaler,
     Outcome,
-    last_scale_ups,
     pending_by_resource,
     ray_dead_pods,
     unavailable_groups,
@@ -25,8 +24,8 @@ from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources import labels
 from swarm_operator.spec import AutoscalingSpec, ClusterSpec
-from swarm_operator.status import timestamp
-from tests.unit.operator_fixtures import NAMESPACE, NOW, cluster, group, head, iso, worker, worker_pod
+from swarm_operator.status import AutoscalerReport, timestamp
+from tests.unit.operator_fixtures import NAMESPACE, NOW, cluster, group, head, worker, worker_pod
 from tests.unit.ray_fixtures import HEAD_IP, demand, node_id, ray_node, snapshot
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -99,22 +98,6 @@ def test_pending_by_resource() -> None:
     )
     assert pending_by_resource(snap) == {"CPU": 3.0 + 1.0 + 2.0 + 2.0, "GPU": 2.0 + 2.0}
     assert pending_by_resource(snapshot()) == {}
-
-
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [
-        pytest.param({}, {}, id="no-autoscaler-status"),
-        pytest.param({"autoscaler": None}, {}, id="null"),
-        pytest.param({"autoscaler": {"lastScaleUpTime": None}}, {}, id="null-times"),
-        pytest.param({"autoscaler": {"lastScaleUpTime": {"cpu": iso(NOW), "gpu": iso(NOW - 60)}}},
-                     {"cpu": NOW, "gpu": NOW - 60}, id="times"),
-        pytest.param({"autoscaler": {"lastScaleUpTime": {"cpu": iso(NOW), "gpu": 5}}}, {"cpu": NOW},
-                     id="non-string-ignored"),
-    ],
-)
-def test_last_scale_ups(status: dict[str, Any], expected: dict[str, float]) -> None:
-    assert last_scale_ups(status) == expected
 
 
 # -- Autoscaler.step with fakes -----------------------------------------------------------------
@@ -221,8 +204,8 @@ class Harness:
         return out
 
     def step(self, c: ClusterSpec, pods: list[PodState], targets: Mapping[str, int], *, now: float = NOW,
-             status: Mapping[str, Any] | None = None, head_ip: str | None = HEAD_IP) -> Outcome | None:
-        return asyncio.run(self.scaler.step(key_of(c), c, pods, head_ip, targets, status or {}, now))
+             scale_ups: Mapping[str, float] | None = None, head_ip: str | None = HEAD_IP) -> Outcome | None:
+        return asyncio.run(self.scaler.step(key_of(c), c, pods, head_ip, targets, scale_ups or {}, now))
 
 
 @pytest.fixture
@@ -273,12 +256,11 @@ def test_no_head_ip(h: Harness) -> None:
 def test_read_error_keeps_targets_and_records_the_error(h: Harness) -> None:
     c = autoscaled("read-error")
     h.ray.error = "connection refused"
-    old = {"autoscaler": {"lastDecision": "cpu 1→3: 9 pending {CPU:1}", "pendingDemand": "9×{CPU:1}"}}
     errors = metric("swarm_autoscaler_poll_errors_total", namespace=NAMESPACE, cluster="read-error")
-    o = h.step(c, h.pods(c, 3), {"cpu": 3, "gpu": 1}, status=old)
+    o = h.step(c, h.pods(c, 3), {"cpu": 3, "gpu": 1}, scale_ups={"cpu": NOW - 60})
     assert o is not None
     assert o.targets == {"cpu": 3, "gpu": 1}
-    assert o.status == {**old["autoscaler"], "lastError": "reading Ray state: connection refused"}
+    assert (o.report, o.scaled_up) == (AutoscalerReport(error="reading Ray state: connection refused"), frozenset())
     assert (o.events, o.ray_dead, o.idle, o.ray_nodes, o.patched_pods) == ((), frozenset(), None, None, ())
     assert metric("swarm_autoscaler_poll_errors_total", namespace=NAMESPACE, cluster="read-error") == errors + 1
 
@@ -294,11 +276,9 @@ def test_cpu_demand_scales_the_cpu_group_not_the_gpu_group(h: Harness) -> None:
     (event,) = events(o)
     assert event[:2] == ("Normal", "Autoscaled")
     assert re.fullmatch(r"cpu 1→4: 12 pending \{CPU:1\}", event[2]), event[2]
-    assert o.status["lastScaleUpTime"] == {"cpu": timestamp(NOW)}
-    assert o.status["lastDecision"] == event[2]
-    assert o.status["lastDecisionTime"] == timestamp(NOW)
-    assert (o.status["pendingDemand"], o.status["infeasibleDemand"], o.status["lastError"]) == (
-        "12×{CPU:1}", "none", "")
+    assert o.scaled_up == frozenset({"cpu"})
+    assert o.report.decisions == (event[2],)
+    assert (o.report.pending_demand, o.report.infeasible_demand, o.report.error) == ("12×{CPU:1}", "", "")
     assert metric("swarm_autoscaler_decisions_total", namespace=NAMESPACE, cluster="cpu-demand", group="cpu",
                   direction="up") == ups + 1
     assert h.ray.drains == []
@@ -313,17 +293,13 @@ def test_gpu_demand_scales_the_gpu_group(h: Harness) -> None:
     assert [e[2] for e in events(o, "Autoscaled")] == ["gpu 0→2: 2 pending {GPU:1}"]
 
 
-def test_no_change_keeps_the_last_decision(h: Harness) -> None:
+def test_no_change_reports_no_decision(h: Harness) -> None:
     c = autoscaled()
     h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0))
-    old = {"autoscaler": {"lastDecision": "earlier", "lastDecisionTime": iso(NOW - 60), "lastError": "x",
-                          "lastScaleUpTime": {"cpu": iso(NOW - 60)}}}
-    o = h.step(c, h.pods(c, 1), {"cpu": 1, "gpu": 0}, status=old)
+    o = h.step(c, h.pods(c, 1), {"cpu": 1, "gpu": 0}, scale_ups={"cpu": NOW - 60})
     assert o is not None
-    assert (o.targets, o.events) == ({"cpu": 1, "gpu": 0}, ())
-    assert o.status == {"pendingDemand": "none", "infeasibleDemand": "none", "lastError": "",
-                        "lastScaleUpTime": {"cpu": iso(NOW - 60)}, "rayVersion": rs.OPERATOR_RAY_VERSION,
-                        "lastDecision": "earlier", "lastDecisionTime": iso(NOW - 60)}
+    assert (o.targets, o.events, o.scaled_up) == ({"cpu": 1, "gpu": 0}, (), frozenset())
+    assert o.report == AutoscalerReport(ray_version=rs.OPERATOR_RAY_VERSION)
 
 
 def test_an_unavailable_group_is_not_grown(h: Harness) -> None:
@@ -354,8 +330,8 @@ def test_infeasible_demand_is_reported_once(h: Harness) -> None:
         assert o is not None
         assert events(o) == expected, now - NOW
         assert o.targets == {"cpu": 1, "gpu": 0}
-        assert o.status["infeasibleDemand"] == (warning[2].split(": ", 1)[1].replace("2×", f"{pending[0].count}×")
-                                                if pending else "none")
+        assert o.report.infeasible_demand == (warning[2].split(": ", 1)[1].replace("2×", f"{pending[0].count}×")
+                                              if pending else "")
 
 
 def idle_cluster(h: Harness, c: ClusterSpec, idle: int) -> list[PodState]:
@@ -384,8 +360,8 @@ def test_idle_node_past_the_timeout_is_drained(h: Harness) -> None:
     assert o.targets == {"cpu": 1, "gpu": 0}
     assert [e[2] for e in events(o, "Autoscaled")] == ["cpu 2→1: 1 idle > 60s"]
     assert events(o, "DrainRefused") == []
-    assert o.status["lastDecision"] == f"cpu 2→1: 1 idle > 60s; drained {victim}: idle 120s > idleTimeout 60s"
-    assert "cpu" not in o.status["lastScaleUpTime"]
+    assert o.report.decisions == ("cpu 2→1: 1 idle > 60s", f"drained {victim}: idle 120s > idleTimeout 60s")
+    assert o.scaled_up == frozenset()
     assert o.idle == frozenset({victim})
     assert metric("swarm_autoscaler_drains_total", namespace=NAMESPACE, cluster="idle-drain",
                   result="accepted") == accepted + 1
@@ -423,7 +399,7 @@ def test_refused_drain_keeps_the_node_and_its_target(h: Harness, how: dict[str, 
     assert events(o, "DrainRefused") == [("Normal", "DrainRefused", f"{victim} keeps running: {why}")]
     # The target did not change: no event may claim it did.
     assert events(o, "Autoscaled") == []
-    assert f"drain of {victim} refused (it got work)" in o.status["lastDecision"]
+    assert f"drain of {victim} refused (it got work)" in o.report.decisions
     assert metric("swarm_autoscaler_drains_total", namespace=NAMESPACE, cluster=c.name, result="refused") == refused + 1
 
 
@@ -450,7 +426,7 @@ def test_ray_version_mismatch_warns_once_per_cluster(h: Harness) -> None:
         o = h.step(c, [], {"cpu": 1, "gpu": 0}, now=now)
         assert o is not None
         assert events(o, "RayVersionMismatch") == expected, (c.name, now)
-        assert o.status["rayVersion"] == "2.40.0"
+        assert o.report.ray_version == "2.40.0"
     h.scaler.forget(key_of(one))
     o = h.step(one, [], {"cpu": 1, "gpu": 0}, now=NOW + 15)
     assert o is not None and events(o, "RayVersionMismatch") == [warning]
@@ -463,7 +439,7 @@ def test_same_ray_version_or_unknown_never_warns(h: Harness) -> None:
     assert o is not None and events(o, "RayVersionMismatch") == []
     h.ray.snapshot = rs.ClusterSnapshot("a", "s", 1, (), (), (), (), ray_version=None)
     o = h.step(c, [], {"cpu": 1, "gpu": 0}, now=NOW + 5)
-    assert o is not None and events(o, "RayVersionMismatch") == [] and o.status["rayVersion"] == "unknown"
+    assert o is not None and events(o, "RayVersionMismatch") == [] and o.report.ray_version == ""
 
 
 def test_ray_dead_pods_are_reported(h: Harness) -> None:
@@ -487,7 +463,7 @@ def test_the_turn_after_a_drain_keeps_the_lower_target(h: Harness) -> None:
     pods = [p if p.name != "demo-cpu-w0001" else observe_pod(patched) for p in pods]
     assert pods[-1].drained
     h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, rs.NodeStatus.DEAD))
-    o = h.step(c, pods, o.targets, now=NOW + 5, status={"autoscaler": o.status})
+    o = h.step(c, pods, o.targets, now=NOW + 5, scale_ups=dict.fromkeys(o.scaled_up, NOW))
     assert o is not None
     assert o.targets["cpu"] == 1
     assert events(o, "Autoscaled") == []

@@ -8,130 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from swarm_operator import controller as controller_module
+from swarm_operator import turn as turn_module
 from swarm_operator.config import OperatorConfig
-from swarm_operator.controller import (
-    NAME_TAKEN_RETRY_SECONDS,
-    SUFFIX_ALPHABET,
-    Controller,
-    Key,
-    _key_of,
-    _newer,
-    random_suffix,
-)
-from swarm_operator.kube import ApiError, Kube
+from swarm_operator.controller import Controller
+from swarm_operator.kube import ApiError
+from swarm_operator.reconcile.cache import Key
 from swarm_operator.resources import labels
-from tests.unit.operator_fixtures import NAMESPACE, NOW, iso, manifest, with_state
+from swarm_operator.turn import NAME_TAKEN_RETRY_SECONDS, SUFFIX_ALPHABET, random_suffix
+from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, as_kube, iso, manifest, with_state
 
 KEY: Key = (NAMESPACE, "demo")
-
-
-class FakeKube:
-    """Just enough of kube.Kube: an API server of pods and services that records each call."""
-
-    def __init__(self) -> None:
-        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
-        self.services: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: list[tuple[Any, ...]] = []
-        self.statuses: list[tuple[str, str, dict[str, Any]]] = []
-        self.events: list[tuple[str, str, str, str]] = []  # (cluster, type, reason, message)
-        self.swarmclusters: dict[Key, dict[str, Any]] = {}  # what the API server stores
-        self._rv = 100
-        self._lock = threading.Lock()  # the controller calls from worker threads
-
-    def _bump(self) -> str:
-        self._rv += 1
-        return str(self._rv)
-
-    def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
-        with self._lock:
-            self.calls.append(("list_pods", namespace))
-            items = [copy.deepcopy(p) for (ns, _), p in self.pods.items() if namespace in (None, ns)]
-            return items, str(self._rv)
-
-    def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
-        with self._lock:
-            self.calls.append(("list_services", namespace))
-            return [copy.deepcopy(s) for (ns, _), s in self.services.items() if namespace in (None, ns)]
-
-    def create_pod(self, namespace: str, pod: dict[str, Any]) -> dict[str, Any] | None:
-        with self._lock:
-            name = pod["metadata"]["name"]
-            self.calls.append(("create_pod", name))
-            if (namespace, name) in self.pods:
-                return None  # 409
-            stored = copy.deepcopy(pod)
-            stored["metadata"].update(resourceVersion=self._bump(), creationTimestamp=iso(NOW), uid=f"pod-{name}")
-            stored["status"] = {"phase": "Pending"}
-            self.pods[(namespace, name)] = stored
-            return copy.deepcopy(stored)
-
-    def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        with self._lock:
-            self.calls.append(("delete_pod", name))
-            pod = self.pods.get((namespace, name))
-            if pod is None:
-                return None  # 404
-            pod["metadata"].update(deletionTimestamp=iso(NOW), resourceVersion=self._bump())
-            return copy.deepcopy(pod)
-
-    def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
-        """A JSON merge patch of metadata labels/annotations (all the controller patches)."""
-        with self._lock:
-            self.calls.append(("patch_pod", name))
-            pod = self.pods.get((namespace, name))
-            if pod is None:
-                return None  # 404
-            for key, change in patch["metadata"].items():
-                merged = {**pod["metadata"].get(key, {}), **change}
-                pod["metadata"][key] = {k: v for k, v in merged.items() if v is not None}
-            pod["metadata"]["resourceVersion"] = self._bump()
-            return copy.deepcopy(pod)
-
-    def create_service(self, namespace: str, service: dict[str, Any]) -> dict[str, Any] | None:
-        with self._lock:
-            name = service["metadata"]["name"]
-            self.calls.append(("create_service", name))
-            if (namespace, name) in self.services:
-                return None  # 409
-            stored = {**copy.deepcopy(service), "kind": "Service"}
-            stored["metadata"].update(resourceVersion=self._bump(), uid=f"svc-{name}")
-            self.services[(namespace, name)] = stored
-            return copy.deepcopy(stored)
-
-    def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None:
-        with self._lock:
-            self.calls.append(("get_swarmcluster", name))
-            return copy.deepcopy(self.swarmclusters.get((namespace, name)))
-
-    def list_swarmclusters(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
-        with self._lock:
-            self.calls.append(("list_swarmclusters", namespace))
-            return [copy.deepcopy(b) for (ns, _), b in self.swarmclusters.items() if namespace in (None, ns)], \
-                str(self._rv)
-
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
-        with self._lock:
-            self.calls.append(("patch_status", name))
-            if (namespace, name) not in self.swarmclusters:
-                return False  # 404
-            self.statuses.append((namespace, name, copy.deepcopy(status)))
-            return True
-
-    def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str) -> None:
-        with self._lock:
-            self.calls.append(("post_event", name))
-            self.events.append((name, event_type, reason, message))
-
-    def verbs(self) -> Counter[str]:
-        return Counter(c[0] for c in self.calls)
 
 
 class _Clock:
@@ -148,6 +41,7 @@ class _Clock:
 
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turn_module, "time", _Clock)
     monkeypatch.setattr(controller_module, "time", _Clock)
 
 
@@ -155,7 +49,7 @@ class WatchedController(Controller):
     """The controller, with each watch event it is given also stored in the fake API server."""
 
     def __init__(self, kube: FakeKube, config: OperatorConfig) -> None:
-        super().__init__(cast(Kube, kube), config)
+        super().__init__(as_kube(kube), config)
         self.fake = kube
 
     def on_cluster(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -176,42 +70,6 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def _obj(rv: str | None) -> dict[str, Any]:
-    return {"metadata": {} if rv is None else {"resourceVersion": rv}}
-
-
-@pytest.mark.parametrize(
-    ("candidate", "current", "expected"),
-    [
-        pytest.param(_obj("5"), None, True, id="nothing-indexed"),
-        pytest.param(_obj("11"), _obj("10"), True, id="newer"),
-        pytest.param(_obj("10"), _obj("10"), True, id="same"),
-        pytest.param(_obj("9"), _obj("10"), False, id="older"),
-        pytest.param(_obj("100"), _obj("99"), True, id="numeric-not-lexical"),
-        pytest.param(_obj("99"), _obj("100"), False, id="numeric-not-lexical-older"),
-        pytest.param(_obj("5"), _obj(None), True, id="indexed-from-a-builder-no-version"),
-        pytest.param(_obj(None), _obj("5"), True, id="candidate-without-version"),
-        pytest.param(_obj("abc"), _obj("5"), True, id="opaque-version"),
-    ],
-)
-def test_newer(candidate: dict[str, Any], current: dict[str, Any] | None, expected: bool) -> None:
-    assert _newer(candidate, current) is expected
-
-
-@pytest.mark.parametrize(
-    ("meta", "expected"),
-    [
-        pytest.param({"namespace": "ns", "labels": {labels.CLUSTER: "demo"}}, ("ns", "demo"), id="labelled"),
-        pytest.param({"namespace": "ns", "labels": {}}, None, id="no-cluster-label"),
-        pytest.param({"namespace": "ns"}, None, id="no-labels"),
-        pytest.param({"labels": {labels.CLUSTER: "demo"}}, None, id="no-namespace"),
-        pytest.param({"namespace": "ns", "labels": {labels.CLUSTER: ""}}, None, id="empty-label"),
-    ],
-)
-def test_key_of(meta: dict[str, Any], expected: Key | None) -> None:
-    assert _key_of({"metadata": meta}) == expected
 
 
 @pytest.mark.parametrize("n", [pytest.param(5, id="default-length"), pytest.param(12, id="longer")])
@@ -326,14 +184,13 @@ def test_a_cluster_deleted_unseen_is_forgotten_before_children_are_made_again() 
         c = make(kube)
         c.on_cluster("ADDED", manifest())
         await c.reconcile(KEY)
-        c.clusters[KEY]["status"] = kube.statuses[-1][2]
+        c.cache.record_status(KEY, kube.statuses[-1][2])
         del kube.swarmclusters[KEY]  # deleted; no DELETED event
         kube.pods.clear()
-        for name in list(c.pods[KEY]):
-            c.on_pod("DELETED", {**c.pods[KEY][name], "metadata": {**c.pods[KEY][name]["metadata"],
-                                                                      "resourceVersion": "999"}})
+        for pod in c.cache.pods.objects(KEY):
+            c.on_pod("DELETED", {**pod, "metadata": {**pod["metadata"], "resourceVersion": "999"}})
         assert await c.reconcile(KEY) is None
-        assert KEY not in c.clusters
+        assert c.cache.cluster(KEY) is None
 
     run(body)
     assert [n for verb, n in kube.calls if verb == "create_pod"].count("demo-head") == 1
@@ -349,7 +206,7 @@ def test_relist_forgets_clusters_the_watch_never_reported_deleted() -> None:
             c.on_cluster("ADDED", body)
         del kube.swarmclusters[KEY]
         await c.relist()
-        assert set(c.clusters) == {(NAMESPACE, "other")}
+        assert c.cache.cluster_keys() == [(NAMESPACE, "other")]
 
     run(body)
 
@@ -486,7 +343,7 @@ def test_failed_worker_deleted_once_and_backoff_survives_in_status() -> None:
         await c.reconcile(KEY)  # creates head + 2 workers
         worker = next(p for (_, n), p in kube.pods.items() if n.startswith("demo-cpu-"))
         failed = with_state(worker, phase="Failed", ready=False, reason="Evicted", message="low on memory",
-                            resource_version=kube._bump())
+                            resource_version=kube.bump())
         kube.pods[(NAMESPACE, worker["metadata"]["name"])] = failed
         c.on_pod("MODIFIED", failed)
         kube.calls.clear()
@@ -512,7 +369,7 @@ def test_deleted_cluster_is_not_reconciled() -> None:
         c.on_cluster("ADDED", {**manifest(), "metadata": {**manifest()["metadata"], "deletionTimestamp": iso(NOW)}})
         assert await c.reconcile(KEY) is None
         c.on_cluster("DELETED", manifest())
-        assert KEY not in c.clusters
+        assert c.cache.cluster(KEY) is None
         assert await c.reconcile(KEY) is None
 
     run(body)
@@ -543,7 +400,7 @@ def test_pod_events_respect_resource_versions(event: str, rv: str, indexed_rv: s
         c = make(FakeKube())
         c.on_pod("ADDED", _pod("10"))
         c.on_pod(event, _pod(rv))
-        stored = c.pods[KEY].get("demo-cpu-aaaaa")
+        stored = c.cache.pods.get(KEY, "demo-cpu-aaaaa")
         assert (stored or {}).get("metadata", {}).get("resourceVersion") == indexed_rv
 
     run(body)
@@ -562,11 +419,11 @@ def test_pod_event_enqueues_its_cluster(known_cluster: bool, pod: dict[str, Any]
     async def body() -> None:
         c = make(FakeKube())
         if known_cluster:
-            c.clusters[KEY] = manifest()
+            c.cache.put_cluster(KEY, manifest())
         c.on_pod("ADDED", pod)
         # Pod events are coalesced: the turn is scheduled shortly after, not queued at once.
-        assert c.queue.qsize() == 0
-        assert (KEY in c._timers) is queued
+        assert len(c.queue) == 0
+        assert (c.queue.due_in(KEY) is not None) is queued
 
     run(body)
 
@@ -580,7 +437,7 @@ def test_relist_drops_pods_a_broken_watch_never_reported() -> None:
         c.on_pod("ADDED", _pod("10", name="demo-cpu-ghost"))
         kube.pods[(NAMESPACE, "demo-cpu-live1")] = _pod("11", name="demo-cpu-live1")
         await c.relist()
-        assert set(c.pods[KEY]) == {"demo-cpu-live1"}
+        assert c.cache.pods.names(KEY) == {"demo-cpu-live1"}
 
     run(body)
 
@@ -599,7 +456,7 @@ def test_a_listing_by_kopf_triggers_a_relist_that_drops_what_was_deleted_unseen(
         kube.pods[(NAMESPACE, "demo-cpu-live1")] = live
         c.on_pod(None, live)  # kopf's re-listing
         await asyncio.sleep(0.3)
-        assert set(c.pods[KEY]) == {"demo-cpu-live1"}
+        assert c.cache.pods.names(KEY) == {"demo-cpu-live1"}
         await c.stop()
 
     run(body)
@@ -633,9 +490,9 @@ def test_relist_keeps_pods_written_while_it_listed(rv: str, kept: bool) -> None:
     async def body() -> None:
         c = make(kube)
         c.on_cluster("ADDED", manifest())
-        kube.during_list = lambda: c._index(c.pods, "ADDED", _pod(rv, name="demo-cpu-new01"))  # a watch event
+        kube.during_list = lambda: c.cache.pods.apply("ADDED", _pod(rv, name="demo-cpu-new01"))  # a watch event
         await c.relist()
-        assert ("demo-cpu-new01" in c.pods[KEY]) is kept
+        assert ("demo-cpu-new01" in c.cache.pods.names(KEY)) is kept
 
     run(body)
 
@@ -652,11 +509,11 @@ def test_relist_does_not_bring_back_a_pod_deleted_while_it_listed() -> None:
 
         def deleted_meanwhile() -> None:
             del kube.pods[(NAMESPACE, "demo-cpu-gone1")]
-            c._index(c.pods, "DELETED", _pod("120", name="demo-cpu-gone1"))  # the watch event
+            c.cache.pods.apply("DELETED", _pod("120", name="demo-cpu-gone1"))  # the watch event
 
         kube.during_list = deleted_meanwhile
         await c.relist()
-        assert "demo-cpu-gone1" not in c.pods[KEY]
+        assert "demo-cpu-gone1" not in c.cache.pods.names(KEY)
 
     run(body)
 
@@ -672,13 +529,13 @@ def test_a_failed_pod_already_gone_is_forgotten_not_deleted_every_turn() -> None
         await c.reconcile(KEY)  # creates head + 2 workers
         worker = next(p for (_, n), p in kube.pods.items() if n.startswith("demo-cpu-"))
         name = worker["metadata"]["name"]
-        failed = with_state(worker, phase="Failed", ready=False, reason="Error", resource_version=kube._bump())
+        failed = with_state(worker, phase="Failed", ready=False, reason="Error", resource_version=kube.bump())
         del kube.pods[(NAMESPACE, name)]  # gone from the API server
         c.on_pod("MODIFIED", failed)  # but the index only ever saw it fail
         kube.calls.clear()
         for _ in range(3):
             await c.reconcile(KEY)
-        assert name not in c.pods[KEY]
+        assert name not in c.cache.pods.names(KEY)
 
     run(body)
     assert kube.verbs()["delete_pod"] == 1
@@ -701,7 +558,7 @@ class ImmediateDeleteKube(FakeKube):
             pod = self.pods.pop((namespace, name), None)
             if pod is None:
                 return None
-            rv = self._bump()
+            rv = self.bump()
         self.watch("DELETED", {**pod, "metadata": {**pod["metadata"], "resourceVersion": rv}})
         gone = copy.deepcopy(pod)
         gone["metadata"]["deletionTimestamp"] = iso(NOW)
@@ -719,12 +576,12 @@ def test_a_failed_head_removed_at_once_is_replaced() -> None:
         c.on_cluster("ADDED", manifest())
         await c.reconcile(KEY)  # creates head + 2 workers
         head = kube.pods[(NAMESPACE, "demo-head")]
-        failed = with_state(head, phase="Failed", ready=False, reason="Error", resource_version=kube._bump())
+        failed = with_state(head, phase="Failed", ready=False, reason="Error", resource_version=kube.bump())
         kube.pods[(NAMESPACE, "demo-head")] = failed
         c.on_pod("MODIFIED", failed)
-        kube.watch = lambda event, obj: c._index(c.pods, event, obj)
+        kube.watch = c.cache.pods.apply  # from the API call's thread: the cache alone, no queue
         await c.reconcile(KEY)  # deletes the head and recycles the workers
-        assert not c.pods[KEY]
+        assert not c.cache.pods.names(KEY)
         kube.calls.clear()
         await c.reconcile(KEY)
 
@@ -739,7 +596,7 @@ class Probe(Controller):
     """Records how often, and how concurrently, each key is reconciled."""
 
     def __init__(self, kube: FakeKube, workers: int) -> None:
-        super().__init__(cast(Kube, kube), OperatorConfig(workers=workers))
+        super().__init__(as_kube(kube), OperatorConfig(workers=workers))
         self.running: Counter[Key] = Counter()
         self.max_running: Counter[Key] = Counter()
         self.runs: Counter[Key] = Counter()
@@ -768,16 +625,17 @@ def test_one_key_never_runs_in_two_workers() -> None:
 
     async def body() -> None:
         c = Probe(FakeKube(), workers=4)
-        c.clusters = {KEY: manifest(), other: manifest(name="other")}
+        c.cache.put_cluster(KEY, manifest())
+        c.cache.put_cluster(other, manifest(name="other"))
         c.gate.clear()
         c.active.set()
         c.start()
         try:
-            c.enqueue(KEY)
-            c.enqueue(other)
+            c.queue.add(KEY)
+            c.queue.add(other)
             await until(lambda: c.running[KEY] == 1 and c.running[other] == 1)
             for _ in range(5):  # events while it runs: one more turn afterwards, not five, not in parallel
-                c.enqueue(KEY)
+                c.queue.add(KEY)
                 await asyncio.sleep(0.001)
             c.gate.set()
             await until(lambda: c.runs[KEY] >= 2 and c.runs[other] >= 1)
@@ -795,10 +653,10 @@ def test_one_key_never_runs_in_two_workers() -> None:
 def test_enqueue_while_queued_is_coalesced() -> None:
     async def body() -> None:
         c = Probe(FakeKube(), workers=2)
-        c.clusters = {KEY: manifest()}
+        c.cache.put_cluster(KEY, manifest())
         for _ in range(5):
-            c.enqueue(KEY)
-        assert c.queue.qsize() == 1
+            c.queue.add(KEY)
+        assert len(c.queue) == 1
         c.active.set()
         c.start()
         try:
@@ -814,10 +672,10 @@ def test_enqueue_while_queued_is_coalesced() -> None:
 def test_nothing_runs_until_this_replica_may_act() -> None:
     async def body() -> None:
         c = Probe(FakeKube(), workers=2)
-        c.clusters = {KEY: manifest()}
+        c.cache.put_cluster(KEY, manifest())
         c.start()
         try:
-            c.enqueue(KEY)
+            c.queue.add(KEY)
             await asyncio.sleep(0.05)
             assert c.runs[KEY] == 0
             c.active.set()
@@ -839,14 +697,11 @@ def test_nothing_runs_until_this_replica_may_act() -> None:
 def test_delayed_enqueue_keeps_the_earliest_timer(delays: list[float], expected: float) -> None:
     async def body() -> None:
         c = make(FakeKube())
-        loop = asyncio.get_running_loop()
-        start = loop.time()
         for d in delays:
-            c.enqueue(KEY, d)
-        assert len(c._timers) == 1
-        assert c._timers[KEY].when() - start == pytest.approx(expected, abs=0.05)
+            c.queue.add_after(KEY, d)
+        assert c.queue.due_in(KEY) == pytest.approx(expected, abs=0.05)
         c.on_cluster("DELETED", manifest())
-        assert KEY not in c._timers
+        assert c.queue.due_in(KEY) is None
 
     run(body)
 
@@ -854,10 +709,10 @@ def test_delayed_enqueue_keeps_the_earliest_timer(delays: list[float], expected:
 def test_timer_fires_into_the_queue() -> None:
     async def body() -> None:
         c = make(FakeKube())
-        c.clusters[KEY] = manifest()
-        c.enqueue(KEY, 0.01)
-        assert c.queue.qsize() == 0
-        await until(lambda: c.queue.qsize() == 1)
+        c.cache.put_cluster(KEY, manifest())
+        c.queue.add_after(KEY, 0.01)
+        assert len(c.queue) == 0
+        await until(lambda: len(c.queue) == 1)
 
     run(body)
 
@@ -870,16 +725,16 @@ def test_failing_reconcile_retries_with_backoff() -> None:
 
     async def body() -> None:
         c = Failing(FakeKube(), workers=1)
-        c.clusters = {KEY: manifest()}
+        c.cache.put_cluster(KEY, manifest())
         c.active.set()
         c.start()
         try:
-            c.enqueue(KEY)
-            await until(lambda: c.runs[KEY] == 1 and KEY in c._timers)
-            delay = c._timers[KEY].when() - asyncio.get_running_loop().time()
+            c.queue.add(KEY)
+            await until(lambda: c.runs[KEY] == 1 and c.queue.due_in(KEY) is not None)
+            delay = c.queue.due_in(KEY)
         finally:
             await c.stop()
-        assert 0.5 < delay <= 1.0, "first retry after ~1 s, not the 60 s resync"
+        assert delay is not None and 0.5 < delay <= 1.0, "first retry after ~1 s, not the 60 s resync"
 
     run(body)
 
@@ -890,19 +745,22 @@ def test_failing_reconcile_retries_with_backoff() -> None:
 def _turns_after(second: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
     """Turns the controller queues for a SwarmCluster event made from what it holds by `second`."""
     kube = FakeKube()
-    queued: list[Key] = []
+    queued = 0
 
     async def body() -> None:
+        nonlocal queued
         c = make(kube)
         c.on_cluster("ADDED", manifest())
+        c.queue.done(await c.queue.get())  # the turn for ADDED, taken off the queue
         await c.reconcile(KEY)
-        stored = copy.deepcopy(c.clusters[KEY])
+        stored = copy.deepcopy(c.cache.cluster(KEY))
+        assert stored is not None
         stored["metadata"]["resourceVersion"] = "999"  # every write gets a new one
-        c.enqueue = lambda key, delay=0.0: queued.append(key)  # type: ignore[method-assign]
         c.on_cluster("MODIFIED", second(stored))
+        queued = len(c.queue)
 
     run(body)
-    return len(queued)
+    return queued
 
 
 def _edit(path: str, value: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -21,7 +21,7 @@ from swarm_operator.kube import (
     RETRY_AFTER_MAX_SECONDS,
     USER_AGENT,
     ApiError,
-    Kube,
+    KubeClient,
     _message,
     retry_delay,
 )
@@ -124,9 +124,9 @@ class Credentials:
         return self.info
 
 
-def kube_for(server: str, sleeps: list[float] | None = None, **credentials: str) -> Kube:
+def kube_for(server: str, sleeps: list[float] | None = None, **credentials: str) -> KubeClient:
     record = sleeps if sleeps is not None else []
-    return Kube(Credentials(server, **credentials), sleep=record.append)
+    return KubeClient(Credentials(server, **credentials), sleep=record.append)
 
 
 def test_a_rotated_token_is_picked_up_on_401_and_the_call_retried_once(server: str) -> None:
@@ -257,6 +257,6 @@ def test_a_kubeconfig_proxy_url_carries_every_request(server: str) -> None:
     # The API server's name does not resolve: only the proxy (the fake server here) can answer.
     creds = Credentials("http://apiserver.invalid:6443")
     creds.info = kopf.ConnectionInfo(server="http://apiserver.invalid:6443", token="new", proxy_url=server)
-    assert Kube(creds).get_swarmcluster("ns", "c") == {"kind": "Pod", "metadata": {"name": "p"}}
+    assert KubeClient(creds).get_swarmcluster("ns", "c") == {"kind": "Pod", "metadata": {"name": "p"}}
     assert FakeServer.seen[0][1] == ("http://apiserver.invalid:6443/apis/swarm.io/v1alpha1/namespaces/ns/"
                                      "swarmclusters/c")

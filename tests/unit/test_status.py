@@ -11,11 +11,15 @@ from swarm_operator.reconcile.observe import PodState
 from swarm_operator.spec import ClusterSpec
 from swarm_operator.status import (
     CONDITION_TYPES,
+    AutoscalerReport,
+    Persisted,
+    autoscaler_status,
     cluster_status,
     differs,
-    health_from_status,
     invalid_status,
     merge_conditions,
+    persisted_from_status,
+    persisted_to_status,
 )
 from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker, workers
 
@@ -28,7 +32,7 @@ def status_of(c: ClusterSpec, pods: list[PodState], *, health: dict[str, GroupHe
               desired: dict[str, int] | None = None, old: dict[str, Any] | None = None, now: float = NOW,
               head_restarts: int = 0, head_ip: str | None = None) -> dict[str, Any]:
     want = desired if desired is not None else {g.name: g.initial_replicas() for g in c.worker_groups}
-    return cluster_status(c, pods, want, health or {}, head_restarts, old or {}, now, head_ip)
+    return cluster_status(c, pods, Persisted(health or {}, want, head_restarts), old or {}, now, head_ip)
 
 
 def conditions(status: dict[str, Any]) -> dict[str, str]:
@@ -224,38 +228,102 @@ def test_condition_flip_moves_only_that_condition() -> None:
     assert set(times.values()) == {iso(NOW)}
 
 
-# -- health_from_status: what the next turn (or the next operator process) reads back ------------
+# -- Persisted: what the next turn (or the next operator process) reads back ----------------------
+
+SCALED = {"cpu": NOW - 120.0, "gpu": NOW - 7.0}
 
 
 @pytest.mark.parametrize(
-    ("c", "health", "desired", "restarts"),
+    "kept",
     [
-        pytest.param(C, {"cpu": GroupHealth()}, {"cpu": 2}, 0, id="fresh"),
-        pytest.param(C, {"cpu": GroupHealth(5, 2, NOW - 3, NOW + 4)}, {"cpu": 7}, 3, id="in-backoff"),
-        pytest.param(TWO, {"cpu": GroupHealth(1, 0, NOW - 900, 0.0), "gpu": GroupHealth(2, 2, NOW - 1, NOW + 2)},
-                     {"cpu": 0, "gpu": 5}, 1, id="two-groups"),
+        pytest.param(Persisted({"cpu": GroupHealth()}, {"cpu": 2}), id="fresh"),
+        pytest.param(Persisted({"cpu": GroupHealth(5, 2, NOW - 3, NOW + 4)}, {"cpu": 7}, 3), id="in-backoff"),
+        pytest.param(Persisted({"cpu": GroupHealth(5, 1, NOW - 3, NOW + 0.25)}, {"cpu": 1}), id="sub-second-backoff"),
+        pytest.param(Persisted({"cpu": GroupHealth(1, 0, NOW - 900, 0.0), "gpu": GroupHealth(2, 2, NOW - 1, NOW + 2)},
+                               {"cpu": 0, "gpu": 5}, 1, SCALED), id="two-groups-scaled-up"),
     ],
 )
-def test_health_round_trip(c: ClusterSpec, health: dict[str, GroupHealth], desired: dict[str, int],
-                           restarts: int) -> None:
-    s = status_of(c, [], health=health, desired=desired, head_restarts=restarts)
-    assert health_from_status(s) == (health, desired, restarts)
+def test_persisted_round_trip(kept: Persisted) -> None:
+    assert persisted_from_status(persisted_to_status(kept, NOW)) == kept
+
+
+def test_persisted_survives_the_whole_status() -> None:
+    """What cluster_status writes is what the next turn reads, next to every observed field."""
+    kept = Persisted({"cpu": GroupHealth(3, 2, NOW - 10, NOW + 2), "gpu": GroupHealth()}, {"cpu": 1, "gpu": 4}, 2,
+                     {"gpu": NOW - 60})
+    s = cluster_status(TWO, [head(TWO), *workers(TWO, 1)], kept, {}, NOW, None, {"lastError": ""})
+    assert persisted_from_status(s) == kept
+    assert s["autoscaler"] == {"lastError": "", "lastScaleUpTime": {"gpu": iso(NOW - 60)}}
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": 2, "restarts": 0, "consecutiveFailures": 0}],
+                      "head": {"restarts": 0}, "autoscaler": {"lastScaleUpTime": {}}}, id="fresh"),
+        pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": 3, "restarts": 4, "consecutiveFailures": 1,
+                                        "lastFailureTime": iso(NOW - 1),
+                                        "backoffUntil": iso(NOW + 1).replace("Z", ".500Z")}],
+                      "head": {"restarts": 2}, "autoscaler": {"lastScaleUpTime": {"cpu": iso(NOW - 30)}}},
+                     id="failing"),
+    ],
+)
+def test_status_round_trip(status: dict[str, Any]) -> None:
+    assert persisted_to_status(persisted_from_status(status), NOW) == status
+
+
+def test_an_expired_backoff_is_not_written() -> None:
+    kept = Persisted({"cpu": GroupHealth(1, 1, NOW - 5, NOW - 1)}, {"cpu": 1})
+    (entry,) = persisted_to_status(kept, NOW)["workerGroups"]
+    assert "backoffUntil" not in entry and entry["lastFailureTime"] == iso(NOW - 5)
 
 
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        pytest.param({}, ({}, {}, 0), id="empty"),
-        pytest.param({"workerGroups": [{"desiredReplicas": 3}]}, ({}, {}, 0), id="entry-without-name"),
-        pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": "3"}]}, ({"cpu": GroupHealth()}, {}, 0),
+        pytest.param({}, Persisted(), id="empty"),
+        pytest.param({"workerGroups": [{"desiredReplicas": 3}]}, Persisted(), id="entry-without-name"),
+        pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": "3"}]}, Persisted({"cpu": GroupHealth()}),
                      id="non-int-target-ignored"),
-        pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": 0}]}, ({"cpu": GroupHealth()}, {"cpu": 0}, 0),
-                     id="zero-target-kept"),
-        pytest.param({"head": {"restarts": 4}}, ({}, {}, 4), id="head-restarts"),
+        pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": 0}]},
+                     Persisted({"cpu": GroupHealth()}, {"cpu": 0}), id="zero-target-kept"),
+        pytest.param({"head": {"restarts": 4}}, Persisted(head_restarts=4), id="head-restarts"),
+        pytest.param({"autoscaler": {"lastScaleUpTime": {"cpu": iso(NOW), "gpu": 7}}},
+                     Persisted(last_scale_ups={"cpu": NOW}), id="scale-up-times-not-strings-ignored"),
     ],
 )
-def test_health_from_partial_status(status: dict[str, Any], expected: tuple[Any, ...]) -> None:
-    assert health_from_status(status) == expected
+def test_persisted_from_partial_status(status: dict[str, Any], expected: Persisted) -> None:
+    assert persisted_from_status(status) == expected
+
+
+# -- status.autoscaler: the turn's record of what the autoscaler saw and did -----------------------
+
+OLD_RECORD = {"pendingDemand": "none", "infeasibleDemand": "none", "lastError": "", "rayVersion": "2.60.0",
+              "lastDecisionTime": iso(NOW - 60), "lastDecision": "cpu 1→2: 1 pending {CPU:1}"}
+
+
+@pytest.mark.parametrize(
+    ("report", "expected"),
+    [
+        pytest.param(AutoscalerReport(error="reading Ray state: refused"),
+                     {**OLD_RECORD, "lastError": "reading Ray state: refused"}, id="read-error-keeps-the-rest"),
+        pytest.param(AutoscalerReport(pending_demand="2× {CPU:1}", ray_version="2.60.0"),
+                     {**OLD_RECORD, "pendingDemand": "2× {CPU:1}"}, id="no-decision-keeps-the-last"),
+        pytest.param(AutoscalerReport(decisions=("cpu 2→1: 1 idle > 60s", "drained demo-cpu-x: idle")),
+                     {"pendingDemand": "none", "infeasibleDemand": "none", "lastError": "", "rayVersion": "unknown",
+                      "lastDecisionTime": iso(NOW), "lastDecision": "cpu 2→1: 1 idle > 60s; drained demo-cpu-x: idle"},
+                     id="decision-recorded"),
+        pytest.param(AutoscalerReport(infeasible_demand="1× {TPU:1}", ray_version="2.60.0"),
+                     {**OLD_RECORD, "infeasibleDemand": "1× {TPU:1}"}, id="infeasible"),
+    ],
+)
+def test_autoscaler_status(report: AutoscalerReport, expected: dict[str, Any]) -> None:
+    assert autoscaler_status(OLD_RECORD, report, NOW) == expected
+
+
+def test_autoscaler_status_first_record() -> None:
+    assert autoscaler_status({}, AutoscalerReport(), NOW) == {
+        "pendingDemand": "none", "infeasibleDemand": "none", "lastError": "", "rayVersion": "unknown"}
 
 
 # -- invalid specs --------------------------------------------------------------------------------

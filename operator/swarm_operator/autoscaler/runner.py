@@ -1,9 +1,10 @@
-"""One autoscaling turn of one cluster: read Ray's state, decide (pure), drain, record.
+"""One autoscaling turn of one cluster: read Ray's state, decide (pure), drain; report what happened.
 
 Called from the controller's turn, so a cluster is never autoscaled and reconciled at the
 same time. Reads go through a RayStatePool (a thread and a deadline per read), so a slow or
 dead cluster costs only its own turn. Nothing is deleted here: an accepted drain marks the
-pod (annotation), and the planner removes the pod once Ray reports the node gone.
+pod (annotation), and the planner removes the pod once Ray reports the node gone. The controller's
+turn writes the report and the new targets to status.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from swarm_operator import metrics
 from swarm_operator.autoscaler import policy
 from swarm_operator.autoscaler.inputs import demand_summary, policy_input
 from swarm_operator.kube import Kube
-from swarm_operator.reconcile.observe import PodState, parse_time
+from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import GCS_PORT
 from swarm_operator.spec import ClusterSpec
-from swarm_operator.status import timestamp
+from swarm_operator.status import AutoscalerReport, timestamp
 
 if TYPE_CHECKING:
     from swarm_operator.autoscaler import ray_state as rs
@@ -37,7 +38,8 @@ DEAD, IDLE = "DEAD", "IDLE"  # ray_state.NodeStatus values (a StrEnum)
 @dataclass(frozen=True)
 class Outcome:
     targets: dict[str, int]  # per group, to store in status.workerGroups[].desiredReplicas
-    status: dict[str, Any]  # status.autoscaler
+    report: AutoscalerReport  # for status.autoscaler
+    scaled_up: frozenset[str] = frozenset()  # groups whose target grew: their last scale-up is now
     ray_dead: frozenset[str] = frozenset()  # pods whose Ray node is DEAD
     idle: frozenset[str] | None = None
     ray_nodes: frozenset[str] | None = None  # pods whose Ray node is alive (None: Ray's state unknown)
@@ -73,11 +75,6 @@ def pending_by_resource(snapshot: rs.ClusterSnapshot) -> dict[str, float]:
             for k, v in b.shape.items():
                 totals[k] = totals.get(k, 0.0) + v * g.count
     return totals
-
-
-def last_scale_ups(status: Mapping[str, Any]) -> dict[str, float]:
-    raw = (status.get("autoscaler") or {}).get("lastScaleUpTime") or {}
-    return {k: parse_time(v) for k, v in raw.items() if isinstance(v, str)}
 
 
 def _reasons(decision: policy.Decision, inp: policy.PolicyInput, targets: Mapping[str, int],
@@ -138,8 +135,9 @@ class Autoscaler:
         return max(0.0, self._next_read.get(key, 0.0) - now)
 
     async def step(self, key: str, cluster: ClusterSpec, pods: list[PodState], head_ip: str | None,
-                   targets: Mapping[str, int], status: Mapping[str, Any], now: float) -> Outcome | None:
-        """None when it is not time yet, or there is no head to ask."""
+                   targets: Mapping[str, int], last_scale_ups: Mapping[str, float], now: float) -> Outcome | None:
+        """None when it is not time yet, or there is no head to ask. `last_scale_ups`: per group, when
+        its target last grew (the stabilization window counts from it)."""
         if now < self._next_read.get(key, 0.0):
             return None
         self._next_read[key] = now + cluster.autoscaling.interval_seconds
@@ -149,20 +147,19 @@ class Autoscaler:
         started = time.monotonic()
         result = await self.pool.aread(key)
         metrics.AUTOSCALER_POLL_SECONDS.observe(time.monotonic() - started)
-        old = dict(status.get("autoscaler") or {})
         ns, name = cluster.namespace, cluster.name
         if result.snapshot is None:
             if result.started:
                 metrics.AUTOSCALER_POLL_ERRORS.labels(ns, name).inc()
             # A head that is still starting has no GCS yet: not worth a warning.
-            return Outcome(dict(targets), {**old, "lastError": f"reading Ray state: {result.error}"})
+            return Outcome(dict(targets), AutoscalerReport(error=f"reading Ray state: {result.error}"))
         snap = result.snapshot
         events: list[tuple[str, str, str]] = []
         if key not in self._warned_version and (mismatch := self.ray.version_mismatch(snap.ray_version)):
             self._warned_version.add(key)
             events.append(("Warning", "RayVersionMismatch", mismatch))
         unavailable = unavailable_groups(pods, now, cluster.autoscaling.pending_timeout_seconds)
-        inp = policy_input(cluster, snap, pods, targets, last_scale_ups(status), unavailable, now)
+        inp = policy_input(cluster, snap, pods, targets, last_scale_ups, unavailable, now)
         decision = policy.decide(inp)
         new_targets = dict(decision.targets)
         accepted, refused = await self._drain(key, snap, decision.drains, events)
@@ -174,13 +171,13 @@ class Autoscaler:
             if pod is not None:
                 patched.append(pod)
 
-        scale_ups = dict(old.get("lastScaleUpTime") or {})
+        scaled_up = set()
         for g in cluster.worker_groups:
             before, after = targets.get(g.name, g.initial_replicas()), new_targets.get(g.name, 0)
             if after != before:
                 metrics.AUTOSCALER_DECISIONS.labels(ns, name, g.name, "up" if after > before else "down").inc()
             if after > before:
-                scale_ups[g.name] = timestamp(now)
+                scaled_up.add(g.name)
         reasons = _reasons(decision, inp, new_targets, refused)
         for text in reasons:
             events.append(("Normal", "Autoscaled", text))
@@ -194,22 +191,17 @@ class Autoscaler:
         for resource, amount in pending.items():
             metrics.AUTOSCALER_PENDING.labels(ns, name, resource).set(amount)
         self._pending_resources[key] = self._pending_resources.get(key, set()) | pending.keys()
-        record: dict[str, Any] = {
-            "pendingDemand": demand_summary([*inp.demands, *inp.constraints]) or "none",
-            "infeasibleDemand": infeasible or "none",
-            "lastScaleUpTime": scale_ups,
-            "lastError": "",
-            "rayVersion": snap.ray_version or "unknown",
-        }
-        if reasons or accepted or refused:
-            record["lastDecisionTime"] = timestamp(now)
-            record["lastDecision"] = "; ".join(reasons + [f"drained {d.node}: {d.reason}" for d in accepted]
-                                               + [f"drain of {d.node} refused (it got work)" for d in refused])
-        else:
-            record.update({k: old[k] for k in ("lastDecisionTime", "lastDecision") if k in old})
+        report = AutoscalerReport(
+            pending_demand=demand_summary([*inp.demands, *inp.constraints]),
+            infeasible_demand=infeasible,
+            ray_version=snap.ray_version or "",
+            decisions=(*reasons, *(f"drained {d.node}: {d.reason}" for d in accepted),
+                       *(f"drain of {d.node} refused (it got work)" for d in refused)),
+        )
         idle = frozenset(n.instance_id for n in snap.nodes if n.status == IDLE)
         alive = frozenset(n.instance_id for n in snap.nodes if n.status != DEAD)
-        return Outcome(new_targets, record, ray_dead_pods(snap, pods), idle, alive, tuple(events), tuple(patched))
+        return Outcome(new_targets, report, frozenset(scaled_up), ray_dead_pods(snap, pods), idle, alive,
+                       tuple(events), tuple(patched))
 
     async def _drain(self, key: str, snap: rs.ClusterSnapshot, drains: Iterable[policy.Drain],
                      events: list[tuple[str, str, str]]) -> tuple[list[policy.Drain], list[policy.Drain]]:

@@ -105,7 +105,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     ~1 KB instead of ~20 KB, which is what keeps the operator small at thousands of pods."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
-    slim_meta = {k: meta[k] for k in ("name", "namespace", "labels", "resourceVersion", "creationTimestamp",
+    slim_meta = {k: meta[k] for k in ("name", "namespace", "uid", "labels", "resourceVersion", "creationTimestamp",
                                       "deletionTimestamp") if k in meta}
     slim_meta["ownerReferences"] = [{"uid": r.get("uid")} for r in meta.get("ownerReferences") or []]
     ours = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(labels.PREFIX)}

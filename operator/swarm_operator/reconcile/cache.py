@@ -1,0 +1,213 @@
+"""The watch cache: what the operator knows of its SwarmClusters, pods and services. No I/O.
+
+Three sources feed it, in any order: watch events, the answers to the operator's own creates and
+deletes (written through at once, so two quick turns never create the same pod twice), and
+re-lists (snapshots taken at some earlier resourceVersion). resourceVersions are etcd revisions,
+so an older report never replaces a newer one; a deletion leaves a tombstone, so neither a late
+answer, a late event nor a list taken before the deletion puts a deleted object back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from swarm_operator.resources import labels
+
+Key = tuple[str, str]  # (namespace, cluster name)
+# Metadata a SwarmCluster's turn depends on; resourceVersion and managedFields change with every write.
+ECHO_METADATA = ("uid", "generation", "deletionTimestamp", "finalizers", "labels", "annotations")
+TOMBSTONES = 10000  # remembered deletions per kind; far more than can be in flight at once
+
+
+def newer(candidate: Mapping[str, Any], current: Mapping[str, Any] | None, *, strictly: bool = False) -> bool:
+    """Whether `candidate` is at least as new as `current`; without comparable versions, assume so."""
+    if current is None:
+        return True
+    a = _version(candidate)
+    b = _version(current)
+    if a.isdigit() and b.isdigit():
+        return int(a) > int(b) if strictly else int(a) >= int(b)
+    return True
+
+
+def key_of(obj: Mapping[str, Any]) -> Key | None:
+    """The cluster a child belongs to, by its swarm.io/cluster label."""
+    meta = obj.get("metadata") or {}
+    cluster = (meta.get("labels") or {}).get(labels.CLUSTER)
+    if not cluster or not meta.get("namespace"):
+        return None
+    return (meta["namespace"], cluster)
+
+
+def _version(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+@dataclass(frozen=True)
+class _Tombstone:
+    resource_version: str  # the deletion's (or the list's that showed it gone); "" when unknown
+    uid: str  # the deleted object's; a uid never comes back, whatever the version says
+
+
+class ChildStore:
+    """One kind of child (pods or services), by cluster key and name."""
+
+    def __init__(self, keep: Callable[[Mapping[str, Any]], dict[str, Any]] = dict) -> None:
+        self._keep = keep  # what of an object to store (pods are slimmed)
+        self._by_key: dict[Key, dict[str, dict[str, Any]]] = {}
+        self._tombstones: dict[tuple[Key, str], _Tombstone] = {}  # insertion-ordered: oldest first
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def get(self, key: Key, name: str) -> dict[str, Any] | None:
+        return self._by_key.get(key, {}).get(name)
+
+    def names(self, key: Key) -> set[str]:
+        return set(self._by_key.get(key, {}))
+
+    def objects(self, key: Key) -> list[dict[str, Any]]:
+        return list(self._by_key.get(key, {}).values())
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def apply(self, event_type: str | None, obj: Mapping[str, Any]) -> Key | None:
+        """A watch event, a listed object (type None) or a create/delete answer carrying a version.
+        Returns the cluster key when the cache changed."""
+        key = key_of(obj)
+        if key is None:
+            return None
+        name = obj["metadata"]["name"]
+        current = self.get(key, name)
+        if not newer(obj, current):
+            return None  # older than what the cache holds
+        if event_type == "DELETED":
+            self._by_key.get(key, {}).pop(name, None)
+            self._bury(key, name, _version(obj), _uid(obj) or _uid(current or {}))
+            return key
+        if self._buried(key, name, obj):
+            return None
+        self._by_key.setdefault(key, {})[name] = self._keep(obj)
+        return key
+
+    def gone(self, key: Key, name: str, uid: str = "") -> bool:
+        """The API says the object is gone (a delete answered 404, or with no version to compare):
+        forget it, unless the cache already holds a newer object of that name (another uid)."""
+        current = self.get(key, name)
+        if current is None or (uid and _uid(current) and _uid(current) != uid):
+            return False
+        self._by_key[key].pop(name)
+        self._bury(key, name, _version(current), uid or _uid(current))
+        return True
+
+    def drop_key(self, key: Key) -> None:
+        self._by_key.pop(key, None)
+
+    def merge_list(self, listed: Iterable[Mapping[str, Any]], listed_at: Callable[[Key], str]) -> set[Key]:
+        """Merge a re-list taken at `listed_at(key)` (its resourceVersion, per cluster's namespace).
+        Keeps what is newer than the list (written or watched while it ran), drops what the list
+        shows gone, and never lets the list bring back what was deleted meanwhile. Returns the
+        cluster keys whose contents changed."""
+        fresh: dict[Key, dict[str, Mapping[str, Any]]] = {}
+        for obj in listed:
+            key = key_of(obj)
+            if key is not None:
+                fresh.setdefault(key, {})[obj["metadata"]["name"]] = obj
+        changed: set[Key] = set()
+        for key in set(self._by_key) | set(fresh):
+            at = {"metadata": {"resourceVersion": listed_at(key)}}
+            cached = self._by_key.get(key, {})
+            merged = {name: self._keep(obj) for name, obj in fresh.get(key, {}).items()
+                      if not self._buried(key, name, obj)}
+            for name, obj in cached.items():
+                if name in merged:
+                    if newer(obj, merged[name]):
+                        merged[name] = obj
+                elif newer(obj, at) and not newer(at, obj):
+                    merged[name] = obj  # created after the list was taken: dropping it would let a turn duplicate it
+                else:
+                    # The list, taken after this version, no longer has it: deleted unseen. The tombstone
+                    # stops a late event of that object from bringing it back.
+                    self._bury(key, name, listed_at(key), _uid(obj))
+            if merged != cached:
+                changed.add(key)
+                if merged:
+                    self._by_key[key] = merged
+                else:
+                    self._by_key.pop(key, None)
+        return changed
+
+    # -- tombstones --------------------------------------------------------------------------------
+
+    def _bury(self, key: Key, name: str, resource_version: str, uid: str) -> None:
+        self._tombstones.pop((key, name), None)  # re-inserted last: the newest deletion is evicted last
+        self._tombstones[(key, name)] = _Tombstone(resource_version, uid)
+        while len(self._tombstones) > TOMBSTONES:
+            self._tombstones.pop(next(iter(self._tombstones)))
+
+    def _buried(self, key: Key, name: str, obj: Mapping[str, Any]) -> bool:
+        """Whether `obj` is a version of an object already deleted."""
+        tomb = self._tombstones.get((key, name))
+        if tomb is None:
+            return False
+        if tomb.uid and tomb.uid == _uid(obj):
+            return True
+        # A delete answer carries the deletion's own revision: only a strictly newer object (a new
+        # one of the same name) may replace its tombstone.
+        return not newer(obj, {"metadata": {"resourceVersion": tomb.resource_version}}, strictly=True)
+
+
+class WatchCache:
+    """The SwarmClusters being served, and their pods and services."""
+
+    def __init__(self, slim_pod: Callable[[Mapping[str, Any]], dict[str, Any]] = dict) -> None:
+        self.pods = ChildStore(slim_pod)
+        self.services = ChildStore()
+        self._clusters: dict[Key, dict[str, Any]] = {}
+
+    def cluster(self, key: Key) -> dict[str, Any] | None:
+        return self._clusters.get(key)
+
+    def cluster_keys(self) -> list[Key]:
+        return list(self._clusters)
+
+    def clusters(self) -> list[dict[str, Any]]:
+        return list(self._clusters.values())
+
+    def put_cluster(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """Store a SwarmCluster event; whether it brings anything a turn reads that the cache lacked.
+        Every status write of ours comes back as an event, and a turn for it (one per write, thousands
+        at scale) would find nothing to do. Another writer's status, or any spec or metadata change, counts."""
+        cached = self._clusters.get(key)
+        self._clusters[key] = dict(body)
+        if cached is None:
+            return True
+        old, new = cached.get("metadata") or {}, body.get("metadata") or {}
+        return (any(old.get(k) != new.get(k) for k in ECHO_METADATA)
+                or cached.get("spec") != body.get("spec") or cached.get("status") != body.get("status"))
+
+    def record_status(self, key: Key, status: Mapping[str, Any]) -> None:
+        """Our own status write; the watch confirms it later. Without it, the next turn would
+        compare against the old status and write the same thing again."""
+        body = self._clusters.get(key)
+        if body is not None:
+            body["status"] = {**(body.get("status") or {}), **status}
+
+    def drop_cluster(self, key: Key) -> None:
+        self._clusters.pop(key, None)
+
+    def clusters_gone_from_list(self, namespace: str | None, listed: Iterable[Mapping[str, Any]],
+                                resource_version: str) -> tuple[list[Key], list[dict[str, Any]]]:
+        """Compare a list of SwarmClusters with the cache: which cached ones (in `namespace`, None for
+        all) the list no longer has though they are older than it, and which listed ones are unknown."""
+        at = {"metadata": {"resourceVersion": resource_version}}
+        present = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in listed}
+        gone = [k for k, body in self._clusters.items()
+                if namespace in (None, k[0]) and k not in present and not newer(body, at, strictly=True)]
+        unknown = [dict(body) for k, body in present.items() if k not in self._clusters]
+        return gone, unknown

@@ -1,0 +1,290 @@
+"""One turn for one SwarmCluster: read (the cache, and what status kept), decide (the pure planner, and the
+autoscaler once per interval), act (creates and deletes through the Kube protocol, written through to the
+cache), record (status, only when it changed; events; metrics).
+
+The work queue guarantees that a cluster never has two turns at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from swarm_operator import metrics
+from swarm_operator.autoscaler.runner import Autoscaler, Outcome
+from swarm_operator.config import OperatorConfig
+from swarm_operator.kube import Kube
+from swarm_operator.reconcile.cache import Key, WatchCache
+from swarm_operator.reconcile.observe import PodState, observe_pod, owned_by
+from swarm_operator.reconcile.plan import (
+    Action,
+    CreateHead,
+    CreateService,
+    CreateWorkers,
+    DeletePod,
+    Observed,
+    PatchPod,
+    desired_replicas,
+    plan_cluster,
+)
+from swarm_operator.resources import labels
+from swarm_operator.resources.pods import build_head_pod, build_worker_pod
+from swarm_operator.resources.service import build_head_service
+from swarm_operator.spec import ClusterSpec, SpecError, parse_cluster
+from swarm_operator.status import (
+    Persisted,
+    autoscaler_status,
+    cluster_status,
+    differs,
+    invalid_status,
+    persisted_from_status,
+)
+
+log = logging.getLogger(__name__)
+SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' own: no vowels, no look-alikes
+NAME_TAKEN_RETRY_SECONDS = 3.0  # a name held by an object not ours: often a predecessor still terminating
+
+
+def random_suffix(n: int = 5) -> str:
+    return "".join(random.choice(SUFFIX_ALPHABET) for _ in range(n))
+
+
+def head_ip(cache: WatchCache, key: Key, cluster: ClusterSpec) -> str | None:
+    """The running head pod's IP: where the autoscaler reaches the GCS."""
+    pod = cache.pods.get(key, labels.head_pod_name(cluster.name))
+    if not pod or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    status = pod.get("status") or {}
+    return status.get("podIP") if status.get("phase") == "Running" else None
+
+
+class Turns:
+    """Runs turns; remembers only what may be lost on a restart (which warnings were already given)."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig, cache: WatchCache, autoscaler: Autoscaler,
+                 on_pods: Callable[[Key, list[PodState]], None],
+                 on_gone: Callable[[Key, dict[str, Any] | None], None]) -> None:
+        self.kube = kube
+        self.config = config
+        self.cache = cache
+        self.autoscaler = autoscaler
+        self._on_pods = on_pods  # the pod gauges
+        self._on_gone = on_gone  # the cluster is gone (and the object now stored under its name, if any)
+        self._warned: dict[Key, tuple[int, str]] = {}  # invalid specs, warned about once per generation
+        self._taken: dict[Key, set[str]] = {}  # names found held by others, warned about once
+
+    def forget(self, key: Key) -> None:
+        self._warned.pop(key, None)
+        self._taken.pop(key, None)
+
+    def _pod_states(self, key: Key, uid: str) -> list[PodState]:
+        return [observe_pod(p) for p in self.cache.pods.objects(key) if owned_by(p, uid)]
+
+    async def run(self, key: Key) -> float | None:
+        """One turn; returns when the cluster wants its next one (seconds), None for the resync."""
+        body = self.cache.cluster(key)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None  # deleted: the garbage collector removes the children
+        meta = body["metadata"]
+        old_status: dict[str, Any] = dict(body.get("status") or {})
+        now = time.time()
+        try:
+            cluster = parse_cluster(body)
+        except SpecError as exc:
+            await self._report_invalid(key, meta, old_status, str(exc), now)
+            return None
+        self._warned.pop(key, None)
+        uid = meta.get("uid", "")
+        kept = persisted_from_status(old_status)
+        autoscaling = cluster.autoscaling.enabled and not cluster.suspend
+
+        targets, scale_ups = kept.targets, kept.last_scale_ups
+        outcome = None
+        if autoscaling:
+            outcome = await self.autoscaler.step("/".join(key), cluster, self._pod_states(key, uid),
+                                                 head_ip(self.cache, key, cluster), targets, scale_ups, now)
+        if outcome is not None:
+            targets = outcome.targets
+            scale_ups = {**scale_ups, **dict.fromkeys(outcome.scaled_up, now)}
+            for pod in outcome.patched_pods:
+                self.cache.pods.apply(None, pod)
+            for event_type, reason, message in outcome.events:
+                await asyncio.to_thread(self.kube.post_event, key[0], key[1], uid, event_type, reason, message)
+        svc = self.cache.services.get(key, labels.head_service_name(cluster.name))
+        obs = _observed(self._pod_states(key, uid), svc is not None and owned_by(svc, uid), kept, outcome)
+        plan = plan_cluster(cluster, obs, targets, now)
+
+        if old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers)) for a in plan.actions):
+            # Re-creating children of a cluster served before: make sure it still exists. A watch
+            # resumed after an API server restart may never report its deletion, and every child
+            # made for it would be garbage-collected and made again.
+            stored = await asyncio.to_thread(self.kube.get_swarmcluster, *key)
+            if stored is None or (stored.get("metadata") or {}).get("uid") != uid:
+                self._on_gone(key, stored)
+                return None
+        refused: Exception | None = None
+        taken: list[str] = []
+        if plan.actions:
+            try:
+                taken = await self._act(key, cluster, plan.actions)
+            except Exception as exc:  # status is still written below, then the turn fails and backs off
+                refused = exc
+        for action in plan.actions:
+            if isinstance(action, DeletePod) and action.failed_group:
+                metrics.WORKER_REPLACEMENTS.labels(key[0], key[1], action.failed_group).inc()
+        if plan.head_restarts > kept.head_restarts:
+            metrics.HEAD_REPLACEMENTS.labels(*key).inc(plan.head_restarts - kept.head_restarts)
+
+        states = self._pod_states(key, uid)
+        self._on_pods(key, states)
+        after = Persisted(plan.health, desired_replicas(cluster, targets), plan.head_restarts, scale_ups)
+        record = autoscaler_status(old_status.get("autoscaler") or {}, outcome.report, now) if outcome else None
+        status = cluster_status(cluster, states, after, old_status, now, head_ip(self.cache, key, cluster), record)
+        if differs(old_status, status):
+            if not await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status):
+                self._on_gone(key, None)  # deleted, though no watch said so
+                return None
+            self.cache.record_status(key, status)
+        if refused is not None:
+            raise refused
+        requeues = [r for r in (plan.requeue_after, NAME_TAKEN_RETRY_SECONDS if taken else None) if r is not None]
+        if autoscaling:
+            requeues.append(max(0.05, self.autoscaler.due_in("/".join(key), time.time())))
+        return min(requeues) if requeues else None
+
+    async def _report_invalid(self, key: Key, meta: Mapping[str, Any], old: dict[str, Any], message: str,
+                              now: float) -> None:
+        generation = int(meta.get("generation") or 0)
+        status = invalid_status(message, old, generation, now)
+        if differs(old, status):
+            await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status)
+            self.cache.record_status(key, status)
+        if self._warned.get(key) != (generation, message):
+            self._warned[key] = (generation, message)
+            log.warning("SwarmCluster %s/%s is invalid: %s", *key, message.replace("\n", "; "))
+            await asyncio.to_thread(self.kube.post_event, key[0], key[1], meta.get("uid", ""), "Warning",
+                                    "InvalidSpec", message.replace("\n", "; "))
+
+    async def _act(self, key: Key, cluster: ClusterSpec, actions: tuple[Action, ...]) -> list[str]:
+        """Run the plan's actions concurrently; the cache learns each result at once (write-through).
+        Returns what could not be created because its name is held by an object not this cluster's.
+
+        Events report what the API server accepted: a refused create (a quota, an admission
+        webhook) is a Warning with the server's reason, a taken name a Warning, never a "Created".
+        """
+        ns = cluster.namespace
+        calls: list[asyncio.Future[Any]] = []
+        labels_of_calls: list[str] = []  # what each call creates
+        deleted: list[DeletePod] = []
+        deleted_uids: list[str] = []  # of the pods as the cache knew them, one per `deleted`
+        deletions: list[asyncio.Future[Any]] = []  # one per `deleted`, in the same order
+        patched: list[PatchPod] = []
+        patches: list[asyncio.Future[Any]] = []  # one per `patched`, in the same order
+
+        def call(fn: Any, *args: Any, what: str = "") -> None:
+            calls.append(asyncio.ensure_future(asyncio.to_thread(fn, *args)))
+            labels_of_calls.append(what)
+
+        head_missing = False
+        if any(isinstance(a, CreateHead) for a in actions):
+            # The head first: workers of a head the API refused (a quota, an admission webhook), or
+            # whose name another pod holds, could join nothing and would be recycled next turn.
+            pod = build_head_pod(cluster)
+            call(self.kube.create_pod, ns, pod, what=f"head {pod['metadata']['name']}")
+            head_missing = not isinstance((await asyncio.gather(calls[-1], return_exceptions=True))[0], dict)
+        for action in actions:
+            if isinstance(action, CreateService):
+                svc = build_head_service(cluster)
+                call(self.kube.create_service, ns, svc, what=f"service {svc['metadata']['name']}")
+            elif isinstance(action, CreateHead):
+                continue  # created above
+            elif isinstance(action, CreateWorkers):
+                if head_missing:
+                    continue
+                group = cluster.group(action.group)
+                assert group is not None
+                for _ in range(action.count):
+                    pod = build_worker_pod(cluster, group, random_suffix(), self.config.cluster_domain)
+                    call(self.kube.create_pod, ns, pod, what=f"{action.group} worker")
+            elif isinstance(action, PatchPod):
+                patches.append(asyncio.ensure_future(asyncio.to_thread(self.kube.patch_pod, ns, action.name,
+                                                                       action.patch)))
+                patched.append(action)
+            else:
+                cached = self.cache.pods.get(key, action.name) or {}
+                deleted_uids.append((cached.get("metadata") or {}).get("uid") or "")
+                deletions.append(asyncio.ensure_future(asyncio.to_thread(self.kube.delete_pod, ns, action.name)))
+                deleted.append(action)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        gone = await asyncio.gather(*deletions, return_exceptions=True)
+        patch_results = await asyncio.gather(*patches, return_exceptions=True)
+        errors = [r for r in (*results, *gone, *patch_results) if isinstance(r, BaseException)]
+        updated = []
+        for patch, r in zip(patched, patch_results, strict=True):
+            if isinstance(r, dict):
+                self.cache.pods.apply(None, r)
+                updated.append(patch)
+        for action, uid, r in zip(deleted, deleted_uids, gone, strict=True):
+            if isinstance(r, dict) and (r.get("metadata") or {}).get("resourceVersion"):
+                self.cache.pods.apply(None, r)  # being deleted (a grace period)
+            elif not isinstance(r, BaseException):
+                # 404, or removed at once (a Failed pod gets no grace period): the API server then
+                # answers with the pod as it was, without a resourceVersion, which no tombstone could
+                # be compared with. Either way it is gone, whatever the cache says.
+                self.cache.pods.gone(key, action.name, uid)
+        created: dict[str, int] = {}
+        refused: dict[str, str] = {}
+        taken: list[str] = []
+        for what, r in zip(labels_of_calls, results, strict=True):
+            if isinstance(r, dict) and r.get("kind") == "Pod":
+                self.cache.pods.apply(None, r)
+            elif isinstance(r, dict) and r.get("kind") == "Service":
+                self.cache.services.apply(None, r)
+            if isinstance(r, BaseException):
+                refused[what] = getattr(r, "reason", None) or str(r)
+            elif r is None:  # 409: ours would be in the cache, so the name is held by someone else
+                taken.append(what)
+            else:
+                created[what] = created.get(what, 0) + 1
+        summary = [w if n == 1 and not w.endswith(" worker") else f"{n} {w}(s)" for w, n in created.items()]
+        warned = self._taken.setdefault(key, set())
+        for what in [w for w in taken if w not in warned]:
+            refused[what] = ("the name is held by an object that is not this cluster's (an earlier cluster of "
+                             f"the same name still terminating?); retrying every {NAME_TAKEN_RETRY_SECONDS:g}s")
+        warned.intersection_update(taken)
+        warned.update(taken)
+        await self._post_action_events(key, cluster, summary, deleted, refused, updated)
+        if errors:
+            raise errors[0]
+        return taken
+
+    async def _post_action_events(self, key: Key, cluster: ClusterSpec, created: list[str],
+                                  deleted: list[DeletePod], refused: Mapping[str, str],
+                                  updated: list[PatchPod]) -> None:
+        posts = []
+        if updated:
+            posts.append(("Normal", "Updated", f"{', '.join(p.name for p in updated)}: {updated[0].reason}"))
+        if created:
+            posts.append(("Normal", "Created", "created " + ", ".join(created)))
+        if refused:
+            posts.append(("Warning", "CreateFailed", "; ".join(f"{w}: {why}" for w, why in refused.items())))
+        failures = [d for d in deleted if d.failed]
+        if failures:
+            posts.append(("Warning", "Replacing", "; ".join(d.reason for d in failures)))
+        others = [d for d in deleted if d not in failures]
+        if others:
+            posts.append(("Normal", "Deleted", "; ".join(f"{d.name}: {d.reason}" for d in others)))
+        for event_type, reason, message in posts:
+            await asyncio.to_thread(self.kube.post_event, key[0], key[1], cluster.uid, event_type, reason, message)
+
+
+def _observed(pods: list[PodState], service_exists: bool, kept: Persisted, outcome: Outcome | None) -> Observed:
+    return Observed(pods=tuple(pods), service_exists=service_exists, health=kept.health,
+                    head_restarts=kept.head_restarts,
+                    idle_pods=outcome.idle if outcome else None,
+                    ray_dead=outcome.ray_dead if outcome else frozenset(),
+                    ray_nodes=outcome.ray_nodes if outcome else None)
