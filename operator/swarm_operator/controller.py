@@ -139,11 +139,7 @@ class Controller:
             items, listed_at[ns] = await asyncio.to_thread(self.kube.list_pods, ns, labels.CLUSTER)
             pods.extend(items)
             services.extend(await asyncio.to_thread(self.kube.list_services, ns, labels.CLUSTER))
-
-        def at(key: Key) -> str:
-            return listed_at.get(key[0], listed_at.get(None, ""))
-
-        for key in self.cache.pods.merge_list(pods, at) | self.cache.services.merge_list(services, at):
+        for key in self.cache.pods.merge_list(pods, listed_at) | self.cache.services.merge_list(services, listed_at):
             if self.cache.cluster(key) is not None:
                 self.queue.add(key)
 

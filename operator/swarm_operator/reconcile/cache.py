@@ -45,14 +45,18 @@ def _version(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
+def _at(resource_version: str) -> dict[str, Any]:
+    return {"metadata": {"resourceVersion": resource_version}}
+
+
 def _uid(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid") or "")
 
 
 @dataclass(frozen=True)
 class _Tombstone:
-    resource_version: str  # the deletion's (or the list's that showed it gone); "" when unknown
-    uid: str  # the deleted object's; a uid never comes back, whatever the version says
+    resource_version: str  # the newest deletion's (or the list's that showed it gone); "" when unknown
+    uids: frozenset[str]  # the deleted objects' of this name; a uid never comes back, whatever its version
 
 
 class ChildStore:
@@ -62,6 +66,9 @@ class ChildStore:
         self._keep = keep  # what of an object to store (pods are slimmed)
         self._by_key: dict[Key, dict[str, dict[str, Any]]] = {}
         self._tombstones: dict[tuple[Key, str], _Tombstone] = {}  # insertion-ordered: oldest first
+        # The newest re-list per namespace (None: all): its resourceVersion and what it held. Anything of
+        # that version or older it did not hold was gone by then, even if the cache never had it.
+        self._lists: dict[str | None, tuple[str, frozenset[tuple[Key, str]]]] = {}
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -99,17 +106,19 @@ class ChildStore:
         """The API says the object is gone (a delete answered 404, or with no version to compare):
         forget it, unless the cache already holds a newer object of that name (another uid)."""
         current = self.get(key, name)
-        if current is None or (uid and _uid(current) and _uid(current) != uid):
+        if current is not None and uid and _uid(current) and _uid(current) != uid:
             return False
-        self._by_key[key].pop(name)
-        self._bury(key, name, _version(current), uid or _uid(current))
-        return True
+        if current is not None:
+            self._by_key[key].pop(name)
+        # Even when the cache has not heard of it yet: its ADDED event may still be on the way.
+        self._bury(key, name, _version(current or {}), uid or _uid(current or {}))
+        return current is not None
 
     def drop_key(self, key: Key) -> None:
         self._by_key.pop(key, None)
 
-    def merge_list(self, listed: Iterable[Mapping[str, Any]], listed_at: Callable[[Key], str]) -> set[Key]:
-        """Merge a re-list taken at `listed_at(key)` (its resourceVersion, per cluster's namespace).
+    def merge_list(self, listed: Iterable[Mapping[str, Any]], listed_at: Mapping[str | None, str]) -> set[Key]:
+        """Merge a re-list; `listed_at` holds each listed namespace's (None: all) resourceVersion.
         Keeps what is newer than the list (written or watched while it ran), drops what the list
         shows gone, and never lets the list bring back what was deleted meanwhile. Returns the
         cluster keys whose contents changed."""
@@ -120,7 +129,10 @@ class ChildStore:
                 fresh.setdefault(key, {})[obj["metadata"]["name"]] = obj
         changed: set[Key] = set()
         for key in set(self._by_key) | set(fresh):
-            at = {"metadata": {"resourceVersion": listed_at(key)}}
+            if key[0] not in listed_at and None not in listed_at:
+                continue  # not in the listed namespaces
+            list_rv = listed_at.get(key[0], listed_at.get(None, ""))
+            at = _at(list_rv)
             cached = self._by_key.get(key, {})
             merged = {name: self._keep(obj) for name, obj in fresh.get(key, {}).items()
                       if not self._buried(key, name, obj)}
@@ -133,33 +145,43 @@ class ChildStore:
                 else:
                     # The list, taken after this version, no longer has it: deleted unseen. The tombstone
                     # stops a late event of that object from bringing it back.
-                    self._bury(key, name, listed_at(key), _uid(obj))
+                    self._bury(key, name, list_rv, _uid(obj))
             if merged != cached:
                 changed.add(key)
                 if merged:
                     self._by_key[key] = merged
                 else:
                     self._by_key.pop(key, None)
+        for scope, list_rv in listed_at.items():
+            if newer(_at(list_rv), _at(self._lists.get(scope, ("", frozenset()))[0])):
+                self._lists[scope] = (list_rv, frozenset((k, n) for k, objs in fresh.items()
+                                                         if scope in (None, k[0]) for n in objs))
         return changed
 
     # -- tombstones --------------------------------------------------------------------------------
 
     def _bury(self, key: Key, name: str, resource_version: str, uid: str) -> None:
-        self._tombstones.pop((key, name), None)  # re-inserted last: the newest deletion is evicted last
-        self._tombstones[(key, name)] = _Tombstone(resource_version, uid)
+        old = self._tombstones.pop((key, name), _Tombstone("", frozenset()))  # re-inserted last: evicted last
+        if not resource_version or (old.resource_version and newer(_at(old.resource_version), _at(resource_version))):
+            resource_version = old.resource_version  # the newest deletion of the name bounds what may come back
+        self._tombstones[(key, name)] = _Tombstone(resource_version, old.uids | {uid} if uid else old.uids)
         while len(self._tombstones) > TOMBSTONES:
             self._tombstones.pop(next(iter(self._tombstones)))
 
     def _buried(self, key: Key, name: str, obj: Mapping[str, Any]) -> bool:
         """Whether `obj` is a version of an object already deleted."""
+        for scope in (key[0], None):
+            list_rv, held = self._lists.get(scope, ("", frozenset()))
+            if list_rv and (key, name) not in held and not newer(obj, _at(list_rv), strictly=True):
+                return True  # a list taken after this version no longer had it
         tomb = self._tombstones.get((key, name))
         if tomb is None:
             return False
-        if tomb.uid and tomb.uid == _uid(obj):
+        if _uid(obj) in tomb.uids:
             return True
         # A delete answer carries the deletion's own revision: only a strictly newer object (a new
         # one of the same name) may replace its tombstone.
-        return not newer(obj, {"metadata": {"resourceVersion": tomb.resource_version}}, strictly=True)
+        return not newer(obj, _at(tomb.resource_version), strictly=True)
 
 
 class WatchCache:
