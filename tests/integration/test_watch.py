@@ -13,7 +13,7 @@ from kubernetes import client
 from prometheus_client import REGISTRY
 
 from swarm_operator import watch
-from swarm_operator.kube import Kube, collection_path
+from swarm_operator.kube import KubeClient, collection_path
 from swarm_operator.login import Login, LoginSource
 from tests.integration.helpers import pod
 
@@ -24,7 +24,7 @@ def test_reflector_sees_our_pods_only_and_resumes_across_server_ended_watches(
         kubeconfig: str, namespace: str, api_client: client.ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(watch, "WATCH_SECONDS", 2)  # the server ends each watch after 2 s: several resumes
     core = client.CoreV1Api(api_client)
-    kube = Kube(Login(LoginSource(kubeconfig, None)))
+    kube = KubeClient(Login(LoginSource(kubeconfig, None)))
     seen: list[tuple[str | None, str]] = []
     lock = threading.Lock()
     loop = asyncio.new_event_loop()
