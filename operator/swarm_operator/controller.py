@@ -29,7 +29,7 @@ from swarm_operator.turn import Turns
 log = logging.getLogger(__name__)
 ERROR_BACKOFF_CAP = 60.0
 POD_EVENT_SETTLE_SECONDS = 0.5
-RELIST_AFTER_LISTING_SECONDS = 2.0  # once kopf's (re)listing of a resource has gone quiet
+RELIST_AFTER_LISTING_SECONDS = 2.0  # once a (re)listing of a resource has gone quiet
 PHASE_GAUGE_SECONDS = 5.0
 
 
@@ -50,8 +50,8 @@ class Controller:
     # -- watch inputs ---------------------------------------------------------------------------
 
     def _listed(self) -> None:
-        """kopf (re)listed a resource (events of type None): at startup, or after a watch it could not
-        resume (an API server restart). Objects deleted meanwhile are never reported, so once the
+        """A watch (re)listed a resource (events of type None): at startup, or after a watch that could
+        not be resumed (410 Gone, an API server restart). Objects deleted meanwhile are never reported, so once the
         listing has gone quiet, re-list everything ourselves and drop what is gone."""
         if self._relist_timer is not None:
             self._relist_timer.cancel()
@@ -109,14 +109,17 @@ class Controller:
         """Namespaces to list in; None means all of them."""
         return list(self.config.namespaces) or [None]
 
-    def seed(self) -> None:
-        """Fill the pod and service cache from the API before acting (blocking; runs at startup)."""
+    def seed(self) -> dict[str | None, str]:
+        """Fill the pod and service cache from the API before acting (blocking; runs at startup).
+        Returns each scope's pod list resourceVersion: the pod watches start from there, with no gap."""
+        listed_at = {}
         for ns in self._scopes():
-            pods, _ = self.kube.list_pods(ns, labels.CLUSTER)
+            pods, listed_at[ns] = self.kube.list_pods(ns, labels.CLUSTER)
             for pod in pods:
                 self.cache.pods.apply(None, pod)
             for svc in self.kube.list_services(ns, labels.CLUSTER):
                 self.cache.services.apply(None, svc)
+        return listed_at
 
     async def _relist_clusters(self) -> None:
         """A watch resumed after an API server restart re-lists without reporting the objects deleted

@@ -1,8 +1,9 @@
-"""kopf wiring only: settings, watch events → the controller's queue, startup and cleanup.
+"""kopf wiring only: settings, SwarmCluster watch events → the controller's queue, startup and cleanup.
 
-Only watching handlers (`on.event`) are used: they put no finalizer and no annotation on
-anything, so deleting a namespace never waits for this operator. They are async so they
-run on the event loop, next to the controller's queue.
+Only a watching handler (`on.event`) is used: it puts no finalizer and no annotation on
+anything, so deleting a namespace never waits for this operator. It is async so it runs
+on the event loop, next to the controller's queue. Pods and services are watched by
+watch.py's reflectors (server-side label selection, far less CPU per event), started here.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
 
 import kopf
 
 from swarm_operator import GROUP, PLURAL, VERSION
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
-from swarm_operator.kube import KubeClient
+from swarm_operator.kube import KubeClient, collection_path
 from swarm_operator.leader import LeaderElector
 from swarm_operator.resources import labels
+from swarm_operator.watch import Reflector
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class Runtime:
     kopf_logins = 0
     controller: Controller | None = None
     elector: LeaderElector | None = None
+    reflectors: ClassVar[list[Reflector]] = []  # the pod and service watches (watch.py), not kopf's
 
 
 @kopf.on.startup()
@@ -77,9 +80,17 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube = Runtime.kube
     assert kube is not None, "__main__ logs in before kopf starts"
     controller = Controller(kube, cfg)
-    await asyncio.to_thread(controller.seed)
+    pods_listed_at = await asyncio.to_thread(controller.seed)
     Runtime.controller = controller
     controller.start()
+    loop = asyncio.get_running_loop()
+    for ns, version in pods_listed_at.items():
+        # Pods from where the seed's list left off; services list once themselves (a few per cluster).
+        Runtime.reflectors += [
+            Reflector(kube, collection_path("pods", ns), labels.CLUSTER, controller.on_pod, loop, version),
+            Reflector(kube, collection_path("services", ns), labels.CLUSTER, controller.on_service, loop)]
+    for reflector in Runtime.reflectors:
+        reflector.start()
     if cfg.leader_elect:
         Runtime.elector = LeaderElector(kube, cfg.lease_namespace, cfg.lease_name, controller.active)
         Runtime.elector.start()
@@ -101,6 +112,8 @@ def credentials(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
+    for reflector in Runtime.reflectors:
+        reflector.stop()
     if Runtime.elector is not None:
         await Runtime.elector.stop()
     if Runtime.controller is not None:
@@ -111,15 +124,3 @@ async def shutdown(**_: Any) -> None:
 async def swarmcluster_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     if Runtime.controller is not None:
         Runtime.controller.on_cluster(type, dict(body))
-
-
-@kopf.on.event("v1", "pods", labels={labels.CLUSTER: kopf.PRESENT})
-async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-    if Runtime.controller is not None:
-        Runtime.controller.on_pod(type, dict(body))
-
-
-@kopf.on.event("v1", "services", labels={labels.CLUSTER: kopf.PRESENT})
-async def service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-    if Runtime.controller is not None:
-        Runtime.controller.on_service(type, dict(body))
