@@ -110,6 +110,7 @@ class AutoscalerReport:
     pending_demand: str = ""
     infeasible_demand: str = ""
     ray_version: str = ""
+    ray_version_warning: str = ""  # spec.rayVersion differs, or a Ray the operator's client is not known to read
     decisions: tuple[str, ...] = ()  # scalings and drains, empty when nothing changed
 
 
@@ -122,6 +123,7 @@ def autoscaler_status(old: Mapping[str, Any], report: AutoscalerReport, now: flo
         "infeasibleDemand": report.infeasible_demand or "none",
         "lastError": "",
         "rayVersion": report.ray_version or "unknown",
+        "rayVersionWarning": report.ray_version_warning,
     }
     if report.decisions:
         record["lastDecisionTime"] = timestamp(now)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import ray
 
 from localcluster import rayjobs
 from tests.e2e.helpers import ProcessNodes, cluster_pods, delete_swarmcluster, is_ready, sample_manifest
@@ -29,7 +30,7 @@ PENDING_TIMEOUT = 10
 
 
 def autoscaling_manifest(pool: str, name: str, cpu_max: int = 3, gpu_max: int = 2,
-                         stuck_cpu: bool = False) -> dict[str, Any]:
+                         stuck_cpu: bool = False, ray_version: str | None = None) -> dict[str, Any]:
     """``stuck_cpu``: the cpu group's pods can never be scheduled, and an identical group "spare" follows it."""
     manifest = copy.deepcopy(sample_manifest(pool))
     manifest["metadata"]["name"] = name
@@ -38,6 +39,8 @@ def autoscaling_manifest(pool: str, name: str, cpu_max: int = 3, gpu_max: int = 
     gpu.update(minReplicas=0, maxReplicas=gpu_max)
     manifest["spec"]["autoscaling"] = {"enabled": True, "idleTimeoutSeconds": IDLE_TIMEOUT, "intervalSeconds": 1,
                                        "scaleDownStabilizationSeconds": 5, "pendingTimeoutSeconds": PENDING_TIMEOUT}
+    if ray_version:
+        manifest["spec"]["rayVersion"] = ray_version
     if stuck_cpu:
         spare = copy.deepcopy(cpu)
         spare["name"] = "spare"
@@ -217,6 +220,18 @@ ray.init()
 request_resources(bundles=[{"slot": 1}, {"slot": 1}])
 print("E2E-RESULT {}")
 """
+
+
+def test_a_ray_version_other_than_the_specs_is_shown_with_a_warning(scaled: Callable[..., Scaled]) -> None:
+    c = scaled("as-ver", ray_version="2.59.0")  # the process nodes run the installed Ray
+
+    def warned() -> list[str] | None:
+        return c.events("RayVersionMismatch") or None
+
+    (message, *_) = wait_for("a RayVersionMismatch event", warned, timeout=150)
+    assert message.startswith(f"spec.rayVersion is 2.59.0 but the head runs Ray {ray.__version__}")
+    record = c.status()["autoscaler"]
+    assert record["rayVersion"] == ray.__version__ and record["rayVersionWarning"] == message
 
 
 def test_request_resources_scales_up_with_no_tasks(scaled: Callable[..., Scaled]) -> None:

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from swarm_operator.autoscaler import ray_state as rs
+from swarm_operator.autoscaler.ray_version import check
 from swarm_operator.autoscaler.runner import (
     Autoscaler,
     Outcome,
@@ -417,19 +418,30 @@ def test_one_drain_refused_of_two(h: Harness) -> None:
     assert event[2] == "cpu 3→2: 2 idle > 60s; 1 drain(s) refused"
 
 
-def test_ray_version_mismatch_warns_once_per_cluster(h: Harness) -> None:
+def test_an_unsupported_ray_version_warns_once_per_cluster(h: Harness) -> None:
     one, two = autoscaled("one"), autoscaled("two")
-    h.ray.snapshot = snapshot(ray_version="2.40.0")
-    warning = ("Warning", "RayVersionMismatch", rs.version_mismatch("2.40.0"))
+    h.ray.snapshot = snapshot(ray_version="2.30.0")
+    (text,) = check(None, "2.30.0", rs.OPERATOR_RAY_VERSION).warnings
+    warning = ("Warning", "RayVersionUnsupported", text)
     for now, c, expected in [(NOW, one, [warning]), (NOW, two, [warning]), (NOW + 5, one, []), (NOW + 5, two, []),
                              (NOW + 10, one, [])]:
         o = h.step(c, [], {"cpu": 1, "gpu": 0}, now=now)
         assert o is not None
-        assert events(o, "RayVersionMismatch") == expected, (c.name, now)
-        assert o.report.ray_version == "2.40.0"
+        assert events(o, "RayVersionUnsupported") == expected, (c.name, now)
+        assert (o.report.ray_version, o.report.ray_version_warning) == ("2.30.0", text)
     h.scaler.forget(key_of(one))
     o = h.step(one, [], {"cpu": 1, "gpu": 0}, now=NOW + 15)
-    assert o is not None and events(o, "RayVersionMismatch") == [warning]
+    assert o is not None and events(o, "RayVersionUnsupported") == [warning]
+
+
+def test_spec_ray_version_differing_from_the_heads_warns(h: Harness) -> None:
+    c = cluster({**AUTO, "rayVersion": "2.59.0"}, groups=[group("cpu", 1, resources=CPU4)])
+    h.ray.snapshot = snapshot()
+    o = h.step(c, [], {"cpu": 1})
+    assert o is not None
+    (event,) = events(o, "RayVersionMismatch")
+    assert event[2].startswith(f"spec.rayVersion is 2.59.0 but the head runs Ray {rs.OPERATOR_RAY_VERSION}")
+    assert o.report.ray_version_warning == event[2]
 
 
 def test_same_ray_version_or_unknown_never_warns(h: Harness) -> None:
@@ -440,6 +452,7 @@ def test_same_ray_version_or_unknown_never_warns(h: Harness) -> None:
     h.ray.snapshot = rs.ClusterSnapshot("a", "s", 1, (), (), (), (), ray_version=None)
     o = h.step(c, [], {"cpu": 1, "gpu": 0}, now=NOW + 5)
     assert o is not None and events(o, "RayVersionMismatch") == [] and o.report.ray_version == ""
+    assert o.report.ray_version_warning == ""
 
 
 def test_ray_dead_pods_are_reported(h: Harness) -> None:

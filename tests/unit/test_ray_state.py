@@ -33,7 +33,6 @@ from swarm_operator.autoscaler.ray_state import (
     parse_cluster_metadata,
     parse_v1_requests,
     snapshot_from_state,
-    version_mismatch,
 )
 
 pb: Any = importlib.import_module("ray.core.generated.autoscaler_pb2")
@@ -380,22 +379,6 @@ def test_snapshot_carries_read_facts() -> None:
 )
 def test_cluster_metadata(raw: bytes | None, version: str | None) -> None:
     assert parse_cluster_metadata(raw) == version
-
-
-@pytest.mark.parametrize(
-    ("cluster", "warns"),
-    [
-        pytest.param("2.60.0", False, id="same"),
-        pytest.param(None, False, id="unknown"),
-        pytest.param("2.40.0", True, id="older"),
-        pytest.param("2.60.1", True, id="patch"),
-    ],
-)
-def test_version_mismatch(cluster: str | None, warns: bool) -> None:
-    message = version_mismatch(cluster, "2.60.0")
-    assert (message is not None) is warns
-    if message:
-        assert cluster is not None and cluster in message and "2.60.0" in message
 
 
 # ------------------------------------------------------------------------------- client, no network

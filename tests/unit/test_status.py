@@ -299,7 +299,7 @@ def test_persisted_from_partial_status(status: dict[str, Any], expected: Persist
 # -- status.autoscaler: the turn's record of what the autoscaler saw and did -----------------------
 
 OLD_RECORD = {"pendingDemand": "none", "infeasibleDemand": "none", "lastError": "", "rayVersion": "2.60.0",
-              "lastDecisionTime": iso(NOW - 60), "lastDecision": "cpu 1→2: 1 pending {CPU:1}"}
+              "rayVersionWarning": "", "lastDecisionTime": iso(NOW - 60), "lastDecision": "cpu 1→2: 1 pending {CPU:1}"}
 
 
 @pytest.mark.parametrize(
@@ -311,10 +311,14 @@ OLD_RECORD = {"pendingDemand": "none", "infeasibleDemand": "none", "lastError": 
                      {**OLD_RECORD, "pendingDemand": "2× {CPU:1}"}, id="no-decision-keeps-the-last"),
         pytest.param(AutoscalerReport(decisions=("cpu 2→1: 1 idle > 60s", "drained demo-cpu-x: idle")),
                      {"pendingDemand": "none", "infeasibleDemand": "none", "lastError": "", "rayVersion": "unknown",
-                      "lastDecisionTime": iso(NOW), "lastDecision": "cpu 2→1: 1 idle > 60s; drained demo-cpu-x: idle"},
+                      "rayVersionWarning": "", "lastDecisionTime": iso(NOW),
+                      "lastDecision": "cpu 2→1: 1 idle > 60s; drained demo-cpu-x: idle"},
                      id="decision-recorded"),
         pytest.param(AutoscalerReport(infeasible_demand="1× {TPU:1}", ray_version="2.60.0"),
                      {**OLD_RECORD, "infeasibleDemand": "1× {TPU:1}"}, id="infeasible"),
+        pytest.param(AutoscalerReport(ray_version="2.30.0", ray_version_warning="the cluster runs Ray 2.30.0; …"),
+                     {**OLD_RECORD, "rayVersion": "2.30.0", "rayVersionWarning": "the cluster runs Ray 2.30.0; …"},
+                     id="version-warning"),
     ],
 )
 def test_autoscaler_status(report: AutoscalerReport, expected: dict[str, Any]) -> None:
@@ -323,7 +327,8 @@ def test_autoscaler_status(report: AutoscalerReport, expected: dict[str, Any]) -
 
 def test_autoscaler_status_first_record() -> None:
     assert autoscaler_status({}, AutoscalerReport(), NOW) == {
-        "pendingDemand": "none", "infeasibleDemand": "none", "lastError": "", "rayVersion": "unknown"}
+        "pendingDemand": "none", "infeasibleDemand": "none", "lastError": "", "rayVersion": "unknown",
+        "rayVersionWarning": ""}
 
 
 # -- invalid specs --------------------------------------------------------------------------------

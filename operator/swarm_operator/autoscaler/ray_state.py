@@ -442,18 +442,6 @@ def parse_cluster_metadata(raw: bytes | None) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def version_mismatch(cluster_version: str | None, operator_version: str = OPERATOR_RAY_VERSION) -> str | None:
-    """A warning for an Event when the cluster runs another Ray than the operator's client; None when
-    they agree or the cluster does not say. (The GCS protocol has stayed compatible across minor
-    versions — a 2.60 client reads and drains 2.40 clusters — but that is not promised.)"""
-    if cluster_version is None or cluster_version == operator_version:
-        return None
-    return (
-        f"cluster runs Ray {cluster_version}, the operator's Ray client is {operator_version}: "
-        "reading its state and draining nodes may not work"
-    )
-
-
 # ----------------------------------------------------------------------------------------- transport
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from swarm_operator import metrics
-from swarm_operator.autoscaler import policy
+from swarm_operator.autoscaler import policy, ray_version
 from swarm_operator.autoscaler.inputs import demand_summary, policy_input
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState
@@ -101,7 +101,7 @@ class Autoscaler:
         self.kube = kube
         self._pool: rs.RayStatePool[rs.RayStateClient] | None = None
         self._next_read: dict[str, float] = {}
-        self._warned_version: set[str] = set()
+        self._warned_version: dict[str, tuple[str, ...]] = {}
         self._last_infeasible: dict[str, str] = {}
         self._pending_resources: dict[str, set[str]] = {}  # resources ever reported in the pending gauge
 
@@ -124,7 +124,7 @@ class Autoscaler:
         if self._pool is not None:
             self._pool.remove_cluster(key)
         self._next_read.pop(key, None)
-        self._warned_version.discard(key)
+        self._warned_version.pop(key, None)
         self._last_infeasible.pop(key, None)
         ns, name = key.split("/", 1)
         for resource in self._pending_resources.pop(key, set()):
@@ -155,9 +155,11 @@ class Autoscaler:
             return Outcome(dict(targets), AutoscalerReport(error=f"reading Ray state: {result.error}"))
         snap = result.snapshot
         events: list[tuple[str, str, str]] = []
-        if key not in self._warned_version and (mismatch := self.ray.version_mismatch(snap.ray_version)):
-            self._warned_version.add(key)
-            events.append(("Warning", "RayVersionMismatch", mismatch))
+        version = ray_version.check(cluster.ray_version, snap.ray_version, self.ray.OPERATOR_RAY_VERSION)
+        if self._warned_version.get(key) != version.warnings:  # each warning once, again when it changes
+            self._warned_version[key] = version.warnings
+            events += [("Warning", "RayVersionMismatch" if text.startswith("spec.") else "RayVersionUnsupported",
+                        text) for text in version.warnings]
         unavailable = unavailable_groups(pods, now, cluster.autoscaling.pending_timeout_seconds)
         inp = policy_input(cluster, snap, pods, targets, last_scale_ups, unavailable, now)
         decision = policy.decide(inp)
@@ -195,6 +197,7 @@ class Autoscaler:
             pending_demand=demand_summary([*inp.demands, *inp.constraints]),
             infeasible_demand=infeasible,
             ray_version=snap.ray_version or "",
+            ray_version_warning="; ".join(version.warnings),
             decisions=(*reasons, *(f"drained {d.node}: {d.reason}" for d in accepted),
                        *(f"drain of {d.node} refused (it got work)" for d in refused)),
         )
