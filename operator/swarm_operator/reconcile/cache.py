@@ -98,6 +98,12 @@ class ChildStore:
             self._bury(key, name, _version(obj), _uid(obj) or _uid(current or {}))
             return key
         if self._buried(key, name, obj):
+            if current is not None and _uid(current) and _uid(current) != _uid(obj):
+                # A newer pod of this name existed after the held one: names are unique at a time, so
+                # the held one is gone too, though its deletion was never reported.
+                self._by_key[key].pop(name)
+                self._bury(key, name, _version(obj), _uid(current))
+                return key
             return None
         self._by_key.setdefault(key, {})[name] = self._keep(obj)
         return key
@@ -107,6 +113,10 @@ class ChildStore:
         forget it, unless the cache already holds a newer object of that name (another uid)."""
         current = self.get(key, name)
         if current is not None and uid and _uid(current) and _uid(current) != uid:
+            # Another pod of that name is held: keep it, but the gone one's late ADDED or answer must not
+            # bring it back (found by the property test: a 404 arriving before the pod's own create answer).
+            old = self._tombstones.get((key, name))
+            self._bury(key, name, old.resource_version if old else "", uid)
             return False
         if current is not None:
             self._by_key[key].pop(name)
