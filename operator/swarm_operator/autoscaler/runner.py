@@ -27,7 +27,8 @@ from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import GCS_PORT
 from swarm_operator.spec import ClusterSpec
-from swarm_operator.status import AutoscalerReport, timestamp
+from swarm_operator.status import AutoscalerReport
+from swarm_operator.times import timestamp
 
 if TYPE_CHECKING:  # importing ray costs ~40 MiB: only processes that autoscale pay for it
     from swarm_operator.autoscaler import gcs
