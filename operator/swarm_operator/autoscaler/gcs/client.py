@@ -41,7 +41,6 @@ _T = TypeVar("_T")
 _NODE_ID_HEX = re.compile(r"[0-9a-f]{56}")  # NodeID is 28 bytes
 
 
-
 @dataclass(frozen=True)
 class _SessionInfo:
     session_name: str
@@ -194,8 +193,6 @@ class RayStateClient:
             wire, self._wire = self._wire, None
         if wire is not None:
             wire.close()
-
-
 
 
 def new_client(address: str, token: str | None) -> RayStateClient:

@@ -18,6 +18,7 @@ from swarm_operator.reconcile.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
+
 class ClusterClient(Protocol):
     """What the pool needs of a client (:class:`RayStateClient`, or a fake in tests)."""
 
@@ -27,6 +28,7 @@ class ClusterClient(Protocol):
 
 
 _C = TypeVar("_C", bound=ClusterClient)
+
 
 @dataclass(frozen=True)
 class ReadResult:

@@ -88,7 +88,6 @@ class GcsReplaced(GcsUnavailable):
     """The GcsClient's GCS was replaced by a new one (WrongClusterID): reconnect."""
 
 
-
 class Wire(Protocol):
     """The three calls the client needs, on one connection to one GCS."""
 

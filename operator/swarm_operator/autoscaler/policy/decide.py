@@ -69,7 +69,6 @@ def decide(inp: PolicyInput) -> Decision:
     return decision
 
 
-
 class _Run(Capacity):
     """One decision: the placement phases, then the drains and the targets with their reasons."""
 

@@ -27,8 +27,6 @@ class DemandKind(StrEnum):
     CONSTRAINT = "constraint"  # ray.autoscaler.sdk.request_resources
 
 
-
-
 @dataclass(frozen=True)
 class WorkerGroup:
     """A worker group as the policy sees it.
