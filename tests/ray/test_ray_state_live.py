@@ -252,7 +252,7 @@ def _start_or_fail(proc: Proc, client: RayStateClient, instances: int, rig_procs
         if not proc.alive():
             break
         try:
-            if len(client.read().alive_nodes()) >= instances:
+            if sum(n.alive for n in client.read().nodes) >= instances:
                 return
         except RayStateError:
             pass

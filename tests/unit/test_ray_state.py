@@ -136,7 +136,7 @@ def test_node_lookups() -> None:
         node(WORKER_ID, "w-1", "cpu", pb.RUNNING),
         node(bytes(28), "c-head", "head", pb.IDLE),
     ])
-    assert [n.instance_id for n in s.alive_nodes()] == ["w-1", "c-head"]
+    assert [n.instance_id for n in s.nodes if n.alive] == ["w-1", "c-head"]
     found = s.node_by_instance("c-head")
     assert found is not None and found.status is NodeStatus.IDLE
     assert s.node_by_instance("gone") is None

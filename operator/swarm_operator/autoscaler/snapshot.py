@@ -137,9 +137,6 @@ class ClusterSnapshot:
     read_at: float = 0.0  # epoch seconds when the read started
     read_seconds: float = 0.0  # how long the read took, all RPCs included
 
-    def alive_nodes(self) -> tuple[RayNode, ...]:
-        return tuple(n for n in self.nodes if n.alive)
-
     def node(self, node_id_hex: str) -> RayNode | None:
         return next((n for n in self.nodes if n.node_id == node_id_hex.lower()), None)
 
