@@ -30,6 +30,8 @@ def capacity(resources: Mapping[str, float]) -> dict[str, float]:
 
 
 def _counted(demands: tuple[ResourceDemand, ...]) -> tuple[ResourceDemand, ...]:
+    # A snapshot built elsewhere than gcs.parse (which aggregates) may hold empty entries: status would
+    # then report "0×{...}" as pending demand.
     return tuple(d for d in demands if d.count > 0)
 
 
