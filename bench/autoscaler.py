@@ -4,7 +4,7 @@
     .venv/bin/python bench/autoscaler.py --quick    # CI (make bench): small Ray sizes, seeds 1-10, one episode each
 
 Decision time is the operator's whole turn of pure work: the GCS reply's bytes parsed, turned into a snapshot
-(``ray_state.snapshot_from_state``), then into the policy's input (``inputs.policy_input``), then ``decide``.
+(``gcs.snapshot_from_state``), then into the policy's input (``inputs.policy_input``), then ``decide``.
 Ray's side gets the same case as its ``SchedulingRequest`` (``autosim.to_ray``) and runs in a forked child
 that is killed once it exceeds its budget; a size it does not finish is reported as such, never extrapolated.
 
@@ -32,22 +32,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.autosim import FAMILIES, Family, SeedRun, Summary, check, run_seed, summarize, to_ray
-from swarm_operator.autoscaler.inputs import group_shape, policy_input
-from swarm_operator.autoscaler.policy import (
-    Decision,
-    Demand,
-    Gang,
+from swarm_operator.autoscaler.gcs import snapshot_from_state
+from swarm_operator.autoscaler.inputs import policy_input
+from swarm_operator.autoscaler.policy import Decision, Node, PolicyInput, Settings, WorkerGroup, decide
+from swarm_operator.autoscaler.snapshot import (
+    HEAD_RESOURCE,
+    Bundle,
+    ClusterSnapshot,
+    GangDemand,
     NodeStatus,
-    PolicyInput,
-    RayNode,
-    Settings,
+    ResourceDemand,
     Strategy,
-    WorkerGroup,
-    decide,
 )
-from swarm_operator.autoscaler.ray_state import HEAD_RESOURCE, ClusterSnapshot, snapshot_from_state
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
+from swarm_operator.resources.pods import GCS_PORT, ray_shape
 from swarm_operator.spec import ClusterSpec, parse_cluster
 
 G = 1e9
@@ -125,8 +124,9 @@ def make_case(size: Size, seed: int = 7) -> PolicyInput:
         s = random_shape(rng)
         shapes[tuple(sorted(s.items()))] = s
     shape_list = list(shapes.values())
-    demands = tuple(Demand(s, n) for s, n in zip(shape_list, split_count(rng, size.tasks, size.shapes), strict=True))
-    nodes: list[RayNode] = []
+    counts = split_count(rng, size.tasks, size.shapes)
+    demands = tuple(ResourceDemand(s, n) for s, n in zip(shape_list, counts, strict=True))
+    nodes: list[Node] = []
     live = [0] * len(GROUPS)
     for k in range(size.nodes):
         gi = k % len(GROUPS)
@@ -134,25 +134,25 @@ def make_case(size: Size, seed: int = 7) -> PolicyInput:
         live[gi] += 1
         fits = [s for s in shape_list if all(res.get(r, 0.0) >= v for r, v in s.items())]
         if rng.random() < 2 / 3 and fits:
-            nodes.append(RayNode(f"{name}-{k}", name, NodeStatus.RUNNING, res, fill_node(rng, res, fits),
+            nodes.append(Node(f"{name}-{k}", name, NodeStatus.RUNNING, res, fill_node(rng, res, fits),
                                  age_s=rng.uniform(60, 7200)))
         else:
-            nodes.append(RayNode(f"{name}-{k}", name, NodeStatus.IDLE, res, res, idle_s=rng.uniform(0, 600),
+            nodes.append(Node(f"{name}-{k}", name, NodeStatus.IDLE, res, res, idle_s=rng.uniform(0, 600),
                                  age_s=rng.uniform(60, 7200)))
     pending = [rng.randint(0, 3) if size.nodes else 0 for _ in GROUPS]
     groups = tuple(WorkerGroup(name, res, 0, 5000, live[gi] + pending[gi], pending[gi])
                    for gi, (name, res) in enumerate(GROUPS))
     scale = max(1, size.shapes // 10)
     gangs = (
-        Gang(({"GPU": 1.0, "CPU": 4.0},) * 4, Strategy.STRICT_SPREAD, scale),
-        Gang(({"GPU": 1, "CPU": 2},) * 2, Strategy.STRICT_PACK, scale),
-        Gang(({"CPU": 2},) * 8, Strategy.PACK, scale),
-        Gang(({"CPU": 4},) * 3, Strategy.SPREAD, scale),
+        GangDemand((Bundle({"GPU": 1.0, "CPU": 4.0}),) * 4, Strategy.STRICT_SPREAD, scale),
+        GangDemand((Bundle({"GPU": 1, "CPU": 2}),) * 2, Strategy.STRICT_PACK, scale),
+        GangDemand((Bundle({"CPU": 2}),) * 8, Strategy.PACK, scale),
+        GangDemand((Bundle({"CPU": 4}),) * 3, Strategy.SPREAD, scale),
     )
     # No upscaling-speed limit: the timing compares the work of placing everything (Ray's scheduler has no
     # speed limit of its own; its instance manager paces launches afterwards).
     settings = Settings(upscaling_speed=math.inf, idle_timeout_s=60.0)
-    return PolicyInput(groups, tuple(nodes), demands, gangs, (Demand({"CPU": 8}, 10),), settings=settings)
+    return PolicyInput(groups, tuple(nodes), demands, gangs, (ResourceDemand({"CPU": 8}, 10),), settings=settings)
 
 
 def _ray_child(conn: Connection, inp: PolicyInput) -> None:
@@ -229,7 +229,7 @@ def make_turn(case: PolicyInput) -> Turn:
 
     pb: Any = autoscaler_pb2  # the generated module carries no type information
     spec = parse_cluster(cluster_manifest(case.groups))
-    shapes = {g.name: group_shape(g) for g in spec.worker_groups}
+    shapes = {g.name: ray_shape(g.resources, g.ray_start_params, g.ray_resources) for g in spec.worker_groups}
     state = pb.ClusterResourceState(cluster_session_name="session_bench", cluster_resource_state_version=1)
     status = {NodeStatus.RUNNING: pb.NodeStatus.RUNNING, NodeStatus.IDLE: pb.NodeStatus.IDLE}
     head = {"CPU": 4.0, "memory": 16 * G, "node:10.0.0.1": 1.0, HEAD_RESOURCE: 1.0}
@@ -268,7 +268,7 @@ def make_turn(case: PolicyInput) -> Turn:
             elif gang.strategy is Strategy.STRICT_SPREAD:
                 constraints.append(pb.PlacementConstraint(
                     anti_affinity=pb.AntiAffinityConstraint(label_name=label, label_value="")))
-            bundles = [pb.ResourceRequest(resources_bundle=dict(b), placement_constraints=constraints)
+            bundles = [pb.ResourceRequest(resources_bundle=dict(b.shape), placement_constraints=constraints)
                        for b in gang.bundles]
             g = state.pending_gang_resource_requests.add(details=f"{serial:036x}:{gang.strategy}|PENDING")
             g.requests.extend(bundles)
@@ -296,7 +296,7 @@ def turn_snapshot(turn: Turn) -> ClusterSnapshot:
     from ray.core.generated import autoscaler_pb2
 
     reply_type: Any = autoscaler_pb2.GetClusterResourceStateReply  # type: ignore[attr-defined]
-    return snapshot_from_state(reply_type.FromString(turn.reply).cluster_resource_state, address="10.0.0.1:6379")
+    return snapshot_from_state(reply_type.FromString(turn.reply).cluster_resource_state, address=f"10.0.0.1:{GCS_PORT}")
 
 
 def turn_input(turn: Turn, snap: ClusterSnapshot) -> PolicyInput:

@@ -20,18 +20,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarm_operator.autoscaler.policy import (
-    Demand,
-    Gang,
+from swarm_operator.autoscaler.policy import Node, PolicyInput, Settings, WorkerGroup, decide
+from swarm_operator.autoscaler.snapshot import (
+    Bundle,
+    GangDemand,
     LabelOp,
+    LabelSelector,
     NodeStatus,
-    PolicyInput,
-    RayNode,
+    ResourceDemand,
     Resources,
-    Settings,
     Strategy,
-    WorkerGroup,
-    decide,
 )
 
 G = 1e9
@@ -371,18 +369,18 @@ class Cluster:
     def snapshot(self, now: float, replicas: Mapping[str, int], last_up: Mapping[str, float]) -> PolicyInput:
         groups = tuple(WorkerGroup(t.name, t.resources, 0, t.max_nodes, replicas.get(t.name, 0),
                                    len(self.booting(t.name, now))) for t in self.trace.types)
-        nodes = tuple(RayNode(n.name, n.group, NodeStatus.IDLE if n.work == 0 else NodeStatus.RUNNING, n.total,
-                              dict(n.free), idle_s=now - n.idle_since if n.work == 0 else 0.0,
-                              age_s=now - n.launched) for n in self.up(now))
+        nodes = tuple(Node(n.name, n.group, NodeStatus.IDLE if n.work == 0 else NodeStatus.RUNNING, n.total,
+                           dict(n.free), idle_s=now - n.idle_since if n.work == 0 else 0.0,
+                           age_s=now - n.launched) for n in self.up(now))
         demand: dict[tuple[tuple[str, float], ...], int] = {}
-        gangs: list[Gang] = []
+        gangs: list[GangDemand] = []
         for w in self.pending:
             if w.strategy is None:
                 key = tuple(sorted(w.bundles[0].items()))
                 demand[key] = demand.get(key, 0) + 1
             else:
-                gangs.append(Gang(w.bundles, w.strategy))
-        return PolicyInput(groups, nodes, tuple(Demand(dict(k), n) for k, n in demand.items()), tuple(gangs),
+                gangs.append(GangDemand(tuple(Bundle(b) for b in w.bundles), w.strategy))
+        return PolicyInput(groups, nodes, tuple(ResourceDemand(dict(k), n) for k, n in demand.items()), tuple(gangs),
                            settings=SETTINGS, now=now, last_scale_up=dict(last_up))
 
 
@@ -494,9 +492,9 @@ def to_ray(inp: PolicyInput, queued: Mapping[str, int] | None = None) -> Any:
             inst = im.Instance(instance_id=name, instance_type=g.name, status=st, node_kind=im.NodeKind.WORKER)
             instances.append(AutoscalerInstance(im_instance=inst, cloud_instance_id=name if k < coming else None))
 
-    def request(shape: Resources, selector: tuple[Any, ...] = (), constraint: Any = None) -> Any:
+    def request(shape: Resources, selectors: tuple[LabelSelector, ...] = (), constraint: Any = None) -> Any:
         r = pb.ResourceRequest(resources_bundle={k: v for k, v in shape.items() if v > 0})
-        if selector:
+        for selector in selectors:
             sel = r.label_selectors.add()
             for term in selector:
                 op = label_op.LABEL_OPERATOR_IN if term.op is LabelOp.IN else label_op.LABEL_OPERATOR_NOT_IN
@@ -517,15 +515,16 @@ def to_ray(inp: PolicyInput, queued: Mapping[str, int] | None = None) -> Any:
             elif gang.strategy is Strategy.STRICT_SPREAD:
                 constraint = pb.PlacementConstraint(
                     anti_affinity=pb.AntiAffinityConstraint(label_name=label, label_value=""))
-            gangs.append(pb.GangResourceRequest(requests=[request(b, gang.selector, constraint)
-                                                          for b in gang.bundles]))
+            gangs.append(pb.GangResourceRequest(requests=[
+                request(b.shape, (b.label_selector,) if b.label_selector else (), constraint) for b in gang.bundles]))
     constraints = []
     if inp.constraints:
         constraints.append(pb.ClusterResourceConstraint(resource_requests=[
-            pb.ResourceRequestByCount(request=request(c.shape, c.selector), count=c.count) for c in inp.constraints]))
+            pb.ResourceRequestByCount(request=request(c.shape, c.label_selectors), count=c.count)
+            for c in inp.constraints]))
     return SchedulingRequest(
         disable_launch_config_check=True, node_type_configs=configs, idle_timeout_s=inp.settings.idle_timeout_s,
-        resource_requests=[pb.ResourceRequestByCount(request=request(d.shape, d.selector), count=d.count)
+        resource_requests=[pb.ResourceRequestByCount(request=request(d.shape, d.label_selectors), count=d.count)
                            for d in inp.demands],
         gang_resource_requests=gangs, cluster_resource_constraints=constraints, current_instances=instances)
 

@@ -8,14 +8,12 @@ Running pods owned by a Job, and on deleted pods, so nothing moves a Failed pod 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 from kubernetes import client
 
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from swarm_operator.times import timestamp
 
 
 def failed_status_patch(container_names: list[str], *, exit_code: int = 1, reason: str = "Error",
@@ -25,7 +23,7 @@ def failed_status_patch(container_names: list[str], *, exit_code: int = 1, reaso
     ``running``/``waiting`` are set to null because a strategic merge would otherwise keep
     the old state next to ``terminated`` and the API server allows one state per container.
     """
-    now = _now()
+    now = timestamp(time.time())
     return {
         "status": {
             "phase": "Failed",

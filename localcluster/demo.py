@@ -33,6 +33,7 @@ from localcluster import build, rayjobs, versions
 from localcluster.cluster import ClusterError, LocalCluster
 from localcluster.nodeagent import NodeAgentProcess, network, paths, pod_usage
 from localcluster.operator_process import OperatorProcess
+from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "crds" / "swarmcluster.yaml"
@@ -210,7 +211,7 @@ def run_job(head_ip: str) -> tuple[dict[str, Any], str, str]:
     """Submit JOB through the Jobs API and wait for it. Returns (job info, entrypoint, logs)."""
     entrypoint = "python -c " + shlex.quote(JOB)
     job_id = rayjobs.submit_job(head_ip, entrypoint, metadata={"submitted_by": "make demo"})
-    note(f"POST http://{head_ip}:{rayjobs.DASHBOARD_PORT}/api/jobs/ → {job_id}")
+    note(f"POST http://{head_ip}:{DASHBOARD_PORT}/api/jobs/ → {job_id}")
     info = rayjobs.wait_job(head_ip, job_id, on_status=lambda s, t: note(f"{t:5.1f}s  {s}"))
     return info, entrypoint, rayjobs.job_logs(head_ip, job_id)
 
@@ -288,7 +289,7 @@ def print_keep_instructions(lc: LocalCluster, op: OperatorProcess, agents: list[
     procs = [op.proc, *(a.proc for a in agents)]
     pids = " ".join(str(p.pid) for p in procs if p is not None)
     env = f"SWARM_LOCALCLUSTER_NAME={lc.name} " if "SWARM_LOCALCLUSTER_NAME" in os.environ else ""
-    dashboard = f"http://{head_ip}:{rayjobs.DASHBOARD_PORT}"
+    dashboard = f"http://{head_ip}:{DASHBOARD_PORT}"
     # kubectl from the build cache, python and ray from the environment the demo ran in.
     path = f"{versions.tool_path('kubectl').parent}:{Path(sys.executable).parent}"
     say("DEMO_KEEP=1: everything keeps running. Look around:")
@@ -347,7 +348,7 @@ def demo(lc: LocalCluster, keep: bool) -> None:
 
         say(f"pods of SwarmCluster {name} (namespace {NAMESPACE})")
         print_pods(cluster_pods(core, name))
-        say(f"Ray nodes, as the GCS at {head_ip}:{rayjobs.GCS_PORT} reports them")
+        say(f"Ray nodes, as the GCS at {head_ip}:{GCS_PORT} reports them")
         print_ray_nodes(nodes)
 
         with step("submitting a Ray job through the Jobs API"):

@@ -1,9 +1,9 @@
 """A Ray cluster on process nodes, seen from the host: the GCS's node states and the Jobs API.
 
 The host reaches every pod IP over the process nodes' bridge, so the demo and the
-end-to-end tests talk to the head pod directly: the GCS on port 6379 (what the operator's
-autoscaler reads) and the dashboard's Jobs API on port 8265 (plain HTTP, as `ray job
-submit` does).
+end-to-end tests talk to the head pod directly: the GCS (what the operator's autoscaler reads)
+and the dashboard's Jobs API (plain HTTP, as `ray job submit` does), on the ports the operator's
+head pod declares.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-GCS_PORT = 6379
-DASHBOARD_PORT = 8265
+from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT
+
 TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 # Runs in a child process: importing ray here would leave its threads (and ~75 MiB) in the

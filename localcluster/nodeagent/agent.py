@@ -32,7 +32,8 @@ from urllib3.exceptions import HTTPError
 
 from localcluster import versions
 from localcluster.nodeagent import apiproxy, dns, network, paths
-from localcluster.nodeagent.pods import PodWorker, decode_secret, kill_all, now_rfc3339
+from localcluster.nodeagent.pods import PodWorker, decode_secret, kill_all
+from swarm_operator.times import micro_time, parse_time, timestamp
 
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_SECONDS = 40
@@ -51,10 +52,6 @@ class AgentError(RuntimeError):
 
 def log(msg: str) -> None:
     print(f"{datetime.now(UTC).strftime('%H:%M:%S.%f')[:-3]} [nodeagent] {msg}", flush=True)
-
-
-def _micro_time() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def node_conditions(now: str) -> list[dict[str, Any]]:
@@ -81,7 +78,7 @@ def node_object(name: str, capacity: dict[str, str], labels: dict[str, str], tai
     if any(k.endswith("/gpu") and v not in ("", "0") for k, v in capacity.items()):
         node_labels[GPU_LABEL] = "true"
     node_labels.update(labels)
-    now = now_rfc3339()
+    now = timestamp(time.time())
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -323,7 +320,8 @@ class NodeAgent:
 
     def _renew_lease(self) -> None:
         leases: Any = client.CoordinationV1Api(self.api)
-        spec = {"holderIdentity": self.node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": _micro_time()}
+        spec = {"holderIdentity": self.node, "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": micro_time(time.time())}
         try:
             leases.patch_namespaced_lease(self.node, LEASE_NAMESPACE, {"spec": spec})
         except ApiException as exc:
@@ -340,7 +338,7 @@ class NodeAgent:
             try:
                 self._renew_lease()
                 if time.monotonic() - last_status >= NODE_STATUS_EVERY:
-                    now = now_rfc3339()
+                    now = timestamp(time.time())
                     self.core.patch_node_status(self.node, {"status": {"conditions": node_conditions(now)}})
                     last_status = time.monotonic()
             except ApiException as exc:
@@ -459,13 +457,13 @@ class NodeAgent:
         resp = self.core.create_namespaced_service_account_token(service_account, namespace, body,
                                                                  _preload_content=False)
         status = json.loads(resp.data)["status"]
-        expires = datetime.strptime(status["expirationTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        return str(status["token"]), issued, expires.timestamp()
+        expires = parse_time(status["expirationTimestamp"])
+        return str(status["token"]), issued, expires
 
     def event(self, pod: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """Record a Kubernetes Event on the pod, as a kubelet does (best effort)."""
         meta = pod["metadata"]
-        now = now_rfc3339()
+        now = timestamp(time.time())
         body = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],

@@ -40,6 +40,7 @@ from localcluster.nodeagent.podspec import (
     token_refresh_at,
 )
 from localcluster.nodeagent.probes import UNSUPPORTED, Probe, check
+from swarm_operator.times import timestamp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,10 +61,6 @@ RUN_SIZE = 64 * 2**20  # the pod's own /run
 DEFAULT_MODE = 0o644  # a volume's files without defaultMode or mode (a kubelet's 420)
 TOKEN_RETRY = 10.0  # seconds before a failed token renewal is tried again
 TERMINAL = ("Succeeded", "Failed")
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def exit_code(returncode: int) -> int:
@@ -202,7 +199,7 @@ class PodWorker(threading.Thread):
     def note(self, message: str) -> None:
         """A line in the pod's agent log (``<pod dir>/pod.log``), for whoever debugs it."""
         with contextlib.suppress(OSError), (self.dir / "pod.log").open("a") as fh:
-            fh.write(f"{now_rfc3339()} {message}\n")
+            fh.write(f"{timestamp(time.time())} {message}\n")
 
     def run(self) -> None:
         try:
@@ -227,7 +224,7 @@ class PodWorker(threading.Thread):
             # Its processes died with an earlier agent of this node (which this agent cleaned
             # up); running the pod a second time would break restartPolicy: it failed.
             for c in [*self.init_containers, *self.containers]:
-                c.state = {"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": now_rfc3339(),
+                c.state = {"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": timestamp(time.time()),
                                           "message": "stopped when the node agent restarted"}}
                 c.done = True
             self._push_status(force_phase="Failed", reason="NodeAgentRestarted",
@@ -276,7 +273,7 @@ class PodWorker(threading.Thread):
     # --- setup and teardown -------------------------------------------------------------
 
     def _setup(self) -> None:
-        self._start_time = now_rfc3339()
+        self._start_time = timestamp(time.time())
         for sub in ("logs", "work", "tmp", "volumes"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         # Every process of the pod may write in /tmp, whichever user it runs as.
@@ -377,7 +374,7 @@ class PodWorker(threading.Thread):
             os.killpg(c.proc.pid, signal.SIGKILL)
         term: dict[str, Any] = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
                                 "startedAt": c.state.get("running", {}).get("startedAt"),
-                                "finishedAt": now_rfc3339(), "containerID": f"process://{c.proc.pid}"}
+                                "finishedAt": timestamp(time.time()), "containerID": f"process://{c.proc.pid}"}
         if code > 128:
             term["signal"] = code - 128
         c.state = {"terminated": term}
@@ -452,11 +449,11 @@ class PodWorker(threading.Thread):
                 start_new_session=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         started = time.monotonic()
         c.env = full_env
-        c.state = {"running": {"startedAt": now_rfc3339()}}
+        c.state = {"running": {"startedAt": timestamp(time.time())}}
         c.probes = {kind: Probe(kind, c.spec[f"{kind}Probe"], started)
                     for kind in ("startup", "readiness", "liveness") if c.spec.get(f"{kind}Probe")}
         if self._start_time is None:
-            self._start_time = now_rfc3339()
+            self._start_time = timestamp(time.time())
         self.note(f"container {c.name} started: pid {c.proc.pid}: {argv}")
         self.agent.event(self.pod, "Normal", "Started", f"Started container {c.name}")
 
@@ -706,7 +703,7 @@ class PodWorker(threading.Thread):
         status = "True" if value else "False"
         old = self._conditions.get(kind)
         if old is None or old[0] != status:
-            self._conditions[kind] = (status, now_rfc3339())
+            self._conditions[kind] = (status, timestamp(time.time()))
 
     def _push_status(self, force_phase: str | None = None, reason: str | None = None,
                      message: str | None = None) -> None:

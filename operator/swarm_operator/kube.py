@@ -33,6 +33,7 @@ from swarm_operator import GROUP, KIND, PLURAL, VERSION
 from swarm_operator.events import EventAggregator, EventKey, Posted
 from swarm_operator.login import USER_AGENT
 from swarm_operator.metrics import API_REQUESTS
+from swarm_operator.times import micro_time
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +403,7 @@ class KubeClient:
         would (events.py); failures to post are logged, never raised."""
         key = EventKey(namespace, name, uid, event_type, reason)
         now = self.clock()
-        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = micro_time(now)
         decision = self.events.decide(key, message[:1024], now)
         try:
             if decision.update_of is not None:

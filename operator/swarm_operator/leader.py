@@ -14,17 +14,12 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from swarm_operator.kube import KubeClient
-from swarm_operator.reconcile.observe import parse_time
+from swarm_operator.times import micro_time, parse_time
 
 log = logging.getLogger(__name__)
-
-
-def micro_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def may_take(lease_spec: Mapping[str, Any], identity: str, now: float) -> bool:

@@ -118,14 +118,6 @@ class WorkerGroupSpec:
         """The target before any autoscaler decision: replicas, else minReplicas."""
         return self.min_replicas if self.replicas is None else self.replicas
 
-    def ray_shape(self) -> dict[str, float]:
-        """The Ray resources one worker of this group advertises."""
-        shape: dict[str, float] = {"CPU": float(self.resources.cpu), "memory": float(self.resources.memory)}
-        if self.resources.gpu:
-            shape["GPU"] = float(self.resources.gpu)
-        shape.update(self.ray_resources)
-        return shape
-
 
 @dataclass(frozen=True)
 class AutoscalingSpec:

@@ -6,31 +6,19 @@ status only when this computed dict differs from what is stored.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from swarm_operator.reconcile.backoff import GroupHealth
-from swarm_operator.reconcile.observe import PodState, parse_time
+from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, head_hash, worker_hash
 from swarm_operator.spec import ClusterSpec
+from swarm_operator.times import deadline_timestamp, parse_time, timestamp
 
 CONDITION_TYPES = ("Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure",
                    "RolloutComplete")
-
-
-def timestamp(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def deadline_timestamp(epoch: float) -> str:
-    """Milliseconds, rounded up: a deadline read back from status must not end early (a second's
-    rounding would turn the first 1 s backoff into anything from 0 to 2 s)."""
-    seconds, millis = divmod(math.ceil(epoch * 1000 - 1e-6), 1000)  # the epsilon: re-reads round-trip
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
 
 
 def condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import pytest
 
 from localcluster import rayjobs
 from swarm_operator.resources import labels
+from swarm_operator.resources.pods import DASHBOARD_PORT
 from tests.chaos.conftest import OperatorFactory
 from tests.chaos.helpers import Api
 from tests.e2e.helpers import ProcessNodes, sample_manifest
@@ -169,7 +170,7 @@ def rayjobs_answers(head_ip: str) -> bool:
     """The head's GCS and Jobs API both answer."""
     try:
         rayjobs.ray_nodes(head_ip, timeout=20)
-        with urllib.request.urlopen(f"http://{head_ip}:{rayjobs.DASHBOARD_PORT}/api/jobs/", timeout=5):
+        with urllib.request.urlopen(f"http://{head_ip}:{DASHBOARD_PORT}/api/jobs/", timeout=5):
             pass
     except (subprocess.SubprocessError, OSError):
         return False

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from localcluster import rayjobs
+from swarm_operator.resources.pods import ray_shape
 from swarm_operator.spec import parse_cluster
 from tests.e2e.helpers import (
     ProcessNodes,
@@ -84,9 +85,8 @@ def test_the_sample_becomes_a_ray_cluster_with_the_declared_resources(
     rc = _up(core_v1, sample, timeout=180)
     print(f"\n[e2e] sample Ready as a Ray cluster of {len(rc.nodes)} nodes after {time.monotonic() - start:.0f}s")
     spec = parse_cluster(sample)
-    head = spec.head.resources
-    declared = {"head": {"CPU": float(head.cpu), "memory": float(head.memory)},
-                **{g.name: g.ray_shape() for g in spec.worker_groups}}
+    declared = {"head": ray_shape(spec.head.resources, spec.head.ray_start_params),
+                **{g.name: ray_shape(g.resources, g.ray_start_params, g.ray_resources) for g in spec.worker_groups}}
     by_role: dict[str, str] = {}
     for name, pod in rc.pods.items():
         labels = pod.metadata.labels

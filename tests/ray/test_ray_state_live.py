@@ -7,6 +7,7 @@ of one basename from folders without ``__init__.py``.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -23,24 +24,27 @@ from pathlib import Path
 
 import pytest
 
-from swarm_operator.autoscaler.ray_state import (
+from swarm_operator.autoscaler.gcs import (
     OPERATOR_RAY_VERSION,
+    GcsAuthError,
+    GcsUnavailable,
+    RayStateClient,
+    RayStateError,
+    RayStatePool,
+    ReadResult,
+    Transport,
+    new_client,
+)
+from swarm_operator.autoscaler.snapshot import (
     Bundle,
     ClusterSnapshot,
     GangDemand,
-    GcsAuthError,
-    GcsUnavailable,
     LabelConstraint,
     LabelOp,
     NodeStatus,
     RayNode,
-    RayStateClient,
-    RayStateError,
-    RayStatePool,
     ResourceDemand,
     Strategy,
-    Transport,
-    new_client,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -248,7 +252,7 @@ def _start_or_fail(proc: Proc, client: RayStateClient, instances: int, rig_procs
         if not proc.alive():
             break
         try:
-            if len(client.read().alive_nodes()) >= instances:
+            if sum(n.alive for n in client.read().nodes) >= instances:
                 return
         except RayStateError:
             pass
@@ -448,7 +452,7 @@ def test_request_resources_on_a_v1_head_comes_from_internal_kv(rig: Rig) -> None
     # the GcsClient transport, with the token from the environment as Ray's own tools take it
     probe = (
         "import json, sys\n"
-        "from swarm_operator.autoscaler.ray_state import RayStateClient\n"
+        "from swarm_operator.autoscaler.gcs import RayStateClient\n"
         "s = RayStateClient(sys.argv[1]).read()\n"
         "print(json.dumps([[d.shape, d.count] for d in s.constraints]))\n"
     )
@@ -466,18 +470,27 @@ def test_pool_reads_live_token_and_dead_clusters_together(rig: Rig) -> None:
         pool.set_cluster("main", rig.main.address)
         pool.set_cluster("v1", rig.v1.address, token=TOKEN)
         pool.set_cluster("dead", f"127.0.0.1:{dead_port}")
+
+        async def read_all() -> dict[str, ReadResult]:
+            keys = ("main", "v1", "dead")
+            return dict(zip(keys, await asyncio.gather(*(pool.aread(key) for key in keys)), strict=True))
+
+        async def read_main(times: int) -> list[float]:
+            latencies = []
+            for _ in range(times):
+                t = time.monotonic()
+                result = await pool.aread("main")
+                latencies.append(time.monotonic() - t)
+                assert result.snapshot is not None
+            return latencies
+
         started = time.monotonic()
-        results = pool.read_all()
+        results = asyncio.run(read_all())
         seconds = time.monotonic() - started
         assert results["main"].snapshot is not None and results["v1"].snapshot is not None
         assert results["dead"].error is not None and results["dead"].retry_in_s == 1.0
         assert seconds < 2.5
-        latencies = []
-        for _ in range(50):
-            t = time.monotonic()
-            result = pool.read("main")
-            latencies.append(time.monotonic() - t)
-            assert result.snapshot is not None
+        latencies = asyncio.run(read_main(50))
         latencies.sort()
         print(f"pool: 3 clusters in {seconds * 1000:.1f} ms; one read p50 {latencies[25] * 1000:.2f} ms, "
               f"max {latencies[-1] * 1000:.2f} ms")

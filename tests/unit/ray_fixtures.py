@@ -1,4 +1,4 @@
-"""Ray GCS snapshots for the autoscaler's unit tests, built from ray_state's own dataclasses.
+"""Ray GCS snapshots for the autoscaler's unit tests, built from the snapshot's own dataclasses.
 
 A node's id is derived from its pod name, so tests can name nodes by pod and still hand DrainNode the
 56-hex-digit id the real client insists on.
@@ -9,7 +9,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from swarm_operator.autoscaler import ray_state as rs
+from swarm_operator.autoscaler.gcs import OPERATOR_RAY_VERSION
+from swarm_operator.autoscaler.snapshot import (
+    HEAD_RESOURCE,
+    ClusterSnapshot,
+    GangDemand,
+    NodeStatus,
+    RayNode,
+    ResourceDemand,
+)
 
 ADDRESS = "10.0.0.1:6379"
 HEAD_IP = "10.0.0.1"
@@ -19,28 +27,28 @@ def node_id(pod: str) -> str:
     return hashlib.sha224(pod.encode()).hexdigest()  # 28 bytes: a NodeID's size
 
 
-def ray_node(pod: str, group: str, status: rs.NodeStatus = rs.NodeStatus.RUNNING, *, idle_s: float = 0.0,
+def ray_node(pod: str, group: str, status: NodeStatus = NodeStatus.RUNNING, *, idle_s: float = 0.0,
              total: Mapping[str, float] | None = None, available: Mapping[str, float] | None = None,
-             head: bool = False, ip: str = "10.1.0.9") -> rs.RayNode:
+             head: bool = False, ip: str = "10.1.0.9") -> RayNode:
     """A node as the GCS reports it: node:<ip> always, the head marker on the head; dead nodes keep no
     resources. `available` defaults to all of `total` (an idle node)."""
-    if status is rs.NodeStatus.DEAD:
-        return rs.RayNode(node_id(pod), pod, group, status, {}, {}, 0, {})
+    if status is NodeStatus.DEAD:
+        return RayNode(node_id(pod), pod, group, status, {}, {}, 0, {})
     base = dict(total if total is not None else {"CPU": 4.0, "memory": 8e9})
     base[f"node:{ip}"] = 1.0
     if head:
-        base[rs.HEAD_RESOURCE] = 1.0
+        base[HEAD_RESOURCE] = 1.0
     free = dict(available) if available is not None else dict(base)
-    return rs.RayNode(node_id(pod), pod, group, status, base, free, int(idle_s * 1000), {}, ip)
+    return RayNode(node_id(pod), pod, group, status, base, free, int(idle_s * 1000), {}, ip)
 
 
-def snapshot(*nodes: rs.RayNode, pending: tuple[rs.ResourceDemand, ...] = (), gangs: tuple[rs.GangDemand, ...] = (),
-             constraints: tuple[rs.ResourceDemand, ...] = (), ray_version: str | None = None,
-             address: str = ADDRESS) -> rs.ClusterSnapshot:
-    return rs.ClusterSnapshot(address=address, session_name="session_1", state_version=1, nodes=tuple(nodes),
+def snapshot(*nodes: RayNode, pending: tuple[ResourceDemand, ...] = (), gangs: tuple[GangDemand, ...] = (),
+             constraints: tuple[ResourceDemand, ...] = (), ray_version: str | None = None,
+             address: str = ADDRESS) -> ClusterSnapshot:
+    return ClusterSnapshot(address=address, session_name="session_1", state_version=1, nodes=tuple(nodes),
                               pending=pending, gangs=gangs, constraints=constraints,
-                              ray_version=ray_version or rs.OPERATOR_RAY_VERSION)
+                              ray_version=ray_version or OPERATOR_RAY_VERSION)
 
 
-def demand(count: int, **shape: float) -> rs.ResourceDemand:
-    return rs.ResourceDemand(dict(shape), count)
+def demand(count: int, **shape: float) -> ResourceDemand:
+    return ResourceDemand(dict(shape), count)

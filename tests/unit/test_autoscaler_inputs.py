@@ -7,58 +7,28 @@ from typing import Any
 import pytest
 
 from swarm_operator.autoscaler import policy
-from swarm_operator.autoscaler import ray_state as rs
-from swarm_operator.autoscaler.inputs import capacity, demand_summary, group_shape, policy_input
+from swarm_operator.autoscaler.inputs import capacity, demand_summary, policy_input
+from swarm_operator.autoscaler.snapshot import (
+    HEAD_RESOURCE,
+    Bundle,
+    ClusterSnapshot,
+    GangDemand,
+    LabelConstraint,
+    LabelOp,
+    NodeStatus,
+    RayNode,
+    ResourceDemand,
+    Strategy,
+)
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources import labels
+from swarm_operator.resources.pods import ray_shape
 from swarm_operator.spec import ClusterSpec
 from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker, worker_pod
 from tests.unit.ray_fixtures import demand, ray_node, snapshot
 
 GI = 1024**3
 PG = "6a5216cb0648328489383c24002c01000000"  # a placement group id: 36 hex digits
-
-
-# -- group_shape --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        pytest.param(group("g"), {"CPU": 1.0, "memory": float(GI), "object_store_memory": float(int(GI * 0.3))},
-                     id="cpu-memory-object-store"),
-        pytest.param(group("g", resources={"cpu": "500m", "memory": "1Gi"}),
-                     {"CPU": 1.0, "memory": float(GI), "object_store_memory": float(int(GI * 0.3))},
-                     id="fractional-cpu-rounds-up"),
-        pytest.param(group("g", resources={"cpu": "2500m", "memory": "2Gi"}),
-                     {"CPU": 3.0, "memory": 2.0 * GI, "object_store_memory": float(int(2 * GI * 0.3))},
-                     id="fractional-cpu-rounds-up-above-one"),
-        pytest.param(group("g", gpu=2), {"CPU": 1.0, "GPU": 2.0, "memory": float(GI),
-                                         "object_store_memory": float(int(GI * 0.3))}, id="gpu"),
-        pytest.param(group("g", rayResources={"accel": 2, "tpu_group_a": 1}),
-                     {"CPU": 1.0, "memory": float(GI), "object_store_memory": float(int(GI * 0.3)),
-                      "accel": 2.0, "tpu_group_a": 1.0}, id="custom-ray-resources"),
-        pytest.param(group("g", rayStartParams={"object-store-memory": "100000000"}),
-                     {"CPU": 1.0, "memory": float(GI), "object_store_memory": 1e8},
-                     id="explicit-object-store-memory"),
-    ],
-)
-def test_group_shape(spec: dict[str, Any], expected: dict[str, float]) -> None:
-    c = cluster(groups=[spec])
-    assert group_shape(c.worker_groups[0]) == expected
-
-
-def test_group_shape_matches_the_ray_start_flags() -> None:
-    """The shape is what `ray start` is told on the worker's command line, flag for flag."""
-    c = cluster(groups=[group("g", gpu=1, rayResources={"accel": 2})])
-    args = worker_pod(c, "g")["spec"]["containers"][0]["args"]
-    text = " ".join(args)
-    shape = group_shape(c.worker_groups[0])
-    assert f"--num-cpus={shape['CPU']:.0f}" in text
-    assert f"--num-gpus={shape['GPU']:.0f}" in text
-    assert f"--memory={shape['memory']:.0f}" in text
-    assert f"--object-store-memory={shape['object_store_memory']:.0f}" in text
-    assert '--resources={"accel":2.0}' in text
 
 
 # -- capacity -----------------------------------------------------------------------------------
@@ -68,7 +38,7 @@ def test_group_shape_matches_the_ray_start_flags() -> None:
     ("resources", "expected"),
     [
         pytest.param({"CPU": 4.0, "node:10.0.0.7": 1.0}, {"CPU": 4.0}, id="node-ip-dropped"),
-        pytest.param({"CPU": 1.0, rs.HEAD_RESOURCE: 1.0}, {"CPU": 1.0}, id="head-marker-dropped"),
+        pytest.param({"CPU": 1.0, HEAD_RESOURCE: 1.0}, {"CPU": 1.0}, id="head-marker-dropped"),
         pytest.param({"GPU": 1.0, f"GPU_group_{PG}": 1.0, f"GPU_group_0_{PG}": 1.0, f"bundle_group_{PG}": 1000.0},
                      {"GPU": 1.0}, id="placement-group-resources-dropped"),
         pytest.param({"memory": 8e9, "object_store_memory": 2e9, "GPU": 2.0, "accel": 3.0},
@@ -101,7 +71,7 @@ def drained(p: PodState) -> PodState:
     return observe_pod(raw)
 
 
-def build(pods: list[PodState], snap: rs.ClusterSnapshot, targets: dict[str, int] | None = None,
+def build(pods: list[PodState], snap: ClusterSnapshot, targets: dict[str, int] | None = None,
           *, c: ClusterSpec = C, unavailable: frozenset[str] = frozenset(),
           last_up: dict[str, float] | None = None) -> policy.PolicyInput:
     return policy_input(c, snap, pods, targets if targets is not None else {}, last_up or {}, unavailable, NOW)
@@ -128,10 +98,10 @@ NODE_CASES = [
     pytest.param([], [N_A], [], id="pod-gone-node-skipped"),
     pytest.param([pod("aaaaa", phase="Failed", ready=False)], [N_A], [], id="pod-failed-node-skipped"),
     pytest.param([pod("aaaaa", deleting=True)], [N_A], [], id="pod-deleting-node-skipped"),
-    pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD)], [], id="dead-node-skipped"),
-    pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.DRAINING)], [(A.name, "cpu", "DRAINING")],
+    pytest.param([A], [ray_node(A.name, "cpu", NodeStatus.DEAD)], [], id="dead-node-skipped"),
+    pytest.param([A], [ray_node(A.name, "cpu", NodeStatus.DRAINING)], [(A.name, "cpu", "DRAINING")],
                  id="draining-node-kept"),
-    pytest.param([A, B], [ray_node(A.name, "cpu", rs.NodeStatus.IDLE), ray_node(B.name, "cpu")],
+    pytest.param([A, B], [ray_node(A.name, "cpu", NodeStatus.IDLE), ray_node(B.name, "cpu")],
                  [(A.name, "cpu", "IDLE"), (B.name, "cpu", "RUNNING")], id="idle-and-running"),
     pytest.param([A, G], [N_A, ray_node(G.name, "gpu")], [(A.name, "cpu", "RUNNING"), (G.name, "gpu", "RUNNING")],
                  id="two-groups"),
@@ -139,24 +109,24 @@ NODE_CASES = [
 
 
 @pytest.mark.parametrize(("pods", "nodes", "expected"), NODE_CASES)
-def test_policy_input_nodes(pods: list[PodState], nodes: list[rs.RayNode],
+def test_policy_input_nodes(pods: list[PodState], nodes: list[RayNode],
                             expected: list[tuple[str, str | None, str]]) -> None:
     assert node_rows(build(pods, snapshot(*nodes))) == expected
 
 
 def test_policy_input_node_details() -> None:
     """Capacity loses the per-node and placement-group resources; idle time in seconds; age from the pod."""
-    n = ray_node(A.name, "cpu", rs.NodeStatus.IDLE, idle_s=90.5,
+    n = ray_node(A.name, "cpu", NodeStatus.IDLE, idle_s=90.5,
                  total={"CPU": 4.0, "memory": 8e9, f"CPU_group_{PG}": 2.0},
                  available={"CPU": 3.0, "memory": 8e9, f"CPU_group_{PG}": 1.0})
     (got,) = build([A], snapshot(n)).nodes
-    assert got == policy.RayNode(name=A.name, group="cpu", status=policy.NodeStatus.IDLE,
-                                 total={"CPU": 4.0, "memory": 8e9}, available={"CPU": 3.0, "memory": 8e9},
-                                 idle_s=90.5, age_s=300.0)
+    assert got == policy.Node(name=A.name, group="cpu", status=NodeStatus.IDLE,
+                              total={"CPU": 4.0, "memory": 8e9}, available={"CPU": 3.0, "memory": 8e9},
+                              idle_s=90.5, age_s=300.0)
 
 
 def test_policy_input_node_without_a_pod_has_age_zero_and_is_named_by_its_id() -> None:
-    n = rs.RayNode("ab" * 28, "", "old", rs.NodeStatus.RUNNING, {"CPU": 1.0}, {"CPU": 1.0}, 0, {})
+    n = RayNode("ab" * 28, "", "old", NodeStatus.RUNNING, {"CPU": 1.0}, {"CPU": 1.0}, 0, {})
     (got,) = build([], snapshot(n)).nodes
     assert (got.name, got.group, got.age_s) == ("ab" * 28, None, 0.0)
 
@@ -170,25 +140,25 @@ PENDING_CASES = [
     pytest.param([A, B], [], {"cpu": 2, "gpu": 0}, id="pods-not-yet-ray-nodes"),
     pytest.param([A, B], [N_A], {"cpu": 1, "gpu": 0}, id="one-joined"),
     pytest.param([A, G], [], {"cpu": 1, "gpu": 1}, id="per-group"),
-    pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.IDLE)], {"cpu": 0, "gpu": 0}, id="idle-node-joined"),
-    pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.DRAINING)], {"cpu": 0, "gpu": 0},
+    pytest.param([A], [ray_node(A.name, "cpu", NodeStatus.IDLE)], {"cpu": 0, "gpu": 0}, id="idle-node-joined"),
+    pytest.param([A], [ray_node(A.name, "cpu", NodeStatus.DRAINING)], {"cpu": 0, "gpu": 0},
                  id="draining-node-joined"),
     pytest.param([pod("aaaaa", phase="Failed", ready=False), B], [], {"cpu": 1, "gpu": 0}, id="failed-pod-not-coming"),
     pytest.param([pod("aaaaa", deleting=True)], [], {"cpu": 0, "gpu": 0}, id="deleting-pod-not-coming"),
     pytest.param([HEAD], [], {"cpu": 0, "gpu": 0}, id="head-pod-not-a-worker"),
     # A pod whose Ray node is DEAD is on its way out (the planner deletes it): no capacity is coming from it.
-    pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD)], {"cpu": 0, "gpu": 0},
+    pytest.param([A], [ray_node(A.name, "cpu", NodeStatus.DEAD)], {"cpu": 0, "gpu": 0},
                  id="ray-dead-pod-not-coming"),
-    pytest.param([drained(A)], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD)], {"cpu": 0, "gpu": 0},
+    pytest.param([drained(A)], [ray_node(A.name, "cpu", NodeStatus.DEAD)], {"cpu": 0, "gpu": 0},
                  id="drained-pod-with-dead-node-not-coming"),
     pytest.param([drained(A)], [], {"cpu": 0, "gpu": 0}, id="drained-pod-whose-node-is-forgotten-not-coming"),
-    pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD), ray_node(A.name, "cpu")],
+    pytest.param([A], [ray_node(A.name, "cpu", NodeStatus.DEAD), ray_node(A.name, "cpu")],
                  {"cpu": 0, "gpu": 0}, id="restarted-node-joined"),
 ]
 
 
 @pytest.mark.parametrize(("pods", "nodes", "expected"), PENDING_CASES)
-def test_policy_input_pending_pods(pods: list[PodState], nodes: list[rs.RayNode], expected: dict[str, int]) -> None:
+def test_policy_input_pending_pods(pods: list[PodState], nodes: list[RayNode], expected: dict[str, int]) -> None:
     assert pending_of(build(pods, snapshot(*nodes))) == expected
 
 
@@ -196,7 +166,7 @@ def test_a_drained_node_that_died_does_not_bring_its_target_back() -> None:
     """Regression: the turn after a drain, the node is DEAD while `ray start --block` still runs. Counting
     that pod as coming capacity raised the target again (cpu 1→2) and a new worker replaced the drained one."""
     busy = ray_node(B.name, "cpu", available={"CPU": 0.0, "memory": 8e9})
-    inp = build([B, drained(A)], snapshot(busy, ray_node(A.name, "cpu", rs.NodeStatus.DEAD)), {"cpu": 1})
+    inp = build([B, drained(A)], snapshot(busy, ray_node(A.name, "cpu", NodeStatus.DEAD)), {"cpu": 1})
     decision = policy.decide(inp)
     assert decision.targets["cpu"] == 1
     assert decision.reasons == {}
@@ -223,7 +193,8 @@ def test_policy_input_targets(targets: dict[str, int], expected: dict[str, int])
 def test_policy_input_groups_and_settings() -> None:
     inp = build([], snapshot(), unavailable=frozenset({"gpu"}), last_up={"cpu": NOW - 10})
     cpu, gpu = inp.groups
-    cpu_shape = group_shape(C.worker_groups[0])
+    spec = C.worker_groups[0]
+    cpu_shape = ray_shape(spec.resources, spec.ray_start_params, spec.ray_resources)
     assert (cpu.name, cpu.min_replicas, cpu.max_replicas, cpu.resources) == ("cpu", 1, 4, cpu_shape)
     assert (gpu.name, gpu.min_replicas, gpu.max_replicas, gpu.resources["GPU"]) == ("gpu", 0, 3, 1.0)
     assert inp.settings == policy.Settings(upscaling_speed=2.5, idle_timeout_s=120.0, conserve_gpu_nodes=False,
@@ -238,37 +209,19 @@ def test_policy_input_default_settings() -> None:
 
 
 def test_policy_input_demand() -> None:
-    """Tasks, gangs and constraints map one to one; zero counts drop; the first selector alternative wins."""
-    zone = rs.LabelConstraint("zone", rs.LabelOp.IN, frozenset({"a"}))
-    not_b = rs.LabelConstraint("zone", rs.LabelOp.NOT_IN, frozenset({"b"}))
-    snap = snapshot(
-        pending=(demand(3, CPU=1.0), demand(0, CPU=2.0),
-                 rs.ResourceDemand({"GPU": 1.0}, 2, ((zone,), (not_b,)))),
-        gangs=(rs.GangDemand((rs.Bundle({"GPU": 1.0}, (zone,)), rs.Bundle({"CPU": 2.0})), rs.Strategy.STRICT_SPREAD,
-                             2, ("pg1", "pg2")),
-               rs.GangDemand((), rs.Strategy.PACK, 1, ("pg3",))),
-        constraints=(demand(4, CPU=8.0),),
-    )
+    """Tasks, gangs and constraints reach the policy as Ray reported them (selector alternatives and all);
+    tasks and constraints of zero count drop."""
+    zone = LabelConstraint("zone", LabelOp.IN, frozenset({"a"}))
+    not_b = LabelConstraint("zone", LabelOp.NOT_IN, frozenset({"b"}))
+    gpu = ResourceDemand({"GPU": 1.0}, 2, ((zone,), (not_b,)))
+    spread = GangDemand((Bundle({"GPU": 1.0}, (zone,)), Bundle({"CPU": 2.0})), Strategy.STRICT_SPREAD, 2, ("p1", "p2"))
+    gangs = (spread, GangDemand((), Strategy.PACK, 1, ("pg3",)))
+    snap = snapshot(pending=(demand(3, CPU=1.0), demand(0, CPU=2.0), gpu), gangs=gangs,
+                    constraints=(demand(4, CPU=8.0), demand(0, CPU=1.0)))
     inp = build([], snap)
-    req = policy.LabelRequirement("zone", policy.LabelOp.IN, frozenset({"a"}))
-    assert inp.demands == (policy.Demand({"CPU": 1.0}, 3), policy.Demand({"GPU": 1.0}, 2, (req,)))
-    assert inp.gangs == (policy.Gang(({"GPU": 1.0}, {"CPU": 2.0}), policy.Strategy.STRICT_SPREAD, 2, (req,)),
-                         policy.Gang((), policy.Strategy.PACK, 1, ()))
-    assert inp.constraints == (policy.Demand({"CPU": 8.0}, 4),)
-
-
-@pytest.mark.parametrize("op", list(rs.LabelOp))
-def test_label_ops_map(op: rs.LabelOp) -> None:
-    snap = snapshot(pending=(rs.ResourceDemand({"CPU": 1.0}, 1, ((rs.LabelConstraint("k", op, frozenset({"v"})),),)),))
-    (d,) = build([], snap).demands
-    assert d.selector == (policy.LabelRequirement("k", policy.LabelOp(op.value), frozenset({"v"})),)
-
-
-@pytest.mark.parametrize("strategy", list(rs.Strategy))
-def test_strategies_map(strategy: rs.Strategy) -> None:
-    snap = snapshot(gangs=(rs.GangDemand((rs.Bundle({"CPU": 1.0}),), strategy, 1, ("pg",)),))
-    (g,) = build([], snap).gangs
-    assert g.strategy.value == strategy.value
+    assert inp.demands == (ResourceDemand({"CPU": 1.0}, 3), gpu)
+    assert inp.gangs == gangs
+    assert inp.constraints == (ResourceDemand({"CPU": 8.0}, 4),)
 
 
 # -- demand_summary -----------------------------------------------------------------------------
@@ -281,22 +234,22 @@ GANG = policy.DemandKind.GANG
     ("demands", "limit", "expected"),
     [
         pytest.param([], 8, "", id="none"),
-        pytest.param([policy.Demand({"GPU": 1.0}, 12), policy.Demand({"CPU": 4.0}, 3)], 8,
+        pytest.param([ResourceDemand({"GPU": 1.0}, 12), ResourceDemand({"CPU": 4.0}, 3)], 8,
                      "12×{GPU:1}, 3×{CPU:4}", id="tasks"),
-        pytest.param([policy.Demand({"CPU": 4.0}, 3), policy.Demand({"GPU": 1.0}, 12)], 8,
+        pytest.param([ResourceDemand({"CPU": 4.0}, 3), ResourceDemand({"GPU": 1.0}, 12)], 8,
                      "12×{GPU:1}, 3×{CPU:4}", id="largest-first"),
-        pytest.param([policy.Demand({"CPU": 1.0, "memory": 4e9}, 1)], 8, "1×{CPU:1, memory:4G}", id="units"),
+        pytest.param([ResourceDemand({"CPU": 1.0, "memory": 4e9}, 1)], 8, "1×{CPU:1, memory:4G}", id="units"),
         pytest.param([policy.Unplaced(TASK, ({"TPU": 1.0},), 2)], 8, "2×{TPU:1}", id="unplaced-task"),
-        pytest.param([policy.Unplaced(GANG, ({"GPU": 1.0}, {"CPU": 2.0}), 1, policy.Strategy.PACK)], 8,
+        pytest.param([policy.Unplaced(GANG, ({"GPU": 1.0}, {"CPU": 2.0}), 1, Strategy.PACK)], 8,
                      "1×{{GPU:1} + {CPU:2}}", id="unplaced-gang"),
-        pytest.param([policy.Unplaced(GANG, ({"GPU": 8.0},), 3, policy.Strategy.PACK)], 8, "3×{GPU:8}",
+        pytest.param([policy.Unplaced(GANG, ({"GPU": 8.0},), 3, Strategy.PACK)], 8, "3×{GPU:8}",
                      id="one-bundle-gang"),
-        pytest.param([policy.Demand({"CPU": float(i)}, 10 - i) for i in range(1, 4)], 2,
+        pytest.param([ResourceDemand({"CPU": float(i)}, 10 - i) for i in range(1, 4)], 2,
                      "9×{CPU:1}, 8×{CPU:2} and 1 more shapes", id="limit"),
-        pytest.param([policy.Demand({"CPU": float(i)}, 20 - i) for i in range(1, 11)], 8,
+        pytest.param([ResourceDemand({"CPU": float(i)}, 20 - i) for i in range(1, 11)], 8,
                      "19×{CPU:1}, 18×{CPU:2}, 17×{CPU:3}, 16×{CPU:4}, 15×{CPU:5}, 14×{CPU:6}, 13×{CPU:7}, "
                      "12×{CPU:8} and 2 more shapes", id="default-limit"),
     ],
 )
-def test_demand_summary(demands: list[policy.Demand | policy.Unplaced], limit: int, expected: str) -> None:
+def test_demand_summary(demands: list[ResourceDemand | policy.Unplaced], limit: int, expected: str) -> None:
     assert demand_summary(demands, limit) == expected

@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 from prometheus_client import REGISTRY
 
-from swarm_operator.autoscaler import ray_state as rs
+from swarm_operator.autoscaler import gcs
 from swarm_operator.autoscaler.ray_version import check
 from swarm_operator.autoscaler.runner import (
     Autoscaler,
@@ -21,11 +21,21 @@ from swarm_operator.autoscaler.runner import (
     ray_dead_pods,
     unavailable_groups,
 )
+from swarm_operator.autoscaler.snapshot import (
+    Bundle,
+    ClusterSnapshot,
+    GangDemand,
+    NodeStatus,
+    RayNode,
+    ResourceDemand,
+    Strategy,
+)
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources import labels
 from swarm_operator.spec import AutoscalingSpec, ClusterSpec
-from swarm_operator.status import AutoscalerReport, timestamp
+from swarm_operator.status import AutoscalerReport
+from swarm_operator.times import timestamp
 from tests.unit.operator_fixtures import NAMESPACE, NOW, cluster, group, head, worker, worker_pod
 from tests.unit.ray_fixtures import HEAD_IP, demand, node_id, ray_node, snapshot
 
@@ -75,19 +85,19 @@ A, B = pod("aaaaa"), pod("bbbbb")
     [
         pytest.param([A], [ray_node(A.name, "cpu")], set(), id="alive"),
         pytest.param([A], [], set(), id="not-joined-yet"),
-        pytest.param([A, B], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD), ray_node(B.name, "cpu")], {A.name},
+        pytest.param([A, B], [ray_node(A.name, "cpu", NodeStatus.DEAD), ray_node(B.name, "cpu")], {A.name},
                      id="dead"),
-        pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.DRAINING)], set(), id="draining"),
-        pytest.param([A], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD), ray_node(A.name, "cpu")], set(),
+        pytest.param([A], [ray_node(A.name, "cpu", NodeStatus.DRAINING)], set(), id="draining"),
+        pytest.param([A], [ray_node(A.name, "cpu", NodeStatus.DEAD), ray_node(A.name, "cpu")], set(),
                      id="dead-then-restarted"),
-        pytest.param([pod("aaaaa", phase="Failed", ready=False)], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD)],
+        pytest.param([pod("aaaaa", phase="Failed", ready=False)], [ray_node(A.name, "cpu", NodeStatus.DEAD)],
                      set(), id="pod-already-failed"),
-        pytest.param([pod("aaaaa", deleting=True)], [ray_node(A.name, "cpu", rs.NodeStatus.DEAD)], set(),
+        pytest.param([pod("aaaaa", deleting=True)], [ray_node(A.name, "cpu", NodeStatus.DEAD)], set(),
                      id="pod-already-deleting"),
-        pytest.param([head(C)], [ray_node(head(C).name, labels.HEAD, rs.NodeStatus.DEAD)], set(), id="head-ignored"),
+        pytest.param([head(C)], [ray_node(head(C).name, labels.HEAD, NodeStatus.DEAD)], set(), id="head-ignored"),
     ],
 )
-def test_ray_dead_pods(pods: list[PodState], nodes: list[rs.RayNode], expected: set[str]) -> None:
+def test_ray_dead_pods(pods: list[PodState], nodes: list[RayNode], expected: set[str]) -> None:
     assert ray_dead_pods(snapshot(*nodes), pods) == frozenset(expected)
 
 
@@ -95,7 +105,7 @@ def test_pending_by_resource() -> None:
     snap = snapshot(
         pending=(demand(3, CPU=1.0), demand(2, GPU=1.0, CPU=0.5)),
         constraints=(demand(1, CPU=2.0),),
-        gangs=(rs.GangDemand((rs.Bundle({"GPU": 1.0}), rs.Bundle({"CPU": 1.0})), rs.Strategy.PACK, 2, ("p", "q")),),
+        gangs=(GangDemand((Bundle({"GPU": 1.0}), Bundle({"CPU": 1.0})), Strategy.PACK, 2, ("p", "q")),),
     )
     assert pending_by_resource(snap) == {"CPU": 3.0 + 1.0 + 2.0 + 2.0, "GPU": 2.0 + 2.0}
     assert pending_by_resource(snapshot()) == {}
@@ -108,13 +118,13 @@ class FakeRay:
     """What the GCS answers, shared by every client the pool makes; it records reads and drains."""
 
     def __init__(self) -> None:
-        self.snapshot: rs.ClusterSnapshot = snapshot()
+        self.snapshot: ClusterSnapshot = snapshot()
         self.error: str | None = None
         self.refuse: dict[str, str] = {}  # pod -> Ray's reason
         self.fail_drain: set[str] = set()  # pods whose drain RPC fails
         self.addresses: list[str] = []
         self.reads = 0
-        self.drains: list[tuple[str, rs.DrainReason, str, int, rs.ClusterSnapshot]] = []
+        self.drains: list[tuple[str, gcs.DrainReason, str, int, ClusterSnapshot]] = []
 
     def factory(self, address: str, token: str | None) -> FakeClient:
         self.addresses.append(address)
@@ -125,21 +135,21 @@ class FakeClient:
     def __init__(self, ray: FakeRay) -> None:
         self.ray = ray
 
-    def read(self) -> rs.ClusterSnapshot:
+    def read(self) -> ClusterSnapshot:
         self.ray.reads += 1
         if self.ray.error is not None:
-            raise rs.GcsUnavailable(self.ray.error)
+            raise gcs.GcsUnavailable(self.ray.error)
         return self.ray.snapshot
 
-    def drain(self, node_id_hex: str, reason: rs.DrainReason, message: str, deadline_ms: int, *,
-              snapshot: rs.ClusterSnapshot) -> rs.DrainResult:
+    def drain(self, node_id_hex: str, reason: gcs.DrainReason, message: str, deadline_ms: int, *,
+              snapshot: ClusterSnapshot) -> gcs.DrainResult:
         self.ray.drains.append((node_id_hex, reason, message, deadline_ms, snapshot))
         node = snapshot.node(node_id_hex)
         assert node is not None, node_id_hex
         if node.instance_id in self.ray.fail_drain:
-            raise rs.GcsUnavailable("drain timed out")
+            raise gcs.GcsUnavailable("drain timed out")
         why = self.ray.refuse.get(node.instance_id)
-        return rs.DrainResult(why is None, why or "")
+        return gcs.DrainResult(why is None, why or "")
 
     def close(self) -> None:
         pass
@@ -181,13 +191,13 @@ BUSY = {"CPU": 0.0, "memory": 8e9}
 CPU_TOTAL = {"CPU": 4.0, "memory": 8 * 1024**3}
 
 
-def head_node(c: ClusterSpec) -> rs.RayNode:
+def head_node(c: ClusterSpec) -> RayNode:
     return ray_node(head(c).name, labels.HEAD, head=True, total={"CPU": 1.0}, available={"CPU": 0.0})
 
 
-def cpu_node(c: ClusterSpec, i: int, status: rs.NodeStatus = rs.NodeStatus.RUNNING, idle_s: float = 0.0) -> rs.RayNode:
+def cpu_node(c: ClusterSpec, i: int, status: NodeStatus = NodeStatus.RUNNING, idle_s: float = 0.0) -> RayNode:
     name = f"{c.name}-cpu-w{i:04d}"
-    free = BUSY if status is rs.NodeStatus.RUNNING else CPU_TOTAL
+    free = BUSY if status is NodeStatus.RUNNING else CPU_TOTAL
     return ray_node(name, "cpu", status, idle_s=idle_s, total=CPU_TOTAL, available=free)
 
 
@@ -213,7 +223,7 @@ class Harness:
 def h() -> Iterator[Harness]:
     ray, kube = FakeRay(), FakeKube()
     scaler = Autoscaler(cast(Kube, kube))
-    scaler.pool = cast(Any, rs.RayStatePool(ray.factory, read_timeout_s=5.0))  # in place of the real clients
+    scaler.pool = cast(Any, gcs.RayStatePool(ray.factory, read_timeout_s=5.0))  # in place of the real clients
     yield Harness(ray, kube, scaler)
     scaler.pool.close()
 
@@ -300,7 +310,7 @@ def test_no_change_reports_no_decision(h: Harness) -> None:
     o = h.step(c, h.pods(c, 1), {"cpu": 1, "gpu": 0}, scale_ups={"cpu": NOW - 60})
     assert o is not None
     assert (o.targets, o.events, o.scaled_up) == ({"cpu": 1, "gpu": 0}, (), frozenset())
-    assert o.report == AutoscalerReport(ray_version=rs.OPERATOR_RAY_VERSION)
+    assert o.report == AutoscalerReport(ray_version=gcs.OPERATOR_RAY_VERSION)
 
 
 def test_an_unavailable_group_is_not_grown(h: Harness) -> None:
@@ -318,7 +328,7 @@ def test_infeasible_demand_is_reported_once(h: Harness) -> None:
     pods = h.pods(c, 1)
     h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=(demand(2, TPU=1.0),))
     warning = ("Warning", "InfeasibleDemand", "fits no worker group, not scaling for it: 2×{TPU:1}")
-    steps: list[tuple[float, tuple[rs.ResourceDemand, ...], list[tuple[str, str, str]]]] = [
+    steps: list[tuple[float, tuple[ResourceDemand, ...], list[tuple[str, str, str]]]] = [
         (NOW, (demand(2, TPU=1.0),), [warning]),
         (NOW + 5, (demand(2, TPU=1.0),), []),  # the same summary: no second event
         (NOW + 10, (demand(3, TPU=1.0),), [(*warning[:2], warning[2].replace("2×", "3×"))]),  # changed
@@ -338,7 +348,7 @@ def test_infeasible_demand_is_reported_once(h: Harness) -> None:
 def idle_cluster(h: Harness, c: ClusterSpec, idle: int) -> list[PodState]:
     """One busy cpu worker (w0000) and `idle` workers idle for 120 s (> the 60 s timeout)."""
     pods = h.pods(c, 1 + idle)
-    nodes = [cpu_node(c, 0)] + [cpu_node(c, 1 + i, rs.NodeStatus.IDLE, idle_s=120) for i in range(idle)]
+    nodes = [cpu_node(c, 0)] + [cpu_node(c, 1 + i, NodeStatus.IDLE, idle_s=120) for i in range(idle)]
     h.ray.snapshot = snapshot(head_node(c), *nodes)
     return pods
 
@@ -351,7 +361,7 @@ def test_idle_node_past_the_timeout_is_drained(h: Harness) -> None:
     assert o is not None
     victim = "idle-drain-cpu-w0001"
     (drain,) = h.ray.drains
-    assert drain[:4] == (node_id(victim), rs.DrainReason.IDLE_TERMINATION,
+    assert drain[:4] == (node_id(victim), gcs.DrainReason.IDLE_TERMINATION,
                          "swarm-operator: idle 120s > idleTimeout 60s", 0)
     assert drain[4] is h.ray.snapshot  # only the snapshot the decision came from
     assert h.kube.annotated == [(NAMESPACE, victim, {labels.DRAINED: timestamp(NOW)})]
@@ -421,7 +431,7 @@ def test_one_drain_refused_of_two(h: Harness) -> None:
 def test_an_unsupported_ray_version_warns_once_per_cluster(h: Harness) -> None:
     one, two = autoscaled("one"), autoscaled("two")
     h.ray.snapshot = snapshot(ray_version="2.30.0")
-    (text,) = check(None, "2.30.0", rs.OPERATOR_RAY_VERSION).warnings
+    (text,) = check(None, "2.30.0", gcs.OPERATOR_RAY_VERSION).warnings
     warning = ("Warning", "RayVersionUnsupported", text)
     for now, c, expected in [(NOW, one, [warning]), (NOW, two, [warning]), (NOW + 5, one, []), (NOW + 5, two, []),
                              (NOW + 10, one, [])]:
@@ -440,7 +450,7 @@ def test_spec_ray_version_differing_from_the_heads_warns(h: Harness) -> None:
     o = h.step(c, [], {"cpu": 1})
     assert o is not None
     (event,) = events(o, "RayVersionMismatch")
-    assert event[2].startswith(f"spec.rayVersion is 2.59.0 but the head runs Ray {rs.OPERATOR_RAY_VERSION}")
+    assert event[2].startswith(f"spec.rayVersion is 2.59.0 but the head runs Ray {gcs.OPERATOR_RAY_VERSION}")
     assert o.report.ray_version_warning == event[2]
 
 
@@ -449,7 +459,7 @@ def test_same_ray_version_or_unknown_never_warns(h: Harness) -> None:
     h.ray.snapshot = snapshot()
     o = h.step(c, [], {"cpu": 1, "gpu": 0})
     assert o is not None and events(o, "RayVersionMismatch") == []
-    h.ray.snapshot = rs.ClusterSnapshot("a", "s", 1, (), (), (), (), ray_version=None)
+    h.ray.snapshot = ClusterSnapshot("a", "s", 1, (), (), (), (), ray_version=None)
     o = h.step(c, [], {"cpu": 1, "gpu": 0}, now=NOW + 5)
     assert o is not None and events(o, "RayVersionMismatch") == [] and o.report.ray_version == ""
     assert o.report.ray_version_warning == ""
@@ -458,7 +468,7 @@ def test_same_ray_version_or_unknown_never_warns(h: Harness) -> None:
 def test_ray_dead_pods_are_reported(h: Harness) -> None:
     c = autoscaled()
     pods = h.pods(c, 2)
-    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, rs.NodeStatus.DEAD))
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, NodeStatus.DEAD))
     o = h.step(c, pods, {"cpu": 2, "gpu": 0})
     assert o is not None
     assert o.ray_dead == frozenset({"demo-cpu-w0001"})
@@ -475,7 +485,7 @@ def test_the_turn_after_a_drain_keeps_the_lower_target(h: Harness) -> None:
     (patched,) = o.patched_pods
     pods = [p if p.name != "demo-cpu-w0001" else observe_pod(patched) for p in pods]
     assert pods[-1].drained
-    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, rs.NodeStatus.DEAD))
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, NodeStatus.DEAD))
     o = h.step(c, pods, o.targets, now=NOW + 5, scale_ups=dict.fromkeys(o.scaled_up, NOW))
     assert o is not None
     assert o.targets["cpu"] == 1

@@ -4,11 +4,12 @@ snapshot and input translation, as the case it was made from."""
 from __future__ import annotations
 
 from bench.autoscaler import Size, make_case, make_turn, turn_input, turn_snapshot
-from swarm_operator.autoscaler.policy import Gang, decide
+from swarm_operator.autoscaler.policy import decide
+from swarm_operator.autoscaler.snapshot import GangDemand
 
 
-def gang_key(g: Gang) -> tuple[str, int, list[list[tuple[str, float]]]]:
-    return g.strategy.value, g.count, [sorted((k, float(v)) for k, v in b.items()) for b in g.bundles]
+def gang_key(g: GangDemand) -> tuple[str, int, list[list[tuple[str, float]]]]:
+    return g.strategy.value, g.count, [sorted((k, float(v)) for k, v in b.shape.items()) for b in g.bundles]
 
 
 def test_the_turn_reads_back_as_its_case() -> None:

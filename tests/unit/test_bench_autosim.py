@@ -35,17 +35,16 @@ from bench.autosim import (
     summarize,
     to_ray,
 )
-from swarm_operator.autoscaler.policy import (
-    Demand,
-    Gang,
+from swarm_operator.autoscaler.policy import Node, PolicyInput, Settings, WorkerGroup
+from swarm_operator.autoscaler.snapshot import (
+    Bundle,
+    GangDemand,
+    LabelConstraint,
     LabelOp,
-    LabelRequirement,
     NodeStatus,
-    PolicyInput,
-    RayNode,
-    Settings,
+    ResourceDemand,
+    Resources,
     Strategy,
-    WorkerGroup,
 )
 
 pb: Any = importlib.import_module("ray.core.generated.autoscaler_pb2")
@@ -98,6 +97,10 @@ def gang(strategy: Strategy, *bundles: dict[str, float], arrival: float = 0.0, d
 def test_place(work: Work, nodes: list[SimNode], expected: list[str] | None) -> None:
     placed = Cluster.place(work, nodes)
     assert (None if placed is None else [n.name for n in placed]) == expected
+
+
+def gang_demand(strategy: Strategy, *bundles: Resources, count: int = 1) -> GangDemand:
+    return GangDemand(tuple(Bundle(b) for b in bundles), strategy, count)
 
 
 def one_node_trace(*work: Work, types: tuple[NodeType, NodeType] = (CPU_16, GPU_4)) -> Trace:
@@ -248,9 +251,9 @@ GROUPS = (WorkerGroup("cpu", CPU, 0, 10, 3, pending_pods=1), WorkerGroup("gpu", 
 
 def snapshot(**fields: Any) -> PolicyInput:
     nodes = (
-        RayNode("cpu-busy", "cpu", NodeStatus.RUNNING, CPU, {"CPU": 2.0, "memory": 8e9}),
-        RayNode("cpu-idle", "cpu", NodeStatus.IDLE, CPU, CPU, idle_s=12.5),
-        RayNode("cpu-draining", "cpu", NodeStatus.DRAINING, CPU, CPU),
+        Node("cpu-busy", "cpu", NodeStatus.RUNNING, CPU, {"CPU": 2.0, "memory": 8e9}),
+        Node("cpu-idle", "cpu", NodeStatus.IDLE, CPU, CPU, idle_s=12.5),
+        Node("cpu-draining", "cpu", NodeStatus.DRAINING, CPU, CPU),
     )
     return PolicyInput(GROUPS, nodes, settings=Settings(idle_timeout_s=90.0), **fields)
 
@@ -279,12 +282,12 @@ def test_to_ray_nodes_and_instances() -> None:
 
 
 def test_to_ray_demand_gangs_and_constraints() -> None:
-    selector = (LabelRequirement("zone", LabelOp.NOT_IN, frozenset({"b", "a"})),)
+    selector = (LabelConstraint("zone", LabelOp.NOT_IN, frozenset({"b", "a"})),)
     req = to_ray(snapshot(
-        demands=(Demand({"CPU": 1.0, "GPU": 0.0}, 7), Demand({"GPU": 1.0}, 2, selector)),
-        gangs=(Gang(({"GPU": 1.0},) * 2, Strategy.STRICT_SPREAD, 2), Gang(({"CPU": 4.0},) * 3, Strategy.STRICT_PACK),
-               Gang(({"CPU": 1.0},), Strategy.PACK)),
-        constraints=(Demand({"CPU": 8.0}, 3),),
+        demands=(ResourceDemand({"CPU": 1.0, "GPU": 0.0}, 7), ResourceDemand({"GPU": 1.0}, 2, (selector,))),
+        gangs=(gang_demand(Strategy.STRICT_SPREAD, {"GPU": 1.0}, {"GPU": 1.0}, count=2),
+               gang_demand(Strategy.STRICT_PACK, *({"CPU": 4.0},) * 3), gang_demand(Strategy.PACK, {"CPU": 1.0})),
+        constraints=(ResourceDemand({"CPU": 8.0}, 3),),
     ))
     assert [(dict(r.request.resources_bundle), r.count) for r in req.resource_requests] == [
         ({"CPU": 1.0}, 7), ({"GPU": 1.0}, 2)]  # zero amounts are left out
@@ -316,13 +319,13 @@ def ray_launches(inp: PolicyInput, queued: dict[str, int] | None = None) -> dict
 
 @pytest.mark.parametrize(("demands", "queued", "expected"), [
     # 18 CPUs free on the live nodes (2 busy + 16 idle): only the gpu group's minimum is launched.
-    pytest.param((Demand({"CPU": 1.0}, 18),), None, {"gpu": 1}, id="fits-live-capacity"),
+    pytest.param((ResourceDemand({"CPU": 1.0}, 18),), None, {"gpu": 1}, id="fits-live-capacity"),
     # Whole nodes: the idle one, the coming pod, the gpu minimum (Ray puts CPU work there), one new cpu node.
-    pytest.param((Demand({"CPU": 16.0}, 4),), None, {"cpu": 1, "gpu": 1}, id="launches-the-rest"),
-    pytest.param((Demand({"CPU": 16.0}, 5),), {"cpu": 2}, {"gpu": 1}, id="queued-launches-count-as-coming"),
-    pytest.param((Demand({"GPU": 4.0}, 3),), None, {"gpu": 3}, id="gpu-demand-on-gpu-nodes"),
+    pytest.param((ResourceDemand({"CPU": 16.0}, 4),), None, {"cpu": 1, "gpu": 1}, id="launches-the-rest"),
+    pytest.param((ResourceDemand({"CPU": 16.0}, 5),), {"cpu": 2}, {"gpu": 1}, id="queued-launches-count-as-coming"),
+    pytest.param((ResourceDemand({"GPU": 4.0}, 3),), None, {"gpu": 3}, id="gpu-demand-on-gpu-nodes"),
 ])
-def test_rays_scheduler_reads_the_translation(demands: tuple[Demand, ...], queued: dict[str, int] | None,
+def test_rays_scheduler_reads_the_translation(demands: tuple[ResourceDemand, ...], queued: dict[str, int] | None,
                                               expected: dict[str, int]) -> None:
     """Ray's own scheduler on to_ray's output launches what that snapshot needs: the translation carries
     free room, pending pods, queued launches and minReplicas (gpu's 1) as Ray reads them."""

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.leader import may_take, micro_time
-from swarm_operator.reconcile.observe import parse_time
+from swarm_operator.leader import may_take
+from swarm_operator.times import micro_time
 
 NOW = 1_700_000_000.0
 ME = "op-a"
@@ -41,10 +41,3 @@ ME = "op-a"
 )
 def test_may_take(spec: dict[str, Any], now: float, expected: bool) -> None:
     assert may_take(spec, ME, now) is expected
-
-
-@pytest.mark.parametrize("epoch", [pytest.param(NOW, id="whole"), pytest.param(NOW + 0.25, id="fraction")])
-def test_micro_time_round_trips(epoch: float) -> None:
-    text = micro_time(epoch)
-    assert text.endswith("Z") and "." in text
-    assert parse_time(text) == epoch

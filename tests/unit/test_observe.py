@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.reconcile.observe import failure_reason, observe_pod, owned_by, parse_time, slim_pod
+from swarm_operator.reconcile.observe import failure_reason, observe_pod, owned_by, slim_pod
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import build_worker_pod, head_hash, worker_hash
 from tests.unit.operator_fixtures import NOW, UID, cluster, head_pod, iso, with_state, worker_pod
@@ -92,20 +92,6 @@ def test_observe_pod_without_status_or_timestamps() -> None:
     """A pod straight from a create call (no status yet) counts as Pending, unscheduled, alive."""
     s = observe_pod(build_worker_pod(C, C.worker_groups[0], "zzzzz"))
     assert (s.phase, s.ready, s.scheduled, s.created, s.failure, s.alive) == ("Pending", False, False, 0.0, None, True)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        pytest.param(None, 0.0, id="none"),
-        pytest.param("", 0.0, id="empty"),
-        pytest.param("2023-11-14T22:13:20Z", NOW, id="zulu"),
-        pytest.param("2023-11-14T22:13:20.500000Z", NOW + 0.5, id="micro"),
-        pytest.param("2023-11-14T23:13:20+01:00", NOW, id="offset"),
-    ],
-)
-def test_parse_time(text: str | None, expected: float) -> None:
-    assert parse_time(text) == expected
 
 
 @pytest.mark.parametrize(

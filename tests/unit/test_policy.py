@@ -10,21 +10,24 @@ import pytest
 
 from swarm_operator.autoscaler.policy import (
     Decision,
-    Demand,
     DemandKind,
-    Gang,
-    LabelOp,
-    LabelRequirement,
-    NodeStatus,
+    Node,
     PolicyInput,
-    RayNode,
-    Resources,
     Settings,
-    Strategy,
     Unplaced,
     WorkerGroup,
     decide,
     format_resources,
+)
+from swarm_operator.autoscaler.snapshot import (
+    Bundle,
+    GangDemand,
+    LabelConstraint,
+    LabelOp,
+    NodeStatus,
+    ResourceDemand,
+    Resources,
+    Strategy,
 )
 
 G = 1e9
@@ -43,33 +46,34 @@ def grp(name: str, res: Resources, *, lo: int = 0, hi: int = 100, replicas: int 
 
 def node(name: str, group: str | None, res: Resources, *, status: NodeStatus = IDLE,
          free: Resources | None = None, idle: float = 0.0, age: float = 1000.0,
-         labels: Mapping[str, str] | None = None) -> RayNode:
+         labels: Mapping[str, str] | None = None) -> Node:
     if free is None:
         free = res if status is IDLE else {}
-    return RayNode(name, group, status, res, free, idle, age, labels)
+    return Node(name, group, status, res, free, idle, age, labels)
 
 
-def busy(name: str, group: str, res: Resources) -> RayNode:
+def busy(name: str, group: str, res: Resources) -> Node:
     return node(name, group, res, status=RUNNING, free={})
 
 
-def inp(*groups: WorkerGroup, nodes: tuple[RayNode, ...] = (), demands: tuple[Demand, ...] = (),
-        gangs: tuple[Gang, ...] = (), constraints: tuple[Demand, ...] = (), unavailable: frozenset[str] = frozenset(),
+def inp(*groups: WorkerGroup, nodes: tuple[Node, ...] = (), demands: tuple[ResourceDemand, ...] = (),
+        gangs: tuple[GangDemand, ...] = (), constraints: tuple[ResourceDemand, ...] = (),
+        unavailable: frozenset[str] = frozenset(),
         settings: Settings | None = None, last_up: Mapping[str, float] | None = None) -> PolicyInput:
     return PolicyInput(groups, nodes, demands, gangs, constraints, unavailable,
                        settings or Settings(upscaling_speed=math.inf), NOW, dict(last_up or {}))
 
 
-def task(shape: Resources, count: int, *selector: LabelRequirement) -> Demand:
-    return Demand(dict(shape), count, tuple(selector))
+def task(shape: Resources, count: int, *selector: LabelConstraint) -> ResourceDemand:
+    return ResourceDemand(dict(shape), count, (tuple(selector),) if selector else ())
 
 
-def gang(strategy: Strategy, *bundles: Resources, count: int = 1) -> Gang:
-    return Gang(tuple(dict(b) for b in bundles), strategy, count)
+def gang(strategy: Strategy, *bundles: Resources, count: int = 1) -> GangDemand:
+    return GangDemand(tuple(Bundle(dict(b)) for b in bundles), strategy, count)
 
 
-def zone(op: LabelOp, *values: str) -> LabelRequirement:
-    return LabelRequirement("zone", op, frozenset(values))
+def zone(op: LabelOp, *values: str) -> LabelConstraint:
+    return LabelConstraint("zone", op, frozenset(values))
 
 
 @dataclass(frozen=True)

@@ -9,20 +9,15 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm_operator.autoscaler.policy import (
-    Demand,
-    DemandKind,
-    Gang,
-    NodeStatus,
-    PolicyInput,
-    RayNode,
-    Settings,
-    Strategy,
-    WorkerGroup,
-    decide,
-)
+from swarm_operator.autoscaler.policy import DemandKind, Node, PolicyInput, Settings, WorkerGroup, decide
+from swarm_operator.autoscaler.snapshot import Bundle, GangDemand, NodeStatus, ResourceDemand, Resources, Strategy
 
 PROFILE = settings(max_examples=200, deadline=None)
+
+
+def gang(strategy: Strategy, *bundles: Resources) -> GangDemand:
+    return GangDemand(tuple(Bundle(b) for b in bundles), strategy)
+
 G = 1e9
 
 group_resources = st.builds(
@@ -32,9 +27,11 @@ shapes = st.builds(
     lambda cpu, gpu, mem: {"CPU": cpu, "GPU": gpu, "memory": mem},
     st.sampled_from([0.5, 1.0, 2.0, 4.0, 8.0]), st.sampled_from([0.0, 0.0, 0.0, 1.0, 2.0]),
     st.sampled_from([0.0, 0.0, 1 * G, 8 * G]))
-demands = st.lists(st.builds(Demand, shapes, st.integers(1, 60)), max_size=5)
-gangs = st.lists(st.builds(lambda b, s, c: Gang(tuple(b), s, c), st.lists(shapes, min_size=1, max_size=4),
-                           st.sampled_from(list(Strategy)), st.integers(1, 3)), max_size=3)
+demands = st.lists(st.builds(ResourceDemand, shapes, st.integers(1, 60)), max_size=5)
+gangs = st.lists(st.builds(lambda b, s, c: GangDemand(tuple(Bundle(x) for x in b), s, c),
+                           st.lists(shapes, min_size=1, max_size=4), st.sampled_from(list(Strategy)),
+                           st.integers(1, 3)),
+                 max_size=3)
 
 
 @st.composite
@@ -57,7 +54,7 @@ def snapshots(draw: st.DrawFn) -> PolicyInput:
         total = dict(g.resources) if g is not None else {"CPU": 2.0}
         status = draw(st.sampled_from(list(NodeStatus)))
         share = draw(st.sampled_from([0.0, 0.5, 1.0])) if status is NodeStatus.RUNNING else 1.0
-        nodes.append(RayNode(f"n{k}", g.name if g is not None else None, status, total,
+        nodes.append(Node(f"n{k}", g.name if g is not None else None, status, total,
                              {r: v * share for r, v in total.items()}, draw(st.floats(0, 300)),
                              draw(st.floats(0, 5000))))
     s = Settings(upscaling_speed=draw(st.sampled_from([0.5, 1.0, math.inf])),
@@ -66,7 +63,7 @@ def snapshots(draw: st.DrawFn) -> PolicyInput:
     unavailable = frozenset(draw(st.lists(st.sampled_from([g.name for g in gs]), max_size=2)))
     last_up = {g.name: draw(st.floats(900, 1000)) for g in gs if draw(st.booleans())}
     return PolicyInput(gs, tuple(nodes), tuple(draw(demands)), tuple(draw(gangs)),
-                       tuple(draw(st.lists(st.builds(Demand, shapes, st.integers(1, 4)), max_size=2))),
+                       tuple(draw(st.lists(st.builds(ResourceDemand, shapes, st.integers(1, 4)), max_size=2))),
                        unavailable, s, 1000.0, last_up)
 
 
@@ -111,7 +108,7 @@ def test_gangs_are_all_or_nothing(inp: PolicyInput) -> None:
             left[key(u.strategy, u.bundles)] = left.get(key(u.strategy, u.bundles), 0) + u.count
     gangs_placed = []
     for gang in inp.gangs:
-        k = key(gang.strategy, gang.bundles)
+        k = key(gang.strategy, tuple(b.shape for b in gang.bundles))
         drop = min(gang.count, left.get(k, 0))
         left[k] = left.get(k, 0) - drop
         gangs_placed.append(replace(gang, count=gang.count - drop))  # count 0 keeps its resource names around
@@ -127,7 +124,7 @@ def fresh_single_group(draw: st.DrawFn) -> PolicyInput:
     res = draw(group_resources)
     g = WorkerGroup("g", res, 0, 100_000, 0)
     return PolicyInput((g,), (), tuple(draw(demands)), tuple(draw(gangs)),
-                       tuple(draw(st.lists(st.builds(Demand, shapes, st.integers(1, 4)), max_size=2))),
+                       tuple(draw(st.lists(st.builds(ResourceDemand, shapes, st.integers(1, 4)), max_size=2))),
                        settings=Settings(upscaling_speed=math.inf, conserve_gpu_nodes=draw(st.booleans())))
 
 
@@ -147,13 +144,14 @@ def test_never_more_nodes_than_a_simple_assignment(inp: PolicyInput) -> None:
         p = per_node(cap, dm.shape)
         bound += -(-dm.count // p) if p else 0
     for gang in inp.gangs:
-        if not all(per_node(cap, b) for b in gang.bundles):
+        bundles = [b.shape for b in gang.bundles]
+        if not all(per_node(cap, b) for b in bundles):
             continue
         if gang.strategy is Strategy.STRICT_PACK:
-            combined = {k: sum(b.get(k, 0.0) for b in gang.bundles) for k in cap}
+            combined = {k: sum(b.get(k, 0.0) for b in bundles) for k in cap}
             bound += gang.count if per_node(cap, combined) else 0
         else:
-            bound += gang.count * len(gang.bundles)
+            bound += gang.count * len(bundles)
     assert decide(inp).targets["g"] <= bound
 
 
@@ -164,10 +162,9 @@ def test_a_gang_that_waits_gives_back_the_speed_cap_it_lifted() -> None:
     groups = (WorkerGroup("g0", cpu, 0, 6, 0, 0, {}), WorkerGroup("g1", cpu, 0, 0, 0, 0, {}),
               WorkerGroup("g3", {"CPU": 2.0, "GPU": 1.0, "memory": 8 * G}, 0, 0, 0, 0, {}))
     task = {"CPU": 0.5, "GPU": 0.0, "memory": 0.0}
-    waiting_gang = Gang(({"CPU": 0.5, "GPU": 0.0, "memory": 0.0}, {"CPU": 0.5, "GPU": 1.0, "memory": 0.0}),
-                        Strategy.PACK, 1)
-    base = PolicyInput(groups=groups, nodes=(), demands=(Demand(task, 17),),
-                       gangs=(Gang(({"CPU": 2.0, "GPU": 0.0, "memory": 0.0},), Strategy.PACK, 1),),
+    waiting_gang = gang(Strategy.PACK, {"CPU": 0.5, "GPU": 0.0, "memory": 0.0}, {"CPU": 0.5, "GPU": 1.0, "memory": 0.0})
+    base = PolicyInput(groups=groups, nodes=(), demands=(ResourceDemand(task, 17),),
+                       gangs=(gang(Strategy.PACK, {"CPU": 2.0, "GPU": 0.0, "memory": 0.0}),),
                        settings=Settings(upscaling_speed=0.5, idle_timeout_s=0.0, scale_down_stabilization_s=0.0),
                        now=1000.0)
     with_waiting = decide(replace(base, gangs=(*base.gangs, waiting_gang)))

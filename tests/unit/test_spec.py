@@ -195,7 +195,6 @@ def test_gpu_sample_values() -> None:
     assert gpu is not None
     assert gpu.resources.gpu == 1
     assert dict(gpu.ray_resources) == {"accelerator_type_T4": 1.0}
-    assert gpu.ray_shape() == {"CPU": 2.0, "memory": float(4 * GiB), "GPU": 1.0, "accelerator_type_T4": 1.0}
     assert cluster.autoscaling.enabled is True
     assert cluster.autoscaling.interval_seconds == 2.0
     assert cluster.group("nope") is None
@@ -323,11 +322,6 @@ def test_initial_replicas(replicas: int | None, lo: int, expected: int) -> None:
         group["replicas"] = replicas
     cluster = parse_cluster({**MINIMAL, "spec": {"workerGroups": [group]}})
     assert cluster.worker_groups[0].initial_replicas() == expected
-
-
-def test_ray_shape_without_gpu_has_no_gpu_key() -> None:
-    cpu = parse_cluster(base_manifest()).worker_groups[0]
-    assert cpu.ray_shape() == {"CPU": 0.5, "memory": float(GiB)}
 
 
 def test_parsed_spec_is_immutable() -> None:

@@ -1,1 +1,2 @@
-"""Autoscaling from Ray's own resource state: the pure policy (``policy``), the GCS client and drain execution."""
+"""Autoscaling from Ray's own resource state: ``snapshot`` (what Ray reports, Ray-free), ``gcs`` (the one
+package that talks to Ray), ``inputs`` and ``policy`` (pure), ``runner`` (one turn: read, decide, drain)."""

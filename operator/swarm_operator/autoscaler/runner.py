@@ -21,18 +21,19 @@ from typing import TYPE_CHECKING, Any
 from swarm_operator import metrics
 from swarm_operator.autoscaler import policy, ray_version
 from swarm_operator.autoscaler.inputs import demand_summary, policy_input
+from swarm_operator.autoscaler.snapshot import ClusterSnapshot, NodeStatus
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import GCS_PORT
 from swarm_operator.spec import ClusterSpec
-from swarm_operator.status import AutoscalerReport, timestamp
+from swarm_operator.status import AutoscalerReport
+from swarm_operator.times import timestamp
 
-if TYPE_CHECKING:
-    from swarm_operator.autoscaler import ray_state as rs
+if TYPE_CHECKING:  # importing ray costs ~40 MiB: only processes that autoscale pay for it
+    from swarm_operator.autoscaler import gcs
 
 log = logging.getLogger(__name__)
-DEAD, IDLE = "DEAD", "IDLE"  # ray_state.NodeStatus values (a StrEnum)
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,19 @@ def unavailable_groups(pods: Iterable[PodState], now: float, timeout: float) -> 
                      and p.created and now - p.created > timeout)
 
 
-def ray_dead_pods(snapshot: rs.ClusterSnapshot, pods: Iterable[PodState]) -> frozenset[str]:
+def ray_dead_pods(snapshot: ClusterSnapshot, pods: Iterable[PodState]) -> frozenset[str]:
     """Worker pods whose Ray node is DEAD with no live node of the same pod."""
     out = set()
     for p in pods:
         if p.node_type != labels.WORKER or not p.alive:
             continue
         node = snapshot.node_by_instance(p.name)
-        if node is not None and node.status == DEAD:
+        if node is not None and node.status == NodeStatus.DEAD:
             out.add(p.name)
     return frozenset(out)
 
 
-def pending_by_resource(snapshot: rs.ClusterSnapshot) -> dict[str, float]:
+def pending_by_resource(snapshot: ClusterSnapshot) -> dict[str, float]:
     totals: dict[str, float] = {}
     for d in (*snapshot.pending, *snapshot.constraints):
         for k, v in d.shape.items():
@@ -99,7 +100,7 @@ def _reasons(decision: policy.Decision, inp: policy.PolicyInput, targets: Mappin
 class Autoscaler:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
-        self._pool: rs.RayStatePool[rs.RayStateClient] | None = None
+        self._pool: gcs.RayStatePool[gcs.RayStateClient] | None = None
         self._next_read: dict[str, float] = {}
         self._warned_version: dict[str, tuple[str, ...]] = {}
         self._last_infeasible: dict[str, str] = {}
@@ -108,16 +109,16 @@ class Autoscaler:
     @property
     def ray(self) -> Any:
         """The Ray client module, imported on first use: importing ray costs ~40 MiB."""
-        return importlib.import_module("swarm_operator.autoscaler.ray_state")
+        return importlib.import_module("swarm_operator.autoscaler.gcs")
 
     @property
-    def pool(self) -> rs.RayStatePool[rs.RayStateClient]:
+    def pool(self) -> gcs.RayStatePool[gcs.RayStateClient]:
         if self._pool is None:
             self._pool = self.ray.RayStatePool(self.ray.new_client)
         return self._pool
 
     @pool.setter
-    def pool(self, pool: rs.RayStatePool[rs.RayStateClient]) -> None:
+    def pool(self, pool: gcs.RayStatePool[gcs.RayStateClient]) -> None:
         self._pool = pool
 
     def forget(self, key: str) -> None:
@@ -201,12 +202,12 @@ class Autoscaler:
             decisions=(*reasons, *(f"drained {d.node}: {d.reason}" for d in accepted),
                        *(f"drain of {d.node} refused (it got work)" for d in refused)),
         )
-        idle = frozenset(n.instance_id for n in snap.nodes if n.status == IDLE)
-        alive = frozenset(n.instance_id for n in snap.nodes if n.status != DEAD)
+        idle = frozenset(n.instance_id for n in snap.nodes if n.status == NodeStatus.IDLE)
+        alive = frozenset(n.instance_id for n in snap.nodes if n.status != NodeStatus.DEAD)
         return Outcome(new_targets, report, frozenset(scaled_up), ray_dead_pods(snap, pods), idle, alive,
                        tuple(events), tuple(patched))
 
-    async def _drain(self, key: str, snap: rs.ClusterSnapshot, drains: Iterable[policy.Drain],
+    async def _drain(self, key: str, snap: ClusterSnapshot, drains: Iterable[policy.Drain],
                      events: list[tuple[str, str, str]]) -> tuple[list[policy.Drain], list[policy.Drain]]:
         """Ask Ray to drain each chosen idle node; the raylet re-checks idleness and may refuse."""
         accepted: list[policy.Drain] = []

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from swarm_operator.resources import labels, revision
 from swarm_operator.resources.overlay import RAY_CONTAINER
+from swarm_operator.times import parse_time
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,6 @@ class PodState:
     @property
     def alive(self) -> bool:
         return not self.deleting and self.failure is None
-
-
-def parse_time(text: str | None) -> float:
-    if not text:
-        return 0.0
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _ray_container_end(status: Mapping[str, Any]) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
@@ -29,11 +30,23 @@ def ray_num_cpus(res: Resources) -> int:
     return max(1, math.ceil(res.cpu))
 
 
-def object_store_bytes(res: Resources, ray_start_params: dict[str, str]) -> int:
+def object_store_bytes(res: Resources, ray_start_params: Mapping[str, str]) -> int:
     explicit = ray_start_params.get("object-store-memory")
     if explicit is not None and explicit.isdigit():
         return int(explicit)
     return int(res.memory * OBJECT_STORE_FRACTION)
+
+
+def ray_shape(res: Resources, ray_start_params: Mapping[str, str],
+              custom_resources: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The Ray resources a node advertises: what `ray start` is told by :func:`ray_start_args` (whole CPUs,
+    so a fractional CPU limit rounds up), as Ray's GCS reports them. The autoscaler plans with it."""
+    shape: dict[str, float] = {"CPU": float(ray_num_cpus(res)), "memory": float(res.memory),
+                               "object_store_memory": float(object_store_bytes(res, ray_start_params))}
+    if res.gpu:
+        shape["GPU"] = float(res.gpu)
+    shape.update(custom_resources or {})
+    return shape
 
 
 def container_resources(res: Resources) -> dict[str, Any]:
