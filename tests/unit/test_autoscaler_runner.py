@@ -27,7 +27,7 @@ from swarm_operator.resources import labels
 from swarm_operator.spec import AutoscalingSpec, ClusterSpec
 from swarm_operator.status import AutoscalerReport, timestamp
 from tests.unit.operator_fixtures import NAMESPACE, NOW, cluster, group, head, worker, worker_pod
-from tests.unit.ray_fixtures import HEAD_IP, demand, node_id, ray_node, snapshot
+from tests.unit.ray_fixtures import HEAD_IP, FakeRay, demand, node_id, ray_node, snapshot
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -102,47 +102,6 @@ def test_pending_by_resource() -> None:
 
 
 # -- Autoscaler.step with fakes -----------------------------------------------------------------
-
-
-class FakeRay:
-    """What the GCS answers, shared by every client the pool makes; it records reads and drains."""
-
-    def __init__(self) -> None:
-        self.snapshot: rs.ClusterSnapshot = snapshot()
-        self.error: str | None = None
-        self.refuse: dict[str, str] = {}  # pod -> Ray's reason
-        self.fail_drain: set[str] = set()  # pods whose drain RPC fails
-        self.addresses: list[str] = []
-        self.reads = 0
-        self.drains: list[tuple[str, rs.DrainReason, str, int, rs.ClusterSnapshot]] = []
-
-    def factory(self, address: str, token: str | None) -> FakeClient:
-        self.addresses.append(address)
-        return FakeClient(self)
-
-
-class FakeClient:
-    def __init__(self, ray: FakeRay) -> None:
-        self.ray = ray
-
-    def read(self) -> rs.ClusterSnapshot:
-        self.ray.reads += 1
-        if self.ray.error is not None:
-            raise rs.GcsUnavailable(self.ray.error)
-        return self.ray.snapshot
-
-    def drain(self, node_id_hex: str, reason: rs.DrainReason, message: str, deadline_ms: int, *,
-              snapshot: rs.ClusterSnapshot) -> rs.DrainResult:
-        self.ray.drains.append((node_id_hex, reason, message, deadline_ms, snapshot))
-        node = snapshot.node(node_id_hex)
-        assert node is not None, node_id_hex
-        if node.instance_id in self.ray.fail_drain:
-            raise rs.GcsUnavailable("drain timed out")
-        why = self.ray.refuse.get(node.instance_id)
-        return rs.DrainResult(why is None, why or "")
-
-    def close(self) -> None:
-        pass
 
 
 class FakeKube:
