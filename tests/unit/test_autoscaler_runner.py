@@ -23,6 +23,7 @@ from swarm_operator.autoscaler.runner import (
 )
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, observe_pod
+from swarm_operator.reconcile.plan import DrainForRollout
 from swarm_operator.resources import labels
 from swarm_operator.spec import AutoscalingSpec, ClusterSpec
 from swarm_operator.status import AutoscalerReport, timestamp
@@ -458,3 +459,50 @@ def test_pending_demand_gauge_follows_the_demand(h: Harness) -> None:
     assert (gauge("GPU"), gauge("CPU")) == (0.0, 3.0)  # demand that went away is no longer reported
     h.scaler.forget(key_of(c))
     assert (gauge("GPU"), gauge("CPU")) == (None, None)  # a deleted cluster leaves no series behind
+
+
+# -- rollouts: Ray's state read-only, and drains with reason PREEMPTION -----------------------------
+
+
+def test_observe_reads_ray_without_deciding_anything(h: Harness) -> None:
+    c = cluster(groups=[group("cpu", 3)])  # autoscaling off
+    pods = h.pods(c, 3)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, rs.NodeStatus.IDLE),
+                              cpu_node(c, 2, rs.NodeStatus.DEAD))
+    assert asyncio.run(h.scaler.observe(key_of(c), pods, None)) is None  # no head to ask
+    view = asyncio.run(h.scaler.observe(key_of(c), pods, HEAD_IP))
+    assert view is not None
+    assert (view.ray_nodes, view.idle, view.ray_dead) == (
+        frozenset({head(c).name, "demo-cpu-w0000", "demo-cpu-w0001"}), frozenset({"demo-cpu-w0001"}),
+        frozenset({"demo-cpu-w0002"}))
+    assert h.ray.drains == [] and h.kube.annotated == []
+    h.ray.error = "connection refused"
+    h.scaler.forget(key_of(c))  # no read backoff left from before
+    assert asyncio.run(h.scaler.observe(key_of(c), pods, HEAD_IP)) is None
+
+
+@pytest.mark.parametrize(
+    ("fail", "annotated"),
+    [pytest.param(False, True, id="accepted-annotated"), pytest.param(True, False, id="rpc-failed-retried-later")],
+)
+def test_drain_for_rollout_uses_preemption_and_the_deadline(h: Harness, fail: bool, annotated: bool) -> None:
+    c = cluster(groups=[group("cpu", 2)])
+    pods = h.pods(c, 2)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1))
+    view = asyncio.run(h.scaler.observe(key_of(c), pods, HEAD_IP))
+    assert view is not None
+    if fail:
+        h.ray.fail_drain.add("demo-cpu-w0000")
+    drains = [DrainForRollout("demo-cpu-w0000", "worker demo-cpu-w0000 of group cpu: rolling update", 90),
+              DrainForRollout("demo-cpu-gone", "not a Ray node any more", 90)]
+    patched, evs = asyncio.run(h.scaler.drain_for_rollout(key_of(c), view.snapshot, drains, NOW))
+    ((node, reason, message, deadline_ms, _),) = h.ray.drains  # the node Ray does not know is not sent
+    assert (node, reason, deadline_ms) == (node_id("demo-cpu-w0000"), rs.DrainReason.PREEMPTION,
+                                           int((NOW + 90) * 1000))
+    assert message == "swarm-operator: worker demo-cpu-w0000 of group cpu: rolling update"
+    if annotated:
+        assert h.kube.annotated == [(NAMESPACE, "demo-cpu-w0000", {labels.DRAINED: timestamp(NOW)})]
+        assert [p["metadata"]["name"] for p in patched] == ["demo-cpu-w0000"]
+        assert [e[1] for e in evs] == ["Draining"]
+    else:
+        assert (h.kube.annotated, patched, evs) == ([], [], [])
