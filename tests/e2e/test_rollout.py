@@ -30,7 +30,7 @@ ray.init()
 
 @ray.remote(num_cpus=1, resources={"slot": 1}, max_retries=0)
 def work(seconds):
-    print("E2E-STARTED " + socket.gethostname(), flush=True)
+    print("E2E-" + "STARTED " + socket.gethostname(), flush=True)  # split: the logs echo this source
     time.sleep(seconds)
     return {"pod": socket.gethostname(), "finished": time.time()}
 
