@@ -106,7 +106,11 @@ def test_a_template_change_replaces_the_idle_worker_first_and_drains_the_busy_on
         wait_for("the busy worker removed", lambda: busy not in {p.metadata.name
                                                                  for p in cluster_pods(core_v1, ns, NAME)},
                  timeout=90)
+        removed_at = time.time()
         after = wait_ray_cluster(core_v1, ns, NAME, want=3, timeout=120)
+        print(f"rollout figures: idle worker leaving {leaving[idle] - changed_at:.1f}s after the change; task done "
+              f"{result['finished'] - changed_at:.1f}s after it; busy pod gone {removed_at - result['finished']:.1f}s "
+              f"after the task; all replaced {time.time() - changed_at:.1f}s after the change")
         assert not old_workers & set(after.pods), sorted(after.pods)
         events = [e for e in core_v1.list_namespaced_event(ns).items if e.involved_object.name == NAME]
         draining = [e.message for e in events if e.reason == "Draining"]
