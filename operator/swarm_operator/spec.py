@@ -148,6 +148,7 @@ class FaultToleranceSpec:
 class UpdateStrategy:
     type: str = "Rolling"
     max_unavailable: int = 1
+    drain_timeout_seconds: int = 600  # a busy worker's Ray drain, before its pod is deleted anyway
 
 
 @dataclass(frozen=True)
@@ -523,6 +524,7 @@ def _update_strategy(r: _Reader, spec: Mapping[str, Any]) -> UpdateStrategy:
     return UpdateStrategy(
         type=r.choice(raw, "type", p, "Rolling", UPDATE_TYPES),
         max_unavailable=r.integer(raw, "maxUnavailable", p, 1, 1, 1000) or 1,
+        drain_timeout_seconds=r.integer(raw, "drainTimeoutSeconds", p, 600, 1, 86400) or 600,
     )
 
 

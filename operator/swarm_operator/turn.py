@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from swarm_operator import metrics
-from swarm_operator.autoscaler.runner import Autoscaler, Outcome
+from swarm_operator.autoscaler.runner import Autoscaler, RayView
 from swarm_operator.config import OperatorConfig
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.cache import Key, WatchCache
@@ -26,9 +26,11 @@ from swarm_operator.reconcile.plan import (
     CreateService,
     CreateWorkers,
     DeletePod,
+    DrainForRollout,
     Observed,
     PatchPod,
     desired_replicas,
+    needs_ray_state,
     plan_cluster,
 )
 from swarm_operator.resources import labels
@@ -76,10 +78,12 @@ class Turns:
         self._on_gone = on_gone  # the cluster is gone (and the object now stored under its name, if any)
         self._warned: dict[Key, tuple[int, str]] = {}  # invalid specs, warned about once per generation
         self._taken: dict[Key, set[str]] = {}  # names found held by others, warned about once
+        self._noted: dict[Key, tuple[str, ...]] = {}  # the plan's last notes, posted once while they hold
 
     def forget(self, key: Key) -> None:
         self._warned.pop(key, None)
         self._taken.pop(key, None)
+        self._noted.pop(key, None)
 
     def _pod_states(self, key: Key, uid: str) -> list[PodState]:
         return [observe_pod(p) for p in self.cache.pods.objects(key) if owned_by(p, uid)]
@@ -114,9 +118,17 @@ class Turns:
                 self.cache.pods.apply(None, pod)
             for event_type, reason, message in outcome.events:
                 await asyncio.to_thread(self.kube.post_event, key[0], key[1], uid, event_type, reason, message)
+        view = RayView.of(outcome) if outcome is not None else None
+        pods = self._pod_states(key, uid)
+        if outcome is None and not cluster.suspend and needs_ray_state(cluster, pods):
+            view = await self.autoscaler.observe("/".join(key), pods, head_ip(self.cache, key, cluster))
         svc = self.cache.services.get(key, labels.head_service_name(cluster.name))
-        obs = _observed(self._pod_states(key, uid), svc is not None and owned_by(svc, uid), kept, outcome)
+        obs = _observed(pods, svc is not None and owned_by(svc, uid), kept, view)
         plan = plan_cluster(cluster, obs, targets, now)
+        if plan.notes != self._noted.get(key, ()):
+            self._noted[key] = plan.notes
+            for note in plan.notes:
+                await asyncio.to_thread(self.kube.post_event, key[0], key[1], uid, "Normal", "RolloutWaiting", note)
 
         if old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers)) for a in plan.actions):
             # Re-creating children of a cluster served before: make sure it still exists. A watch
@@ -133,6 +145,14 @@ class Turns:
                 taken = await self._act(key, cluster, plan.actions)
             except Exception as exc:  # status is still written below, then the turn fails and backs off
                 refused = exc
+        drains = [a for a in plan.actions if isinstance(a, DrainForRollout)]
+        if drains and view is not None:  # the plan drains only what this view showed busy
+            drained, drain_events = await self.autoscaler.drain_for_rollout("/".join(key), view.snapshot, drains,
+                                                                           now)
+            for pod in drained:
+                self.cache.pods.apply(None, pod)
+            for event_type, reason, message in drain_events:
+                await asyncio.to_thread(self.kube.post_event, key[0], key[1], uid, event_type, reason, message)
         for action in plan.actions:
             if isinstance(action, DeletePod) and action.failed_group:
                 metrics.WORKER_REPLACEMENTS.labels(key[0], key[1], action.failed_group).inc()
@@ -210,6 +230,8 @@ class Turns:
                 for _ in range(action.count):
                     pod = build_worker_pod(cluster, group, random_suffix(), self.config.cluster_domain)
                     call(self.kube.create_pod, ns, pod, what=f"{action.group} worker")
+            elif isinstance(action, DrainForRollout):
+                continue  # through Ray, after the Kubernetes calls
             elif isinstance(action, PatchPod):
                 patches.append(asyncio.ensure_future(asyncio.to_thread(self.kube.patch_pod, ns, action.name,
                                                                        action.patch)))
@@ -282,9 +304,9 @@ class Turns:
             await asyncio.to_thread(self.kube.post_event, key[0], key[1], cluster.uid, event_type, reason, message)
 
 
-def _observed(pods: list[PodState], service_exists: bool, kept: Persisted, outcome: Outcome | None) -> Observed:
+def _observed(pods: list[PodState], service_exists: bool, kept: Persisted, view: RayView | None) -> Observed:
     return Observed(pods=tuple(pods), service_exists=service_exists, health=kept.health,
                     head_restarts=kept.head_restarts,
-                    idle_pods=outcome.idle if outcome else None,
-                    ray_dead=outcome.ray_dead if outcome else frozenset(),
-                    ray_nodes=outcome.ray_nodes if outcome else None)
+                    idle_pods=view.idle if view else None,
+                    ray_dead=view.ray_dead if view else frozenset(),
+                    ray_nodes=view.ray_nodes if view else None)

@@ -120,31 +120,35 @@ def test_scale_up_and_down_by_spec(swc: Cluster, operator: OperatorProcess) -> N
     wait_for("1 again", lambda: len(swc.workers("eps")) == 1 and ready_status(swc, "eps", 1)())
 
 
-def test_template_change_rolls_workers_one_at_a_time(swc: Cluster, operator: OperatorProcess) -> None:
+def test_template_change_without_ray_state_waits_and_a_deleted_worker_comes_back_updated(
+        swc: Cluster, operator: OperatorProcess) -> None:
+    """kwok's pods run no Ray: the operator cannot tell busy workers from idle ones, so ready outdated
+    workers wait (one RolloutWaiting event) rather than risk killing Ray tasks. The rollout itself, with
+    real Ray, is tests/e2e/test_rollout.py; here, the escape hatch: a worker deleted by hand comes back
+    with the new template."""
     swc.create(manifest("zeta", replicas=3))
     wait_for("Running", ready_status(swc, "zeta", 3))
     before = {p.metadata.name for p in swc.workers("zeta")}
-    old_hash = swc.workers("zeta")[0].metadata.labels[labels.TEMPLATE_HASH]
     swc.patch_group("zeta", template={"spec": {"terminationGracePeriodSeconds": 7}})
-    least_ready = 3
-    rollout_seen = False
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    waiting = wait_for("RolloutWaiting", lambda: [e.message for e in swc.events("zeta")
+                                                  if e.reason == "RolloutWaiting"], timeout=30)
+    assert waiting == ["group cpu: 3 ready outdated worker(s) wait for Ray's state (busy workers are drained, "
+                       "never deleted; Ray's state is unknown)"], waiting
+    rollout = _condition(swc, "zeta", "RolloutComplete")
+    assert (rollout["status"], rollout["reason"]) == ("False", "RollingUpdate"), rollout
+    time.sleep(6)  # past the planner's retry: still nothing deleted, and no second event
+    assert {p.metadata.name for p in swc.workers("zeta")} == before
+    assert len([e for e in swc.events("zeta") if e.reason == "RolloutWaiting"]) == 1
+    victim = sorted(before)[0]
+    swc.core.delete_namespaced_pod(victim, swc.ns, grace_period_seconds=0)
+
+    def replaced() -> list[client.V1Pod]:
         ws = swc.workers("zeta")
-        least_ready = min(least_ready, sum(1 for p in ws if p.status.phase == "Running"))
-        rollout = _condition(swc, "zeta", "RolloutComplete")
-        rollout_seen = rollout_seen or (rollout["status"], rollout["reason"]) == ("False", "RollingUpdate")
-        if len(ws) == 3 and all(p.spec.termination_grace_period_seconds == 7 for p in ws):
-            break
-        time.sleep(0.2)
-    ws = swc.workers("zeta")
-    assert all(p.metadata.labels[labels.TEMPLATE_HASH] != old_hash for p in ws)
-    assert not {p.metadata.name for p in ws} & before
-    assert least_ready >= 2, "maxUnavailable=1: never more than one worker down during the rollout"
-    assert rollout_seen, "RolloutComplete=False (RollingUpdate) while workers were outdated"
-    wait_for("RolloutComplete", lambda: _condition(swc, "zeta", "RolloutComplete")["status"] == "True")
-    deleted = [e.message for e in swc.events("zeta") if e.reason == "Deleted"]
-    assert any("of group cpu: template.spec changed; rolling update (Rolling)" in m for m in deleted), deleted
+        return [p for p in ws if p.metadata.name not in before] if len(ws) == 3 else []
+
+    (new,) = wait_for("a replacement with the new template", replaced)
+    assert new.spec.termination_grace_period_seconds == 7
+    assert {p.metadata.name for p in swc.workers("zeta")} == (before - {victim}) | {new.metadata.name}
 
 
 def test_template_labels_and_annotations_are_patched_in_place(swc: Cluster, operator: OperatorProcess) -> None:

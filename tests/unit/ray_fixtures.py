@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
+from swarm_operator.autoscaler import gcs
 from swarm_operator.autoscaler.gcs import OPERATOR_RAY_VERSION
 from swarm_operator.autoscaler.snapshot import (
     HEAD_RESOURCE,
@@ -52,3 +53,44 @@ def snapshot(*nodes: RayNode, pending: tuple[ResourceDemand, ...] = (), gangs: t
 
 def demand(count: int, **shape: float) -> ResourceDemand:
     return ResourceDemand(dict(shape), count)
+
+
+class FakeRay:
+    """What the GCS answers, shared by every client the pool makes; it records reads and drains."""
+
+    def __init__(self) -> None:
+        self.snapshot: ClusterSnapshot = snapshot()
+        self.error: str | None = None
+        self.refuse: dict[str, str] = {}  # pod -> Ray's reason
+        self.fail_drain: set[str] = set()  # pods whose drain RPC fails
+        self.addresses: list[str] = []
+        self.reads = 0
+        self.drains: list[tuple[str, gcs.DrainReason, str, int, ClusterSnapshot]] = []
+
+    def factory(self, address: str, token: str | None) -> FakeClient:
+        self.addresses.append(address)
+        return FakeClient(self)
+
+
+class FakeClient:
+    def __init__(self, ray: FakeRay) -> None:
+        self.ray = ray
+
+    def read(self) -> ClusterSnapshot:
+        self.ray.reads += 1
+        if self.ray.error is not None:
+            raise gcs.GcsUnavailable(self.ray.error)
+        return self.ray.snapshot
+
+    def drain(self, node_id_hex: str, reason: gcs.DrainReason, message: str, deadline_ms: int, *,
+              snapshot: ClusterSnapshot) -> gcs.DrainResult:
+        self.ray.drains.append((node_id_hex, reason, message, deadline_ms, snapshot))
+        node = snapshot.node(node_id_hex)
+        assert node is not None, node_id_hex
+        if node.instance_id in self.ray.fail_drain:
+            raise gcs.GcsUnavailable("drain timed out")
+        why = self.ray.refuse.get(node.instance_id)
+        return gcs.DrainResult(why is None, why or "")
+
+    def close(self) -> None:
+        pass

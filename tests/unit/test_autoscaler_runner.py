@@ -32,12 +32,13 @@ from swarm_operator.autoscaler.snapshot import (
 )
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, observe_pod
+from swarm_operator.reconcile.plan import DrainForRollout
 from swarm_operator.resources import labels
 from swarm_operator.spec import AutoscalingSpec, ClusterSpec
 from swarm_operator.status import AutoscalerReport
 from swarm_operator.times import timestamp
 from tests.unit.operator_fixtures import NAMESPACE, NOW, cluster, group, head, worker, worker_pod
-from tests.unit.ray_fixtures import HEAD_IP, demand, node_id, ray_node, snapshot
+from tests.unit.ray_fixtures import HEAD_IP, FakeRay, demand, node_id, ray_node, snapshot
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -112,47 +113,6 @@ def test_pending_by_resource() -> None:
 
 
 # -- Autoscaler.step with fakes -----------------------------------------------------------------
-
-
-class FakeRay:
-    """What the GCS answers, shared by every client the pool makes; it records reads and drains."""
-
-    def __init__(self) -> None:
-        self.snapshot: ClusterSnapshot = snapshot()
-        self.error: str | None = None
-        self.refuse: dict[str, str] = {}  # pod -> Ray's reason
-        self.fail_drain: set[str] = set()  # pods whose drain RPC fails
-        self.addresses: list[str] = []
-        self.reads = 0
-        self.drains: list[tuple[str, gcs.DrainReason, str, int, ClusterSnapshot]] = []
-
-    def factory(self, address: str, token: str | None) -> FakeClient:
-        self.addresses.append(address)
-        return FakeClient(self)
-
-
-class FakeClient:
-    def __init__(self, ray: FakeRay) -> None:
-        self.ray = ray
-
-    def read(self) -> ClusterSnapshot:
-        self.ray.reads += 1
-        if self.ray.error is not None:
-            raise gcs.GcsUnavailable(self.ray.error)
-        return self.ray.snapshot
-
-    def drain(self, node_id_hex: str, reason: gcs.DrainReason, message: str, deadline_ms: int, *,
-              snapshot: ClusterSnapshot) -> gcs.DrainResult:
-        self.ray.drains.append((node_id_hex, reason, message, deadline_ms, snapshot))
-        node = snapshot.node(node_id_hex)
-        assert node is not None, node_id_hex
-        if node.instance_id in self.ray.fail_drain:
-            raise gcs.GcsUnavailable("drain timed out")
-        why = self.ray.refuse.get(node.instance_id)
-        return gcs.DrainResult(why is None, why or "")
-
-    def close(self) -> None:
-        pass
 
 
 class FakeKube:
@@ -509,3 +469,50 @@ def test_pending_demand_gauge_follows_the_demand(h: Harness) -> None:
     assert (gauge("GPU"), gauge("CPU")) == (0.0, 3.0)  # demand that went away is no longer reported
     h.scaler.forget(key_of(c))
     assert (gauge("GPU"), gauge("CPU")) == (None, None)  # a deleted cluster leaves no series behind
+
+
+# -- rollouts: Ray's state read-only, and drains with reason PREEMPTION -----------------------------
+
+
+def test_observe_reads_ray_without_deciding_anything(h: Harness) -> None:
+    c = cluster(groups=[group("cpu", 3)])  # autoscaling off
+    pods = h.pods(c, 3)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, NodeStatus.IDLE),
+                              cpu_node(c, 2, NodeStatus.DEAD))
+    assert asyncio.run(h.scaler.observe(key_of(c), pods, None)) is None  # no head to ask
+    view = asyncio.run(h.scaler.observe(key_of(c), pods, HEAD_IP))
+    assert view is not None
+    assert (view.ray_nodes, view.idle, view.ray_dead) == (
+        frozenset({head(c).name, "demo-cpu-w0000", "demo-cpu-w0001"}), frozenset({"demo-cpu-w0001"}),
+        frozenset({"demo-cpu-w0002"}))
+    assert h.ray.drains == [] and h.kube.annotated == []
+    h.ray.error = "connection refused"
+    h.scaler.forget(key_of(c))  # no read backoff left from before
+    assert asyncio.run(h.scaler.observe(key_of(c), pods, HEAD_IP)) is None
+
+
+@pytest.mark.parametrize(
+    ("fail", "annotated"),
+    [pytest.param(False, True, id="accepted-annotated"), pytest.param(True, False, id="rpc-failed-retried-later")],
+)
+def test_drain_for_rollout_uses_preemption_and_the_deadline(h: Harness, fail: bool, annotated: bool) -> None:
+    c = cluster(groups=[group("cpu", 2)])
+    pods = h.pods(c, 2)
+    h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1))
+    view = asyncio.run(h.scaler.observe(key_of(c), pods, HEAD_IP))
+    assert view is not None
+    if fail:
+        h.ray.fail_drain.add("demo-cpu-w0000")
+    drains = [DrainForRollout("demo-cpu-w0000", "worker demo-cpu-w0000 of group cpu: rolling update", 90),
+              DrainForRollout("demo-cpu-gone", "not a Ray node any more", 90)]
+    patched, evs = asyncio.run(h.scaler.drain_for_rollout(key_of(c), view.snapshot, drains, NOW))
+    ((node, reason, message, deadline_ms, _),) = h.ray.drains  # the node Ray does not know is not sent
+    assert (node, reason, deadline_ms) == (node_id("demo-cpu-w0000"), gcs.DrainReason.PREEMPTION,
+                                           int((NOW + 90) * 1000))
+    assert message == "swarm-operator: worker demo-cpu-w0000 of group cpu: rolling update"
+    if annotated:
+        assert h.kube.annotated == [(NAMESPACE, "demo-cpu-w0000", {labels.DRAINED: timestamp(NOW)})]
+        assert [p["metadata"]["name"] for p in patched] == ["demo-cpu-w0000"]
+        assert [e[1] for e in evs] == ["Draining"]
+    else:
+        assert (h.kube.annotated, patched, evs) == ([], [], [])

@@ -10,12 +10,14 @@ import asyncio
 import copy
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from swarm_operator import controller as controller_module
 from swarm_operator import turn as turn_module
+from swarm_operator.autoscaler import gcs
+from swarm_operator.autoscaler.snapshot import NodeStatus
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
 from swarm_operator.kube import ApiError
@@ -23,6 +25,7 @@ from swarm_operator.reconcile.cache import Key
 from swarm_operator.resources import labels
 from swarm_operator.turn import NAME_TAKEN_RETRY_SECONDS, SUFFIX_ALPHABET, random_suffix
 from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, as_kube, iso, manifest, with_state
+from tests.unit.ray_fixtures import HEAD_IP, FakeRay, node_id, ray_node, snapshot
 
 KEY: Key = (NAMESPACE, "demo")
 
@@ -788,3 +791,90 @@ def _edit(path: str, value: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
 def test_an_echo_of_our_status_write_queues_no_turn(second: Callable[[dict[str, Any]], dict[str, Any]],
                                                     turns: int) -> None:
     assert _turns_after(second) == turns
+
+
+# -- a rollout with autoscaling off: the turn reads Ray's state and drains busy workers -------------
+
+
+def test_rollout_reads_ray_without_autoscaling_replaces_the_idle_worker_and_drains_the_busy_one() -> None:
+    kube, ray = FakeKube(), FakeRay()
+    changed = manifest({"workerGroups": [{**manifest()["spec"]["workerGroups"][0],
+                                          "rayStartParams": {"object-store-memory": "100000000"}}],
+                        "updateStrategy": {"maxUnavailable": 2, "drainTimeoutSeconds": 120}}, generation=2)
+
+    def running(c: Controller, name: str, ip: str) -> None:
+        pod = with_state(kube.pods[(NAMESPACE, name)], resource_version=kube.bump())
+        pod["status"]["podIP"] = ip
+        kube.pods[(NAMESPACE, name)] = pod
+        c.on_pod("MODIFIED", pod)
+
+    async def body() -> None:
+        c = make(kube)
+        c.autoscaler.pool = cast(Any, gcs.RayStatePool(ray.factory, read_timeout_s=5.0))
+        c.on_cluster("ADDED", manifest())
+        await c.reconcile(KEY)  # head + 2 workers
+        busy, idle = sorted(n for (_, n) in kube.pods if n.startswith("demo-cpu-"))
+        for name, ip in (("demo-head", HEAD_IP), (busy, "10.0.0.2"), (idle, "10.0.0.3")):
+            running(c, name, ip)
+        await c.reconcile(KEY)  # all up to date: Ray is not asked
+        assert ray.reads == 0
+        ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
+                                ray_node(busy, "cpu", available={"CPU": 0.0, "memory": 8e9}),
+                                ray_node(idle, "cpu", NodeStatus.IDLE))
+        c.on_cluster("MODIFIED", {**changed, "status": kube.statuses[-1][2]})
+        kube.calls.clear()
+        await c.reconcile(KEY)
+        assert ray.reads == 1
+        assert [n for verb, n in kube.calls if verb == "delete_pod"] == [idle]
+        ((node, reason, message, deadline_ms, _),) = ray.drains
+        assert (node, reason, deadline_ms) == (node_id(busy), gcs.DrainReason.PREEMPTION, int((NOW + 120) * 1000))
+        assert "rayStartParams changed" in message
+        assert labels.DRAINED in kube.pods[(NAMESPACE, busy)]["metadata"]["annotations"]
+        assert any(e[2] == "Draining" and busy in e[3] for e in kube.events)
+
+        # The busy node is still draining (its tasks run): its pod stays, and it is not drained twice.
+        ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
+                                ray_node(busy, "cpu", NodeStatus.DRAINING))
+        gone = kube.pods.pop((NAMESPACE, idle))
+        gone["metadata"]["resourceVersion"] = kube.bump()
+        c.on_pod("DELETED", gone)
+        kube.calls.clear()
+        await c.reconcile(KEY)
+        assert [n for verb, n in kube.calls if verb == "delete_pod"] == []
+        assert len(ray.drains) == 1
+        # Its raylet exited: Ray reports it DEAD, and the pod is removed without counting as a failure.
+        ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
+                                ray_node(busy, "cpu", NodeStatus.DEAD))
+        kube.calls.clear()
+        await c.reconcile(KEY)
+        assert [n for verb, n in kube.calls if verb == "delete_pod"] == [busy]
+        assert not any(e[2] == "Replacing" for e in kube.events)
+
+    run(body)
+
+
+def test_a_rollout_with_ray_unreachable_waits_and_says_so_once() -> None:
+    kube, ray = FakeKube(), FakeRay()
+    ray.error = "connection refused"
+    changed = manifest({"workerGroups": [{**manifest()["spec"]["workerGroups"][0],
+                                          "rayStartParams": {"object-store-memory": "100000000"}}]}, generation=2)
+
+    async def body() -> None:
+        c = make(kube)
+        c.autoscaler.pool = cast(Any, gcs.RayStatePool(ray.factory, read_timeout_s=5.0))
+        c.on_cluster("ADDED", manifest())
+        await c.reconcile(KEY)
+        for (_, name), pod in list(kube.pods.items()):
+            pod = with_state(pod, resource_version=kube.bump())
+            pod["status"]["podIP"] = HEAD_IP
+            kube.pods[(NAMESPACE, name)] = pod
+            c.on_pod("MODIFIED", pod)
+        c.on_cluster("MODIFIED", {**changed, "status": kube.statuses[-1][2]})
+        kube.calls.clear()
+        await c.reconcile(KEY)
+        await c.reconcile(KEY)
+
+    run(body)
+    assert ray.reads >= 1 and kube.verbs()["delete_pod"] == 0
+    waiting = [e for e in kube.events if e[2] == "RolloutWaiting"]
+    assert len(waiting) == 1 and "2 ready outdated worker(s)" in waiting[0][3]

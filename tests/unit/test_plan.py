@@ -12,15 +12,19 @@ import pytest
 from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.reconcile.plan import (
+    DRAIN_POLL_SECONDS,
+    RAY_STATE_RETRY_SECONDS,
     Action,
     CreateHead,
     CreateService,
     CreateWorkers,
     DeletePod,
+    DrainForRollout,
     Observed,
     PatchPod,
     Plan,
     desired_replicas,
+    needs_ray_state,
     plan_cluster,
 )
 from swarm_operator.resources import labels, revision
@@ -355,44 +359,144 @@ def test_desired_replicas(spec: dict[str, Any], groups: list[dict[str, Any]], ta
 # -- rolling updates of the worker template ------------------------------------------------------
 
 
+IDLE, BUSY = "idle", "busy"
+
+
+def ray_of(states: Mapping[str, str] | None) -> dict[str, Any]:
+    """Ray's view for `run`: pod -> idle or busy; a pod not named is no Ray node. None: Ray's state unknown."""
+    if states is None:
+        return {"idle": None, "ray_nodes": None}
+    return {"idle": frozenset(n for n, s in states.items() if s == IDLE), "ray_nodes": frozenset(states)}
+
+
+def all_(state: str, n: int = 3) -> dict[str, str]:
+    return {w(i): state for i in range(n)}
+
+
+def describe_rollout(a: Action) -> tuple[str, str]:
+    assert isinstance(a, DeletePod | DrainForRollout), a
+    return ("drain" if isinstance(a, DrainForRollout) else "delete", a.name)
+
+
 def rollout(strategy: dict[str, Any], old_pods: list[PodState], new_pods: list[PodState] | None = None,
-            idle: frozenset[str] | None = None) -> list[str]:
+            ray: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     c = cluster({"updateStrategy": strategy}, groups=[group("cpu", 3)])
-    p = run(c, [head(c), *old_pods, *(new_pods or [])], idle=idle)
+    p = run(c, [head(c), *old_pods, *(new_pods or [])], **ray_of(ray))
     assert not any(isinstance(a, CreateWorkers) for a in p.actions)
-    return sorted(a.name for a in p.actions if isinstance(a, DeletePod))
+    return sorted(describe_rollout(a) for a in p.actions if isinstance(a, DeletePod | DrainForRollout))
+
+
+def rollout_drained(suffix: str, c: ClusterSpec = C3_OLD, at: float = NOW - 10, **state: Any) -> PodState:
+    """An outdated worker whose Ray node a rollout drained `NOW - at` seconds ago."""
+    raw = worker_pod(c, "cpu", suffix, created=NOW - 3600, **state)
+    raw["metadata"].setdefault("annotations", {})[labels.DRAINED] = iso(at)
+    return observe_pod(raw)
+
+
+OLD3 = workers(C3_OLD, 3)
+STUCK = worker(C3_OLD, suffix="stuck", phase="Pending", ready=False)
 
 
 @pytest.mark.parametrize(
-    ("strategy", "old", "new", "idle", "expected"),
+    ("strategy", "old", "new", "ray", "expected"),
     [
-        pytest.param({}, workers(C3_OLD, 3), [], None, [w(0)], id="rolling-one-at-a-time-oldest-first"),
-        pytest.param({"maxUnavailable": 2}, workers(C3_OLD, 3), [], None, [w(0), w(1)], id="max-unavailable-2"),
-        pytest.param({"maxUnavailable": 5}, workers(C3_OLD, 3), [], None, [w(0), w(1), w(2)],
+        pytest.param({}, OLD3, [], all_(IDLE), [("delete", w(0))], id="idle-one-at-a-time-oldest-first"),
+        pytest.param({"maxUnavailable": 2}, OLD3, [], all_(IDLE), [("delete", w(0)), ("delete", w(1))],
+                     id="max-unavailable-2"),
+        pytest.param({"maxUnavailable": 5}, OLD3, [], all_(IDLE), [("delete", w(i)) for i in range(3)],
                      id="budget-larger-than-outdated"),
-        pytest.param({}, workers(C3_OLD, 2), [worker(C3, suffix="fresh", ready=False)], None, [],
+        pytest.param({}, workers(C3_OLD, 2), [worker(C3, suffix="fresh", ready=False)], all_(IDLE, 2), [],
                      id="waits-while-a-new-pod-is-not-ready"),
-        pytest.param({}, workers(C3_OLD, 2), [worker(C3, suffix="fresh")], None, [w(0)],
+        pytest.param({}, workers(C3_OLD, 2), [worker(C3, suffix="fresh")], all_(IDLE, 2), [("delete", w(0))],
                      id="continues-once-it-is-ready"),
-        pytest.param({}, workers(C3, 3), [], None, [], id="up-to-date-nothing"),
-        pytest.param({}, [*workers(C3_OLD, 2), worker(C3_OLD, suffix="stuck", phase="Pending", ready=False)], [],
-                     None, ["demo-cpu-stuck"], id="not-ready-outdated-first"),
+        pytest.param({}, workers(C3, 3), [], all_(BUSY), [], id="up-to-date-nothing"),
+        pytest.param({}, [*workers(C3_OLD, 2), STUCK], [], all_(IDLE, 2), [("delete", STUCK.name)],
+                     id="not-ready-outdated-first"),
         pytest.param({}, workers(C3_OLD, 3, phase="Pending", ready=False, node=None), [], None,
-                     [w(0), w(1), w(2)], id="unschedulable-old-template-does-not-block-the-fix"),
-        pytest.param({"type": "IdleFirst"}, workers(C3_OLD, 3), [], frozenset({w(2)}), [w(2)],
-                     id="idle-first-takes-the-idle-node"),
-        pytest.param({"type": "IdleFirst", "maxUnavailable": 2}, workers(C3_OLD, 3), [], frozenset({w(2)}),
-                     [w(0), w(2)], id="idle-first-then-oldest-busy"),
-        pytest.param({"type": "IdleFirst"}, workers(C3_OLD, 3), [], None, [w(0)],
-                     id="idle-first-without-ray-state-oldest"),
-        pytest.param({"type": "Rolling"}, workers(C3_OLD, 3), [], frozenset({w(2)}), [w(0)],
-                     id="rolling-ignores-idleness"),
-        pytest.param({"type": "OnDelete"}, workers(C3_OLD, 3), [], None, [], id="on-delete-never-deletes"),
+                     [("delete", w(i)) for i in range(3)], id="unschedulable-old-template-does-not-block-the-fix"),
+        # Busy workers: drained through Ray, never deleted; idle ones go first.
+        pytest.param({}, OLD3, [], all_(BUSY), [("drain", w(0))], id="busy-drained-not-deleted"),
+        pytest.param({}, OLD3, [], {**all_(BUSY), w(2): IDLE}, [("delete", w(2))], id="idle-before-busy"),
+        pytest.param({"maxUnavailable": 2}, OLD3, [], {**all_(BUSY), w(2): IDLE},
+                     [("delete", w(2)), ("drain", w(0))], id="idle-then-oldest-busy-drained"),
+        pytest.param({"type": "IdleFirst"}, OLD3, [], {**all_(BUSY), w(2): IDLE}, [("delete", w(2))],
+                     id="idle-first-same-rules"),
+        pytest.param({}, OLD3, [], {w(1): BUSY, w(2): BUSY}, [("delete", w(0))],
+                     id="not-a-ray-node-yet-replaced-directly-first"),
+        pytest.param({}, [worker(C3_OLD, suffix="w0000", ready=False), *OLD3[1:]], [], all_(BUSY),
+                     [("drain", w(0))], id="busy-not-ready-still-drained"),
+        # Ray's state unknown: ready workers wait (they may be running tasks); not-ready ones go.
+        pytest.param({}, OLD3, [], None, [], id="unknown-ready-workers-wait"),
+        pytest.param({"maxUnavailable": 3}, [*workers(C3_OLD, 2), STUCK], [], None, [("delete", STUCK.name)],
+                     id="unknown-not-ready-replaced"),
+        # A drained worker still running counts against maxUnavailable and is not drained again.
+        pytest.param({}, [rollout_drained("w0000"), *OLD3[1:]], [], all_(BUSY), [], id="draining-uses-the-budget"),
+        pytest.param({"maxUnavailable": 2}, [rollout_drained("w0000"), *OLD3[1:]], [], all_(BUSY),
+                     [("drain", w(1))], id="draining-then-the-next"),
+        pytest.param({"type": "OnDelete"}, OLD3, [], all_(IDLE), [], id="on-delete-never-deletes"),
     ],
 )
 def test_rolling_update(strategy: dict[str, Any], old: list[PodState], new: list[PodState],
-                        idle: frozenset[str] | None, expected: list[str]) -> None:
-    assert rollout(strategy, old, new, idle) == expected
+                        ray: Mapping[str, str] | None, expected: list[tuple[str, str]]) -> None:
+    assert rollout(strategy, old, new, ray) == sorted(expected)
+
+
+def test_a_busy_worker_is_drained_with_the_deadline_and_a_reason() -> None:
+    c = cluster({"updateStrategy": {"drainTimeoutSeconds": 120}}, groups=[group("cpu", 3)])
+    p = run(c, [head(c), *OLD3], **ray_of(all_(BUSY)))
+    assert p.actions == (DrainForRollout(w(0), f"worker {w(0)} of group cpu: rayStartParams changed; rolling update "
+                                                "(Rolling); it runs Ray tasks: draining it first", 120),)
+    assert p.notes == ()
+
+
+def test_ready_workers_waiting_for_ray_state_say_so_and_retry() -> None:
+    p = run(C3, [head(C3), *OLD3])
+    assert p.actions == ()
+    assert p.notes == ("group cpu: 3 ready outdated worker(s) wait for Ray's state (busy workers are drained, "
+                       "never deleted; Ray's state is unknown)",)
+    assert p.requeue_after == RAY_STATE_RETRY_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("drained_ago", "timeout", "deleted", "requeue"),
+    [
+        pytest.param(10, 600, False, DRAIN_POLL_SECONDS, id="within-the-deadline-polls-ray"),
+        pytest.param(599, 600, False, 1.0, id="just-before-the-deadline-wakes-at-it"),
+        pytest.param(600, 600, True, None, id="at-the-deadline-deleted"),
+        pytest.param(30, 20, True, None, id="past-a-short-deadline-deleted"),
+    ],
+)
+def test_a_drain_past_its_deadline_is_ended_by_deleting_the_pod(drained_ago: float, timeout: int, deleted: bool,
+                                                                requeue: float | None) -> None:
+    c = cluster({"updateStrategy": {"drainTimeoutSeconds": timeout}}, groups=[group("cpu", 3)])
+    old = cluster({"updateStrategy": {"drainTimeoutSeconds": timeout}},
+                  groups=[group("cpu", 3, rayStartParams={"object-store-memory": "100000000"})])
+    pods = [head(c), rollout_drained("w0000", old, at=NOW - drained_ago), *workers(c, 3)[1:]]
+    p = run(c, pods, **ray_of(all_(BUSY)))
+    if deleted:
+        assert same(p, [("delete", w(0)), ("create", "cpu", 1)])
+        assert "drainTimeoutSeconds" in next(a.reason for a in p.actions if isinstance(a, DeletePod))
+    else:
+        assert same(p, [])
+    assert p.requeue_after == requeue
+
+
+@pytest.mark.parametrize(
+    ("strategy", "pods", "expected"),
+    [
+        pytest.param({}, workers(C3, 3), False, id="up-to-date"),
+        pytest.param({}, [*workers(C3, 2), worker(C3_OLD, suffix="old")], True, id="one-outdated"),
+        pytest.param({}, [*workers(C3, 2), worker(C3_OLD, suffix="old", deleting=True)], False,
+                     id="outdated-but-leaving"),
+        pytest.param({}, [*workers(C3, 2), rollout_drained("old", C3)], True, id="drained-waiting-to-die"),
+        pytest.param({"type": "OnDelete"}, [worker(C3_OLD, suffix="old")], False, id="on-delete-outdated"),
+        pytest.param({"type": "OnDelete"}, [rollout_drained("old", C3)], True, id="on-delete-drained"),
+        pytest.param({}, [head(C3_OLD)], False, id="head-only"),
+    ],
+)
+def test_needs_ray_state(strategy: dict[str, Any], pods: list[PodState], expected: bool) -> None:
+    c = cluster({"updateStrategy": strategy}, groups=[group("cpu", 3)])
+    assert needs_ray_state(c, pods) is expected
 
 
 def test_rollout_waits_for_the_count_first() -> None:
@@ -401,7 +505,7 @@ def test_rollout_waits_for_the_count_first() -> None:
 
 
 def test_rollout_reason_names_what_changed() -> None:
-    p = run(C3, [head(C3), *workers(C3_OLD, 3)])
+    p = run(C3, [head(C3), *workers(C3_OLD, 3)], **ray_of(all_(IDLE)))
     (action,) = p.actions
     assert isinstance(action, DeletePod)
     assert worker(C3).template_hash != worker(C3_OLD).template_hash
@@ -410,7 +514,7 @@ def test_rollout_reason_names_what_changed() -> None:
 
 def test_a_pod_without_a_revision_record_is_replaced_saying_so() -> None:
     old = [dataclasses.replace(p, revision=None, template_hash="0123456789") for p in workers(C3, 3)]
-    (action, *_) = run(C3, [head(C3), *old]).actions
+    (action, *_) = run(C3, [head(C3), *old], **ray_of(all_(IDLE))).actions
     assert isinstance(action, DeletePod)
     assert "without a revision record, made by an older operator" in action.reason
 
@@ -550,9 +654,9 @@ RAY_CASES = [
                  [("delete", w(1))], 0, None, id="drained-pod-ended-deleted-without-failure"),
     pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001")], {w(1)}, {"cpu": 1},
                  [("delete", w(1))], 0, None, id="drained-pod-ray-dead-deleted-without-failure"),
-    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001")], set(), {"cpu": 1}, [], 0, None,
+    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001")], set(), {"cpu": 1}, [], 0, DRAIN_POLL_SECONDS,
                  id="drained-pod-still-running-left-alone"),
-    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001")], set(), {"cpu": 2}, [], 0, None,
+    pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001")], set(), {"cpu": 2}, [], 0, DRAIN_POLL_SECONDS,
                  id="drained-pod-still-running-counts-as-live-no-replacement"),
     pytest.param(RD, [*workers(RD, 1), drained_worker(RD, "w0001", **SUCCEEDED)], set(), {"cpu": 2},
                  [("delete", w(1)), ("create", "cpu", 1)], 0, None, id="drained-pod-ended-target-kept-no-backoff"),
@@ -577,7 +681,7 @@ def test_ray_dead_and_drained_reasons() -> None:
     pods = [*workers(RD, 1), drained_worker(RD, "w0001"), worker(RD, suffix="w0002")]
     p = run_ray(RD_NO_BACKOFF, pods, {w(1), w(2)}, {"cpu": 3})
     by_name = {a.name: a for a in p.actions if isinstance(a, DeletePod)}
-    assert by_name[w(1)] == DeletePod(w(1), f"worker {w(1)} of group cpu: its Ray node was drained (idle); "
+    assert by_name[w(1)] == DeletePod(w(1), f"worker {w(1)} of group cpu: its Ray node was drained; "
                                             "removing the pod")
     assert by_name[w(2)] == DeletePod(w(2), f"worker {w(2)} of group cpu: its Ray node died", "cpu", failed=True)
     create = next(a for a in p.actions if isinstance(a, CreateWorkers))

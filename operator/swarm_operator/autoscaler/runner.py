@@ -24,6 +24,7 @@ from swarm_operator.autoscaler.inputs import demand_summary, policy_input
 from swarm_operator.autoscaler.snapshot import ClusterSnapshot, NodeStatus
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState
+from swarm_operator.reconcile.plan import DrainForRollout
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import GCS_PORT
 from swarm_operator.spec import ClusterSpec
@@ -46,6 +47,28 @@ class Outcome:
     ray_nodes: frozenset[str] | None = None  # pods whose Ray node is alive (None: Ray's state unknown)
     events: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)  # (type, reason, message)
     patched_pods: tuple[dict[str, Any], ...] = ()  # pods annotated as drained, for the controller's cache
+    snapshot: ClusterSnapshot | None = field(default=None, compare=False)  # what it was decided from
+
+
+@dataclass(frozen=True)
+class RayView:
+    """What the planner needs from Ray's state (no scaling decision), and the snapshot a drain is sent against."""
+    ray_dead: frozenset[str]  # pods whose Ray node is DEAD
+    idle: frozenset[str]
+    ray_nodes: frozenset[str]  # pods whose Ray node is alive
+    snapshot: ClusterSnapshot = field(compare=False)
+
+    @staticmethod
+    def of(outcome: Outcome) -> RayView | None:
+        if outcome.snapshot is None or outcome.idle is None or outcome.ray_nodes is None:
+            return None
+        return RayView(outcome.ray_dead, outcome.idle, outcome.ray_nodes, outcome.snapshot)
+
+
+def ray_view(snap: ClusterSnapshot, pods: Iterable[PodState]) -> RayView:
+    idle = frozenset(n.instance_id for n in snap.nodes if n.status == NodeStatus.IDLE)
+    alive = frozenset(n.instance_id for n in snap.nodes if n.status != NodeStatus.DEAD)
+    return RayView(ray_dead_pods(snap, pods), idle, alive, snap)
 
 
 def unavailable_groups(pods: Iterable[PodState], now: float, timeout: float) -> frozenset[str]:
@@ -202,10 +225,53 @@ class Autoscaler:
             decisions=(*reasons, *(f"drained {d.node}: {d.reason}" for d in accepted),
                        *(f"drain of {d.node} refused (it got work)" for d in refused)),
         )
-        idle = frozenset(n.instance_id for n in snap.nodes if n.status == NodeStatus.IDLE)
-        alive = frozenset(n.instance_id for n in snap.nodes if n.status != NodeStatus.DEAD)
-        return Outcome(new_targets, report, frozenset(scaled_up), ray_dead_pods(snap, pods), idle, alive,
-                       tuple(events), tuple(patched))
+        view = ray_view(snap, pods)
+        return Outcome(new_targets, report, frozenset(scaled_up), view.ray_dead, view.idle, view.ray_nodes,
+                       tuple(events), tuple(patched), snap)
+
+    async def observe(self, key: str, pods: list[PodState], head_ip: str | None) -> RayView | None:
+        """Ray's state for a rollout, read-only and with no scaling decision (autoscaling may be off);
+        None when there is no head to ask or the read failed."""
+        if head_ip is None:
+            return None
+        self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}")
+        result = await self.pool.aread(key)
+        if result.snapshot is None:
+            log.info("reading Ray state of %s for a rollout: %s", key, result.error)
+            return None
+        return ray_view(result.snapshot, pods)
+
+    async def drain_for_rollout(self, key: str, snap: ClusterSnapshot, drains: Iterable[DrainForRollout],
+                                now: float) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+        """Ask Ray to drain busy outdated workers (reason PREEMPTION, with a deadline): it schedules nothing
+        more there and its raylet exits once the running tasks finish. Accepted drains are annotated on
+        the pod, as the autoscaler's are; the planner deletes the pod once the node is DEAD.
+        Returns the patched pods (for the cache) and the events to post."""
+        ns, _ = key.split("/", 1)
+        client = self.pool.client(key)
+        patched: list[dict[str, Any]] = []
+        events: list[tuple[str, str, str]] = []
+        for d in drains:
+            node = snap.node_by_instance(d.name)
+            if node is None:
+                continue  # it left Ray since the read: the next turn replaces it directly
+            deadline_ms = int((now + d.deadline_seconds) * 1000)
+            try:
+                result = await asyncio.to_thread(client.drain, node.node_id, self.ray.DrainReason.PREEMPTION,
+                                                 f"swarm-operator: {d.reason}", deadline_ms, snapshot=snap)
+            except self.ray.RayStateError as exc:  # safe to repeat: the next turn asks again
+                log.warning("rollout drain of %s in %s failed: %s", d.name, key, exc)
+                continue
+            if not result.accepted:
+                log.info("rollout drain of %s in %s not sent: %s", d.name, key, result.why)
+                continue
+            pod = await asyncio.to_thread(self.kube.annotate_pod, ns, d.name, {labels.DRAINED: timestamp(now)})
+            if pod is not None:
+                patched.append(pod)
+            events.append(("Normal", "Draining", f"{d.reason}; Ray finishes its running tasks within "
+                                                 f"{d.deadline_seconds}s (updateStrategy.drainTimeoutSeconds), "
+                                                 "then the pod is replaced"))
+        return patched, events
 
     async def _drain(self, key: str, snap: ClusterSnapshot, drains: Iterable[policy.Drain],
                      events: list[tuple[str, str, str]]) -> tuple[list[policy.Drain], list[policy.Drain]]:

@@ -23,7 +23,8 @@ class PodState:
     created: float  # epoch seconds; 0 when unknown
     scheduled: bool
     failure: str | None  # why the pod is dead, None while it is alive
-    drained: bool = False  # the autoscaler drained its Ray node: its end is planned, not a failure
+    drained: bool = False  # its Ray node was drained (autoscaler or rollout): its end is planned, not a failure
+    drained_at: float = 0.0  # epoch seconds the drain was accepted; 0 when unknown
     # What the pod recorded it was built from (resources/revision.py); None when it recorded nothing.
     revision: Mapping[str, Any] | None = field(default=None, compare=False)
     template_metadata: Mapping[str, Any] | None = field(default=None, compare=False)
@@ -31,6 +32,14 @@ class PodState:
     @property
     def alive(self) -> bool:
         return not self.deleting and self.failure is None
+
+
+def _annotation_time(text: str | None) -> float:
+    """A timestamp someone may have edited by hand: unreadable counts as unknown."""
+    try:
+        return parse_time(text)
+    except ValueError:
+        return 0.0
 
 
 def _ray_container_end(status: Mapping[str, Any]) -> str | None:
@@ -83,6 +92,7 @@ def observe_pod(pod: Mapping[str, Any]) -> PodState:
         scheduled=bool((pod.get("spec") or {}).get("nodeName")),
         failure=failure_reason(pod),
         drained=labels.DRAINED in annotations,
+        drained_at=_annotation_time(annotations.get(labels.DRAINED)),
         revision=revision.read_json_annotation(annotations, revision.REVISION),
         template_metadata=revision.read_json_annotation(annotations, revision.TEMPLATE_METADATA),
     )

@@ -50,7 +50,21 @@ class PatchPod:
     reason: str
 
 
-Action = CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod
+@dataclass(frozen=True)
+class DrainForRollout:
+    """An outdated worker with Ray work: Ray drains it (reason PREEMPTION, a deadline) rather than the pod being
+    deleted, so its running tasks finish. The pod is deleted once Ray reports the node dead, or at the deadline."""
+    name: str
+    reason: str
+    deadline_seconds: int
+
+
+Action = CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod | DrainForRollout
+
+# While a drained node has not died yet, Ray's state is read again this often (its death is what frees the pod).
+DRAIN_POLL_SECONDS = 3.0
+# A ready outdated worker waits while Ray's state is unknown (busy or idle cannot be told); retried this often.
+RAY_STATE_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,7 @@ class Observed:
     service_exists: bool
     health: Mapping[str, GroupHealth]  # per worker group
     head_restarts: int = 0
-    # Pods Ray reports idle (None when Ray's state is unknown); IdleFirst rollouts use it.
+    # Pods Ray reports idle (None when Ray's state is unknown); rollouts replace them directly, first.
     idle_pods: frozenset[str] | None = None
     # Pods whose Ray node the GCS reports DEAD while the pod still runs (`ray start --block` outlives it).
     ray_dead: frozenset[str] = frozenset()
@@ -100,25 +114,48 @@ def _no_ray_work_yet(p: PodState, ray_nodes: frozenset[str] | None) -> bool:
     return p.name not in ray_nodes if ray_nodes is not None else p.phase != "Running"
 
 
-def _rollout_order(pods: list[PodState], idle: frozenset[str] | None, idle_first: bool) -> list[PodState]:
-    def key(p: PodState) -> tuple[bool, bool, float, str]:
-        busy = idle_first and idle is not None and p.name not in idle
-        return (busy, p.ready, p.created, p.name)
+def _busy(p: PodState, obs: Observed) -> bool | None:
+    """A live Ray node that is not idle; None when Ray's state is unknown."""
+    if obs.ray_nodes is None or obs.idle_pods is None:
+        return None
+    return p.name in obs.ray_nodes and p.name not in obs.idle_pods
 
-    return sorted(pods, key=key)
+
+def _rollout_order(pods: list[PodState], obs: Observed) -> list[PodState]:
+    """Idle workers and ones with no Ray node first (replacing them costs no work), then not ready, then oldest."""
+    return sorted(pods, key=lambda p: (bool(_busy(p, obs)), p.ready, p.created, p.name))
+
+
+def needs_ray_state(cluster: ClusterSpec, pods: list[PodState]) -> bool:
+    """A rollout is under way (an outdated or drained live worker): it must tell busy workers from idle ones,
+    and see drained nodes die, whether or not autoscaling reads Ray's state anyway."""
+    if cluster.update_strategy.type == "OnDelete":
+        return any(p.drained for p in pods if p.alive and p.node_type == labels.WORKER)
+    wanted = {g.name: revision.revision_hash(revision.worker_parts(cluster, g)) for g in cluster.worker_groups}
+    return any(p.drained or (p.group in wanted and p.template_hash != wanted[p.group])
+               for p in pods if p.alive and p.node_type == labels.WORKER)
 
 
 def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodState], desired: int,
                 health: GroupHealth, now: float, obs: Observed,
-                head_coming: bool) -> tuple[list[Action], GroupHealth, float | None]:
+                head_coming: bool) -> tuple[list[Action], GroupHealth, list[float], list[str]]:
     actions: list[Action] = []
-    requeue: float | None = None
+    requeues: list[float] = []
+    notes: list[str] = []
+    drain_timeout = cluster.update_strategy.drain_timeout_seconds
     ended = [p for p in pods if not p.deleting and (p.failure is not None or p.name in obs.ray_dead)]
     dead = [p for p in ended if not p.drained]
     for p in ended:
         if p.drained:
-            actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: its Ray node was drained "
-                                             "(idle); removing the pod"))
+            actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: its Ray node was drained; "
+                                             "removing the pod"))
+    # Ray lets a drained node's tasks run on past a PREEMPTION deadline: the deadline is ours to keep.
+    overdue = [p for p in pods if p.alive and p.drained and p.name not in obs.ray_dead
+               and p.drained_at and now - p.drained_at >= drain_timeout]
+    for p in overdue:
+        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: its Ray node was drained "
+                                         f"{drain_timeout}s ago (updateStrategy.drainTimeoutSeconds) and still "
+                                         "runs; removing the pod"))
     for p in dead:
         why = p.failure or "its Ray node died"
         actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: {why}", group.name,
@@ -126,13 +163,17 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     health = record_failures(health, len(dead), now, cluster.fault_tolerance.backoff_initial_seconds,
                              cluster.fault_tolerance.backoff_max_seconds)
     health = settle(health, now, cluster.fault_tolerance.backoff_max_seconds)
-    live = [p for p in pods if p.alive and p.name not in obs.ray_dead]
+    live = [p for p in pods if p.alive and p.name not in obs.ray_dead and p not in overdue]
+    draining = [p for p in live if p.drained]
+    for p in draining:
+        requeues.append(DRAIN_POLL_SECONDS if not p.drained_at
+                        else min(DRAIN_POLL_SECONDS, max(0.0, p.drained_at + drain_timeout - now)))
     missing = desired - len(live)
     if missing > 0 and not head_coming:
         pass  # new workers wait for a head (one that exists, or is created in this turn) to join
     elif missing > 0:
         if now < health.backoff_until:
-            requeue = health.backoff_until - now
+            requeues.append(health.backoff_until - now)
         else:
             why = f"group {group.name} has {len(live)} of {desired} workers"
             if dead:
@@ -149,11 +190,16 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     if missing == 0 and cluster.update_strategy.type != "OnDelete":
         parts = revision.worker_parts(cluster, group)
         want = revision.revision_hash(parts)
-        outdated = [p for p in live if p.template_hash != want]
-        unavailable = desired - sum(1 for p in live if p.ready)
+        outdated = [p for p in live if p.template_hash != want and not p.drained]
+        # A drained worker still running is on its way out: it counts against maxUnavailable.
+        unavailable = desired - sum(1 for p in live if p.ready and not p.drained)
         budget = cluster.update_strategy.max_unavailable - max(0, unavailable)
-        order = _rollout_order(outdated, obs.idle_pods, cluster.update_strategy.type == "IdleFirst")
-        for p in order:
+        waiting = 0
+        for p in _rollout_order(outdated, obs):
+            busy = _busy(p, obs)
+            if busy is None and p.ready:
+                waiting += 1  # it may be running tasks: deleting it could kill them
+                continue
             # Replacing a pod that is not ready costs no availability; without this, a template fix for
             # pods that can never become ready (bad image, unschedulable) would wait forever.
             if p.ready:
@@ -161,9 +207,17 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
                     continue
                 budget -= 1
             change = revision.describe_change(revision.changed_parts(p.revision, parts))
-            actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: {change}; "
-                                             f"rolling update ({cluster.update_strategy.type})"))
-    return actions, health, requeue
+            why = f"worker {p.name} of group {group.name}: {change}; rolling update ({cluster.update_strategy.type})"
+            if busy:
+                actions.append(DrainForRollout(p.name, why + "; it runs Ray tasks: draining it first",
+                                               drain_timeout))
+            else:
+                actions.append(DeletePod(p.name, why))
+        if waiting:
+            notes.append(f"group {group.name}: {waiting} ready outdated worker(s) wait for Ray's state "
+                         "(busy workers are drained, never deleted; Ray's state is unknown)")
+            requeues.append(RAY_STATE_RETRY_SECONDS)
+    return actions, health, requeues, notes
 
 
 def _metadata_patches(cluster: ClusterSpec, pods: list[PodState], leaving: set[str]) -> list[PatchPod]:
@@ -200,6 +254,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         return Plan(tuple(actions), dict(obs.health), head_restarts)
 
     requeues: list[float] = []
+    notes: list[str] = []
     heads = [p for p in pods if p.node_type == labels.HEAD]
     workers = [p for p in pods if p.node_type == labels.WORKER]
     if not obs.service_exists:
@@ -250,12 +305,12 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
             actions.append(DeletePod(p.name, f"group {p.group} is no longer in the spec"))
     for g in cluster.worker_groups:
         group_pods = [p for p in workers if p.group == g.name]
-        acts, h, requeue = _plan_group(cluster, g, group_pods, desired[g.name], health.get(g.name, GroupHealth()),
-                                       now, obs, head_coming)
+        acts, h, group_requeues, group_notes = _plan_group(cluster, g, group_pods, desired[g.name],
+                                                           health.get(g.name, GroupHealth()), now, obs, head_coming)
         actions.extend(acts)
         health[g.name] = h
-        if requeue is not None:
-            requeues.append(requeue)
+        requeues.extend(group_requeues)
+        notes.extend(group_notes)
     leaving = {a.name for a in actions if isinstance(a, DeletePod)}
     actions.extend(_metadata_patches(cluster, pods, leaving))
-    return Plan(tuple(actions), health, head_restarts, min(requeues) if requeues else None)
+    return Plan(tuple(actions), health, head_restarts, min(requeues) if requeues else None, tuple(notes))
