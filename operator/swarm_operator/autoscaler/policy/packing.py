@@ -136,7 +136,7 @@ class Pool:
                     continue
                 if selector and not shape.labels_ok(b.labels, self.labels):
                     continue
-                # _per_node, inlined: this loop is where the policy spends its time.
+                # per_node, inlined: this loop is where the policy spends its time.
                 av = b.avail
                 fit = min(cap, remaining) if cap else remaining
                 for i, a in items:
