@@ -47,6 +47,8 @@ class Model:
     lists: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
     told: set[str] = field(default_factory=set)  # uids the cache was told exist(ed)
     told_deleted: set[str] = field(default_factory=set)
+    # Deletions told with a version (a DELETED event): they also date the name's earlier pods as gone.
+    told_deleted_in_order: set[str] = field(default_factory=set)
 
     def bump(self) -> int:
         self.rv += 1
@@ -107,9 +109,10 @@ class Model:
         self.told_deleted |= {uid for uid, rv in self.deleted_at.items() if rv <= at}
 
     def deleted_as_told(self) -> set[str]:
-        """Told deleted, or a later pod of the same name was told to exist (names are unique at a time)."""
+        """Told deleted, or a later pod of the same name was told to exist, or told deleted by an event
+        (names are unique at a time: the earlier one was gone by then; a 404 carries no version to say so)."""
         out = set(self.told_deleted)
-        for uid in self.told:
+        for uid in self.told | self.told_deleted_in_order:
             out |= {other for other in self.name_of if self.name_of[other] == self.name_of[uid]
                     and self.created_at[other] < self.created_at[uid]}
         return out
@@ -159,7 +162,11 @@ def test_the_cache_never_resurrects_a_deleted_pod_nor_loses_a_live_one(steps: li
             if op == "event":
                 cache.apply(event_type, obj)
                 uid = obj["metadata"]["uid"]
-                (m.told_deleted if event_type == "DELETED" else m.told).add(uid)
+                if event_type == "DELETED":
+                    m.told_deleted.add(uid)
+                    m.told_deleted_in_order.add(uid)
+                else:
+                    m.told.add(uid)
         elif op == "answer" and m.answers:
             kind, what = m.answers.pop(n % len(m.answers))  # answers come back in any order
             if kind == "object":

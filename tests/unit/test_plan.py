@@ -551,7 +551,7 @@ def test_template_metadata_is_patched_in_place(before: dict[str, Any], after: di
     assert set(patched) == ({"demo-head"} if where == "head" else {w(0), w(1)})
     for meta in patched.values():
         record = json.loads(meta["annotations"].pop("swarm.io/template-metadata"))
-        assert record == revision.template_metadata({"metadata": after})
+        assert record == revision.metadata_record({"metadata": after})
         assert {k: v for k, v in meta.items() if v} == changes
     # A pod patched as planned plans nothing more.
     done = [observe_pod(worker_pod(new, "cpu", f"w{i:04d}")) for i in range(2)]

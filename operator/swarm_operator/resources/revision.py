@@ -2,8 +2,9 @@
 
 A pod carries the hash of its restart-relevant parts (label `swarm.io/template-hash`), each part's own
 short hash (annotation `swarm.io/revision`, JSON), and the labels and annotations its template gave it
-(annotation `swarm.io/template-metadata`, JSON). A change to a part replaces the pod, and the Event
-names the parts; a change to the template's metadata only is patched onto the running pod.
+(annotation `swarm.io/template-metadata`, JSON: each key with a hash of its value). A change to a part
+replaces the pod, and the Event names the parts; a change to the template's metadata only is patched onto
+the running pod.
 
 The parts are the user's inputs in a canonical form (not the operator's built pod, and not the repr of
 its dataclasses), so upgrading the operator does not restart pods whose spec did not change.
@@ -81,10 +82,18 @@ def template_metadata(template: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return {key: {str(k): str(v) for k, v in (meta.get(key) or {}).items()} for key in METADATA_KEYS}
 
 
+def metadata_record(template: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Which labels and annotations the template set, each with a short hash of its value: the record
+    tells what to update or remove later, and stays small (copying the values could double a pod's
+    annotations past the API server's 256 KiB limit)."""
+    return {key: {k: labels.template_hash(v) for k, v in values.items()}
+            for key, values in template_metadata(template).items()}
+
+
 def revision_annotations(parts: Mapping[str, Any], template: Mapping[str, Any]) -> dict[str, str]:
     """The annotations that record what a new pod was built from."""
     return {REVISION: json.dumps(part_hashes(parts), sort_keys=True, separators=(",", ":")),
-            TEMPLATE_METADATA: json.dumps(template_metadata(template), sort_keys=True, separators=(",", ":"))}
+            TEMPLATE_METADATA: json.dumps(metadata_record(template), sort_keys=True, separators=(",", ":"))}
 
 
 def read_json_annotation(annotations: Mapping[str, Any], key: str) -> dict[str, Any] | None:
@@ -127,8 +136,8 @@ def metadata_patch(applied: Mapping[str, Any] | None, template: Mapping[str, Any
     def ours(key: str, name: str) -> bool:
         return name.startswith(labels.PREFIX) or (key == "labels" and name in operator_labels)
 
-    wanted = template_metadata(template)
-    if applied is not None and all(applied.get(k) == wanted[k] for k in METADATA_KEYS):
+    wanted, record = template_metadata(template), metadata_record(template)
+    if applied is not None and all(applied.get(k) == record[k] for k in METADATA_KEYS):
         return None
     before = applied or {}
     meta: dict[str, Any] = {}
@@ -136,9 +145,8 @@ def metadata_patch(applied: Mapping[str, Any] | None, template: Mapping[str, Any
         old = before.get(key) if isinstance(before.get(key), dict) else {}
         assert isinstance(old, dict)
         change: dict[str, Any] = {k: None for k in old if k not in wanted[key] and not ours(key, k)}
-        change.update({k: v for k, v in wanted[key].items() if old.get(k) != v and not ours(key, k)})
+        change.update({k: v for k, v in wanted[key].items() if old.get(k) != record[key][k] and not ours(key, k)})
         if change:
             meta[key] = change
-    record = json.dumps(wanted, sort_keys=True, separators=(",", ":"))
-    meta.setdefault("annotations", {})[TEMPLATE_METADATA] = record
+    meta.setdefault("annotations", {})[TEMPLATE_METADATA] = json.dumps(record, sort_keys=True, separators=(",", ":"))
     return {"metadata": meta}
