@@ -209,6 +209,24 @@ class FakeKube:
             self.services[(namespace, name)] = stored
             return copy.deepcopy(stored)
 
+    def patch_service(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch of metadata annotations and spec fields (all the controller patches)."""
+        with self._lock:
+            self.calls.append(("patch_service", name))
+            svc = self.services.get((namespace, name))
+            if svc is None:
+                return None  # 404
+            changed = {**svc["metadata"].get("annotations", {}), **patch.get("metadata", {}).get("annotations", {})}
+            svc["metadata"]["annotations"] = {k: v for k, v in changed.items() if v is not None}
+            svc["spec"].update(patch.get("spec", {}))
+            svc["metadata"]["resourceVersion"] = self.bump()
+            return copy.deepcopy(svc)
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self.calls.append(("delete_service", name))
+            self.services.pop((namespace, name), None)
+
     def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
             self.calls.append(("get_swarmcluster", name))

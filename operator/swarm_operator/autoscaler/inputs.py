@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from swarm_operator.autoscaler import policy
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
-from swarm_operator.resources.pods import object_store_bytes, ray_num_cpus
+from swarm_operator.resources.pods import object_store_bytes, ray_accelerators, ray_num_cpus
 from swarm_operator.spec import ClusterSpec, WorkerGroupSpec
 
 if TYPE_CHECKING:  # importing ray costs ~40 MiB: only processes that autoscale pay for it
@@ -30,8 +30,10 @@ def group_shape(group: WorkerGroupSpec) -> dict[str, float]:
     res = group.resources
     shape: dict[str, float] = {"CPU": float(ray_num_cpus(res)), "memory": float(res.memory),
                                "object_store_memory": float(object_store_bytes(res, dict(group.ray_start_params)))}
-    if res.gpu:
-        shape["GPU"] = float(res.gpu)
+    num_gpus, accelerators = ray_accelerators(res)
+    if num_gpus:
+        shape["GPU"] = float(num_gpus)
+    shape.update(accelerators)  # TPU, neuron_cores …: demand for them maps to this group
     shape.update(group.ray_resources)
     return shape
 
