@@ -130,6 +130,7 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services_made: dict[str, int] = {}  # by name
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.statuses: list[tuple[str, str, dict[str, Any]]] = []
@@ -205,7 +206,10 @@ class FakeKube:
             if (namespace, name) in self.services:
                 return None  # 409
             stored = {**copy.deepcopy(dict(service)), "kind": "Service"}
-            stored["metadata"].update(resourceVersion=self.bump(), uid=f"svc-{name}")
+            # A service made again under the same name is another object: another uid.
+            again = self.services_made.get(name, 0)
+            self.services_made[name] = again + 1
+            stored["metadata"].update(resourceVersion=self.bump(), uid=f"svc-{name}" + (f"-{again}" if again else ""))
             self.services[(namespace, name)] = stored
             return copy.deepcopy(stored)
 
