@@ -52,7 +52,8 @@ def fake_node(name: str, cpu: str, memory: str, *, pods: int = 1000, gpus: int =
     Status is part of the object on purpose: the API server keeps a Node's status on
     create, and kwok's node-initialize stage copies capacity/allocatable from it.
     """
-    capacity: dict[str, str] = {"cpu": cpu, "memory": memory, "pods": str(pods)}
+    # Every kubelet reports ephemeral-storage: pods that request it must be schedulable here too.
+    capacity: dict[str, str] = {"cpu": cpu, "memory": memory, "ephemeral-storage": "500Gi", "pods": str(pods)}
     node_labels = {
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",

@@ -139,6 +139,10 @@ class Kube(Protocol):
 
     def create_service(self, namespace: str, service: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
+    def patch_service(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
+    def delete_service(self, namespace: str, name: str) -> None: ...
+
     def list_swarmclusters(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]: ...
 
     def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -324,6 +328,26 @@ class KubeClient:
             if exc.status == 409:
                 return None
             raise
+
+    def patch_service(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch a service in place (its clusterIP stays); the patched service, or None when it is gone."""
+        API_REQUESTS.labels("patch", "services").inc()
+        try:
+            return self.request("PATCH", f"{SERVICES.format(ns=namespace)}/{quote(name)}", patch,
+                                content_type=MERGE_PATCH)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        """Delete a service; one already gone is success."""
+        API_REQUESTS.labels("delete", "services").inc()
+        try:
+            self.request("DELETE", f"{SERVICES.format(ns=namespace)}/{quote(name)}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
 
     # -- swarmclusters ------------------------------------------------------------------------
 

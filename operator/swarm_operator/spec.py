@@ -7,14 +7,16 @@ ones a schema cannot express. Every error names the field path and the value.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from swarm_operator.quantity import QuantityError, cpu_cores, memory_bytes
+from swarm_operator.quantity import QuantityError, cpu_cores, memory_bytes, parse_quantity
+from swarm_operator.resources.labels import PREFIX
 from swarm_operator.resources.overlay import OPERATOR_CONTAINER_FIELDS, RAY_CONTAINER
 
 # Patterns are used with fullmatch: "$" alone would also accept a trailing newline.
@@ -66,6 +68,38 @@ SERVICE_TYPES = ("Headless", "ClusterIP", "NodePort", "LoadBalancer")
 UPDATE_TYPES = ("Rolling", "IdleFirst", "OnDelete")
 DEFAULT_IMAGE = "rayproject/ray:2.60.0"
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+# Accelerator kind → (the device plugin's Kubernetes resource, the Ray resource Ray 2.60 schedules it as:
+# ray/_private/accelerators/*.py get_resource_name()). GPUs go to `ray start --num-gpus`, the others to
+# --resources, where Ray's accelerator managers read the count from.
+ACCELERATORS: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "nvidia": ("nvidia.com/gpu", "GPU"),
+    "amd": ("amd.com/gpu", "GPU"),
+    "intel": ("gpu.intel.com/i915", "GPU"),
+    "tpu": ("google.com/tpu", "TPU"),
+    "neuron": ("aws.amazon.com/neuroncore", "neuron_cores"),
+    "gaudi": ("habana.ai/gaudi", "HPU"),
+})
+ACCELERATOR_OF_RESOURCE: Mapping[str, str] = MappingProxyType({k8s: kind for kind, (k8s, _) in ACCELERATORS.items()})
+# requests/limits keys: the native ones Ray nodes need, or a domain-prefixed extended resource (EFA, RDMA …).
+NATIVE_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+MAX_RESOURCE_ENTRIES = 16
+# Probe timing bounds. A liveness probe that fails kills the Ray container (the head: every worker too
+# without GCS fault tolerance), so it must tolerate at least this long an unanswered health check.
+PROBE_FIELDS: Mapping[str, tuple[int, int]] = MappingProxyType({
+    "initialDelaySeconds": (0, 3600), "periodSeconds": (1, 300), "timeoutSeconds": (1, 60),
+    "failureThreshold": (1, 1000),
+})
+MIN_LIVENESS_WINDOW_SECONDS = 30
+# The operator's probe timings, kept when not overridden (KubeRay's head liveness: 5 s × 120 = 600 s).
+PROBE_DEFAULTS: Mapping[str, Mapping[str, int]] = MappingProxyType({
+    "readiness": MappingProxyType({"initialDelaySeconds": 2, "periodSeconds": 3, "timeoutSeconds": 2,
+                                   "failureThreshold": 3}),
+    "liveness": MappingProxyType({"initialDelaySeconds": 30, "periodSeconds": 10, "timeoutSeconds": 2,
+                                  "failureThreshold": 12}),
+})
+# Head service annotations the operator applied last time, so it can remove those dropped from the spec
+# while leaving other writers' (cloud controllers') annotations alone.
+MAX_SERVICE_ANNOTATIONS = 64
 
 
 @dataclass(frozen=True)
@@ -93,6 +127,55 @@ class Resources:
     gpu_resource_name: str
     cpu_text: str  # as the user wrote it, for the pod's requests/limits
     memory_text: str
+    # Added after the first release. Left out of repr: the pod hash is taken over it, and a spec that uses
+    # none of these must keep its hash, so that upgrading the operator restarts no pod.
+    requests: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    limits: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    accelerator: str | None = field(default=None, repr=False)  # as written; None: from gpu_resource_name
+    ray_cpus: int | None = field(default=None, repr=False)  # `ray start --num-cpus` when set
+
+    @property
+    def accelerator_kind(self) -> str:
+        """The given kind, else the one whose device plugin resource gpuResourceName names, else nvidia."""
+        return self.accelerator or ACCELERATOR_OF_RESOURCE.get(self.gpu_resource_name, "nvidia")
+
+    @property
+    def ray_accelerator(self) -> str:
+        """The Ray resource the accelerators are scheduled as: GPU, TPU, neuron_cores, HPU."""
+        return ACCELERATORS[self.accelerator_kind][1]
+
+    def hash_extras(self) -> dict[str, Any]:
+        """The fields left out of repr, only those given: empty for a spec that uses none of them."""
+        extras: dict[str, Any] = {"requests": dict(self.requests), "limits": dict(self.limits),
+                                  "accelerator": self.accelerator, "rayCpus": self.ray_cpus}
+        return {k: v for k, v in extras.items() if v not in (None, {})}
+
+
+@dataclass(frozen=True)
+class ProbeTiming:
+    """Overrides of the operator's probe timings; None keeps the operator's default."""
+
+    initial_delay_seconds: int | None = None
+    period_seconds: int | None = None
+    timeout_seconds: int | None = None
+    failure_threshold: int | None = None
+
+    def fields(self) -> dict[str, int]:
+        """The given fields under their Kubernetes names."""
+        named = {"initialDelaySeconds": self.initial_delay_seconds, "periodSeconds": self.period_seconds,
+                 "timeoutSeconds": self.timeout_seconds, "failureThreshold": self.failure_threshold}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Probes:
+    readiness: ProbeTiming = field(default_factory=ProbeTiming)
+    liveness: ProbeTiming = field(default_factory=ProbeTiming)
+
+    def hash_extras(self) -> dict[str, Any]:
+        """Only the given fields: no overrides, no change to the pod hash."""
+        extras = {"readiness": self.readiness.fields(), "liveness": self.liveness.fields()}
+        return {k: v for k, v in extras.items() if v}
 
 
 @dataclass(frozen=True)
@@ -101,6 +184,8 @@ class HeadSpec:
     ray_start_params: Mapping[str, str]
     service_type: str
     template: Mapping[str, Any]
+    probes: Probes = field(default_factory=Probes)
+    service_annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -113,6 +198,7 @@ class WorkerGroupSpec:
     ray_resources: Mapping[str, float]
     ray_start_params: Mapping[str, str]
     template: Mapping[str, Any]
+    probes: Probes = field(default_factory=Probes)
 
     def initial_replicas(self) -> int:
         """The target before any autoscaler decision: replicas, else minReplicas."""
@@ -270,8 +356,128 @@ def _resources(r: _Reader, obj: Mapping[str, Any], path: str) -> Resources:
     elif not RESOURCE_NAME.fullmatch(gpu_name) or len(gpu_name) > 253:  # "" too: it is no default
         r.fail(f"{rpath}.gpuResourceName", f"must be a Kubernetes resource name such as nvidia.com/gpu, "
                f"got {_show(gpu_name)}")
-    return Resources(cpu=cpu, memory=mem, gpu=gpu, gpu_resource_name=gpu_name,
-                     cpu_text=str(cpu_raw), memory_text=str(mem_raw))
+    return _resource_details(r, raw, rpath, Resources(cpu=cpu, memory=mem, gpu=gpu, gpu_resource_name=gpu_name,
+                                                      cpu_text=str(cpu_raw), memory_text=str(mem_raw)))
+
+
+def _resource_map(r: _Reader, raw: Mapping[str, Any], key: str, rpath: str,
+                  accelerator_names: frozenset[str]) -> dict[str, Decimal]:
+    """requests or limits: resource name → quantity, as Kubernetes takes them."""
+    values = r.mapping(raw, key, rpath)
+    if len(values) > MAX_RESOURCE_ENTRIES:
+        r.fail(f"{rpath}.{key}", f"must have at most {MAX_RESOURCE_ENTRIES} resources, got {len(values)}")
+    out: dict[str, Decimal] = {}
+    for name, value in values.items():
+        kpath = f"{rpath}.{key}.{name}"
+        extended = isinstance(name, str) and "/" in name
+        if not isinstance(name, str) or not (name in NATIVE_RESOURCES or (
+                extended and RESOURCE_NAME.fullmatch(name) and len(name) <= 253
+                and not name.split("/")[0].endswith("kubernetes.io"))):
+            r.fail(kpath, "must be cpu, memory, ephemeral-storage or a domain-prefixed extended resource such as "
+                   "vpc.amazonaws.com/efa")
+            continue
+        if name in accelerator_names:
+            r.fail(kpath, "is an accelerator: give the count in resources.gpu (Ray's --num-gpus and the "
+                   "autoscaler read it) and the kind in resources.accelerator")
+            continue
+        try:
+            quantity = parse_quantity(value)
+        except QuantityError as exc:
+            r.fail(kpath, str(exc))
+            continue
+        if quantity < 0 or (name in ("cpu", "memory") and quantity == 0):
+            r.fail(kpath, f"must be a positive quantity, got {_show(value)}")
+        elif quantity > MAX_RAY_QUANTITY:
+            r.fail(kpath, f"must be at most 100T (Ray's limit), got {_show(value)}")
+        elif extended and quantity != int(quantity):
+            r.fail(kpath, f"must be a whole number (an extended resource), got {_show(value)}")
+        else:
+            out[name] = quantity
+    return out
+
+
+def _resource_details(r: _Reader, raw: Mapping[str, Any], rpath: str, base: Resources) -> Resources:
+    """requests/limits, the accelerator kind and rayCpus over the shorthand cpu/memory/gpu."""
+    accelerator = r.string(raw, "accelerator", rpath, None)
+    if accelerator is not None and accelerator not in ACCELERATORS:
+        r.fail(f"{rpath}.accelerator", f"must be one of {', '.join(ACCELERATORS)}, got {_show(accelerator)}")
+        accelerator = None
+    gpu_name = base.gpu_resource_name
+    if accelerator is not None and "gpuResourceName" not in raw:
+        gpu_name = ACCELERATORS[accelerator][0]
+    accelerator_names = frozenset({*ACCELERATOR_OF_RESOURCE, gpu_name})
+    requests = _resource_map(r, raw, "requests", rpath, accelerator_names)
+    limits = _resource_map(r, raw, "limits", rpath, accelerator_names)
+    for name in ("cpu", "memory"):
+        if name in raw and (name in requests or name in limits):
+            r.fail(f"{rpath}.{name}", f"give either {name} (request = limit; here {_show(raw[name])}) or "
+                   f"requests.{name} / limits.{name}, not both")
+    for name in sorted(set(requests) & set(limits)):
+        if requests[name] > limits[name]:
+            r.fail(f"{rpath}.requests.{name}", f"must not exceed limits.{name} ({_show(raw['requests'][name])} > "
+                   f"{_show(raw['limits'][name])})")
+        elif "/" in name and requests[name] != limits[name]:
+            r.fail(f"{rpath}.requests.{name}", f"must equal limits.{name}: Kubernetes does not overcommit "
+                   "extended resources")
+    for name in sorted(n for n in requests if "/" in n and n not in limits):
+        r.fail(f"{rpath}.requests.{name}", f"needs limits.{name} too (equal): Kubernetes does not overcommit "
+               "extended resources")
+    ray_cpus = r.integer(raw, "rayCpus", rpath, None, 0, MAX_RAY_QUANTITY)
+    cpu = limits.get("cpu", requests.get("cpu", base.cpu))
+    memory_q = limits.get("memory", requests.get("memory"))
+    memory = base.memory if memory_q is None else math.ceil(memory_q)
+    return replace(base, cpu=cpu, memory=memory, gpu_resource_name=gpu_name,
+                   requests=MappingProxyType({k: str(raw["requests"][k]) for k in requests}),
+                   limits=MappingProxyType({k: str(raw["limits"][k]) for k in limits}),
+                   accelerator=accelerator, ray_cpus=ray_cpus)
+
+
+def _probe_timing(r: _Reader, raw: Mapping[str, Any], key: str, ppath: str,
+                  defaults: Mapping[str, int]) -> ProbeTiming:
+    values = r.mapping(raw, key, ppath)
+    path = f"{ppath}.{key}"
+    for unknown in sorted(set(values) - set(PROBE_FIELDS)):
+        r.fail(f"{path}.{unknown}", f"unknown field; probe timings are {', '.join(PROBE_FIELDS)}")
+    got = {name: r.integer(values, name, path, None, lo, hi) for name, (lo, hi) in PROBE_FIELDS.items()}
+    timing = ProbeTiming(initial_delay_seconds=got["initialDelaySeconds"], period_seconds=got["periodSeconds"],
+                         timeout_seconds=got["timeoutSeconds"], failure_threshold=got["failureThreshold"])
+    merged = {**defaults, **timing.fields()}
+    if merged["timeoutSeconds"] > merged["periodSeconds"]:
+        r.fail(f"{path}.timeoutSeconds", f"must not exceed periodSeconds ({merged['timeoutSeconds']} > "
+               f"{merged['periodSeconds']}): probes would overlap")
+    if key == "liveness" and merged["periodSeconds"] * merged["failureThreshold"] < MIN_LIVENESS_WINDOW_SECONDS:
+        r.fail(f"{path}.failureThreshold", f"periodSeconds × failureThreshold must be at least "
+               f"{MIN_LIVENESS_WINDOW_SECONDS} s, got {merged['periodSeconds']} × {merged['failureThreshold']}: a "
+               "shorter liveness window restarts a Ray node that is only busy")
+    return timing
+
+
+def _probes(r: _Reader, obj: Mapping[str, Any], path: str) -> Probes:
+    raw = r.mapping(obj, "probes", path)
+    ppath = f"{path}.probes"
+    for unknown in sorted(set(raw) - {"readiness", "liveness"}):
+        r.fail(f"{ppath}.{unknown}", "unknown field; probes are readiness and liveness")
+    return Probes(readiness=_probe_timing(r, raw, "readiness", ppath, PROBE_DEFAULTS["readiness"]),
+                  liveness=_probe_timing(r, raw, "liveness", ppath, PROBE_DEFAULTS["liveness"]))
+
+
+def _service_annotations(r: _Reader, head: Mapping[str, Any]) -> Mapping[str, str]:
+    service = r.mapping(head, "service", "spec.head")
+    for unknown in sorted(set(service) - {"annotations"}):
+        r.fail(f"spec.head.service.{unknown}", "unknown field; the head service takes annotations (its type is "
+               "spec.head.serviceType)")
+    annotations = r.mapping(service, "annotations", "spec.head.service")
+    path = "spec.head.service.annotations"
+    if len(annotations) > MAX_SERVICE_ANNOTATIONS:
+        r.fail(path, f"must have at most {MAX_SERVICE_ANNOTATIONS} annotations, got {len(annotations)}")
+    _string_map(r, annotations, path, label_values=False)
+    for key in annotations:
+        if isinstance(key, str) and key.startswith(PREFIX):
+            r.fail(f"{path}.{key}", f"the {PREFIX} prefix is the operator's")
+    size = sum(len(str(k).encode()) + len(v.encode()) for k, v in annotations.items() if isinstance(v, str))
+    if size > MAX_ANNOTATIONS_BYTES // 2:
+        r.fail(path, f"must be at most {MAX_ANNOTATIONS_BYTES // 2} bytes together, got {size}")
+    return MappingProxyType({k: v for k, v in annotations.items() if isinstance(v, str)})
 
 
 def _ray_start_params(r: _Reader, obj: Mapping[str, Any], path: str) -> Mapping[str, str]:
@@ -409,6 +615,8 @@ def _head(r: _Reader, spec: Mapping[str, Any]) -> HeadSpec:
         ray_start_params=_ray_start_params(r, raw, "spec.head"),
         service_type=r.choice(raw, "serviceType", "spec.head", "Headless", SERVICE_TYPES),
         template=_template(r, raw, "spec.head"),
+        probes=_probes(r, raw, "spec.head"),
+        service_annotations=_service_annotations(r, raw),
     )
 
 
@@ -444,10 +652,15 @@ def _worker_group(r: _Reader, raw: Mapping[str, Any], path: str, cluster_name: s
             r.fail(kpath, f"must be a whole number from 0 to 1e14, got {_show(value)}")
         else:
             ray_resources[key] = float(value)
+    resources = _resources(r, raw, path)
+    if resources.gpu and resources.ray_accelerator in ray_resources:
+        r.fail(f"{path}.rayResources.{resources.ray_accelerator}", f"comes from resources.gpu with accelerator "
+               f"{resources.accelerator_kind}, not rayResources")
     return WorkerGroupSpec(
         name=name, replicas=replicas, min_replicas=lo, max_replicas=hi,
-        resources=_resources(r, raw, path), ray_resources=MappingProxyType(ray_resources),
+        resources=resources, ray_resources=MappingProxyType(ray_resources),
         ray_start_params=_ray_start_params(r, raw, path), template=_template(r, raw, path),
+        probes=_probes(r, raw, path),
     )
 
 

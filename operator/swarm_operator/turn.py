@@ -33,6 +33,7 @@ from swarm_operator.reconcile.plan import (
     needs_ray_state,
     plan_cluster,
 )
+from swarm_operator.reconcile.service import service_change
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
@@ -153,6 +154,11 @@ class Turns:
                 self.cache.pods.apply(None, pod)
             for event_type, reason, message in drain_events:
                 await asyncio.to_thread(self.kube.post_event, key[0], key[1], uid, event_type, reason, message)
+        if refused is None and svc is not None and owned_by(svc, uid) and not svc["metadata"].get("deletionTimestamp"):
+            try:
+                await self._sync_service(key, cluster, svc)
+            except Exception as exc:
+                refused = exc
         for action in plan.actions:
             if isinstance(action, DeletePod) and action.failed_group:
                 metrics.WORKER_REPLACEMENTS.labels(key[0], key[1], action.failed_group).inc()
@@ -283,6 +289,29 @@ class Turns:
         if errors:
             raise errors[0]
         return taken
+
+    async def _sync_service(self, key: Key, cluster: ClusterSpec, live: Mapping[str, Any]) -> None:
+        """Bring the head service's annotations and type to the spec: in place, or (headless ↔ not) anew."""
+        desired = build_head_service(cluster)
+        change = service_change(desired, live)
+        if change is None:
+            return
+        ns, name = cluster.namespace, desired["metadata"]["name"]
+        if change.recreate:
+            await asyncio.to_thread(self.kube.delete_service, ns, name)
+            self.cache.services.gone(key, name, live["metadata"].get("uid", ""))
+            created = await asyncio.to_thread(self.kube.create_service, ns, desired)
+            if created is not None:  # else still terminating (a load balancer's finalizer): made next turn
+                self.cache.services.apply(None, created)
+            await asyncio.to_thread(self.kube.post_event, *key, cluster.uid, "Warning", "ServiceReplaced",
+                                    change.reason)
+            return
+        assert change.patch is not None
+        patched = await asyncio.to_thread(self.kube.patch_service, ns, name, change.patch)
+        if patched is not None:
+            self.cache.services.apply(None, patched)
+            await asyncio.to_thread(self.kube.post_event, *key, cluster.uid, "Normal", "ServiceUpdated",
+                                    change.reason)
 
     async def _post_action_events(self, key: Key, cluster: ClusterSpec, created: list[str],
                                   deleted: list[DeletePod], refused: Mapping[str, str],

@@ -124,7 +124,38 @@ def from_schema(node: dict[str, Any]) -> st.SearchStrategy[Any]:
 
 # Map keys the CEL rules constrain.
 flag_names = st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True).filter(lambda k: k not in OPERATOR_OWNED_FLAGS)
-ray_resource_names = st.text(min_size=1, max_size=16).filter(lambda k: k not in BUILTIN_RAY_RESOURCES)
+# (TPU, neuron_cores, HPU: a group with those accelerators refuses them in rayResources; only the operator checks)
+ray_resource_names = st.text(min_size=1, max_size=16).filter(
+    lambda k: k not in BUILTIN_RAY_RESOURCES and k not in ("TPU", "neuron_cores", "HPU"))
+EXTENDED_RESOURCES = ("vpc.amazonaws.com/efa", "rdma/hca", "example.com/fpga")
+
+
+@st.composite
+def in_schema_resources(draw: st.DrawFn, node: dict[str, Any]) -> dict[str, Any]:
+    """resources as the CEL rules allow them: each of cpu/memory by shorthand, request, limit or both (request
+    ≤ limit); extended resources in limits, and in requests only equal to the limit."""
+    props = node["properties"]
+    res: dict[str, Any] = {}
+    for key in ("gpu", "gpuResourceName", "accelerator", "rayCpus"):
+        if draw(st.booleans()):
+            res[key] = draw(from_schema(props[key]))
+    amounts = {  # each list ascending"cpu": ["500m", 1, "1.5", "2"], "memory": ["512Mi", "1Gi", 4294967296],
+               "ephemeral-storage": [0, "10Gi", "100G"]}
+    for name, values in amounts.items():
+        way = draw(st.sampled_from(("none", "shorthand", "request", "limit", "both")))
+        low, high = sorted(draw(st.lists(st.sampled_from(range(len(values))), min_size=2, max_size=2)))
+        if way == "shorthand" and name != "ephemeral-storage":
+            res[name] = values[high]
+        if way in ("request", "both"):
+            res.setdefault("requests", {})[name] = values[low]
+        if way in ("limit", "both"):
+            res.setdefault("limits", {})[name] = values[high]
+    for name in draw(st.lists(st.sampled_from(EXTENDED_RESOURCES), unique=True, max_size=2)):
+        amount = draw(st.integers(0, 8))
+        res.setdefault("limits", {})[name] = amount
+        if draw(st.booleans()):
+            res.setdefault("requests", {})[name] = str(amount)
+    return res
 group_names = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?", fullmatch=True)
 
 
@@ -140,7 +171,7 @@ def in_schema_group(draw: st.DrawFn, name: str) -> dict[str, Any]:
     if draw(st.booleans()):
         group["replicas"] = draw(st.integers(lo, min(hi, MAX_REPLICAS_DRAWN)))
     if draw(st.booleans()):
-        group["resources"] = draw(from_schema(props["resources"]))
+        group["resources"] = draw(in_schema_resources(props["resources"]))
     if draw(st.booleans()):
         node = props["rayResources"]["additionalProperties"]
         group["rayResources"] = draw(st.dictionaries(ray_resource_names, _number_for(node), max_size=3))
@@ -161,7 +192,7 @@ def in_schema_spec(draw: st.DrawFn) -> dict[str, Any]:
     head_props = props["head"]["properties"]
     head: dict[str, Any] = {}
     if draw(st.booleans()):
-        head["resources"] = draw(from_schema(head_props["resources"]))
+        head["resources"] = draw(in_schema_resources(head_props["resources"]))
     if draw(st.booleans()):
         head["rayStartParams"] = draw(st.dictionaries(flag_names, st.text(max_size=20), max_size=3))
     if draw(st.booleans()):
@@ -300,6 +331,10 @@ def related(path: str) -> list[str]:
     m = re.fullmatch(r"(spec\.workerGroups\[\d+\])\.(replicas|minReplicas|maxReplicas)", path)
     if m:
         return [f"{m.group(1)}.{f}" for f in ("replicas", "minReplicas", "maxReplicas")]
+    # requests.x, limits.x and the shorthand x are compared with each other (request ≤ limit, not both).
+    m = re.fullmatch(r"(.*\.resources)\.(?:(?:requests|limits)\.)?([^.]+)", path)
+    if m:
+        return [f"{m.group(1)}.{where}{m.group(2)}" for where in ("requests.", "limits.", "")]
     if path.startswith("spec.faultTolerance.workerBackoff"):
         return ["spec.faultTolerance.workerBackoffInitialSeconds", "spec.faultTolerance.workerBackoffMaxSeconds"]
     if path == "metadata.name" or re.fullmatch(r"spec\.workerGroups\[\d+\]\.name", path):

@@ -367,6 +367,62 @@ CASES: tuple[InvalidCase, ...] = (
           f"{HEAD}.template.spec.nodeSelector.gpu", None, "operator"),
 )
 
+# Requests/limits, accelerators, probe timings and the head service (issue 17).
+R0 = f"{W0}.resources"
+R1 = f"{W1}.resources"
+CASES += (
+    _case("resources-cpu-shorthand-and-request", {f"{HEAD}.resources.requests": {"cpu": "2"}},
+          f"{HEAD}.resources.cpu", f"{HEAD}.resources.cpu", "cel"),
+    _case("resources-memory-shorthand-and-limit", {f"{R0}.limits": {"memory": "2Gi"}},
+          f"{R0}.memory", f"{R0}.memory", "cel"),
+    _case("resources-request-above-limit", {f"{R0}.cpu": DELETE, f"{R0}.requests": {"cpu": 4},
+                                            f"{R0}.limits": {"cpu": "2"}},
+          f"{R0}.requests", f"{R0}.requests", "cel"),
+    _case("resources-memory-request-above-limit", {f"{R1}.memory": DELETE, f"{R1}.requests": {"memory": "8Gi"},
+                                                   f"{R1}.limits": {"memory": "4Gi"}},
+          f"{R1}.requests", f"{R1}.requests", "cel"),
+    _case("resources-extended-request-without-limit", {f"{R0}.requests": {"vpc.amazonaws.com/efa": 1}},
+          f"{R0}.requests", f"{R0}.requests", "cel"),
+    _case("resources-extended-request-unlike-limit", {f"{R0}.requests": {"rdma/hca": 1},
+                                                      f"{R0}.limits": {"rdma/hca": 2}},
+          f"{R0}.requests", f"{R0}.requests", "cel"),
+    _case("resources-unknown-native-name", {f"{R0}.limits": {"gpu": 1}}, f"{R0}.limits", f"{R0}.limits", "cel"),
+    _case("resources-kubernetes-io-name", {f"{R0}.limits": {"kubernetes.io/batteries": 1}},
+          f"{R0}.limits", f"{R0}.limits", "cel"),
+    _case("resources-accelerator-in-limits", {f"{R1}.limits": {"nvidia.com/gpu": 1}},
+          f"{R1}.limits", f"{R1}.limits", "cel"),
+    _case("resources-negative-ephemeral-storage", {f"{R0}.limits": {"ephemeral-storage": "-1Gi"}},
+          f"{R0}.limits", f"{R0}.limits", "cel"),
+    _case("resources-zero-memory-request", {f"{HEAD}.resources.memory": DELETE,
+                                            f"{HEAD}.resources.requests": {"memory": 0}},
+          f"{HEAD}.resources.requests", f"{HEAD}.resources.requests", "cel"),
+    _case("resources-fractional-extended", {f"{R0}.limits": {"rdma/hca": "500m"}},
+          f"{R0}.limits", f"{R0}.limits", "cel"),
+    _case("resources-unknown-accelerator", {f"{R1}.accelerator": "cuda"},
+          f"{R1}.accelerator", f"{R1}.accelerator", "schema"),
+    _case("resources-negative-ray-cpus", {f"{HEAD}.resources.rayCpus": -1},
+          f"{HEAD}.resources.rayCpus", f"{HEAD}.resources.rayCpus", "schema"),
+    # Only the operator knows the group's own accelerator resource (gpuResourceName) and Ray name.
+    _case("resources-own-accelerator-in-limits", {f"{R1}.gpuResourceName": "example.com/gpu",
+                                                  f"{R1}.limits": {"example.com/gpu": 1}},
+          f"{R1}.limits.example.com/gpu", None, "operator"),
+    _case("ray-resources-repeat-the-accelerator", {f"{R1}.accelerator": "tpu", f"{W1}.rayResources": {"TPU": 4}},
+          f"{W1}.rayResources.TPU", None, "operator"),
+    _case("probe-liveness-window-too-short", {f"{HEAD}.probes.liveness": {"periodSeconds": 2, "failureThreshold": 3}},
+          f"{HEAD}.probes.liveness", f"{HEAD}.probes.liveness.failureThreshold", "cel"),
+    _case("probe-timeout-above-default-period", {f"{W1}.probes.readiness": {"timeoutSeconds": 5}},
+          f"{W1}.probes.readiness", f"{W1}.probes.readiness.timeoutSeconds", "cel"),
+    _case("probe-period-zero", {f"{W0}.probes.liveness.periodSeconds": 0},
+          f"{W0}.probes.liveness.periodSeconds", f"{W0}.probes.liveness.periodSeconds", "schema"),
+    _case("probe-failure-threshold-huge", {f"{HEAD}.probes.readiness.failureThreshold": 100000},
+          f"{HEAD}.probes.readiness.failureThreshold", f"{HEAD}.probes.readiness.failureThreshold", "schema"),
+    _case("service-annotation-operator-prefix",
+          {f"{HEAD}.service.annotations": {"swarm.io/service-annotations": "[]"}},
+          f"{HEAD}.service.annotations", f"{HEAD}.service.annotations", "cel"),
+    _case("service-annotation-not-string", {f"{HEAD}.service.annotations": {"lb": 1}},
+          f"{HEAD}.service.annotations.lb", f"{HEAD}.service.annotations.lb", "schema"),
+)
+
 CASES_BY_ID: dict[str, InvalidCase] = {c.id: c for c in CASES}
 if len(CASES_BY_ID) != len(CASES):  # pragma: no cover - a typo in this file
     raise RuntimeError("duplicate case ids")

@@ -145,12 +145,12 @@ LEASES = "leases.coordination.k8s.io"
 
 # What the operator does in a namespace it serves.
 NEEDED = [(v, "pods") for v in ("get", "list", "watch", "create", "delete", "patch")] + \
-    [(v, "services") for v in ("get", "list", "watch", "create")] + \
+    [(v, "services") for v in ("get", "list", "watch", "create", "patch", "delete")] + \
     [("create", "events"), ("get", SWC), ("list", SWC), ("watch", SWC), ("patch", f"{SWC}#status")]
 # Never, anywhere.
 FORBIDDEN = [("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("get", "configmaps"),
              ("create", SWC), ("update", SWC), ("patch", SWC), ("delete", SWC), ("update", f"{SWC}#status"),
-             ("delete", "services"), ("update", "services"), ("update", "pods"), ("create", "pods#exec"),
+             ("update", "services"), ("update", "pods"), ("create", "pods#exec"),
              ("get", "pods#log"), ("delete", "events"), ("create", "deployments.apps"),
              ("create", "serviceaccounts#token"), ("create", "rolebindings.rbac.authorization.k8s.io"),
              ("delete", LEASES)]

@@ -130,6 +130,7 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services_made: dict[str, int] = {}  # by name
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.statuses: list[tuple[str, str, dict[str, Any]]] = []
@@ -205,9 +206,30 @@ class FakeKube:
             if (namespace, name) in self.services:
                 return None  # 409
             stored = {**copy.deepcopy(dict(service)), "kind": "Service"}
-            stored["metadata"].update(resourceVersion=self.bump(), uid=f"svc-{name}")
+            # A service made again under the same name is another object: another uid.
+            again = self.services_made.get(name, 0)
+            self.services_made[name] = again + 1
+            stored["metadata"].update(resourceVersion=self.bump(), uid=f"svc-{name}" + (f"-{again}" if again else ""))
             self.services[(namespace, name)] = stored
             return copy.deepcopy(stored)
+
+    def patch_service(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch of metadata annotations and spec fields (all the controller patches)."""
+        with self._lock:
+            self.calls.append(("patch_service", name))
+            svc = self.services.get((namespace, name))
+            if svc is None:
+                return None  # 404
+            changed = {**svc["metadata"].get("annotations", {}), **patch.get("metadata", {}).get("annotations", {})}
+            svc["metadata"]["annotations"] = {k: v for k, v in changed.items() if v is not None}
+            svc["spec"].update(patch.get("spec", {}))
+            svc["metadata"]["resourceVersion"] = self.bump()
+            return copy.deepcopy(svc)
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self.calls.append(("delete_service", name))
+            self.services.pop((namespace, name), None)
 
     def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:

@@ -23,7 +23,7 @@ from swarm_operator.autoscaler.snapshot import (
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import ray_shape
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec import ClusterSpec, WorkerGroupSpec
 from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker, worker_pod
 from tests.unit.ray_fixtures import demand, ray_node, snapshot
 
@@ -253,3 +253,56 @@ GANG = policy.DemandKind.GANG
 )
 def test_demand_summary(demands: list[ResourceDemand | policy.Unplaced], limit: int, expected: str) -> None:
     assert demand_summary(demands, limit) == expected
+
+
+# -- accelerator kinds → the Ray resource a group offers ----------------------------------------------------
+
+
+def group_shape(g: WorkerGroupSpec) -> dict[str, float]:
+    return ray_shape(g.resources, g.ray_start_params, g.ray_resources)
+
+
+@pytest.mark.parametrize(
+    ("resources", "ray_key"),
+    [
+        pytest.param({"gpu": 2}, "GPU", id="nvidia-by-default"),
+        pytest.param({"gpu": 2, "accelerator": "amd"}, "GPU", id="amd"),
+        pytest.param({"gpu": 2, "accelerator": "tpu"}, "TPU", id="tpu"),
+        pytest.param({"gpu": 2, "accelerator": "neuron"}, "neuron_cores", id="neuron"),
+        pytest.param({"gpu": 2, "accelerator": "gaudi"}, "HPU", id="gaudi"),
+        pytest.param({"gpu": 2, "gpuResourceName": "google.com/tpu"}, "TPU", id="tpu-from-the-resource-name"),
+        pytest.param({"gpu": 2, "gpuResourceName": "aws.amazon.com/neuroncore"}, "neuron_cores",
+                     id="neuron-from-the-resource-name"),
+    ],
+)
+def test_group_shape_offers_the_accelerator_as_rays_resource(resources: dict[str, Any], ray_key: str) -> None:
+    c = cluster(groups=[group("acc", resources={"cpu": "4", "memory": "8Gi", **resources})])
+    shape = group_shape(c.worker_groups[0])
+    assert shape[ray_key] == 2.0
+    assert {k for k in shape if k in ("GPU", "TPU", "neuron_cores", "HPU")} == {ray_key}
+
+
+@pytest.mark.parametrize(("accelerator", "ray_key"), [("tpu", "TPU"), ("neuron", "neuron_cores")])
+def test_pending_accelerator_demand_scales_the_group_that_has_it(accelerator: str, ray_key: str) -> None:
+    """Demand for TPU or neuron_cores opens nodes of the group with that accelerator, not the GPU group
+    (before, every accelerator was offered to Ray as GPU and such demand fit no group)."""
+    c = cluster(AUTO, groups=[group("cpu", 0, hi=4), group("gpu", 0, hi=4, gpu=1),
+                              group("acc", 0, hi=4, resources={"cpu": "4", "memory": "8Gi", "gpu": 4,
+                                                               "accelerator": accelerator})])
+    snap = snapshot(ray_node(head(c).name, labels.HEAD, head=True), pending=(demand(2, **{ray_key: 4.0}),))
+    decision = policy.decide(build([], snap, c=c))
+    assert (decision.targets["acc"], decision.targets["gpu"], decision.targets["cpu"]) == (2, 0, 0)
+
+
+def test_rays_cpus_override_is_the_groups_cpu() -> None:
+    c = cluster(groups=[group("g", resources={"requests": {"cpu": "2"}, "memory": "1Gi", "rayCpus": 6})])
+    assert group_shape(c.worker_groups[0])["CPU"] == 6.0
+
+
+def test_cpu_shape_follows_the_limit_else_the_request() -> None:
+    c = cluster(groups=[group("lim", resources={"requests": {"cpu": "2", "memory": "1Gi"},
+                                                "limits": {"cpu": "3500m", "memory": "2Gi"}}),
+                        group("req", resources={"requests": {"cpu": "1500m", "memory": "3Gi"}})])
+    lim, req = (group_shape(g) for g in c.worker_groups)
+    assert (lim["CPU"], lim["memory"]) == (4.0, 2.0 * GI)
+    assert (req["CPU"], req["memory"]) == (2.0, 3.0 * GI)

@@ -878,3 +878,40 @@ def test_a_rollout_with_ray_unreachable_waits_and_says_so_once() -> None:
     assert ray.reads >= 1 and kube.verbs()["delete_pod"] == 0
     waiting = [e for e in kube.events if e[2] == "RolloutWaiting"]
     assert len(waiting) == 1 and "2 ready outdated worker(s)" in waiting[0][3]
+
+
+# -- the head service, reconciled in place -------------------------------------------------------------
+
+
+def _with_service(spec_head: dict[str, Any]) -> dict[str, Any]:
+    return {"head": {"resources": {"cpu": "1", "memory": "2Gi"}, **spec_head}}
+
+
+@pytest.mark.parametrize(
+    ("head", "verbs", "event"),
+    [
+        pytest.param({"serviceType": "Headless", "service": {"annotations": {"lb": "internal"}}},
+                     {"patch_service": 1}, ("Normal", "ServiceUpdated"), id="annotation-patched"),
+        pytest.param({"serviceType": "ClusterIP"}, {"delete_service": 1, "create_service": 2},
+                     ("Warning", "ServiceReplaced"), id="headless-to-clusterip-recreated"),
+    ],
+)
+def test_a_head_service_change_is_applied_without_touching_pods(head: dict[str, Any], verbs: dict[str, int],
+                                                                event: tuple[str, str]) -> None:
+    kube = FakeKube()
+
+    async def body() -> None:
+        c = make(kube)
+        c.on_cluster("ADDED", manifest())
+        await c.reconcile(KEY)
+        c.on_cluster("MODIFIED", {**manifest(_with_service(head), generation=2), "status": kube.statuses[-1][2]})
+        await c.reconcile(KEY)
+        await c.reconcile(KEY)  # the service is current now: nothing more to do
+
+    run(body)
+    assert kube.verbs()["delete_pod"] == 0 and kube.verbs()["create_pod"] == 3
+    assert {v: kube.verbs()[v] for v in verbs} == verbs
+    assert any((etype, reason) == event for _, etype, reason, _ in kube.events)
+    svc = kube.services[(NAMESPACE, "demo-head-svc")]
+    assert svc["metadata"].get("annotations", {}).get("lb") == head.get("service", {}).get("annotations", {}).get("lb")
+    assert (svc["spec"].get("clusterIP") == "None") is (head["serviceType"] == "Headless")

@@ -97,6 +97,8 @@ def test_int_or_string_nodes_have_no_type() -> None:
     assert {p for p, n in walk(ROOT) if n.get("x-kubernetes-int-or-string")} == {
         "spec.head.resources.cpu", "spec.head.resources.memory",
         "spec.workerGroups[].resources.cpu", "spec.workerGroups[].resources.memory",
+        "spec.head.resources.requests{*}", "spec.head.resources.limits{*}",
+        "spec.workerGroups[].resources.requests{*}", "spec.workerGroups[].resources.limits{*}",
     }
 
 
@@ -191,7 +193,7 @@ def test_enums_and_bounds_match_spec_py() -> None:
     assert _props("spec.workerGroups")["maxItems"] == specmod.MAX_GROUPS
     assert _props("spec.workerGroups[].resources.gpu")["maximum"] == specmod.MAX_GPUS
     assert _props("spec.image")["default"] == specmod.DEFAULT_IMAGE
-    assert _props("spec.head.resources.gpuResourceName")["default"] == specmod.DEFAULT_GPU_RESOURCE
+    assert specmod.ACCELERATORS["nvidia"][0] == specmod.DEFAULT_GPU_RESOURCE
     for field in ("replicas", "minReplicas", "maxReplicas"):
         assert _props(f"spec.workerGroups[].{field}")["maximum"] == specmod.MAX_REPLICAS
 
@@ -206,6 +208,13 @@ _COMPANIONS: dict[str, dict[str, Any]] = {
     "spec.workerGroups[1].minReplicas": {"spec.workerGroups[1].maxReplicas": 10000},
     "spec.workerGroups[1].replicas": {"spec.workerGroups[1].maxReplicas": 10000},
     "spec.faultTolerance.workerBackoffInitialSeconds": {"spec.faultTolerance.workerBackoffMaxSeconds": 3600},
+    **{f"{owner}.probes.{kind}.{field}": companions
+       for owner in ("spec.head", "spec.workerGroups[1]") for kind in ("readiness", "liveness")
+       for field, companions in (
+           ("periodSeconds", {f"{owner}.probes.{kind}.timeoutSeconds": 1,
+                              f"{owner}.probes.{kind}.failureThreshold": 1000}),
+           ("timeoutSeconds", {f"{owner}.probes.{kind}.periodSeconds": 300}),
+           ("failureThreshold", {f"{owner}.probes.{kind}.periodSeconds": 30}))},
 }
 
 
@@ -268,10 +277,9 @@ def test_crd_defaults_agree_with_spec_py(doc: dict[str, Any]) -> None:
 
 def test_defaulting_fills_the_head() -> None:
     defaulted = apply_defaults(ROOT, {"metadata": {"name": "tiny"}, "spec": {}})
-    assert defaulted["spec"]["head"] == {
-        "resources": {"cpu": 1, "memory": "2Gi", "gpu": 0, "gpuResourceName": "nvidia.com/gpu"},
-        "serviceType": "Headless",
-    }
+    # No resources: a default cpu or memory would clash with requests/limits, a default gpuResourceName with
+    # accelerator (the operator defaults them, as inside workerGroups[]).
+    assert defaulted["spec"]["head"] == {"serviceType": "Headless"}
 
 
 SCHEMA_CASES = [pytest.param(c, id=c.id) for c in CASES if c.rejected_by == "schema"]
@@ -304,8 +312,8 @@ def test_nothing_is_defaulted_inside_spec_list_items() -> None:
 
 def test_worker_groups_default_in_spec_py_as_the_head_does_in_the_crd() -> None:
     parsed = specmod.parse_cluster({"metadata": {"name": "w"}, "spec": {"workerGroups": [{"name": "a"}]}})
-    head_defaults = apply_defaults(ROOT, {"metadata": {"name": "w"}, "spec": {}})["spec"]["head"]["resources"]
+    head_defaults = apply_defaults(ROOT, {"metadata": {"name": "w"}, "spec": {}})["spec"]["head"]
     group = parsed.worker_groups[0]
     assert (group.min_replicas, group.max_replicas) == (0, 10)
     assert group.resources == specmod.parse_cluster(
-        {"metadata": {"name": "w"}, "spec": {"head": {"resources": head_defaults}}}).head.resources
+        {"metadata": {"name": "w"}, "spec": {"head": head_defaults}}).head.resources

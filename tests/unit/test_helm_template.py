@@ -93,7 +93,7 @@ def grants(role: Obj) -> set[tuple[str, str, str]]:
 NAMESPACED_GRANTS = {
     ("", "pods", v) for v in ("get", "list", "watch", "create", "delete", "patch")
 } | {
-    ("", "services", v) for v in ("get", "list", "watch", "create")
+    ("", "services", v) for v in ("get", "list", "watch", "create", "patch", "delete")
 } | {
     ("", "events", "create"), ("", "events", "patch"),
     ("swarm.io", "swarmclusters", "get"), ("swarm.io", "swarmclusters", "list"), ("swarm.io", "swarmclusters", "watch"),

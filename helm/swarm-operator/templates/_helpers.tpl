@@ -69,8 +69,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 What the operator does in a namespace it serves. kube.py is the only caller of the API:
 pods list/watch (kopf and the cache), create/delete (reconcile), patch (the autoscaler marks
-drained pods with an annotation), get; services list/watch/create (the head service; deletion
-is the garbage collector's, through owner references); SwarmClusters read-only plus a merge
+drained pods with an annotation), get; services list/watch/create, patch (annotations and type
+in place) and delete (only to re-create it between headless and not; otherwise deletion is the
+garbage collector's, through owner references); SwarmClusters read-only plus a merge
 patch of their status subresource; Events create. No Secrets: the GCS fault tolerance password
 reaches the Ray pods through a secretKeyRef that the kubelet resolves, never through the operator.
 */}}
@@ -80,7 +81,7 @@ reaches the Ray pods through a secretKeyRef that the kubelet resolves, never thr
   verbs: [get, list, watch, create, delete, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]  # patch: a repeated event updates its count (kube.post_event)

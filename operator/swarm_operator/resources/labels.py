@@ -14,6 +14,9 @@ CLUSTER = f"{GROUP}/cluster"
 NODE_TYPE = f"{GROUP}/node-type"
 WORKER_GROUP = f"{GROUP}/group"
 TEMPLATE_HASH = f"{GROUP}/template-hash"
+# Head service annotation: the keys of spec.head.service.annotations applied last (JSON list), so that
+# keys dropped from the spec are removed and other writers' annotations are not.
+OWNED_ANNOTATIONS = f"{GROUP}/service-annotations"
 DRAINED = f"{GROUP}/drained-at"  # pod annotation: when the autoscaler's drain of its Ray node was accepted
 HEAD = "head"
 WORKER = "worker"

@@ -14,7 +14,15 @@ from typing import Any
 from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.resources import labels, revision
 from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay
-from swarm_operator.spec import ClusterSpec, GcsFaultTolerance, Resources, WorkerGroupSpec
+from swarm_operator.spec import (
+    PROBE_DEFAULTS,
+    ClusterSpec,
+    GcsFaultTolerance,
+    Probes,
+    ProbeTiming,
+    Resources,
+    WorkerGroupSpec,
+)
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -26,8 +34,19 @@ REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
 
 
 def ray_num_cpus(res: Resources) -> int:
-    """`ray start --num-cpus` takes whole CPUs; a fractional limit rounds up (500m → 1)."""
+    """`ray start --num-cpus` takes whole CPUs: rayCpus when given (0 keeps work off the head), else the
+    CPU limit, or the request without a limit, rounded up (500m → 1)."""
+    if res.ray_cpus is not None:
+        return res.ray_cpus
     return max(1, math.ceil(res.cpu))
+
+
+def ray_accelerators(res: Resources) -> tuple[int, dict[str, float]]:
+    """(`--num-gpus`, accelerators for `--resources`): GPUs of any vendor are Ray's GPU, TPUs its TPU,
+    Neuron cores its neuron_cores …; Ray reads the count of the non-GPU kinds from --resources."""
+    if res.ray_accelerator == "GPU" or not res.gpu:
+        return res.gpu, {}
+    return 0, {res.ray_accelerator: float(res.gpu)}
 
 
 def object_store_bytes(res: Resources, ray_start_params: Mapping[str, str]) -> int:
@@ -43,24 +62,37 @@ def ray_shape(res: Resources, ray_start_params: Mapping[str, str],
     so a fractional CPU limit rounds up), as Ray's GCS reports them. The autoscaler plans with it."""
     shape: dict[str, float] = {"CPU": float(ray_num_cpus(res)), "memory": float(res.memory),
                                "object_store_memory": float(object_store_bytes(res, ray_start_params))}
-    if res.gpu:
-        shape["GPU"] = float(res.gpu)
+    num_gpus, accelerators = ray_accelerators(res)
+    if num_gpus:
+        shape["GPU"] = float(num_gpus)
+    shape.update(accelerators)  # TPU, neuron_cores …: demand for them maps to this group
     shape.update(custom_resources or {})
     return shape
 
 
 def container_resources(res: Resources) -> dict[str, Any]:
-    """Requests equal limits (Guaranteed QoS): Ray's view of the node must not exceed the pod's."""
-    limits: dict[str, Any] = {"cpu": res.cpu_text, "memory": res.memory_text}
+    """The shorthand cpu/memory (and the defaults) set request = limit (Guaranteed QoS); requests and limits,
+    where given, are taken as Kubernetes takes them, a missing request being the limit (as the API server
+    defaults it, so the built pod equals the stored one). Accelerators: request = limit = gpu."""
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    for name, text in (("cpu", res.cpu_text), ("memory", res.memory_text)):
+        if name not in res.requests and name not in res.limits:
+            requests[name] = limits[name] = text
+    limits.update(res.limits)
+    requests.update(res.limits)
+    requests.update(res.requests)
     if res.gpu:
-        limits[res.gpu_resource_name] = str(res.gpu)
-    return {"requests": dict(limits), "limits": dict(limits)}
+        requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = str(res.gpu)
+    return {"requests": requests, "limits": limits}
 
 
 def ray_start_args(res: Resources, params: dict[str, str], extra: list[str],
                    custom_resources: dict[str, float] | None = None) -> list[str]:
+    num_gpus, accelerators = ray_accelerators(res)
+    custom_resources = {**(custom_resources or {}), **accelerators}
     args = ["start", "--block", *extra,
-            f"--num-cpus={ray_num_cpus(res)}", f"--num-gpus={res.gpu}", f"--memory={res.memory}",
+            f"--num-cpus={ray_num_cpus(res)}", f"--num-gpus={num_gpus}", f"--memory={res.memory}",
             f"--metrics-export-port={METRICS_PORT}"]
     if "object-store-memory" not in params:
         # Explicit, equal to /dev/shm's size: Ray would otherwise size its store from what it
@@ -91,17 +123,15 @@ def _gcs_env(gcs: GcsFaultTolerance | None, cluster: ClusterSpec) -> list[dict[s
     return env
 
 
-def _probe(path: str, port: int, *, liveness: bool) -> dict[str, Any]:
-    probe: dict[str, Any] = {"httpGet": {"path": path, "port": port}, "timeoutSeconds": 2}
-    if liveness:
-        probe.update(initialDelaySeconds=30, periodSeconds=10, failureThreshold=12)
-    else:
-        probe.update(initialDelaySeconds=2, periodSeconds=3, failureThreshold=3)
-    return probe
+def _probe(path: str, port: int, kind: str, timing: ProbeTiming) -> dict[str, Any]:
+    """The operator's timings (PROBE_DEFAULTS), each overridden by the spec's probes.<kind> where given."""
+    defaults = PROBE_DEFAULTS[kind]
+    return {"httpGet": {"path": path, "port": port}, "timeoutSeconds": defaults["timeoutSeconds"],
+            **{k: v for k, v in defaults.items() if k != "timeoutSeconds"}, **timing.fields()}
 
 
 def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resources, args: list[str],
-         env: list[dict[str, Any]], ports: list[dict[str, Any]], probe_path: str, probe_port: int,
+         env: list[dict[str, Any]], ports: list[dict[str, Any]], probe_path: str, probe_port: int, probes: Probes,
          template: Any, parts: dict[str, Any]) -> dict[str, Any]:
     params_shm = object_store_bytes(res, {})
     for a in args:
@@ -129,8 +159,8 @@ def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resou
                 "env": env,
                 "ports": ports,
                 "resources": container_resources(res),
-                "readinessProbe": _probe(probe_path, probe_port, liveness=False),
-                "livenessProbe": _probe(probe_path, probe_port, liveness=True),
+                "readinessProbe": _probe(probe_path, probe_port, "readiness", probes.readiness),
+                "livenessProbe": _probe(probe_path, probe_port, "liveness", probes.liveness),
                 "volumeMounts": [{"name": "shared-mem", "mountPath": "/dev/shm"}],
             }],
             # The object store lives in /dev/shm; the container runtime's 64 MiB default is far too small.
@@ -181,7 +211,7 @@ def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
     pod_labels = {**labels.common_labels(cluster.name), **labels.head_selector(cluster.name)}
     return _pod(cluster, name, pod_labels, head.resources,
                 ray_start_args(head.resources, dict(head.ray_start_params), extra), env, ports,
-                "/api/gcs_healthz", DASHBOARD_PORT, head.template, revision.head_parts(cluster))
+                "/api/gcs_healthz", DASHBOARD_PORT, head.probes, head.template, revision.head_parts(cluster))
 
 
 def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
@@ -200,5 +230,5 @@ def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
     args = ray_start_args(group.resources, dict(group.ray_start_params), [join], dict(group.ray_resources))
     return _pod(cluster, name, pod_labels, group.resources, args, env,
                 [{"name": "metrics", "containerPort": METRICS_PORT}],
-                "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.template,
+                "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.probes, group.template,
                 revision.worker_parts(cluster, group))

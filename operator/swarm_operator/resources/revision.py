@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from swarm_operator.resources import labels
-from swarm_operator.spec import ClusterSpec, GcsFaultTolerance, Resources, WorkerGroupSpec
+from swarm_operator.spec import ClusterSpec, GcsFaultTolerance, Probes, Resources, WorkerGroupSpec
 
 REVISION = f"{labels.PREFIX}revision"
 TEMPLATE_METADATA = f"{labels.PREFIX}template-metadata"
@@ -32,6 +32,7 @@ PART_FIELDS = {
     "rayStartParams": "rayStartParams",
     "template": "template.spec",
     "gcsFaultTolerance": "spec.faultTolerance.gcs",
+    "probes": "probes",
 }
 
 
@@ -40,7 +41,15 @@ def _resources(res: Resources) -> dict[str, Any]:
     out: dict[str, Any] = {"cpu": res.cpu_text, "memory": res.memory_text}
     if res.gpu:
         out[res.gpu_resource_name] = res.gpu
+    out.update(res.hash_extras())  # requests, limits, accelerator, rayCpus: only those given
     return out
+
+
+def _with_probes(parts: dict[str, Any], probes: Probes) -> dict[str, Any]:
+    # A part only when overridden: clusters without overrides keep their hashes.
+    if probes.hash_extras():
+        parts["probes"] = probes.hash_extras()
+    return parts
 
 
 def _gcs(gcs: GcsFaultTolerance | None) -> dict[str, Any] | None:
@@ -56,15 +65,16 @@ def _template_spec(template: Mapping[str, Any]) -> Any:
 
 def head_parts(cluster: ClusterSpec) -> dict[str, Any]:
     h = cluster.head
-    return {"image": cluster.image, "resources": _resources(h.resources),
-            "rayStartParams": dict(h.ray_start_params), "template": _template_spec(h.template),
-            "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}
+    return _with_probes({"image": cluster.image, "resources": _resources(h.resources),
+                         "rayStartParams": dict(h.ray_start_params), "template": _template_spec(h.template),
+                         "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}, h.probes)
 
 
 def worker_parts(cluster: ClusterSpec, group: WorkerGroupSpec) -> dict[str, Any]:
-    return {"image": cluster.image, "resources": _resources(group.resources),
-            "rayResources": dict(group.ray_resources), "rayStartParams": dict(group.ray_start_params),
-            "template": _template_spec(group.template), "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}
+    return _with_probes({"image": cluster.image, "resources": _resources(group.resources),
+                         "rayResources": dict(group.ray_resources), "rayStartParams": dict(group.ray_start_params),
+                         "template": _template_spec(group.template),
+                         "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}, group.probes)
 
 
 def part_hashes(parts: Mapping[str, Any]) -> dict[str, str]:
@@ -113,7 +123,8 @@ def changed_parts(recorded: Mapping[str, Any] | None, parts: Mapping[str, Any]) 
     if recorded is None:
         return []
     wanted = part_hashes(parts)
-    return [name for name in wanted if recorded.get(name) != wanted[name]]
+    # A part may be absent on either side (probes without overrides are no part).
+    return [name for name in dict.fromkeys([*wanted, *recorded]) if recorded.get(name) != wanted.get(name)]
 
 
 def describe_change(changed: list[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from swarm_operator.resources import labels
@@ -28,14 +29,13 @@ def build_head_service(cluster: ClusterSpec) -> dict[str, Any]:
         spec["type"] = "ClusterIP"
     else:
         spec["type"] = cluster.head.service_type
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": labels.head_service_name(cluster.name),
-            "namespace": cluster.namespace,
-            "labels": {**labels.common_labels(cluster.name), labels.NODE_TYPE: labels.HEAD},
-            "ownerReferences": [labels.owner_reference(cluster.name, cluster.uid)],
-        },
-        "spec": spec,
+    metadata: dict[str, Any] = {
+        "name": labels.head_service_name(cluster.name),
+        "namespace": cluster.namespace,
+        "labels": {**labels.common_labels(cluster.name), labels.NODE_TYPE: labels.HEAD},
+        "ownerReferences": [labels.owner_reference(cluster.name, cluster.uid)],
     }
+    user = dict(cluster.head.service_annotations)
+    if user:
+        metadata["annotations"] = {**user, labels.OWNED_ANNOTATIONS: json.dumps(sorted(user), separators=(",", ":"))}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
