@@ -206,6 +206,7 @@ _COMPANIONS: dict[str, dict[str, Any]] = {
     "spec.workerGroups[1].minReplicas": {"spec.workerGroups[1].maxReplicas": 10000},
     "spec.workerGroups[1].replicas": {"spec.workerGroups[1].maxReplicas": 10000},
     "spec.faultTolerance.workerBackoffInitialSeconds": {"spec.faultTolerance.workerBackoffMaxSeconds": 3600},
+    "spec.faultTolerance.gcs.cleanupTimeoutSeconds": {"spec.faultTolerance.gcs.redisAddress": "redis:6379"},
 }
 
 

@@ -135,15 +135,17 @@ class Autoscaler:
         return max(0.0, self._next_read.get(key, 0.0) - now)
 
     async def step(self, key: str, cluster: ClusterSpec, pods: list[PodState], head_ip: str | None,
-                   targets: Mapping[str, int], last_scale_ups: Mapping[str, float], now: float) -> Outcome | None:
+                   targets: Mapping[str, int], last_scale_ups: Mapping[str, float], now: float,
+                   token: str | None = None) -> Outcome | None:
         """None when it is not time yet, or there is no head to ask. `last_scale_ups`: per group, when
-        its target last grew (the stabilization window counts from it)."""
+        its target last grew (the stabilization window counts from it). `token`: the cluster's Ray token
+        (spec.auth), sent with each call to its GCS."""
         if now < self._next_read.get(key, 0.0):
             return None
         self._next_read[key] = now + cluster.autoscaling.interval_seconds
         if head_ip is None:
             return None
-        self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}")
+        self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}", token)
         started = time.monotonic()
         result = await self.pool.aread(key)
         metrics.AUTOSCALER_POLL_SECONDS.observe(time.monotonic() - started)
