@@ -23,7 +23,7 @@ DASHBOARD_AGENT_PORT = 52365
 OBJECT_STORE_FRACTION = 0.3  # Ray's own default share of memory for the object store
 REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
 REDIS_CA_VOLUME = "redis-ca"
-REDIS_CA_DIR = "/etc/swarm/redis-ca"
+REDIS_CA_DIR = "/run/swarm/redis-ca"  # under /run, like the service account's /var/run/secrets
 REDIS_CA_FILE = "ca.crt"
 
 
