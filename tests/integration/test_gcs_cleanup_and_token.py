@@ -6,6 +6,7 @@ Real Redis and Ray are the e2e tier's (tests/e2e/test_gcs_fault_tolerance.py).""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,6 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from localcluster.chaos import failed_status_patch
 from localcluster.operator_process import OperatorProcess
 from swarm_operator.reconcile.deletion import FINALIZER
 from tests.integration.helpers import Cluster, manifest, ready_status, wait_for
@@ -70,25 +70,26 @@ def test_deletion_waits_for_the_cleanup_job_after_the_pods(swc: Cluster, operato
     env = {e.name: e.value for e in job.spec.template.spec.containers[0].env}
     assert (env["RAY_REDIS_ADDRESS"], env["REDIS_USERNAME"], env["RAY_external_storage_namespace"]) == (
         "rediss://redis.example:6380", "ray", body["metadata"]["uid"])
-    pod = wait_for("the Job's pod running", lambda: [p for p in _job_pods(swc, "kappa")
-                                                     if p.status.phase == "Running"])[0]
-    assert not _gone(swc, "kappa"), "still held while the Job runs"
-    # kwok runs no process: finish the Job's pod as a kubelet would after an exit 0.
-    done = failed_status_patch([c.name for c in pod.spec.containers], exit_code=0, reason="Completed",
-                               message="cleanup done")
-    done["status"]["phase"] = "Succeeded"
-    swc.core.patch_namespaced_pod_status(pod.metadata.name, swc.ns, done)
+    # kwok's default stages finish a Job's pods as succeeded (a kubelet would after an exit 0).
     wait_for("the cluster gone once the Job succeeded", lambda: _gone(swc, "kappa"), timeout=60)
     reasons = _reasons(swc, "kappa")
     assert "RedisCleanup" in reasons and "RedisCleanedUp" in reasons, reasons
+    assert batch.read_namespaced_job(job.metadata.name, swc.ns).status.succeeded == 1
 
 
 def test_deletion_never_hangs_on_a_cleanup_that_does_not_finish(swc: Cluster, operator: OperatorProcess) -> None:
-    swc.create(manifest("lambda", replicas=0, faultTolerance={"gcs": {"redisAddress": "redis:6379",
-                                                                       "cleanupTimeoutSeconds": 10}}))
-    wait_for("Running", ready_status(swc, "lambda", 0))
+    # Placed where no node is: the head never runs, and the cleanup Job (scheduled like the head) never either.
+    nowhere = {"template": {"spec": {"nodeSelector": {"swarm.io/test-nowhere": "true"}}}}
+    swc.create(manifest("lambda", replicas=0, head=nowhere,
+                        faultTolerance={"gcs": {"redisAddress": "redis:6379", "cleanupTimeoutSeconds": 10}}))
+    wait_for("the finalizer", lambda: swc.get("lambda")["metadata"].get("finalizers") == [FINALIZER])
+    wait_for("the pending head", lambda: swc.heads("lambda"))
     swc.delete("lambda")
+    started = time.monotonic()
+    wait_for("the cleanup Job's pod, unschedulable", lambda: [p for p in _job_pods(swc, "lambda")
+                                                             if p.status.phase == "Pending"], timeout=10)
     wait_for("the cluster gone after cleanupTimeoutSeconds", lambda: _gone(swc, "lambda"), timeout=60)
+    assert time.monotonic() - started >= 5, "it waited for the Job first"
     reasons = _reasons(swc, "lambda")
     assert "RedisCleanupTimedOut" in reasons and "RedisCleanedUp" not in reasons, reasons
     assert "cleanupTimeoutSeconds" in reasons["RedisCleanupTimedOut"]

@@ -17,6 +17,7 @@ from swarm_operator.resources.pods import REDIS_PASSWORD_ENV, redis_ca_volume, s
 from swarm_operator.spec import ClusterSpec
 
 JOB_SUFFIX = "-redis-cleanup"
+DEADLINE_MARGIN_SECONDS = 60
 CLEANUP_LABEL = f"{labels.PREFIX}redis-cleanup"  # on the Job and its pod: which cluster's keys it removes
 # Pod spec fields of the head template that say where a pod may run and how it pulls its image.
 SCHEDULING_FIELDS = ("nodeSelector", "tolerations", "affinity", "imagePullSecrets", "priorityClassName",
@@ -75,8 +76,9 @@ def build_cleanup_job(cluster: ClusterSpec) -> dict[str, Any]:
         },
         "spec": {
             "backoffLimit": 2,
-            # Past the cluster's deadline the operator gives up anyway; the Job should stop with it.
-            "activeDeadlineSeconds": gcs.cleanup_timeout_seconds,
+            # A backstop only: the operator gives up at cleanupTimeoutSeconds after the deletion (before this
+            # ends, the Job starting later), and the garbage collector then removes the Job with the cluster.
+            "activeDeadlineSeconds": gcs.cleanup_timeout_seconds + DEADLINE_MARGIN_SECONDS,
             "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
         },
     }
