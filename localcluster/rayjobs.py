@@ -88,6 +88,11 @@ def submit_job(head_ip: str, entrypoint: str, metadata: dict[str, str] | None = 
         return str(json.load(resp)["submission_id"])
 
 
+def list_jobs(head_ip: str) -> list[dict[str, Any]]:
+    """Every job the head's Jobs API knows (its history lives in the GCS)."""
+    return list(_get(_jobs_url(head_ip)))
+
+
 def job_info(head_ip: str, job_id: str) -> dict[str, Any]:
     """The job's details: status, message, start/end times, driver exit code, …"""
     return dict(_get(_jobs_url(head_ip, job_id)))

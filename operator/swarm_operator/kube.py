@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 PODS = "/api/v1/namespaces/{ns}/pods"
 SERVICES = "/api/v1/namespaces/{ns}/services"
+SECRETS = "/api/v1/namespaces/{ns}/secrets"
+JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
 EVENTS = "/api/v1/namespaces/{ns}/events"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
@@ -148,6 +150,17 @@ class Kube(Protocol):
     def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
+
+    def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+                       resource_version: str) -> dict[str, Any] | None: ...
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def create_job(self, namespace: str, job: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
     def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str,
                    message: str) -> None: ...
@@ -380,6 +393,52 @@ class KubeClient:
                 return False
             raise
         return True
+
+    def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+                       resource_version: str) -> dict[str, Any] | None:
+        """Replace the SwarmCluster's finalizer list, only if it is still at `resource_version` (so another
+        writer's finalizer is never lost: a conflict raises ApiError 409). The stored object, or None when gone."""
+        API_REQUESTS.labels("patch", "swarmclusters").inc()
+        try:
+            return self.request("PATCH", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}",
+                                {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
+                                content_type=MERGE_PATCH)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # -- secrets and jobs (the Ray token; the Redis key cleanup) ------------------------------
+
+    def _get(self, path: str, kind: str) -> dict[str, Any] | None:
+        API_REQUESTS.labels("get", kind).inc()
+        try:
+            return self.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _create(self, path: str, kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        API_REQUESTS.labels("create", kind).inc()
+        try:
+            return self.request("POST", path, body)
+        except ApiError as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(f"{SECRETS.format(ns=namespace)}/{quote(name)}", "secrets")
+
+    def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any] | None:
+        return self._create(SECRETS.format(ns=namespace), "secrets", secret)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(f"{JOBS.format(ns=namespace)}/{quote(name)}", "jobs")
+
+    def create_job(self, namespace: str, job: Mapping[str, Any]) -> dict[str, Any] | None:
+        return self._create(JOBS.format(ns=namespace), "jobs", job)
 
     # -- leases (leader election) --------------------------------------------------------------
 

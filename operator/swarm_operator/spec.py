@@ -39,7 +39,10 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # Environment variable names: printable ASCII except "=" (Kubernetes ≥ 1.34).
 ENV_NAME = re.compile(r"^[ -<>-~]+$")
 FLAG_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
-REDIS_ADDRESS = re.compile(r"^[^\s:]+:[0-9]{1,5}$")
+# host:port, redis://host:port, or rediss://host:port (TLS): what Ray's own address parser takes.
+REDIS_ADDRESS = re.compile(r"^(rediss?://)?[^\s:/]+:[0-9]{1,5}$")
+# A Redis ACL user name: any printable character but a space (Redis refuses spaces in user names).
+REDIS_USERNAME = re.compile(r"^[!-~]+$")
 VERSION_TEXT = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?([a-z0-9.+-]*)?$")
 
 # Generated names: head pod "<c>-head", service "<c>-head-svc", worker "<c>-<g>-<5 chars>".
@@ -62,10 +65,15 @@ MAX_ANNOTATIONS_BYTES = 256 * 1024
 # would silently win over the operator's (the last flag counts) and break them.
 OPERATOR_OWNED_FLAGS = frozenset({"block", "address", "head", "num-cpus", "num-gpus", "memory", "resources",
                                   "port", "dashboard-host", "dashboard-port", "ray-client-server-port",
-                                  "metrics-export-port", "redis-password"})
+                                  "metrics-export-port", "redis-password", "redis-username"})
 BUILTIN_RAY_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 SERVICE_TYPES = ("Headless", "ClusterIP", "NodePort", "LoadBalancer")
 UPDATE_TYPES = ("Rolling", "IdleFirst", "OnDelete")
+# Ray's own names (RAY_AUTH_MODE).
+AUTH_MODES = ("disabled", "token")
+TOKEN_SECRET_KEY = "token"
+TOKEN_SECRET_SUFFIX = "-ray-token"
+DEFAULT_REDIS_CLEANUP_TIMEOUT = 300
 DEFAULT_IMAGE = "rayproject/ray:2.60.0"
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 # Accelerator kind → (the device plugin's Kubernetes resource, the Ray resource Ray 2.60 schedules it as:
@@ -217,10 +225,40 @@ class AutoscalingSpec:
 
 
 @dataclass(frozen=True)
+class KeyRef:
+    """One key of a Secret or a ConfigMap."""
+
+    kind: str  # "Secret" | "ConfigMap"
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
 class GcsFaultTolerance:
-    redis_address: str
+    redis_address: str  # host:port, redis://host:port or rediss://host:port
     password_secret_name: str | None
     password_secret_key: str | None
+    redis_username: str | None = None
+    redis_ca: KeyRef | None = None  # the CA bundle that signed the Redis server's certificate (rediss://)
+    cleanup_timeout_seconds: int = DEFAULT_REDIS_CLEANUP_TIMEOUT
+
+    @property
+    def tls(self) -> bool:
+        return self.redis_address.startswith("rediss://")
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    """Ray token authentication: every Ray node and the operator's autoscaler use the token in one Secret key."""
+
+    mode: str  # AUTH_MODES
+    secret_name: str
+    secret_key: str
+    operator_made: bool  # no tokenSecret given: the operator makes "<cluster>-ray-token" itself
+
+    @property
+    def token(self) -> bool:
+        return self.mode == "token"
 
 
 @dataclass(frozen=True)
@@ -251,6 +289,7 @@ class ClusterSpec:
     autoscaling: AutoscalingSpec = field(default_factory=AutoscalingSpec)
     fault_tolerance: FaultToleranceSpec = field(default_factory=FaultToleranceSpec)
     update_strategy: UpdateStrategy = field(default_factory=UpdateStrategy)
+    auth: AuthSpec | None = None  # None: no token authentication
 
     def group(self, name: str) -> WorkerGroupSpec | None:
         return next((g for g in self.worker_groups if g.name == name), None)
@@ -717,7 +756,8 @@ def _fault_tolerance(r: _Reader, spec: Mapping[str, Any]) -> FaultToleranceSpec:
         if address is None:
             r.fail(f"{gp}.redisAddress", "is required when gcs fault tolerance is set")
         elif not REDIS_ADDRESS.fullmatch(address):
-            r.fail(f"{gp}.redisAddress", f"must be host:port, got {_show(address)}")
+            r.fail(f"{gp}.redisAddress", f"must be host:port, redis://host:port or rediss://host:port (TLS), "
+                   f"got {_show(address)}")
         secret = r.mapping(g, "redisPasswordSecret", gp)
         sname = r.string(secret, "name", f"{gp}.redisPasswordSecret", None)
         skey = r.string(secret, "key", f"{gp}.redisPasswordSecret", None)
@@ -727,8 +767,57 @@ def _fault_tolerance(r: _Reader, spec: Mapping[str, Any]) -> FaultToleranceSpec:
             r.fail(f"{gp}.redisPasswordSecret.name", f"must be a Secret name, got {_show(sname)}")
         if skey and not (SECRET_KEY.fullmatch(skey) and len(skey) <= 253):
             r.fail(f"{gp}.redisPasswordSecret.key", f"must be a Secret key, got {_show(skey)}")
-        gcs = GcsFaultTolerance(redis_address=address or "", password_secret_name=sname, password_secret_key=skey)
+        gcs = GcsFaultTolerance(redis_address=address or "", password_secret_name=sname, password_secret_key=skey,
+                                **_gcs_redis_options(r, g, gp, address or ""))
     return FaultToleranceSpec(backoff_initial_seconds=initial, backoff_max_seconds=cap, gcs=gcs)
+
+
+def _gcs_redis_options(r: _Reader, g: Mapping[str, Any], gp: str, address: str) -> dict[str, Any]:
+    """The Redis user, the CA of a rediss:// server, and how long deletion waits for the key cleanup."""
+    username = r.string(g, "redisUsername", gp, None)
+    if username is not None and not (REDIS_USERNAME.fullmatch(username) and len(username) <= 256):
+        r.fail(f"{gp}.redisUsername", f"must be a Redis user name (printable, no spaces, at most 256), "
+               f"got {_show(username)}")
+    ca = None
+    raw_ca = r.mapping(g, "redisCA", gp)
+    if g.get("redisCA") is not None:
+        cpath = f"{gp}.redisCA"
+        secret = r.string(raw_ca, "secretName", cpath, None)
+        config_map = r.string(raw_ca, "configMapName", cpath, None)
+        key = r.string(raw_ca, "key", cpath, "ca.crt") or ""
+        if (secret is None) == (config_map is None):
+            r.fail(cpath, "needs exactly one of secretName and configMapName")
+        name = secret or config_map or ""
+        if name and not (SECRET_NAME.fullmatch(name) and len(name) <= 253):
+            r.fail(f"{cpath}.{'secretName' if secret else 'configMapName'}", f"must be an object name, "
+                   f"got {_show(name)}")
+        if not (SECRET_KEY.fullmatch(key) and len(key) <= 253):
+            r.fail(f"{cpath}.key", f"must be a key name, got {_show(key)}")
+        if address and not address.startswith("rediss://"):
+            r.fail(cpath, "is only used with TLS: redisAddress must start with rediss://")
+        ca = KeyRef("Secret" if secret else "ConfigMap", name, key)
+    timeout = r.integer(g, "cleanupTimeoutSeconds", gp, DEFAULT_REDIS_CLEANUP_TIMEOUT, 10, 3600)
+    return {"redis_username": username, "redis_ca": ca,
+            "cleanup_timeout_seconds": DEFAULT_REDIS_CLEANUP_TIMEOUT if timeout is None else timeout}
+
+
+def _auth(r: _Reader, spec: Mapping[str, Any], cluster_name: str) -> AuthSpec | None:
+    raw = r.mapping(spec, "auth", "spec")
+    p = "spec.auth"
+    mode = r.choice(raw, "mode", p, "disabled", AUTH_MODES)
+    secret = r.mapping(raw, "tokenSecret", p)
+    sname = r.string(secret, "name", f"{p}.tokenSecret", None)
+    skey = r.string(secret, "key", f"{p}.tokenSecret", TOKEN_SECRET_KEY) or ""
+    if sname is not None and not (SECRET_NAME.fullmatch(sname) and len(sname) <= 253):
+        r.fail(f"{p}.tokenSecret.name", f"must be a Secret name, got {_show(sname)}")
+    if not (SECRET_KEY.fullmatch(skey) and len(skey) <= 253):
+        r.fail(f"{p}.tokenSecret.key", f"must be a Secret key, got {_show(skey)}")
+    if secret and mode != "token":
+        r.fail(f"{p}.tokenSecret", "is only used with mode: token")
+    if mode != "token":
+        return None
+    return AuthSpec(mode=mode, secret_name=sname or f"{cluster_name}{TOKEN_SECRET_SUFFIX}", secret_key=skey,
+                    operator_made=sname is None)
 
 
 def _update_strategy(r: _Reader, spec: Mapping[str, Any]) -> UpdateStrategy:
@@ -777,6 +866,7 @@ def parse_cluster(obj: Mapping[str, Any]) -> ClusterSpec:
         autoscaling=_autoscaling(r, raw_spec),
         fault_tolerance=_fault_tolerance(r, raw_spec),
         update_strategy=_update_strategy(r, raw_spec),
+        auth=_auth(r, raw_spec, name),
     )
     if r.errors:
         raise SpecError(r.errors)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 from swarm_operator import metrics
 from swarm_operator.autoscaler.runner import Autoscaler, RayView
 from swarm_operator.config import OperatorConfig
-from swarm_operator.kube import Kube
+from swarm_operator.kube import ApiError, Kube
+from swarm_operator.reconcile import deletion
 from swarm_operator.reconcile.cache import Key, WatchCache
 from swarm_operator.reconcile.observe import PodState, observe_pod, owned_by
 from swarm_operator.reconcile.plan import (
@@ -35,8 +37,10 @@ from swarm_operator.reconcile.plan import (
 )
 from swarm_operator.reconcile.service import service_change
 from swarm_operator.resources import labels
-from swarm_operator.resources.pods import build_head_pod, build_worker_pod
+from swarm_operator.resources.pods import build_head_pod, build_worker_pod, storage_namespace
+from swarm_operator.resources.redis_cleanup import build_cleanup_job, job_name
 from swarm_operator.resources.service import build_head_service
+from swarm_operator.resources.token import build_token_secret, token_of
 from swarm_operator.spec import ClusterSpec, SpecError, parse_cluster
 from swarm_operator.status import (
     Persisted,
@@ -46,10 +50,12 @@ from swarm_operator.status import (
     invalid_status,
     persisted_from_status,
 )
+from swarm_operator.times import parse_time
 
 log = logging.getLogger(__name__)
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' own: no vowels, no look-alikes
 NAME_TAKEN_RETRY_SECONDS = 3.0  # a name held by an object not ours: often a predecessor still terminating
+TOKEN_RETRY_SECONDS = 5.0  # the Ray token's Secret is missing or not this cluster's
 
 
 def random_suffix(n: int = 5) -> str:
@@ -80,11 +86,17 @@ class Turns:
         self._warned: dict[Key, tuple[int, str]] = {}  # invalid specs, warned about once per generation
         self._taken: dict[Key, set[str]] = {}  # names found held by others, warned about once
         self._noted: dict[Key, tuple[str, ...]] = {}  # the plan's last notes, posted once while they hold
+        # The Ray token of each token-auth cluster, by (Secret, key, cluster uid); read again after a failed read
+        # of Ray's state (the Secret may have been rotated). Never logged.
+        self._tokens: dict[Key, tuple[tuple[str, str, str], str]] = {}
+        self._token_warned: dict[Key, str] = {}
 
     def forget(self, key: Key) -> None:
         self._warned.pop(key, None)
         self._taken.pop(key, None)
         self._noted.pop(key, None)
+        self._tokens.pop(key, None)
+        self._token_warned.pop(key, None)
 
     def _pod_states(self, key: Key, uid: str) -> list[PodState]:
         return [observe_pod(p) for p in self.cache.pods.objects(key) if owned_by(p, uid)]
@@ -92,7 +104,11 @@ class Turns:
     async def run(self, key: Key) -> float | None:
         """One turn; returns when the cluster wants its next one (seconds), None for the resync."""
         body = self.cache.cluster(key)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        if body is None:
+            return None
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            if deletion.FINALIZER in (body["metadata"].get("finalizers") or []):
+                return await self._delete_with_cleanup(key, body)
             return None  # deleted: the garbage collector removes the children
         meta = body["metadata"]
         old_status: dict[str, Any] = dict(body.get("status") or {})
@@ -104,6 +120,14 @@ class Turns:
             return None
         self._warned.pop(key, None)
         uid = meta.get("uid", "")
+        # Before any pod: the finalizer must be on the cluster before its head writes to Redis.
+        if not await self._keep_finalizer(key, body, cluster.fault_tolerance.gcs is not None):
+            return None
+        token = None
+        if cluster.auth is not None:
+            token = await self._ray_token(key, cluster)
+            if token is None:
+                return TOKEN_RETRY_SECONDS
         kept = persisted_from_status(old_status)
         autoscaling = cluster.autoscaling.enabled and not cluster.suspend
 
@@ -111,7 +135,10 @@ class Turns:
         outcome = None
         if autoscaling:
             outcome = await self.autoscaler.step("/".join(key), cluster, self._pod_states(key, uid),
-                                                 head_ip(self.cache, key, cluster), targets, scale_ups, now)
+                                                 head_ip(self.cache, key, cluster), targets, scale_ups, now,
+                                                 token=token)
+        if outcome is not None and outcome.report.error:
+            self._tokens.pop(key, None)  # a rotated token is read again
         if outcome is not None:
             targets = outcome.targets
             scale_ups = {**scale_ups, **dict.fromkeys(outcome.scaled_up, now)}
@@ -122,7 +149,9 @@ class Turns:
         view = RayView.of(outcome) if outcome is not None else None
         pods = self._pod_states(key, uid)
         if outcome is None and not cluster.suspend and needs_ray_state(cluster, pods):
-            view = await self.autoscaler.observe("/".join(key), pods, head_ip(self.cache, key, cluster))
+            view = await self.autoscaler.observe("/".join(key), pods, head_ip(self.cache, key, cluster), token)
+            if view is None:
+                self._tokens.pop(key, None)  # a rotated token is read again
         svc = self.cache.services.get(key, labels.head_service_name(cluster.name))
         obs = _observed(pods, svc is not None and owned_by(svc, uid), kept, view)
         plan = plan_cluster(cluster, obs, targets, now)
@@ -181,6 +210,114 @@ class Turns:
         if autoscaling:
             requeues.append(max(0.05, self.autoscaler.due_in("/".join(key), time.time())))
         return min(requeues) if requeues else None
+
+    async def _keep_finalizer(self, key: Key, body: Mapping[str, Any], wanted: bool) -> bool:
+        """Our finalizer on the cluster exactly while it has GCS fault tolerance (reconcile/deletion.py says why).
+        False when the cluster turned out to be gone."""
+        meta = body.get("metadata") or {}
+        for attempt in range(2):
+            finalizers = deletion.finalizers_with(meta.get("finalizers") or [], wanted)
+            if finalizers is None:
+                return True
+            try:
+                stored = await asyncio.to_thread(self.kube.set_finalizers, key[0], key[1], finalizers,
+                                                 str(meta.get("resourceVersion") or ""))
+            except ApiError as exc:
+                if exc.status != 409 or attempt:
+                    raise
+                # Someone wrote it since our cache saw it: read it again (their finalizers are kept).
+                fresh = await asyncio.to_thread(self.kube.get_swarmcluster, *key)
+                if fresh is None or (fresh.get("metadata") or {}).get("uid") != meta.get("uid"):
+                    self._on_gone(key, fresh)
+                    return False
+                meta = fresh["metadata"]
+                continue
+            if stored is None:
+                self._on_gone(key, None)
+                return False
+            self.cache.put_cluster(key, stored)
+            return True
+        return True
+
+    async def _delete_with_cleanup(self, key: Key, body: dict[str, Any]) -> float | None:
+        """One step of deleting a cluster that carries our finalizer: pods first, then the cleanup Job, then the
+        finalizer goes (reconcile/deletion.py decides)."""
+        meta = body["metadata"]
+        uid = meta.get("uid", "")
+        try:
+            cluster: ClusterSpec | None = parse_cluster(body)
+        except SpecError:
+            cluster = None
+        gcs = cluster.fault_tolerance.gcs if cluster else None
+        pods = self._pod_states(key, uid)
+        job = None
+        if cluster is not None and gcs is not None and not pods:
+            raw = await asyncio.to_thread(self.kube.get_job, key[0], job_name(key[1]))
+            if raw is not None and owned_by(raw, uid):
+                job = deletion.job_state(raw)
+        namespace = storage_namespace(cluster) if cluster else ""
+        step = deletion.deletion_step(gcs, namespace, pods, job, time.time() - parse_time(meta["deletionTimestamp"]))
+        for name in step.delete_pods:
+            cached = self.cache.pods.get(key, name) or {}
+            r = await asyncio.to_thread(self.kube.delete_pod, key[0], name)
+            if r is not None and (r.get("metadata") or {}).get("resourceVersion"):
+                self.cache.pods.apply(None, r)
+            else:
+                self.cache.pods.gone(key, name, (cached.get("metadata") or {}).get("uid") or "")
+        if step.create_job and cluster is not None:
+            job_body = build_cleanup_job(cluster)
+            if await asyncio.to_thread(self.kube.create_job, key[0], job_body) is not None:
+                await asyncio.to_thread(self.kube.post_event, key[0], key[1], uid, "Normal", "RedisCleanup",
+                                        f"pods gone; Job {job_body['metadata']['name']} removes the GCS keys of "
+                                        f"namespace {namespace} from Redis")
+        if step.event is not None:
+            await asyncio.to_thread(self.kube.post_event, key[0], key[1], uid, *step.event)
+        if step.remove_finalizer:
+            finalizers = deletion.finalizers_with(meta.get("finalizers") or [], False)
+            if finalizers is not None:
+                await asyncio.to_thread(self.kube.set_finalizers, key[0], key[1], finalizers,
+                                        str(meta.get("resourceVersion") or ""))
+            return None
+        return step.requeue_after
+
+    async def _ray_token(self, key: Key, cluster: ClusterSpec) -> str | None:
+        """The cluster's Ray token, from its Secret; the operator makes the Secret when the spec names none.
+        None (with a Warning Event, once per problem) while there is no usable token."""
+        auth = cluster.auth
+        assert auth is not None
+        which = (auth.secret_name, auth.secret_key, cluster.uid)
+        cached = self._tokens.get(key)
+        if cached is not None and cached[0] == which:
+            return cached[1]
+        ns = cluster.namespace
+        secret = await asyncio.to_thread(self.kube.get_secret, ns, auth.secret_name)
+        if secret is None and auth.operator_made:
+            made = build_token_secret(cluster, secrets.token_hex(32))  # 256 bits, as `ray` makes its own
+            secret = await asyncio.to_thread(self.kube.create_secret, ns, made)
+            if secret is not None:
+                await asyncio.to_thread(self.kube.post_event, ns, cluster.name, cluster.uid, "Normal", "Created",
+                                        f"created Secret {auth.secret_name} holding the cluster's Ray token")
+            else:  # 409: made meanwhile (by an earlier turn whose answer was lost, or by someone else)
+                secret = await asyncio.to_thread(self.kube.get_secret, ns, auth.secret_name)
+        token = None
+        if secret is None:
+            problem = f"Secret {auth.secret_name} not found; pods wait for it"
+        elif auth.operator_made and not owned_by(secret, cluster.uid):
+            problem = (f"Secret {auth.secret_name} exists but is not this cluster's (an earlier cluster's still "
+                       "being deleted?); the operator uses only a token Secret it made for this cluster")
+        else:
+            token = token_of(secret, auth.secret_key)
+            problem = "" if token else f"Secret {auth.secret_name} has no key {auth.secret_key}"
+        if token is None:
+            if self._token_warned.get(key) != problem:
+                self._token_warned[key] = problem
+                log.warning("SwarmCluster %s/%s: no Ray token: %s", *key, problem)
+                await asyncio.to_thread(self.kube.post_event, ns, cluster.name, cluster.uid, "Warning",
+                                        "RayTokenMissing", problem)
+            return None
+        self._token_warned.pop(key, None)
+        self._tokens[key] = (which, token)
+        return token
 
     async def _report_invalid(self, key: Key, meta: Mapping[str, Any], old: dict[str, Any], message: str,
                               now: float) -> None:

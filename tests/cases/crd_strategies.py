@@ -209,7 +209,12 @@ def in_schema_spec(draw: st.DrawFn) -> dict[str, Any]:
                               "workerBackoffInitialSeconds": draw(st.floats(0, min(cap, 3600)).map(
                                   lambda f: int(f) if f.is_integer() else f))}
         if draw(st.booleans()):
-            ft["gcs"] = draw(from_schema(ft_props["gcs"]))
+            ft["gcs"] = gcs = draw(from_schema(ft_props["gcs"]))
+            if "redisCA" in gcs:  # the CEL rules: TLS only, and the CA from exactly one of a Secret or a ConfigMap
+                gcs["redisAddress"] = "rediss://" + gcs["redisAddress"].split("://")[-1]
+                gcs["redisCA"].pop(draw(st.sampled_from(["secretName", "configMapName"])), None)
+                if not {"secretName", "configMapName"} & gcs["redisCA"].keys():
+                    gcs["redisCA"]["secretName"] = "ca"
         spec["faultTolerance"] = ft
     return spec
 
@@ -331,6 +336,8 @@ def related(path: str) -> list[str]:
     m = re.fullmatch(r"(spec\.workerGroups\[\d+\])\.(replicas|minReplicas|maxReplicas)", path)
     if m:
         return [f"{m.group(1)}.{f}" for f in ("replicas", "minReplicas", "maxReplicas")]
+    if path.startswith("spec.faultTolerance.gcs.redisCA") or path == "spec.faultTolerance.gcs.redisAddress":
+        return ["spec.faultTolerance.gcs.redisAddress", "spec.faultTolerance.gcs.redisCA"]
     # requests.x, limits.x and the shorthand x are compared with each other (request ≤ limit, not both).
     m = re.fullmatch(r"(.*\.resources)\.(?:(?:requests|limits)\.)?([^.]+)", path)
     if m:

@@ -146,10 +146,12 @@ LEASES = "leases.coordination.k8s.io"
 # What the operator does in a namespace it serves.
 NEEDED = [(v, "pods") for v in ("get", "list", "watch", "create", "delete", "patch")] + \
     [(v, "services") for v in ("get", "list", "watch", "create", "patch", "delete")] + \
-    [("create", "events"), ("get", SWC), ("list", SWC), ("watch", SWC), ("patch", f"{SWC}#status")]
+    [("create", "events"), ("get", SWC), ("list", SWC), ("watch", SWC), ("patch", f"{SWC}#status"),
+     ("patch", SWC), ("get", "secrets"), ("create", "secrets"), ("get", "jobs.batch"), ("create", "jobs.batch")]
 # Never, anywhere.
-FORBIDDEN = [("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("get", "configmaps"),
-             ("create", SWC), ("update", SWC), ("patch", SWC), ("delete", SWC), ("update", f"{SWC}#status"),
+FORBIDDEN = [("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), ("delete", "secrets"),
+             ("get", "configmaps"), ("delete", "jobs.batch"),
+             ("create", SWC), ("update", SWC), ("delete", SWC), ("update", f"{SWC}#status"),
              ("update", "services"), ("update", "pods"), ("create", "pods#exec"),
              ("get", "pods#log"), ("delete", "events"), ("create", "deployments.apps"),
              ("create", "serviceaccounts#token"), ("create", "rolebindings.rbac.authorization.k8s.io"),

@@ -136,6 +136,8 @@ class FakeKube:
         self.statuses: list[tuple[str, str, dict[str, Any]]] = []
         self.events: list[tuple[str, str, str, str]] = []  # (cluster, type, reason, message)
         self.swarmclusters: dict[Key, dict[str, Any]] = {}  # what the API server stores
+        self.secrets: dict[Key, dict[str, Any]] = {}
+        self.jobs: dict[Key, dict[str, Any]] = {}
         self._rv = 100
         self._lock = threading.Lock()  # the controller calls from worker threads
 
@@ -249,6 +251,44 @@ class FakeKube:
                 return False  # 404
             self.statuses.append((namespace, name, copy.deepcopy(dict(status))))
             return True
+
+    def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+                       resource_version: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("set_finalizers", name))
+            stored = self.swarmclusters.get((namespace, name))
+            if stored is None:
+                return None  # 404
+            stored["metadata"].update(finalizers=list(finalizers), resourceVersion=self.bump())
+            return copy.deepcopy(stored)
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("get_secret", name))
+            return copy.deepcopy(self.secrets.get((namespace, name)))
+
+    def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            name = secret["metadata"]["name"]
+            self.calls.append(("create_secret", name))
+            if (namespace, name) in self.secrets:
+                return None  # 409
+            self.secrets[(namespace, name)] = copy.deepcopy(dict(secret))
+            return copy.deepcopy(dict(secret))
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("get_job", name))
+            return copy.deepcopy(self.jobs.get((namespace, name)))
+
+    def create_job(self, namespace: str, job: Mapping[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            name = job["metadata"]["name"]
+            self.calls.append(("create_job", name))
+            if (namespace, name) in self.jobs:
+                return None  # 409
+            self.jobs[(namespace, name)] = copy.deepcopy(dict(job))
+            return copy.deepcopy(dict(job))
 
     def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str) -> None:
         with self._lock:

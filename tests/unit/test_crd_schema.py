@@ -215,6 +215,7 @@ _COMPANIONS: dict[str, dict[str, Any]] = {
                               f"{owner}.probes.{kind}.failureThreshold": 1000}),
            ("timeoutSeconds", {f"{owner}.probes.{kind}.periodSeconds": 300}),
            ("failureThreshold", {f"{owner}.probes.{kind}.periodSeconds": 30}))},
+    "spec.faultTolerance.gcs.cleanupTimeoutSeconds": {"spec.faultTolerance.gcs.redisAddress": "redis:6379"},
 }
 
 

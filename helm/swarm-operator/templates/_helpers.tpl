@@ -87,10 +87,16 @@ reaches the Ray pods through a secretKeyRef that the kubelet resolves, never thr
   verbs: [create, patch]  # patch: a repeated event updates its count (kube.post_event)
 - apiGroups: [swarm.io]
   resources: [swarmclusters]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]  # patch: only metadata.finalizers, on clusters with GCS fault tolerance
 - apiGroups: [swarm.io]
   resources: [swarmclusters/status]
   verbs: [patch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create]  # a token-auth cluster's Ray token (by name; never list or watch)
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create]  # the Redis key cleanup of a deleted GCS fault-tolerant cluster
 {{- end }}
 
 {{/*

@@ -159,15 +159,17 @@ class Autoscaler:
         return max(0.0, self._next_read.get(key, 0.0) - now)
 
     async def step(self, key: str, cluster: ClusterSpec, pods: list[PodState], head_ip: str | None,
-                   targets: Mapping[str, int], last_scale_ups: Mapping[str, float], now: float) -> Outcome | None:
+                   targets: Mapping[str, int], last_scale_ups: Mapping[str, float], now: float,
+                   token: str | None = None) -> Outcome | None:
         """None when it is not time yet, or there is no head to ask. `last_scale_ups`: per group, when
-        its target last grew (the stabilization window counts from it)."""
+        its target last grew (the stabilization window counts from it). `token`: the cluster's Ray token
+        (spec.auth), sent with each call to its GCS."""
         if now < self._next_read.get(key, 0.0):
             return None
         self._next_read[key] = now + cluster.autoscaling.interval_seconds
         if head_ip is None:
             return None
-        self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}")
+        self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}", token)
         started = time.monotonic()
         result = await self.pool.aread(key)
         metrics.AUTOSCALER_POLL_SECONDS.observe(time.monotonic() - started)
@@ -229,12 +231,13 @@ class Autoscaler:
         return Outcome(new_targets, report, frozenset(scaled_up), view.ray_dead, view.idle, view.ray_nodes,
                        tuple(events), tuple(patched), snap)
 
-    async def observe(self, key: str, pods: list[PodState], head_ip: str | None) -> RayView | None:
+    async def observe(self, key: str, pods: list[PodState], head_ip: str | None,
+                      token: str | None = None) -> RayView | None:
         """Ray's state for a rollout, read-only and with no scaling decision (autoscaling may be off);
-        None when there is no head to ask or the read failed."""
+        None when there is no head to ask or the read failed. `token`: as for :meth:`step`."""
         if head_ip is None:
             return None
-        self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}")
+        self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}", token)
         result = await self.pool.aread(key)
         if result.snapshot is None:
             log.info("reading Ray state of %s for a rollout: %s", key, result.error)

@@ -16,6 +16,7 @@ from swarm_operator.resources import labels, revision
 from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay
 from swarm_operator.spec import (
     PROBE_DEFAULTS,
+    AuthSpec,
     ClusterSpec,
     GcsFaultTolerance,
     Probes,
@@ -31,6 +32,9 @@ METRICS_PORT = 8080
 DASHBOARD_AGENT_PORT = 52365
 OBJECT_STORE_FRACTION = 0.3  # Ray's own default share of memory for the object store
 REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
+REDIS_CA_VOLUME = "redis-ca"
+REDIS_CA_DIR = "/run/swarm/redis-ca"  # under /run, like the service account's /var/run/secrets
+REDIS_CA_FILE = "ca.crt"
 
 
 def ray_num_cpus(res: Resources) -> int:
@@ -109,18 +113,47 @@ def _env(name: str, value: str) -> dict[str, str]:
     return {"name": name, "value": value}
 
 
+def storage_namespace(cluster: ClusterSpec) -> str:
+    """Where the head's GCS keeps its tables in Redis (and what the cleanup Job removes): one Redis may serve
+    several clusters, and a re-created cluster of the same name must not find its predecessor's state."""
+    return cluster.uid or f"{cluster.namespace}/{cluster.name}"
+
+
 def _gcs_env(gcs: GcsFaultTolerance | None, cluster: ClusterSpec) -> list[dict[str, Any]]:
     if gcs is None:
         return []
     env: list[dict[str, Any]] = [
         _env("RAY_REDIS_ADDRESS", gcs.redis_address),
-        # One Redis may serve several clusters: keep each one's GCS tables apart.
-        _env("RAY_external_storage_namespace", cluster.uid or f"{cluster.namespace}/{cluster.name}"),
+        _env("RAY_external_storage_namespace", storage_namespace(cluster)),
     ]
     if gcs.password_secret_name and gcs.password_secret_key:
         env.append({"name": REDIS_PASSWORD_ENV, "valueFrom": {"secretKeyRef": {
             "name": gcs.password_secret_name, "key": gcs.password_secret_key}}})
     return env
+
+
+def redis_ca_volume(gcs: GcsFaultTolerance | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                            list[dict[str, Any]]]:
+    """The CA bundle of a rediss:// Redis as a file: (volumes, volumeMounts, env). Ray's Redis client reads
+    the path from RAY_REDIS_CA_CERT; only the GCS server (head) and the key cleanup talk to Redis."""
+    if gcs is None or gcs.redis_ca is None:
+        return [], [], []
+    ca = gcs.redis_ca
+    items = [{"key": ca.key, "path": REDIS_CA_FILE}]
+    source = ({"secret": {"secretName": ca.name, "items": items}} if ca.kind == "Secret"
+              else {"configMap": {"name": ca.name, "items": items}})
+    return ([{"name": REDIS_CA_VOLUME, **source}],
+            [{"name": REDIS_CA_VOLUME, "mountPath": REDIS_CA_DIR, "readOnly": True}],
+            [_env("RAY_REDIS_CA_CERT", f"{REDIS_CA_DIR}/{REDIS_CA_FILE}")])
+
+
+def auth_env(auth: AuthSpec | None) -> list[dict[str, Any]]:
+    """Token authentication: every Ray node reads the cluster's token from its Secret (never from the pod spec)."""
+    if auth is None:
+        return []
+    return [_env("RAY_AUTH_MODE", auth.mode),
+            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": auth.secret_name,
+                                                                      "key": auth.secret_key}}}]
 
 
 def _probe(path: str, port: int, kind: str, timing: ProbeTiming) -> dict[str, Any]:
@@ -132,7 +165,9 @@ def _probe(path: str, port: int, kind: str, timing: ProbeTiming) -> dict[str, An
 
 def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resources, args: list[str],
          env: list[dict[str, Any]], ports: list[dict[str, Any]], probe_path: str, probe_port: int, probes: Probes,
-         template: Any, parts: dict[str, Any]) -> dict[str, Any]:
+         template: Any, parts: dict[str, Any], *, volumes: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+         ) -> dict[str, Any]:
+    """`volumes`: more (volumes, volumeMounts of the Ray container) the operator needs, before the overlay."""
     params_shm = object_store_bytes(res, {})
     for a in args:
         if a.startswith("--object-store-memory="):
@@ -161,10 +196,11 @@ def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resou
                 "resources": container_resources(res),
                 "readinessProbe": _probe(probe_path, probe_port, "readiness", probes.readiness),
                 "livenessProbe": _probe(probe_path, probe_port, "liveness", probes.liveness),
-                "volumeMounts": [{"name": "shared-mem", "mountPath": "/dev/shm"}],
+                "volumeMounts": [{"name": "shared-mem", "mountPath": "/dev/shm"}, *volumes[1]],
             }],
             # The object store lives in /dev/shm; the container runtime's 64 MiB default is far too small.
-            "volumes": [{"name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": str(params_shm)}}],
+            "volumes": [{"name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": str(params_shm)}},
+                        *volumes[0]],
         },
     }
     return apply_overlay(pod, template)
@@ -194,6 +230,9 @@ def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
     gcs = cluster.fault_tolerance.gcs
     if gcs and gcs.password_secret_name:
         extra.append(f"--redis-password=$({REDIS_PASSWORD_ENV})")
+    if gcs and gcs.redis_username:
+        extra.append(f"--redis-username={gcs.redis_username}")
+    ca_volumes, ca_mounts, ca_env = redis_ca_volume(gcs)
     env = [
         _env("RAY_CLOUD_INSTANCE_ID", name),
         _env("RAY_NODE_TYPE_NAME", labels.HEAD),
@@ -201,6 +240,8 @@ def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
         _env("RAY_enable_autoscaler_v2", "1"),
         _env("RAY_USAGE_STATS_ENABLED", "0"),
         *_gcs_env(gcs, cluster),
+        *ca_env,
+        *auth_env(cluster.auth),
     ]
     ports = [
         {"name": "gcs", "containerPort": GCS_PORT},
@@ -211,7 +252,8 @@ def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
     pod_labels = {**labels.common_labels(cluster.name), **labels.head_selector(cluster.name)}
     return _pod(cluster, name, pod_labels, head.resources,
                 ray_start_args(head.resources, dict(head.ray_start_params), extra), env, ports,
-                "/api/gcs_healthz", DASHBOARD_PORT, head.probes, head.template, revision.head_parts(cluster))
+                "/api/gcs_healthz", DASHBOARD_PORT, head.probes, head.template, revision.head_parts(cluster),
+                volumes=(ca_volumes, ca_mounts))
 
 
 def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
@@ -221,6 +263,7 @@ def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
         _env("RAY_CLOUD_INSTANCE_ID", name),
         _env("RAY_NODE_TYPE_NAME", group.name),
         _env("RAY_USAGE_STATS_ENABLED", "0"),
+        *auth_env(cluster.auth),
     ]
     if cluster.fault_tolerance.gcs is not None:
         # With GCS fault tolerance workers wait for a replaced head instead of exiting.

@@ -33,7 +33,10 @@ PART_FIELDS = {
     "template": "template.spec",
     "gcsFaultTolerance": "spec.faultTolerance.gcs",
     "probes": "probes",
+    "auth": "spec.auth",
 }
+# How long a deletion waits for the Redis key cleanup restarts nothing.
+NOT_IN_PODS = frozenset({"cleanup_timeout_seconds"})
 
 
 def _resources(res: Resources) -> dict[str, Any]:
@@ -56,7 +59,14 @@ def _gcs(gcs: GcsFaultTolerance | None) -> dict[str, Any] | None:
     # Unset options are left out, so a new option does not change existing clusters' hashes.
     if gcs is None:
         return None
-    return {k: v for k, v in sorted(asdict(gcs).items()) if v not in (None, "", False)}
+    return {k: v for k, v in sorted(asdict(gcs).items()) if v not in (None, "", False) and k not in NOT_IN_PODS}
+
+
+def _with_auth(parts: dict[str, Any], cluster: ClusterSpec) -> dict[str, Any]:
+    # Only when set: clusters without token authentication keep the hashes they had before it existed.
+    if cluster.auth is not None:
+        parts["auth"] = {"mode": cluster.auth.mode, "secret": cluster.auth.secret_name, "key": cluster.auth.secret_key}
+    return parts
 
 
 def _template_spec(template: Mapping[str, Any]) -> Any:
@@ -65,16 +75,17 @@ def _template_spec(template: Mapping[str, Any]) -> Any:
 
 def head_parts(cluster: ClusterSpec) -> dict[str, Any]:
     h = cluster.head
-    return _with_probes({"image": cluster.image, "resources": _resources(h.resources),
-                         "rayStartParams": dict(h.ray_start_params), "template": _template_spec(h.template),
-                         "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}, h.probes)
+    return _with_auth(_with_probes({"image": cluster.image, "resources": _resources(h.resources),
+                                    "rayStartParams": dict(h.ray_start_params), "template": _template_spec(h.template),
+                                    "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}, h.probes), cluster)
 
 
 def worker_parts(cluster: ClusterSpec, group: WorkerGroupSpec) -> dict[str, Any]:
-    return _with_probes({"image": cluster.image, "resources": _resources(group.resources),
-                         "rayResources": dict(group.ray_resources), "rayStartParams": dict(group.ray_start_params),
-                         "template": _template_spec(group.template),
-                         "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}, group.probes)
+    return _with_auth(_with_probes({"image": cluster.image, "resources": _resources(group.resources),
+                                    "rayResources": dict(group.ray_resources),
+                                    "rayStartParams": dict(group.ray_start_params),
+                                    "template": _template_spec(group.template),
+                                    "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}, group.probes), cluster)
 
 
 def part_hashes(parts: Mapping[str, Any]) -> dict[str, str]:
