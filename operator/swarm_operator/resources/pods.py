@@ -14,8 +14,8 @@ from typing import Any
 from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.resources import labels, revision
 from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay
-from swarm_operator.spec import (
-    PROBE_DEFAULTS,
+from swarm_operator.spec.rules import PROBE_DEFAULTS
+from swarm_operator.spec.types import (
     AuthSpec,
     ClusterSpec,
     GcsFaultTolerance,

@@ -7,7 +7,7 @@ from typing import Any
 
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec.types import ClusterSpec
 
 
 def build_head_service(cluster: ClusterSpec) -> dict[str, Any]:
