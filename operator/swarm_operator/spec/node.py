@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from swarm_operator.quantity import QuantityError, cpu_cores, memory_bytes, parse_quantity
 from swarm_operator.spec.reader import Reader, show
@@ -32,30 +32,16 @@ from swarm_operator.spec.rules import (
 )
 from swarm_operator.spec.types import Probes, ProbeTiming, Resources
 
+_Amount = TypeVar("_Amount", Decimal, int)
+
 
 def read_resources(r: Reader, obj: Mapping[str, Any], path: str) -> Resources:
     raw = r.mapping(obj, "resources", path)
     rpath = f"{path}.resources"
     cpu_raw = raw.get("cpu", 1)
     mem_raw = raw.get("memory", "2Gi")
-    cpu = Decimal(1)
-    mem = 2 * 2**30
-    try:
-        cpu = cpu_cores(cpu_raw)
-        if cpu <= 0:
-            r.fail(f"{rpath}.cpu", f"must be a positive quantity, got {show(cpu_raw)}")
-        elif cpu > MAX_RAY_QUANTITY:
-            r.fail(f"{rpath}.cpu", f"must be at most 100T (Ray's limit), got {show(cpu_raw)}")
-    except QuantityError as exc:
-        r.fail(f"{rpath}.cpu", str(exc))
-    try:
-        mem = memory_bytes(mem_raw)
-        if mem <= 0:
-            r.fail(f"{rpath}.memory", f"must be a positive quantity, got {show(mem_raw)}")
-        elif mem > MAX_RAY_QUANTITY:
-            r.fail(f"{rpath}.memory", f"must be at most 100T bytes (Ray's limit), got {show(mem_raw)}")
-    except QuantityError as exc:
-        r.fail(f"{rpath}.memory", str(exc))
+    cpu = _amount(r, cpu_raw, f"{rpath}.cpu", cpu_cores, Decimal(1), "")
+    mem = _amount(r, mem_raw, f"{rpath}.memory", memory_bytes, 2 * 2**30, " bytes")
     gpu = r.integer(raw, "gpu", rpath, 0, 0, MAX_GPUS) or 0
     gpu_name = r.string(raw, "gpuResourceName", rpath, DEFAULT_GPU_RESOURCE)
     if gpu_name is None:
@@ -65,6 +51,21 @@ def read_resources(r: Reader, obj: Mapping[str, Any], path: str) -> Resources:
                f"got {show(gpu_name)}")
     return _resource_details(r, raw, rpath, Resources(cpu=cpu, memory=mem, gpu=gpu, gpu_resource_name=gpu_name,
                                                       cpu_text=str(cpu_raw), memory_text=str(mem_raw)))
+
+
+def _amount(r: Reader, raw: object, path: str, parse: Callable[[Any], _Amount], default: _Amount,
+            unit: str) -> _Amount:
+    """The shorthand cpu or memory: a positive quantity within Ray's limit (`default` when unreadable)."""
+    try:
+        value = parse(raw)
+    except QuantityError as exc:
+        r.fail(path, str(exc))
+        return default
+    if value <= 0:
+        r.fail(path, f"must be a positive quantity, got {show(raw)}")
+    elif value > MAX_RAY_QUANTITY:
+        r.fail(path, f"must be at most 100T{unit} (Ray's limit), got {show(raw)}")
+    return value
 
 
 def _resource_map(r: Reader, raw: Mapping[str, Any], key: str, rpath: str,
