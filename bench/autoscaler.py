@@ -47,7 +47,8 @@ from swarm_operator.autoscaler.snapshot import (
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import GCS_PORT, ray_shape
-from swarm_operator.spec import ClusterSpec, parse_cluster
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.types import ClusterSpec
 
 G = 1e9
 

@@ -279,6 +279,18 @@ class KubeClient:
             raise
         return str(((review.get("status") or {}).get("userInfo") or {}).get("username", ""))
 
+    def _call(self, verb: str, kind: str, method: str, path: str, body: Mapping[str, Any] | None = None, *,
+              absent: int, content_type: str = "application/json") -> dict[str, Any] | None:
+        """One counted call and its answer; None when the server answers `absent` (404: already gone; 409: the
+        name is taken, success for level-based callers). Other failures raise ApiError."""
+        API_REQUESTS.labels(verb, kind).inc()
+        try:
+            return self.request(method, path, body, content_type=content_type)
+        except ApiError as exc:
+            if exc.status == absent:
+                return None
+            raise
+
     # -- pods ---------------------------------------------------------------------------------
 
     def list_objects(self, path: str, selector: str) -> tuple[list[dict[str, Any]], str]:
@@ -293,35 +305,17 @@ class KubeClient:
 
     def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict[str, Any] | None:
         """The created pod; None when one of that name exists already (409 is success: level-based)."""
-        API_REQUESTS.labels("create", "pods").inc()
-        try:
-            return self.request("POST", PODS.format(ns=namespace), pod)
-        except ApiError as exc:
-            if exc.status == 409:
-                return None
-            raise
+        return self._call("create", "pods", "POST", PODS.format(ns=namespace), pod, absent=409)
 
     def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The pod as it is being deleted; None when already gone (404 is success)."""
-        API_REQUESTS.labels("delete", "pods").inc()
-        try:
-            body = self.request("DELETE", f"{PODS.format(ns=namespace)}/{quote(name)}")
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return body if body.get("kind") == "Pod" else None
+        body = self._call("delete", "pods", "DELETE", f"{PODS.format(ns=namespace)}/{quote(name)}", absent=404)
+        return body if body is not None and body.get("kind") == "Pod" else None
 
     def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
         """A JSON merge patch (a null removes a key); the patched pod, or None when it is gone."""
-        API_REQUESTS.labels("patch", "pods").inc()
-        try:
-            return self.request("PATCH", f"{PODS.format(ns=namespace)}/{quote(name)}", patch,
-                                content_type=MERGE_PATCH)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._call("patch", "pods", "PATCH", f"{PODS.format(ns=namespace)}/{quote(name)}", patch,
+                          absent=404, content_type=MERGE_PATCH)
 
     def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
         """Merge annotations into a pod; the patched pod, or None when it is gone."""
@@ -334,33 +328,16 @@ class KubeClient:
 
     def create_service(self, namespace: str, service: Mapping[str, Any]) -> dict[str, Any] | None:
         """The created service; None when one of that name exists already."""
-        API_REQUESTS.labels("create", "services").inc()
-        try:
-            return self.request("POST", SERVICES.format(ns=namespace), service)
-        except ApiError as exc:
-            if exc.status == 409:
-                return None
-            raise
+        return self._call("create", "services", "POST", SERVICES.format(ns=namespace), service, absent=409)
 
     def patch_service(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
         """Merge-patch a service in place (its clusterIP stays); the patched service, or None when it is gone."""
-        API_REQUESTS.labels("patch", "services").inc()
-        try:
-            return self.request("PATCH", f"{SERVICES.format(ns=namespace)}/{quote(name)}", patch,
-                                content_type=MERGE_PATCH)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._call("patch", "services", "PATCH", f"{SERVICES.format(ns=namespace)}/{quote(name)}", patch,
+                          absent=404, content_type=MERGE_PATCH)
 
     def delete_service(self, namespace: str, name: str) -> None:
         """Delete a service; one already gone is success."""
-        API_REQUESTS.labels("delete", "services").inc()
-        try:
-            self.request("DELETE", f"{SERVICES.format(ns=namespace)}/{quote(name)}")
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        self._call("delete", "services", "DELETE", f"{SERVICES.format(ns=namespace)}/{quote(name)}", absent=404)
 
     # -- swarmclusters ------------------------------------------------------------------------
 
@@ -373,111 +350,57 @@ class KubeClient:
 
     def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SwarmCluster as stored now; None when it is gone."""
-        API_REQUESTS.labels("get", "swarmclusters").inc()
-        try:
-            return self.request("GET", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}")
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._call("get", "swarmclusters", "GET", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}",
+                          absent=404)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Merge-patch the status subresource (lists are sent whole, so they replace what is stored);
         False when the SwarmCluster is gone."""
-        API_REQUESTS.labels("patch", "swarmclusters/status").inc()
-        try:
-            self.request("PATCH", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}/status",
-                         {"status": dict(status)}, content_type=MERGE_PATCH)
-        except ApiError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return self._call("patch", "swarmclusters/status", "PATCH",
+                          f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}/status", {"status": dict(status)},
+                          absent=404, content_type=MERGE_PATCH) is not None
 
     def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
                        resource_version: str) -> dict[str, Any] | None:
         """Replace the SwarmCluster's finalizer list, only if it is still at `resource_version` (so another
         writer's finalizer is never lost: a conflict raises ApiError 409). The stored object, or None when gone."""
-        API_REQUESTS.labels("patch", "swarmclusters").inc()
-        try:
-            return self.request("PATCH", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}",
-                                {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
-                                content_type=MERGE_PATCH)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._call("patch", "swarmclusters", "PATCH", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}",
+                          {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
+                          absent=404, content_type=MERGE_PATCH)
 
     # -- secrets and jobs (the Ray token; the Redis key cleanup) ------------------------------
 
-    def _get(self, path: str, kind: str) -> dict[str, Any] | None:
-        API_REQUESTS.labels("get", kind).inc()
-        try:
-            return self.request("GET", path)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def _create(self, path: str, kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        API_REQUESTS.labels("create", kind).inc()
-        try:
-            return self.request("POST", path, body)
-        except ApiError as exc:
-            if exc.status == 409:
-                return None
-            raise
-
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._get(f"{SECRETS.format(ns=namespace)}/{quote(name)}", "secrets")
+        return self._call("get", "secrets", "GET", f"{SECRETS.format(ns=namespace)}/{quote(name)}", absent=404)
 
     def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any] | None:
-        return self._create(SECRETS.format(ns=namespace), "secrets", secret)
+        return self._call("create", "secrets", "POST", SECRETS.format(ns=namespace), secret, absent=409)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._get(f"{JOBS.format(ns=namespace)}/{quote(name)}", "jobs")
+        return self._call("get", "jobs", "GET", f"{JOBS.format(ns=namespace)}/{quote(name)}", absent=404)
 
     def create_job(self, namespace: str, job: Mapping[str, Any]) -> dict[str, Any] | None:
-        return self._create(JOBS.format(ns=namespace), "jobs", job)
+        return self._call("create", "jobs", "POST", JOBS.format(ns=namespace), job, absent=409)
 
     # -- leases (leader election) --------------------------------------------------------------
 
     def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
-        API_REQUESTS.labels("get", "leases").inc()
-        try:
-            return self.request("GET", f"{LEASES.format(ns=namespace)}/{quote(name)}")
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._call("get", "leases", "GET", f"{LEASES.format(ns=namespace)}/{quote(name)}", absent=404)
 
     def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> bool:
         """True when created; False when someone else created it first."""
-        API_REQUESTS.labels("create", "leases").inc()
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
-        try:
-            self.request("POST", LEASES.format(ns=namespace), body)
-            return True
-        except ApiError as exc:
-            if exc.status == 409:
-                return False
-            raise
+        return self._call("create", "leases", "POST", LEASES.format(ns=namespace), body, absent=409) is not None
 
     def replace_lease(self, namespace: str, name: str, current: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
         """Optimistic update on the lease's resourceVersion; False when another replica won the race."""
-        API_REQUESTS.labels("update", "leases").inc()
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name, "namespace": namespace,
                              "resourceVersion": current["metadata"]["resourceVersion"]},
                 "spec": dict(spec)}
-        try:
-            self.request("PUT", f"{LEASES.format(ns=namespace)}/{quote(name)}", body)
-            return True
-        except ApiError as exc:
-            if exc.status == 409:
-                return False
-            raise
+        return self._call("update", "leases", "PUT", f"{LEASES.format(ns=namespace)}/{quote(name)}", body,
+                          absent=409) is not None
 
     # -- events -------------------------------------------------------------------------------
 

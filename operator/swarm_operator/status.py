@@ -14,7 +14,7 @@ from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, head_hash, worker_hash
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.times import deadline_timestamp, parse_time, timestamp
 
 CONDITION_TYPES = ("Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure",

@@ -41,7 +41,9 @@ from swarm_operator.resources.pods import build_head_pod, build_worker_pod, stor
 from swarm_operator.resources.redis_cleanup import build_cleanup_job, job_name
 from swarm_operator.resources.service import build_head_service
 from swarm_operator.resources.token import build_token_secret, token_of
-from swarm_operator.spec import ClusterSpec, SpecError, parse_cluster
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.reader import SpecError
+from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.status import (
     Persisted,
     autoscaler_status,

@@ -19,7 +19,7 @@ import pytest
 
 from localcluster import rayjobs
 from swarm_operator.resources.pods import ray_shape
-from swarm_operator.spec import parse_cluster
+from swarm_operator.spec.parse import parse_cluster
 from tests.e2e.helpers import (
     ProcessNodes,
     RayCluster,

@@ -27,7 +27,7 @@ from localcluster.nodeagent import NodeAgentProcess, network, pod_usage, read_lo
 from localcluster.nodeagent.process import PodUsage
 from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT, build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
-from swarm_operator.spec import parse_cluster
+from swarm_operator.spec.parse import parse_cluster
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

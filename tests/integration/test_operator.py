@@ -15,7 +15,7 @@ from localcluster.chaos import fail_pod
 from localcluster.operator_process import OperatorProcess
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import build_head_pod
-from swarm_operator.spec import parse_cluster
+from swarm_operator.spec.parse import parse_cluster
 from tests.integration.helpers import Cluster, manifest, ready_status, wait_for
 
 pytestmark = pytest.mark.integration

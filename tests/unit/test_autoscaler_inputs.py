@@ -23,7 +23,7 @@ from swarm_operator.autoscaler.snapshot import (
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import ray_shape
-from swarm_operator.spec import ClusterSpec, WorkerGroupSpec
+from swarm_operator.spec.types import ClusterSpec, WorkerGroupSpec
 from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker, worker_pod
 from tests.unit.ray_fixtures import demand, ray_node, snapshot
 

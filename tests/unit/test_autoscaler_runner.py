@@ -34,7 +34,7 @@ from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.reconcile.plan import DrainForRollout
 from swarm_operator.resources import labels
-from swarm_operator.spec import AutoscalingSpec, ClusterSpec
+from swarm_operator.spec.types import AutoscalingSpec, ClusterSpec
 from swarm_operator.status import AutoscalerReport
 from swarm_operator.times import timestamp
 from tests.unit.operator_fixtures import NAMESPACE, NOW, cluster, group, head, worker, worker_pod

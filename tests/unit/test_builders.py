@@ -18,7 +18,9 @@ from swarm_operator.resources.pods import (
     worker_hash,
 )
 from swarm_operator.resources.service import build_head_service
-from swarm_operator.spec import ClusterSpec, SpecError, WorkerGroupSpec, parse_cluster
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.reader import SpecError
+from swarm_operator.spec.types import ClusterSpec, WorkerGroupSpec
 from tests.cases.invalid_manifests import mutated
 
 NS = "ns"
@@ -379,7 +381,7 @@ def test_a_sidecar_may_set_what_the_ray_container_may_not() -> None:
 
 
 def test_the_merge_itself_never_takes_operator_fields() -> None:
-    # Defence in depth below spec.py's refusal: the merge keeps ours even if handed them.
+    # Defence in depth below spec/template.py's refusal: the merge keeps ours even if handed them.
     plain = build_worker_pod(make_cluster(), group(make_cluster(), "gpu"), SUFFIX)
     pod = apply_overlay(plain, {"spec": {"containers": [{
         "name": "ray", "command": ["sleep"], "args": ["infinity"],

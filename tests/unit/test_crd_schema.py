@@ -1,4 +1,4 @@
-"""The CRD: structural, validates the samples, rejects what its schema can express, agrees with spec.py.
+"""The CRD: structural, validates the samples, rejects what its schema can express, agrees with spec/rules.py.
 
 The OpenAPI schema is checked locally with `jsonschema` (see tests/cases/crd_schema.py for how
 Kubernetes' extensions are mapped), with the CRD's defaults applied first, as the API server does.
@@ -18,7 +18,9 @@ import jsonschema
 import pytest
 import yaml
 
-from swarm_operator import spec as specmod
+from swarm_operator.spec import rules as spec_rules
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.reader import SpecError
 from tests.cases.crd_schema import CRD, ROOT, SAMPLES, apply_defaults, schema_errors, to_json_schema, version, walk
 from tests.cases.invalid_manifests import CASES, InvalidCase, base_manifest, mutated
 
@@ -147,7 +149,7 @@ def test_cel_rules_are_well_formed() -> None:
             _resolve_field_path(node, rule["fieldPath"])  # KeyError if the path names no field
 
 
-# --- spec.py and the CRD say the same thing -------------------------------------------------------
+# --- spec/rules.py and the CRD say the same thing -------------------------------------------------------
 
 
 def _props(path: str) -> dict[str, Any]:
@@ -157,15 +159,15 @@ def _props(path: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("schema_path", "regex"),
     [
-        ("spec.workerGroups[].name", specmod.DNS_LABEL),
-        ("spec.head.resources.gpuResourceName", specmod.RESOURCE_NAME),
-        ("spec.faultTolerance.gcs.redisAddress", specmod.REDIS_ADDRESS),
-        ("spec.rayVersion", specmod.VERSION_TEXT),
-        ("spec.faultTolerance.gcs.redisPasswordSecret.name", specmod.SECRET_NAME),
-        ("spec.faultTolerance.gcs.redisPasswordSecret.key", specmod.SECRET_KEY),
+        ("spec.workerGroups[].name", spec_rules.DNS_LABEL),
+        ("spec.head.resources.gpuResourceName", spec_rules.RESOURCE_NAME),
+        ("spec.faultTolerance.gcs.redisAddress", spec_rules.REDIS_ADDRESS),
+        ("spec.rayVersion", spec_rules.VERSION_TEXT),
+        ("spec.faultTolerance.gcs.redisPasswordSecret.name", spec_rules.SECRET_NAME),
+        ("spec.faultTolerance.gcs.redisPasswordSecret.key", spec_rules.SECRET_KEY),
     ],
 )
-def test_patterns_match_spec_py(schema_path: str, regex: re.Pattern[str]) -> None:
+def test_patterns_match_spec(schema_path: str, regex: re.Pattern[str]) -> None:
     assert _props(schema_path)["pattern"] == regex.pattern
 
 
@@ -173,29 +175,29 @@ def _rule_texts(schema_path: str) -> str:
     return " ".join(r["rule"] for r in _props(schema_path).get("x-kubernetes-validations", []))
 
 
-def test_cel_rules_name_what_spec_py_checks() -> None:
-    assert specmod.FLAG_NAME.pattern in _rule_texts("spec.head.rayStartParams")
-    for flag in specmod.OPERATOR_OWNED_FLAGS:
+def test_cel_rules_name_what_spec_checks() -> None:
+    assert spec_rules.FLAG_NAME.pattern in _rule_texts("spec.head.rayStartParams")
+    for flag in spec_rules.OPERATOR_OWNED_FLAGS:
         assert f"'{flag}'" in _rule_texts("spec.head.rayStartParams")
         assert f"'{flag}'" in _rule_texts("spec.workerGroups[].rayStartParams")
-    for name in specmod.BUILTIN_RAY_RESOURCES:
+    for name in spec_rules.BUILTIN_RAY_RESOURCES:
         assert f"'{name}'" in _rule_texts("spec.workerGroups[].rayResources")
     root = _rule_texts("")
-    assert f"<= {specmod.MAX_CLUSTER_NAME}" in root
-    assert specmod.DNS_1035_LABEL.pattern in root
-    assert f"+ {specmod.WORKER_SUFFIX_LEN + 2} <= {specmod.MAX_POD_NAME}" in root
+    assert f"<= {spec_rules.MAX_CLUSTER_NAME}" in root
+    assert spec_rules.DNS_1035_LABEL.pattern in root
+    assert f"+ {spec_rules.WORKER_SUFFIX_LEN + 2} <= {spec_rules.MAX_POD_NAME}" in root
 
 
-def test_enums_and_bounds_match_spec_py() -> None:
-    assert tuple(_props("spec.head.serviceType")["enum"]) == specmod.SERVICE_TYPES
-    assert tuple(_props("spec.updateStrategy.type")["enum"]) == specmod.UPDATE_TYPES
-    assert _props("spec.workerGroups[].name")["maxLength"] == specmod.MAX_GROUP_NAME
-    assert _props("spec.workerGroups")["maxItems"] == specmod.MAX_GROUPS
-    assert _props("spec.workerGroups[].resources.gpu")["maximum"] == specmod.MAX_GPUS
-    assert _props("spec.image")["default"] == specmod.DEFAULT_IMAGE
-    assert specmod.ACCELERATORS["nvidia"][0] == specmod.DEFAULT_GPU_RESOURCE
+def test_enums_and_bounds_match_spec() -> None:
+    assert tuple(_props("spec.head.serviceType")["enum"]) == spec_rules.SERVICE_TYPES
+    assert tuple(_props("spec.updateStrategy.type")["enum"]) == spec_rules.UPDATE_TYPES
+    assert _props("spec.workerGroups[].name")["maxLength"] == spec_rules.MAX_GROUP_NAME
+    assert _props("spec.workerGroups")["maxItems"] == spec_rules.MAX_GROUPS
+    assert _props("spec.workerGroups[].resources.gpu")["maximum"] == spec_rules.MAX_GPUS
+    assert _props("spec.image")["default"] == spec_rules.DEFAULT_IMAGE
+    assert spec_rules.ACCELERATORS["nvidia"][0] == spec_rules.DEFAULT_GPU_RESOURCE
     for field in ("replicas", "minReplicas", "maxReplicas"):
-        assert _props(f"spec.workerGroups[].{field}")["maximum"] == specmod.MAX_REPLICAS
+        assert _props(f"spec.workerGroups[].{field}")["maximum"] == spec_rules.MAX_REPLICAS
 
 
 def _concrete(schema_path: str) -> str:
@@ -241,11 +243,11 @@ def test_operator_enforces_the_same_numeric_bounds(schema_path: str, node: dict[
     companions = _COMPANIONS.get(field, {})
     ok = mutated({**companions, field: limit}, base)
     assert schema_errors(ok) == []
-    specmod.parse_cluster(ok)
+    parse_cluster(ok)
     bad = mutated({**companions, field: beyond}, base)
     assert field in schema_errors(bad)
-    with pytest.raises(specmod.SpecError) as info:
-        specmod.parse_cluster(bad)
+    with pytest.raises(SpecError) as info:
+        parse_cluster(bad)
     assert field in [e.path for e in info.value.errors]
 
 
@@ -269,11 +271,11 @@ def test_base_manifest_validates() -> None:
                                  pytest.param({"metadata": {"name": "tiny"}, "spec": {}}, id="minimal"),
                                  pytest.param({"metadata": {"name": "w"}, "spec": {"workerGroups": [{"name": "a"}]}},
                                               id="one-group")])
-def test_crd_defaults_agree_with_spec_py(doc: dict[str, Any]) -> None:
+def test_crd_defaults_agree_with_spec(doc: dict[str, Any]) -> None:
     """What the API server stores (defaults applied) parses exactly like what the user wrote."""
     defaulted = apply_defaults(ROOT, copy.deepcopy(doc))
     assert defaulted != doc
-    assert specmod.parse_cluster(defaulted) == specmod.parse_cluster(doc)
+    assert parse_cluster(defaulted) == parse_cluster(doc)
 
 
 def test_defaulting_fills_the_head() -> None:
@@ -311,10 +313,10 @@ def test_nothing_is_defaulted_inside_spec_list_items() -> None:
     assert inside == []
 
 
-def test_worker_groups_default_in_spec_py_as_the_head_does_in_the_crd() -> None:
-    parsed = specmod.parse_cluster({"metadata": {"name": "w"}, "spec": {"workerGroups": [{"name": "a"}]}})
+def test_worker_groups_default_in_spec_as_the_head_does_in_the_crd() -> None:
+    parsed = parse_cluster({"metadata": {"name": "w"}, "spec": {"workerGroups": [{"name": "a"}]}})
     head_defaults = apply_defaults(ROOT, {"metadata": {"name": "w"}, "spec": {}})["spec"]["head"]
     group = parsed.worker_groups[0]
     assert (group.min_replicas, group.max_replicas) == (0, 10)
-    assert group.resources == specmod.parse_cluster(
+    assert group.resources == parse_cluster(
         {"metadata": {"name": "w"}, "spec": {"head": head_defaults}}).head.resources

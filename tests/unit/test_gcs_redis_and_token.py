@@ -20,7 +20,8 @@ from swarm_operator.resources import revision
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
 from swarm_operator.resources.redis_cleanup import build_cleanup_job
 from swarm_operator.resources.token import build_token_secret, token_of
-from swarm_operator.spec import KeyRef, SpecError
+from swarm_operator.spec.reader import SpecError
+from swarm_operator.spec.types import KeyRef
 from tests.unit.operator_fixtures import NAMESPACE, NOW, UID, FakeKube, as_kube, cluster, head, iso, manifest
 
 GCS = {"redisAddress": "rediss://redis.db:6380", "redisUsername": "ray",

@@ -19,7 +19,7 @@ import yaml
 
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
-from swarm_operator.spec import parse_cluster
+from swarm_operator.spec.parse import parse_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((REPO / "manifests" / "samples").glob("*.yaml"))

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
-from swarm_operator.spec import SpecError, parse_cluster
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.reader import SpecError
 from tests.cases.crd_schema import schema_errors
 from tests.cases.crd_strategies import Generated, blame_for, generated, in_schema_spec, manifest_of
 from tests.cases.hostile_manifests import HOSTILE_CASES, ODDITIES, SERVER_ONLY_CASES, STATUS_GARBAGE

@@ -28,7 +28,7 @@ from swarm_operator.reconcile.plan import (
     plan_cluster,
 )
 from swarm_operator.resources import labels, revision
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec.types import ClusterSpec
 from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker, worker_pod, workers
 
 GCS = {"faultTolerance": {"gcs": {"redisAddress": "redis:6379"}}}

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod, head_hash, worker_hash
-from swarm_operator.spec import PROBE_DEFAULTS, SpecError, parse_cluster
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.reader import SpecError
+from swarm_operator.spec.rules import PROBE_DEFAULTS
 from tests.cases.invalid_manifests import DELETE, mutated
 from tests.unit.test_builders import flags, make_cluster, ray
 

@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from swarm_operator.quantity import cpu_cores, memory_bytes
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
-from swarm_operator.spec import MAX_CLUSTER_NAME, MAX_GROUP_NAME, ClusterSpec, Resources, SpecError, parse_cluster
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.reader import SpecError
+from swarm_operator.spec.rules import MAX_CLUSTER_NAME, MAX_GROUP_NAME
+from swarm_operator.spec.types import ClusterSpec, Resources
 from tests.cases.crd_schema import ROOT, schema_errors, walk
 from tests.cases.invalid_manifests import base_manifest, get_path, set_path
 

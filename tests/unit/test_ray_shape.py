@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from swarm_operator.resources.pods import build_head_pod, ray_shape
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec.types import ClusterSpec
 from tests.unit.operator_fixtures import cluster, group, worker_pod
 
 GI = 1024**3

@@ -13,13 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from swarm_operator.spec import (
-    DEFAULT_GPU_RESOURCE,
-    DEFAULT_IMAGE,
-    FieldError,
-    SpecError,
-    parse_cluster,
-)
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.reader import FieldError, SpecError
+from swarm_operator.spec.rules import DEFAULT_GPU_RESOURCE, DEFAULT_IMAGE
 from tests.cases.invalid_manifests import (
     CASES,
     CASES_BY_ID,

@@ -8,7 +8,7 @@ import pytest
 
 from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.observe import PodState
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.status import (
     CONDITION_TYPES,
     AutoscalerReport,

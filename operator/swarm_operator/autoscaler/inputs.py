@@ -14,7 +14,7 @@ from swarm_operator.autoscaler.snapshot import ClusterSnapshot, ResourceDemand
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import ray_shape
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec.types import ClusterSpec
 
 # Per-node resources (node:<ip>, the head marker) and placement-group reservations
 # (<res>_group_[<bundle>_]<pg id>, 36 hex digits) are unique per node or per group: they only defeat

@@ -27,7 +27,7 @@ from swarm_operator.reconcile.observe import PodState
 from swarm_operator.reconcile.plan import DrainForRollout
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import GCS_PORT
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.status import AutoscalerReport
 from swarm_operator.times import timestamp
 

@@ -14,7 +14,7 @@ from swarm_operator.reconcile.backoff import GroupHealth, record_failures, settl
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels, revision
 from swarm_operator.resources.pods import head_hash
-from swarm_operator.spec import ClusterSpec, WorkerGroupSpec
+from swarm_operator.spec.types import ClusterSpec, WorkerGroupSpec
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Rules (documented in docs/crd.md, "Pod template overlays"):
 - metadata labels/annotations: the user's are added; the operator's selector labels win.
 - the Ray container is the container named "ray" in the overlay, if any: the user's fields win
   (image, env appended, volumeMounts appended, securityContext, ports appended …). The fields the
-  operator sets (OPERATOR_CONTAINER_FIELDS) are refused by spec.py (Valid=False naming the field),
+  operator sets (OPERATOR_CONTAINER_FIELDS) are refused by spec/template.py (Valid=False naming the field),
   never merged.
 - every other container is a sidecar, appended (an overlay without a "ray" container only adds
   sidecars); volumes are appended by name (the operator's win).

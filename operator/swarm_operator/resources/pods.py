@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.resources import labels, revision
 from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay
-from swarm_operator.spec import (
-    PROBE_DEFAULTS,
+from swarm_operator.spec.rules import PROBE_DEFAULTS
+from swarm_operator.spec.types import (
     AuthSpec,
     ClusterSpec,
     GcsFaultTolerance,
@@ -29,6 +30,9 @@ GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
 METRICS_PORT = 8080
+# The head's ports by name, in this order on the head pod and on the head service.
+HEAD_PORTS: Mapping[str, int] = MappingProxyType({"gcs": GCS_PORT, "dashboard": DASHBOARD_PORT,
+                                                  "client": CLIENT_PORT, "metrics": METRICS_PORT})
 DASHBOARD_AGENT_PORT = 52365
 OBJECT_STORE_FRACTION = 0.3  # Ray's own default share of memory for the object store
 REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
@@ -243,12 +247,7 @@ def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
         *ca_env,
         *auth_env(cluster.auth),
     ]
-    ports = [
-        {"name": "gcs", "containerPort": GCS_PORT},
-        {"name": "dashboard", "containerPort": DASHBOARD_PORT},
-        {"name": "client", "containerPort": CLIENT_PORT},
-        {"name": "metrics", "containerPort": METRICS_PORT},
-    ]
+    ports = [{"name": name, "containerPort": port} for name, port in HEAD_PORTS.items()]
     pod_labels = {**labels.common_labels(cluster.name), **labels.head_selector(cluster.name)}
     return _pod(cluster, name, pod_labels, head.resources,
                 ray_start_args(head.resources, dict(head.ray_start_params), extra), env, ports,

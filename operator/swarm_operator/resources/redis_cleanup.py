@@ -14,7 +14,7 @@ from typing import Any
 from swarm_operator.resources import labels
 from swarm_operator.resources.overlay import RAY_CONTAINER
 from swarm_operator.resources.pods import REDIS_PASSWORD_ENV, redis_ca_volume, storage_namespace
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec.types import ClusterSpec
 
 JOB_SUFFIX = "-redis-cleanup"
 DEADLINE_MARGIN_SECONDS = 60

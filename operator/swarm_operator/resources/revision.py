@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from swarm_operator.resources import labels
-from swarm_operator.spec import ClusterSpec, GcsFaultTolerance, Probes, Resources, WorkerGroupSpec
+from swarm_operator.spec.types import ClusterSpec, GcsFaultTolerance, Probes, Resources, WorkerGroupSpec
 
 REVISION = f"{labels.PREFIX}revision"
 TEMPLATE_METADATA = f"{labels.PREFIX}template-metadata"
@@ -40,7 +40,7 @@ NOT_IN_PODS = frozenset({"cleanup_timeout_seconds"})
 
 
 def _resources(res: Resources) -> dict[str, Any]:
-    # What Kubernetes and Ray are told, as text: independent of how spec.py holds it.
+    # What Kubernetes and Ray are told, as text: independent of how spec/ holds it.
     out: dict[str, Any] = {"cpu": res.cpu_text, "memory": res.memory_text}
     if res.gpu:
         out[res.gpu_resource_name] = res.gpu

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from swarm_operator.resources import labels
-from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.resources.pods import HEAD_PORTS
+from swarm_operator.spec.types import ClusterSpec
 
 
 def build_head_service(cluster: ClusterSpec) -> dict[str, Any]:
@@ -15,12 +15,7 @@ def build_head_service(cluster: ClusterSpec) -> dict[str, Any]:
     headless = cluster.head.service_type == "Headless"
     spec: dict[str, Any] = {
         "selector": labels.head_selector(cluster.name),
-        "ports": [
-            {"name": "gcs", "port": GCS_PORT, "targetPort": GCS_PORT},
-            {"name": "dashboard", "port": DASHBOARD_PORT, "targetPort": DASHBOARD_PORT},
-            {"name": "client", "port": CLIENT_PORT, "targetPort": CLIENT_PORT},
-            {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT},
-        ],
+        "ports": [{"name": name, "port": port, "targetPort": port} for name, port in HEAD_PORTS.items()],
         # Workers must find the head while it starts, before it is Ready.
         "publishNotReadyAddresses": True,
     }

@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 from swarm_operator.resources import labels
-from swarm_operator.spec import ClusterSpec
+from swarm_operator.spec.types import ClusterSpec
 
 
 def build_token_secret(cluster: ClusterSpec, token: str) -> dict[str, Any]:
