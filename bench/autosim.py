@@ -239,15 +239,14 @@ def segments(trace: Trace, empties_after_s: float = EMPTIES_AFTER_S) -> list[lis
 
 
 def lower_bound(trace: Trace, empties_after_s: float = EMPTIES_AFTER_S) -> int:
-    """Nodes launched by any policy that launches only while work waits, removes a node once it has idled
-    longer than the idle timeout, and lets no work wait longer than a pod takes to start: the sum over
-    :func:`segments` of each one's :func:`_peak`.
+    """Nodes launched by any schedule that starts with no worker, launches only while work waits, removes a
+    node once it has idled longer than the idle timeout and lets no work wait longer than a pod takes to start
+    (bench/README.md has the argument): the sum over :func:`segments` of each one's :func:`_peak`.
 
-    Between two segments no work is running or waiting in any such schedule for longer than
-    ``empties_after_s``, so every node is removed and none launched before the next segment's first arrival:
-    its nodes are new, and none is up before that arrival + ``BOOT_S``. A node idle between waves of one
-    segment while other work runs is not counted twice: the policy does not choose where Ray places work, but
-    a bound over every placement must allow the one that keeps each node busy."""
+    Between two segments nothing runs or waits for longer than ``empties_after_s``, so every node is removed
+    and none is launched before the next segment's first arrival: its nodes are new, and none is up before
+    that arrival + ``BOOT_S``. A node removed after idling inside a segment while other work runs is not
+    counted: some placement keeps every node busy through a lull, and a bound must allow it."""
     return sum(_peak(seg, seg[0].arrival + BOOT_S, trace.types) for seg in segments(trace, empties_after_s))
 
 
