@@ -423,8 +423,9 @@ def _ratio(median: float, worst: float) -> str:
 
 
 def quality_rows(summaries: Sequence[Summary]) -> list[list[str]]:
-    """One row per family and split: medians of ours / Ray's, the per-seed ratio's median [worst], and
-    launched / lower bound as median [worst] for ours, then Ray's."""
+    """One row per family and split: medians of ours / Ray's, the per-seed ratio's median [worst]; launched /
+    lower bound, then / the bound without the idle timeout, as median [worst] for ours and Ray's; the worst
+    launched / most nodes at once of ours / Ray's."""
     rows = []
     for s in summaries:
         rows.append([
@@ -435,13 +436,17 @@ def quality_rows(summaries: Sequence[Summary]) -> list[list[str]]:
             _ratio(s.pending_ratio.median, s.pending_ratio.worst),
             _ratio(s.launched_lb[0].median, s.launched_lb[0].worst),
             _ratio(s.launched_lb[1].median, s.launched_lb[1].worst),
+            _ratio(s.launched_episode_bound[0].median, s.launched_episode_bound[0].worst),
+            _ratio(s.launched_episode_bound[1].median, s.launched_episode_bound[1].worst),
+            f"{s.launched_peak[0].worst:.3f} / {s.launched_peak[1].worst:.3f}",
         ])
     return rows
 
 
 QUALITY_HEADER = ["family", "seeds (n)", "node-s ours / Ray", "ours/Ray med [worst]", "cost ours / Ray",
                   "ours/Ray med [worst]", "task-s pending ours / Ray", "ours/Ray med [worst]",
-                  "launched/LB ours", "launched/LB Ray"]
+                  "launched/LB ours", "launched/LB Ray", "launched/old LB ours", "launched/old LB Ray",
+                  "launched/peak worst ours / Ray"]
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -489,7 +494,8 @@ def main(argv: list[str]) -> int:
     print(f"\nQuality: {len(FAMILIES)} families × seeds {seeds.start}-{seeds.stop - 1}, {episodes} episode(s) of "
           "20 min each; 5 s decisions, 30 s pod start, idle timeout 60 s, the same launch pacing for both.")
     print("Per family and split: medians of ours / Ray's; per-seed ratio ours/Ray as median [worst]; launched / "
-          "lower bound as median [worst]. Cost = node-seconds × price (CPU node 1, GPU node 8).\n")
+          "lower bound as median [worst] (old LB: without the idle timeout); launched / most nodes at once, worst. "
+          "Cost = node-seconds × price (CPU node 1, GPU node 8).\n")
     started = time.monotonic()
     runs = run_quality(seeds, episodes, args.jobs)
     summaries = splits(runs)

@@ -174,45 +174,80 @@ def make_trace(family: Family, episodes: int, seed: int) -> Trace:
     return Trace(family.name, seed, family.types, tuple(out), episodes * EPISODE_S)
 
 
-def lower_bound(trace: Trace) -> int:
-    """Nodes launched by any schedule in which no work waits longer than a pod takes to start, summed over
-    episodes (the idle timeout empties the cluster between them).
+def _peak(work: Sequence[Work], first_up: float, types: tuple[NodeType, NodeType]) -> int:
+    """The most nodes needed at once by work that is surely running, when no node is up before ``first_up``
+    and no work waits longer than a pod takes to start.
 
-    Such a schedule starts each piece of work within ``BOOT_S`` of its arrival, and none before the first
-    nodes are up (``BOOT_S`` into the episode: the cluster starts empty). So at ``t`` = an arrival + ``BOOT_S``
-    everything that arrived by then and would not have ended even if started at its earliest is surely
-    running. Per such instant: GPU nodes for the GPU work among it (resources, and distinct nodes for a
-    STRICT_SPREAD group), then CPU nodes for the CPU work that does not fit the room those GPU nodes leave;
-    the episode's bound is the largest of these."""
-    cpu_type, gpu_type = trace.types
+    Such a schedule starts each piece of work within ``BOOT_S`` of its arrival, and none before ``first_up``.
+    So at ``t`` = an arrival + ``BOOT_S`` everything that arrived by then and would not have ended even if
+    started at its earliest is surely running. Per such instant: GPU nodes for the GPU work among it
+    (resources, and distinct nodes for a STRICT_SPREAD group), then CPU nodes for the CPU work that does not
+    fit the room those GPU nodes leave; the largest of these."""
+    cpu_type, gpu_type = types
     cpu_caps, gpu_caps = cpu_type.resources, gpu_type.resources
-    total = 0
-    for start, work in trace.episodes:
-        peak = 0
-        for t in sorted({w.arrival + BOOT_S for w in work}):
-            gpu_need: dict[str, float] = {}
-            cpu_need: dict[str, float] = {}
-            spread_gpu = spread_any = 0
-            for w in work:
-                if not w.arrival + BOOT_S <= t < max(w.arrival, start + BOOT_S) + w.duration:
-                    continue
-                is_gpu = any("GPU" in b for b in w.bundles)
-                need = gpu_need if is_gpu else cpu_need
-                for b in w.bundles:
-                    for k, v in b.items():
-                        need[k] = need.get(k, 0.0) + v
-                if w.strategy is Strategy.STRICT_SPREAD:
-                    spread_any = max(spread_any, len(w.bundles))
-                    if is_gpu:
-                        spread_gpu = max(spread_gpu, len(w.bundles))
-            gpu_nodes = max([spread_gpu] + [math.ceil(v / gpu_caps[k] - 1e-9) for k, v in gpu_need.items()])
-            cpu_nodes = 0
-            for k, v in cpu_need.items():
-                room = max(0.0, gpu_nodes * gpu_caps.get(k, 0.0) - gpu_need.get(k, 0.0))
-                cpu_nodes = max(cpu_nodes, math.ceil(max(0.0, v - room) / cpu_caps[k] - 1e-9))
-            peak = max(peak, gpu_nodes + cpu_nodes, spread_any)
-        total += peak
-    return total
+    peak = 0
+    for t in sorted({w.arrival + BOOT_S for w in work}):
+        gpu_need: dict[str, float] = {}
+        cpu_need: dict[str, float] = {}
+        spread_gpu = spread_any = 0
+        for w in work:
+            if not w.arrival + BOOT_S <= t < max(w.arrival, first_up) + w.duration:
+                continue
+            is_gpu = any("GPU" in b for b in w.bundles)
+            need = gpu_need if is_gpu else cpu_need
+            for b in w.bundles:
+                for k, v in b.items():
+                    need[k] = need.get(k, 0.0) + v
+            if w.strategy is Strategy.STRICT_SPREAD:
+                spread_any = max(spread_any, len(w.bundles))
+                if is_gpu:
+                    spread_gpu = max(spread_gpu, len(w.bundles))
+        gpu_nodes = max([spread_gpu] + [math.ceil(v / gpu_caps[k] - 1e-9) for k, v in gpu_need.items()])
+        cpu_nodes = 0
+        for k, v in cpu_need.items():
+            room = max(0.0, gpu_nodes * gpu_caps.get(k, 0.0) - gpu_need.get(k, 0.0))
+            cpu_nodes = max(cpu_nodes, math.ceil(max(0.0, v - room) / cpu_caps[k] - 1e-9))
+        peak = max(peak, gpu_nodes + cpu_nodes, spread_any)
+    return peak
+
+
+def episode_bound(trace: Trace) -> int:
+    """The bound before the idle timeout was taken into account: per episode the most nodes needed at once
+    (:func:`_peak`, no node up before the episode's start + ``BOOT_S``), summed over episodes. Within an
+    episode it counts a node once however long it idles between waves."""
+    return sum(_peak(work, start + BOOT_S, trace.types) for start, work in trace.episodes)
+
+
+# After the last work that could be running, a cluster that launches only for waiting work and removes a node
+# once it has been idle longer than the idle timeout is surely empty (above min 0) this much later: a pod
+# launched at the end becomes a node BOOT_S later, idles for the timeout, the simulator frees a node at the
+# first tick after its work ends and a drain comes at a decision, after that tick's placements (a tick each).
+EMPTIES_AFTER_S = BOOT_S + SETTINGS.idle_timeout_s + 2 * TICK
+
+
+def segments(trace: Trace, empties_after_s: float = EMPTIES_AFTER_S) -> list[list[Work]]:
+    """The trace's work cut wherever the next arrival comes more than ``empties_after_s`` after the latest
+    moment any earlier work could still be running (it arrives, waits at most ``BOOT_S``, runs its duration)."""
+    out: list[list[Work]] = []
+    busy_until = -math.inf
+    for w in sorted((w for _, work in trace.episodes for w in work), key=lambda w: w.arrival):
+        if w.arrival > busy_until + empties_after_s:
+            out.append([])
+        out[-1].append(w)
+        busy_until = max(busy_until, w.arrival + BOOT_S + w.duration)
+    return out
+
+
+def lower_bound(trace: Trace, empties_after_s: float = EMPTIES_AFTER_S) -> int:
+    """Nodes launched by any schedule that starts with no worker, launches only while work waits, removes a
+    node once it has idled longer than the idle timeout and lets no work wait longer than a pod takes to start
+    (bench/README.md has the argument): the sum over :func:`segments` of each one's :func:`_peak`.
+
+    Between two segments nothing runs or waits for longer than ``empties_after_s``, so every node is removed
+    and none is launched before the next segment's first arrival: its nodes are new, and none is up before
+    that arrival + ``BOOT_S``. A node removed after idling inside a segment while other work runs is not
+    counted: some placement keeps every node busy through a lull, and a bound must allow it."""
+    return sum(_peak(seg, seg[0].arrival + BOOT_S, trace.types) for seg in segments(trace, empties_after_s))
 
 
 # ---- the cluster ---------------------------------------------------------------------------------------------
@@ -539,17 +574,22 @@ class SimResult:
     pending_seconds: float  # per task or bundle
     launched: int
     decide_seconds: float
+    peak_nodes: int  # per episode the most nodes at once (pods coming up included), summed: launches above it
+    # replaced a node removed earlier in the episode
 
 
 def simulate(trace: Trace, driver: OursDriver | RayDriver) -> SimResult:
     c = Cluster(trace)
+    peaks = [0] * len(trace.episodes)
     for k in range(int(trace.end / TICK)):
         now = k * TICK
         c.step(now)
         driver.act(c, now)
         c.account()
+        episode = min(int(now // EPISODE_S), len(peaks) - 1)
+        peaks[episode] = max(peaks[episode], len(c.nodes))
     return SimResult(sum(c.node_seconds.values()), sum(s * trace.price(g) for g, s in c.node_seconds.items()),
-                     c.pending_seconds, c.launched, driver.seconds)
+                     c.pending_seconds, c.launched, driver.seconds, sum(peaks))
 
 
 @dataclass(frozen=True)
@@ -559,11 +599,13 @@ class SeedRun:
     lower_bound: int
     ours: SimResult
     ray: SimResult
+    episode_bound: int  # the bound before the idle timeout was taken into account, kept for comparison
 
 
 def run_seed(family: Family, seed: int, episodes: int) -> SeedRun:
     trace = make_trace(family, episodes, seed)
-    return SeedRun(family.name, seed, lower_bound(trace), simulate(trace, OursDriver()), simulate(trace, RayDriver()))
+    return SeedRun(family.name, seed, lower_bound(trace), simulate(trace, OursDriver()), simulate(trace, RayDriver()),
+                   episode_bound(trace))
 
 
 def ratio(ours: float, theirs: float) -> float:
@@ -598,6 +640,8 @@ class Summary:
     cost_ratio: Stat
     pending_ratio: Stat
     launched_lb: tuple[Stat, Stat]  # launched / lower bound, ours and Ray
+    launched_episode_bound: tuple[Stat, Stat]  # launched / the bound without the idle timeout, ours and Ray
+    launched_peak: tuple[Stat, Stat]  # launched / the most nodes at once, ours and Ray: 1 when none is replaced
 
 
 def summarize(runs: Sequence[SeedRun], split: str) -> Summary:
@@ -613,6 +657,9 @@ def summarize(runs: Sequence[SeedRun], split: str) -> Summary:
         pending_ratio=stat(ratio(r.ours.pending_seconds, r.ray.pending_seconds) for r in runs),
         launched_lb=(stat(r.ours.launched / r.lower_bound for r in runs),
                      stat(r.ray.launched / r.lower_bound for r in runs)),
+        launched_episode_bound=(stat(r.ours.launched / r.episode_bound for r in runs),
+                                stat(r.ray.launched / r.episode_bound for r in runs)),
+        launched_peak=both(lambda s: s.launched / s.peak_nodes),
     )
 
 

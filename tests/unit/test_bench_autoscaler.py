@@ -1,9 +1,13 @@
 """bench/autoscaler.py's whole-turn case: the GCS reply it builds reads back, through the operator's own
-snapshot and input translation, as the case it was made from."""
+snapshot and input translation, as the case it was made from; and its exit status follows the targets."""
 
 from __future__ import annotations
 
+import pytest
+
+import bench.autoscaler
 from bench.autoscaler import Size, make_case, make_turn, turn_input, turn_snapshot
+from bench.autosim import FAMILIES, SeedRun, SimResult
 from swarm_operator.autoscaler.policy import decide
 from swarm_operator.autoscaler.snapshot import GangDemand
 
@@ -27,3 +31,18 @@ def test_the_turn_reads_back_as_its_case() -> None:
     assert free == {n.name: n.available["CPU"] for n in case.nodes}
     assert [n.group for n in inp.nodes if n.name not in free] == [None]
     assert decide(inp).targets.keys() == {g.name for g in case.groups}
+
+
+def seed_run(family: str, seed: int, launched: int) -> SeedRun:
+    result = SimResult(100.0, 100.0, 100.0, launched, 0.0, launched)
+    return SeedRun(family, seed, 10, result, result, 10)
+
+
+@pytest.mark.parametrize(("launched", "status"), [(10, 0), (12, 1)])
+def test_the_quality_run_exits_1_on_a_missed_target(monkeypatch: pytest.MonkeyPatch, launched: int,
+                                                    status: int) -> None:
+    """Ours equal to Ray's on every seed meets the node-second and waiting targets; 12 launches over a bound
+    of 10 miss the launch targets."""
+    runs = [seed_run(f.name, seed, launched) for f in FAMILIES for seed in (1, 11)]
+    monkeypatch.setattr(bench.autoscaler, "run_quality", lambda *_: runs)
+    assert bench.autoscaler.main(["--skip-timing", "--seeds", "11"]) == status

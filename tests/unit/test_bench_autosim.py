@@ -9,10 +9,13 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench.autosim import (
     BOOT_S,
     CPU_16,
+    EMPTIES_AFTER_S,
     EPISODE_S,
     FAMILIES,
     GPU_1,
@@ -21,6 +24,7 @@ from bench.autosim import (
     Cluster,
     NodeType,
     OursDriver,
+    RayDriver,
     SeedRun,
     SimNode,
     SimResult,
@@ -28,9 +32,11 @@ from bench.autosim import (
     Trace,
     Work,
     check,
+    episode_bound,
     lower_bound,
     make_trace,
     ratio,
+    segments,
     simulate,
     summarize,
     to_ray,
@@ -165,14 +171,76 @@ def test_a_booting_surplus_pod_can_go_at_once() -> None:
                  id="waves-that-need-not-overlap"),
 ])
 def test_lower_bound(work: list[Work], types: tuple[NodeType, NodeType], expected: int) -> None:
-    assert lower_bound(one_node_trace(*work, types=types)) == expected
+    trace = one_node_trace(*work, types=types)
+    assert lower_bound(trace) == episode_bound(trace) == expected  # one segment: the old bound
 
 
 def test_lower_bound_sums_episodes() -> None:
     episode = (task({"CPU": 16}),)
     later = (Work(EPISODE_S, ({"CPU": 16},), 60.0), Work(EPISODE_S, ({"CPU": 16},), 60.0))
     trace = Trace("t", 1, (CPU_16, GPU_4), ((0.0, episode), (EPISODE_S, later)), 2 * EPISODE_S)
-    assert lower_bound(trace) == 3
+    assert lower_bound(trace) == episode_bound(trace) == 3
+
+
+# A full node's work for 60 s, then another after a pause: the first could run until 0 + 30 + 60 = 90.
+@pytest.mark.parametrize(("second", "pieces", "bound"), [
+    pytest.param(90.0, 1, 1, id="no-pause"),
+    pytest.param(90.0 + EMPTIES_AFTER_S, 1, 1, id="pause-the-cluster-may-outlast"),
+    pytest.param(90.0 + EMPTIES_AFTER_S + TICK, 2, 2, id="pause-that-empties-the-cluster"),
+])
+def test_a_pause_longer_than_the_idle_timeout_allows_starts_a_new_segment(second: float, pieces: int,
+                                                                         bound: int) -> None:
+    trace = one_node_trace(task({"CPU": 16}, 0.0, 60.0), task({"CPU": 16}, second, 60.0))
+    assert EMPTIES_AFTER_S == BOOT_S + 60.0 + 2 * TICK
+    assert len(segments(trace)) == pieces
+    assert lower_bound(trace) == bound
+    assert episode_bound(trace) == 1  # the old bound kept the first wave's node through any pause
+
+
+def test_a_later_segment_has_no_node_before_its_first_arrival_and_boot() -> None:
+    # The later segment's 20 s task still runs when the 40 s one, 10 s behind it, surely has started (at
+    # 1040) only because no node is up before its first arrival + BOOT_S: it ends at 1030 + 20 at the earliest.
+    late = 1000.0
+    trace = one_node_trace(task({"CPU": 16}, 0.0, 10.0), task({"CPU": 16}, late, 20.0),
+                           task({"CPU": 16}, late + 10.0, 40.0))
+    assert len(segments(trace)) == 2
+    assert lower_bound(trace) == 1 + 2
+
+
+def test_the_benchmark_families_leave_no_pause_inside_an_episode() -> None:
+    """Within an episode some work could always be running: the bound is the old one on every family."""
+    for family in FAMILIES:
+        trace = make_trace(family, 3, 1)
+        assert [seg[0].arrival for seg in segments(trace, 0.0)] == [start for start, _ in trace.episodes]
+        assert lower_bound(trace) == episode_bound(trace)
+
+
+@st.composite
+def wave_traces(draw: st.DrawFn) -> Trace:
+    """A few waves of small work, the pauses between them from none to far longer than the idle timeout."""
+    shapes = st.sampled_from([{"CPU": 1.0}, {"CPU": 4.0}, {"CPU": 16.0}, {"GPU": 1.0, "CPU": 2.0}])
+    work: list[Work] = []
+    t = 0.0
+    for _ in range(draw(st.integers(1, 3))):
+        for _ in range(draw(st.integers(1, 6))):
+            duration = float(draw(st.integers(10, 200)))
+            if draw(st.integers(0, 5)) == 0:
+                work.append(gang(Strategy.STRICT_SPREAD, {"GPU": 1.0}, {"GPU": 1.0}, arrival=t, duration=duration))
+            else:
+                work.append(task(draw(shapes), t, duration))
+        t += TICK * draw(st.integers(1, 60))
+    end = TICK * math.ceil((t + 700.0) / TICK)
+    return Trace("waves", 1, (CPU_16, GPU_4), ((0.0, tuple(work)),), end)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wave_traces())
+def test_no_policy_here_launches_fewer_than_the_bound(trace: Trace) -> None:
+    """Both policies obey the rules the bound assumes (pods up in 30 s, idle nodes removed after 60 s)."""
+    bound = lower_bound(trace)
+    assert bound >= episode_bound(trace)
+    assert simulate(trace, OursDriver()).launched >= bound
+    assert simulate(trace, RayDriver()).launched >= bound
 
 
 # ---- traces ------------------------------------------------------------------------------------------------------
@@ -197,10 +265,17 @@ def test_our_policy_runs_every_piece_of_work_and_launches_at_least_the_bound() -
     trace = make_trace(FAMILIES[0], 1, 1)
     result = simulate(trace, OursDriver())
     work = trace.episodes[0][1]
-    assert result.launched >= lower_bound(trace) > 0
+    assert result.launched >= result.peak_nodes >= lower_bound(trace) > 0
     # Every bundle waits at least until the first nodes are up, and the cluster is empty again at the end.
     assert result.pending_seconds >= BOOT_S * sum(len(w.bundles) for w in work)
     assert result.cost > result.node_seconds  # GPU nodes cost more than one per second
+
+
+def test_a_node_removed_between_waves_is_launched_again_above_the_peak() -> None:
+    trace = one_node_trace(task({"CPU": 16}, 0.0, 60.0), task({"CPU": 16}, 300.0, 60.0))
+    result = simulate(trace, OursDriver())
+    assert (result.launched, result.peak_nodes) == (2, 1)
+    assert lower_bound(trace) == 2
 
 
 # ---- summaries and targets -----------------------------------------------------------------------------------------
@@ -214,12 +289,13 @@ def test_ratio(ours: float, theirs: float, expected: float) -> None:
 
 
 def result(node_s: float, pending: float, launched: int) -> SimResult:
-    return SimResult(node_s, node_s * 2, pending, launched, 0.0)
+    return SimResult(node_s, node_s * 2, pending, launched, 0.0, 10)
 
 
 def runs(*rows: tuple[float, float, int, float, float, int]) -> list[SeedRun]:
-    """(ours node-s, ours pending, ours launched, Ray's node-s, Ray's pending, Ray's launched), lower bound 10."""
-    return [SeedRun("f", seed, 10, result(*row[:3]), result(*row[3:])) for seed, row in enumerate(rows, 1)]
+    """(ours node-s, ours pending, ours launched, Ray's node-s, Ray's pending, Ray's launched), lower bound 10,
+    the bound without the idle timeout 5."""
+    return [SeedRun("f", seed, 10, result(*row[:3]), result(*row[3:]), 5) for seed, row in enumerate(rows, 1)]
 
 
 def test_summary_is_median_and_worst_of_per_seed_ratios() -> None:
@@ -229,6 +305,8 @@ def test_summary_is_median_and_worst_of_per_seed_ratios() -> None:
     assert s.pending_ratio == Stat(1.0, 1.0)
     assert s.cost_ratio == s.node_ratio
     assert s.launched_lb == (Stat(1.1, 1.3), Stat(1.2, 1.2))
+    assert s.launched_episode_bound == (Stat(2.2, 2.6), Stat(2.4, 2.4))
+    assert s.launched_peak == s.launched_lb
     assert s.node_seconds[0] == Stat(100, 110)
 
 
