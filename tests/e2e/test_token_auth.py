@@ -59,16 +59,23 @@ def test_each_cluster_has_its_own_token_and_the_autoscaler_reads_each_gcs_with_i
         core_v1: Any, custom_objects: Any, module_namespace: str, clusters: list[str]) -> None:
     ns = module_namespace
 
+    seen: dict[str, Any] = {}  # each cluster's last status, for the failure message
+
     def autoscaled(name: str) -> dict[str, Any] | None:
         status = custom_objects.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status") or {}
+        seen[name] = {"phase": status.get("phase"), "autoscaler": status.get("autoscaler"),
+                      "conditions": status.get("conditions")}
         auto = status.get("autoscaler") or {}
         heads = [p for p in cluster_pods(core_v1, ns, name) if is_ready(p)]
         ok = status.get("phase") == "Running" and heads and auto.get("rayVersion") not in (None, "", "unknown") \
             and not auto.get("lastError")
         return status if ok else None
 
-    statuses = {n: wait_for(f"{n} Running with the autoscaler reading its GCS", lambda n=n: autoscaled(n),
-                            timeout=300, every=2.0) for n in clusters}
+    try:
+        statuses = {n: wait_for(f"{n} Running with the autoscaler reading its GCS", lambda n=n: autoscaled(n),
+                                timeout=300, every=2.0) for n in clusters}
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last statuses: {seen}") from None
     tokens = {n: base64.b64decode(core_v1.read_namespaced_secret(f"{n}-ray-token", ns).data["token"]).decode()
               for n in clusters}
     assert tokens["tok-a"] != tokens["tok-b"]
