@@ -175,6 +175,22 @@ def test_template_labels_and_annotations_are_patched_in_place(swc: Cluster, oper
     assert {p.metadata.name: p.metadata.uid for p in swc.pods("kappa")} == before
 
 
+def test_template_values_the_operator_keeps_are_named_in_a_warning(swc: Cluster, operator: OperatorProcess) -> None:
+    body = manifest("lambda", replicas=1)
+    body["spec"]["workerGroups"][0]["template"] = {"metadata": {"labels": {"swarm.io/group": "other", "team": "ml"}},
+                                                   "spec": {"restartPolicy": "Always"}}
+    swc.create(body)
+    wait_for("Running", ready_status(swc, "lambda", 1))
+    (warning,) = wait_for("a TemplateOverridden warning", lambda: [
+        e for e in swc.events("lambda") if e.type == "Warning" and e.reason == "TemplateOverridden"])
+    assert "spec.workerGroups[0].template.spec.restartPolicy" in warning.message, warning.message
+    assert "spec.workerGroups[0].template.metadata.labels.swarm.io/group" in warning.message, warning.message
+    assert "team" not in warning.message and warning.count == 1, (warning.message, warning.count)
+    (pod,) = swc.workers("lambda")
+    assert pod.spec.restart_policy == "Never"
+    assert (pod.metadata.labels["swarm.io/group"], pod.metadata.labels["team"]) == ("cpu", "ml")
+
+
 def _condition(swc: Cluster, name: str, ctype: str) -> dict[str, str]:
     found = [c for c in swc.status(name).get("conditions") or [] if c["type"] == ctype]
     return found[0] if found else {"status": "Unknown", "reason": "", "message": ""}
