@@ -35,6 +35,7 @@ class NodeAgentProcess:
     cpu: str = "8"
     memory: str = "16Gi"
     gpus: int = 0
+    gpu_resource: str = "nvidia.com/gpu"  # the extended resource the fake accelerators are advertised as
     pods: int = 110
     pod_cidr: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
@@ -44,7 +45,9 @@ class NodeAgentProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "localcluster.nodeagent", "--kubeconfig", self.kubeconfig, "--node", self.node,
-               "--cpu", self.cpu, "--memory", self.memory, "--gpus", str(self.gpus), "--pods", str(self.pods)]
+               "--cpu", self.cpu, "--memory", self.memory, "--gpus", str(self.gpus),
+               "--gpu-resource", self.gpu_resource,
+               "--pods", str(self.pods)]
         if self.pod_cidr:
             cmd += ["--pod-cidr", self.pod_cidr]
         for k, v in sorted(self.labels.items()):

@@ -37,7 +37,7 @@ from swarm_operator.reconcile.plan import (
 )
 from swarm_operator.reconcile.service import service_change
 from swarm_operator.resources import labels
-from swarm_operator.resources.pods import build_head_pod, build_worker_pod, storage_namespace
+from swarm_operator.resources.pods import build_head_pod, build_worker_pod, storage_namespace, template_overrides
 from swarm_operator.resources.redis_cleanup import build_cleanup_job, job_name
 from swarm_operator.resources.service import build_head_service
 from swarm_operator.resources.token import build_token_secret, token_of
@@ -86,6 +86,7 @@ class Turns:
         self._on_pods = on_pods  # the pod gauges
         self._on_gone = on_gone  # the cluster is gone (and the object now stored under its name, if any)
         self._warned: dict[Key, tuple[int, str]] = {}  # invalid specs, warned about once per generation
+        self._overrides_seen: dict[Key, int] = {}  # the generation whose template overrides were reported
         self._taken: dict[Key, set[str]] = {}  # names found held by others, warned about once
         self._noted: dict[Key, tuple[str, ...]] = {}  # the plan's last notes, posted once while they hold
         # The Ray token of each token-auth cluster, by (Secret, key, cluster uid); read again after a failed read
@@ -95,6 +96,7 @@ class Turns:
 
     def forget(self, key: Key) -> None:
         self._warned.pop(key, None)
+        self._overrides_seen.pop(key, None)
         self._taken.pop(key, None)
         self._noted.pop(key, None)
         self._tokens.pop(key, None)
@@ -122,6 +124,12 @@ class Turns:
             return None
         self._warned.pop(key, None)
         uid = meta.get("uid", "")
+        if self._overrides_seen.get(key) != cluster.generation:
+            self._overrides_seen[key] = cluster.generation
+            overrides = template_overrides(cluster)
+            if overrides:
+                await asyncio.to_thread(self.kube.post_event, key[0], key[1], uid, "Warning", "TemplateOverridden",
+                                        "the operator's own values are used instead of " + "; ".join(overrides))
         # Before any pod: the finalizer must be on the cluster before its head writes to Redis.
         if not await self._keep_finalizer(key, body, cluster.fault_tolerance.gcs is not None):
             return None

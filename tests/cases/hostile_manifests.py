@@ -200,10 +200,11 @@ class Oddity:
     id: str
     manifest: dict[str, Any] = dataclasses.field(hash=False, compare=False, repr=False)
     why: str = ""
+    warnings: tuple[str, ...] = ()  # Warning Event reasons expected: a documented precedence, reported
 
 
-def _odd(id: str, changes: Mapping[str, Any], why: str) -> Oddity:
-    return Oddity(id=id, manifest=mutated(changes), why=why)
+def _odd(id: str, changes: Mapping[str, Any], why: str, warnings: tuple[str, ...] = ()) -> Oddity:
+    return Oddity(id=id, manifest=mutated(changes), why=why, warnings=warnings)
 
 
 ODDITIES: tuple[Oddity, ...] = (
@@ -229,7 +230,8 @@ ODDITIES: tuple[Oddity, ...] = (
     _odd("template-steals-operator-labels",
          {f"{T0}.metadata.labels": {"swarm.io/cluster": "neighbour", "swarm.io/group": "gpu",
                                     "swarm.io/node-type": "head"}},
-         "the operator's own labels win: the pods still belong to this cluster and group"),
+         "the operator's own labels win: the pods still belong to this cluster and group",
+         warnings=("TemplateOverridden",)),
     _odd("template-unicode-annotation-value", {f"{HEAD}.template.metadata.annotations": {"note": "日本語 🚀 \u202e"}},
          "annotation values are free text"),
     _odd("spec-nulls", {"spec.workerGroups[0].rayStartParams": None, "spec.autoscaling": None,

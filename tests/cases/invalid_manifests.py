@@ -304,6 +304,8 @@ CASES: tuple[InvalidCase, ...] = (
           {GCS: {"redisAddress": "redis:6379", "redisPasswordSecret": {"name": "Ray_Redis", "key": "password"}}},
           f"{GCS}.redisPasswordSecret.name", f"{GCS}.redisPasswordSecret.name", "schema"),
     _case("gcs-not-object", {GCS: "redis:6379"}, GCS, GCS, "schema"),
+    _case("gcs-address-with-user", {GCS: {"redisAddress": "rediss://ray@redis:6379"}},
+          f"{GCS}.redisAddress", f"{GCS}.redisAddress", "schema"),
     _case("gcs-address-http-scheme", {GCS: {"redisAddress": "http://redis:6379"}},
           f"{GCS}.redisAddress", f"{GCS}.redisAddress", "schema"),
     _case("gcs-username-with-space", {GCS: {"redisAddress": "redis:6379", "redisUsername": "a b"}},

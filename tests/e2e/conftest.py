@@ -2,8 +2,9 @@
 
 The cluster fixtures are the integration tier's (a local cluster, or SWARM_TEST_KUBECONFIG).
 On top: two process nodes for the session (a CPU node and a "GPU" node with fake
-``nvidia.com/gpu``), tainted like the demo's and labelled with a pool of this session, and
-the operator per module, watching only that module's namespace.
+``nvidia.com/gpu``), tainted like the demo's and labelled with a pool of this session (a third,
+"TPU" node with fake ``google.com/tpu`` for the module that asks for it), and the operator per
+module, watching only that module's namespace.
 
 The operator is a local subprocess by default. With ``SWARM_TEST_OPERATOR=in-cluster`` it is
 the Helm chart's Deployment instead: on the local cluster it is installed per module onto the
@@ -46,6 +47,7 @@ from tests.integration.helpers import Namespaces
 # As in the demo: the sample tolerates both taints; pods that cannot run here (no command) do not.
 PROCESS_TAINT = "swarm.io/process-node=true:NoSchedule"
 GPU_TAINT = "nvidia.com/gpu=present:NoSchedule"
+TPU_TAINT = "google.com/tpu=present:NoSchedule"
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +71,20 @@ def process_nodes(kubeconfig: str) -> Iterator[ProcessNodes]:  # noqa: F811
             agent.start()
             stack.callback(_stop_agent, agent)
         yield ProcessNodes(pool, cpu, gpu)
+
+
+@pytest.fixture(scope="module")
+def tpu_node(kubeconfig: str, process_nodes: ProcessNodes) -> Iterator[NodeAgentProcess]:  # noqa: F811
+    """A "TPU" node (2 CPUs, 4 GiB, 1 fake `google.com/tpu`, tainted like a TPU node pool) in the session's pool,
+    for the module that asks for it. Only pods that tolerate the TPU taint land there."""
+    agent = NodeAgentProcess(kubeconfig, f"{process_nodes.pool}-tpu", cpu="2", memory="4Gi", gpus=1,
+                             gpu_resource="google.com/tpu", labels={POOL_LABEL: process_nodes.pool},
+                             taints=[PROCESS_TAINT, TPU_TAINT])
+    agent.start()
+    try:
+        yield agent
+    finally:
+        _stop_agent(agent)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tests.cases.invalid_manifests import CASES
@@ -33,12 +34,14 @@ def validation_namespace(namespaces: Namespaces) -> Iterator[str]:
     namespaces.delete(name)
 
 
-def _dry_run_create(custom: Any, namespace: str, manifest: dict[str, Any]) -> None:
+def _dry_run_create(custom: Any, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The object as the API server would store it (defaults applied)."""
     body = copy.deepcopy(manifest)
     body.setdefault("metadata", {})["namespace"] = namespace
     # Strict: an unknown field is an error, as with `kubectl apply` (whose default is strict).
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, dry_run="All",
-                                           field_validation="Strict")
+    stored: dict[str, Any] = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body,
+                                                                    dry_run="All", field_validation="Strict")
+    return stored
 
 
 def test_crd_is_established_and_served(crd: dict[str, Any], kubectl: Kubectl, validation_namespace: str) -> None:
@@ -58,6 +61,20 @@ def test_sample_passes_server_dry_run(sample: Path, kubectl: Kubectl, validation
     res = kubectl("apply", "--dry-run=server", "-n", validation_namespace, "-f", str(sample))
     assert res.returncode == 0, res.stderr
     assert "(server dry run)" in res.stdout
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: Path(p).name)
+def test_the_api_server_defaults_nothing_inside_list_items(sample: Path, custom_objects: Any,
+                                                           validation_namespace: str) -> None:
+    """GitOps: Argo CD compares the live object with the manifest, and a default stored inside a workerGroups[]
+    item (replaced whole by a merge) would show the cluster OutOfSync for fields nobody wrote."""
+    clusters = [d for d in yaml.safe_load_all(sample.read_text()) if d and d.get("kind") == "SwarmCluster"]
+    assert clusters
+    for manifest in clusters:
+        stored = _dry_run_create(custom_objects, validation_namespace, manifest)
+        assert stored["spec"]["workerGroups"] == manifest["spec"]["workerGroups"]
+        assert stored["spec"]["autoscaling"]["pendingTimeoutSeconds"] >= 600  # a GPU node's cold start
+        assert stored["spec"]["image"]  # defaults outside lists are stored
 
 
 def test_corpus_has_at_least_30_server_side_rejections() -> None:

@@ -134,6 +134,8 @@ def test_template_change_without_ray_state_waits_and_a_deleted_worker_comes_back
                                                   if e.reason == "RolloutWaiting"], timeout=30)
     assert waiting == ["group cpu: 3 ready outdated worker(s) wait for Ray's state (busy workers are drained, "
                        "never deleted; Ray's state is unknown)"], waiting
+    # The event and the status are two writes of one turn: the status may land a moment after the event.
+    wait_for("RolloutComplete False", lambda: _condition(swc, "zeta", "RolloutComplete")["status"] == "False")
     rollout = _condition(swc, "zeta", "RolloutComplete")
     assert (rollout["status"], rollout["reason"]) == ("False", "RollingUpdate"), rollout
     time.sleep(6)  # past the planner's retry: still nothing deleted, and no second event
@@ -173,6 +175,41 @@ def test_template_labels_and_annotations_are_patched_in_place(swc: Cluster, oper
     wait_for("label removed from workers",
              lambda: all("team" not in (p.metadata.labels or {}) for p in swc.workers("kappa")))
     assert {p.metadata.name: p.metadata.uid for p in swc.pods("kappa")} == before
+
+
+def test_a_head_change_replaces_the_head_with_its_reason_in_an_event(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("mu", replicas=1))
+    wait_for("Running", ready_status(swc, "mu", 1))
+    old_head = swc.heads("mu")[0].metadata.uid
+    old_worker = swc.workers("mu")[0].metadata.name
+    swc.patch("mu", {"spec": {"head": {"rayStartParams": {"object-store-memory": "200000000"}}}})
+    wait_for("a new head", lambda: [h for h in swc.heads("mu") if h.metadata.uid != old_head])
+    wait_for("Running", ready_status(swc, "mu", 1))
+    deleted = [e.message for e in swc.events("mu") if e.reason == "Deleted"]
+    assert any(m.startswith("mu-head: head mu-head: rayStartParams changed; replacing the head; without GCS fault "
+                            "tolerance its 1 worker(s) are replaced too") for m in deleted), deleted
+    assert old_worker not in {p.metadata.name for p in swc.workers("mu")}, "it could not join the new GCS"
+    assert swc.status("mu")["head"]["restarts"] == 0, "an edit is not a failure"
+
+
+def test_template_values_the_operator_keeps_are_named_in_a_warning(swc: Cluster, operator: OperatorProcess) -> None:
+    """A template without a container named ray only adds sidecars; values the operator keeps are named."""
+    body = manifest("lambda", replicas=1)
+    body["spec"]["workerGroups"][0]["template"] = {
+        "metadata": {"labels": {"swarm.io/group": "other", "team": "ml"}},
+        "spec": {"restartPolicy": "Always", "containers": [{"name": "log-shipper", "image": "fluent/fluent-bit:3"}]}}
+    swc.create(body)
+    wait_for("Running", ready_status(swc, "lambda", 1))
+    (warning,) = wait_for("a TemplateOverridden warning", lambda: [
+        e for e in swc.events("lambda") if e.type == "Warning" and e.reason == "TemplateOverridden"])
+    assert "spec.workerGroups[0].template.spec.restartPolicy" in warning.message, warning.message
+    assert "spec.workerGroups[0].template.metadata.labels.swarm.io/group" in warning.message, warning.message
+    assert "team" not in warning.message and warning.count == 1, (warning.message, warning.count)
+    (pod,) = swc.workers("lambda")
+    assert pod.spec.restart_policy == "Never"
+    assert [(c.name, c.image) for c in pod.spec.containers] == [("ray", swc.get("lambda")["spec"]["image"]),
+                                                                ("log-shipper", "fluent/fluent-bit:3")]
+    assert (pod.metadata.labels["swarm.io/group"], pod.metadata.labels["team"]) == ("cpu", "ml")
 
 
 def _condition(swc: Cluster, name: str, ctype: str) -> dict[str, str]:

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from swarm_operator.resources import labels
-from swarm_operator.resources.overlay import OPERATOR_CONTAINER_FIELDS, apply_overlay
+from swarm_operator.resources.overlay import OPERATOR_CONTAINER_FIELDS, apply_overlay, overridden
 from swarm_operator.resources.pods import (
     build_head_pod,
     build_worker_pod,
     head_address,
     head_hash,
+    template_overrides,
     worker_hash,
 )
 from swarm_operator.resources.service import build_head_service
@@ -430,6 +431,43 @@ def test_without_a_ray_container_every_container_is_a_sidecar() -> None:
     assert [c["name"] for c in pod["spec"]["containers"]] == ["ray", "log-shipper", "side"]
     assert ray(pod)["image"] == make_cluster().image
     assert flags(pod)["num-gpus"] == "1"
+
+
+H = "spec.head.template"
+
+
+@pytest.mark.parametrize(("template", "paths"), [
+    pytest.param({"metadata": {"labels": {"team": "ml"}, "annotations": {"a": "b"}},
+                  "spec": {"restartPolicy": "Never", "nodeSelector": {"pool": "x"},
+                           "containers": [{"name": "ray", "env": [{"name": "FOO", "value": "1"}]},
+                                          {"name": "side", "image": "s", "env": [{"name": "RAY_CLOUD_INSTANCE_ID"}]}],
+                           "volumes": [{"name": "data", "emptyDir": {}}]}},
+                 [], id="nothing-overridden-nothing-reported"),
+    pytest.param({"metadata": {"labels": {"swarm.io/cluster": "evil", "app.kubernetes.io/name": "ray"},
+                               "annotations": {"swarm.io/revision": "{}"}}},
+                 [f"{H}.metadata.labels.swarm.io/cluster", f"{H}.metadata.annotations.swarm.io/revision"],
+                 id="operator-labels-and-annotations-not-an-equal-value"),
+    pytest.param({"spec": {"restartPolicy": "Always"}}, [f"{H}.spec.restartPolicy"], id="restart-policy"),
+    pytest.param({"spec": {"containers": [{"name": "side", "image": "s"}, {"name": "ray", "env": [
+        {"name": "X", "value": "1"}, {"name": "RAY_CLOUD_INSTANCE_ID", "value": "evil"}],
+        "ports": [{"containerPort": 6379, "name": "mine"}],
+        "volumeMounts": [{"name": "shared-mem", "mountPath": "/shm"}]}]}},
+                 [f"{H}.spec.containers[1].env[1] (RAY_CLOUD_INSTANCE_ID)", f"{H}.spec.containers[1].volumeMounts[0] "
+                  "(shared-mem)", f"{H}.spec.containers[1].ports[0] (6379)"], id="ray-container-list-clashes"),
+    pytest.param({"spec": {"volumes": [{"name": "data", "emptyDir": {}}, {"name": "shared-mem", "emptyDir": {}}]}},
+                 [f"{H}.spec.volumes[1] (shared-mem)"], id="volume-name-clash"),
+])
+def test_what_the_operator_keeps_over_a_template_is_named(template: dict[str, Any], paths: list[str]) -> None:
+    assert template_overrides(make_cluster({H: template})) == paths
+
+
+def test_overrides_are_named_per_group_and_match_what_the_overlay_drops() -> None:
+    template = {"spec": {"restartPolicy": "OnFailure", "volumes": [{"name": "shared-mem", "hostPath": {"path": "/"}}]}}
+    c = make_cluster({f"{T}": template})
+    assert template_overrides(c) == [f"{T}.spec.restartPolicy", f"{T}.spec.volumes[0] (shared-mem)"]
+    pod = build_worker_pod(c, group(c, "gpu"), SUFFIX)
+    assert pod["spec"]["restartPolicy"] == "Never" and "hostPath" not in pod["spec"]["volumes"][0]
+    assert overridden(pod, {}) == []
 
 
 def test_volumes_are_appended_and_ours_win() -> None:

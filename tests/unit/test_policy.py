@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -19,6 +19,7 @@ from swarm_operator.autoscaler.policy import (
     decide,
     format_resources,
 )
+from swarm_operator.autoscaler.policy.capacity import ACCELERATORS
 from swarm_operator.autoscaler.snapshot import (
     Bundle,
     GangDemand,
@@ -29,6 +30,7 @@ from swarm_operator.autoscaler.snapshot import (
     Resources,
     Strategy,
 )
+from swarm_operator.spec.rules import ACCELERATORS as SPEC_ACCELERATORS
 
 G = 1e9
 CPU4 = {"CPU": 4.0, "memory": 16 * G}
@@ -415,6 +417,88 @@ def test_decide(policy_input: PolicyInput, expect: Expect) -> None:
         assert text in d.reasons[name], d.reasons[name]
 
 
+# -- conserveGpuNodes guards every accelerator kind Ray schedules (spec.ACCELERATORS' Ray names), not only GPU
+
+ACCELERATOR_KINDS = ("GPU", "TPU", "neuron_cores", "HPU")
+# Every case above about GPU nodes and conserveGpuNodes, asked again with the GPU as another accelerator.
+GPU_CASES = [c for c in CASES if "gpu" in str(c.id) or "conserve" in str(c.id)]
+
+
+def as_kind(r: Resources, kind: str) -> Resources:
+    return {kind if k == "GPU" else k: v for k, v in r.items()}
+
+
+def with_accelerator(case: PolicyInput, kind: str) -> PolicyInput:
+    """``case`` with every GPU (groups, nodes, demand) turned into ``kind``."""
+    def demands(ds: tuple[ResourceDemand, ...]) -> tuple[ResourceDemand, ...]:
+        return tuple(replace(d, shape=as_kind(d.shape, kind)) for d in ds)
+    return replace(
+        case,
+        groups=tuple(replace(g, resources=as_kind(g.resources, kind)) for g in case.groups),
+        nodes=tuple(replace(n, total=as_kind(n.total, kind), available=as_kind(n.available, kind))
+                    for n in case.nodes),
+        demands=demands(case.demands), constraints=demands(case.constraints),
+        gangs=tuple(replace(g, bundles=tuple(replace(b, shape=as_kind(b.shape, kind)) for b in g.bundles))
+                    for g in case.gangs))
+
+
+@pytest.mark.parametrize("kind", ACCELERATOR_KINDS[1:])
+@pytest.mark.parametrize(("policy_input", "expect"), GPU_CASES)
+def test_every_accelerator_is_conserved_as_gpus_are(policy_input: PolicyInput, expect: Expect, kind: str) -> None:
+    """TPU, neuron_cores and HPU groups are as scarce as GPU ones: the same snapshots, the same decisions."""
+    reasons = {g: text.replace("GPU", kind) for g, text in expect.reasons.items()}
+    test_decide(with_accelerator(policy_input, kind), replace(expect, reasons=reasons))
+
+
+TPU4 = {"CPU": 8.0, "TPU": 4.0, "memory": 32 * G}
+NEURON2 = {"CPU": 8.0, "neuron_cores": 2.0, "memory": 32 * G}
+HPU8 = {"CPU": 16.0, "HPU": 8.0, "memory": 64 * G}
+ACCELERATOR_GROUPS = (grp("gpu", GPU1), grp("tpu", TPU4), grp("neuron", NEURON2), grp("hpu", HPU8))
+NO_NEW = {"gpu": 0, "tpu": 0, "neuron": 0, "hpu": 0}
+
+
+@pytest.mark.parametrize(("policy_input", "expect"), [
+    pytest.param(
+        inp(grp("cpu", CPU4, hi=1), *ACCELERATOR_GROUPS, demands=(task({"CPU": 4}, 3),)),
+        Expect({"cpu": 1} | NO_NEW, waiting=((DemandKind.TASK, 2),), reasons={"cpu": "capped by maxReplicas 1"}),
+        id="cpu-demand-at-the-cpu-max-opens-no-accelerator-node-of-any-kind"),
+    pytest.param(
+        inp(grp("cpu", CPU4), *ACCELERATOR_GROUPS,
+            demands=(task({"CPU": 4}, 40), task({"TPU": 1}, 4), task({"neuron_cores": 1}, 2), task({"HPU": 1}, 8)),
+            settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 5} | NO_NEW, waiting=((DemandKind.TASK, 2), (DemandKind.TASK, 4), (DemandKind.TASK, 8),
+                                            (DemandKind.TASK, 35)),
+               reasons={"cpu": "capped by upscaling speed (5"}),
+        id="accelerator-tasks-of-every-kind-held-while-the-cpu-group-ramps-up"),
+    pytest.param(
+        inp(grp("cpu", CPU4), grp("tpu", TPU4),
+            gangs=(gang(Strategy.PACK, *[{"CPU": 4}] * 4, count=10), gang(Strategy.STRICT_SPREAD, *[{"TPU": 4}] * 2)),
+            settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 8, "tpu": 0}, waiting=((DemandKind.GANG, 1), (DemandKind.GANG, 8))),
+        id="tpu-gangs-held-while-cpu-only-gangs-wait-for-the-ramp"),
+    pytest.param(
+        inp(grp("cpu", CPU4, replicas=20), *ACCELERATOR_GROUPS,
+            demands=(task({"CPU": 4}, 20), task({"TPU": 1}, 4), task({"HPU": 1}, 8)),
+            settings=Settings(upscaling_speed=1.0)),
+        Expect({"cpu": 20, "tpu": 1, "hpu": 1}), id="accelerator-nodes-start-once-the-cpu-ramp-is-done"),
+    pytest.param(
+        inp(grp("tpu", TPU4), grp("neuron", NEURON2), demands=(task({"CPU": 4}, 2),)),
+        Expect({"tpu": 1, "neuron": 0}), id="no-plain-group-cpu-demand-may-use-an-accelerator-group"),
+    pytest.param(  # the task takes the cpu pod coming up, not the idle TPU node, which then idles out
+        inp(grp("cpu", CPU4, replicas=1, pending=1), grp("tpu", TPU4, replicas=1),
+            nodes=(node("t1", "tpu", TPU4, idle=900),), demands=(task({"CPU": 1}, 1),)),
+        Expect({"cpu": 1, "tpu": 0}, drains=("t1",)), id="cpu-demand-fills-coming-cpu-pods-before-an-idle-tpu-node"),
+])
+def test_accelerator_kinds(policy_input: PolicyInput, expect: Expect) -> None:
+    test_decide(policy_input, expect)
+
+
+def test_a_held_group_names_its_accelerator() -> None:
+    d = decide(inp(grp("cpu", CPU4), grp("tpu", TPU4, lo=1), demands=(task({"CPU": 4}, 40), task({"TPU": 1}, 8)),
+                   settings=Settings(upscaling_speed=1.0)))
+    assert "new TPU nodes held until the CPU groups have ramped up" in d.reasons.get("tpu", ""), d.reasons
+
+
 def test_reason_starts_with_the_change() -> None:
     # The target's pod not created yet takes one request; two more nodes for the rest.
     d = decide(inp(grp("cpu", CPU4, replicas=1), demands=(task({"CPU": 4}, 3),)))
@@ -448,3 +532,7 @@ def test_unplaced_describes_itself() -> None:
     assert Unplaced(DemandKind.TASK, ({"GPU": 1.0},), 3).describe() == "3× {GPU:1}"
     gang_text = Unplaced(DemandKind.GANG, ({"GPU": 1.0},) * 2, 1, Strategy.STRICT_SPREAD).describe()
     assert gang_text == "1× placement group STRICT_SPREAD [2×{GPU:1}]"
+
+
+def test_the_policy_treats_as_accelerators_every_ray_resource_an_accelerator_kind_maps_to() -> None:
+    assert set(ACCELERATORS) == {ray_name for _, ray_name in SPEC_ACCELERATORS.values()} == set(ACCELERATOR_KINDS)

@@ -10,6 +10,8 @@ Rules (documented in docs/crd.md, "Pod template overlays"):
   sidecars); volumes are appended by name (the operator's win).
 - every other pod spec field from the user wins, except `restartPolicy` (workers must not be
   restarted in place: the operator replaces them).
+Where the operator's value wins over one the template gives, :func:`overridden` names it: the operator
+reports those in a Warning Event, so nothing a template says is dropped silently.
 """
 
 from __future__ import annotations
@@ -77,4 +79,32 @@ def apply_overlay(pod: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, 
         containers[0] = merge_container(containers[0], user_ray)
     spec["containers"] = _merge_named(containers, sidecars)
     spec["volumes"] = _merge_named(spec.get("volumes", []), list(spec_overlay.get("volumes") or []))
+    return out
+
+
+def overridden(pod: Mapping[str, Any], overlay: Mapping[str, Any]) -> list[str]:
+    """The paths, inside ``overlay``, of the values that :func:`apply_overlay` drops for the operator's own
+    (``pod`` is the generated pod before the overlay). Fields the operator owns outright are refused by
+    spec.py instead, so they are not listed here."""
+    out: list[str] = []
+    meta_overlay = overlay.get("metadata") or {}
+    for key in ("labels", "annotations"):
+        ours = pod["metadata"].get(key) or {}
+        out += [f"metadata.{key}.{k}" for k, v in (meta_overlay.get(key) or {}).items() if k in ours and ours[k] != v]
+    spec_overlay = overlay.get("spec") or {}
+    spec = pod["spec"]
+    if "restartPolicy" in spec_overlay and spec_overlay["restartPolicy"] != spec["restartPolicy"]:
+        out.append("spec.restartPolicy")
+    for i, c in enumerate(spec_overlay.get("containers") or []):
+        if not isinstance(c, Mapping) or c.get("name") != RAY_CONTAINER:
+            continue
+        for key in APPENDED_CONTAINER_LISTS:
+            merge_key = "containerPort" if key == "ports" else "name"
+            taken = [item.get(merge_key) for item in spec["containers"][0].get(key) or []]
+            out += [f"spec.containers[{i}].{key}[{j}] ({item.get(merge_key)})"
+                    for j, item in enumerate(c.get(key) or [])
+                    if isinstance(item, Mapping) and item.get(merge_key) in taken]
+    taken = [v.get("name") for v in spec.get("volumes") or []]
+    out += [f"spec.volumes[{j}] ({v.get('name')})" for j, v in enumerate(spec_overlay.get("volumes") or [])
+            if isinstance(v, Mapping) and v.get("name") in taken]
     return out

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
 from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.resources import labels, revision
-from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay
+from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay, overridden
 from swarm_operator.spec.rules import PROBE_DEFAULTS
 from swarm_operator.spec.types import (
     AuthSpec,
@@ -274,3 +275,18 @@ def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
                 [{"name": "metrics", "containerPort": METRICS_PORT}],
                 "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.probes, group.template,
                 revision.worker_parts(cluster, group))
+
+
+def template_overrides(cluster: ClusterSpec) -> list[str]:
+    """Every value the cluster's pod templates give that the operator's own wins over (docs/crd.md, "Pod template
+    overlays"), by its path in the spec: for a Warning Event."""
+    out: list[str] = []
+    head = cluster.head
+    if head.template:
+        plain = build_head_pod(replace(cluster, head=replace(head, template=MappingProxyType({}))))
+        out += [f"spec.head.template.{p}" for p in overridden(plain, head.template)]
+    for i, group in enumerate(cluster.worker_groups):
+        if group.template:
+            plain = build_worker_pod(cluster, replace(group, template=MappingProxyType({})), "x")
+            out += [f"spec.workerGroups[{i}].template.{p}" for p in overridden(plain, group.template)]
+    return out

@@ -30,8 +30,9 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # Environment variable names: printable ASCII except "=" (Kubernetes ≥ 1.34).
 ENV_NAME = re.compile(r"^[ -<>-~]+$")
 FLAG_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
-# host:port, redis://host:port, or rediss://host:port (TLS): what Ray's own address parser takes.
-REDIS_ADDRESS = re.compile(r"^(rediss?://)?[^\s:/]+:[0-9]{1,5}$")
+# host:port, redis://host:port, or rediss://host:port (TLS): what Ray's own address parser takes. No user@: the
+# user and password come from redisUsername and redisPasswordSecret only.
+REDIS_ADDRESS = re.compile(r"^(rediss?://)?[^\s:/@]+:[0-9]{1,5}$")
 # A Redis ACL user name: any printable character but a space (Redis refuses spaces in user names).
 REDIS_USERNAME = re.compile(r"^[!-~]+$")
 VERSION_TEXT = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?([a-z0-9.+-]*)?$")

@@ -15,7 +15,13 @@ from swarm_operator.autoscaler.snapshot import GangDemand, LabelSelector, NodeSt
 _SCALE = 10_000  # Ray keeps resources as fixed-point 1/10000 units; rounding the same way agrees with it
 # Resources whose waste does not matter when choosing a group: every node has them and tasks rarely ask.
 _COMMON_RESOURCES = frozenset({"CPU", "memory", "object_store_memory"})
-GPU = "GPU"
+# The Ray resources accelerators are scheduled as (the Ray names of spec.rules.ACCELERATORS): all scarce and dear, so
+# conserveGpuNodes keeps other work off every kind of them, not only off GPUs.
+ACCELERATORS = ("GPU", "TPU", "neuron_cores", "HPU")
+
+
+def accelerators_in(r: Resources) -> list[str]:
+    return [name for name in ACCELERATORS if r.get(name, 0) > 0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +43,7 @@ def as_gang(g: GangDemand) -> Gang:
 class Capacity:
     """State of one decision. Built from the input, then mutated by the placement phases (:mod:`.decide`)."""
 
-    def __init__(self, inp: PolicyInput, hold_gpu_nodes: bool = False) -> None:
+    def __init__(self, inp: PolicyInput, hold_accelerator_nodes: bool = False) -> None:
         self.inp = inp
         self.settings = inp.settings
         groups = inp.groups
@@ -62,12 +68,12 @@ class Capacity:
         self.label_ids: dict[tuple[tuple[str, str], ...], int] = {}
         self.caps = [self.vector(g.resources) for g in groups]
         self.group_labels = [self.intern_labels(g.labels) for g in groups]
-        self.gpu = [g.resources.get(GPU, 0) > 0 for g in groups]
+        self.accel = [bool(accelerators_in(g.resources)) for g in groups]
         self.special = [{i for name, i in self.res.items() if cap[i] > 0 and name not in _COMMON_RESOURCES}
                         for cap in self.caps]
-        slot_gpu = [*self.gpu, False, True]  # groups, then unmanaged nodes without and with GPUs
-        self.demand_pool = Pool(nres, slot_gpu, self.label_table)
-        self.total_pool = Pool(nres, slot_gpu, self.label_table)
+        slot_accel = [*self.accel, False, True]  # groups, then unmanaged nodes without and with accelerators
+        self.demand_pool = Pool(nres, slot_accel, self.label_table)
+        self.total_pool = Pool(nres, slot_accel, self.label_table)
 
         self.live = [0] * len(groups)  # RUNNING or IDLE Ray nodes
         live_totals: dict[tuple[tuple[int, ...], int], None] = {}
@@ -102,7 +108,7 @@ class Capacity:
                 self.speed_cap[gi] = (max(5, math.ceil(s.upscaling_speed * current))
                                       if math.isfinite(s.upscaling_speed) else g.max_replicas)
                 self.budget[gi] = max(0, min(g.max_replicas - current - self.min_new[gi], self.speed_cap[gi]))
-        self.held = {gi for gi in range(len(groups)) if hold_gpu_nodes and self.gpu[gi]}
+        self.held = {gi for gi in range(len(groups)) if hold_accelerator_nodes and self.accel[gi]}
         self.lifted: set[int] = set()  # groups whose speed cap one gang instance has already exceeded
         self.new = self.min_new[:]
         # Why each group grows: (kind, text) -> count, in the order first seen.
@@ -126,7 +132,7 @@ class Capacity:
 
     def shape(self, r: Resources, selector: LabelSelector) -> Shape:
         scaled = sorted((self.res[name], round(a * _SCALE)) for name, a in r.items() if a > 0)
-        return Shape(tuple((i, a) for i, a in scaled if a > 0), r.get(GPU, 0) > 0, selector)
+        return Shape(tuple((i, a) for i, a in scaled if a > 0), bool(accelerators_in(r)), selector)
 
     def intern_labels(self, labels: Mapping[str, str]) -> int:
         key = tuple(sorted(labels.items()))
@@ -156,7 +162,7 @@ class Capacity:
                          key=lambda nt: (-nt[0].age_s, nt[0].idle_s, nt[0].name))
         for n, total in ordered:
             gi = self.gindex.get(n.group) if n.group is not None else None
-            slot = gi if gi is not None else slots + (1 if n.total.get(GPU, 0) > 0 else 0)
+            slot = gi if gi is not None else slots + (1 if accelerators_in(n.total) else 0)
             tier = IDLE if gi is not None and n.status is NodeStatus.IDLE else BUSY
             labels = self.node_labels(n, gi)
             # Never above the total (both vectors are >= 0): a conditional is cheaper than min() per resource.
@@ -178,7 +184,8 @@ class Capacity:
 
     def candidates(self, shape: Shape, cap: int) -> list[tuple[int, int, int]]:
         """Groups a fresh node of which fits ``shape``: (group, requests per node, unrequested special
-        resources). With conserve_gpu_nodes, GPU groups only when no non-GPU group fits at all."""
+        resources). With conserve_gpu_nodes, work that asks for no accelerator gets accelerator groups (GPU, TPU,
+        neuron_cores, HPU) only when no group without one fits it at all."""
         out: list[tuple[int, int, int]] = []
         asked = {i for i, _ in shape.items}
         for gi, cap_vec in enumerate(self.caps):
@@ -186,8 +193,8 @@ class Capacity:
             if per == 0 or (shape.selector and not shape.labels_ok(self.group_labels[gi], self.label_table)):
                 continue
             out.append((gi, per, len(self.special[gi] - asked)))
-        if self.settings.conserve_gpu_nodes and not shape.gpu and any(not self.gpu[gi] for gi, _, _ in out):
-            out = [c for c in out if not self.gpu[c[0]]]
+        if self.settings.conserve_gpu_nodes and not shape.accel and any(not self.accel[gi] for gi, _, _ in out):
+            out = [c for c in out if not self.accel[c[0]]]
         return out
 
     def feasible(self, shape: Shape, cands: list[tuple[int, int, int]]) -> bool:
@@ -287,7 +294,8 @@ class Capacity:
         if g.name in self.inp.unavailable:
             return
         if gi in self.held:
-            self.capped[gi]["new GPU nodes held until the CPU groups have ramped up"] = None
+            kinds = "/".join(accelerators_in(g.resources))
+            self.capped[gi][f"new {kinds} nodes held until the CPU groups have ramped up"] = None
             return
         grown = self.live[gi] + self.coming[gi] + self.new[gi]
         if grown >= g.max_replicas:
@@ -319,16 +327,17 @@ class Capacity:
                 self.lifted.add(gi)
         return extra
 
-    def hold_gpu_budgets(self) -> None:
+    def hold_accelerator_budgets(self) -> None:
         for gi in self.held:
             self.budget[gi] = 0
 
-    def gpu_nodes_to_hold(self) -> bool:
-        """conserveGpuNodes: GPU tasks open no GPU nodes beyond the minimum while a non-GPU group still ramps up
-        under the speed cap, and neither do placement groups while CPU-only ones wait. Ray puts CPU-only tasks on
-        GPU nodes when no other node has room, and its placement-group scheduler ignores GPUs altogether, so GPU
-        nodes that come up before the CPU capacity fill with the CPU backlog, and the GPU work they are for
-        waits for yet more GPU nodes. The hold lasts only while the ramp does (the cap doubles every decision).
-        GPU placement groups behind no CPU-only ones are not held: they claim the GPU nodes before tasks do."""
-        return (self.settings.conserve_gpu_nodes and any(not self.gpu[gi] for gi in self.speed_capped)
-                and any(self.gpu[gi] and self.new[gi] > self.min_new[gi] for gi in range(len(self.new))))
+    def accelerator_nodes_to_hold(self) -> bool:
+        """conserveGpuNodes: accelerator tasks open no accelerator nodes (GPU, TPU, neuron_cores, HPU) beyond the
+        minimum while a group without accelerators still ramps up under the speed cap, and neither do placement
+        groups while CPU-only ones wait. Ray puts CPU-only tasks on accelerator nodes when no other node has room,
+        and its placement-group scheduler ignores accelerators altogether, so accelerator nodes that come up
+        before the CPU capacity fill with the CPU backlog, and the accelerator work they are for waits for yet
+        more of them. The hold lasts only while the ramp does (the cap doubles every decision). Accelerator
+        placement groups behind no CPU-only ones are not held: they claim the accelerator nodes before tasks do."""
+        return (self.settings.conserve_gpu_nodes and any(not self.accel[gi] for gi in self.speed_capped)
+                and any(self.accel[gi] and self.new[gi] > self.min_new[gi] for gi in range(len(self.new))))

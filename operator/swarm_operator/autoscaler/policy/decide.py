@@ -24,12 +24,14 @@ that keep each instance's bundles apart; STRICT_PACK gangs are one bundle each a
 instance per group and decision may go past the upscaling-speed cap: an atomic gang wider than the cap
 would otherwise never start.
 
-With ``conserve_gpu_nodes``, CPU-only demand never opens GPU nodes while a non-GPU group fits it, and GPU
-tasks (and gangs, while CPU-only gangs wait) open no GPU nodes beyond the minimum while a non-GPU group is
-still ramping up under the upscaling speed: Ray places CPU-only work on GPU nodes when nothing else has
-room (its placement-group scheduler does not look at GPUs at all), so GPU nodes that came up first would
-fill with the CPU backlog and the GPU work would wait for yet more of them (the decision is re-run with
-the GPU groups' budgets at zero after ``request_resources``, which asks for capacity outright).
+With ``conserve_gpu_nodes``, demand that asks for no accelerator never opens nodes of an accelerator group
+(GPU, TPU, neuron_cores or HPU) while a group without one fits it, and accelerator tasks (and gangs, while
+CPU-only gangs wait) open no accelerator nodes beyond the minimum while a group without accelerators is
+still ramping up under the upscaling speed: Ray places CPU-only work on accelerator nodes when nothing else
+has room (its placement-group scheduler does not look at accelerators at all), so accelerator nodes that
+came up first would fill with the CPU backlog and the accelerator work would wait for yet more of them (the
+decision is re-run with the accelerator groups' budgets at zero after ``request_resources``, which asks
+for capacity outright).
 
 Resources are compared in fixed point (1/10000 of a unit, Ray's own resolution), so ``0.1 + 0.2`` CPUs
 fit where ``0.3`` are free.
@@ -41,7 +43,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import replace
 
-from swarm_operator.autoscaler.policy.capacity import GPU, Capacity, Gang
+from swarm_operator.autoscaler.policy.capacity import Capacity, Gang, accelerators_in
 from swarm_operator.autoscaler.policy.packing import Items, Shape
 from swarm_operator.autoscaler.policy.types import (
     Decision,
@@ -64,8 +66,8 @@ def decide(inp: PolicyInput) -> Decision:
     """Targets, drains and leftover demand for one snapshot; see the module docstring for the rules."""
     run = _Run(inp)
     decision = run.decide()
-    if run.gpu_nodes_to_hold():
-        return _Run(inp, hold_gpu_nodes=True).decide()
+    if run.accelerator_nodes_to_hold():
+        return _Run(inp, hold_accelerator_nodes=True).decide()
     return decision
 
 
@@ -114,7 +116,7 @@ class _Run(Capacity):
                     key = tuple(sorted((k, v) for k, v in b.items() if v > 0))
                     counts[key] = counts.get(key, 0) + 1
                 parts = sorted(((self.shape(dict(k), gang.selector), n) for k, n in counts.items()),
-                               key=lambda p: (-p[0].gpu, -self.size(p[0].items)))
+                               key=lambda p: (-p[0].accel, -self.size(p[0].items)))
             spread = gang.strategy in (Strategy.SPREAD, Strategy.STRICT_SPREAD)
             cap = 1 if gang.strategy is Strategy.STRICT_SPREAD else 0
             cands = [self.candidates(shape, cap) for shape, _ in parts]
@@ -194,7 +196,7 @@ class _Run(Capacity):
         return list(merged.values())
 
     def sorted_demands(self, demands: Iterable[ResourceDemand]) -> list[tuple[Shape, int, ResourceDemand]]:
-        """Identical requests merged; GPU first, label-constrained first, then largest first (FFD)."""
+        """Identical requests merged; accelerators first, label-constrained first, then largest first (FFD)."""
         merged: dict[tuple[Items, LabelSelector], tuple[Shape, int, ResourceDemand]] = {}
         for d in demands:
             if d.count <= 0:
@@ -204,7 +206,7 @@ class _Run(Capacity):
                 continue
             prev = merged.get(shape.key)
             merged[shape.key] = (shape, d.count + (prev[1] if prev else 0), d)
-        return sorted(merged.values(), key=lambda e: (not e[0].gpu, not e[0].selector, -self.size(e[0].items),
+        return sorted(merged.values(), key=lambda e: (not e[0].accel, not e[0].selector, -self.size(e[0].items),
                                                       e[0].items))
 
     def place_tasks(self) -> None:
@@ -267,10 +269,10 @@ class _Run(Capacity):
     def decide(self) -> Decision:
         self.build_pools()
         self.place_constraints()  # request_resources asks for capacity outright: never held
-        if any(all(b.get(GPU, 0) <= 0 for b in g.bundles) for g in self.gangs):
-            self.hold_gpu_budgets()  # CPU-only placement groups wait: GPU ones are held too
+        if any(not any(accelerators_in(b) for b in g.bundles) for g in self.gangs):
+            self.hold_accelerator_budgets()  # CPU-only placement groups wait: accelerator ones are held too
         self.place_gangs()
-        self.hold_gpu_budgets()
+        self.hold_accelerator_budgets()
         self.place_tasks()
         drains, idle_out, above_max = self.choose_drains()
         targets: dict[str, int] = {}

@@ -22,11 +22,11 @@ BUSY, IDLE, COMING, NEW = range(4)
 class Shape:
     """One request shape in fixed point, with its label selector and a cache of selector matches."""
 
-    __slots__ = ("_ok", "gpu", "items", "key", "selector")
+    __slots__ = ("_ok", "accel", "items", "key", "selector")
 
-    def __init__(self, items: Items, gpu: bool, selector: LabelSelector) -> None:
+    def __init__(self, items: Items, accel: bool, selector: LabelSelector) -> None:
         self.items = items
-        self.gpu = gpu
+        self.accel = accel  # asks for an accelerator (GPU, TPU …)
         self.selector = selector
         self.key = (items, selector)
         self._ok: dict[int, bool] = {}
@@ -55,11 +55,11 @@ class Bin:
 class BinList:
     """The bins of one (tier, slot); ``ub`` bounds every bin's free resources, so a list is skipped cheaply."""
 
-    __slots__ = ("bins", "gpu", "ub")
+    __slots__ = ("accel", "bins", "ub")
 
-    def __init__(self, nres: int, gpu: bool) -> None:
+    def __init__(self, nres: int, accel: bool) -> None:
         self.bins: list[Bin] = []
-        self.gpu = gpu
+        self.accel = accel
         self.ub = [0] * nres
 
 
@@ -85,22 +85,22 @@ def per_node(free: list[int], items: Items, limit: int) -> int:
 class Pool:
     """Capacity as ordered bins, with first-fit placement in bulk and an undo journal for gang trials.
 
-    Slots are the group indices, then two for nodes outside any group (without and with GPUs)."""
+    Slots are the group indices, then two for nodes outside any group (without and with accelerators)."""
 
-    def __init__(self, nres: int, slot_gpu: list[bool], labels: list[Mapping[str, str]]) -> None:
+    def __init__(self, nres: int, slot_accel: list[bool], labels: list[Mapping[str, str]]) -> None:
         self.nres = nres
         self.labels = labels
-        self.slots = len(slot_gpu)
-        self.lists = [BinList(nres, gpu) for _ in range(4) for gpu in slot_gpu]
-        self.gpu_order = [lst for lst in self.lists if lst.gpu]
-        self.cpu_order = [lst for lst in self.lists if not lst.gpu]
+        self.slots = len(slot_accel)
+        self.lists = [BinList(nres, accel) for _ in range(4) for accel in slot_accel]
+        self.accel_order = [lst for lst in self.lists if lst.accel]
+        self.plain_order = [lst for lst in self.lists if not lst.accel]
         self.undo: list[Callable[[], None]] | None = None
 
-    def order(self, shape: Shape, conserve_gpu: bool) -> list[BinList]:
-        if shape.gpu:
-            return self.gpu_order
-        if conserve_gpu:  # CPU-only work fills non-GPU capacity first, all tiers, before touching GPU nodes
-            return self.cpu_order + self.gpu_order
+    def order(self, shape: Shape, conserve_accel: bool) -> list[BinList]:
+        if shape.accel:
+            return self.accel_order
+        if conserve_accel:  # other work fills capacity without accelerators first, all tiers, before touching theirs
+            return self.plain_order + self.accel_order
         return self.lists
 
     def add(self, tier: int, slot: int, avail: list[int], mult: int, names: list[str], labels: int,
