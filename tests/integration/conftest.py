@@ -21,7 +21,16 @@ from kubernetes import client
 
 from localcluster import versions
 from localcluster.cluster import LocalCluster
-from tests.integration.helpers import CRD_FILE, CRD_NAME, Kubectl, Namespaces, await_gone, delete_namespace
+from localcluster.operator_process import OperatorProcess
+from tests.integration.helpers import (
+    CRD_FILE,
+    CRD_NAME,
+    Cluster,
+    Kubectl,
+    Namespaces,
+    await_gone,
+    delete_namespace,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -119,3 +128,20 @@ def namespace(namespaces: Namespaces) -> Iterator[str]:
     name = namespaces.new()
     yield name
     namespaces.delete(name)
+
+
+@pytest.fixture
+def swc(api_client: client.ApiClient, namespace: str) -> Iterator[Cluster]:
+    """SwarmClusters in the test's namespace; their state is printed, which pytest shows only on failure."""
+    cluster = Cluster(api_client, namespace)
+    yield cluster
+    print(cluster.snapshot())
+
+
+@pytest.fixture
+def operator(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """Our operator as a local process serving the test's namespace."""
+    proc = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator.log")
+    proc.start()
+    yield proc
+    proc.stop()

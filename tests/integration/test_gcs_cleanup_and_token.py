@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,21 +18,6 @@ from swarm_operator.reconcile.deletion import FINALIZER
 from tests.integration.helpers import Cluster, manifest, ready_status, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def swc(api_client: client.ApiClient, namespace: str) -> Iterator[Cluster]:
-    cluster = Cluster(api_client, namespace)
-    yield cluster
-    print(cluster.snapshot())
-
-
-@pytest.fixture
-def operator(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator.log")
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def _gone(swc: Cluster, name: str) -> bool:

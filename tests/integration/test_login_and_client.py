@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
 
 from localcluster.chaos import fail_pod
 from localcluster.operator_process import OperatorProcess
@@ -25,13 +24,6 @@ from tests.integration.helpers import REPO, Cluster, Kubectl, manifest, ready_st
 pytestmark = pytest.mark.integration
 
 SERVICE_ACCOUNT = "swarm-operator-exec"
-
-
-@pytest.fixture
-def swc(api_client: client.ApiClient, namespace: str) -> Iterator[Cluster]:
-    cluster = Cluster(api_client, namespace)
-    yield cluster
-    print(cluster.snapshot())  # shown by pytest only when the test failed
 
 
 def operator_rules() -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,6 @@ from swarm_operator.spec.parse import parse_cluster
 from tests.integration.helpers import Cluster, manifest, ready_status, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def swc(api_client: client.ApiClient, namespace: str) -> Iterator[Cluster]:
-    cluster = Cluster(api_client, namespace)
-    yield cluster
-    print(cluster.snapshot())  # shown by pytest only when the test failed
-
-
-
-
-@pytest.fixture
-def operator(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator.log")
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def test_create_builds_head_service_workers_and_status(swc: Cluster, operator: OperatorProcess) -> None:

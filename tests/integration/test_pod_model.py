@@ -3,8 +3,6 @@ annotations and type are reconciled in place — the operator against a real API
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,21 +14,6 @@ from tests.integration.helpers import Cluster, manifest, ready_status, wait_for
 pytestmark = pytest.mark.integration
 
 LB = "service.beta.kubernetes.io/aws-load-balancer-internal"
-
-
-@pytest.fixture
-def swc(api_client: client.ApiClient, namespace: str) -> Iterator[Cluster]:
-    cluster = Cluster(api_client, namespace)
-    yield cluster
-    print(cluster.snapshot())  # shown by pytest only when the test failed
-
-
-@pytest.fixture
-def operator(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator.log")
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def _ray_container(pod: client.V1Pod) -> client.V1Container:
