@@ -22,6 +22,18 @@ from swarm_operator.spec.parse import parse_cluster
 from swarm_operator.spec.types import ClusterSpec
 
 NOW = 1_700_000_000.0  # a whole second, so timestamps round-trip exactly
+
+
+class FixedClock:
+    """Stands in for the controller's `time` module: a fixed wall clock (backoff and timestamps are then exact)."""
+
+    @staticmethod
+    def time() -> float:
+        return NOW
+
+    @staticmethod
+    def monotonic() -> float:
+        return 0.0
 NAME = "demo"
 NAMESPACE = "ns"
 UID = "uid-1"

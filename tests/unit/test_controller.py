@@ -24,28 +24,16 @@ from swarm_operator.kube import ApiError
 from swarm_operator.reconcile.cache import Key
 from swarm_operator.resources import labels
 from swarm_operator.turn import NAME_TAKEN_RETRY_SECONDS, SUFFIX_ALPHABET, random_suffix
-from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, as_kube, iso, manifest, with_state
+from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, FixedClock, as_kube, iso, manifest, with_state
 from tests.unit.ray_fixtures import HEAD_IP, FakeRay, node_id, ray_node, snapshot
 
 KEY: Key = (NAMESPACE, "demo")
 
 
-class _Clock:
-    """The controller's `time` module with a fixed wall clock (backoff and timestamps are then exact)."""
-
-    @staticmethod
-    def time() -> float:
-        return NOW
-
-    @staticmethod
-    def monotonic() -> float:
-        return 0.0
-
-
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(turn_module, "time", _Clock)
-    monkeypatch.setattr(controller_module, "time", _Clock)
+    monkeypatch.setattr(turn_module, "time", FixedClock)
+    monkeypatch.setattr(controller_module, "time", FixedClock)
 
 
 class WatchedController(Controller):

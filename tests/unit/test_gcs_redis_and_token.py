@@ -22,7 +22,18 @@ from swarm_operator.resources.redis_cleanup import build_cleanup_job
 from swarm_operator.resources.token import build_token_secret, token_of
 from swarm_operator.spec.reader import SpecError
 from swarm_operator.spec.types import KeyRef
-from tests.unit.operator_fixtures import NAMESPACE, NOW, UID, FakeKube, as_kube, cluster, head, iso, manifest
+from tests.unit.operator_fixtures import (
+    NAMESPACE,
+    NOW,
+    UID,
+    FakeKube,
+    FixedClock,
+    as_kube,
+    cluster,
+    head,
+    iso,
+    manifest,
+)
 
 GCS = {"redisAddress": "rediss://redis.db:6380", "redisUsername": "ray",
        "redisPasswordSecret": {"name": "redis-auth", "key": "password"},
@@ -232,19 +243,9 @@ def test_finalizers_and_job_states() -> None:
 KEY = (NAMESPACE, "demo")
 
 
-class _Clock:
-    @staticmethod
-    def time() -> float:
-        return NOW
-
-    @staticmethod
-    def monotonic() -> float:
-        return 0.0
-
-
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(turn_module, "time", _Clock)
+    monkeypatch.setattr(turn_module, "time", FixedClock)
 
 
 def _serve(kube: FakeKube, body: dict[str, Any]) -> Controller:
