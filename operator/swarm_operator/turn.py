@@ -249,6 +249,16 @@ class Turns:
             return True
         return True
 
+    def _record_pod_deletion(self, key: Key, name: str, uid: str, answer: dict[str, Any] | None) -> None:
+        """A pod DELETE's answer, into the cache."""
+        if answer is not None and (answer.get("metadata") or {}).get("resourceVersion"):
+            self.cache.pods.apply(None, answer)  # being deleted (a grace period)
+        else:
+            # 404, or removed at once (a Failed pod gets no grace period): the API server then answers with
+            # the pod as it was, without a resourceVersion, which no tombstone could be compared with. Either
+            # way it is gone, whatever the cache says.
+            self.cache.pods.gone(key, name, uid)
+
     async def _delete_with_cleanup(self, key: Key, body: dict[str, Any]) -> float | None:
         """One step of deleting a cluster that carries our finalizer: pods first, then the cleanup Job, then the
         finalizer goes (reconcile/deletion.py decides)."""
@@ -269,11 +279,8 @@ class Turns:
         step = deletion.deletion_step(gcs, namespace, pods, job, time.time() - parse_time(meta["deletionTimestamp"]))
         for name in step.delete_pods:
             cached = self.cache.pods.get(key, name) or {}
-            r = await asyncio.to_thread(self.kube.delete_pod, key[0], name)
-            if r is not None and (r.get("metadata") or {}).get("resourceVersion"):
-                self.cache.pods.apply(None, r)
-            else:
-                self.cache.pods.gone(key, name, (cached.get("metadata") or {}).get("uid") or "")
+            answer = await asyncio.to_thread(self.kube.delete_pod, key[0], name)
+            self._record_pod_deletion(key, name, (cached.get("metadata") or {}).get("uid") or "", answer)
         if step.create_job and cluster is not None:
             job_body = build_cleanup_job(cluster)
             if await asyncio.to_thread(self.kube.create_job, key[0], job_body) is not None:
@@ -404,13 +411,8 @@ class Turns:
                 self.cache.pods.apply(None, r)
                 updated.append(patch)
         for action, uid, r in zip(deleted, deleted_uids, gone, strict=True):
-            if isinstance(r, dict) and (r.get("metadata") or {}).get("resourceVersion"):
-                self.cache.pods.apply(None, r)  # being deleted (a grace period)
-            elif not isinstance(r, BaseException):
-                # 404, or removed at once (a Failed pod gets no grace period): the API server then
-                # answers with the pod as it was, without a resourceVersion, which no tombstone could
-                # be compared with. Either way it is gone, whatever the cache says.
-                self.cache.pods.gone(key, action.name, uid)
+            if not isinstance(r, BaseException):
+                self._record_pod_deletion(key, action.name, uid, r)
         created: dict[str, int] = {}
         refused: dict[str, str] = {}
         taken: list[str] = []
