@@ -153,14 +153,15 @@ class DecisionState:
         it at all."""
         found: list[Candidate] = []
         asked = {index for index, _ in shape.amounts}
+        a_plain_group_fits = False
         for group in self.groups:
             per_node = fits_per_node(group.node_resources, shape.amounts, per_node_limit)
             if per_node == 0 or (shape.selector and not shape.matches(group.label_set, self.label_sets)):
                 continue
-            found.append(Candidate(group, per_node, len(group.scarce_resources - asked)))
-        if (self.settings.conserve_gpu_nodes and not shape.asks_accelerator
-                and any(not found_one.group.has_accelerators for found_one in found)):
-            found = [found_one for found_one in found if not found_one.group.has_accelerators]
+            found.append((group, per_node, len(group.scarce_resources - asked)))
+            a_plain_group_fits = a_plain_group_fits or not group.has_accelerators
+        if self.settings.conserve_gpu_nodes and not shape.asks_accelerator and a_plain_group_fits:
+            found = [candidate for candidate in found if not candidate[0].has_accelerators]
         return found
 
     def feasible(self, shape: Shape, candidates: list[Candidate]) -> bool:
@@ -186,15 +187,14 @@ class DecisionState:
         while count > 0:
             best = self._best_group(shape, count, candidates)
             if best is None:
-                for candidate in candidates:
-                    candidate.group.note_limit()
+                for group, _, _ in candidates:
+                    group.note_limit()
                 break
-            candidate, nodes, placed = best
-            group = candidate.group
-            full, rest = divmod(placed, candidate.per_node)
+            group, per_node, nodes, placed = best
+            full, rest = divmod(placed, per_node)
             if full:
-                pool.add(Tier.NEW, group.index, after_taking(group.node_resources, shape.amounts, candidate.per_node),
-                         full, [], group.label_set, gang)
+                pool.add(Tier.NEW, group.index, after_taking(group.node_resources, shape.amounts, per_node), full,
+                         [], group.label_set, gang)
             if rest:
                 pool.add(Tier.NEW, group.index, after_taking(group.node_resources, shape.amounts, rest), 1, [],
                          group.label_set, gang)
@@ -206,24 +206,24 @@ class DecisionState:
         return openings
 
     @staticmethod
-    def _best_group(shape: Shape, count: int, candidates: list[Candidate]) -> tuple[Candidate, int, int] | None:
-        """The candidate that wastes least with budget left, with the nodes it would open and the requests
-        they would hold."""
-        best: tuple[tuple[int, float, int, int], Candidate, int, int] | None = None
-        for candidate in candidates:
-            group = candidate.group
+    def _best_group(shape: Shape, count: int,
+                    candidates: list[Candidate]) -> tuple[GroupPlan, int, int, int] | None:
+        """The candidate that wastes least with budget left: its group, requests per node, the nodes it would
+        open and the requests they would hold."""
+        best: tuple[tuple[int, float, int, int], GroupPlan, int, int, int] | None = None
+        for group, per_node, unasked_scarce in candidates:
             if group.budget <= 0:
                 continue
-            nodes = min(-(-count // candidate.per_node), group.budget)
-            placed = min(count, nodes * candidate.per_node)
+            nodes = min(-(-count // per_node), group.budget)
+            placed = min(count, nodes * per_node)
             utilisation = min(placed * need / (nodes * group.node_resources[index]) for index, need in shape.amounts)
-            preference = (-candidate.unasked_scarce, utilisation, -nodes, -group.index)
+            preference = (-unasked_scarce, utilisation, -nodes, -group.index)
             if best is None or preference > best[0]:
-                best = (preference, candidate, nodes, placed)
+                best = (preference, group, per_node, nodes, placed)
         if best is None:
             return None
-        _, candidate, nodes, placed = best
-        return candidate, nodes, placed
+        _, group, per_node, nodes, placed = best
+        return group, per_node, nodes, placed
 
     def open_spread_nodes(self, shape: Shape, width: int, count: int, candidates: list[Candidate],
                           pool: Pool) -> tuple[int, GroupPlan | None]:
@@ -234,19 +234,18 @@ class DecisionState:
         (5 instances of 3 GPU bundles on 4-GPU nodes: 6 nodes); round robin over ``max(width, ceil(bundles /
         per node))`` nodes keeps every instance on distinct nodes with fewer of them (4)."""
         best: tuple[tuple[int, int, int, int], GroupPlan, int, int] | None = None
-        for candidate in candidates:
-            group = candidate.group
+        for group, _, unasked_scarce in candidates:
             if group.budget < width:
                 continue
             per_node = fits_per_node(group.node_resources, shape.amounts)  # other instances' bundles may share
             instances = min(count, group.budget * per_node // width)
             nodes = max(width, -(-instances * width // per_node))
-            preference = (-candidate.unasked_scarce, instances, -nodes, -group.index)
+            preference = (-unasked_scarce, instances, -nodes, -group.index)
             if best is None or preference > best[0]:
                 best = (preference, group, nodes, instances)
         if best is None:
-            for candidate in candidates:
-                candidate.group.note_limit()
+            for group, _, _ in candidates:
+                group.note_limit()
             return 0, None
         _, group, nodes, instances = best
         if instances < count:

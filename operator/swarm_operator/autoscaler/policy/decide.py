@@ -121,9 +121,10 @@ def _place_demands(state: DecisionState, demands: Iterable[ResourceDemand], kind
             state.infeasible.append(Unplaced(kind, (demand.resources,), demand.requests, selector=shape.selector))
             continue
         placed = pool.fill(shape, demand.requests, pool.shelves_for(shape, state.settings.conserve_gpu_nodes))
-        openings = state.open_nodes(shape, demand.requests - placed, candidates, pool, also_in)
-        count_growth(openings, kind, format_resources(demand.resources))
-        placed += requests_placed(openings)
+        if placed < demand.requests:
+            openings = state.open_nodes(shape, demand.requests - placed, candidates, pool, also_in)
+            count_growth(openings, kind, format_resources(demand.resources))
+            placed += requests_placed(openings)
         if placed < demand.requests:
             state.waiting.append(Unplaced(kind, (demand.resources,), demand.requests - placed, selector=shape.selector))
 

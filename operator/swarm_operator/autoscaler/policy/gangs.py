@@ -129,7 +129,7 @@ def _place_one_by_one(state: DecisionState, gang: Gang, parts: list[_Part]) -> N
         if instances == 0:
             if notes is not None:
                 lift_tried = True
-                lifted = state.lift_speed_caps(dict.fromkeys(c.group for part in parts for c in part.candidates))
+                lifted = state.lift_speed_caps(_groups_that_fit(parts))
                 if lifted:
                     state.restore_limit_notes(notes)  # the retry may not be capped where the failed trial was
                     continue
@@ -140,6 +140,10 @@ def _place_one_by_one(state: DecisionState, gang: Gang, parts: list[_Part]) -> N
         _take_back(lifted, lift_again=False)  # that one instance may exceed the speed cap, the ones after it not
         lifted = {}
         placed += instances
+
+
+def _groups_that_fit(parts: list[_Part]) -> list[GroupPlan]:
+    return list(dict.fromkeys(group for part in parts for group, _, _ in part.candidates))
 
 
 def _take_back(lifted: dict[GroupPlan, int], lift_again: bool) -> None:

@@ -76,12 +76,9 @@ class GroupPlan:
         return self.spec.max_replicas - self.live - self.coming - self.new
 
 
-class Candidate(NamedTuple):
-    """A group a fresh node of which fits a shape."""
-
-    group: GroupPlan
-    per_node: int  # requests of the shape on one fresh node
-    unasked_scarce: int  # scarce resources of the node the shape does not ask for: wasted
+# A group a fresh node of which fits a shape: (the group, requests of the shape on one fresh node, scarce resources
+# of the node the shape does not ask for: wasted). A plain tuple: a decision makes one per group and shape.
+Candidate = tuple[GroupPlan, int, int]
 
 
 class Opening(NamedTuple):
