@@ -138,8 +138,10 @@ def _choose_drains(state: DecisionState) -> list[Drain]:
     drains: list[Drain] = []
     for node in idle:
         group = state.group_of(node)
-        reason = None if group is None else _drain_reason(state, node, group)
-        if group is not None and reason is not None:
+        if group is None:  # the head, or a node of a group no longer in the spec: never scaled
+            continue
+        reason = _drain_reason(state, node, group)
+        if reason is not None:
             drains.append(Drain(node.name, group.name, reason))
     return drains
 
