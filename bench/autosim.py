@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarm_operator.autoscaler.policy import Node, PolicyInput, Settings, WorkerGroup, decide
+from swarm_operator.autoscaler.policy import Decision, Node, PolicyInput, Settings, WorkerGroup, decide
 from swarm_operator.autoscaler.snapshot import (
     Bundle,
     GangDemand,
@@ -430,16 +430,19 @@ def pace(current: int) -> int:
 class OursDriver:
     name = "ours"
 
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[PolicyInput, Decision], None] | None = None) -> None:
         self.replicas: dict[str, int] = {}
         self.last_up: dict[str, float] = {}
         self.seconds = 0.0
+        self.observe = observe  # sees every decision with its input (tests/unit/policy_replay.py records them)
 
     def act(self, c: Cluster, now: float) -> None:
         inp = c.snapshot(now, self.replicas, self.last_up)
         t0 = time.perf_counter()
         d = decide(inp)
         self.seconds += time.perf_counter() - t0
+        if self.observe is not None:
+            self.observe(inp, d)
         for drain in d.drains:
             c.remove_if_idle(drain.node, now)
         for t in c.trace.types:

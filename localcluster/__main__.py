@@ -16,7 +16,8 @@ import sys
 import time
 
 from localcluster import build, docker_engine, image, kind, versions
-from localcluster.cluster import ClusterError, LocalCluster
+from localcluster.cluster import LocalCluster
+from localcluster.errors import ClusterError
 from localcluster.nodeagent import cli as nodeagent_cli
 
 

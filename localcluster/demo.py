@@ -30,7 +30,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from localcluster import build, rayjobs, versions
-from localcluster.cluster import ClusterError, LocalCluster
+from localcluster.cluster import LocalCluster
+from localcluster.errors import ClusterError
 from localcluster.nodeagent import NodeAgentProcess, network, paths, pod_usage
 from localcluster.operator_process import OperatorProcess
 from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT

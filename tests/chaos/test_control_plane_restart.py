@@ -19,6 +19,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from localcluster.chaos import restart_component
 from localcluster.cluster import LocalCluster
 from swarm_operator.resources import labels
 from tests.chaos.conftest import OperatorFactory
@@ -70,7 +71,7 @@ def test_operator_recovers_from_a_control_plane_restart(component: str, api: Api
     untouched = {p["metadata"]["name"]: p["metadata"]["uid"] for p in api.pods()
                  if p["metadata"]["labels"].get(labels.CLUSTER) in ("r3", "r4")}
     started = time.monotonic()
-    local_cluster.restart_component(component, down_seconds=DOWN_SECONDS)
+    restart_component(local_cluster, component, down_seconds=DOWN_SECONDS)
     writable = _wait_writable(api)
     back = time.monotonic() - started
 

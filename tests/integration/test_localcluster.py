@@ -14,9 +14,12 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from localcluster.apiserver import readyz
 from localcluster.chaos import fail_pod
-from localcluster.cluster import COMPONENTS, LocalCluster, pid_alive, readyz
+from localcluster.cluster import LocalCluster
+from localcluster.kwokctl import COMPONENTS
 from localcluster.nodes import GPU_LABEL
+from localcluster.processes import pid_alive
 from tests.integration.helpers import fake_nodes, pod, wait_for
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ from typing import Any
 
 from swarm_operator.kube import Kube
 from swarm_operator.reconcile.observe import PodState, observe_pod
-from swarm_operator.resources.overlay import RAY_CONTAINER
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
 from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.rules import RAY_CONTAINER
 from swarm_operator.spec.types import ClusterSpec
 
 NOW = 1_700_000_000.0  # a whole second, so timestamps round-trip exactly

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from swarm_operator.resources import labels
-from swarm_operator.resources.overlay import OPERATOR_CONTAINER_FIELDS, apply_overlay, overridden
+from swarm_operator.resources.overlay import apply_overlay, overridden
 from swarm_operator.resources.pods import (
     build_head_pod,
     build_worker_pod,
@@ -21,6 +21,7 @@ from swarm_operator.resources.pods import (
 from swarm_operator.resources.service import build_head_service
 from swarm_operator.spec.parse import parse_cluster
 from swarm_operator.spec.reader import SpecError
+from swarm_operator.spec.rules import OPERATOR_CONTAINER_FIELDS
 from swarm_operator.spec.types import ClusterSpec, WorkerGroupSpec
 from tests.cases.invalid_manifests import mutated
 

@@ -1,4 +1,5 @@
-"""No two modules of the operator or of localcluster import each other, directly or through others.
+"""No two modules of the operator or of localcluster import each other, directly or through others, and
+no package imports one it sits below.
 
 Imports under `if TYPE_CHECKING:` count too: a cycle that only the type checker follows still ties the
 two modules into one unit (the node agent's pods.py and agent.py were such a pair).
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_ROOTS = (REPO / "localcluster", REPO / "operator" / "swarm_operator")
@@ -68,3 +71,32 @@ def test_no_import_cycle_in_the_tree() -> None:
     modules = module_files()
     graph = {name: imports_of(path, modules) - {name} for name, path in modules.items()}
     assert find_cycle(graph) is None
+
+
+# (package, package it may not import): spec/ states the rules a SwarmCluster follows; resources/ builds objects
+# from a parsed spec and reads those rules, never the other way round.
+LAYERS = (("swarm_operator.spec", "swarm_operator.resources"),)
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_violations(graph: dict[str, set[str]], importer: str, imported: str) -> list[str]:
+    """Every import of a module of package `imported` by a module of package `importer`, as "a -> b"."""
+    return [f"{module} -> {target}" for module in sorted(graph) if within(module, importer)
+            for target in sorted(graph[module]) if within(target, imported)]
+
+
+def test_layer_violations_finds_an_import_from_a_package_below() -> None:
+    graph = {"p.spec.template": {"p.resources.labels", "p.spec.rules"}, "p.spec.rules": set(),
+             "p.resources.labels": {"p.spec.rules"}, "p.specific": {"p.resources"}}
+    assert layer_violations(graph, "p.spec", "p.resources") == ["p.spec.template -> p.resources.labels"]
+    assert layer_violations(graph, "p.resources", "p.spec") == ["p.resources.labels -> p.spec.rules"]
+
+
+@pytest.mark.parametrize(("importer", "imported"), LAYERS)
+def test_no_package_imports_one_above_it(importer: str, imported: str) -> None:
+    modules = module_files()
+    graph = {name: imports_of(path, modules) for name, path in modules.items()}
+    assert layer_violations(graph, importer, imported) == []

@@ -19,7 +19,7 @@ from swarm_operator.autoscaler.policy import (
     decide,
     format_resources,
 )
-from swarm_operator.autoscaler.policy.capacity import ACCELERATORS
+from swarm_operator.autoscaler.policy.types import ACCELERATORS
 from swarm_operator.autoscaler.snapshot import (
     Bundle,
     GangDemand,

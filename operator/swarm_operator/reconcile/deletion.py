@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from swarm_operator.reconcile.observe import PodState
-from swarm_operator.resources import labels
+from swarm_operator.spec.rules import PREFIX
 from swarm_operator.spec.types import GcsFaultTolerance
 
-FINALIZER = f"{labels.PREFIX}redis-cleanup"
+FINALIZER = f"{PREFIX}redis-cleanup"
 POLL_SECONDS = 2.0  # while pods terminate and the Job runs
 
 

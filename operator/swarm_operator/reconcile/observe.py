@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm_operator.resources import labels, revision
-from swarm_operator.resources.overlay import RAY_CONTAINER
+from swarm_operator.spec.rules import PREFIX, RAY_CONTAINER
 from swarm_operator.times import parse_time
 
 
@@ -112,7 +112,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     slim_meta = {k: meta[k] for k in ("name", "namespace", "uid", "labels", "resourceVersion", "creationTimestamp",
                                       "deletionTimestamp") if k in meta}
     slim_meta["ownerReferences"] = [{"uid": r.get("uid")} for r in meta.get("ownerReferences") or []]
-    ours = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(labels.PREFIX)}
+    ours = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(PREFIX)}
     if ours:
         slim_meta["annotations"] = ours
     slim_status = {k: status[k] for k in ("phase", "reason", "message", "podIP") if k in status}

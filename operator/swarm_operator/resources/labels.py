@@ -9,7 +9,6 @@ from typing import Any
 
 from swarm_operator import GROUP, KIND, VERSION
 
-PREFIX = f"{GROUP}/"
 CLUSTER = f"{GROUP}/cluster"
 NODE_TYPE = f"{GROUP}/node-type"
 WORKER_GROUP = f"{GROUP}/group"

@@ -4,7 +4,7 @@ Rules (documented in docs/crd.md, "Pod template overlays"):
 - metadata labels/annotations: the user's are added; the operator's selector labels win.
 - the Ray container is the container named "ray" in the overlay, if any: the user's fields win
   (image, env appended, volumeMounts appended, securityContext, ports appended …). The fields the
-  operator sets (OPERATOR_CONTAINER_FIELDS) are refused by spec/template.py (Valid=False naming the field),
+  operator sets (spec.rules.OPERATOR_CONTAINER_FIELDS) are refused by spec/template.py (Valid=False naming the field),
   never merged.
 - every other container is a sidecar, appended (an overlay without a "ray" container only adds
   sidecars); volumes are appended by name (the operator's win).
@@ -20,15 +20,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-RAY_CONTAINER = "ray"
-# Fields of the Ray container the operator sets, and where the user says what they want instead.
-OPERATOR_CONTAINER_FIELDS: dict[str, str] = {
-    "command": "the operator runs `ray start --block`; give ray start flags in rayStartParams",
-    "args": "the operator runs `ray start --block`; give ray start flags in rayStartParams",
-    "resources": "the operator sets them from resources (head.resources, workerGroups[].resources); set them there",
-    "readinessProbe": "the operator probes Ray's own health endpoints",
-    "livenessProbe": "the operator probes Ray's own health endpoints",
-}
+from swarm_operator.spec.rules import OPERATOR_CONTAINER_FIELDS, RAY_CONTAINER
+
 OPERATOR_POD_FIELDS = frozenset({"containers", "volumes", "restartPolicy"})
 APPENDED_CONTAINER_LISTS = ("env", "volumeMounts", "ports", "envFrom")
 

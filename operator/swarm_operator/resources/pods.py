@@ -15,8 +15,8 @@ from typing import Any
 
 from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.resources import labels, revision
-from swarm_operator.resources.overlay import RAY_CONTAINER, apply_overlay, overridden
-from swarm_operator.spec.rules import PROBE_DEFAULTS
+from swarm_operator.resources.overlay import apply_overlay, overridden
+from swarm_operator.spec.rules import PROBE_DEFAULTS, RAY_CONTAINER
 from swarm_operator.spec.types import (
     AuthSpec,
     ClusterSpec,

@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from swarm_operator.resources import labels
-from swarm_operator.resources.overlay import RAY_CONTAINER
 from swarm_operator.resources.pods import REDIS_PASSWORD_ENV, redis_ca_volume, storage_namespace
+from swarm_operator.spec.rules import PREFIX, RAY_CONTAINER
 from swarm_operator.spec.types import ClusterSpec
 
 JOB_SUFFIX = "-redis-cleanup"
 DEADLINE_MARGIN_SECONDS = 60
-CLEANUP_LABEL = f"{labels.PREFIX}redis-cleanup"  # on the Job and its pod: which cluster's keys it removes
+CLEANUP_LABEL = f"{PREFIX}redis-cleanup"  # on the Job and its pod: which cluster's keys it removes
 # Pod spec fields of the head template that say where a pod may run and how it pulls its image.
 SCHEDULING_FIELDS = ("nodeSelector", "tolerations", "affinity", "imagePullSecrets", "priorityClassName",
                      "runtimeClassName", "serviceAccountName", "securityContext", "schedulerName")

@@ -18,10 +18,11 @@ from dataclasses import asdict
 from typing import Any
 
 from swarm_operator.resources import labels
+from swarm_operator.spec.rules import PREFIX
 from swarm_operator.spec.types import ClusterSpec, GcsFaultTolerance, Probes, Resources, WorkerGroupSpec
 
-REVISION = f"{labels.PREFIX}revision"
-TEMPLATE_METADATA = f"{labels.PREFIX}template-metadata"
+REVISION = f"{PREFIX}revision"
+TEMPLATE_METADATA = f"{PREFIX}template-metadata"
 METADATA_KEYS = ("labels", "annotations")
 
 # Which part of the spec each revision part comes from, for Events and docs/crd.md.
@@ -156,7 +157,7 @@ def metadata_patch(applied: Mapping[str, Any] | None, template: Mapping[str, Any
     never touched: the overlay lets the operator's win, and so does this patch.
     """
     def ours(key: str, name: str) -> bool:
-        return name.startswith(labels.PREFIX) or (key == "labels" and name in operator_labels)
+        return name.startswith(PREFIX) or (key == "labels" and name in operator_labels)
 
     wanted, record = template_metadata(template), metadata_record(template)
     if applied is not None and all(applied.get(k) == record[k] for k in METADATA_KEYS):

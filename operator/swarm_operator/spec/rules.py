@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from swarm_operator import GROUP
+
 # Patterns are used with fullmatch: "$" alone would also accept a trailing newline.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # The head service is named after the cluster, and Service names are DNS-1035 labels (start with a letter).
@@ -100,3 +102,16 @@ PROBE_DEFAULTS: Mapping[str, Mapping[str, int]] = MappingProxyType({
 # Head service annotations the operator applied last time, so it can remove those dropped from the spec
 # while leaving other writers' (cloud controllers') annotations alone.
 MAX_SERVICE_ANNOTATIONS = 64
+# Label and annotation keys with this prefix are the operator's: a template or the head service may not set them.
+PREFIX = f"{GROUP}/"
+# The Ray container of every pod the operator builds; in a template overlay, the container of this name is merged
+# into it (resources/overlay.py) and may not set the fields below.
+RAY_CONTAINER = "ray"
+# Fields of the Ray container the operator sets, and where the user says what they want instead.
+OPERATOR_CONTAINER_FIELDS: Mapping[str, str] = MappingProxyType({
+    "command": "the operator runs `ray start --block`; give ray start flags in rayStartParams",
+    "args": "the operator runs `ray start --block`; give ray start flags in rayStartParams",
+    "resources": "the operator sets them from resources (head.resources, workerGroups[].resources); set them there",
+    "readinessProbe": "the operator probes Ray's own health endpoints",
+    "livenessProbe": "the operator probes Ray's own health endpoints",
+})

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from swarm_operator.resources.labels import PREFIX
-from swarm_operator.resources.overlay import OPERATOR_CONTAINER_FIELDS, RAY_CONTAINER
 from swarm_operator.spec.reader import Reader, show
 from swarm_operator.spec.rules import (
     DNS_LABEL,
@@ -17,7 +15,10 @@ from swarm_operator.spec.rules import (
     LABEL_VALUE,
     MAX_ANNOTATIONS_BYTES,
     MAX_SERVICE_ANNOTATIONS,
+    OPERATOR_CONTAINER_FIELDS,
+    PREFIX,
     QUALIFIED_NAME,
+    RAY_CONTAINER,
 )
 
 

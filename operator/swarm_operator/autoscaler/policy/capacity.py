@@ -1,335 +1,299 @@
-"""The state one decision works on: resources in fixed point, per-group counts and budgets, and the capacity
-pools; new nodes are opened here, within each group's budget. Pure.
+"""The state one decision works on: its resources and groups, the capacity pools, the demand left over; new
+nodes are opened here, within each group's budget. Pure.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
-from swarm_operator.autoscaler.policy.packing import BUSY, COMING, IDLE, NEW, Bin, Items, Pool, Shape, minus, per_node
-from swarm_operator.autoscaler.policy.types import DemandKind, Node, PolicyInput, Unplaced
-from swarm_operator.autoscaler.snapshot import GangDemand, LabelSelector, NodeStatus, Resources, Strategy
+from swarm_operator.autoscaler.policy.groups import Candidate, GroupPlan, Opening
+from swarm_operator.autoscaler.policy.packing import (
+    Amounts,
+    Bin,
+    LabelSets,
+    Pool,
+    ResourceIndex,
+    Shape,
+    Tier,
+    Vector,
+    after_taking,
+    fits_per_node,
+)
+from swarm_operator.autoscaler.policy.types import Node, PolicyInput, Unplaced, WorkerGroup, accelerators_in
+from swarm_operator.autoscaler.snapshot import LabelSelector, NodeStatus, Resources
 
-_SCALE = 10_000  # Ray keeps resources as fixed-point 1/10000 units; rounding the same way agrees with it
 # Resources whose waste does not matter when choosing a group: every node has them and tasks rarely ask.
 _COMMON_RESOURCES = frozenset({"CPU", "memory", "object_store_memory"})
-# The Ray resources accelerators are scheduled as (the Ray names of spec.rules.ACCELERATORS): all scarce and dear, so
-# conserveGpuNodes keeps other work off every kind of them, not only off GPUs.
-ACCELERATORS = ("GPU", "TPU", "neuron_cores", "HPU")
+_LIVE = (NodeStatus.RUNNING, NodeStatus.IDLE)
 
 
-def accelerators_in(r: Resources) -> list[str]:
-    return [name for name in ACCELERATORS if r.get(name, 0) > 0]
+def _resource_names(inp: PolicyInput) -> Iterator[str]:
+    for group in inp.groups:
+        yield from group.resources
+    for node in inp.nodes:
+        yield from node.total
+        yield from node.available
+    for demand in (*inp.demands, *inp.constraints):
+        yield from demand.shape
+    for gang in inp.gangs:
+        for bundle in gang.bundles:
+            yield from bundle.shape
 
 
-@dataclass(frozen=True, slots=True)
-class Gang:
-    """A pending placement group as the placement works on it: bundle shapes and one selector."""
+class LimitNotes(NamedTuple):
+    """Every group's limit notes at one moment, to go back to when a retry makes them untrue."""
 
-    bundles: tuple[Resources, ...]
-    strategy: Strategy
-    count: int
-    selector: LabelSelector
+    limits: list[dict[str, None]]
+    speed_capped: list[bool]
 
 
-def as_gang(g: GangDemand) -> Gang:
-    # The first bundle's selector stands for every bundle: it is what a new node of the gang must satisfy.
-    return Gang(tuple(b.shape for b in g.bundles), g.strategy, g.count,
-                g.bundles[0].label_selector if g.bundles else ())
-
-
-class Capacity:
-    """State of one decision. Built from the input, then mutated by the placement phases (:mod:`.decide`)."""
+class DecisionState:
+    """Everything one decision works on. Built from the input, then changed by the placement phases."""
 
     def __init__(self, inp: PolicyInput, hold_accelerator_nodes: bool = False) -> None:
         self.inp = inp
         self.settings = inp.settings
-        groups = inp.groups
-        self.gindex = {g.name: i for i, g in enumerate(groups)}
-
-        names: set[str] = set()
-        for g in groups:
-            names.update(g.resources)
-        for n in inp.nodes:
-            names.update(n.total)
-            names.update(n.available)
-        for d in (*inp.demands, *inp.constraints):
-            names.update(d.shape)
-        self.gangs = [as_gang(g) for g in inp.gangs]
-        for gang in self.gangs:
-            for bundle in gang.bundles:
-                names.update(bundle)
-        self.res = {name: i for i, name in enumerate(sorted(names))}
-        nres = len(self.res)
-
-        self.label_table: list[Mapping[str, str]] = []
-        self.label_ids: dict[tuple[tuple[str, str], ...], int] = {}
-        self.caps = [self.vector(g.resources) for g in groups]
-        self.group_labels = [self.intern_labels(g.labels) for g in groups]
-        self.accel = [bool(accelerators_in(g.resources)) for g in groups]
-        self.special = [{i for name, i in self.res.items() if cap[i] > 0 and name not in _COMMON_RESOURCES}
-                        for cap in self.caps]
-        slot_accel = [*self.accel, False, True]  # groups, then unmanaged nodes without and with accelerators
-        self.demand_pool = Pool(nres, slot_accel, self.label_table)
-        self.total_pool = Pool(nres, slot_accel, self.label_table)
-
-        self.live = [0] * len(groups)  # RUNNING or IDLE Ray nodes
-        live_totals: dict[tuple[tuple[int, ...], int], None] = {}
-        self.live_nodes: list[Node] = []
-        self.live_total_vectors: list[list[int]] = []  # never mutated: bins replace their lists
-        for n in inp.nodes:
-            if n.status in (NodeStatus.RUNNING, NodeStatus.IDLE):
-                total = self.vector(n.total)
-                self.live_nodes.append(n)
-                self.live_total_vectors.append(total)
-                gi = self.gindex.get(n.group) if n.group is not None else None
-                if gi is not None:
-                    self.live[gi] += 1
-                labels = self.node_labels(n, gi)
-                live_totals[(tuple(total), labels)] = None
-        self.live_totals = list(live_totals)
-        self.biggest = [max([1] + [c[i] for c in self.caps] + [t[i] for t, _ in self.live_totals])
-                        for i in range(nres)]
-
-        s = self.settings
-        self.coming = [0] * len(groups)
-        self.min_new = [0] * len(groups)
-        self.budget = [0] * len(groups)
-        self.speed_cap = [0] * len(groups)
-        for gi, g in enumerate(groups):
-            room = max(0, g.max_replicas - self.live[gi])
-            if g.name not in inp.unavailable:
-                self.coming[gi] = min(room, max(0, g.pending_pods, g.replicas - self.live[gi]))
-                current = self.live[gi] + self.coming[gi]
-                self.min_new[gi] = max(0, g.min_replicas - current)
-                # Ray v1's rule: at most max(5, speed × current) nodes launching per group at once.
-                self.speed_cap[gi] = (max(5, math.ceil(s.upscaling_speed * current))
-                                      if math.isfinite(s.upscaling_speed) else g.max_replicas)
-                self.budget[gi] = max(0, min(g.max_replicas - current - self.min_new[gi], self.speed_cap[gi]))
-        self.held = {gi for gi in range(len(groups)) if hold_accelerator_nodes and self.accel[gi]}
-        self.lifted: set[int] = set()  # groups whose speed cap one gang instance has already exceeded
-        self.new = self.min_new[:]
-        # Why each group grows: (kind, text) -> count, in the order first seen.
-        self.why: list[dict[tuple[DemandKind, str], int]] = [{} for _ in groups]
-        self.capped: list[dict[str, None]] = [{} for _ in groups]
-        self.speed_capped: set[int] = set()
+        self.resources = ResourceIndex(_resource_names(inp))
+        self.label_sets = LabelSets()
+        self.groups = [self._plan(index, group, hold_accelerator_nodes) for index, group in enumerate(inp.groups)]
+        self.group_by_name = {group.name: group for group in self.groups}
+        # Groups, then nodes of no group without and with accelerators.
+        slot_has_accelerators = [*(group.has_accelerators for group in self.groups), False, True]
+        self.demand_pool = Pool(len(self.resources), slot_has_accelerators, self.label_sets)  # free room
+        self.total_pool = Pool(len(self.resources), slot_has_accelerators, self.label_sets)  # for constraints
+        self.live_nodes = [node for node in inp.nodes if node.status in _LIVE]
+        self.live_totals = [self.resources.vector(node.total) for node in self.live_nodes]  # never changed
+        for node in self.live_nodes:
+            group = self.group_of(node)
+            if group is not None:
+                group.live += 1
+        # The distinct (total, label set) of live nodes: what demand fitting no group may still fit.
+        self.live_node_kinds = list(dict.fromkeys(
+            (tuple(total), self.node_label_set(node)) for node, total in zip(self.live_nodes, self.live_totals,
+                                                                               strict=True)))
+        self.biggest = [max([1] + [group.node_resources[index] for group in self.groups]
+                            + [total[index] for total, _ in self.live_node_kinds])
+                        for index in range(len(self.resources))]
+        for group in self.groups:
+            group.set_budget(self.settings)
         self.infeasible: list[Unplaced] = []
         self.waiting: list[Unplaced] = []
-        self.next_gang = 0
+        self._gang_instances = 0
 
-    # -- conversions
+    def _plan(self, index: int, group: WorkerGroup, hold_accelerator_nodes: bool) -> GroupPlan:
+        node_resources = self.resources.vector(group.resources)
+        scarce = frozenset(number for name, number in self.resources.number.items()
+                           if node_resources[number] > 0 and name not in _COMMON_RESOURCES)
+        has_accelerators = bool(accelerators_in(group.resources))
+        return GroupPlan(index, group, node_resources, self.label_sets.number(group.labels), has_accelerators,
+                         scarce, unavailable=group.name in self.inp.unavailable,
+                         held=hold_accelerator_nodes and has_accelerators)
 
-    def vector(self, r: Resources) -> list[int]:
-        """``r`` in fixed point, indexed by resource; every entry >= 0."""
-        index = self.res
-        v = [0] * len(index)
-        for name, amount in r.items():
-            if amount > 0:
-                v[index[name]] = round(amount * _SCALE)
-        return v
+    # -- reading the input
 
-    def shape(self, r: Resources, selector: LabelSelector) -> Shape:
-        scaled = sorted((self.res[name], round(a * _SCALE)) for name, a in r.items() if a > 0)
-        return Shape(tuple((i, a) for i, a in scaled if a > 0), bool(accelerators_in(r)), selector)
+    def group_of(self, node: Node) -> GroupPlan | None:
+        """The node's group; None for the head, or a node of a group no longer in the spec."""
+        return self.group_by_name.get(node.group) if node.group is not None else None
 
-    def intern_labels(self, labels: Mapping[str, str]) -> int:
-        key = tuple(sorted(labels.items()))
-        got = self.label_ids.get(key)
-        if got is None:
-            got = self.label_ids[key] = len(self.label_table)
-            self.label_table.append(dict(labels))
-        return got
+    def node_label_set(self, node: Node) -> int:
+        if node.labels is not None:
+            return self.label_sets.number(node.labels)
+        group = self.group_of(node)
+        return group.label_set if group is not None else self.label_sets.number({})
 
-    def node_labels(self, n: Node, gi: int | None) -> int:
-        if n.labels is not None:
-            return self.intern_labels(n.labels)
-        return self.group_labels[gi] if gi is not None else self.intern_labels({})
+    def shape(self, resources: Resources, selector: LabelSelector) -> Shape:
+        return self.resources.shape(resources, selector)
 
-    def size(self, items: Items) -> float:
+    def size(self, amounts: Amounts) -> float:
         """A request's size relative to the largest node offering each resource (first-fit decreasing)."""
-        return sum(a / self.biggest[i] for i, a in items)
+        return sum(amount / self.biggest[index] for index, amount in amounts)
 
-    # -- capacity
+    def new_gang_instance(self) -> int:
+        self._gang_instances += 1
+        return self._gang_instances - 1
+
+    # -- capacity there is
 
     def build_pools(self) -> None:
-        slots = len(self.caps)
-        merged: dict[tuple[int, int, int, tuple[int, ...]], tuple[Bin, Bin]] = {}
-        # Idle nodes in keep-first order (oldest, then least idle), so the nodes bins hand out first are the
-        # ones a drain would take last.
-        ordered = sorted(zip(self.live_nodes, self.live_total_vectors, strict=True),
-                         key=lambda nt: (-nt[0].age_s, nt[0].idle_s, nt[0].name))
-        for n, total in ordered:
-            gi = self.gindex.get(n.group) if n.group is not None else None
-            slot = gi if gi is not None else slots + (1 if accelerators_in(n.total) else 0)
-            tier = IDLE if gi is not None and n.status is NodeStatus.IDLE else BUSY
-            labels = self.node_labels(n, gi)
+        """Live nodes as bins (identical ones merged), then each group's coming pods and nodes for its minimum."""
+        merged: dict[tuple[Tier, int, int, tuple[int, ...]], tuple[Bin, Bin]] = {}
+        for node, total in self._keep_first(self.live_nodes, self.live_totals):
+            group = self.group_of(node)
+            slot = group.index if group is not None else len(self.groups) + (1 if accelerators_in(node.total) else 0)
+            tier = Tier.IDLE if group is not None and node.status is NodeStatus.IDLE else Tier.BUSY
+            label_set = self.node_label_set(node)
             # Never above the total (both vectors are >= 0): a conditional is cheaper than min() per resource.
-            avail = [a if a <= t else t for a, t in zip(self.vector(n.available), total, strict=True)]
-            key = (tier, slot, labels, tuple(avail + total))
-            pair = merged.get(key)
-            if pair is None:
-                merged[key] = (self.demand_pool.add(tier, slot, avail, 1, [n.name], labels),
-                               self.total_pool.add(tier, slot, total, 1, [n.name], labels))
-            else:
-                for b in pair:
-                    b.mult += 1
-                    b.names.append(n.name)
-        for gi in range(slots):
-            for tier, count in ((COMING, self.coming[gi]), (NEW, self.min_new[gi])):
+            free = [amount if amount <= most else most
+                    for amount, most in zip(self.resources.vector(node.available), total, strict=True)]
+            key = (tier, slot, label_set, tuple(free + total))
+            bins = merged.get(key)
+            if bins is None:
+                merged[key] = (self.demand_pool.add(tier, slot, free, 1, [node.name], label_set),
+                               self.total_pool.add(tier, slot, total, 1, [node.name], label_set))
+                continue
+            for same in bins:
+                same.count += 1
+                same.names.append(node.name)
+        for group in self.groups:
+            for tier, count in ((Tier.COMING, group.coming), (Tier.NEW, group.minimum_new)):
                 if count:
                     for pool in (self.demand_pool, self.total_pool):
-                        pool.add(tier, gi, self.caps[gi][:], count, [], self.group_labels[gi])
+                        pool.add(tier, group.index, group.node_resources[:], count, [], group.label_set)
 
-    def candidates(self, shape: Shape, cap: int) -> list[tuple[int, int, int]]:
-        """Groups a fresh node of which fits ``shape``: (group, requests per node, unrequested special
-        resources). With conserve_gpu_nodes, work that asks for no accelerator gets accelerator groups (GPU, TPU,
-        neuron_cores, HPU) only when no group without one fits it at all."""
-        out: list[tuple[int, int, int]] = []
-        asked = {i for i, _ in shape.items}
-        for gi, cap_vec in enumerate(self.caps):
-            per = per_node(cap_vec, shape.items, cap or 1 << 62)
-            if per == 0 or (shape.selector and not shape.labels_ok(self.group_labels[gi], self.label_table)):
+    @staticmethod
+    def _keep_first(nodes: list[Node], totals: list[Vector]) -> list[tuple[Node, Vector]]:
+        """Oldest, then least idle: the nodes bins hand out first are the ones a drain would take last."""
+        return sorted(zip(nodes, totals, strict=True),
+                      key=lambda pair: (-pair[0].age_s, pair[0].idle_s, pair[0].name))
+
+    def candidates(self, shape: Shape, per_node_limit: int | None = None) -> list[Candidate]:
+        """Groups a fresh node of which fits ``shape``. With conserve_gpu_nodes, work that asks for no
+        accelerator gets accelerator groups (GPU, TPU, neuron_cores, HPU) only when no group without one fits
+        it at all."""
+        found: list[Candidate] = []
+        asked = {index for index, _ in shape.amounts}
+        a_plain_group_fits = False
+        for group in self.groups:
+            per_node = fits_per_node(group.node_resources, shape.amounts, per_node_limit)
+            if per_node == 0 or (shape.selector and not shape.matches(group.label_set, self.label_sets)):
                 continue
-            out.append((gi, per, len(self.special[gi] - asked)))
-        if self.settings.conserve_gpu_nodes and not shape.accel and any(not self.accel[gi] for gi, _, _ in out):
-            out = [c for c in out if not self.accel[c[0]]]
-        return out
+            found.append((group, per_node, len(group.scarce_resources - asked)))
+            a_plain_group_fits = a_plain_group_fits or not group.has_accelerators
+        if self.settings.conserve_gpu_nodes and not shape.asks_accelerator and a_plain_group_fits:
+            found = [candidate for candidate in found if not candidate[0].has_accelerators]
+        return found
 
-    def feasible(self, shape: Shape, cands: list[tuple[int, int, int]]) -> bool:
+    def feasible(self, shape: Shape, candidates: list[Candidate]) -> bool:
         """Fits some group's node, or the total of some live node (the head, a node of a removed group)."""
-        if cands:
+        if candidates:
             return True
-        return any(all(t[i] >= a for i, a in shape.items)
-                   and (not shape.selector or shape.labels_ok(labels, self.label_table))
-                   for t, labels in self.live_totals)
+        return any(all(total[index] >= need for index, need in shape.amounts)
+                   and (not shape.selector or shape.matches(label_set, self.label_sets))
+                   for total, label_set in self.live_node_kinds)
 
-    def open_nodes(self, shape: Shape, count: int, cands: list[tuple[int, int, int]], pool: Pool,
-                   mirror: Pool | None, cap: int, gang: int, opened: list[tuple[int, int]]) -> int:
-        """Open new nodes for up to ``count`` requests, best group first; returns how many were placed.
+    # -- new nodes
 
-        The best group wastes least: no unrequested special resources (GPUs, custom), then the highest
-        lowest utilisation of the resources asked, then fewer nodes, then the order of groups in the spec.
-        ``mirror`` receives the same nodes empty (constraints reserve total capacity, not free room).
-        ``opened`` collects (group, requests placed) for the reasons."""
-        placed = 0
-        items = shape.items
+    def open_nodes(self, shape: Shape, count: int, candidates: list[Candidate], pool: Pool,
+                   also_in: Pool | None = None, gang: int | None = None) -> list[Opening]:
+        """New nodes for up to ``count`` requests, best group first; each group opened, with the requests
+        placed on its new nodes.
+
+        The best group wastes least: no unasked scarce resources (GPUs, custom), then the highest lowest
+        utilisation of the resources asked, then fewer nodes, then the order of groups in the spec. ``also_in``
+        receives the same nodes empty (constraints reserve total capacity, not free room). ``gang`` tags the
+        new nodes (STRICT_SPREAD keeps an instance's bundles apart)."""
+        openings: list[Opening] = []
         while count > 0:
-            best: tuple[tuple[int, float, int, int], int, int, int] | None = None
-            for gi, per, waste in cands:
-                if self.budget[gi] <= 0:
-                    continue
-                n = min(-(-count // per), self.budget[gi])
-                got = min(count, n * per)
-                util = min(got * a / (n * self.caps[gi][i]) for i, a in items)
-                key = (-waste, util, -n, -gi)
-                if best is None or key > best[0]:
-                    best = (key, gi, n, got)
+            best = self._best_group(shape, count, candidates)
             if best is None:
-                for gi, _, _ in cands:
-                    self.note_cap(gi)
+                for group, _, _ in candidates:
+                    group.note_limit()
                 break
-            _, gi, n, got = best
-            per = next(p for g, p, _ in cands if g == gi)
-            full, rest = divmod(got, per)
-            cap_vec = self.caps[gi]
+            group, per_node, nodes, placed = best
+            full, rest = divmod(placed, per_node)
             if full:
-                pool.add(NEW, gi, minus(cap_vec, items, per), full, [], self.group_labels[gi], gang)
+                pool.add(Tier.NEW, group.index, after_taking(group.node_resources, shape.amounts, per_node), full,
+                         [], group.label_set, gang)
             if rest:
-                pool.add(NEW, gi, minus(cap_vec, items, rest), 1, [], self.group_labels[gi], gang)
-            if mirror is not None:
-                mirror.add(NEW, gi, cap_vec[:], n, [], self.group_labels[gi])
-            self.change_budget(gi, n)
-            opened.append((gi, got))
-            count -= got
-            placed += got
-        return placed
+                pool.add(Tier.NEW, group.index, after_taking(group.node_resources, shape.amounts, rest), 1, [],
+                         group.label_set, gang)
+            if also_in is not None:
+                also_in.add(Tier.NEW, group.index, group.node_resources[:], nodes, [], group.label_set)
+            self.spend_budget(group, nodes)
+            openings.append(Opening(group, placed))
+            count -= placed
+        return openings
 
-    def open_spread_nodes(self, shape: Shape, width: int, count: int, cands: list[tuple[int, int, int]],
-                          pool: Pool, opened: list[tuple[int, int]]) -> int:
+    @staticmethod
+    def _best_group(shape: Shape, count: int,
+                    candidates: list[Candidate]) -> tuple[GroupPlan, int, int, int] | None:
+        """The candidate that wastes least with budget left: its group, requests per node, the nodes it would
+        open and the requests they would hold."""
+        best: tuple[tuple[int, float, int, int], GroupPlan, int, int, int] | None = None
+        for group, per_node, unasked_scarce in candidates:
+            if group.budget <= 0:
+                continue
+            nodes = min(-(-count // per_node), group.budget)
+            placed = min(count, nodes * per_node)
+            utilisation = min(placed * need / (nodes * group.node_resources[index]) for index, need in shape.amounts)
+            preference = (-unasked_scarce, utilisation, -nodes, -group.index)
+            if best is None or preference > best[0]:
+                best = (preference, group, per_node, nodes, placed)
+        if best is None:
+            return None
+        _, group, per_node, nodes, placed = best
+        return group, per_node, nodes, placed
+
+    def open_spread_nodes(self, shape: Shape, width: int, count: int, candidates: list[Candidate],
+                          pool: Pool) -> tuple[int, GroupPlan | None]:
         """Up to ``count`` identical STRICT_SPREAD instances of ``width`` bundles of one shape, on new nodes of
-        one group at once, laid round robin; returns how many were placed.
+        one group at once, laid round robin; returns how many were placed, and in which group.
 
         One instance at a time would give each its own ``width`` fresh nodes once the earlier ones are full
         (5 instances of 3 GPU bundles on 4-GPU nodes: 6 nodes); round robin over ``max(width, ceil(bundles /
         per node))`` nodes keeps every instance on distinct nodes with fewer of them (4)."""
-        items = shape.items
-        best: tuple[tuple[int, int, int, int], int, int, int] | None = None
-        for gi, _, waste in cands:
-            budget = self.budget[gi]
-            if budget < width:
+        best: tuple[tuple[int, int, int, int], GroupPlan, int, int] | None = None
+        for group, _, unasked_scarce in candidates:
+            if group.budget < width:
                 continue
-            per = per_node(self.caps[gi], items, 1 << 62)  # bundles of other instances may share a node
-            placed = min(count, budget * per // width)
-            nodes = max(width, -(-placed * width // per))
-            key = (-waste, placed, -nodes, -gi)
-            if best is None or key > best[0]:
-                best = (key, gi, nodes, placed)
+            per_node = fits_per_node(group.node_resources, shape.amounts)  # other instances' bundles may share
+            instances = min(count, group.budget * per_node // width)
+            nodes = max(width, -(-instances * width // per_node))
+            preference = (-unasked_scarce, instances, -nodes, -group.index)
+            if best is None or preference > best[0]:
+                best = (preference, group, nodes, instances)
         if best is None:
-            for gi, _, _ in cands:
-                self.note_cap(gi)
-            return 0
-        _, gi, nodes, placed = best
-        if placed < count:
-            self.note_cap(gi)
-        q, r = divmod(placed * width, nodes)  # round robin: r nodes with q + 1 bundles, the others with q
-        cap_vec = self.caps[gi]
-        if r:
-            pool.add(NEW, gi, minus(cap_vec, items, q + 1), r, [], self.group_labels[gi])
-        pool.add(NEW, gi, minus(cap_vec, items, q), nodes - r, [], self.group_labels[gi])
-        self.change_budget(gi, nodes)
-        opened.append((gi, placed * width))
-        return placed
+            for group, _, _ in candidates:
+                group.note_limit()
+            return 0, None
+        _, group, nodes, instances = best
+        if instances < count:
+            group.note_limit()
+        per_node_low, nodes_with_one_more = divmod(instances * width, nodes)  # round robin
+        if nodes_with_one_more:
+            pool.add(Tier.NEW, group.index, after_taking(group.node_resources, shape.amounts, per_node_low + 1),
+                     nodes_with_one_more, [], group.label_set)
+        pool.add(Tier.NEW, group.index, after_taking(group.node_resources, shape.amounts, per_node_low),
+                 nodes - nodes_with_one_more, [], group.label_set)
+        self.spend_budget(group, nodes)
+        return instances, group
 
-    def change_budget(self, gi: int, n: int) -> None:
-        self.budget[gi] -= n
-        self.new[gi] += n
-        journal = self.demand_pool.undo
+    def spend_budget(self, group: GroupPlan, nodes: int) -> None:
+        group.budget -= nodes
+        group.new += nodes
+        journal = self.demand_pool.journal
         if journal is not None:
-            journal.append(lambda: self.change_budget(gi, -n))
+            journal.record(lambda: self.spend_budget(group, -nodes))
 
-    def note_cap(self, gi: int) -> None:
-        g = self.inp.groups[gi]
-        if g.name in self.inp.unavailable:
-            return
-        if gi in self.held:
-            kinds = "/".join(accelerators_in(g.resources))
-            self.capped[gi][f"new {kinds} nodes held until the CPU groups have ramped up"] = None
-            return
-        grown = self.live[gi] + self.coming[gi] + self.new[gi]
-        if grown >= g.max_replicas:
-            self.capped[gi][f"capped by maxReplicas {g.max_replicas}"] = None
-        else:
-            self.capped[gi][f"capped by upscaling speed ({self.speed_cap[gi]} new nodes per decision)"] = None
-            self.speed_capped.add(gi)
+    # -- the upscaling speed
 
-    def count_why(self, opened: list[tuple[int, int]], kind: DemandKind, text: str) -> None:
-        for gi, got in opened:
-            why = self.why[gi]
-            why[(kind, text)] = why.get((kind, text), 0) + got
+    def limit_notes(self) -> LimitNotes:
+        return LimitNotes([dict(group.limits) for group in self.groups], [group.speed_capped for group in self.groups])
 
+    def restore_limit_notes(self, notes: LimitNotes) -> None:
+        for group, limits, speed_capped in zip(self.groups, notes.limits, notes.speed_capped, strict=True):
+            group.limits, group.speed_capped = limits, speed_capped
 
-    def lift_speed_caps(self, groups: Iterable[int]) -> dict[int, int]:
+    def lift_speed_caps(self, groups: Iterable[GroupPlan]) -> dict[GroupPlan, int]:
         """Raise the budgets of speed-capped ``groups`` to their room under maxReplicas; returns what was added.
 
         A placement group needs all its nodes at once: one wider than the upscaling-speed cap would otherwise
         wait forever, since a decision only ever adds what the cap allows and an atomic gang takes all or none.
         So one gang instance per group and decision may go past the cap."""
-        extra: dict[int, int] = {}
-        for gi in groups:
-            g = self.inp.groups[gi]
-            room = g.max_replicas - self.live[gi] - self.coming[gi] - self.new[gi]
-            if (gi not in self.held and gi not in self.lifted and g.name not in self.inp.unavailable
-                    and room > self.budget[gi]):
-                extra[gi] = room - self.budget[gi]
-                self.budget[gi] = room
-                self.lifted.add(gi)
-        return extra
+        added: dict[GroupPlan, int] = {}
+        for group in groups:
+            room = group.room_under_max()
+            if not group.held and not group.lifted and not group.unavailable and room > group.budget:
+                added[group] = room - group.budget
+                group.budget = room
+                group.lifted = True
+        return added
 
     def hold_accelerator_budgets(self) -> None:
-        for gi in self.held:
-            self.budget[gi] = 0
+        for group in self.groups:
+            if group.held:
+                group.budget = 0
 
     def accelerator_nodes_to_hold(self) -> bool:
         """conserveGpuNodes: accelerator tasks open no accelerator nodes (GPU, TPU, neuron_cores, HPU) beyond the
@@ -339,5 +303,6 @@ class Capacity:
         before the CPU capacity fill with the CPU backlog, and the accelerator work they are for waits for yet
         more of them. The hold lasts only while the ramp does (the cap doubles every decision). Accelerator
         placement groups behind no CPU-only ones are not held: they claim the accelerator nodes before tasks do."""
-        return (self.settings.conserve_gpu_nodes and any(not self.accel[gi] for gi in self.speed_capped)
-                and any(self.accel[gi] and self.new[gi] > self.min_new[gi] for gi in range(len(self.new))))
+        return (self.settings.conserve_gpu_nodes
+                and any(group.speed_capped and not group.has_accelerators for group in self.groups)
+                and any(group.has_accelerators and group.new > group.minimum_new for group in self.groups))

@@ -41,269 +41,158 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import replace
+from typing import NamedTuple
 
-from swarm_operator.autoscaler.policy.capacity import Capacity, Gang, accelerators_in
-from swarm_operator.autoscaler.policy.packing import Items, Shape
+from swarm_operator.autoscaler.policy.capacity import DecisionState
+from swarm_operator.autoscaler.policy.gangs import as_gang, place_gangs
+from swarm_operator.autoscaler.policy.groups import GroupPlan, count_growth, requests_placed
+from swarm_operator.autoscaler.policy.packing import Amounts, Pool, Shape
 from swarm_operator.autoscaler.policy.types import (
     Decision,
     DemandKind,
     Drain,
+    Node,
     PolicyInput,
     Unplaced,
-    format_bundles,
     format_resources,
 )
-from swarm_operator.autoscaler.snapshot import LabelSelector, NodeStatus, ResourceDemand, Strategy
-
-
-def _selector(d: ResourceDemand) -> LabelSelector:
-    # Ray tries label-selector alternatives in order; the first is what a new node must satisfy.
-    return d.label_selectors[0] if d.label_selectors else ()
+from swarm_operator.autoscaler.snapshot import LabelSelector, NodeStatus, ResourceDemand, Resources
 
 
 def decide(inp: PolicyInput) -> Decision:
     """Targets, drains and leftover demand for one snapshot; see the module docstring for the rules."""
-    run = _Run(inp)
-    decision = run.decide()
-    if run.accelerator_nodes_to_hold():
-        return _Run(inp, hold_accelerator_nodes=True).decide()
+    state = DecisionState(inp)
+    decision = _decide(state)
+    if state.accelerator_nodes_to_hold():
+        return _decide(DecisionState(inp, hold_accelerator_nodes=True))
     return decision
 
 
-class _Run(Capacity):
-    """One decision: the placement phases, then the drains and the targets with their reasons."""
+def _decide(state: DecisionState) -> Decision:
+    gangs = [as_gang(gang) for gang in state.inp.gangs]
+    state.build_pools()
+    # request_resources asks for capacity outright: never held. It reserves total capacity, not free room.
+    _place_demands(state, state.inp.constraints, DemandKind.CONSTRAINT, state.total_pool, also_in=state.demand_pool)
+    if any(gang.cpu_only for gang in gangs):
+        state.hold_accelerator_budgets()  # CPU-only placement groups wait: accelerator ones are held too
+    place_gangs(state, gangs)
+    state.hold_accelerator_budgets()
+    _place_demands(state, state.inp.demands, DemandKind.TASK, state.demand_pool)
+    drains = _choose_drains(state)
+    return _decision(state, drains)
 
-    # -- phases
 
-    def place_constraints(self) -> None:
-        conserve = self.settings.conserve_gpu_nodes
-        for shape, count, demand in self.sorted_demands(self.inp.constraints):
-            cands = self.candidates(shape, 0)
-            if not self.feasible(shape, cands):
-                self.infeasible.append(Unplaced(DemandKind.CONSTRAINT, (demand.shape,), count,
-                                                selector=shape.selector))
-                continue
-            placed = self.total_pool.fill(shape, count, self.total_pool.order(shape, conserve))
-            opened: list[tuple[int, int]] = []
-            placed += self.open_nodes(shape, count - placed, cands, self.total_pool, self.demand_pool, 0, -1,
-                                      opened)
-            self.count_why(opened, DemandKind.CONSTRAINT, format_resources(demand.shape))
-            if placed < count:
-                self.waiting.append(Unplaced(DemandKind.CONSTRAINT, (demand.shape,), count - placed,
-                                             selector=shape.selector))
+class _Demand(NamedTuple):
+    """Identical requests merged: their shape, how many, and the resources as the last of them asked."""
 
-    def place_gangs(self) -> None:
-        pool = self.demand_pool
-        conserve = self.settings.conserve_gpu_nodes
+    shape: Shape
+    requests: int
+    resources: Resources
 
-        def strictness(g: Gang) -> int:
-            return 0 if g.strategy in (Strategy.STRICT_PACK, Strategy.STRICT_SPREAD) else 1
 
-        gangs = sorted(self.merge_gangs(), key=lambda g: (
-            strictness(g), -sum(self.size(self.shape(b, ()).items) for b in g.bundles)))
-        for gang in gangs:
-            text = f"{gang.strategy} {format_bundles(gang.bundles)}"
-            if gang.strategy is Strategy.STRICT_PACK:
-                combined: dict[str, float] = {}
-                for b in gang.bundles:
-                    for k, v in b.items():
-                        combined[k] = combined.get(k, 0.0) + v
-                parts = [(self.shape(combined, gang.selector), 1)]
-            else:
-                counts: dict[tuple[tuple[str, float], ...], int] = {}
-                for b in gang.bundles:
-                    key = tuple(sorted((k, v) for k, v in b.items() if v > 0))
-                    counts[key] = counts.get(key, 0) + 1
-                parts = sorted(((self.shape(dict(k), gang.selector), n) for k, n in counts.items()),
-                               key=lambda p: (-p[0].accel, -self.size(p[0].items)))
-            spread = gang.strategy in (Strategy.SPREAD, Strategy.STRICT_SPREAD)
-            cap = 1 if gang.strategy is Strategy.STRICT_SPREAD else 0
-            cands = [self.candidates(shape, cap) for shape, _ in parts]
-            if not all(self.feasible(shape, c) for (shape, _), c in zip(parts, cands, strict=True)):
-                self.infeasible.append(Unplaced(DemandKind.GANG, gang.bundles, gang.count, gang.strategy,
-                                                gang.selector))
-                continue
-            if gang.strategy is Strategy.STRICT_PACK:  # one bundle per instance: place all instances in bulk
-                shape = parts[0][0]
-                opened: list[tuple[int, int]] = []
-                placed = pool.fill(shape, gang.count, pool.order(shape, conserve))
-                placed += self.open_nodes(shape, gang.count - placed, cands[0], pool, None, 0, -1, opened)
-                self.count_why(opened, DemandKind.GANG, text)
-                if placed < gang.count:
-                    self.waiting.append(Unplaced(DemandKind.GANG, gang.bundles, gang.count - placed,
-                                                 gang.strategy, gang.selector))
-                continue
-            done = 0
-            lifted: dict[int, int] | None = None  # extra budget per group while one instance exceeds the speed cap
-            while done < gang.count:
-                # The notes as they were, for a retry past the speed cap to start from (only until one is tried).
-                notes = ([dict(c) for c in self.capped], set(self.speed_capped)) if lifted is None else None
-                gid = self.next_gang
-                self.next_gang += 1
-                pool.undo = []
-                opened = []
-                ok = True
-                also = 0  # identical instances after this one, placed with it (STRICT_SPREAD in bulk)
-                for (shape, n), shape_cands in zip(parts, cands, strict=True):
-                    order = pool.order(shape, conserve)
-                    placed = pool.fill(shape, n, order, cap=1 if spread else 0, gang=gid if spread else -1)
-                    if gang.strategy is Strategy.SPREAD and placed < n:  # best effort: share nodes after all
-                        placed += pool.fill(shape, n - placed, order)
-                    if placed == 0 and cap and len(parts) == 1:  # fits no node there is, nor will the rest
-                        also = self.open_spread_nodes(shape, n, gang.count - done, shape_cands, pool, opened) - 1
-                        ok = also >= 0
-                        break
-                    # New nodes for STRICT_SPREAD take one bundle each and are tagged so the gang's other
-                    # bundles go elsewhere; for PACK and SPREAD they are packed.
-                    tag = gid if cap else -1
-                    placed += self.open_nodes(shape, n - placed, shape_cands, pool, None, cap, tag, opened)
-                    if placed < n:
-                        ok = False
-                        break
-                journal, pool.undo = pool.undo, None
-                if not ok:  # atomic: give back everything this instance took; identical ones fail the same
-                    for step in reversed(journal):
-                        step()
-                    if lifted is None:
-                        lifted = self.lift_speed_caps({gi for c in cands for gi, _, _ in c})
-                        if lifted and notes is not None:
-                            self.capped, self.speed_capped = notes
-                            continue
-                    elif lifted:  # the retry past the cap failed too: give the lifted budget back
-                        for gi, extra in lifted.items():
-                            self.budget[gi] = max(0, self.budget[gi] - extra)
-                            self.lifted.discard(gi)
-                    self.waiting.append(Unplaced(DemandKind.GANG, gang.bundles, gang.count - done,
-                                                 gang.strategy, gang.selector))
-                    break
-                if lifted:  # that one instance may exceed the speed cap, the ones after it may not
-                    for gi, extra in lifted.items():
-                        self.budget[gi] = max(0, self.budget[gi] - extra)
-                    lifted = {}
-                done += 1 + also
-                self.count_why([(gi, 1 + also) for gi in dict.fromkeys(gi for gi, _ in opened)], DemandKind.GANG,
-                               text)
+def _selector(demand: ResourceDemand) -> LabelSelector:
+    # Ray tries label-selector alternatives in order; the first is what a new node must satisfy.
+    return demand.label_selectors[0] if demand.label_selectors else ()
 
-    def merge_gangs(self) -> list[Gang]:
-        merged: dict[tuple[object, ...], Gang] = {}
-        for g in self.gangs:
-            if g.count <= 0:
-                continue
-            key = (g.strategy, g.selector, tuple(tuple(sorted(b.items())) for b in g.bundles))
-            prev = merged.get(key)
-            merged[key] = g if prev is None else replace(g, count=prev.count + g.count)
-        return list(merged.values())
 
-    def sorted_demands(self, demands: Iterable[ResourceDemand]) -> list[tuple[Shape, int, ResourceDemand]]:
-        """Identical requests merged; accelerators first, label-constrained first, then largest first (FFD)."""
-        merged: dict[tuple[Items, LabelSelector], tuple[Shape, int, ResourceDemand]] = {}
-        for d in demands:
-            if d.count <= 0:
-                continue
-            shape = self.shape(d.shape, _selector(d))
-            if not shape.items:  # asks for nothing: fits anywhere, never a reason to scale
-                continue
-            prev = merged.get(shape.key)
-            merged[shape.key] = (shape, d.count + (prev[1] if prev else 0), d)
-        return sorted(merged.values(), key=lambda e: (not e[0].accel, not e[0].selector, -self.size(e[0].items),
-                                                      e[0].items))
+def _merged(state: DecisionState, demands: Iterable[ResourceDemand]) -> list[_Demand]:
+    """Identical requests merged; accelerators first, label-constrained first, then largest first (FFD)."""
+    merged: dict[tuple[Amounts, LabelSelector], _Demand] = {}
+    for demand in demands:
+        if demand.count <= 0:
+            continue
+        shape = state.shape(demand.shape, _selector(demand))
+        if not shape.amounts:  # asks for nothing: fits anywhere, never a reason to scale
+            continue
+        earlier = merged.get(shape.key)
+        merged[shape.key] = _Demand(shape, demand.count + (earlier.requests if earlier else 0), demand.shape)
+    return sorted(merged.values(), key=lambda d: (not d.shape.asks_accelerator, not d.shape.selector,
+                                                  -state.size(d.shape.amounts), d.shape.amounts))
 
-    def place_tasks(self) -> None:
-        pool = self.demand_pool
-        conserve = self.settings.conserve_gpu_nodes
-        for shape, count, demand in self.sorted_demands(self.inp.demands):
-            cands = self.candidates(shape, 0)
-            if not self.feasible(shape, cands):
-                self.infeasible.append(Unplaced(DemandKind.TASK, (demand.shape,), count, selector=shape.selector))
-                continue
-            placed = pool.fill(shape, count, pool.order(shape, conserve))
-            if placed < count:
-                opened: list[tuple[int, int]] = []
-                placed += self.open_nodes(shape, count - placed, cands, pool, None, 0, -1, opened)
-                self.count_why(opened, DemandKind.TASK, format_resources(demand.shape))
-            if placed < count:
-                self.waiting.append(Unplaced(DemandKind.TASK, (demand.shape,), count - placed,
-                                             selector=shape.selector))
 
-    def used_names(self) -> set[str]:
-        used: set[str] = set()
-        for pool in (self.demand_pool, self.total_pool):
-            for lst in pool.lists:
-                for b in lst.bins:
-                    if b.used and b.mult:
-                        used.update(b.names)
-        return used
+def _place_demands(state: DecisionState, demands: Iterable[ResourceDemand], kind: DemandKind, pool: Pool,
+                   also_in: Pool | None = None) -> None:
+    """Tasks or constraints: onto ``pool``'s capacity first, then onto new nodes; the rest waits (or fits no
+    group and is infeasible)."""
+    for demand in _merged(state, demands):
+        shape = demand.shape
+        candidates = state.candidates(shape)
+        if not state.feasible(shape, candidates):
+            state.infeasible.append(Unplaced(kind, (demand.resources,), demand.requests, selector=shape.selector))
+            continue
+        placed = pool.fill(shape, demand.requests, pool.shelves_for(shape, state.settings.conserve_gpu_nodes))
+        if placed < demand.requests:
+            openings = state.open_nodes(shape, demand.requests - placed, candidates, pool, also_in)
+            count_growth(openings, kind, format_resources(demand.resources))
+            placed += requests_placed(openings)
+        if placed < demand.requests:
+            state.waiting.append(Unplaced(kind, (demand.resources,), demand.requests - placed, selector=shape.selector))
 
-    def choose_drains(self) -> tuple[list[Drain], list[int], list[int]]:
-        """The drains, and per group how many are for the idle timeout and how many for maxReplicas."""
-        s = self.settings
-        groups = self.inp.groups
-        used = self.used_names()
-        idle_out = [0] * len(groups)
-        above_max = [0] * len(groups)
-        drains: list[Drain] = []
-        # Newest first (the oldest stay, warm), then the longest idle.
-        idle = sorted((n for n in self.live_nodes if n.status is NodeStatus.IDLE and n.name not in used),
-                      key=lambda n: (n.age_s, -n.idle_s, n.name))
-        for n in idle:
-            gi = self.gindex.get(n.group) if n.group is not None else None
-            if gi is None:
-                continue
-            g = groups[gi]
-            left = self.live[gi] - idle_out[gi] - above_max[gi]
-            if left > g.max_replicas:  # maxReplicas was lowered: idle nodes go first, timeout or not
-                reason = f"above maxReplicas {g.max_replicas}"
-                above_max[gi] += 1
-            else:
-                since_up = self.inp.now - self.inp.last_scale_up.get(g.name, -math.inf)
-                stabilizing = since_up < s.scale_down_stabilization_s
-                if (n.idle_s <= s.idle_timeout_s or stabilizing or self.new[gi] > 0
-                        or left <= g.min_replicas):
-                    continue
-                reason = f"idle {n.idle_s:.0f}s > idleTimeout {s.idle_timeout_s:g}s"
-                idle_out[gi] += 1
-            drains.append(Drain(n.name, g.name, reason))
-        return drains, idle_out, above_max
 
-    def decide(self) -> Decision:
-        self.build_pools()
-        self.place_constraints()  # request_resources asks for capacity outright: never held
-        if any(not any(accelerators_in(b) for b in g.bundles) for g in self.gangs):
-            self.hold_accelerator_budgets()  # CPU-only placement groups wait: accelerator ones are held too
-        self.place_gangs()
-        self.hold_accelerator_budgets()
-        self.place_tasks()
-        drains, idle_out, above_max = self.choose_drains()
-        targets: dict[str, int] = {}
-        reasons: dict[str, str] = {}
-        for gi, g in enumerate(self.inp.groups):
-            raw = self.live[gi] - idle_out[gi] - above_max[gi] + self.coming[gi] + self.new[gi]
-            target = max(g.min_replicas, min(g.max_replicas, raw))
-            targets[g.name] = target
-            if target != g.replicas:
-                reasons[g.name] = f"{g.name} {g.replicas}→{target}: " + self.explain(gi, idle_out[gi], raw)
-        return Decision(targets, tuple(drains), tuple(self.infeasible), tuple(self.waiting), reasons)
+def _choose_drains(state: DecisionState) -> list[Drain]:
+    """Idle nodes no demand was placed on, newest first (the oldest stay, warm), then the longest idle; each
+    group counts its drains for the idle timeout and for maxReplicas."""
+    used = state.demand_pool.used_names() | state.total_pool.used_names()
+    idle = sorted((node for node in state.live_nodes if node.status is NodeStatus.IDLE and node.name not in used),
+                  key=lambda node: (node.age_s, -node.idle_s, node.name))
+    drains: list[Drain] = []
+    for node in idle:
+        group = state.group_of(node)
+        if group is None:  # the head, or a node of a group no longer in the spec: never scaled
+            continue
+        reason = _drain_reason(state, node, group)
+        if reason is not None:
+            drains.append(Drain(node.name, group.name, reason))
+    return drains
 
-    def explain(self, gi: int, idle_out: int, raw: int) -> str:
-        g = self.inp.groups[gi]
-        parts: list[str] = []
-        if self.min_new[gi] or raw < g.min_replicas:
-            parts.append(f"minReplicas {g.min_replicas}")
-        for (kind, text), n in self.why[gi].items():
-            if kind is DemandKind.TASK:
-                parts.append(f"{n} pending {text}")
-            elif kind is DemandKind.GANG:
-                parts.append(f"{n} pending placement group{'s' if n > 1 else ''} {text}")
-            else:
-                parts.append(f"request_resources {n}×{text}")
-        if self.live[gi] > g.max_replicas:
-            parts.append(f"above maxReplicas {g.max_replicas}")
-        if idle_out:
-            parts.append(f"{idle_out} idle > {self.settings.idle_timeout_s:g}s")
-        if g.name in self.inp.unavailable and g.replicas > raw:
-            parts.append("unavailable: pods stay unschedulable")
-        parts.extend(self.capped[gi])
-        if not parts:
-            parts.append(f"{self.live[gi]} live + {self.coming[gi]} pending")
-        return "; ".join(parts)
+
+def _drain_reason(state: DecisionState, node: Node, group: GroupPlan) -> str | None:
+    """Why the idle ``node`` goes, counted in its group; None when it stays."""
+    spec, settings = group.spec, state.settings
+    left = group.live - group.idle_drains - group.above_max_drains
+    if left > spec.max_replicas:  # maxReplicas was lowered: idle nodes go first, timeout or not
+        group.above_max_drains += 1
+        return f"above maxReplicas {spec.max_replicas}"
+    since_scale_up = state.inp.now - state.inp.last_scale_up.get(spec.name, -math.inf)
+    stabilizing = since_scale_up < settings.scale_down_stabilization_s
+    if node.idle_s <= settings.idle_timeout_s or stabilizing or group.new > 0 or left <= spec.min_replicas:
+        return None
+    group.idle_drains += 1
+    return f"idle {node.idle_s:.0f}s > idleTimeout {settings.idle_timeout_s:g}s"
+
+
+def _decision(state: DecisionState, drains: list[Drain]) -> Decision:
+    targets: dict[str, int] = {}
+    reasons: dict[str, str] = {}
+    for group in state.groups:
+        spec = group.spec
+        wanted = group.live - group.idle_drains - group.above_max_drains + group.coming + group.new
+        target = max(spec.min_replicas, min(spec.max_replicas, wanted))
+        targets[spec.name] = target
+        if target != spec.replicas:
+            reasons[spec.name] = f"{spec.name} {spec.replicas}→{target}: " + _explain(state, group, wanted)
+    return Decision(targets, tuple(drains), tuple(state.infeasible), tuple(state.waiting), reasons)
+
+
+def _explain(state: DecisionState, group: GroupPlan, wanted: int) -> str:
+    spec = group.spec
+    parts: list[str] = []
+    if group.minimum_new or wanted < spec.min_replicas:
+        parts.append(f"minReplicas {spec.min_replicas}")
+    for (kind, text), requests in group.growth.items():
+        if kind is DemandKind.TASK:
+            parts.append(f"{requests} pending {text}")
+        elif kind is DemandKind.GANG:
+            parts.append(f"{requests} pending placement group{'s' if requests > 1 else ''} {text}")
+        else:
+            parts.append(f"request_resources {requests}×{text}")
+    if group.live > spec.max_replicas:
+        parts.append(f"above maxReplicas {spec.max_replicas}")
+    if group.idle_drains:
+        parts.append(f"{group.idle_drains} idle > {state.settings.idle_timeout_s:g}s")
+    if group.unavailable and spec.replicas > wanted:
+        parts.append("unavailable: pods stay unschedulable")
+    parts.extend(group.limits)
+    if not parts:
+        parts.append(f"{group.live} live + {group.coming} pending")
+    return "; ".join(parts)

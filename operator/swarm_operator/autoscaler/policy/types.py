@@ -143,3 +143,12 @@ def format_bundles(bundles: Iterable[Resources]) -> str:
         text = format_resources(b)
         counts[text] = counts.get(text, 0) + 1
     return "[" + ", ".join(f"{n}×{text}" if n > 1 else text for text, n in counts.items()) + "]"
+
+
+# The Ray resources accelerators are scheduled as (the Ray names of spec.rules.ACCELERATORS): all scarce and dear, so
+# conserveGpuNodes keeps other work off every kind of them, not only off GPUs.
+ACCELERATORS = ("GPU", "TPU", "neuron_cores", "HPU")
+
+
+def accelerators_in(resources: Resources) -> list[str]:
+    return [name for name in ACCELERATORS if resources.get(name, 0) > 0]
