@@ -377,13 +377,19 @@ class PodWorker(threading.Thread):
                                 "finishedAt": timestamp(time.time()), "containerID": f"process://{c.proc.pid}"}
         if code > 128:
             term["signal"] = code - 128
+        start_error = self._start_error(c)
+        if start_error:
+            # As a kubelet reports a container its runtime could not start (not a bare exit code).
+            term.update(reason="StartError", message=start_error)
+            self.agent.event(self.pod, "Warning", "Failed", f"Error: {start_error}")
         c.state = {"terminated": term}
         c.probes.clear()
         policy = self._restart_policy()
         # An init container runs again only after a failure; a container per the pod's policy.
         again = restart and ((code != 0 and policy != "Never") if c.init
                              else (policy == "Always" or (policy == "OnFailure" and code != 0)))
-        self.note(f"container {c.name} exited {code}" + (", restarting" if again else ""))
+        self.note(f"container {c.name} exited {code}" + (f" ({start_error})" if start_error else "")
+                  + (", restarting" if again else ""))
         if not again:
             c.done = True
             if c.init and code != 0:
@@ -396,6 +402,19 @@ class PodWorker(threading.Thread):
                                "message": f"back-off {delay:.0f}s restarting failed container={c.name}"}}
         c.restart_count += 1
         c.proc = None
+
+    def _start_report(self, c: Container) -> Path:
+        """Where the launcher writes why ``c`` could not start (launch.py)."""
+        return self.dir / f".start-error-{c.name}"
+
+    def _start_error(self, c: Container) -> str:
+        report = self._start_report(c)
+        try:
+            return report.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+        finally:
+            report.unlink(missing_ok=True)
 
     def _lookup(self, kind: str, name: str) -> dict[str, str] | None:
         return self.agent.lookup(self.namespace, kind, name)
@@ -435,7 +454,8 @@ class PodWorker(threading.Thread):
         }
         spec = {"hostname": self.pod["spec"].get("hostname") or self.pod_name, "mounts": mounts,
                 "private": PRIVATE_DIRS, "cwd": c.spec.get("workingDir") or str(home), "argv": argv,
-                "env": full_env}
+                "env": full_env, "report": str(self._start_report(c))}
+        self._start_report(c).unlink(missing_ok=True)
         spec_file = self.dir / f".launch-{c.name}.json"
         fd = os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:

@@ -181,6 +181,21 @@ def test_failing_command_fails_the_pod_with_its_exit_code(core_v1: Any, namespac
     wait_for("crash's network namespace removed", lambda: _usage(namespace, "crash") is None, timeout=10)
 
 
+def test_command_missing_from_the_containers_path_is_a_start_error(core_v1: Any, namespace: str,
+                                                                    process_node: NodeAgentProcess) -> None:
+    """As under a kubelet: the container's own PATH (here a directory without `true`) decides, and a
+    command that cannot be exec'd is StartError with runc's words, not a bare exit code."""
+    pod = _pod(process_node.node, "no-exec", ["true"], container={"env": [{"name": "PATH", "value": "/nonexistent"}]})
+    core_v1.create_namespaced_pod(namespace, pod)
+    status = wait_for("no-exec Failed", lambda: (s := _status(core_v1, namespace, "no-exec")).phase == "Failed" and s,
+                      timeout=30)
+    term = status.container_statuses[0].state.terminated
+    assert (term.reason, term.exit_code) == ("StartError", 128)
+    assert 'exec: "true": executable file not found in $PATH' in term.message
+    events = core_v1.list_namespaced_event(namespace, field_selector="involvedObject.name=no-exec").items
+    assert any(e.reason == "Failed" and "executable file not found" in e.message for e in events)
+
+
 def test_successful_command_succeeds(core_v1: Any, namespace: str, process_node: NodeAgentProcess) -> None:
     core_v1.create_namespaced_pod(namespace, _pod(process_node.node, "ok", ["true"]))
     status = wait_for("ok Succeeded", lambda: (s := _status(core_v1, namespace, "ok")).phase == "Succeeded" and s,

@@ -13,6 +13,7 @@ import pytest
 from localcluster.nodeagent import apiproxy
 from localcluster.nodeagent.agent import KWOK_ANNOTATION, node_object, parse_taint
 from localcluster.nodeagent.dns import DnsTable, Record, render_hosts, resolv_conf, slice_records
+from localcluster.nodeagent.launch import exec_error
 from localcluster.nodeagent.pods import decode_secret, exit_code
 from localcluster.nodeagent.podspec import (
     ConfigError,
@@ -233,3 +234,17 @@ def test_exit_codes_and_secrets() -> None:
     assert exit_code(0) == 0 and exit_code(3) == 3 and exit_code(-9) == 137 and exit_code(-15) == 143
     data = {"pw": base64.b64encode(b"hunter2").decode()}
     assert decode_secret(data, {"extra": "x"}) == {"pw": "hunter2", "extra": "x"}
+
+
+@pytest.mark.parametrize(("program", "found", "exc", "want"), [
+    ("ray", None, FileNotFoundError(2, "No such file or directory"),
+     'exec: "ray": executable file not found in $PATH'),
+    ("/opt/ray/bin/ray", None, FileNotFoundError(2, "No such file or directory"),
+     'exec: "/opt/ray/bin/ray": no such file or directory'),
+    # Found on PATH, yet exec failed: its interpreter is missing, or it is not executable.
+    ("ray", "/venv/bin/ray", FileNotFoundError(2, "No such file or directory"),
+     'exec: "/venv/bin/ray": no such file or directory'),
+    ("ray", "/venv/bin/ray", PermissionError(13, "Permission denied"), 'exec: "/venv/bin/ray": permission denied'),
+])
+def test_exec_errors_read_as_runc_words_them(program: str, found: str | None, exc: OSError, want: str) -> None:
+    assert exec_error(program, found, exc) == want
