@@ -25,10 +25,11 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster.nodeagent import NodeAgentProcess, network, pod_usage, read_logs
 from localcluster.nodeagent.process import PodUsage
+from localcluster.operator_process import OperatorProcess
 from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT, build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
 from swarm_operator.spec.parse import parse_cluster
-from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
+from tests.integration.helpers import GROUP, PLURAL, VERSION, Cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -355,6 +356,38 @@ def test_service_account_in_cluster_config_reaches_the_api_server(core_v1: Any, 
     assert seen["system_ca"] == "SSLCertVerificationError"  # the mounted ca.crt is what makes TLS verify
     assert seen["token_file"] == "EROFS"  # the volume is mounted read-only, as the admission asked
     assert seen["host_run_visible"] is False  # the pod's own /run, where the mount point was made
+
+
+def test_a_head_that_cannot_start_shows_as_crash_loop_with_why(operator: OperatorProcess, swc: Cluster,
+                                                                process_node: NodeAgentProcess) -> None:
+    """What a kubelet shows for an image without Ray, on a process node: the Ray container's PATH (set in the
+    template) holds no `ray`. The operator replaces the failing head and says why in HeadReady and an Event."""
+    selector = {"nodeSelector": {"kubernetes.io/hostname": process_node.node}}
+    no_ray = {**selector, "containers": [{"name": "ray", "env": [{"name": "PATH", "value": "/nonexistent/bin"}]}]}
+    swc.create({
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmCluster", "metadata": {"name": "noray"},
+        "spec": {"rayVersion": "2.60.0",
+                 "head": {"resources": {"cpu": 1, "memory": "1Gi"}, "template": {"spec": no_ray}},
+                 "workerGroups": [{"name": "cpu", "replicas": 0, "minReplicas": 0, "maxReplicas": 1,
+                                   "resources": {"cpu": 1, "memory": "1Gi"}, "template": {"spec": selector}}]},
+    })
+    start = time.monotonic()
+
+    def crash_loop() -> dict[str, Any] | None:
+        status = swc.status("noray")
+        cond = next((c for c in status.get("conditions") or [] if c["type"] == "HeadReady"), {})
+        return status if cond.get("reason") == "CrashLoop" else None
+
+    status = wait_for("HeadReady=False CrashLoop", crash_loop, timeout=30, every=0.2)
+    print(f"\n[nodeagent] CrashLoop after {time.monotonic() - start:.1f}s")
+    cond = next(c for c in status["conditions"] if c["type"] == "HeadReady")
+    assert cond["status"] == "False" and status["phase"] != "Running"
+    assert status["head"]["consecutiveFailures"] >= 2
+    assert "(StartError, exit code 128)" in cond["message"], cond
+    assert 'exec: "ray": executable file not found in $PATH' in cond["message"], cond
+    assert "spec.image" in cond["message"]
+    replacing = [e.message for e in swc.events("noray") if e.reason == "Replacing"]
+    assert any("StartError, exit code 128" in m and "executable file not found" in m for m in replacing), replacing
 
 
 def test_ray_head_and_worker_from_the_operator_builders(core_v1: Any, custom_objects: Any, namespace: str,
