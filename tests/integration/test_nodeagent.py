@@ -23,6 +23,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from localcluster import diagnose
 from localcluster.nodeagent import NodeAgentProcess, network, pod_usage, read_logs
 from localcluster.nodeagent.process import PodUsage
 from localcluster.operator_process import OperatorProcess
@@ -388,6 +389,11 @@ def test_a_head_that_cannot_start_shows_as_crash_loop_with_why(operator: Operato
     assert "spec.image" in cond["message"]
     replacing = [e.message for e in swc.events("noray") if e.reason == "Replacing"]
     assert any("StartError, exit code 128" in m and "executable file not found" in m for m in replacing), replacing
+    # What `make demo` prints when it gives up: the condition, the events, the failing pod's own last words.
+    events = swc.core.api_client.sanitize_for_serialization(swc.core.list_namespaced_event(swc.ns).items)
+    report = diagnose.report(swc.status("noray"), events, swc.ns, "noray", [])
+    assert "HeadReady=False CrashLoop: head failed" in report and "Warning Replacing SwarmCluster/noray" in report
+    assert report.splitlines()[-1].endswith('exec: "ray": executable file not found in $PATH'), report
 
 
 def test_ray_head_and_worker_from_the_operator_builders(core_v1: Any, custom_objects: Any, namespace: str,
