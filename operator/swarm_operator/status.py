@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm_operator.reconcile.backoff import GroupHealth
-from swarm_operator.reconcile.head_failures import head_failures
+from swarm_operator.reconcile.failures import group_last_failure, head_failures
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, head_hash, worker_hash
@@ -129,6 +129,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
     desired = kept.targets
     persisted = persisted_to_status(kept, now)
     stored_groups = {e["name"]: e for e in persisted["workerGroups"]}
+    old_groups = {e.get("name"): e for e in old.get("workerGroups") or []}
     heads = [p for p in pods if p.node_type == labels.HEAD and p.alive]
     head = heads[0] if heads else None
     groups = []
@@ -147,7 +148,11 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
         entry = {**stored_groups[g.name], "currentReplicas": len(mine), "readyReplicas": ready,
                  "updatedReplicas": updated}
         if h.consecutive_failures:
-            failing.append(f"{g.name}: {h.consecutive_failures} consecutive failures")
+            last = group_last_failure(pods, g.name, old_groups.get(g.name) or {})
+            failing.append(f"{g.name}: {h.consecutive_failures} consecutive failures"
+                           + (f", the last: {last}" if last else ""))
+            if last:
+                entry["lastFailure"] = last
         if ready < desired[g.name]:
             short.append(g.name)
         groups.append(entry)

@@ -1,10 +1,12 @@
-"""Whether the head keeps failing, and why: what the HeadReady condition says while it does. Pure.
+"""What keeps failing, and why, for status: the head (HeadReady's HeadFailed/CrashLoop) and each worker
+group's last failure (ReplicaFailure). Pure.
 
 Every head has the same pod name and `restartPolicy: Never`, so a head that cannot start is a
 different pod each time, failed, deleted and made again by the planner. Nothing in the pods
 says "again": the count lives in status (`status.head.consecutiveFailures`, reset once a head is
 ready), and the last failure's words in the HeadReady condition, so both survive the dead pod
-and an operator restart.
+and an operator restart. A worker group's failures are counted by the planner (reconcile/backoff.py);
+its last failure's words live in `status.workerGroups[].lastFailure` for the same reason.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swarm_operator.reconcile.observe import PodState
+from swarm_operator.resources import labels
 
 HEAD_FAILED = "HeadFailed"  # the head failed once and is being replaced
 CRASH_LOOP = "CrashLoop"  # it failed again and again, never ready in between
@@ -52,3 +55,12 @@ def head_failures(heads: Sequence[PodState], ready: bool, restarts: int, old: Ma
         # The failed pod is gone and its replacement not ready yet: the last words still hold.
         return HeadFailures(count, reason, str(said.get("message") or ""))
     return HeadFailures(count, reason, f"head failed {times}, never ready")
+
+
+def group_last_failure(pods: Sequence[PodState], group: str, stored: Mapping[str, Any]) -> str:
+    """Why the group's newest failed worker in sight failed; else what ``stored`` (the group's entry in the
+    stored status) said; "" when neither knows."""
+    dead = [p for p in pods if p.node_type == labels.WORKER and p.group == group and p.failure is not None]
+    if dead:
+        return str(max(dead, key=lambda p: p.created).failure)
+    return str(stored.get("lastFailure") or "")

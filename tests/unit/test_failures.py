@@ -1,5 +1,6 @@
-"""A head that keeps failing: status.head.consecutiveFailures and the HeadReady condition, turn after turn,
-as `cluster_status` computes them from the pods, the head restarts counted so far and the stored status."""
+"""What keeps failing, turn after turn, as `cluster_status` computes it from the pods, the failures counted so far
+and the stored status: a head (status.head.consecutiveFailures, HeadReady), a worker group (its lastFailure,
+ReplicaFailure)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,20 @@ from typing import Any
 import pytest
 
 from swarm_operator.reconcile.backoff import GroupHealth
-from swarm_operator.reconcile.head_failures import CRASH_LOOP, HEAD_FAILED, head_failures
+from swarm_operator.reconcile.failures import CRASH_LOOP, HEAD_FAILED, head_failures
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.status import Persisted, cluster_status
-from tests.unit.operator_fixtures import NOW, cluster, head, workers
+from tests.unit.operator_fixtures import NOW, cluster, head, worker, workers
 
 C = cluster()
 NOT_ON_PATH = 'unable to start container process: exec: "ray": executable file not found in $PATH'
 START_ERROR = ("StartError", 128, NOT_ON_PATH)
 
 
-def turn(pods: list[PodState], restarts: int, old: dict[str, Any], now: float = NOW) -> dict[str, Any]:
+def turn(pods: list[PodState], restarts: int, old: dict[str, Any], now: float = NOW,
+         cpu: GroupHealth | None = None) -> dict[str, Any]:
     want = {g.name: g.initial_replicas() for g in C.worker_groups}
-    return cluster_status(C, pods, Persisted({"cpu": GroupHealth()}, want, restarts), old, now, None)
+    return cluster_status(C, pods, Persisted({"cpu": cpu or GroupHealth()}, want, restarts), old, now, None)
 
 
 def head_ready(status: dict[str, Any]) -> dict[str, Any]:
@@ -74,3 +76,20 @@ def test_head_failures_without_a_failed_pod_in_sight(old: dict[str, Any], restar
                                                      expected: tuple[int, str, str]) -> None:
     got = head_failures([head(C, phase="Pending", ready=False)], False, restarts, old)
     assert (got.consecutive, got.reason, got.message) == expected
+
+
+def test_a_group_failing_to_start_says_why_in_replica_failure_until_it_recovers() -> None:
+    dead = worker(C, "cpu", "dead1", phase="Failed", ready=False, terminated=START_ERROR, deleting=True)
+    failing = GroupHealth(restarts=1, consecutive_failures=1, last_failure=NOW)
+    s1 = turn([head(C), dead], 0, {}, cpu=failing)
+    why = f"pod Failed: Ray container ended (StartError, exit code 128): {NOT_ON_PATH}"
+    replica_failure = next(c for c in s1["conditions"] if c["type"] == "ReplicaFailure")
+    assert replica_failure["message"] == f"cpu: 1 consecutive failures, the last: {why}"
+    assert s1["workerGroups"][0]["lastFailure"] == why
+    # The failed pod is gone, its replacement not up yet: the words stay while the group keeps failing.
+    s2 = turn([head(C)], 0, s1, NOW + 1, cpu=failing)
+    assert s2["workerGroups"][0]["lastFailure"] == why and s2["conditions"] == s1["conditions"]
+    # Recovered: no failures counted, nothing to say.
+    s3 = turn([head(C), *workers(C, 2)], 0, s2, NOW + 2)
+    assert "lastFailure" not in s3["workerGroups"][0]
+    assert next(c for c in s3["conditions"] if c["type"] == "ReplicaFailure")["status"] == "False"
