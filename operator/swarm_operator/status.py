@@ -160,7 +160,9 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
         desired_total += desired[g.name]
         gpus += ready * g.resources.gpu
     head_ready = bool(head and head.ready)
-    failures = head_failures([p for p in pods if p.node_type == labels.HEAD], head_ready, kept.head_restarts, old)
+    # Suspending a cluster ends its head's crash loop too: the count starts again on resume.
+    failures = head_failures([p for p in pods if p.node_type == labels.HEAD], head_ready or cluster.suspend,
+                             kept.head_restarts, old)
     if head is None or head.template_hash != head_hash(cluster):
         behind.insert(0, "head outdated" if head else "no head")
     stale = [p for p in pods if p.alive and p.node_type == labels.WORKER and cluster.group(p.group or "") is None]

@@ -93,3 +93,10 @@ def test_a_group_failing_to_start_says_why_in_replica_failure_until_it_recovers(
     s3 = turn([head(C), *workers(C, 2)], 0, s2, NOW + 2)
     assert "lastFailure" not in s3["workerGroups"][0]
     assert next(c for c in s3["conditions"] if c["type"] == "ReplicaFailure")["status"] == "False"
+
+
+def test_suspending_ends_the_crash_loop() -> None:
+    crash_looping = {"head": {"restarts": 3, "consecutiveFailures": 3}}
+    suspended = cluster_status(cluster({"suspend": True}), [], Persisted({"cpu": GroupHealth()}, {"cpu": 0}, 3),
+                               crash_looping, NOW, None)
+    assert suspended["head"]["consecutiveFailures"] == 0 and head_ready(suspended)["reason"] == "HeadPodNotReady"
