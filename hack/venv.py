@@ -148,7 +148,8 @@ def end_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    while _group_alive(proc.pid):  # children reparented elsewhere die a moment later
+    deadline = time.monotonic() + GRACE
+    while _group_alive(proc.pid) and time.monotonic() < deadline:  # orphans die (and are reaped) a moment later
         time.sleep(0.02)
 
 
@@ -157,8 +158,6 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
