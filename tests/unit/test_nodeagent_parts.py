@@ -12,19 +12,21 @@ import pytest
 
 from localcluster.nodeagent import apiproxy
 from localcluster.nodeagent.agent import KWOK_ANNOTATION, node_object, parse_taint
+from localcluster.nodeagent.containers import crash_loop_delay, exit_code, runs_again
 from localcluster.nodeagent.dns import DnsTable, Record, render_hosts, resolv_conf, slice_records
 from localcluster.nodeagent.launch import exec_error
-from localcluster.nodeagent.pods import decode_secret, exit_code
 from localcluster.nodeagent.podspec import (
     ConfigError,
     command_line,
     container_env,
     container_port,
+    decode_secret,
     downward_value,
     expand,
     quantity,
     token_refresh_at,
 )
+from localcluster.nodeagent.podstatus import Conditions
 from localcluster.nodeagent.probes import Probe
 
 POD_NET = ipaddress.IPv4Network("10.250.0.0/16")
@@ -248,3 +250,25 @@ def test_exit_codes_and_secrets() -> None:
 ])
 def test_exec_errors_read_as_runc_words_them(program: str, found: str | None, exc: OSError, want: str) -> None:
     assert exec_error(program, found, exc) == want
+
+
+@pytest.mark.parametrize(("code", "init", "policy", "again"), [
+    (0, False, "Always", True), (1, False, "Always", True), (0, False, "OnFailure", False),
+    (1, False, "OnFailure", True), (1, False, "Never", False),
+    (0, True, "Always", False), (1, True, "Always", True), (1, True, "OnFailure", True), (1, True, "Never", False),
+])
+def test_what_runs_again_after_an_exit(code: int, init: bool, policy: str, again: bool) -> None:
+    assert runs_again(code, init, policy) is again
+
+
+def test_crash_loop_back_off_doubles_up_to_five_minutes() -> None:
+    assert [crash_loop_delay(n) for n in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+
+
+def test_pod_conditions_move_their_time_only_on_a_change_and_keep_others() -> None:
+    conditions = Conditions()
+    conditions.set("Ready", False)
+    (first,) = conditions.merged([])
+    conditions.set("Ready", False)
+    theirs = {"type": "PodScheduled", "status": "True"}
+    assert conditions.merged([theirs, {"type": "Ready", "status": "True"}]) == [theirs, first]
