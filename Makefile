@@ -5,44 +5,57 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit test-integration test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
+.PHONY: demo test test-unit test-clean-clone test-integration test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
 
-$(STAMP): pyproject.toml
+# hack/venv.py runs this with $(BIN) first on PATH; the stamp is written only once `ray` and `swarm-operator`
+# exist and import. It takes a lock (two makes at once wait for each other), starts over after an
+# interrupted set-up, and an interrupt stops pip's whole process group.
+VENV_INSTALL ?= python -m ensurepip --default-pip >/dev/null && pip install -q -U pip setuptools wheel \
+	&& pip install -q -e '.[dev]'
+export VENV_INSTALL  # read by hack/venv.py, which make then starts without a shell in between
+
+$(STAMP): pyproject.toml hack/venv.py
 	@echo "[venv] installing swarm-operator and its dev dependencies into $(VENV) …"
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@$(BIN)/pip install -q -U pip setuptools wheel
-	@$(BIN)/pip install -q -e '.[dev]'
-	@touch $@
+	@$(PY) hack/venv.py $(VENV) $@ --entry-point ray --entry-point swarm-operator --deps $^
 
 ## demo: the main job end to end: local cluster, process nodes, operator, the GPU+CPU sample as a Ray cluster, a Ray job
 demo: $(STAMP)
 	@$(BIN)/python -m localcluster.demo
 
 ## test: the whole suite: lint, unit, the integration tier, then real Ray end to end on a local cluster
-test: build lint test-unit test-integration test-e2e test-chaos test-packaging
+test: build lint test-unit test-clean-clone test-integration test-e2e test-chaos test-packaging
+
+# Every tier runs under hack/leftovers.py: it fails when the tier left anything new in the checkout
+# (`git status --porcelain --ignored`; caches such as __pycache__ and .pytest_cache aside).
+LEFTOVERS := $(BIN)/python hack/leftovers.py
 
 # The helm chart's tests need helm: the one on PATH (or $$HELM), else built from Go modules like the control
 # plane (cached; without Go the build says so and the target fails rather than skipping those tests).
 test-unit: $(STAMP)
 	@$(BIN)/python -c 'from hack.generate import helm_binary; raise SystemExit(helm_binary() is None)' \
 		|| $(BIN)/python -m localcluster build helm
-	@$(BIN)/pytest -q tests/unit
+	@$(LEFTOVERS) -- $(BIN)/pytest -q tests/unit
+
+# The unit tier in a fresh clone of HEAD (no .venv there), run with this .venv's Python: it must make no
+# .venv there and leave nothing behind. Run after test-unit, which has built helm if need be.
+test-clean-clone: $(STAMP)
+	@$(LEFTOVERS) --clone -- $(abspath $(BIN))/python -m pytest -q tests/unit
 
 test-integration: $(STAMP) build
-	@$(BIN)/python -m localcluster test -- -q tests/integration
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/integration
 
 # Real Ray in pods on process nodes (root, iproute2), and the autoscaler's GCS client against real Ray.
 test-e2e: $(STAMP) build
-	@$(BIN)/python -m localcluster test -- -q tests/e2e tests/ray
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/e2e tests/ray
 
 # Chaos (seeded; CHAOS_SEED=…): kill -9 the operator, restart kube-apiserver and etcd, conflicting writers,
 # scale-down under running Ray tasks; each time everything converges. ~5 min; -m "not ray" skips real Ray.
 test-chaos: $(STAMP) build
-	@$(BIN)/python -m localcluster test -- -q tests/chaos
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/chaos
 
 # The image's install steps in a fresh virtual environment, and its entry point on a read-only root.
 test-packaging: $(STAMP) build
-	@$(BIN)/python -m localcluster test -- -q tests/packaging
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/packaging
 
 ## image: the operator's image from the Dockerfile, on a private Docker engine (root; base image cached by version)
 image: $(STAMP)
@@ -50,7 +63,7 @@ image: $(STAMP)
 
 # The image built and run (non-root, read-only root) against a local cluster; root (apt, dockerd). Not in `test`.
 test-image: $(STAMP) build
-	@$(BIN)/python -m localcluster test -- -q tests/image
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/image
 
 ## kind-e2e: the e2e tier on kind, everything made here (kind, node image, operator image; root); KIND_E2E_ARGS=…
 kind-e2e: $(STAMP) build
@@ -93,4 +106,4 @@ cluster-down: $(STAMP)
 	@$(BIN)/python -m localcluster down
 
 clean: cluster-down
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(VENV).lock build dist *.egg-info

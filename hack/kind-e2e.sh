@@ -10,7 +10,8 @@
 #    says an operator already serves every namespace, so the tier must not start one of its own.
 # The cluster is deleted at the end unless KEEP_CLUSTER=1 (then `kind delete cluster --name …` yourself).
 #
-# Needs: docker (with a running engine), kind, kubectl, helm (v3.8+), and Python ≥ 3.11 (`make` sets up .venv).
+# Needs: docker (with a running engine), kind, kubectl, helm (v3.8+), and Python ≥ 3.11 (`make` sets up .venv,
+# unless PYTHON names one that has the dev dependencies).
 # tests/unit/test_packaging.py keeps it shellcheck-clean and checks its flow with stub tools.
 #
 # Settings (environment):
@@ -21,6 +22,8 @@
 #   KEEP_CLUSTER      1 keeps the cluster afterwards          (default: 0)
 #   HELM_EXTRA_ARGS   more `helm upgrade --install` arguments, word-split (e.g. "--set replicaCount=2")
 #   DOCKER_BUILD_EXTRA_ARGS  more `docker build` arguments, word-split (e.g. "--build-arg PYTHON_IMAGE=…")
+#   PYTHON            the Python that runs the tier           (default: .venv/bin/python, made by `make` if missing;
+#                     set, the checkout's .venv is neither made nor used)
 #
 # `make kind-e2e` runs this with everything built on the machine itself (localcluster/kind.py).
 set -euo pipefail
@@ -44,9 +47,10 @@ for tool in docker kind kubectl helm; do
 done
 docker info >/dev/null 2>&1 || die "the Docker engine is not reachable (docker info failed)"
 
-python=$repo/.venv/bin/python
-if [[ ! -x $python ]]; then
-  log "setting up .venv (make)"
+python=${PYTHON:-}
+if [[ -z $python ]]; then
+  python=$repo/.venv/bin/python
+  log "setting up .venv if needed (make)"
   make -C "$repo" .venv/.installed
 fi
 

@@ -29,7 +29,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from localcluster import build, rayjobs, versions
+from localcluster import build, diagnose, rayjobs, versions
 from localcluster.cluster import LocalCluster
 from localcluster.errors import ClusterError
 from localcluster.nodeagent import NodeAgentProcess, network, paths, pod_usage
@@ -168,8 +168,18 @@ def wait_for_ray_cluster(core: Any, custom: Any, name: str, want: int) -> tuple[
                 and {n.instance_id for n in nodes} == names):
             return str(head.status.pod_ip), nodes
         if elapsed > READY_TIMEOUT:
+            print_why_not_up(core, custom, name, [p for p in pods if _ready(p)])
             raise ClusterError(f"the Ray cluster was not up after {READY_TIMEOUT:.0f}s; last seen: {line}")
         time.sleep(1.0)
+
+
+def print_why_not_up(core: Any, custom: Any, name: str, ready: list[Any]) -> None:
+    """The cluster's conditions, last events and the failing pod's last log lines (localcluster/diagnose.py)."""
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
+    events = core.api_client.sanitize_for_serialization(core.list_namespaced_event(NAMESPACE).items)
+    say("why the Ray cluster is not up")
+    print(diagnose.report(obj.get("status") or {}, events, NAMESPACE, name, [p.metadata.uid for p in ready]),
+          flush=True)
 
 
 def _gib(value: float) -> str:

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -203,7 +204,8 @@ def kind_e2e(pytest_args: list[str]) -> int:
         base.ensure(engine)
         env = {**kind_env(engine), "KIND_NODE_IMAGE": tag, "KIND_CONFIG": str(REPO / "hack" / "kind" / "cluster.yaml"),
                "DOCKER_BUILD_EXTRA_ARGS": f"--network host --build-arg PYTHON_IMAGE={base.tag}",
-               "CLUSTER_NAME": os.environ.get("CLUSTER_NAME", "swarm-e2e")}
+               "CLUSTER_NAME": os.environ.get("CLUSTER_NAME", "swarm-e2e"),
+               "PYTHON": sys.executable}  # the environment this runs in has the tier's dependencies
         start = time.monotonic()
         rc = subprocess.call([str(REPO / "hack" / "kind-e2e.sh"), *pytest_args], env=env)
         print(f"[kind] hack/kind-e2e.sh exited {rc} after {time.monotonic() - start:.0f}s", flush=True)

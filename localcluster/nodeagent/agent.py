@@ -32,7 +32,8 @@ from urllib3.exceptions import HTTPError
 
 from localcluster import versions
 from localcluster.nodeagent import apiproxy, dns, network, paths
-from localcluster.nodeagent.pods import PodWorker, decode_secret, kill_all
+from localcluster.nodeagent.pods import PodWorker
+from localcluster.nodeagent.podspec import decode_secret
 from swarm_operator.times import micro_time, parse_time, timestamp
 
 LEASE_NAMESPACE = "kube-node-lease"
@@ -287,7 +288,7 @@ class NodeAgent:
             except (OSError, ValueError):
                 continue
             net = network.PodNetwork(state["netns"], state["veth"], ipaddress.IPv4Address(state["address"]))
-            kill_all(net.netns)
+            network.kill_all(net.netns)
             for mount in state.get("tmpfs", []):
                 subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
             network.delete(net)

@@ -6,7 +6,10 @@ private mount namespace (mounts made here stay invisible to the host) with the p
 runtime would: its own UTS namespace with the pod name as hostname, the pod's own /run,
 /tmp, /dev/shm and volumes, the working directory, and a clean environment, then
 execs the command, so the agent's child *is* the container process and its exit code
-is the container's.
+is the container's. When the command cannot be started (no such executable on the
+container's PATH, a mount or working directory that fails), it writes why to the spec's
+``report`` file and exits 128, which the agent reports as a kubelet does: terminated,
+reason StartError.
 
 Stdlib only and started with ``-I -S``: it must start fast and must see neither the
 agent's nor the pod's Python settings.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -27,6 +31,7 @@ MS_NODEV = 0x4
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
+START_ERROR_EXIT = 128  # what containerd reports for a container that never started
 
 
 def _fail(what: str) -> None:
@@ -69,10 +74,18 @@ def _mount(libc: Any, mount: dict[str, Any], private: list[str]) -> None:
         _fail(f"remount {target} read-only")
 
 
-def main(argv: list[str]) -> int:
-    with open(argv[1]) as fh:
-        spec: dict[str, Any] = json.load(fh)
-    os.unlink(argv[1])  # it holds the container's environment, secrets included
+def exec_error(program: str, path: str | None, exc: OSError) -> str:
+    """Why ``program`` could not be exec'd, in the words of runc (which a kubelet's StartError quotes);
+    ``path`` is where the container's PATH found it, if it did."""
+    why = (exc.strerror or str(exc)).lower()
+    if "/" not in program and path is None:
+        return f'exec: "{program}": executable file not found in $PATH'
+    return f'exec: "{path or program}": {why}'
+
+
+def _run(spec: dict[str, Any]) -> None:
+    """Everything a runtime does between creating the container and exec'ing its command; raises
+    OSError for what keeps the container from starting."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWUTS) != 0:
         _fail("unshare(CLONE_NEWUTS)")
@@ -81,14 +94,32 @@ def main(argv: list[str]) -> int:
         _fail("sethostname")
     for mount in spec["mounts"]:
         _mount(libc, mount, spec.get("private", []))
-    os.chdir(spec["cwd"])
-    argv_exec: list[str] = spec["argv"]
     try:
-        os.execvpe(argv_exec[0], argv_exec, spec["env"])
+        os.chdir(spec["cwd"])
     except OSError as exc:
-        # The codes a shell uses: 127 not found, 126 found but not executable.
-        print(f"[nodeagent] cannot exec {argv_exec[0]!r}: {exc.strerror}", file=sys.stderr)
-        return 127 if isinstance(exc, FileNotFoundError) else 126
+        raise OSError(exc.errno, f'chdir to cwd ("{spec["cwd"]}") failed: {(exc.strerror or "").lower()}') from exc
+    argv: list[str] = spec["argv"]
+    env: dict[str, str] = spec["env"]
+    try:
+        os.execvpe(argv[0], argv, env)  # looks the program up on the container's own PATH
+    except OSError as exc:
+        found = shutil.which(argv[0], path=env.get("PATH", os.defpath)) if "/" not in argv[0] else None
+        raise OSError(exc.errno, exec_error(argv[0], found, exc)) from exc
+
+
+def main(argv: list[str]) -> int:
+    with open(argv[1]) as fh:
+        spec: dict[str, Any] = json.load(fh)
+    os.unlink(argv[1])  # it holds the container's environment, secrets included
+    # Opened before any mount can hide its directory; not inherited, so a successful exec closes it.
+    report = os.open(spec["report"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _run(spec)
+    except OSError as exc:
+        message = f"unable to start container process: {exc.strerror or exc}"
+        os.write(report, message.encode())
+        print(f"[nodeagent] {message}", file=sys.stderr)
+    return START_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +204,19 @@ def delete(net: PodNetwork) -> None:
     # namespace any more; delete the host end explicitly so the pair is gone now.
     ip("link", "delete", net.veth, check=False)
     shutil.rmtree(net.etc_dir, ignore_errors=True)
+
+
+def kill_all(netns: str) -> None:
+    """SIGKILL whatever still runs in the namespace, and wait until it is gone."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        pids = netns_pids(netns)
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def netns_pids(netns: str) -> list[int]:

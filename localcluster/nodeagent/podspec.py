@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -222,3 +223,10 @@ def token_refresh_at(issued: float, expires: float) -> float:
     was issued if that comes first (a kubelet's rule; the API server may hand out tokens valid far
     longer than asked, and the file must still turn over)."""
     return min(issued + 0.8 * (expires - issued), issued + 24 * 3600)
+
+
+def decode_secret(data: dict[str, str] | None, string_data: dict[str, str] | None = None) -> dict[str, str]:
+    """A Secret's ``data`` (base64) as text."""
+    out = {k: base64.b64decode(v).decode(errors="replace") for k, v in (data or {}).items()}
+    out.update(string_data or {})
+    return out

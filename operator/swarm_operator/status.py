@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm_operator.reconcile.backoff import GroupHealth
+from swarm_operator.reconcile.failures import group_last_failure, head_failures
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, head_hash, worker_hash
@@ -128,6 +129,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
     desired = kept.targets
     persisted = persisted_to_status(kept, now)
     stored_groups = {e["name"]: e for e in persisted["workerGroups"]}
+    old_groups = {e.get("name"): e for e in old.get("workerGroups") or []}
     heads = [p for p in pods if p.node_type == labels.HEAD and p.alive]
     head = heads[0] if heads else None
     groups = []
@@ -146,7 +148,11 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
         entry = {**stored_groups[g.name], "currentReplicas": len(mine), "readyReplicas": ready,
                  "updatedReplicas": updated}
         if h.consecutive_failures:
-            failing.append(f"{g.name}: {h.consecutive_failures} consecutive failures")
+            last = group_last_failure(pods, g.name, old_groups.get(g.name) or {})
+            failing.append(f"{g.name}: {h.consecutive_failures} consecutive failures"
+                           + (f", the last: {last}" if last else ""))
+            if last:
+                entry["lastFailure"] = last
         if ready < desired[g.name]:
             short.append(g.name)
         groups.append(entry)
@@ -154,6 +160,9 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
         desired_total += desired[g.name]
         gpus += ready * g.resources.gpu
     head_ready = bool(head and head.ready)
+    # Suspending a cluster ends its head's crash loop too: the count starts again on resume.
+    failures = head_failures([p for p in pods if p.node_type == labels.HEAD], head_ready or cluster.suspend,
+                             kept.head_restarts, old)
     if head is None or head.template_hash != head_hash(cluster):
         behind.insert(0, "head outdated" if head else "no head")
     stale = [p for p in pods if p.alive and p.node_type == labels.WORKER and cluster.group(p.group or "") is None]
@@ -173,6 +182,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
     host = f"{svc}.{cluster.namespace}.svc"
     conditions = [
         condition("Valid", True, "SpecValid", "spec accepted"),
+        condition("HeadReady", False, failures.reason, failures.message) if failures.reason else
         condition("HeadReady", head_ready, "HeadPodReady" if head_ready else "HeadPodNotReady",
                   f"head pod {head.name} is {'ready' if head_ready else head.phase}" if head else "no head pod"),
         condition("WorkersReady", workers_ready, "AllWorkersReady" if workers_ready else "WorkersNotReady",
@@ -207,6 +217,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
             "dashboardURL": f"http://{host}:{DASHBOARD_PORT}",
             "clientAddress": f"ray://{host}:{CLIENT_PORT}",
             **persisted["head"],
+            "consecutiveFailures": failures.consecutive,
             **({"podIP": head_ip} if head_ip else {}),
         },
         "workerGroups": groups,

@@ -208,7 +208,11 @@ class Turns:
         self._on_pods(key, states)
         after = Persisted(plan.health, desired_replicas(cluster, targets), plan.head_restarts, scale_ups)
         record = autoscaler_status(old_status.get("autoscaler") or {}, outcome.report, now) if outcome else None
-        status = cluster_status(cluster, states, after, old_status, now, head_ip(self.cache, key, cluster), record)
+        # A failed pod deleted in this turn is gone at once (the API server does not wait for a terminal pod),
+        # yet status quotes why it failed (HeadReady's CrashLoop).
+        gone = [p for p in pods if p.failure is not None and p.name not in {s.name for s in states}]
+        status = cluster_status(cluster, [*states, *gone], after, old_status, now, head_ip(self.cache, key, cluster),
+                                record)
         if differs(old_status, status):
             if not await asyncio.to_thread(self.kube.patch_status, key[0], key[1], status):
                 self._on_gone(key, None)  # deleted, though no watch said so

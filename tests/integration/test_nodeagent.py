@@ -23,12 +23,14 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from localcluster import diagnose
 from localcluster.nodeagent import NodeAgentProcess, network, pod_usage, read_logs
 from localcluster.nodeagent.process import PodUsage
+from localcluster.operator_process import OperatorProcess
 from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT, build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
 from swarm_operator.spec.parse import parse_cluster
-from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
+from tests.integration.helpers import GROUP, PLURAL, VERSION, Cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -179,6 +181,21 @@ def test_failing_command_fails_the_pod_with_its_exit_code(core_v1: Any, namespac
     assert not _is_ready(status)
     assert read_logs("crash", namespace) == "about to fail\noops\n"
     wait_for("crash's network namespace removed", lambda: _usage(namespace, "crash") is None, timeout=10)
+
+
+def test_command_missing_from_the_containers_path_is_a_start_error(core_v1: Any, namespace: str,
+                                                                    process_node: NodeAgentProcess) -> None:
+    """As under a kubelet: the container's own PATH (here a directory without `true`) decides, and a
+    command that cannot be exec'd is StartError with runc's words, not a bare exit code."""
+    pod = _pod(process_node.node, "no-exec", ["true"], container={"env": [{"name": "PATH", "value": "/nonexistent"}]})
+    core_v1.create_namespaced_pod(namespace, pod)
+    status = wait_for("no-exec Failed", lambda: (s := _status(core_v1, namespace, "no-exec")).phase == "Failed" and s,
+                      timeout=30)
+    term = status.container_statuses[0].state.terminated
+    assert (term.reason, term.exit_code) == ("StartError", 128)
+    assert 'exec: "true": executable file not found in $PATH' in term.message
+    events = core_v1.list_namespaced_event(namespace, field_selector="involvedObject.name=no-exec").items
+    assert any(e.reason == "Failed" and "executable file not found" in e.message for e in events)
 
 
 def test_successful_command_succeeds(core_v1: Any, namespace: str, process_node: NodeAgentProcess) -> None:
@@ -340,6 +357,43 @@ def test_service_account_in_cluster_config_reaches_the_api_server(core_v1: Any, 
     assert seen["system_ca"] == "SSLCertVerificationError"  # the mounted ca.crt is what makes TLS verify
     assert seen["token_file"] == "EROFS"  # the volume is mounted read-only, as the admission asked
     assert seen["host_run_visible"] is False  # the pod's own /run, where the mount point was made
+
+
+def test_a_head_that_cannot_start_shows_as_crash_loop_with_why(operator: OperatorProcess, swc: Cluster,
+                                                                process_node: NodeAgentProcess) -> None:
+    """What a kubelet shows for an image without Ray, on a process node: the Ray container's PATH (set in the
+    template) holds no `ray`. The operator replaces the failing head and says why in HeadReady and an Event."""
+    selector = {"nodeSelector": {"kubernetes.io/hostname": process_node.node}}
+    no_ray = {**selector, "containers": [{"name": "ray", "env": [{"name": "PATH", "value": "/nonexistent/bin"}]}]}
+    swc.create({
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmCluster", "metadata": {"name": "noray"},
+        "spec": {"rayVersion": "2.60.0",
+                 "head": {"resources": {"cpu": 1, "memory": "1Gi"}, "template": {"spec": no_ray}},
+                 "workerGroups": [{"name": "cpu", "replicas": 0, "minReplicas": 0, "maxReplicas": 1,
+                                   "resources": {"cpu": 1, "memory": "1Gi"}, "template": {"spec": selector}}]},
+    })
+    start = time.monotonic()
+
+    def crash_loop() -> dict[str, Any] | None:
+        status = swc.status("noray")
+        cond = next((c for c in status.get("conditions") or [] if c["type"] == "HeadReady"), {})
+        return status if cond.get("reason") == "CrashLoop" else None
+
+    status = wait_for("HeadReady=False CrashLoop", crash_loop, timeout=30, every=0.2)
+    print(f"\n[nodeagent] CrashLoop after {time.monotonic() - start:.1f}s")
+    cond = next(c for c in status["conditions"] if c["type"] == "HeadReady")
+    assert cond["status"] == "False" and status["phase"] != "Running"
+    assert status["head"]["consecutiveFailures"] >= 2
+    assert "(StartError, exit code 128)" in cond["message"], cond
+    assert 'exec: "ray": executable file not found in $PATH' in cond["message"], cond
+    assert "spec.image" in cond["message"]
+    replacing = [e.message for e in swc.events("noray") if e.reason == "Replacing"]
+    assert any("StartError, exit code 128" in m and "executable file not found" in m for m in replacing), replacing
+    # What `make demo` prints when it gives up: the condition, the events, the failing pod's own last words.
+    events = swc.core.api_client.sanitize_for_serialization(swc.core.list_namespaced_event(swc.ns).items)
+    report = diagnose.report(swc.status("noray"), events, swc.ns, "noray", [])
+    assert "HeadReady=False CrashLoop: head failed" in report and "Warning Replacing SwarmCluster/noray" in report
+    assert report.splitlines()[-1].endswith('exec: "ray": executable file not found in $PATH'), report
 
 
 def test_ray_head_and_worker_from_the_operator_builders(core_v1: Any, custom_objects: Any, namespace: str,

@@ -78,10 +78,12 @@ def cluster(spec: dict[str, Any] | None = None, **kwargs: Any) -> ClusterSpec:
 
 
 def with_state(pod: dict[str, Any], *, phase: str = "Running", ready: bool = True, created: float = NOW - 600,
-               deleting: bool = False, node: str | None = "node-1", terminated: tuple[str, int] | None = None,
+               deleting: bool = False, node: str | None = "node-1",
+               terminated: tuple[str, int] | tuple[str, int, str] | None = None,
                reason: str | None = None, message: str | None = None, container: str = RAY_CONTAINER,
                resource_version: str | None = None) -> dict[str, Any]:
-    """The pod as the API server would report it after the kubelet has had its say."""
+    """The pod as the API server would report it after the kubelet has had its say; ``terminated`` is
+    the Ray container's (reason, exit code[, message])."""
     pod = copy.deepcopy(pod)
     meta = pod["metadata"]
     meta["creationTimestamp"] = iso(created)
@@ -98,10 +100,10 @@ def with_state(pod: dict[str, Any], *, phase: str = "Running", ready: bool = Tru
     if message:
         status["message"] = message
     if terminated is not None:
-        term_reason, code = terminated
-        status["containerStatuses"] = [
-            {"name": container, "ready": False, "state": {"terminated": {"reason": term_reason, "exitCode": code}}},
-        ]
+        term: dict[str, Any] = {"reason": terminated[0], "exitCode": terminated[1]}
+        if len(terminated) == 3:
+            term["message"] = terminated[2]
+        status["containerStatuses"] = [{"name": container, "ready": False, "state": {"terminated": term}}]
     elif phase == "Running":
         status["containerStatuses"] = [{"name": container, "ready": ready, "state": {"running": {}}}]
     pod["status"] = status

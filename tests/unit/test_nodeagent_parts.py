@@ -12,18 +12,21 @@ import pytest
 
 from localcluster.nodeagent import apiproxy
 from localcluster.nodeagent.agent import KWOK_ANNOTATION, node_object, parse_taint
+from localcluster.nodeagent.containers import crash_loop_delay, exit_code, runs_again
 from localcluster.nodeagent.dns import DnsTable, Record, render_hosts, resolv_conf, slice_records
-from localcluster.nodeagent.pods import decode_secret, exit_code
+from localcluster.nodeagent.launch import exec_error
 from localcluster.nodeagent.podspec import (
     ConfigError,
     command_line,
     container_env,
     container_port,
+    decode_secret,
     downward_value,
     expand,
     quantity,
     token_refresh_at,
 )
+from localcluster.nodeagent.podstatus import Conditions
 from localcluster.nodeagent.probes import Probe
 
 POD_NET = ipaddress.IPv4Network("10.250.0.0/16")
@@ -233,3 +236,39 @@ def test_exit_codes_and_secrets() -> None:
     assert exit_code(0) == 0 and exit_code(3) == 3 and exit_code(-9) == 137 and exit_code(-15) == 143
     data = {"pw": base64.b64encode(b"hunter2").decode()}
     assert decode_secret(data, {"extra": "x"}) == {"pw": "hunter2", "extra": "x"}
+
+
+@pytest.mark.parametrize(("program", "found", "exc", "want"), [
+    ("ray", None, FileNotFoundError(2, "No such file or directory"),
+     'exec: "ray": executable file not found in $PATH'),
+    ("/opt/ray/bin/ray", None, FileNotFoundError(2, "No such file or directory"),
+     'exec: "/opt/ray/bin/ray": no such file or directory'),
+    # Found on PATH, yet exec failed: its interpreter is missing, or it is not executable.
+    ("ray", "/venv/bin/ray", FileNotFoundError(2, "No such file or directory"),
+     'exec: "/venv/bin/ray": no such file or directory'),
+    ("ray", "/venv/bin/ray", PermissionError(13, "Permission denied"), 'exec: "/venv/bin/ray": permission denied'),
+])
+def test_exec_errors_read_as_runc_words_them(program: str, found: str | None, exc: OSError, want: str) -> None:
+    assert exec_error(program, found, exc) == want
+
+
+@pytest.mark.parametrize(("code", "init", "policy", "again"), [
+    (0, False, "Always", True), (1, False, "Always", True), (0, False, "OnFailure", False),
+    (1, False, "OnFailure", True), (1, False, "Never", False),
+    (0, True, "Always", False), (1, True, "Always", True), (1, True, "OnFailure", True), (1, True, "Never", False),
+])
+def test_what_runs_again_after_an_exit(code: int, init: bool, policy: str, again: bool) -> None:
+    assert runs_again(code, init, policy) is again
+
+
+def test_crash_loop_back_off_doubles_up_to_five_minutes() -> None:
+    assert [crash_loop_delay(n) for n in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+
+
+def test_pod_conditions_move_their_time_only_on_a_change_and_keep_others() -> None:
+    conditions = Conditions()
+    conditions.set("Ready", False)
+    (first,) = conditions.merged([])
+    conditions.set("Ready", False)
+    theirs = {"type": "PodScheduled", "status": "True"}
+    assert conditions.merged([theirs, {"type": "Ready", "status": "True"}]) == [theirs, first]

@@ -12,6 +12,7 @@ from swarm_operator.resources.pods import build_worker_pod, head_hash, worker_ha
 from tests.unit.operator_fixtures import NOW, UID, cluster, head_pod, iso, with_state, worker_pod
 
 C = cluster()
+NOT_ON_PATH = 'unable to start container process: exec: "ray": executable file not found in $PATH'
 
 
 @pytest.mark.parametrize(
@@ -35,10 +36,28 @@ C = cluster()
                      "Ray container ended (Error, exit code 1)", id="running-ray-container-ended"),
         pytest.param({"ready": False, "terminated": ("Error", 1), "container": "sidecar"}, None,
                      id="running-sidecar-ended-is-not-a-failure"),
+        pytest.param({"phase": "Failed", "ready": False, "terminated": ("StartError", 128, NOT_ON_PATH)},
+                     f"pod Failed: Ray container ended (StartError, exit code 128): {NOT_ON_PATH}",
+                     id="start-error-says-why"),
+        pytest.param({"phase": "Failed", "ready": False, "terminated": ("Error", 1, "Traceback\n  line\n" + "x" * 300)},
+                     "pod Failed: Ray container ended (Error, exit code 1): Traceback line " + "x" * 184 + "…",
+                     id="long-message-one-line-of-200"),
     ],
 )
 def test_failure_reason(state: dict[str, Any], expected: str | None) -> None:
     assert failure_reason(worker_pod(C, **state)) == expected
+
+
+@pytest.mark.parametrize(("terminated", "expected"), [
+    (("StartError", 128, NOT_ON_PATH), True),
+    (("ContainerCannotRun", 128), True),
+    (("Error", 127), False),  # a shell's "command not found": the command ran
+    (("OOMKilled", 137), False),
+])
+def test_start_failed(terminated: tuple[str, int] | tuple[str, int, str], expected: bool) -> None:
+    assert observe_pod(worker_pod(C, phase="Failed", ready=False, terminated=terminated)).start_failed is expected
+    assert not observe_pod(worker_pod(C, phase="Failed", ready=False, terminated=terminated,
+                                      container="sidecar")).start_failed
 
 
 def test_failure_reason_defaults_missing_terminated_reason() -> None:
@@ -170,6 +189,8 @@ SLIM_STATES = [
     pytest.param({"phase": "Failed", "ready": False, "reason": "Evicted", "message": "disk"}, id="evicted"),
     pytest.param({"phase": "Succeeded", "ready": False, "terminated": ("Completed", 0)}, id="succeeded"),
     pytest.param({"ready": False, "terminated": ("OOMKilled", 137)}, id="ray-container-ended"),
+    pytest.param({"phase": "Failed", "ready": False, "terminated": ("StartError", 128, NOT_ON_PATH * 40)},
+                 id="start-error-long-message"),
 ]
 
 

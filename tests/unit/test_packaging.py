@@ -123,18 +123,21 @@ def test_kind_e2e_script_flow_with_stub_tools(tmp_path: Path) -> None:
     stubs.mkdir()
     (stubs / "stub").write_text(STUB)
     (stubs / "stub").chmod(0o755)
-    for name in ("docker", "kind", "kubectl", "helm"):
+    for name in ("docker", "kind", "kubectl", "helm", "make"):
         (stubs / name).symlink_to(stubs / "stub")
     calls = tmp_path / "calls"
     env = {"PATH": f"{stubs}:/usr/bin:/bin", "STUB_LOG": str(calls), "HOME": str(tmp_path),
            "IMAGE": "registry.example/so:test", "HELM_EXTRA_ARGS": "--set replicaCount=2",
            "KIND_CONFIG": "/cfg/cluster.yaml",
-           "DOCKER_BUILD_EXTRA_ARGS": "--network host --build-arg PYTHON_IMAGE=base:1"}
+           "DOCKER_BUILD_EXTRA_ARGS": "--network host --build-arg PYTHON_IMAGE=base:1",
+           # This test's own Python: the script must neither make nor use the checkout's .venv.
+           "PYTHON": sys.executable}
     res = subprocess.run(["bash", str(REPO / "hack" / "kind-e2e.sh"), "--collect-only", "-q"], env=env,
                          capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "tests/e2e" in res.stdout  # pytest collected the tier
     lines = calls.read_text().splitlines()
+    assert not [line for line in lines if line.startswith("make")], "the venv step must follow PYTHON"
     tools = [line.split()[0] + " " + line.split()[1] for line in lines]
     assert tools.index("kind create") < tools.index("docker build") < tools.index("kind load") \
         < tools.index("helm --kubeconfig") < tools.index("kind delete")

@@ -221,6 +221,14 @@ def test_head_failure_reason_and_restart_count_accumulate() -> None:
                                                 "replacing it", failed=True),)
 
 
+def test_a_head_that_could_not_start_is_replaced_with_the_runtimes_words() -> None:
+    """The reason becomes the Warning Event "Replacing": container reason, exit code and its message."""
+    why = 'unable to start container process: exec: "ray": executable file not found in $PATH'
+    p = run(C_GCS, [head(C_GCS, phase="Failed", ready=False, terminated=("StartError", 128, why))])
+    assert p.actions == (DeletePod("demo-head", f"head demo-head: pod Failed: Ray container ended (StartError, exit "
+                                                f"code 128): {why}; replacing it", failed=True),)
+
+
 def test_recycled_workers_say_why() -> None:
     p = run(C, [head(C, **HEAD_FAILED), *workers(C, 1)])
     reasons = {a.name: a.reason for a in p.actions if isinstance(a, DeletePod)}

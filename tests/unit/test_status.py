@@ -124,6 +124,7 @@ def test_summary_fields() -> None:
         "dashboardURL": "http://demo-head-svc.ns.svc:8265",
         "clientAddress": "ray://demo-head-svc.ns.svc:10001",
         "restarts": 2,
+        "consecutiveFailures": 0,
         "podIP": "10.0.0.7",
     }
     assert [(g["name"], g["desiredReplicas"], g["currentReplicas"], g["readyReplicas"]) for g in s["workerGroups"]] \

@@ -23,6 +23,7 @@ class PodState:
     created: float  # epoch seconds; 0 when unknown
     scheduled: bool
     failure: str | None  # why the pod is dead, None while it is alive
+    start_failed: bool = False  # its Ray container never ran its command (StartError and kin)
     drained: bool = False  # its Ray node was drained (autoscaler or rollout): its end is planned, not a failure
     drained_at: float = 0.0  # epoch seconds the drain was accepted; 0 when unknown
     # What the pod recorded it was built from (resources/revision.py); None when it recorded nothing.
@@ -42,16 +43,40 @@ def _annotation_time(text: str | None) -> float:
         return 0.0
 
 
+MESSAGE_LIMIT = 200  # characters of a container's own message quoted in events and conditions
+# Reasons a kubelet gives a container that never ran its command: the pod's image or command is wrong.
+START_FAILURES = frozenset({"StartError", "ContainerCannotRun", "CreateContainerError", "RunContainerError"})
+
+
+def shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """One line of at most ``limit`` characters (runtime messages run long and span lines)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def container_end(term: Mapping[str, Any]) -> str:
+    """A terminated container in a few words: reason, exit code and its message (shortened)."""
+    text = f"{term.get('reason') or 'Terminated'}, exit code {term.get('exitCode')}"
+    message = shorten(str(term.get("message") or ""))
+    return f"({text}): {message}" if message else f"({text})"
+
+
 def _ray_container_end(status: Mapping[str, Any]) -> str | None:
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") != RAY_CONTAINER:
             continue
         term = (cs.get("state") or {}).get("terminated")
         if term:
-            code = term.get("exitCode")
-            reason = term.get("reason") or "Terminated"
-            return f"Ray container ended ({reason}, exit code {code})"
+            return f"Ray container ended {container_end(term)}"
     return None
+
+
+def start_failure(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's Ray container ended without ever running its command (StartError and kin)."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == RAY_CONTAINER:
+            return ((cs.get("state") or {}).get("terminated") or {}).get("reason") in START_FAILURES
+    return False
 
 
 def failure_reason(pod: Mapping[str, Any]) -> str | None:
@@ -91,6 +116,7 @@ def observe_pod(pod: Mapping[str, Any]) -> PodState:
         created=parse_time(meta.get("creationTimestamp")),
         scheduled=bool((pod.get("spec") or {}).get("nodeName")),
         failure=failure_reason(pod),
+        start_failed=start_failure(pod),
         drained=labels.DRAINED in annotations,
         drained_at=_annotation_time(annotations.get(labels.DRAINED)),
         revision=revision.read_json_annotation(annotations, revision.REVISION),
@@ -102,6 +128,13 @@ def owned_by(pod: Mapping[str, Any], uid: str) -> bool:
     """Pods of an earlier cluster with the same name carry the same labels; only the owner uid tells them apart."""
     refs = (pod.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == uid for ref in refs)
+
+
+def _slim_terminated(term: Mapping[str, Any]) -> dict[str, Any]:
+    slim = {k: term[k] for k in ("exitCode", "reason") if k in term}
+    if term.get("message"):
+        slim["message"] = shorten(str(term["message"]))  # runtimes' messages can run to kilobytes
+    return slim
 
 
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,7 +152,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     slim_status["conditions"] = [{"type": c.get("type"), "status": c.get("status")}
                                  for c in status.get("conditions") or [] if c.get("type") == "Ready"]
     slim_status["containerStatuses"] = [
-        {"name": cs.get("name"), "state": {"terminated": (cs.get("state") or {}).get("terminated")}}
+        {"name": cs.get("name"), "state": {"terminated": _slim_terminated(cs["state"]["terminated"])}}
         for cs in status.get("containerStatuses") or [] if (cs.get("state") or {}).get("terminated")
     ]
     return {"metadata": slim_meta, "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
