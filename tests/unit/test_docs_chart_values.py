@@ -24,6 +24,8 @@ _SET_FLAG = re.compile(r"--set(?:-string|-json|-file)?[ =]['\"]?([A-Za-z][\w.]*)
 _DOTTED = re.compile(r"`([A-Za-z]\w*(?:\.\w+)+)(?:=[^`]*)?`")
 _TABLE_HEADER = "| value | default | what it does |"
 _TICKED = re.compile(r"`([A-Za-z][\w.]*)`")
+# `probes.py` is a file that happens to share its stem with a chart value, not the value `probes.py`.
+_FILE_SUFFIXES = ("py", "md", "yaml", "yml", "json", "sh", "tpl", "txt")
 
 
 def values_table_names(text: str) -> Iterator[str]:
@@ -40,7 +42,8 @@ def values_table_names(text: str) -> Iterator[str]:
 
 def chart_values_named(text: str) -> set[str]:
     named = set(_SET_FLAG.findall(text)) | set(values_table_names(text))
-    named |= {name for name in _DOTTED.findall(text) if name.split(".")[0] in VALUES}
+    named |= {name for name in _DOTTED.findall(text)
+              if name.split(".")[0] in VALUES and name.rsplit(".", 1)[1] not in _FILE_SUFFIXES}
     return named
 
 
@@ -59,7 +62,8 @@ def exists(path: str, values: Mapping[str, Any] = VALUES) -> bool:
 def test_the_finder_sees_every_way_a_value_is_named() -> None:
     text = """
 helm install x --set image.repository=r --set 'watchNamespaces={a,b}'
-Set `operator.env` (or `rbac.create=false`); `resources` alone and `head.resources.gpu` are no chart values.
+Set `operator.env` (or `rbac.create=false`); `probes.py` is a file;
+`resources` alone and `head.resources.gpu` are no chart values.
 
 | value | default | what it does |
 |---|---|---|
