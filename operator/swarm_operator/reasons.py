@@ -58,7 +58,7 @@ _MEANINGS = {
                                "held by an object that is not this cluster's; retried",
     EventReason.REPLACING: "a worker or the head failed (or its Ray node died) and is being replaced, with backoff",
     EventReason.INVALID_SPEC: "the spec cannot be served (the message names the field); `Valid=False`",
-    EventReason.TEMPLATE_OVERRIDDEN: "a pod template sets values the operator sets itself; the operator's win",
+    EventReason.TEMPLATE_OVERRIDDEN: "a pod template sets values the operator sets itself; the operator's values win",
     EventReason.ROLLOUT_WAITING: "a rolling update waits (busy workers while Ray's state is unknown)",
     EventReason.SERVICE_UPDATED: "the head service's annotations or type were patched in place",
     EventReason.SERVICE_REPLACED: "the head service was re-created (headless and not cannot change in place)",
