@@ -23,7 +23,7 @@ from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
 from swarm_operator.kit import loop as loop_module
 from swarm_operator.kit.cache import Key
-from swarm_operator.kube import ApiError
+from swarm_operator.kube_http import ApiError
 from swarm_operator.resources import labels
 from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, FixedClock, as_kube, iso, manifest, with_state
 from tests.unit.ray_fixtures import HEAD_IP, FakeRay, node_id, ray_node, snapshot
