@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from swarm_operator.reasons import ConditionType
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 
@@ -50,7 +51,8 @@ def head_failures(heads: Sequence[PodState], ready: bool, restarts: int, old: Ma
         if last.start_failed:
             message += f"; {START_HINT}"
         return HeadFailures(count, reason, message)
-    said: Mapping[str, Any] = next((c for c in old.get("conditions") or [] if c.get("type") == "HeadReady"), {})
+    said: Mapping[str, Any] = next(
+        (c for c in old.get("conditions") or [] if c.get("type") == ConditionType.HEAD_READY), {})
     if said.get("reason") in (HEAD_FAILED, CRASH_LOOP) and new == 0:
         # The failed pod is gone and its replacement not ready yet: the last words still hold.
         return HeadFailures(count, reason, str(said.get("message") or ""))
