@@ -60,6 +60,16 @@ def _image() -> int:
     return 0
 
 
+def _workload_images() -> int:
+    """The Ray image (hack/ray-image) and the Redis image (hack/redis-image) that the kind tier's pods run, on
+    the engine that runs kind."""
+    with docker_engine.running(kind.engine_for_kind()) as engine:
+        for built in (image.ensure_ray_image(engine), image.ensure_redis_image(engine)):
+            how = f"docker build {built.build_seconds:.0f}s" if built.build_seconds else "cached"
+            print(f"[image] {built.tag}: {built.size_bytes / 1e6:.0f} MB; {how}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["logs"]:  # its options (-n, -c, -f) are the node agent's own
         return nodeagent_cli.logs(argv[1:])
@@ -71,6 +81,7 @@ def main(argv: list[str]) -> int:
     p_build.add_argument("--kuberay", action="store_true",
                          help="also build KubeRay's operator (optional; bench/scale.py builds it on demand)")
     sub.add_parser("image", help="build the operator's image from the Dockerfile on a local Docker engine")
+    sub.add_parser("ray-image", help="build the Ray and Redis images of the kind tier (cached by version)")
     sub.add_parser("kind-node-image", help="build a kind node image here, with no registry (cached by version)")
     p_kind = sub.add_parser("kind-e2e", help="hack/kind-e2e.sh on a kind cluster of that node image")
     p_kind.add_argument("args", nargs=argparse.REMAINDER, help="pytest arguments (after --)")
@@ -92,6 +103,8 @@ def main(argv: list[str]) -> int:
             return build.main(ns.only, kuberay=ns.kuberay)
         if ns.command == "image":
             return _image()
+        if ns.command == "ray-image":
+            return _workload_images()
         if ns.command == "kind-node-image":
             with docker_engine.running(kind.engine_for_kind()) as engine:
                 tag, seconds = kind.ensure_node_image(engine)
