@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit test-integration test-e2e test-chaos test-packaging test-image image ray-image kind-e2e lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
+.PHONY: demo test test-unit test-integration test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	@echo "[venv] installing swarm-operator and its dev dependencies into $(VENV) …"
@@ -52,9 +52,15 @@ image: $(STAMP)
 test-image: $(STAMP) build
 	@$(BIN)/python -m localcluster test -- -q tests/image
 
+.PHONY: ray-image test-kind
+
 ## ray-image: the kind tier's Ray image (hack/ray-image, ray[default] on the local base) and its Redis image (root)
 ray-image: $(STAMP)
 	@$(BIN)/python -m localcluster ray-image
+
+## test-kind: Ray in containers under kind's kubelet: node/Ray/Redis/operator images (cached by version), one kind cluster (flannel, a CPU and a GPU worker), the chart, tests/kind (root)
+test-kind: $(STAMP) build
+	@$(BIN)/pytest -q tests/kind
 
 ## kind-e2e: the e2e tier on kind, everything made here (kind, node image, operator image; root); KIND_E2E_ARGS=…
 kind-e2e: $(STAMP) build

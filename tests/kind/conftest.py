@@ -1,0 +1,89 @@
+"""The kind tier: every Ray pod is a container under a real kubelet (`make test-kind`).
+
+One kind cluster serves the whole session (hack/kind/cluster.yaml: a control plane, a CPU worker and a GPU
+worker with fake ``nvidia.com/gpu``, flannel between them), made from images built on this machine (the node
+image, Ray, Redis, the operator), with the operator installed into it from the Helm chart, serving every
+namespace. The cluster is deleted at the end (SWARM_KIND_KEEP=1 keeps it, and a later run with it set reuses
+it; SWARM_KIND_CLUSTER names it), and the Docker engine stopped if this session started it. Each module works
+in namespaces of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hack.generate import helm_binary
+from localcluster import docker_engine, image, kind
+from tests.integration.conftest import (  # noqa: F401
+    api_client,
+    core_v1,
+    crd,
+    custom_objects,
+    kubectl,
+    local_tools_built,
+    namespace,
+    namespaces,
+)
+from tests.integration.helpers import CRD_FILE
+from tests.kind.helpers import OPERATOR_IMAGE, KindTier, install_operator
+
+
+@pytest.fixture(scope="session")
+def kind_tier() -> Iterator[KindTier]:
+    if os.geteuid() != 0:
+        pytest.skip("kind here needs root: its own dockerd, apt for the engine, debootstrap")
+    if shutil.which("go") is None:
+        pytest.skip("the kind node image is built from Go modules: the Go toolchain is not on PATH")
+    if helm_binary() is None:
+        pytest.skip("helm is not built: run `python -m localcluster build`")
+    keep = os.environ.get("SWARM_KIND_KEEP") == "1"
+    with docker_engine.running(kind.engine_for_kind()) as engine, \
+            tempfile.TemporaryDirectory(prefix="swarm-kind-") as tmp:
+        start = time.monotonic()
+        node_image, node_seconds = kind.ensure_node_image(engine)
+        ray, redis = image.ensure_ray_image(engine), image.ensure_redis_image(engine)
+        operator = image.build_operator_image(engine, tag=OPERATOR_IMAGE)
+        print(f"\n[kind] images ready in {time.monotonic() - start:.0f}s (node image "
+              f"{'cached' if not node_seconds else f'made in {node_seconds:.0f}s'}; Ray "
+              f"{'cached' if not ray.build_seconds else f'{ray.build_seconds:.0f}s'}; operator "
+              f"{operator.build_seconds:.0f}s)", flush=True)
+        cluster = kind.KindCluster(os.environ.get("SWARM_KIND_CLUSTER", "swarm-kind"), engine,
+                                   Path(tmp) / "kubeconfig")
+        if cluster.exists() and keep:
+            print(f"[kind] reusing cluster {cluster.name} (SWARM_KIND_KEEP=1)", flush=True)
+            cluster.export_kubeconfig()
+        else:
+            if cluster.exists():  # left by an interrupted run: start clean
+                cluster.delete()
+            cluster.create(node_image)
+        try:
+            tier = KindTier(cluster, engine, ray.tag, redis.tag, OPERATOR_IMAGE)
+            loaded = time.monotonic()
+            cluster.load(ray.tag, ("cpu", "gpu"))
+            cluster.load(redis.tag, ("cpu",))
+            cluster.load(OPERATOR_IMAGE, ("cpu",))
+            print(f"[kind] images loaded into the workers in {time.monotonic() - loaded:.0f}s", flush=True)
+            cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=swarm-tests",
+                            "-f", str(CRD_FILE))
+            install_operator(tier, OPERATOR_IMAGE)
+            print(f"[kind] tier ready in {time.monotonic() - start:.0f}s", flush=True)
+            yield tier
+        finally:
+            if keep:
+                print(f"[kind] keeping cluster {cluster.name} (SWARM_KIND_KEEP=1; kubeconfig: "
+                      f"kind get kubeconfig --name {cluster.name})", flush=True)
+            else:
+                cluster.delete()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(kind_tier: KindTier) -> str:
+    """The integration tier's fixtures (api_client, core_v1, namespaces, …) talk to the kind cluster."""
+    return str(kind_tier.cluster.kubeconfig)
