@@ -4,6 +4,7 @@ drained through Ray (its task finishes), and only then does its pod go, with the
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from typing import Any
 
@@ -35,7 +36,7 @@ def test_a_template_change_drains_the_busy_worker_after_the_idle_one(
         ray = wait_ray_cluster(kind_tier, core_v1, namespace, NAME, want=3)
         old_workers = {n for n in ray.pods if n.startswith(f"{NAME}-cpu-")}
         with kind_tier.dashboard(namespace, ray.head) as dashboard:
-            job = rayjobs.submit_job(dashboard, "python -c " + json.dumps(LONG_TASK % TASK_SECONDS))
+            job = rayjobs.submit_job(dashboard, "python -c " + shlex.quote(LONG_TASK % TASK_SECONDS))
             busy = wait_for("the long task started", lambda: started_on(rayjobs.job_logs(dashboard, job)),
                             timeout=90)
             assert busy in old_workers, busy
