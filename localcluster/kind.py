@@ -1,11 +1,12 @@
 """kind on this machine, with no registry: its CLI, node image and images all built here.
 
 Run as ``python -m localcluster kind-node-image`` (the node image, cached by version) or
-``python -m localcluster kind-e2e`` (that, then hack/kind-e2e.sh against it). Pieces:
+``python -m localcluster kind-e2e`` (that, then hack/kind-e2e.sh against it); the kind tier (tests/kind) makes
+its cluster with ``KindCluster`` (hack/kind/cluster.yaml, flannel from hack/kind/flannel.yaml). Pieces:
 
 - the kind CLI from the Go module proxy;
 - kubelet, kubeadm and kube-proxy from the same Kubernetes module as the control plane (build.py);
-- CoreDNS and crictl from their Go modules, pause from Kubernetes' pause.c (a static C program);
+- CoreDNS, crictl and flanneld from their Go modules, pause from Kubernetes' pause.c (a static C program);
 - containerd (and ctr, its runc shim) from its Go module: kind drives it with ctr 2.x's commands;
 - a kind base image: debootstrap of Debian with systemd, runc and the CNI plugins (Debian's), plus kind's
   own files from its module; hack/kind/node-image.sh assembles the rest.
@@ -254,8 +255,8 @@ class KindCluster:
     engine: DockerEngine
     kubeconfig: Path
 
-    def _run(self, tool: str, *args: str, stdin: str | None = None, timeout: float = 600) -> str:
-        res = subprocess.run([tool, *args], env=kind_env(self.engine), input=stdin, capture_output=True, text=True,
+    def _run(self, tool: str, *args: str, timeout: float = 600) -> str:
+        res = subprocess.run([tool, *args], env=kind_env(self.engine), capture_output=True, text=True,
                              timeout=timeout, check=False)
         if res.returncode != 0:
             raise EngineError(f"`{tool} {' '.join(args)}` exited {res.returncode}:\n{res.stdout[-2000:]}"
@@ -265,8 +266,8 @@ class KindCluster:
     def kind(self, *args: str, timeout: float = 600) -> str:
         return self._run("kind", *args, timeout=timeout)
 
-    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 180) -> str:
-        return self._run("kubectl", "--kubeconfig", str(self.kubeconfig), *args, stdin=stdin, timeout=timeout)
+    def kubectl(self, *args: str, timeout: float = 180) -> str:
+        return self._run("kubectl", "--kubeconfig", str(self.kubeconfig), *args, timeout=timeout)
 
     def exists(self) -> bool:
         return self.name in self.kind("get", "clusters").split()
@@ -275,14 +276,14 @@ class KindCluster:
         """The name of the worker of ``pool`` (cpu or gpu)."""
         return self.kubectl("get", "nodes", "-l", f"{POOL_LABEL}={pool}", "-o", "jsonpath={.items[0].metadata.name}")
 
-    def create(self, node_image: str, gpus: int = 2) -> float:
-        """`kind create cluster`, flannel, every node Ready, the GPU worker's fake GPUs, CoreDNS serving; seconds."""
+    def create(self, node_image: str, gpus: int = 2) -> None:
+        """`kind create cluster`, flannel, every node Ready, the GPU worker's fake GPUs, CoreDNS serving."""
         start = time.monotonic()
         self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         print(f"[kind] creating cluster {self.name} ({CLUSTER_CONFIG.name}, {node_image})", flush=True)
         # No --wait: nodes are NotReady until a CNI runs, and that is applied next.
         self.kind("create", "cluster", "--name", self.name, "--image", node_image, "--config", str(CLUSTER_CONFIG),
-                  "--kubeconfig", str(self.kubeconfig), "--retain")
+                  "--kubeconfig", str(self.kubeconfig))
         self.kubectl("apply", "-f", str(FLANNEL_MANIFEST))
         # A worker's flanneld may exit once before its node's kube-proxy serves the API's Service VIP; the DaemonSet
         # restarts it, and its rollout is done when every node has its subnet and CNI configuration.
@@ -302,7 +303,6 @@ class KindCluster:
               f"{len(self.kubectl('get', 'nodes', '-o', 'name').split())} nodes, {gpus} fake {GPU_RESOURCE} on "
               f"{gpu_node}; host settings: none changed (the nodes share one Docker bridge and route pod traffic "
               "in their own network namespaces)", flush=True)
-        return time.monotonic() - start
 
     def load(self, tag: str, pools: tuple[str, ...]) -> float:
         """`kind load docker-image` onto the workers of ``pools`` only (an image is hundreds of MB)."""

@@ -50,20 +50,22 @@ def kind_tier() -> Iterator[KindTier]:
         node_image, node_seconds = kind.ensure_node_image(engine)
         ray, redis = image.ensure_ray_image(engine), image.ensure_redis_image(engine)
         operator = image.build_operator_image(engine, tag=OPERATOR_IMAGE)
+        # Each commit's operator image leaves its predecessor untagged (~700 MB): this engine is the tier's own.
+        engine.docker("image", "prune", "--force")
         print(f"\n[kind] images ready in {time.monotonic() - start:.0f}s (node image "
               f"{'cached' if not node_seconds else f'made in {node_seconds:.0f}s'}; Ray "
               f"{'cached' if not ray.build_seconds else f'{ray.build_seconds:.0f}s'}; operator "
               f"{operator.build_seconds:.0f}s)", flush=True)
         cluster = kind.KindCluster(os.environ.get("SWARM_KIND_CLUSTER", "swarm-kind"), engine,
                                    Path(tmp) / "kubeconfig")
-        if cluster.exists() and keep:
-            print(f"[kind] reusing cluster {cluster.name} (SWARM_KIND_KEEP=1)", flush=True)
-            cluster.export_kubeconfig()
-        else:
-            if cluster.exists():  # left by an interrupted run: start clean
-                cluster.delete()
-            cluster.create(node_image)
         try:
+            if cluster.exists() and keep:
+                print(f"[kind] reusing cluster {cluster.name} (SWARM_KIND_KEEP=1)", flush=True)
+                cluster.export_kubeconfig()
+            else:
+                if cluster.exists():  # left by an interrupted run: start clean
+                    cluster.delete()
+                cluster.create(node_image)
             tier = KindTier(cluster, engine, ray.tag, redis.tag, OPERATOR_IMAGE)
             loaded = time.monotonic()
             cluster.load(ray.tag, ("cpu", "gpu"))
