@@ -60,6 +60,7 @@ ray-image: $(STAMP)
 
 ## test-kind: Ray in containers under kind's kubelet: node/Ray/Redis/operator images (cached by version), one kind cluster (flannel, a CPU and a GPU worker), the chart, tests/kind (root)
 test-kind: $(STAMP) build
+	@$(BIN)/python -m localcluster kind-images
 	@$(BIN)/pytest -q -s --durations=0 tests/kind
 
 ## kind-e2e: the e2e tier on kind, everything made here (kind, node image, operator image; root); KIND_E2E_ARGS=…

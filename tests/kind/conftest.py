@@ -1,11 +1,12 @@
 """The kind tier: every Ray pod is a container under a real kubelet (`make test-kind`).
 
 One kind cluster serves the whole session (hack/kind/cluster.yaml: a control plane, a CPU worker and a GPU
-worker with fake ``nvidia.com/gpu``, flannel between them), made from images built on this machine (the node
-image, Ray, Redis, the operator), with the operator installed into it from the Helm chart, serving every
-namespace. The cluster is deleted at the end (SWARM_KIND_KEEP=1 keeps it, and a later run with it set reuses
-it; SWARM_KIND_CLUSTER names it), and the Docker engine stopped if this session started it. Each module works
-in namespaces of its own.
+worker with fake ``nvidia.com/gpu``, flannel between them), made from images built on this machine: the node
+image, Ray and Redis by `python -m localcluster kind-images`, which `make test-kind` runs first (minutes when
+cold, so not under a test's timeout), the operator's own here. The operator is installed into the cluster from
+the Helm chart, serving every namespace. The cluster is deleted at the end (SWARM_KIND_KEEP=1 keeps it, and a
+later run with it set reuses it; SWARM_KIND_CLUSTER names it), and the Docker engine stopped if this session
+started it. Each module works in namespaces of its own.
 """
 
 from __future__ import annotations
@@ -47,15 +48,17 @@ def kind_tier() -> Iterator[KindTier]:
     with docker_engine.running(kind.engine_for_kind()) as engine, \
             tempfile.TemporaryDirectory(prefix="swarm-kind-") as tmp:
         start = time.monotonic()
-        node_image, node_seconds = kind.ensure_node_image(engine)
-        ray, redis = image.ensure_ray_image(engine), image.ensure_redis_image(engine)
+        node_image = kind.node_image_tag()
+        ray, redis = image.ray_image_tag(), image.redis_image_tag()
+        missing = [tag for tag in (node_image, ray, redis)
+                   if engine.docker("image", "inspect", tag, check=False).returncode != 0]
+        if missing:  # minutes when cold: not under a test's timeout
+            pytest.fail(f"not built: {', '.join(missing)}; run `python -m localcluster kind-images` "
+                        "(make test-kind does)")
         operator = image.build_operator_image(engine, tag=OPERATOR_IMAGE)
         # Each commit's operator image leaves its predecessor untagged (~700 MB): this engine is the tier's own.
         engine.docker("image", "prune", "--force")
-        print(f"\n[kind] images ready in {time.monotonic() - start:.0f}s (node image "
-              f"{'cached' if not node_seconds else f'made in {node_seconds:.0f}s'}; Ray "
-              f"{'cached' if not ray.build_seconds else f'{ray.build_seconds:.0f}s'}; operator "
-              f"{operator.build_seconds:.0f}s)", flush=True)
+        print(f"\n[kind] operator image {OPERATOR_IMAGE} built in {operator.build_seconds:.0f}s", flush=True)
         cluster = kind.KindCluster(os.environ.get("SWARM_KIND_CLUSTER", "swarm-kind"), engine,
                                    Path(tmp) / "kubeconfig")
         try:
@@ -66,10 +69,10 @@ def kind_tier() -> Iterator[KindTier]:
                 if cluster.exists():  # left by an interrupted run: start clean
                     cluster.delete()
                 cluster.create(node_image)
-            tier = KindTier(cluster, engine, ray.tag, redis.tag, OPERATOR_IMAGE)
+            tier = KindTier(cluster, engine, ray, redis, OPERATOR_IMAGE)
             loaded = time.monotonic()
-            cluster.load(ray.tag, ("cpu", "gpu"))
-            cluster.load(redis.tag, ("cpu",))
+            cluster.load(ray, ("cpu", "gpu"))
+            cluster.load(redis, ("cpu",))
             cluster.load(OPERATOR_IMAGE, ("cpu",))
             print(f"[kind] images loaded into the workers in {time.monotonic() - loaded:.0f}s", flush=True)
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=swarm-tests",
