@@ -176,11 +176,13 @@ def test_a_task_past_its_workers_memory_limit_is_told_why_and_the_cluster_heals(
     logs = run_job(kind_tier, namespace, before.head, OVERRUN_JOB, timeout=240)
     error = result_line(logs)["error"]
     assert error is not None, f"4 GiB fit in a 1 GiB container?\n{logs}"
-    # Either Ray's memory monitor killed the task (it reads the container's cgroup limit), or the kernel killed
-    # the container: then the operator's Event says OOMKilled.
+    # Ray's memory monitor killed the task (it reads the container's cgroup limit: OutOfMemoryError); or the
+    # kernel killed Ray's worker process (Ray's error names the OOM killer); or the kernel killed the container,
+    # and the operator's Event says OOMKilled.
     events = [e.message for e in core_v1.list_namespaced_event(
         namespace, field_selector=f"involvedObject.name={name}").items if e.reason == "Replacing"]
-    told = error["type"] == "OutOfMemoryError" or any("OOMKilled" in m for m in events)
+    told = (error["type"] == "OutOfMemoryError" or "OOM killer" in error["message"]
+            or any("OOMKilled" in m for m in events))
     assert told, f"the user is not told about memory: {error}; Replacing events: {events}"
     print(f"\n[kind] memory overrun: {error['type']}: {error['message'][:300]}")
     after = _up(kind_tier, core_v1, sample)
