@@ -65,6 +65,17 @@ image: $(STAMP)
 test-image: $(STAMP) build
 	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/image
 
+.PHONY: ray-image test-kind
+
+## ray-image: the kind tier's Ray image (hack/ray-image, ray[default] on the local base) and its Redis image (root)
+ray-image: $(STAMP)
+	@$(BIN)/python -m localcluster ray-image
+
+## test-kind: Ray in containers under kind's kubelet: node/Ray/Redis/operator images (cached by version), one kind cluster (flannel, a CPU and a GPU worker), the chart, tests/kind (root)
+test-kind: $(STAMP) build
+	@$(BIN)/python -m localcluster kind-images
+	@$(LEFTOVERS) -- $(BIN)/pytest -q -s --durations=0 tests/kind
+
 ## kind-e2e: the e2e tier on kind, everything made here (kind, node image, operator image; root); KIND_E2E_ARGS=…
 kind-e2e: $(STAMP) build
 	@$(BIN)/python -m localcluster kind-e2e -- $(KIND_E2E_ARGS)

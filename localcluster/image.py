@@ -150,23 +150,21 @@ class BuiltImage:
     tag: str
     size_bytes: int
     base_seconds: float  # making the base image (0 when cached)
-    build_seconds: float  # `docker build`
+    build_seconds: float  # `docker build` (0 when the tag was there already)
 
 
-def build_operator_image(engine: DockerEngine, tag: str | None = None) -> BuiltImage:
-    """`docker build` of the real Dockerfile on the local base; layers are cached by the engine."""
-    tag = tag or operator_image_tag()
+def docker_build(engine: DockerEngine, context: Path, tag: str, build_args: dict[str, str],
+                 log_name: str) -> BuiltImage:
+    """`docker build --network host` of ``context`` on the local base (its PYTHON_IMAGE); layers are cached."""
     base = BaseImage.default()
     base_seconds = base.ensure(engine)
-    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=False).stdout.strip() or "unknown"
-    log = versions.cache_root() / "logs" / "image-build.log"
+    log = versions.cache_root() / "logs" / f"{log_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"[image] docker build {tag} on {base.tag} (log: {log})", flush=True)
     start = time.monotonic()
+    args = {"PYTHON_IMAGE": base.tag, **build_args}
     cmd = [str(DOCKER_CLI), "build", "--network", "host", "--tag", tag,
-           "--build-arg", f"PYTHON_IMAGE={base.tag}", "--build-arg", f"VERSION={project_version()}",
-           "--build-arg", f"REVISION={revision}", str(REPO)]
+           *(f"--build-arg={k}={v}" for k, v in args.items()), str(context)]
     with log.open("w") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
@@ -177,3 +175,45 @@ def build_operator_image(engine: DockerEngine, tag: str | None = None) -> BuiltI
     seconds = time.monotonic() - start
     size = int(engine.docker("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
     return BuiltImage(tag, size, base_seconds, seconds)
+
+
+def git_revision() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=False).stdout.strip() or "unknown"
+
+
+def build_operator_image(engine: DockerEngine, tag: str | None = None, version: str | None = None,
+                         revision: str | None = None) -> BuiltImage:
+    """The real Dockerfile; ``version`` and ``revision`` (labels; the version pins the wheel) default to the
+    project's and the checkout's."""
+    return docker_build(engine, REPO, tag or operator_image_tag(),
+                        {"VERSION": version or project_version(), "REVISION": revision or git_revision()},
+                        "image-build")
+
+
+def ray_image_tag() -> str:
+    return f"swarm-local/ray:{versions.RAY}-{versions.LOCAL_BASE_IMAGE}"
+
+
+def redis_image_tag() -> str:
+    return f"swarm-local/redis:{SUITE}-{versions.LOCAL_BASE_IMAGE}"
+
+
+def ensure_image(engine: DockerEngine, tag: str, context: Path, build_args: dict[str, str],
+                 log_name: str) -> BuiltImage:
+    """The image of ``tag`` in ``engine``, built when missing: a tag names its versions, so one present is current."""
+    res = engine.docker("image", "inspect", "--format", "{{.Size}}", tag, check=False)
+    if res.returncode == 0:
+        return BuiltImage(tag, int(res.stdout.strip()), 0.0, 0.0)
+    return docker_build(engine, context, tag, build_args, log_name)
+
+
+def ensure_ray_image(engine: DockerEngine) -> BuiltImage:
+    """hack/ray-image/Dockerfile with Ray of versions.RAY, cached by its tag."""
+    return ensure_image(engine, ray_image_tag(), REPO / "hack" / "ray-image", {"RAY_VERSION": versions.RAY},
+                        "ray-image-build")
+
+
+def ensure_redis_image(engine: DockerEngine) -> BuiltImage:
+    """hack/redis-image/Dockerfile (Debian's redis-server), cached by its tag."""
+    return ensure_image(engine, redis_image_tag(), REPO / "hack" / "redis-image", {}, "redis-image-build")

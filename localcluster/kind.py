@@ -1,11 +1,12 @@
 """kind on this machine, with no registry: its CLI, node image and images all built here.
 
 Run as ``python -m localcluster kind-node-image`` (the node image, cached by version) or
-``python -m localcluster kind-e2e`` (that, then hack/kind-e2e.sh against it). Pieces:
+``python -m localcluster kind-e2e`` (that, then hack/kind-e2e.sh against it); the kind tier (tests/kind) makes
+its cluster with ``KindCluster`` (hack/kind/cluster.yaml, flannel from hack/kind/flannel.yaml). Pieces:
 
 - the kind CLI from the Go module proxy;
 - kubelet, kubeadm and kube-proxy from the same Kubernetes module as the control plane (build.py);
-- CoreDNS and crictl from their Go modules, pause from Kubernetes' pause.c (a static C program);
+- CoreDNS, crictl and flanneld from their Go modules, pause from Kubernetes' pause.c (a static C program);
 - containerd (and ctr, its runc shim) from its Go module: kind drives it with ctr 2.x's commands;
 - a kind base image: debootstrap of Debian with systemd, runc and the CNI plugins (Debian's), plus kind's
   own files from its module; hack/kind/node-image.sh assembles the rest.
@@ -15,13 +16,16 @@ Each piece is cached by version under ``<cache>/kind``; the node image is a tag 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from localcluster import build, versions
@@ -38,6 +42,10 @@ BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "conntrack", "iptables", "nf
                  "procps", "runc", "containernetworking-plugins")
 CONTAINERD_COMMANDS = ("containerd", "ctr", "containerd-shim-runc-v2")
 NODE_BINARIES = ("kubelet", "kubeadm", "kube-proxy")
+FLANNEL_MODULE = "github.com/flannel-io/flannel"
+# flannel's main.go registers every backend; the cluster uses host-gw (nodes share one L2 network), and
+# tencentvpc's SDK is refused by the Go module proxy, so flanneld is built with only these.
+FLANNEL_BACKENDS = ("hostgw", "vxlan")
 # Capability names by number (linux/capability.h), to name those this machine's bounding set lacks.
 CAPABILITIES = (
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
@@ -63,7 +71,18 @@ def images_bin() -> Path:
 
 
 def node_image_tag() -> str:
-    return f"swarm-local/kind-node:{versions.KUBERNETES}-{versions.KIND}-{versions.LOCAL_BASE_IMAGE}"
+    """Names what the node image is made of: the versions of its pieces and a digest of its recipe, so that a
+    change to either makes a new image instead of reusing a stale one."""
+    recipe = hashlib.sha256()
+    for script in (NODE_SCRIPT, RUNC_WRAPPER):
+        recipe.update(script.read_bytes())
+    recipe.update(" ".join((versions.COREDNS, versions.CRICTL, versions.CONTAINERD, versions.FLANNEL)).encode())
+    return (f"swarm-local/kind-node:{versions.KUBERNETES}-{versions.KIND}-{versions.LOCAL_BASE_IMAGE}"
+            f"-{recipe.hexdigest()[:8]}")
+
+
+def flannel_image_tag() -> str:
+    return f"swarm-local/flannel:{versions.FLANNEL}"
 
 
 def unheld_capabilities(status: str | None = None) -> list[str]:
@@ -111,6 +130,30 @@ def _build_kubernetes_commands(work: Path, log: Path, out: Path) -> None:
                 *(f"k8s.io/kubernetes/cmd/{c}" for c in NODE_BINARIES)], work, log)
 
 
+def flannel_main(source: str, backends: tuple[str, ...] = FLANNEL_BACKENDS) -> str:
+    """flannel's main.go with the backend imports not in ``backends`` removed."""
+    def keep(match: re.Match[str]) -> str:
+        return match.group(0) if match.group(1) in backends else ""
+    return re.sub(r'^\s*_ "github\.com/flannel-io/flannel/pkg/backend/(\w+)"\n', keep, source, flags=re.M)
+
+
+def _build_flannel(work: Path, log: Path, out: Path) -> None:
+    """flanneld from flannel's module: its own main package in a throwaway module, with FLANNEL_BACKENDS."""
+    ver = versions.FLANNEL
+    work.parent.mkdir(parents=True, exist_ok=True)
+    info = json.loads(build._run(["go", "mod", "download", "-json", f"{FLANNEL_MODULE}@{ver}"], work.parent, log))
+    build._throwaway_module(work, "flannel", f"require {FLANNEL_MODULE} {ver}\n")
+    (work / "main.go").write_text(flannel_main((Path(info["Dir"]) / "main.go").read_text()))
+    shutil.copyfile(Path(info["Dir"]) / "go.sum", work / "go.sum")
+    # Not `go get` of the module: that resolves the imports of its own main package, backends included.
+    go_line = re.search(r"^go (\S+)$", Path(info["GoMod"]).read_text(), re.M)
+    if go_line:
+        build._run(["go", "mod", "edit", f"-go={go_line.group(1)}"], work, log)
+    out.mkdir(parents=True, exist_ok=True)
+    build._run(["go", "build", "-p", "2", "-ldflags", f"-s -w -X {FLANNEL_MODULE}/pkg/version.Version={ver}",
+                "-o", str(out / "flanneld"), "."], work, log)
+
+
 def _build_go_pieces(log: Path) -> None:
     out = images_bin()
     kind_cli = kind_bin() / "kind"
@@ -125,6 +168,9 @@ def _build_go_pieces(log: Path) -> None:
         module = "github.com/containerd/containerd/v2/cmd"
         _go_install([f"{module}/{name}@{versions.CONTAINERD}" for name in CONTAINERD_COMMANDS], out, log,
                     tags="no_btrfs no_devmapper no_zfs")
+    if not (out / "flanneld").is_file():
+        with tempfile.TemporaryDirectory(prefix="swarm-build-flannel-") as tmp:
+            _build_flannel(Path(tmp) / "mod", log, out)
     if not (out / "crictl").is_file():
         _go_install([f"sigs.k8s.io/cri-tools/cmd/crictl@{versions.CRICTL}"], out, log)
     if not (out / "pause").is_file():
@@ -180,7 +226,7 @@ def ensure_node_image(engine: DockerEngine) -> tuple[str, float]:
     _build_go_pieces(log)
     rootfs = _base_rootfs(log)
     wrapper = runc_wrapper(images_bin() / "runc-wrapper")
-    env = {**kind_env(engine), "RUNC_WRAPPER": str(wrapper or "")}
+    env = {**kind_env(engine), "RUNC_WRAPPER": str(wrapper or ""), "FLANNEL_IMAGE": flannel_image_tag()}
     with log.open("a") as out:
         rc = subprocess.run(["nice", "-n", "10", str(NODE_SCRIPT), str(images_bin()), str(rootfs), tag], env=env,
                             stdout=out, stderr=subprocess.STDOUT, check=False).returncode
@@ -196,15 +242,97 @@ def engine_for_kind() -> DockerEngine:
     return DockerEngine(engine.root, default_runtime=wrapper)
 
 
+CLUSTER_CONFIG = REPO / "hack" / "kind" / "cluster.yaml"
+FLANNEL_MANIFEST = REPO / "hack" / "kind" / "flannel.yaml"
+POOL_LABEL = "swarm.io/pool"  # hack/kind/cluster.yaml labels each worker with its pool
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class KindCluster:
+    """A kind cluster of hack/kind/cluster.yaml on ``engine``: flannel as its CNI, a CPU and a GPU worker."""
+
+    name: str
+    engine: DockerEngine
+    kubeconfig: Path
+
+    def _run(self, tool: str, *args: str, timeout: float = 600) -> str:
+        res = subprocess.run([tool, *args], env=kind_env(self.engine), capture_output=True, text=True,
+                             timeout=timeout, check=False)
+        if res.returncode != 0:
+            raise EngineError(f"`{tool} {' '.join(args)}` exited {res.returncode}:\n{res.stdout[-2000:]}"
+                              f"\n{res.stderr[-3000:]}")
+        return res.stdout
+
+    def kind(self, *args: str, timeout: float = 600) -> str:
+        return self._run("kind", *args, timeout=timeout)
+
+    def kubectl(self, *args: str, timeout: float = 180) -> str:
+        return self._run("kubectl", "--kubeconfig", str(self.kubeconfig), *args, timeout=timeout)
+
+    def exists(self) -> bool:
+        return self.name in self.kind("get", "clusters").split()
+
+    def node(self, pool: str) -> str:
+        """The name of the worker of ``pool`` (cpu or gpu)."""
+        return self.kubectl("get", "nodes", "-l", f"{POOL_LABEL}={pool}", "-o", "jsonpath={.items[0].metadata.name}")
+
+    def create(self, node_image: str, gpus: int = 2) -> None:
+        """`kind create cluster`, flannel, every node Ready, the GPU worker's fake GPUs, CoreDNS serving."""
+        start = time.monotonic()
+        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[kind] creating cluster {self.name} ({CLUSTER_CONFIG.name}, {node_image})", flush=True)
+        # No --wait: nodes are NotReady until a CNI runs, and that is applied next.
+        self.kind("create", "cluster", "--name", self.name, "--image", node_image, "--config", str(CLUSTER_CONFIG),
+                  "--kubeconfig", str(self.kubeconfig))
+        self.kubectl("apply", "-f", str(FLANNEL_MANIFEST))
+        # A worker's flanneld may exit once before its node's kube-proxy serves the API's Service VIP; the DaemonSet
+        # restarts it, and its rollout is done when every node has its subnet and CNI configuration.
+        self.kubectl("-n", "kube-flannel", "rollout", "status", "daemonset/kube-flannel-ds", "--timeout=300s",
+                     timeout=330)
+        self.kubectl("wait", "--for=condition=Ready", "nodes", "--all", "--timeout=300s", timeout=330)
+        # Extended resources on a node: a status patch, as Kubernetes documents ("Advertise Extended Resources
+        # for a Node"); the kubelet keeps capacity it does not manage and mirrors it into allocatable.
+        gpu_node = self.node("gpu")
+        patch = [{"op": "add", "path": f"/status/capacity/{GPU_RESOURCE.replace('/', '~1')}", "value": str(gpus)}]
+        self.kubectl("patch", "node", gpu_node, "--subresource=status", "--type=json", "-p", json.dumps(patch))
+        escaped = GPU_RESOURCE.replace(".", "\\.")  # a dot in a jsonpath key
+        self.kubectl("wait", f"node/{gpu_node}", f"--for=jsonpath={{.status.allocatable.{escaped}}}={gpus}",
+                     "--timeout=120s", timeout=150)
+        self.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=180s", timeout=200)
+        print(f"[kind] cluster {self.name} Ready in {time.monotonic() - start:.0f}s: flannel (host-gw) across "
+              f"{len(self.kubectl('get', 'nodes', '-o', 'name').split())} nodes, {gpus} fake {GPU_RESOURCE} on "
+              f"{gpu_node}; host settings: none changed (the nodes share one Docker bridge and route pod traffic "
+              "in their own network namespaces)", flush=True)
+
+    def load(self, tag: str, pools: tuple[str, ...]) -> float:
+        """`kind load docker-image` onto the workers of ``pools`` only (an image is hundreds of MB)."""
+        start = time.monotonic()
+        nodes = ",".join(self.node(pool) for pool in pools)
+        self.kind("load", "docker-image", "--name", self.name, "--nodes", nodes, tag)
+        return time.monotonic() - start
+
+    def export_kubeconfig(self) -> None:
+        """Write the kubeconfig of a cluster that exists already (one kept by an earlier run)."""
+        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+        self.kind("export", "kubeconfig", "--name", self.name, "--kubeconfig", str(self.kubeconfig))
+
+    def delete(self) -> None:
+        self.kind("delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig))
+
+
 def kind_e2e(pytest_args: list[str]) -> int:
-    with running(engine_for_kind()) as engine:
+    """hack/kind-e2e.sh (tests/e2e, whose Ray runs on process nodes) on a cluster of this node image, made here
+    with its CNI first: the script reuses a cluster of its name, and deletes it at the end."""
+    with running(engine_for_kind()) as engine, tempfile.TemporaryDirectory(prefix="swarm-kind-e2e-") as tmp:
         tag, seconds = ensure_node_image(engine)
         print(f"[kind] node image {tag}: {'cached' if not seconds else f'made in {seconds:.0f}s'}", flush=True)
         base = BaseImage.default()  # the operator image's base, for hack/kind-e2e.sh's docker build
         base.ensure(engine)
-        env = {**kind_env(engine), "KIND_NODE_IMAGE": tag, "KIND_CONFIG": str(REPO / "hack" / "kind" / "cluster.yaml"),
+        name = os.environ.get("CLUSTER_NAME", "swarm-e2e")
+        KindCluster(name, engine, Path(tmp) / "kubeconfig").create(tag)
+        env = {**kind_env(engine), "KIND_NODE_IMAGE": tag, "CLUSTER_NAME": name,
                "DOCKER_BUILD_EXTRA_ARGS": f"--network host --build-arg PYTHON_IMAGE={base.tag}",
-               "CLUSTER_NAME": os.environ.get("CLUSTER_NAME", "swarm-e2e"),
                "PYTHON": sys.executable}  # the environment this runs in has the tier's dependencies
         start = time.monotonic()
         rc = subprocess.call([str(REPO / "hack" / "kind-e2e.sh"), *pytest_args], env=env)

@@ -23,8 +23,8 @@ from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT
 TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 # Runs in a child process: importing ray here would leave its threads (and ~75 MiB) in the
-# demo's or pytest's process for good.
-_GCS_PROBE = """
+# demo's or pytest's process for good. Argument: the GCS's host:port. On kind it runs inside the head's pod.
+GCS_PROBE = """
 import json, sys
 from ray._raylet import GcsClient
 from ray.autoscaler.v2.sdk import get_cluster_resource_state
@@ -63,13 +63,20 @@ def ray_nodes(head_ip: str, timeout: float = 30.0) -> list[RayNode]:
     env = {**os.environ,
            # An unreachable GCS would otherwise block the client for 40 s before failing.
            "RAY_py_gcs_connect_timeout_s": "5", "RAY_gcs_rpc_server_connect_timeout_s": "5"}
-    out = subprocess.run([sys.executable, "-c", _GCS_PROBE, f"{head_ip}:{GCS_PORT}"], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", GCS_PROBE, f"{head_ip}:{GCS_PORT}"], env=env, capture_output=True,
                          text=True, timeout=timeout, check=True).stdout
-    return [RayNode(**n) for n in json.loads(out)]
+    return parse_nodes(out)
 
 
-def _jobs_url(head_ip: str, path: str = "") -> str:
-    return f"http://{head_ip}:{DASHBOARD_PORT}/api/jobs/{path}"
+def parse_nodes(probe_output: str) -> list[RayNode]:
+    """What GCS_PROBE printed, as RayNodes."""
+    return [RayNode(**n) for n in json.loads(probe_output)]
+
+
+def _jobs_url(head: str, path: str = "") -> str:
+    """``head``: the head pod's IP (its dashboard port is the operator's), or host:port of a port-forward to it."""
+    address = head if ":" in head else f"{head}:{DASHBOARD_PORT}"
+    return f"http://{address}/api/jobs/{path}"
 
 
 def _get(url: str) -> Any:

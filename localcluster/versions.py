@@ -23,6 +23,10 @@ KIND = "v0.33.0"
 COREDNS = "v1.14.2"  # what kubeadm of KUBERNETES deploys
 CRICTL = "v1.36.0"
 CONTAINERD = "v2.3.4"  # kind's base image's
+# The kind cluster's CNI (kindnetd's module is not served by the Go module proxy; flannel is).
+FLANNEL = "v0.28.10"
+# The Ray image of the kind tier (hack/ray-image/Dockerfile): Ray as the operator's own dependency pins it.
+RAY = "2.60.0"
 
 
 def cache_root() -> Path:

@@ -1,6 +1,6 @@
 """The whole suite: on CI (CI=true), a test of the tiers that need root, `ip` and real processes may not skip.
 
-Those tiers (e2e, chaos, packaging; tests/ray is marked e2e) skip when their machine lacks something. On a
+Those tiers (e2e, chaos, packaging, kind; tests/ray is marked e2e) skip when their machine lacks something. On a
 developer's machine that is a convenience; on CI it would make a green run that tested nothing, so the run
 fails instead, naming each skipped test and its reason.
 """
@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-GATED_TIERS = ("e2e", "chaos", "packaging")
+GATED_TIERS = ("e2e", "chaos", "packaging", "kind")
 
 _skipped: list[tuple[str, str]] = []  # (test id, reason)
 

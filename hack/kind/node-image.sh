@@ -5,16 +5,17 @@
 #   hack/kind/node-image.sh BIN_DIR BASE_ROOTFS_TAR NODE_IMAGE
 #
 # BIN_DIR holds kubelet kubeadm kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy
-# etcd coredns crictl pause containerd ctr containerd-shim-runc-v2 (built from Go modules and pause.c by
-# localcluster/kind.py); BASE_ROOTFS_TAR is a debootstrapped Debian with systemd, runc and the CNI plugins.
-# Needs DOCKER_HOST, kind and jq.
+# etcd coredns crictl pause containerd ctr containerd-shim-runc-v2 flanneld (built from Go modules and pause.c
+# by localcluster/kind.py); BASE_ROOTFS_TAR is a debootstrapped Debian with systemd, runc and the CNI plugins.
+# FLANNEL_IMAGE names the flannel image to preload (hack/kind/flannel.yaml runs it). Needs DOCKER_HOST, kind, jq.
 #
 # Where this departs from kind's own images (each because a piece cannot be fetched here):
 # - the base image's runc and CNI plugins are Debian's, not kind's builds (containerd is built from its module);
 # - etcd is this project's pinned etcd, tagged with the version kubeadm asks for;
-# - kindnetd and the local-path provisioner are not built: their images are placeholders that exit 1,
-#   and clusters made from this image use a static ptp CNI configuration instead of kindnetd
-#   (localcluster/kind.py's cluster config sets disableDefaultCNI).
+# - the CNI is flannel (hack/kind/flannel.yaml, applied by localcluster/kind.py; the cluster config disables
+#   kind's default CNI): kindnetd's module is not served by the Go module proxy. The local-path provisioner is not
+#   built either, and the node has no default StorageClass. `kind build node-image` insists on having both images,
+#   so placeholders go in and come out again at the end, with the manifests that name them.
 set -euo pipefail
 
 bin=$1
@@ -22,7 +23,6 @@ rootfs=$2
 node_image=$3
 base_image=${node_image%:*}-base:${node_image##*:}
 kind_src=$(go env GOMODCACHE)/sigs.k8s.io/kind@$(kind version | awk '{print $2}')
-here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log() { printf '[kind-node] %s\n' "$*" >&2; }
@@ -42,7 +42,6 @@ if [[ -n ${RUNC_WRAPPER:-} ]]; then
 else
   printf '#!/bin/sh\nexec /usr/sbin/runc "$@"\n' >"$context/runc"
 fi
-cp "$here/10-ptp.conflist" "$context/10-ptp.conflist"
 cat >"$context/Dockerfile" <<DOCKERFILE
 FROM $base_image-rootfs
 COPY files/usr/local/bin/ /usr/local/bin/
@@ -50,7 +49,6 @@ COPY files/kind/ /kind/
 COPY files/etc/ /etc/
 COPY crictl containerd ctr containerd-shim-runc-v2 /usr/local/bin/
 COPY runc /usr/local/sbin/runc
-COPY 10-ptp.conflist /etc/cni/net.d/10-ptp.conflist
 RUN chmod 755 /usr/local/bin/* /kind/bin/* /usr/local/sbin/runc \\
     && mkdir -p /opt/cni && ln -s /usr/lib/cni /opt/cni/bin \\
     && find /lib/systemd/system/sysinit.target.wants/ -name systemd-tmpfiles-setup.service -delete \\
@@ -110,9 +108,14 @@ for image in "${wanted[@]}"; do
 done
 image_of "$pause" scratch pause '["/usr/local/bin/pause"]'
 extras+=("$pause")
+# flanneld needs iptables (its masquerading and forward rules) and a shell for its CNI configuration step.
+image_of "$FLANNEL_IMAGE" "$base_image" flanneld ""
+extras+=("$FLANNEL_IMAGE")
+placeholders=()
 for image in $(grep -ho '"[^"]*/kindest/[^"]*"' "$kind_src"/pkg/build/nodeimage/const_{cni,storage}.go | tr -d '"'); do
   placeholder_of "$image"
   extras+=("$image")
+  placeholders+=("$image")
 done
 
 # -- the release tarball kind reads: kubernetes/version, kubernetes/server/bin/{binaries,images} -----------
@@ -139,6 +142,29 @@ jq --argjson full "$full_names" \
   | tar -cf "$server/kube-proxy.tar" repositories -T -)
 tar -C "$work/tar" -czf "$work/kubernetes-server-linux-amd64.tar.gz" kubernetes
 
-log "kind build node-image → $node_image"
-kind build node-image --type file --base-image "$base_image" --image "$node_image" \
+log "kind build node-image → $node_image-unfinished"
+kind build node-image --type file --base-image "$base_image" --image "$node_image-unfinished" \
   "$work/kubernetes-server-linux-amd64.tar.gz"
+
+# -- the placeholders out again, as kind itself edits a node image: a container that sleeps, its containerd ---------
+log "removing the placeholder images and the manifests that name them → $node_image"
+finish=$(docker run -d --entrypoint=sleep --security-opt seccomp=unconfined "$node_image-unfinished" infinity)
+docker exec "$finish" bash -c 'set -e
+containerd >/dev/null 2>&1 &
+for i in 0 1 2 3 4 5; do [[ -S /run/containerd/containerd.sock ]] && ctr info >/dev/null 2>&1 && break; sleep "$i"; done
+ctr --namespace=k8s.io images rm "$@" >/dev/null
+kill %1; wait || true
+rm /kind/manifests/default-cni.yaml
+# kind applies this file unconditionally (and a host-path default StorageClass when it is missing): a note instead.
+cat >/kind/manifests/default-storage.yaml <<NOTE
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kind-storage
+  namespace: kube-system
+data:
+  note: no default StorageClass on this node image; the local-path provisioner is not built here
+NOTE' _ "${placeholders[@]}"
+docker commit --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' "$finish" "$node_image" >/dev/null
+docker rm -f "$finish" >/dev/null
+docker rmi "$node_image-unfinished" "${placeholders[@]}" >/dev/null

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,21 @@ class RayCluster:
     nodes: dict[str, rayjobs.RayNode]  # the live Ray nodes, by instance id (= pod name)
     dead: dict[str, rayjobs.RayNode]  # Ray nodes the GCS reports DEAD
 
+    @property
+    def head(self) -> str:
+        """The head pod's name."""
+        return next(n for n, p in self.pods.items() if p.metadata.labels.get("swarm.io/node-type") == "head")
 
-def wait_ray_cluster(core: Any, namespace: str, name: str, want: int, timeout: float = 120.0) -> RayCluster:
+
+def _nodes_from_host(head: Any) -> list[rayjobs.RayNode]:
+    return rayjobs.ray_nodes(head.status.pod_ip)
+
+
+def wait_ray_cluster(core: Any, namespace: str, name: str, want: int, timeout: float = 120.0,
+                     ray_nodes: Callable[[Any], list[rayjobs.RayNode]] = _nodes_from_host) -> RayCluster:
     """Until ``want`` pods are Ready, none is being deleted, and the head's GCS reports exactly
-    those pods (by instance id) as its live Ray nodes."""
+    those pods (by instance id) as its live Ray nodes. ``ray_nodes(head pod)`` asks the GCS: from this
+    host by default (process nodes' pods are on its bridge); the kind tier asks from inside the head."""
     deadline = time.monotonic() + timeout
     seen = ""
     while time.monotonic() < deadline:
@@ -72,9 +84,9 @@ def wait_ray_cluster(core: Any, namespace: str, name: str, want: int, timeout: f
         seen = f"pods {sorted(pods)}, {len(settled)} ready and not deleting"
         if len(pods) == want == len(settled) and len(heads) == 1:
             try:
-                nodes = rayjobs.ray_nodes(heads[0].status.pod_ip)
-            except subprocess.SubprocessError as exc:
-                seen += f"; the GCS does not answer: {exc}"
+                nodes = ray_nodes(heads[0])
+            except (subprocess.SubprocessError, RuntimeError) as exc:  # RuntimeError: kubectl exec's
+                seen += f"; the GCS does not answer: {str(exc)[-300:]}"
             else:
                 live = {n.instance_id: n for n in nodes if n.alive}
                 if set(live) == set(pods):

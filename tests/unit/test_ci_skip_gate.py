@@ -1,4 +1,4 @@
-"""tests/conftest.py: under CI=true a skipped e2e, chaos or packaging test fails the run, named with its
+"""tests/conftest.py: under CI=true a skipped e2e, chaos, packaging or kind test fails the run, named with its
 reason; other tiers may skip, and off CI nothing changes. Checked on a small suite run by a real pytest."""
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def run_suite(tmp_path: Path, files: dict[str, str], ci: str | None) -> subproce
     pytest.param({"tests/chaos/test_a.py": SKIPS, "tests/packaging/test_b.py": SKIPS}, "true", 1,
                  ["tests/chaos/test_a.py::test_skips: no ip here", "tests/packaging/test_b.py::test_skips: no ip here"],
                  id="chaos-and-packaging-too"),
+    pytest.param({"tests/kind/test_a.py": SKIPS}, "true", 1, ["tests/kind/test_a.py::test_skips: no ip here"],
+                 id="kind-too"),
     pytest.param({"tests/ray/test_a.py": MARKED}, "true", 1,
                  ["tests/ray/test_a.py::test_marked_skips: ray start was slow"], id="marked-e2e-elsewhere"),
     pytest.param({"tests/unit/test_b.py": SKIPS}, "true", 0, [], id="unit-skips-allowed"),

