@@ -4,6 +4,7 @@
 - manifests/install.yaml                      the chart rendered with its default values, without the CRD (applied
                                               from crds/ on its own, so deleting the install never deletes the CRD);
 - docs/crd-reference.md                       the field reference, from the CRD's schema;
+- docs/operations.md                          its tables of Event reasons and condition types (hack/reasons_docs.py);
 - docs/grafana/swarm-operator.json            the Grafana dashboard (hack/dashboard.py).
 
     python -m hack.generate            # rewrite them (run from the repository root)
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from hack import crd_docs, dashboard
+from hack import crd_docs, dashboard, reasons_docs
 from localcluster import versions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +37,7 @@ CHART_CRD = CHART / "crds" / "swarmcluster.yaml"
 INSTALL = REPO / "manifests" / "install.yaml"
 CRD_REFERENCE = REPO / "docs" / "crd-reference.md"
 DASHBOARD = REPO / "docs" / "grafana" / "swarm-operator.json"
+OPERATIONS = REPO / "docs" / "operations.md"
 
 # install.yaml: release and namespace both named swarm-operator, so objects are named plainly.
 RELEASE = "swarm-operator"
@@ -84,6 +86,10 @@ def dashboard_json() -> str:
     return json.dumps(dashboard.dashboard(), indent=2, ensure_ascii=False) + "\n"
 
 
+def operations_page() -> str:
+    return reasons_docs.with_tables(OPERATIONS.read_text())
+
+
 def targets(helm: str | None) -> dict[Path, Callable[[], str]]:
     """Generated file → how to make it."""
     out: dict[Path, Callable[[], str]] = {CHART_CRD: chart_crd}
@@ -91,6 +97,7 @@ def targets(helm: str | None) -> dict[Path, Callable[[], str]]:
         out[INSTALL] = lambda: install_yaml(helm)
     out[CRD_REFERENCE] = crd_reference
     out[DASHBOARD] = dashboard_json
+    out[OPERATIONS] = operations_page
     return out
 
 
