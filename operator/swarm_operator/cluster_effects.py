@@ -108,7 +108,10 @@ class ClusterEffects(Effects):
         failures = [d for d in outcomes.deleted if d.failed]
         if failures:
             posts.append((EventReason.REPLACING, "; ".join(d.reason for d in failures)))
-        others = [d for d in outcomes.deleted if d not in failures]
+        disruptions = [d for d in outcomes.deleted if d.disrupted]
+        if disruptions:
+            posts.append((EventReason.DISRUPTED, "; ".join(d.reason for d in disruptions) + "; replacing at once"))
+        others = [d for d in outcomes.deleted if d not in failures and d not in disruptions]
         if others:
             posts.append((EventReason.DELETED, "; ".join(f"{d.name}: {d.reason}" for d in others)))
         for reason, message in posts:

@@ -20,7 +20,7 @@ from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.watch import Reflector
-from swarm_operator.kube import KubeClient, collection_path
+from swarm_operator.kube import NODES, KubeClient, collection_path
 from swarm_operator.leader import LeaderElector
 from swarm_operator.resources import labels
 
@@ -92,6 +92,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         Runtime.reflectors += [
             Reflector(kube, collection_path("pods", ns), labels.CLUSTER, controller.on_pod, loop, version),
             Reflector(kube, collection_path("services", ns), labels.CLUSTER, controller.on_service, loop)]
+    # Nodes, cluster-scoped: whether a pod's node was deleted or stays NotReady (a disruption, not a failure).
+    Runtime.reflectors.append(Reflector(kube, NODES, "", controller.on_node, loop))
     for reflector in Runtime.reflectors:
         reflector.start()
     if cfg.leader_elect:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PODS = "/api/v1/namespaces/{ns}/pods"
 SERVICES = "/api/v1/namespaces/{ns}/services"
+NODES = "/api/v1/nodes"
 SECRETS = "/api/v1/namespaces/{ns}/secrets"
 JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
 EVENTS = "/api/v1/namespaces/{ns}/events"
@@ -109,6 +110,8 @@ class Kube(Protocol):
 
     def list_resource(self, resource: Resource, namespace: str | None) -> tuple[list[dict[str, Any]], str]: ...
 
+    def list_nodes(self) -> tuple[list[dict[str, Any]], str]: ...
+
     def get_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     def patch_status(self, resource: Resource, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
@@ -184,6 +187,12 @@ class KubeClient(HttpClient):
         """A JSON merge patch (a null removes a key); the patched pod, or None when it is gone."""
         return self._call("patch", "pods", "PATCH", f"{PODS.format(ns=namespace)}/{quote(name)}", patch,
                           absent=404, content_type=MERGE_PATCH)
+
+    # -- nodes (cluster-scoped; read only: whether a pod's node is gone or NotReady) -------------
+
+    def list_nodes(self) -> tuple[list[dict[str, Any]], str]:
+        """Every Node, and the list's resourceVersion."""
+        return self.list_objects(NODES, "")
 
     # -- services -----------------------------------------------------------------------------
 

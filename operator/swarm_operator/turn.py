@@ -23,6 +23,7 @@ from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key, WatchCache
 from swarm_operator.kit.memory import Memories
 from swarm_operator.kube import SWARMCLUSTER, Kube, ObjectRef
+from swarm_operator.nodes import NodeCache
 from swarm_operator.ray_token import TOKEN_RETRY_SECONDS, TokenMemory, ray_token
 from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile import deletion
@@ -108,12 +109,13 @@ def head_ip(cache: WatchCache, key: Key, cluster: ClusterSpec) -> str | None:
 
 
 class Turns:
-    def __init__(self, kube: Kube, blocking: Blocking, config: OperatorConfig, cache: WatchCache,
+    def __init__(self, kube: Kube, blocking: Blocking, config: OperatorConfig, cache: WatchCache, nodes: NodeCache,
                  autoscaler: Autoscaler, gone: Gone) -> None:
         self.kube = kube
         self.blocking = blocking
         self.config = config
         self.cache = cache
+        self.nodes = nodes
         self.autoscaler = autoscaler
         self._gone = gone
         self.memories: Memories[ClusterMemory] = Memories(ClusterMemory)
@@ -125,7 +127,9 @@ class Turns:
             remove_pod_gauges(key, memory.pod_series)
 
     def _pod_states(self, key: Key, uid: str) -> list[PodState]:
-        return [observe_pod(p) for p in self.cache.pods.objects(key) if owned_by(p, uid)]
+        now, not_ready = time.time(), self.config.node_not_ready_seconds
+        return [observe_pod(p, self.nodes.state((p.get("spec") or {}).get("nodeName")), now, not_ready)
+                for p in self.cache.pods.objects(key) if owned_by(p, uid)]
 
     async def run(self, key: Key) -> float | None:
         """One turn; returns when the cluster wants its next one (seconds), None for the resync."""
@@ -259,6 +263,8 @@ class Turns:
         for action in plan.actions:
             if isinstance(action, DeletePod) and action.failed_group:
                 metrics.WORKER_REPLACEMENTS.labels(*key, action.failed_group).inc()
+            if isinstance(action, DeletePod) and action.disrupted:
+                metrics.POD_DISRUPTIONS.labels(*key, action.group, action.disrupted.cause).inc()
         if plan.head_restarts > kept.head_restarts:
             metrics.HEAD_REPLACEMENTS.labels(*key).inc(plan.head_restarts - kept.head_restarts)
         states = self._pod_states(key, cluster.uid)

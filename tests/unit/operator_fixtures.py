@@ -151,6 +151,7 @@ class FakeKube:
         self.swarmclusters: dict[Key, dict[str, Any]] = {}  # what the API server stores
         self.secrets: dict[Key, dict[str, Any]] = {}
         self.jobs: dict[Key, dict[str, Any]] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}  # by name
         self._rv = 100
         self._lock = threading.Lock()  # the controller calls from worker threads
 
@@ -164,6 +165,11 @@ class FakeKube:
             self.calls.append(("list_pods", namespace))
             items = [copy.deepcopy(p) for (ns, _), p in self.pods.items() if namespace in (None, ns)]
             return items, str(self._rv)
+
+    def list_nodes(self) -> tuple[list[dict[str, Any]], str]:
+        with self._lock:
+            self.calls.append(("list_nodes",))
+            return [copy.deepcopy(n) for n in self.nodes.values()], str(self._rv)
 
     def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
         with self._lock:

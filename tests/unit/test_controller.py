@@ -334,7 +334,7 @@ def test_failed_worker_deleted_once_and_backoff_survives_in_status() -> None:
         c.on_cluster("ADDED", manifest())
         await c.reconcile(KEY)  # creates head + 2 workers
         worker = next(p for (_, n), p in kube.pods.items() if n.startswith("demo-cpu-"))
-        failed = with_state(worker, phase="Failed", ready=False, reason="Evicted", message="low on memory",
+        failed = with_state(worker, phase="Failed", ready=False, reason="Error", message="low on memory",
                             resource_version=kube.bump())
         kube.pods[(NAMESPACE, worker["metadata"]["name"])] = failed
         c.on_pod("MODIFIED", failed)
@@ -452,7 +452,7 @@ def test_a_listing_by_kopf_triggers_a_relist_that_drops_what_was_deleted_unseen(
         await c.stop()
 
     run(body)
-    assert [n for verb, n in kube.calls if verb == "list_pods"] == [None]  # one re-list, all namespaces
+    assert [c[1] for c in kube.calls if c[0] == "list_pods"] == [None]  # one re-list, all namespaces
 
 
 class RacingKube(FakeKube):

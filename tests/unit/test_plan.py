@@ -119,7 +119,7 @@ def test_create_reasons_name_the_gap() -> None:
 
 # -- failed workers: replaced, with backoff ------------------------------------------------------
 
-FAILED = {"phase": "Failed", "ready": False, "reason": "Evicted", "message": "low on memory"}
+FAILED = {"phase": "Failed", "ready": False, "reason": "Error", "message": "low on memory"}
 RECENT_FAILURES = GroupHealth(restarts=3, consecutive_failures=3, last_failure=NOW - 5, backoff_until=NOW - 1)
 
 
@@ -166,7 +166,7 @@ def test_failed_worker_reason_carries_the_pod_failure() -> None:
     p = run(cluster(NO_BACKOFF), [head(C), worker(C, suffix="dead1", **FAILED), *workers(C, 1)])
     delete = next(a for a in p.actions if isinstance(a, DeletePod))
     create = next(a for a in p.actions if isinstance(a, CreateWorkers))
-    assert delete.reason == "worker demo-cpu-dead1 of group cpu: pod Evicted: low on memory"
+    assert delete.reason == "worker demo-cpu-dead1 of group cpu failed (pod Error: low on memory)"
     assert create.reason == "group cpu has 1 of 2 workers (replacing 1 failed)"
 
 
@@ -217,8 +217,8 @@ def test_head_replacement(c: ClusterSpec, pods: list[PodState], expected: list[t
 def test_head_failure_reason_and_restart_count_accumulate() -> None:
     p = run(C_GCS, [head(C_GCS, **HEAD_FAILED), *workers(C_GCS, 2)], head_restarts=4)
     assert p.head_restarts == 5
-    assert p.actions == (DeletePod("demo-head", "head demo-head: pod Failed: Ray container ended (Error, exit code 1); "
-                                                "replacing it", failed=True),)
+    assert p.actions == (DeletePod("demo-head", "head demo-head failed (pod Failed: Ray container ended "
+                                                "(Error, exit code 1)); replacing it", failed=True),)
 
 
 def test_recycled_workers_say_why() -> None:
@@ -683,6 +683,7 @@ def test_ray_dead_and_drained_reasons() -> None:
     by_name = {a.name: a for a in p.actions if isinstance(a, DeletePod)}
     assert by_name[w(1)] == DeletePod(w(1), f"worker {w(1)} of group cpu: its Ray node was drained; "
                                             "removing the pod")
-    assert by_name[w(2)] == DeletePod(w(2), f"worker {w(2)} of group cpu: its Ray node died", "cpu", failed=True)
+    assert by_name[w(2)] == DeletePod(w(2), f"worker {w(2)} of group cpu failed (its Ray node died)", "cpu",
+                                        failed=True, group="cpu")
     create = next(a for a in p.actions if isinstance(a, CreateWorkers))
     assert create == CreateWorkers("cpu", 2, "group cpu has 1 of 3 workers (replacing 1 failed)")
