@@ -83,6 +83,14 @@ class Controller:
         if key is not None and self.cache.objects.get(key) is not None:
             self.loop.queue.add(key)
 
+    def on_budget(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A PodDisruptionBudget event: one deleted by someone else is made again."""
+        if event_type is None:
+            self.loop.listed()
+        key = self.cache.budgets.apply(event_type, body)
+        if key is not None and self.cache.objects.get(key) is not None:
+            self.loop.queue.add(key)
+
     def seed(self) -> dict[str | None, str]:
         """Fill the pod and service cache from the API before acting (blocking; runs at startup).
         Returns each scope's pod list resourceVersion: the pod watches start from there, with no gap."""
@@ -93,17 +101,23 @@ class Controller:
                 self.cache.pods.apply(None, pod)
             for svc in self.kube.list_services(ns, labels.CLUSTER):
                 self.cache.services.apply(None, svc)
+            for budget in self.kube.list_budgets(ns, labels.CLUSTER):
+                self.cache.budgets.apply(None, budget)
         return listed_at
 
     async def _relist_children(self) -> None:
         pods: list[dict[str, Any]] = []
         services: list[dict[str, Any]] = []
+        budgets: list[dict[str, Any]] = []
         listed_at: dict[str | None, str] = {}  # each pod list's resourceVersion, by scope
         for ns in self.loop.settings.scopes():
             items, listed_at[ns] = await self.blocking(self.kube.list_pods, ns, labels.CLUSTER)
             pods.extend(items)
             services.extend(await self.blocking(self.kube.list_services, ns, labels.CLUSTER))
-        for key in self.cache.pods.merge_list(pods, listed_at) | self.cache.services.merge_list(services, listed_at):
+            budgets.extend(await self.blocking(self.kube.list_budgets, ns, labels.CLUSTER))
+        changed = (self.cache.pods.merge_list(pods, listed_at) | self.cache.services.merge_list(services, listed_at)
+                   | self.cache.budgets.merge_list(budgets, listed_at))
+        for key in changed:
             if self.cache.objects.get(key) is not None:
                 self.loop.queue.add(key)
         # Nodes deleted while the node watch was down are never reported: a full list shows them gone.

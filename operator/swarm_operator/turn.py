@@ -29,6 +29,7 @@ from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile import deletion
 from swarm_operator.reconcile.observe import PodState, observe_pod, owned_by
 from swarm_operator.reconcile.plan import (
+    CreateBudget,
     CreateHead,
     CreateService,
     CreateWorkers,
@@ -214,10 +215,12 @@ class Turns:
                 memory.token.read = None  # a rotated token is read again
         svc = self.cache.services.get(key, labels.head_service_name(cluster.name))
         ours = svc if svc is not None and owned_by(svc, cluster.uid) else None
+        budgets = {b["metadata"]["name"]: b["metadata"].get("uid", "") for b in self.cache.budgets.objects(key)
+                   if owned_by(b, cluster.uid)}
         observed = Observed(pods=tuple(pods), service_exists=ours is not None, health=seen.kept.health,
                             head_restarts=seen.kept.head_restarts, idle_pods=view.idle if view else None,
                             ray_dead=view.ray_dead if view else frozenset(),
-                            ray_nodes=view.ray_nodes if view else None)
+                            ray_nodes=view.ray_nodes if view else None, budgets=budgets)
         plan = plan_cluster(cluster, observed, targets, now)
         if plan.notes != memory.noted:
             memory.noted = plan.notes
@@ -228,7 +231,8 @@ class Turns:
     async def _act(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen, decided: Decided) -> Acted:
         """The plan's actions, the rollout's drains, the head service's sync."""
         cluster, actions = seen.cluster, decided.plan.actions
-        if seen.old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers)) for a in actions):
+        if seen.old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers, CreateBudget))
+                                   for a in actions):
             # Re-creating children of a cluster served before: make sure it still exists. A watch
             # resumed after an API server restart may never report its deletion, and every child
             # made for it would be garbage-collected and made again.

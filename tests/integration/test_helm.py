@@ -147,7 +147,8 @@ LEASES = "leases.coordination.k8s.io"
 NEEDED = [(v, "pods") for v in ("get", "list", "watch", "create", "delete", "patch")] + \
     [(v, "services") for v in ("get", "list", "watch", "create", "patch", "delete")] + \
     [("create", "events"), ("get", SWC), ("list", SWC), ("watch", SWC), ("patch", f"{SWC}#status"),
-     ("patch", SWC), ("get", "secrets"), ("create", "secrets"), ("get", "jobs.batch"), ("create", "jobs.batch")]
+     ("patch", SWC), ("get", "secrets"), ("create", "secrets"), ("get", "jobs.batch"), ("create", "jobs.batch")] + \
+    [(v, "poddisruptionbudgets.policy") for v in ("get", "list", "watch", "create", "delete")]
 # Never, anywhere.
 FORBIDDEN = [("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), ("delete", "secrets"),
              ("get", "configmaps"), ("delete", "jobs.batch"),
@@ -155,7 +156,7 @@ FORBIDDEN = [("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), (
              ("update", "services"), ("update", "pods"), ("create", "pods#exec"),
              ("get", "pods#log"), ("delete", "events"), ("create", "deployments.apps"),
              ("create", "serviceaccounts#token"), ("create", "rolebindings.rbac.authorization.k8s.io"),
-             ("delete", LEASES)]
+             ("delete", LEASES), ("update", "poddisruptionbudgets.policy"), ("patch", "poddisruptionbudgets.policy")]
 # Nodes are read (a pod's node deleted or NotReady makes its end a disruption), never written.
 NODES_READ = [(v, "nodes") for v in ("get", "list", "watch")]
 CLUSTER_FORBIDDEN = [("create", "nodes"), ("patch", "nodes"), ("update", "nodes"),

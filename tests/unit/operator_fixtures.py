@@ -152,6 +152,7 @@ class FakeKube:
         self.secrets: dict[Key, dict[str, Any]] = {}
         self.jobs: dict[Key, dict[str, Any]] = {}
         self.nodes: dict[str, dict[str, Any]] = {}  # by name
+        self.budgets: dict[tuple[str, str], dict[str, Any]] = {}
         self._rv = 100
         self._lock = threading.Lock()  # the controller calls from worker threads
 
@@ -241,6 +242,27 @@ class FakeKube:
         with self._lock:
             self.calls.append(("delete_service", name))
             self.services.pop((namespace, name), None)
+
+    def list_budgets(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        with self._lock:
+            self.calls.append(("list_budgets", namespace))
+            return [copy.deepcopy(b) for (ns, _), b in self.budgets.items() if namespace in (None, ns)]
+
+    def create_budget(self, namespace: str, budget: Mapping[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            name = budget["metadata"]["name"]
+            self.calls.append(("create_budget", name))
+            if (namespace, name) in self.budgets:
+                return None  # 409
+            stored = copy.deepcopy(dict(budget))
+            stored["metadata"].update(resourceVersion=self.bump(), uid=f"pdb-{name}-{self._rv}")
+            self.budgets[(namespace, name)] = stored
+            return copy.deepcopy(stored)
+
+    def delete_budget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self.calls.append(("delete_budget", name))
+            self.budgets.pop((namespace, name), None)
 
     def get_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:

@@ -94,12 +94,14 @@ def test_new_cluster_created_exactly_once_even_if_reconciled_twice() -> None:
     workers = [n for n in creates if n != "demo-head"]
     assert creates.count("demo-head") == 1
     assert len(workers) == 2 and all(n.startswith("demo-cpu-") for n in workers)
-    assert kube.verbs() == Counter({"create_pod": 3, "create_service": 1, "patch_status": 1, "post_event": 1})
+    assert kube.verbs() == Counter({"create_pod": 3, "create_service": 1, "create_budget": 1, "patch_status": 1,
+                                    "post_event": 1})
     (_, _, status), = kube.statuses
     assert (status["phase"], status["workers"], status["observedGeneration"]) == ("Pending", "0/2", 1)
     ((_, etype, reason, message),) = kube.events
     assert (etype, reason) == ("Normal", "Created")
     assert "head demo-head" in message and "service demo-head-svc" in message and "2 cpu worker(s)" in message
+    assert "PodDisruptionBudget demo-head-pdb" in message
 
 
 class RefusingHeadKube(FakeKube):

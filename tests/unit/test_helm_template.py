@@ -101,6 +101,8 @@ NAMESPACED_GRANTS = {
     ("swarm.io", "swarmclusters/status", "patch"),
     ("", "secrets", "get"), ("", "secrets", "create"),  # a cluster's Ray token, by name
     ("batch", "jobs", "get"), ("batch", "jobs", "create"),  # the Redis key cleanup
+} | {
+    ("policy", "poddisruptionbudgets", v) for v in ("get", "list", "watch", "create", "delete")  # the head's
 }
 CRD_OBSERVATION = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 NAMESPACE_OBSERVATION = {("", "namespaces", v) for v in ("list", "watch")}

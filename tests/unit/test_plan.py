@@ -34,13 +34,14 @@ from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker,
 GCS = {"faultTolerance": {"gcs": {"redisAddress": "redis:6379"}}}
 AUTO = {"autoscaling": {"enabled": True}}
 NO_BACKOFF = {"faultTolerance": {"workerBackoffInitialSeconds": 0}}
+HEAD_BUDGET = {"demo-head-pdb": "pdb-uid"}  # the head's PodDisruptionBudget exists (tests/unit/test_budget.py)
 
 
 def run(c: ClusterSpec, pods: list[PodState], *, service: bool = True, health: Mapping[str, GroupHealth] | None = None,
         targets: Mapping[str, int] | None = None, idle: frozenset[str] | None = None, head_restarts: int = 0,
         ray_nodes: frozenset[str] | None = None) -> Plan:
     obs = Observed(pods=tuple(pods), service_exists=service, health=dict(health or {}),
-                   head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes)
+                   head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes, budgets=HEAD_BUDGET)
     return plan_cluster(c, obs, dict(targets or {}), NOW)
 
 
@@ -635,7 +636,8 @@ def drained_worker(c: ClusterSpec, suffix: str, **state: Any) -> PodState:
 
 
 def run_ray(c: ClusterSpec, pods: list[PodState], ray_dead: set[str], targets: Mapping[str, int]) -> Plan:
-    obs = Observed(pods=(head(c), *pods), service_exists=True, health={}, ray_dead=frozenset(ray_dead))
+    obs = Observed(pods=(head(c), *pods), service_exists=True, health={}, ray_dead=frozenset(ray_dead),
+                   budgets=HEAD_BUDGET)
     return plan_cluster(c, obs, dict(targets), NOW)
 
 

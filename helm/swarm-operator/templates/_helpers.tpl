@@ -97,6 +97,9 @@ reaches the Ray pods through a secretKeyRef that the kubelet resolves, never thr
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, create]  # the Redis key cleanup of a deleted GCS fault-tolerant cluster
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, delete]  # the head's PodDisruptionBudget (head.podDisruptionBudget)
 {{- end }}
 
 {{/*

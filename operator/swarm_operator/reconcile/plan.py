@@ -14,6 +14,7 @@ from swarm_operator.reconcile.backoff import GroupHealth, record_failures, settl
 from swarm_operator.reconcile.disruption import Disrupted
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels, revision
+from swarm_operator.resources.budget import head_budget_name
 from swarm_operator.resources.pods import head_hash
 from swarm_operator.spec.types import ClusterSpec, WorkerGroupSpec
 
@@ -25,6 +26,19 @@ class CreateService:
 
 @dataclass(frozen=True)
 class CreateHead:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CreateBudget:
+    """The head's PodDisruptionBudget (resources/budget.py)."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeleteBudget:
+    name: str
+    uid: str
     reason: str
 
 
@@ -62,7 +76,8 @@ class DrainForRollout:
     deadline_seconds: int
 
 
-Action = CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod | DrainForRollout
+Action = (CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod | DrainForRollout | CreateBudget
+          | DeleteBudget)
 
 # While a drained node has not died yet, Ray's state is read again this often (its death is what frees the pod).
 DRAIN_POLL_SECONDS = 3.0
@@ -83,6 +98,7 @@ class Observed:
     # Pods the GCS reports as live Ray nodes (None when Ray's state is unknown). A pod joins Ray, and
     # gets tasks, before its readiness probe first passes: "not ready" does not mean "no Ray work".
     ray_nodes: frozenset[str] | None = None
+    budgets: Mapping[str, str] = field(default_factory=dict)  # this cluster's PodDisruptionBudgets: name → uid
 
 
 @dataclass(frozen=True)
@@ -260,9 +276,19 @@ def _metadata_patches(cluster: ClusterSpec, pods: list[PodState], leaving: set[s
     return patches
 
 
+def _budget_actions(cluster: ClusterSpec, obs: Observed) -> list[Action]:
+    """The head's PodDisruptionBudget exists exactly while head.podDisruptionBudget.enabled (any other of ours goes)."""
+    wanted = head_budget_name(cluster.name) if cluster.head.disruption_budget else None
+    actions: list[Action] = [DeleteBudget(name, uid, "head.podDisruptionBudget.enabled is false")
+                             for name, uid in obs.budgets.items() if name != wanted]
+    if wanted is not None and wanted not in obs.budgets:
+        actions.append(CreateBudget("the head's PodDisruptionBudget is missing"))
+    return actions
+
+
 def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int], now: float) -> Plan:
     """Everything to do for one cluster now. `targets` is the per-group target from status."""
-    actions: list[Action] = []
+    actions: list[Action] = _budget_actions(cluster, obs)
     pods = list(obs.pods)
     head_restarts = obs.head_restarts
     if cluster.suspend:
