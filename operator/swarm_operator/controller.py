@@ -18,7 +18,7 @@ from swarm_operator.autoscaler.runner import Autoscaler
 from swarm_operator.config import OperatorConfig
 from swarm_operator.gauges import set_cluster_phases
 from swarm_operator.kit.blocking import Blocking
-from swarm_operator.kit.cache import Key, WatchCache
+from swarm_operator.kit.cache import ChildStore, Key, WatchCache
 from swarm_operator.kit.loop import Loop, LoopSettings
 from swarm_operator.kube import SWARMCLUSTER, Kube
 from swarm_operator.nodes import NodeCache
@@ -77,17 +77,17 @@ class Controller:
                 self.loop.queue.add(key)
 
     def on_service(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        if event_type is None:
-            self.loop.listed()
-        key = self.cache.services.apply(event_type, body)
-        if key is not None and self.cache.objects.get(key) is not None:
-            self.loop.queue.add(key)
+        self._on_child(self.cache.services, event_type, body)
 
     def on_budget(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A PodDisruptionBudget event: one deleted by someone else is made again."""
+        self._on_child(self.cache.budgets, event_type, body)
+
+    def _on_child(self, store: ChildStore, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A child that changes rarely (a service, a budget): its cluster's turn at once."""
         if event_type is None:
             self.loop.listed()
-        key = self.cache.budgets.apply(event_type, body)
+        key = store.apply(event_type, body)
         if key is not None and self.cache.objects.get(key) is not None:
             self.loop.queue.add(key)
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from swarm_operator.config import OperatorConfig
+from swarm_operator.controller import Controller
 from swarm_operator.kube import Kube, ObjectRef, Resource
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
@@ -334,3 +336,13 @@ class FakeKube:
 def as_kube(fake: FakeKube) -> Kube:
     """The fake, typed as what the operator asks for: mypy checks here that FakeKube satisfies kube.Kube."""
     return fake
+
+
+def serving(kube: FakeKube, body: dict[str, Any] | None = None) -> Controller:
+    """A controller serving one SwarmCluster (`manifest()` by default), stored in the fake API server too, which
+    a turn reads back before it re-creates children. Call it on the event loop."""
+    body = body or manifest()
+    c = Controller(as_kube(kube), OperatorConfig())
+    kube.swarmclusters[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
+    c.on_cluster("ADDED", body)
+    return c

@@ -7,14 +7,12 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.config import OperatorConfig
-from swarm_operator.controller import Controller
 from swarm_operator.reconcile.plan import CreateBudget, DeleteBudget, Observed, plan_cluster
 from swarm_operator.resources import labels
 from swarm_operator.resources.budget import build_head_budget
 from swarm_operator.spec.parse import parse_cluster
 from swarm_operator.spec.reader import SpecError
-from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, as_kube, cluster, head, manifest, workers
+from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, cluster, head, manifest, serving, workers
 
 OFF = {"head": {"podDisruptionBudget": {"enabled": False}}}
 
@@ -70,9 +68,7 @@ def test_a_turn_makes_the_budget_once_and_deletes_it_when_switched_off() -> None
     key = (NAMESPACE, "demo")
 
     async def body() -> None:
-        c = Controller(as_kube(kube), OperatorConfig())
-        c.on_cluster("ADDED", manifest())
-        kube.swarmclusters[key] = manifest()
+        c = serving(kube)
         await c.reconcile(key)
         await c.reconcile(key)  # before any watch event: the write-through cache knows it exists
         assert list(kube.budgets) == [(NAMESPACE, "demo-head-pdb")]

@@ -8,8 +8,6 @@ from typing import Any
 import pytest
 
 from swarm_operator import turn as turn_module
-from swarm_operator.config import OperatorConfig
-from swarm_operator.controller import Controller
 from swarm_operator.nodes import NodeCache
 from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.disruption import (
@@ -31,12 +29,11 @@ from tests.unit.operator_fixtures import (
     NOW,
     FakeKube,
     FixedClock,
-    as_kube,
     cluster,
     group,
     head,
     head_pod,
-    manifest,
+    serving,
     with_state,
     worker,
     worker_pod,
@@ -240,9 +237,7 @@ def test_a_deleted_node_disrupts_its_pods_and_the_turn_replaces_them(monkeypatch
     key = (NAMESPACE, "demo")
 
     async def body() -> None:
-        c = Controller(as_kube(kube), OperatorConfig())
-        c.on_cluster("ADDED", manifest())
-        kube.swarmclusters[key] = manifest()
+        c = serving(kube)
         await c.reconcile(key)  # head + 2 workers
         c.on_node(None, node("n1"))
         victim = next(p for (_, n), p in kube.pods.items() if n.startswith("demo-cpu-"))
