@@ -83,10 +83,14 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                                            "{{cluster}} {{group}} {{state}}"),), stack=True, width=12),
         Panel("Worker replacements", ((f"sum by (cluster, group) (increase(swarm_worker_replacements_total"
                                        f"{{{OPERATOR}}}[$__rate_interval]))", "{{cluster}} {{group}}"),),
-              description="Failed, evicted or dead workers deleted and replaced (with per-group backoff).",
+              description="Failed or dead workers deleted and replaced (with per-group backoff).",
               width=6),
         Panel("Head replacements", ((f"sum by (cluster) (increase(swarm_head_replacements_total{{{OPERATOR}}}"
                                      "[$__rate_interval]))", "{{cluster}}"),), width=6),
+        Panel("Disruptions", ((f"sum by (cluster, group, cause) (increase(swarm_pod_disruptions_total"
+                               f"{{{OPERATOR}}}[$__rate_interval]))", "{{cluster}} {{group}} {{cause}}"),),
+              description="Pods evicted, stopped by a node shutdown, or on a node deleted or NotReady too long: "
+                          "replaced at once, not counted as failures (no backoff).", width=24),
     )),
     ("Autoscaler", (
         Panel("Pending Ray demand", ((f"sum by (cluster, resource) (swarm_autoscaler_pending_demand{{{OPERATOR}}})",

@@ -14,8 +14,18 @@ from typing import Any
 
 from swarm_operator.kit.effects import Effects
 from swarm_operator.reasons import EventReason
-from swarm_operator.reconcile.plan import Action, CreateHead, CreateService, CreateWorkers, DeletePod, PatchPod
+from swarm_operator.reconcile.plan import (
+    Action,
+    CreateBudget,
+    CreateHead,
+    CreateService,
+    CreateWorkers,
+    DeleteBudget,
+    DeletePod,
+    PatchPod,
+)
 from swarm_operator.reconcile.service import service_change
+from swarm_operator.resources.budget import build_head_budget
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
 from swarm_operator.spec.types import ClusterSpec
@@ -36,6 +46,7 @@ class Outcomes:
     refused: dict[str, str] = field(default_factory=dict)  # by what, the server's reason
     taken: list[str] = field(default_factory=list)  # names held by an object not this cluster's
     deleted: list[DeletePod] = field(default_factory=list)
+    budgets_deleted: list[DeleteBudget] = field(default_factory=list)
     updated: list[PatchPod] = field(default_factory=list)
 
     def creation(self, what: str, answer: dict[str, Any] | BaseException | None) -> None:
@@ -70,15 +81,21 @@ class ClusterEffects(Effects):
             if isinstance(action, CreateService):
                 svc = build_head_service(cluster)
                 creates.append((f"service {svc['metadata']['name']}", self.create_service(svc)))
+            elif isinstance(action, CreateBudget):
+                budget = build_head_budget(cluster)
+                creates.append((f"PodDisruptionBudget {budget['metadata']['name']}", self.create_budget(budget)))
             elif isinstance(action, CreateWorkers) and not head_missing:
                 group = cluster.group(action.group)
                 assert group is not None
                 creates += [(f"{action.group} worker",
                              self.create_pod(build_worker_pod(cluster, group, random_suffix(), cluster_domain)))
                             for _ in range(action.count)]
+        outcomes.budgets_deleted = [a for a in actions if isinstance(a, DeleteBudget)]
         answers = await asyncio.gather(*(c for _, c in creates), *(self.delete_pod(d.name) for d in outcomes.deleted),
+                                       *(self.delete_budget(b.name, b.uid) for b in outcomes.budgets_deleted),
                                        *(self.patch_pod(p.name, p.patch) for p in patches), return_exceptions=True)
-        create_answers, patch_answers = answers[:len(creates)], answers[len(creates) + len(outcomes.deleted):]
+        create_answers = answers[:len(creates)]
+        patch_answers = answers[len(creates) + len(outcomes.deleted) + len(outcomes.budgets_deleted):]
         for (what, _), answer in zip(creates, create_answers, strict=True):
             outcomes.creation(what, answer)
         outcomes.updated = [p for p, r in zip(patches, patch_answers, strict=True) if isinstance(r, dict)]
@@ -108,9 +125,13 @@ class ClusterEffects(Effects):
         failures = [d for d in outcomes.deleted if d.failed]
         if failures:
             posts.append((EventReason.REPLACING, "; ".join(d.reason for d in failures)))
-        others = [d for d in outcomes.deleted if d not in failures]
-        if others:
-            posts.append((EventReason.DELETED, "; ".join(f"{d.name}: {d.reason}" for d in others)))
+        disruptions = [d for d in outcomes.deleted if d.disrupted]
+        if disruptions:
+            posts.append((EventReason.DISRUPTED, "; ".join(d.reason for d in disruptions) + "; replacing at once"))
+        others = [d for d in outcomes.deleted if d not in failures and d not in disruptions]
+        if others or outcomes.budgets_deleted:
+            gone: list[DeletePod | DeleteBudget] = [*others, *outcomes.budgets_deleted]
+            posts.append((EventReason.DELETED, "; ".join(f"{d.name}: {d.reason}" for d in gone)))
         for reason, message in posts:
             await self.event(reason, message)
 

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from swarm_operator.reconcile.disruption import DEFAULT_NODE_NOT_READY_SECONDS
+
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
 
@@ -25,6 +27,8 @@ class OperatorConfig:
     kubeconfig: str | None = None  # None: KUBECONFIG, the pod's service account, ~/.kube/config
     context: str | None = None  # None: the kubeconfig's current context
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    # A pod whose node stays NotReady this long is disrupted: replaced at once, not counted as a failure.
+    node_not_ready_seconds: float = DEFAULT_NODE_NOT_READY_SECONDS
 
     @property
     def all_namespaces(self) -> bool:
@@ -78,12 +82,16 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cluster-domain", default=None,
                      help="the cluster's DNS domain, for workers' head address (default: CLUSTER_DOMAIN, "
                           "else read from the pod's /etc/resolv.conf, else cluster.local)")
+    run.add_argument("--node-not-ready-seconds", type=float, default=None,
+                     help="a pod whose node stays NotReady this long is replaced at once, as a disruption, not a "
+                          f"failure (default: SWARM_NODE_NOT_READY_SECONDS, else {DEFAULT_NODE_NOT_READY_SECONDS:g})")
     return p
 
 
 def from_args(argv: Sequence[str], env: Mapping[str, str] | None = None, resolv_conf: str = "") -> OperatorConfig:
     """Flags win over environment (SWARM_NAMESPACES, SWARM_METRICS_PORT, SWARM_HEALTH_PORT, POD_NAMESPACE,
-    CLUSTER_DOMAIN); `resolv_conf` is the text of /etc/resolv.conf, for the cluster domain."""
+    CLUSTER_DOMAIN, SWARM_NODE_NOT_READY_SECONDS); `resolv_conf` is the text of /etc/resolv.conf, for the cluster
+    domain."""
     env = os.environ if env is None else env
     args = parser().parse_args(list(argv))
     namespaces = tuple(args.namespace)
@@ -91,6 +99,10 @@ def from_args(argv: Sequence[str], env: Mapping[str, str] | None = None, resolv_
         namespaces = tuple(n.strip() for n in env["SWARM_NAMESPACES"].split(",") if n.strip())
     if args.workers < 1:
         parser().error("--workers must be at least 1")
+    not_ready = (args.node_not_ready_seconds if args.node_not_ready_seconds is not None
+                 else float(env.get("SWARM_NODE_NOT_READY_SECONDS", DEFAULT_NODE_NOT_READY_SECONDS)))
+    if not_ready < 0:
+        parser().error("--node-not-ready-seconds must not be negative")
     return OperatorConfig(
         namespaces=namespaces,
         metrics_port=args.metrics_port if args.metrics_port is not None else int(env.get("SWARM_METRICS_PORT", 8080)),
@@ -105,4 +117,5 @@ def from_args(argv: Sequence[str], env: Mapping[str, str] | None = None, resolv_
         context=args.context,
         cluster_domain=(args.cluster_domain or env.get("CLUSTER_DOMAIN")
                         or cluster_domain_from_resolv_conf(resolv_conf) or DEFAULT_CLUSTER_DOMAIN).strip("."),
+        node_not_ready_seconds=not_ready,
     )

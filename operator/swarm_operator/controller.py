@@ -21,6 +21,7 @@ from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key, WatchCache
 from swarm_operator.kit.loop import Loop, LoopSettings
 from swarm_operator.kube import SWARMCLUSTER, Kube
+from swarm_operator.nodes import NodeCache
 from swarm_operator.reconcile.observe import slim_pod
 from swarm_operator.resources import labels
 from swarm_operator.turn import Turns
@@ -36,9 +37,10 @@ class Controller:
         self.config = config
         self.blocking = blocking or Blocking(config.api_threads)
         self.cache = WatchCache(labels.CLUSTER, slim_pod)
+        self.nodes = NodeCache()
         self.active = active or asyncio.Event()  # set while this replica may act (always, without election)
         self.autoscaler = Autoscaler(self.blocking)
-        self.turns = Turns(kube, self.blocking, config, self.cache, self.autoscaler, self._gone)
+        self.turns = Turns(kube, self.blocking, config, self.cache, self.nodes, self.autoscaler, self._gone)
         settings = LoopSettings(config.workers, config.resync_seconds, config.relist_seconds, config.namespaces)
         self.loop = Loop(SWARMCLUSTER, kube, self.blocking, self.cache.objects, self.turns, settings, self.active,
                          relist_children=self._relist_children, on_depth=metrics.QUEUE_DEPTH.set)
@@ -59,8 +61,23 @@ class Controller:
         # Pods of a cluster change in bursts (scheduled, running, ready …): one turn for the burst.
         self.loop.on_child(self.cache.pods, event_type, body, POD_EVENT_SETTLE_SECONDS)
 
+    def on_node(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A Node event: the clusters with a pod on it get a turn when it was deleted or its readiness changed."""
+        if self.nodes.apply(event_type, body):
+            self._queue_pods_on({(body.get("metadata") or {}).get("name") or ""})
+
+    def _queue_pods_on(self, node_names: set[str]) -> None:
+        served = self.cache.objects.keys()
+        for key in served:
+            if any((p.get("spec") or {}).get("nodeName") in node_names for p in self.cache.pods.objects(key)):
+                self.loop.queue.add(key)
+
     def on_service(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         self.loop.on_child(self.cache.services, event_type, body)
+
+    def on_budget(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A PodDisruptionBudget event: one deleted by someone else is made again."""
+        self.loop.on_child(self.cache.budgets, event_type, body)
 
     def seed(self) -> dict[str | None, str]:
         """Fill the pod and service cache from the API before acting (blocking; runs at startup).
@@ -72,19 +89,27 @@ class Controller:
                 self.cache.pods.apply(None, pod)
             for svc in self.kube.list_services(ns, labels.CLUSTER):
                 self.cache.services.apply(None, svc)
+            for budget in self.kube.list_budgets(ns, labels.CLUSTER):
+                self.cache.budgets.apply(None, budget)
         return listed_at
 
     async def _relist_children(self) -> None:
         pods: list[dict[str, Any]] = []
         services: list[dict[str, Any]] = []
+        budgets: list[dict[str, Any]] = []
         listed_at: dict[str | None, str] = {}  # each pod list's resourceVersion, by scope
         for ns in self.loop.settings.scopes():
             items, listed_at[ns] = await self.blocking(self.kube.list_pods, ns, labels.CLUSTER)
             pods.extend(items)
             services.extend(await self.blocking(self.kube.list_services, ns, labels.CLUSTER))
-        for key in self.cache.pods.merge_list(pods, listed_at) | self.cache.services.merge_list(services, listed_at):
+            budgets.extend(await self.blocking(self.kube.list_budgets, ns, labels.CLUSTER))
+        changed = (self.cache.pods.merge_list(pods, listed_at) | self.cache.services.merge_list(services, listed_at)
+                   | self.cache.budgets.merge_list(budgets, listed_at))
+        for key in changed:
             if self.cache.objects.get(key) is not None:
                 self.loop.queue.add(key)
+        # Nodes deleted while the node watch was down are never reported: a full list shows them gone.
+        self._queue_pods_on(self.nodes.replace_all(*await self.blocking(self.kube.list_nodes)))
 
     async def relist(self) -> None:
         """Merge fresh lists into the cache: catches deletions a broken watch never reported."""

@@ -21,7 +21,9 @@ def set_cluster_phases(bodies: Iterable[Mapping[str, Any]]) -> None:
 
 
 def pod_state(p: PodState) -> str:
-    return "deleting" if p.deleting else "failed" if p.failure else "ready" if p.ready else p.phase.lower()
+    if p.deleting:
+        return "deleting"
+    return "failed" if p.failure else "disrupted" if p.disruption else "ready" if p.ready else p.phase.lower()
 
 
 def update_pod_gauges(key: Key, pods: Iterable[PodState], series: set[tuple[str, str]]) -> None:

@@ -20,7 +20,7 @@ from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.watch import Reflector
-from swarm_operator.kube import KubeClient, collection_path
+from swarm_operator.kube import NODES, KubeClient, budgets_path, collection_path
 from swarm_operator.leader import LeaderElector
 from swarm_operator.resources import labels
 
@@ -88,10 +88,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     controller.start()
     loop = asyncio.get_running_loop()
     for ns, version in pods_listed_at.items():
-        # Pods from where the seed's list left off; services list once themselves (a few per cluster).
+        # Pods from where the seed's list left off; services and budgets list once themselves (a few per cluster).
         Runtime.reflectors += [
             Reflector(kube, collection_path("pods", ns), labels.CLUSTER, controller.on_pod, loop, version),
-            Reflector(kube, collection_path("services", ns), labels.CLUSTER, controller.on_service, loop)]
+            Reflector(kube, collection_path("services", ns), labels.CLUSTER, controller.on_service, loop),
+            Reflector(kube, budgets_path(ns), labels.CLUSTER, controller.on_budget, loop)]
+    # Nodes, cluster-scoped: whether a pod's node was deleted or stays NotReady (a disruption, not a failure).
+    Runtime.reflectors.append(Reflector(kube, NODES, "", controller.on_node, loop))
     for reflector in Runtime.reflectors:
         reflector.start()
     if cfg.leader_elect:

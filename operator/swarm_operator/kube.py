@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 PODS = "/api/v1/namespaces/{ns}/pods"
 SERVICES = "/api/v1/namespaces/{ns}/services"
+NODES = "/api/v1/nodes"
+BUDGETS = "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets"
 SECRETS = "/api/v1/namespaces/{ns}/secrets"
 JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
 EVENTS = "/api/v1/namespaces/{ns}/events"
@@ -78,9 +80,14 @@ class ObjectRef:
         return (self.namespace, self.name)
 
 
-def collection_path(kind: str, namespace: str | None) -> str:
-    """The API path of a core collection (pods, services) in one namespace, or in all of them (None)."""
-    return f"/api/v1/{kind}" if namespace is None else f"/api/v1/namespaces/{namespace}/{kind}"
+def collection_path(kind: str, namespace: str | None, api: str = "/api/v1") -> str:
+    """The API path of a collection (core by default: pods, services) in one namespace, or in all of them (None)."""
+    return f"{api}/{kind}" if namespace is None else f"{api}/namespaces/{namespace}/{kind}"
+
+
+def budgets_path(namespace: str | None) -> str:
+    """PodDisruptionBudgets in one namespace, or in all of them (None)."""
+    return collection_path("poddisruptionbudgets", namespace, "/apis/policy/v1")
 
 
 class Kube(Protocol):
@@ -107,7 +114,15 @@ class Kube(Protocol):
 
     def delete_service(self, namespace: str, name: str) -> None: ...
 
+    def list_budgets(self, namespace: str | None, selector: str) -> list[dict[str, Any]]: ...
+
+    def create_budget(self, namespace: str, budget: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
+    def delete_budget(self, namespace: str, name: str) -> None: ...
+
     def list_resource(self, resource: Resource, namespace: str | None) -> tuple[list[dict[str, Any]], str]: ...
+
+    def list_nodes(self) -> tuple[list[dict[str, Any]], str]: ...
 
     def get_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None: ...
 
@@ -185,6 +200,12 @@ class KubeClient(HttpClient):
         return self._call("patch", "pods", "PATCH", f"{PODS.format(ns=namespace)}/{quote(name)}", patch,
                           absent=404, content_type=MERGE_PATCH)
 
+    # -- nodes (cluster-scoped; read only: whether a pod's node is gone or NotReady) -------------
+
+    def list_nodes(self) -> tuple[list[dict[str, Any]], str]:
+        """Every Node, and the list's resourceVersion."""
+        return self.list_objects(NODES, "")
+
     # -- services -----------------------------------------------------------------------------
 
     def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
@@ -202,6 +223,20 @@ class KubeClient(HttpClient):
     def delete_service(self, namespace: str, name: str) -> None:
         """Delete a service; one already gone is success."""
         self._call("delete", "services", "DELETE", f"{SERVICES.format(ns=namespace)}/{quote(name)}", absent=404)
+
+    # -- pod disruption budgets (the head's) -------------------------------------------------------
+
+    def list_budgets(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        return self.list_objects(budgets_path(namespace), selector)[0]
+
+    def create_budget(self, namespace: str, budget: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The created PodDisruptionBudget; None when one of that name exists already."""
+        return self._call("create", "poddisruptionbudgets", "POST", BUDGETS.format(ns=namespace), budget, absent=409)
+
+    def delete_budget(self, namespace: str, name: str) -> None:
+        """Delete a PodDisruptionBudget; one already gone is success."""
+        self._call("delete", "poddisruptionbudgets", "DELETE", f"{BUDGETS.format(ns=namespace)}/{quote(name)}",
+                   absent=404)
 
     # -- our custom resources (SwarmClusters, and any kind served on the same kit) ----------------
 

@@ -13,6 +13,9 @@ PODS = Gauge("swarm_pods", "Pods by cluster, group and state", ["namespace", "cl
 WORKER_REPLACEMENTS = Counter("swarm_worker_replacements_total", "Failed workers replaced",
                               ["namespace", "cluster", "group"])
 HEAD_REPLACEMENTS = Counter("swarm_head_replacements_total", "Failed heads replaced", ["namespace", "cluster"])
+POD_DISRUPTIONS = Counter("swarm_pod_disruptions_total",
+                          "Pods replaced after a disruption (eviction, node shutdown or loss): not failures",
+                          ["namespace", "cluster", "group", "cause"])
 API_REQUESTS = Counter("swarm_api_requests_total", "Kubernetes API requests issued by the operator",
                        ["verb", "resource"])
 QUEUE_DEPTH = Gauge("swarm_workqueue_depth", "Clusters waiting to be reconciled")

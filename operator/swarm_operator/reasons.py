@@ -17,6 +17,7 @@ class EventReason(StrEnum):
     DELETED = "Deleted"
     CREATE_FAILED = "CreateFailed"
     REPLACING = "Replacing"
+    DISRUPTED = "Disrupted"
     INVALID_SPEC = "InvalidSpec"
     TEMPLATE_OVERRIDDEN = "TemplateOverridden"
     ROLLOUT_WAITING = "RolloutWaiting"
@@ -58,6 +59,8 @@ _MEANINGS = {
                                "held by an object that is not this cluster's; retried",
     EventReason.REPLACING: "a worker or the head failed (or its Ray node died) and is being replaced, with backoff; "
                            "the message quotes the Ray container's reason, exit code and message",
+    EventReason.DISRUPTED: "a worker or the head was disrupted (evicted, its node shut down, deleted or NotReady "
+                           "too long) and is replaced at once; not a failure, no backoff",
     EventReason.INVALID_SPEC: "the spec cannot be served (the message names the field); `Valid=False`",
     EventReason.TEMPLATE_OVERRIDDEN: "a pod template sets values the operator sets itself; the operator's values win",
     EventReason.ROLLOUT_WAITING: "a rolling update waits (busy workers while Ray's state is unknown)",

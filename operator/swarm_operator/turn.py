@@ -23,11 +23,13 @@ from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key, WatchCache
 from swarm_operator.kit.memory import Memories
 from swarm_operator.kube import SWARMCLUSTER, Kube, ObjectRef
+from swarm_operator.nodes import NodeCache
 from swarm_operator.ray_token import TOKEN_RETRY_SECONDS, TokenMemory, ray_token
 from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile import deletion
 from swarm_operator.reconcile.observe import PodState, observe_pod, owned_by
 from swarm_operator.reconcile.plan import (
+    CreateBudget,
     CreateHead,
     CreateService,
     CreateWorkers,
@@ -109,12 +111,13 @@ def head_ip(cache: WatchCache, key: Key, cluster: ClusterSpec) -> str | None:
 
 
 class Turns:
-    def __init__(self, kube: Kube, blocking: Blocking, config: OperatorConfig, cache: WatchCache,
+    def __init__(self, kube: Kube, blocking: Blocking, config: OperatorConfig, cache: WatchCache, nodes: NodeCache,
                  autoscaler: Autoscaler, gone: Gone) -> None:
         self.kube = kube
         self.blocking = blocking
         self.config = config
         self.cache = cache
+        self.nodes = nodes
         self.autoscaler = autoscaler
         self._gone = gone
         self.memories: Memories[ClusterMemory] = Memories(ClusterMemory)
@@ -126,7 +129,9 @@ class Turns:
             remove_pod_gauges(key, memory.pod_series)
 
     def _pod_states(self, key: Key, uid: str) -> list[PodState]:
-        return [observe_pod(p) for p in self.cache.pods.objects(key) if owned_by(p, uid)]
+        now, not_ready = time.time(), self.config.node_not_ready_seconds
+        return [observe_pod(p, self.nodes.state((p.get("spec") or {}).get("nodeName")), now, not_ready)
+                for p in self.cache.pods.objects(key) if owned_by(p, uid)]
 
     async def run(self, key: Key) -> float | None:
         """One turn; returns when the cluster wants its next one (seconds), None for the resync."""
@@ -211,10 +216,12 @@ class Turns:
                 memory.token.read = None  # a rotated token is read again
         svc = self.cache.services.get(key, labels.head_service_name(cluster.name))
         ours = svc if svc is not None and owned_by(svc, cluster.uid) else None
+        budgets = {b["metadata"]["name"]: b["metadata"].get("uid", "") for b in self.cache.budgets.objects(key)
+                   if owned_by(b, cluster.uid)}
         observed = Observed(pods=tuple(pods), service_exists=ours is not None, health=seen.kept.health,
                             head_restarts=seen.kept.head_restarts, idle_pods=view.idle if view else None,
                             ray_dead=view.ray_dead if view else frozenset(),
-                            ray_nodes=view.ray_nodes if view else None)
+                            ray_nodes=view.ray_nodes if view else None, budgets=budgets)
         plan = plan_cluster(cluster, observed, targets, now)
         if plan.notes != memory.noted:
             memory.noted = plan.notes
@@ -225,7 +232,8 @@ class Turns:
     async def _act(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen, decided: Decided) -> Acted:
         """The plan's actions, the rollout's drains, the head service's sync."""
         cluster, actions = seen.cluster, decided.plan.actions
-        if seen.old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers)) for a in actions):
+        if seen.old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers, CreateBudget))
+                                   for a in actions):
             # Re-creating children of a cluster served before: make sure it still exists. A watch
             # resumed after an API server restart may never report its deletion, and every child
             # made for it would be garbage-collected and made again.
@@ -260,6 +268,8 @@ class Turns:
         for action in plan.actions:
             if isinstance(action, DeletePod) and action.failed_group:
                 metrics.WORKER_REPLACEMENTS.labels(*key, action.failed_group).inc()
+            if isinstance(action, DeletePod) and action.disrupted:
+                metrics.POD_DISRUPTIONS.labels(*key, action.group, action.disrupted.cause).inc()
         if plan.head_restarts > kept.head_restarts:
             metrics.HEAD_REPLACEMENTS.labels(*key).inc(plan.head_restarts - kept.head_restarts)
         states = self._pod_states(key, cluster.uid)

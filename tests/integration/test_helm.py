@@ -147,7 +147,8 @@ LEASES = "leases.coordination.k8s.io"
 NEEDED = [(v, "pods") for v in ("get", "list", "watch", "create", "delete", "patch")] + \
     [(v, "services") for v in ("get", "list", "watch", "create", "patch", "delete")] + \
     [("create", "events"), ("get", SWC), ("list", SWC), ("watch", SWC), ("patch", f"{SWC}#status"),
-     ("patch", SWC), ("get", "secrets"), ("create", "secrets"), ("get", "jobs.batch"), ("create", "jobs.batch")]
+     ("patch", SWC), ("get", "secrets"), ("create", "secrets"), ("get", "jobs.batch"), ("create", "jobs.batch")] + \
+    [(v, "poddisruptionbudgets.policy") for v in ("get", "list", "watch", "create", "delete")]
 # Never, anywhere.
 FORBIDDEN = [("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), ("delete", "secrets"),
              ("get", "configmaps"), ("delete", "jobs.batch"),
@@ -155,8 +156,10 @@ FORBIDDEN = [("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), (
              ("update", "services"), ("update", "pods"), ("create", "pods#exec"),
              ("get", "pods#log"), ("delete", "events"), ("create", "deployments.apps"),
              ("create", "serviceaccounts#token"), ("create", "rolebindings.rbac.authorization.k8s.io"),
-             ("delete", LEASES)]
-CLUSTER_FORBIDDEN = [("get", "nodes"), ("create", "nodes"), ("patch", "nodes"), ("update", "nodes"),
+             ("delete", LEASES), ("update", "poddisruptionbudgets.policy"), ("patch", "poddisruptionbudgets.policy")]
+# Nodes are read (a pod's node deleted or NotReady makes its end a disruption), never written.
+NODES_READ = [(v, "nodes") for v in ("get", "list", "watch")]
+CLUSTER_FORBIDDEN = [("create", "nodes"), ("patch", "nodes"), ("update", "nodes"),
                      ("delete", "nodes"), ("patch", "nodes#status"), ("create", "namespaces"),
                      ("delete", "namespaces"), ("create", CRDS), ("update", CRDS), ("delete", CRDS),
                      ("bind", "clusterroles.rbac.authorization.k8s.io"),
@@ -179,7 +182,7 @@ def test_rbac_cluster_wide(kubectl: Kubectl, cluster_wide: Release, namespace: s
     for ns in (namespace, "*"):
         checks += [(verb, res, ns, True) for verb, res in NEEDED]
         checks += [(verb, res, ns, False) for verb, res in FORBIDDEN]
-    checks += [("list", CRDS, None, True), ("watch", CRDS, None, True)]
+    checks += [("list", CRDS, None, True), ("watch", CRDS, None, True)] + [(v, r, None, True) for v, r in NODES_READ]
     checks += [(verb, res, None, False) for verb, res in CLUSTER_FORBIDDEN]
     # No leader election with one replica: no Lease access; kopf needs no namespace list when cluster-wide.
     checks += [("create", LEASES, r.namespace, False), ("get", f"{LEASES}/{r.fullname}", r.namespace, False),
@@ -200,6 +203,7 @@ def test_rbac_namespaced_with_leader_election(kubectl: Kubectl, namespaced: Rele
     checks += [(verb, res, "*", False) for verb, res in NEEDED + FORBIDDEN]
     checks += [("list", CRDS, None, True), ("watch", CRDS, None, True),
                ("list", "namespaces", None, True), ("watch", "namespaces", None, True)]
+    checks += [(verb, res, None, True) for verb, res in NODES_READ]
     checks += [(verb, res, None, False) for verb, res in CLUSTER_FORBIDDEN]
     # Its own Lease only: create (RBAC cannot name a create), get and update by name; nothing in other namespaces.
     lease = f"{LEASES}/{r.fullname}"

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from swarm_operator.config import OperatorConfig
+from swarm_operator.controller import Controller
 from swarm_operator.kube import Kube, ObjectRef, Resource
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
@@ -153,6 +155,8 @@ class FakeKube:
         self.swarmclusters: dict[Key, dict[str, Any]] = {}  # what the API server stores
         self.secrets: dict[Key, dict[str, Any]] = {}
         self.jobs: dict[Key, dict[str, Any]] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}  # by name
+        self.budgets: dict[tuple[str, str], dict[str, Any]] = {}
         self._rv = 100
         self._lock = threading.Lock()  # the controller calls from worker threads
 
@@ -166,6 +170,11 @@ class FakeKube:
             self.calls.append(("list_pods", namespace))
             items = [copy.deepcopy(p) for (ns, _), p in self.pods.items() if namespace in (None, ns)]
             return items, str(self._rv)
+
+    def list_nodes(self) -> tuple[list[dict[str, Any]], str]:
+        with self._lock:
+            self.calls.append(("list_nodes",))
+            return [copy.deepcopy(n) for n in self.nodes.values()], str(self._rv)
 
     def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -238,6 +247,27 @@ class FakeKube:
             self.calls.append(("delete_service", name))
             self.services.pop((namespace, name), None)
 
+    def list_budgets(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        with self._lock:
+            self.calls.append(("list_budgets", namespace))
+            return [copy.deepcopy(b) for (ns, _), b in self.budgets.items() if namespace in (None, ns)]
+
+    def create_budget(self, namespace: str, budget: Mapping[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            name = budget["metadata"]["name"]
+            self.calls.append(("create_budget", name))
+            if (namespace, name) in self.budgets:
+                return None  # 409
+            stored = copy.deepcopy(dict(budget))
+            stored["metadata"].update(resourceVersion=self.bump(), uid=f"pdb-{name}-{self._rv}")
+            self.budgets[(namespace, name)] = stored
+            return copy.deepcopy(stored)
+
+    def delete_budget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self.calls.append(("delete_budget", name))
+            self.budgets.pop((namespace, name), None)
+
     def get_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
             self.calls.append(("get_resource", name))
@@ -308,3 +338,13 @@ class FakeKube:
 def as_kube(fake: FakeKube) -> Kube:
     """The fake, typed as what the operator asks for: mypy checks here that FakeKube satisfies kube.Kube."""
     return fake
+
+
+def serving(kube: FakeKube, body: dict[str, Any] | None = None) -> Controller:
+    """A controller serving one SwarmCluster (`manifest()` by default), stored in the fake API server too, which
+    a turn reads back before it re-creates children. Call it on the event loop."""
+    body = body or manifest()
+    c = Controller(as_kube(kube), OperatorConfig())
+    kube.swarmclusters[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
+    c.on_cluster("ADDED", body)
+    return c

@@ -94,12 +94,14 @@ def test_new_cluster_created_exactly_once_even_if_reconciled_twice() -> None:
     workers = [n for n in creates if n != "demo-head"]
     assert creates.count("demo-head") == 1
     assert len(workers) == 2 and all(n.startswith("demo-cpu-") for n in workers)
-    assert kube.verbs() == Counter({"create_pod": 3, "create_service": 1, "patch_status": 1, "post_event": 1})
+    assert kube.verbs() == Counter({"create_pod": 3, "create_service": 1, "create_budget": 1, "patch_status": 1,
+                                    "post_event": 1})
     (_, _, status), = kube.statuses
     assert (status["phase"], status["workers"], status["observedGeneration"]) == ("Pending", "0/2", 1)
     ((_, etype, reason, message),) = kube.events
     assert (etype, reason) == ("Normal", "Created")
     assert "head demo-head" in message and "service demo-head-svc" in message and "2 cpu worker(s)" in message
+    assert "PodDisruptionBudget demo-head-pdb" in message
 
 
 class RefusingHeadKube(FakeKube):
@@ -334,7 +336,7 @@ def test_failed_worker_deleted_once_and_backoff_survives_in_status() -> None:
         c.on_cluster("ADDED", manifest())
         await c.reconcile(KEY)  # creates head + 2 workers
         worker = next(p for (_, n), p in kube.pods.items() if n.startswith("demo-cpu-"))
-        failed = with_state(worker, phase="Failed", ready=False, reason="Evicted", message="low on memory",
+        failed = with_state(worker, phase="Failed", ready=False, reason="Error", message="low on memory",
                             resource_version=kube.bump())
         kube.pods[(NAMESPACE, worker["metadata"]["name"])] = failed
         c.on_pod("MODIFIED", failed)
@@ -452,7 +454,7 @@ def test_a_listing_by_kopf_triggers_a_relist_that_drops_what_was_deleted_unseen(
         await c.stop()
 
     run(body)
-    assert [n for verb, n in kube.calls if verb == "list_pods"] == [None]  # one re-list, all namespaces
+    assert [c[1] for c in kube.calls if c[0] == "list_pods"] == [None]  # one re-list, all namespaces
 
 
 class RacingKube(FakeKube):

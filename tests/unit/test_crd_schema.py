@@ -282,7 +282,7 @@ def test_defaulting_fills_the_head() -> None:
     defaulted = apply_defaults(ROOT, {"metadata": {"name": "tiny"}, "spec": {}})
     # No resources: a default cpu or memory would clash with requests/limits, a default gpuResourceName with
     # accelerator (the operator defaults them, as inside workerGroups[]).
-    assert defaulted["spec"]["head"] == {"serviceType": "Headless"}
+    assert defaulted["spec"]["head"] == {"serviceType": "Headless", "podDisruptionBudget": {"enabled": True}}
 
 
 SCHEMA_CASES = [pytest.param(c, id=c.id) for c in CASES if c.rejected_by == "schema"]

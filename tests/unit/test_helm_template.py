@@ -101,9 +101,12 @@ NAMESPACED_GRANTS = {
     ("swarm.io", "swarmclusters/status", "patch"),
     ("", "secrets", "get"), ("", "secrets", "create"),  # a cluster's Ray token, by name
     ("batch", "jobs", "get"), ("batch", "jobs", "create"),  # the Redis key cleanup
+} | {
+    ("policy", "poddisruptionbudgets", v) for v in ("get", "list", "watch", "create", "delete")  # the head's
 }
 CRD_OBSERVATION = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 NAMESPACE_OBSERVATION = {("", "namespaces", v) for v in ("list", "watch")}
+NODE_OBSERVATION = {("", "nodes", v) for v in ("get", "list", "watch")}  # disrupted pods: node deleted, NotReady
 
 
 def dockerfile_entrypoint() -> list[str]:
@@ -155,7 +158,7 @@ def test_default_is_cluster_wide_single_replica(helm: str) -> None:
     objs = render(helm)
     assert kinds(objs) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
     role = only(objs, "ClusterRole", FULLNAME)
-    assert grants(role) == NAMESPACED_GRANTS | CRD_OBSERVATION
+    assert grants(role) == NAMESPACED_GRANTS | CRD_OBSERVATION | NODE_OBSERVATION
     binding = only(objs, "ClusterRoleBinding", FULLNAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FULLNAME}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
@@ -225,7 +228,7 @@ def test_namespaced_two_namespaces(helm: str) -> None:
     # Cluster-scoped: only kopf's read-only observation of CRDs and namespace names.
     cluster_roles = [o for o in objs if o["kind"] == "ClusterRole"]
     assert [r["metadata"]["name"] for r in cluster_roles] == [f"{FULLNAME}-observer"]
-    assert grants(cluster_roles[0]) == CRD_OBSERVATION | NAMESPACE_OBSERVATION
+    assert grants(cluster_roles[0]) == CRD_OBSERVATION | NAMESPACE_OBSERVATION | NODE_OBSERVATION
     assert only(objs, "ClusterRoleBinding")["roleRef"]["name"] == f"{FULLNAME}-observer"
     args = container(objs)["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
@@ -356,8 +359,10 @@ def test_rbac_never_grants_more(helm: str, values: Obj) -> None:
     for role in roles:
         for group, resource, verb, _ in rules(role):
             assert "*" not in (group, resource, verb), f"wildcard in {role['metadata']['name']}"
-            assert resource not in ("configmaps", "nodes", "serviceaccounts", "roles", "clusterroles",
+            assert resource not in ("configmaps", "serviceaccounts", "roles", "clusterroles",
                                     "rolebindings", "clusterrolebindings"), (role["metadata"]["name"], resource)
+            if resource == "nodes":
+                assert verb in ("get", "list", "watch"), (role["metadata"]["name"], verb)  # read only
             assert verb not in ("escalate", "bind", "impersonate", "deletecollection")
             if resource == "secrets":
                 # By name only (the Ray token Secrets): never a list or watch of every Secret, never a change.

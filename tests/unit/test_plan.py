@@ -34,13 +34,14 @@ from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker,
 GCS = {"faultTolerance": {"gcs": {"redisAddress": "redis:6379"}}}
 AUTO = {"autoscaling": {"enabled": True}}
 NO_BACKOFF = {"faultTolerance": {"workerBackoffInitialSeconds": 0}}
+HEAD_BUDGET = {"demo-head-pdb": "pdb-uid"}  # the head's PodDisruptionBudget exists (tests/unit/test_budget.py)
 
 
 def run(c: ClusterSpec, pods: list[PodState], *, service: bool = True, health: Mapping[str, GroupHealth] | None = None,
         targets: Mapping[str, int] | None = None, idle: frozenset[str] | None = None, head_restarts: int = 0,
         ray_nodes: frozenset[str] | None = None) -> Plan:
     obs = Observed(pods=tuple(pods), service_exists=service, health=dict(health or {}),
-                   head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes)
+                   head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes, budgets=HEAD_BUDGET)
     return plan_cluster(c, obs, dict(targets or {}), NOW)
 
 
@@ -119,7 +120,7 @@ def test_create_reasons_name_the_gap() -> None:
 
 # -- failed workers: replaced, with backoff ------------------------------------------------------
 
-FAILED = {"phase": "Failed", "ready": False, "reason": "Evicted", "message": "low on memory"}
+FAILED = {"phase": "Failed", "ready": False, "reason": "Error", "message": "low on memory"}
 RECENT_FAILURES = GroupHealth(restarts=3, consecutive_failures=3, last_failure=NOW - 5, backoff_until=NOW - 1)
 
 
@@ -166,7 +167,7 @@ def test_failed_worker_reason_carries_the_pod_failure() -> None:
     p = run(cluster(NO_BACKOFF), [head(C), worker(C, suffix="dead1", **FAILED), *workers(C, 1)])
     delete = next(a for a in p.actions if isinstance(a, DeletePod))
     create = next(a for a in p.actions if isinstance(a, CreateWorkers))
-    assert delete.reason == "worker demo-cpu-dead1 of group cpu: pod Evicted: low on memory"
+    assert delete.reason == "worker demo-cpu-dead1 of group cpu failed (pod Error: low on memory)"
     assert create.reason == "group cpu has 1 of 2 workers (replacing 1 failed)"
 
 
@@ -217,16 +218,16 @@ def test_head_replacement(c: ClusterSpec, pods: list[PodState], expected: list[t
 def test_head_failure_reason_and_restart_count_accumulate() -> None:
     p = run(C_GCS, [head(C_GCS, **HEAD_FAILED), *workers(C_GCS, 2)], head_restarts=4)
     assert p.head_restarts == 5
-    assert p.actions == (DeletePod("demo-head", "head demo-head: pod Failed: Ray container ended (Error, exit code 1); "
-                                                "replacing it", failed=True),)
+    assert p.actions == (DeletePod("demo-head", "head demo-head failed (pod Failed: Ray container ended "
+                                                "(Error, exit code 1)); replacing it", failed=True),)
 
 
 def test_a_head_that_could_not_start_is_replaced_with_the_runtimes_words() -> None:
     """The reason becomes the Warning Event "Replacing": container reason, exit code and its message."""
     why = 'unable to start container process: exec: "ray": executable file not found in $PATH'
     p = run(C_GCS, [head(C_GCS, phase="Failed", ready=False, terminated=("StartError", 128, why))])
-    assert p.actions == (DeletePod("demo-head", f"head demo-head: pod Failed: Ray container ended (StartError, exit "
-                                                f"code 128): {why}; replacing it", failed=True),)
+    assert p.actions == (DeletePod("demo-head", f"head demo-head failed (pod Failed: Ray container ended (StartError, "
+                                                f"exit code 128): {why}); replacing it", failed=True),)
 
 
 def test_recycled_workers_say_why() -> None:
@@ -643,7 +644,8 @@ def drained_worker(c: ClusterSpec, suffix: str, **state: Any) -> PodState:
 
 
 def run_ray(c: ClusterSpec, pods: list[PodState], ray_dead: set[str], targets: Mapping[str, int]) -> Plan:
-    obs = Observed(pods=(head(c), *pods), service_exists=True, health={}, ray_dead=frozenset(ray_dead))
+    obs = Observed(pods=(head(c), *pods), service_exists=True, health={}, ray_dead=frozenset(ray_dead),
+                   budgets=HEAD_BUDGET)
     return plan_cluster(c, obs, dict(targets), NOW)
 
 
@@ -691,6 +693,7 @@ def test_ray_dead_and_drained_reasons() -> None:
     by_name = {a.name: a for a in p.actions if isinstance(a, DeletePod)}
     assert by_name[w(1)] == DeletePod(w(1), f"worker {w(1)} of group cpu: its Ray node was drained; "
                                             "removing the pod")
-    assert by_name[w(2)] == DeletePod(w(2), f"worker {w(2)} of group cpu: its Ray node died", "cpu", failed=True)
+    assert by_name[w(2)] == DeletePod(w(2), f"worker {w(2)} of group cpu failed (its Ray node died)", "cpu",
+                                        failed=True, group="cpu")
     create = next(a for a in p.actions if isinstance(a, CreateWorkers))
     assert create == CreateWorkers("cpu", 2, "group cpu has 1 of 3 workers (replacing 1 failed)")

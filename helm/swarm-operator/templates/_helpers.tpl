@@ -97,6 +97,9 @@ reaches the Ray pods through a secretKeyRef that the kubelet resolves, never thr
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, create]  # the Redis key cleanup of a deleted GCS fault-tolerant cluster
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, delete]  # the head's PodDisruptionBudget (head.podDisruptionBudget)
 {{- end }}
 
 {{/*
@@ -105,11 +108,15 @@ SwarmCluster CRD created after the operator started (kubectl apply -f install.ya
 both at once) is served without a restart; without this it scans once and never again.
 Namespaces (only when namespaced): kopf lists and watches them to know which of the named
 namespaces exist; without it, it logs a warning and assumes they all do.
+Nodes: whether a pod's node was deleted or stays NotReady, which makes its end a disruption, not a failure.
 */}}
 {{- define "swarm-operator.observerRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get, list, watch]
 {{- if .Values.watchNamespaces }}
 - apiGroups: [""]
   resources: [namespaces]

@@ -243,9 +243,10 @@ class ObjectStore:
 
 
 class WatchCache:
-    """One served kind's objects, and the pods and services they own (labelled `owner_label`)."""
+    """One served kind's objects, and the pods, services and PodDisruptionBudgets they own (labelled `owner_label`)."""
 
     def __init__(self, owner_label: str, slim_pod: Callable[[Mapping[str, Any]], dict[str, Any]] = dict) -> None:
         self.objects = ObjectStore()
         self.pods = ChildStore(owner_label, slim_pod)
         self.services = ChildStore(owner_label)
+        self.budgets = ChildStore(owner_label)

@@ -99,6 +99,17 @@ class Effects:
         await self.call(self.kube.delete_service, self.ref.namespace, name)
         self.cache.services.gone(self.key, name, uid)
 
+    async def create_budget(self, budget: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The created PodDisruptionBudget; None when its name is taken (409)."""
+        created = await self.call(self.kube.create_budget, self.ref.namespace, budget)
+        if created is not None:
+            self.cache.budgets.apply(None, created)
+        return created
+
+    async def delete_budget(self, name: str, uid: str) -> None:
+        await self.call(self.kube.delete_budget, self.ref.namespace, name)
+        self.cache.budgets.gone(self.key, name, uid)
+
     async def patch_service(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
         patched = await self.call(self.kube.patch_service, self.ref.namespace, name, patch)
         if patched is not None:

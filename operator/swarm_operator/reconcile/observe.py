@@ -6,6 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarm_operator.reconcile.disruption import (
+    DEFAULT_NODE_NOT_READY_SECONDS,
+    DISRUPTION_TARGET,
+    Disrupted,
+    Failed,
+    Healthy,
+    NodeState,
+    classify,
+)
 from swarm_operator.resources import labels, revision
 from swarm_operator.spec.rules import PREFIX, RAY_CONTAINER
 from swarm_operator.times import parse_time
@@ -22,17 +31,19 @@ class PodState:
     template_hash: str
     created: float  # epoch seconds; 0 when unknown
     scheduled: bool
-    failure: str | None  # why the pod is dead, None while it is alive
+    failure: str | None  # why the pod failed, None while it is alive (or when it was disrupted)
     start_failed: bool = False  # its Ray container never ran its command (StartError and kin)
     drained: bool = False  # its Ray node was drained (autoscaler or rollout): its end is planned, not a failure
     drained_at: float = 0.0  # epoch seconds the drain was accepted; 0 when unknown
     # What the pod recorded it was built from (resources/revision.py); None when it recorded nothing.
     revision: Mapping[str, Any] | None = field(default=None, compare=False)
     template_metadata: Mapping[str, Any] | None = field(default=None, compare=False)
+    disruption: Disrupted | None = None  # an eviction, a node shutdown or loss ended it: not a failure
+    recheck_at: float = 0.0  # epoch seconds: its node is NotReady, and then counts as a disruption
 
     @property
     def alive(self) -> bool:
-        return not self.deleting and self.failure is None
+        return not self.deleting and self.failure is None and self.disruption is None
 
 
 def _annotation_time(text: str | None) -> float:
@@ -99,12 +110,15 @@ def failure_reason(pod: Mapping[str, Any]) -> str | None:
     return _ray_container_end(status)
 
 
-def observe_pod(pod: Mapping[str, Any]) -> PodState:
+def observe_pod(pod: Mapping[str, Any], node: NodeState | None = None, now: float = 0.0,
+                not_ready_seconds: float = DEFAULT_NODE_NOT_READY_SECONDS) -> PodState:
+    """`node`: the pod's node as the operator knows it (None: unknown); `now` matters only with a node."""
     meta = pod.get("metadata") or {}
     pod_labels = meta.get("labels") or {}
     status = pod.get("status") or {}
     annotations = meta.get("annotations") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    verdict = classify(pod, node, now, not_ready_seconds, failure_reason(pod))
     return PodState(
         name=meta.get("name", ""),
         node_type=pod_labels.get(labels.NODE_TYPE, ""),
@@ -115,12 +129,14 @@ def observe_pod(pod: Mapping[str, Any]) -> PodState:
         template_hash=pod_labels.get(labels.TEMPLATE_HASH, ""),
         created=parse_time(meta.get("creationTimestamp")),
         scheduled=bool((pod.get("spec") or {}).get("nodeName")),
-        failure=failure_reason(pod),
-        start_failed=start_failure(pod),
+        failure=verdict.reason if isinstance(verdict, Failed) else None,
+        start_failed=isinstance(verdict, Failed) and start_failure(pod),
         drained=labels.DRAINED in annotations,
         drained_at=_annotation_time(annotations.get(labels.DRAINED)),
         revision=revision.read_json_annotation(annotations, revision.REVISION),
         template_metadata=revision.read_json_annotation(annotations, revision.TEMPLATE_METADATA),
+        disruption=verdict if isinstance(verdict, Disrupted) else None,
+        recheck_at=verdict.recheck_at if isinstance(verdict, Healthy) else 0.0,
     )
 
 
@@ -149,8 +165,9 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     if ours:
         slim_meta["annotations"] = ours
     slim_status = {k: status[k] for k in ("phase", "reason", "message", "podIP") if k in status}
-    slim_status["conditions"] = [{"type": c.get("type"), "status": c.get("status")}
-                                 for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    slim_status["conditions"] = [{"type": c.get("type"), "status": c.get("status"), "reason": c.get("reason")}
+                                 for c in status.get("conditions") or []
+                                 if c.get("type") in ("Ready", DISRUPTION_TARGET)]
     slim_status["containerStatuses"] = [
         {"name": cs.get("name"), "state": {"terminated": _slim_terminated(cs["state"]["terminated"])}}
         for cs in status.get("containerStatuses") or [] if (cs.get("state") or {}).get("terminated")

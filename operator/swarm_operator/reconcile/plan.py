@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm_operator.reconcile.backoff import GroupHealth, record_failures, settle
+from swarm_operator.reconcile.disruption import Disrupted
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels, revision
+from swarm_operator.resources.budget import head_budget_name
 from swarm_operator.resources.pods import head_hash
 from swarm_operator.spec.types import ClusterSpec, WorkerGroupSpec
 
@@ -24,6 +26,19 @@ class CreateService:
 
 @dataclass(frozen=True)
 class CreateHead:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CreateBudget:
+    """The head's PodDisruptionBudget (resources/budget.py)."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeleteBudget:
+    name: str
+    uid: str
     reason: str
 
 
@@ -40,6 +55,8 @@ class DeletePod:
     reason: str
     failed_group: str | None = None  # set when the deletion replaces a failed worker
     failed: bool = False  # the pod died (worker or head): reported as a Warning
+    disrupted: Disrupted | None = None  # an eviction, a node shutdown or loss ended it: replaced, not a failure
+    group: str = labels.HEAD  # the pod's worker group, or the head (for the disruption metric)
 
 
 @dataclass(frozen=True)
@@ -59,7 +76,8 @@ class DrainForRollout:
     deadline_seconds: int
 
 
-Action = CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod | DrainForRollout
+Action = (CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod | DrainForRollout | CreateBudget
+          | DeleteBudget)
 
 # While a drained node has not died yet, Ray's state is read again this often (its death is what frees the pod).
 DRAIN_POLL_SECONDS = 3.0
@@ -80,6 +98,7 @@ class Observed:
     # Pods the GCS reports as live Ray nodes (None when Ray's state is unknown). A pod joins Ray, and
     # gets tasks, before its readiness probe first passes: "not ready" does not mean "no Ray work".
     ray_nodes: frozenset[str] | None = None
+    budgets: Mapping[str, str] = field(default_factory=dict)  # this cluster's PodDisruptionBudgets: name → uid
 
 
 @dataclass(frozen=True)
@@ -143,8 +162,10 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     requeues: list[float] = []
     notes: list[str] = []
     drain_timeout = cluster.update_strategy.drain_timeout_seconds
-    ended = [p for p in pods if not p.deleting and (p.failure is not None or p.name in obs.ray_dead)]
-    dead = [p for p in ended if not p.drained]
+    ended = [p for p in pods if not p.deleting
+             and (p.failure is not None or p.disruption is not None or p.name in obs.ray_dead)]
+    disrupted = [p for p in ended if not p.drained and p.disruption is not None]
+    dead = [p for p in ended if not p.drained and p.disruption is None]
     for p in ended:
         if p.drained:
             actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: its Ray node was drained; "
@@ -156,14 +177,21 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
         actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: its Ray node was drained "
                                          f"{drain_timeout}s ago (updateStrategy.drainTimeoutSeconds) and still "
                                          "runs; removing the pod"))
+    for p in disrupted:
+        assert p.disruption is not None
+        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name} disrupted ({p.disruption.reason})",
+                                 disrupted=p.disruption, group=group.name))
     for p in dead:
         why = p.failure or "its Ray node died"
-        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: {why}", group.name,
-                                 failed=True))
+        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name} failed ({why})", group.name,
+                                 failed=True, group=group.name))
     health = record_failures(health, len(dead), now, cluster.fault_tolerance.backoff_initial_seconds,
                              cluster.fault_tolerance.backoff_max_seconds)
     health = settle(health, now, cluster.fault_tolerance.backoff_max_seconds)
     live = [p for p in pods if p.alive and p.name not in obs.ray_dead and p not in overdue]
+    requeues += [p.recheck_at - now for p in live if p.recheck_at]
+    # Pods ended by a disruption, ours to delete or already going (the Eviction API deletes): replaced at once.
+    replace_at_once = len(disrupted) + sum(1 for p in pods if p.deleting and p.disruption is not None)
     draining = [p for p in live if p.drained]
     for p in draining:
         requeues.append(DRAIN_POLL_SECONDS if not p.drained_at
@@ -174,10 +202,16 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     elif missing > 0:
         if now < health.backoff_until:
             requeues.append(health.backoff_until - now)
+            if replace_at_once:
+                actions.append(CreateWorkers(group.name, min(missing, replace_at_once),
+                                             f"group {group.name} has {len(live)} of {desired} workers (replacing "
+                                             f"{min(missing, replace_at_once)} disrupted at once; the rest wait "
+                                             "for the failure backoff)"))
         else:
             why = f"group {group.name} has {len(live)} of {desired} workers"
-            if dead:
-                why += f" (replacing {len(dead)} failed)"
+            replaced = [f"{n} {what}" for n, what in ((len(dead), "failed"), (replace_at_once, "disrupted")) if n]
+            if replaced:
+                why += f" (replacing {' and '.join(replaced)})"
             actions.append(CreateWorkers(group.name, missing, why))
     elif missing < 0:
         removable = _scale_down_order(live)
@@ -242,9 +276,19 @@ def _metadata_patches(cluster: ClusterSpec, pods: list[PodState], leaving: set[s
     return patches
 
 
+def _budget_actions(cluster: ClusterSpec, obs: Observed) -> list[Action]:
+    """The head's PodDisruptionBudget exists exactly while head.podDisruptionBudget.enabled (any other of ours goes)."""
+    wanted = head_budget_name(cluster.name) if cluster.head.disruption_budget else None
+    actions: list[Action] = [DeleteBudget(name, uid, "head.podDisruptionBudget.enabled is false")
+                             for name, uid in obs.budgets.items() if name != wanted]
+    if wanted is not None and wanted not in obs.budgets:
+        actions.append(CreateBudget("the head's PodDisruptionBudget is missing"))
+    return actions
+
+
 def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int], now: float) -> Plan:
     """Everything to do for one cluster now. `targets` is the per-group target from status."""
-    actions: list[Action] = []
+    actions: list[Action] = _budget_actions(cluster, obs)
     pods = list(obs.pods)
     head_restarts = obs.head_restarts
     if cluster.suspend:
@@ -261,13 +305,19 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         actions.append(CreateService("head service missing"))
 
     head_dead = [p for p in heads if not p.deleting and p.failure is not None]
+    head_disrupted = [p for p in heads if not p.deleting and p.disruption is not None]
     recycle_workers = False
     for p in head_dead:
-        actions.append(DeletePod(p.name, f"head {p.name}: {p.failure}; replacing it", failed=True))
+        actions.append(DeletePod(p.name, f"head {p.name} failed ({p.failure}); replacing it", failed=True))
         head_restarts += 1
-        if cluster.fault_tolerance.gcs is None:
-            recycle_workers = True
+    for p in head_disrupted:
+        assert p.disruption is not None
+        actions.append(DeletePod(p.name, f"head {p.name} disrupted ({p.disruption.reason}); replacing it",
+                                 disrupted=p.disruption))
+    if (head_dead or head_disrupted) and cluster.fault_tolerance.gcs is None:
+        recycle_workers = True
     live_heads = [p for p in heads if p.alive]
+    requeues += [p.recheck_at - now for p in live_heads if p.recheck_at]
     head_outdated = False
     if live_heads and cluster.update_strategy.type != "OnDelete" and live_heads[0].template_hash != head_hash(cluster):
         change = revision.describe_change(revision.changed_parts(live_heads[0].revision, revision.head_parts(cluster)))
@@ -284,7 +334,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         # workers cannot rejoin a new one. Replacing them now beats waiting for their raylets to give up.
         recycle_workers = True
     if not live_heads:
-        if any(p.deleting for p in heads) or head_dead or head_outdated:
+        if any(p.deleting for p in heads) or head_dead or head_disrupted or head_outdated:
             requeues.append(1.0)  # the head's fixed name is free only once the old pod is gone
         else:
             actions.append(CreateHead("head pod missing"))

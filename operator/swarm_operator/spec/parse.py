@@ -57,6 +57,8 @@ def _head(r: Reader, spec: Mapping[str, Any]) -> HeadSpec:
         template=read_template(r, raw, "spec.head"),
         probes=read_probes(r, raw, "spec.head"),
         service_annotations=read_service_annotations(r, raw),
+        disruption_budget=r.boolean(r.mapping(raw, "podDisruptionBudget", "spec.head"), "enabled",
+                                    "spec.head.podDisruptionBudget", True),
     )
 
 

@@ -79,6 +79,7 @@ class HeadSpec:
     template: Mapping[str, Any]
     probes: Probes = field(default_factory=Probes)
     service_annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    disruption_budget: bool = True  # head.podDisruptionBudget.enabled: the operator keeps a PDB for the head
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,265 @@
+"""Disruption is not failure, and the head's PodDisruptionBudget, against a real API server, scheduler, disruption
+controller and garbage collector, on kwok's fake nodes (no process nodes: runs without the Ray bridge lock).
+
+Tests that delete a node or make one NotReady bring their own nodes (kwok simulates any node annotated for it), so
+the session's shared nodes stay as they are.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from localcluster.chaos import fail_pod, failed_status_patch
+from localcluster.nodes import KWOK_ANNOTATION, fake_node, wait_nodes_ready
+from localcluster.operator_process import OperatorProcess
+from swarm_operator.times import timestamp
+from tests.integration.helpers import Cluster, manifest, ready_status, wait_for
+
+pytestmark = pytest.mark.integration
+
+POOL = "swarm.io/test-pool"
+# The pod garbage collector deletes pods of a deleted node after 40 s at the earliest: replacements well within
+# that are the operator's doing.
+AT_ONCE_SECONDS = 20.0
+NOT_READY_SECONDS = 4
+
+
+class Nodes:
+    """This test's own fake nodes, labelled POOL=<pool>; deleted (with their pods) at the end."""
+
+    def __init__(self, core: Any, count: int) -> None:
+        self.core = core
+        self.pool = f"p{uuid.uuid4().hex[:8]}"
+        self.names = [f"{self.pool}-{i}" for i in range(count)]
+        for name in self.names:
+            core.create_node(fake_node(name, "32", "128Gi", labels={POOL: self.pool}))
+
+    def selector(self) -> dict[str, Any]:
+        """A pod template overlay that schedules onto these nodes only."""
+        return {"spec": {"nodeSelector": {POOL: self.pool}}}
+
+    def not_ready(self, name: str) -> None:
+        """kwok lets go of the node (it would report it Ready again), then the node says NotReady, as a
+        kubelet that lost its runtime does."""
+        # The node lifecycle controller's taint for a NotReady node: no new pods go there.
+        self.core.patch_node(name, {"metadata": {"annotations": {KWOK_ANNOTATION: None}},
+                                    "spec": {"taints": [{"key": "node.kubernetes.io/not-ready",
+                                                         "effect": "NoSchedule"}]}})
+        now = timestamp(time.time())
+        self.core.patch_node_status(name, {"status": {"conditions": [
+            {"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "container runtime is down",
+             "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+
+    def remove(self) -> None:
+        for name in self.names:
+            for p in self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
+                try:  # no kubelet will ever finish their deletion
+                    self.core.delete_namespaced_pod(p.metadata.name, p.metadata.namespace, grace_period_seconds=0)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+            try:
+                self.core.delete_node(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+@pytest.fixture
+def nodes(core_v1: Any) -> Iterator[Nodes]:
+    pool = Nodes(core_v1, 2)
+    yield pool
+    pool.remove()
+
+
+@pytest.fixture
+def fast_operator(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator with a short NotReady threshold, so that a test waits seconds, not a minute."""
+    proc = OperatorProcess(kubeconfig, [namespace], tmp_path / "operator.log",
+                           extra=["--node-not-ready-seconds", str(NOT_READY_SECONDS)])
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels` (0 when there are none)."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def disrupted_events(swc: Cluster, name: str) -> list[str]:
+    return [e.message for e in swc.events(name) if e.reason == "Disrupted"]
+
+
+def group_status(swc: Cluster, name: str) -> dict[str, Any]:
+    return dict(swc.status(name)["workerGroups"][0])
+
+
+def start_pinned(swc: Cluster, nodes: Nodes, name: str, replicas: int) -> tuple[str, set[str]]:
+    """A running cluster whose workers run on `nodes` only (its head elsewhere); the node of its first worker,
+    and the workers on that node."""
+    wait_nodes_ready(swc.api, nodes.names)
+    body = manifest(name, replicas=replicas)
+    body["spec"]["workerGroups"][0]["template"] = nodes.selector()
+    swc.create(body)
+    wait_for(f"Running {replicas}/{replicas}", ready_status(swc, name, replicas))
+    node = swc.workers(name)[0].spec.node_name
+    return node, {p.metadata.name for p in swc.workers(name) if p.spec.node_name == node}
+
+
+def test_workers_of_a_deleted_node_are_replaced_at_once_as_a_disruption(
+        swc: Cluster, fast_operator: OperatorProcess, nodes: Nodes) -> None:
+    victim, gone = start_pinned(swc, nodes, "lost", 4)
+    deleted_at = time.monotonic()
+    swc.core.delete_node(victim)
+    wait_for("replacements off the deleted node", lambda: len(swc.workers("lost")) == 4
+             and not {p.metadata.name for p in swc.workers("lost")} & gone
+             and all(p.spec.node_name and p.spec.node_name != victim for p in swc.workers("lost")),
+             timeout=AT_ONCE_SECONDS)
+    assert time.monotonic() - deleted_at < AT_ONCE_SECONDS
+    messages = disrupted_events(swc, "lost")
+    assert any(f"its node {victim} was deleted" in m for m in messages), messages
+    assert (group_status(swc, "lost")["consecutiveFailures"], group_status(swc, "lost")["restarts"]) == (0, 0)
+    text = fast_operator.metrics()
+    assert metric(text, "swarm_pod_disruptions_total", cluster="lost", cause="node-deleted") == len(gone)
+    assert metric(text, "swarm_worker_replacements_total", cluster="lost") == 0
+
+
+def test_workers_of_a_node_not_ready_past_the_threshold_are_replaced(
+        swc: Cluster, fast_operator: OperatorProcess, nodes: Nodes) -> None:
+    sick, on_sick = start_pinned(swc, nodes, "sick", 2)
+    became_not_ready = time.monotonic()
+    nodes.not_ready(sick)
+    wait_for("replacements off the NotReady node", lambda: not {p.metadata.name for p in swc.workers("sick")}
+             & on_sick and len(swc.running("sick")) == 3, timeout=AT_ONCE_SECONDS)
+    waited = time.monotonic() - became_not_ready
+    assert waited >= NOT_READY_SECONDS - 1, f"replaced after {waited:.1f}s: before the threshold"
+    messages = disrupted_events(swc, "sick")
+    assert any(f"its node {sick} has been NotReady for more than {NOT_READY_SECONDS}s" in m for m in messages)
+    assert group_status(swc, "sick")["consecutiveFailures"] == 0
+    assert metric(fast_operator.metrics(), "swarm_pod_disruptions_total", cluster="sick", cause="node-not-ready") \
+        == len(on_sick)
+
+
+def evict(core: Any, namespace: str, name: str) -> int:
+    """Ask the Eviction API, as `kubectl drain` does; its HTTP status (201 evicted, 429 refused by a budget)."""
+    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+    try:
+        core.create_namespaced_pod_eviction(name, namespace, body)
+    except ApiException as exc:
+        return int(exc.status)
+    return 201
+
+
+def budget(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        found = client.PolicyV1Api(api).read_namespaced_pod_disruption_budget(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(api.sanitize_for_serialization(found))  # type: ignore[no-untyped-call]
+
+
+def test_the_head_budget_refuses_an_eviction_until_switched_off(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("guard", replicas=1))
+    wait_for("Running", ready_status(swc, "guard", 1))
+    pdb = wait_for("the head's budget, observed by the disruption controller",
+                   lambda: (b := budget(swc.api, swc.ns, "guard-head-pdb")) and (b.get("status") or {})
+                   .get("currentHealthy") == 1 and b)
+    assert pdb["spec"]["minAvailable"] == 1 and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["metadata"]["ownerReferences"][0]["uid"] == swc.get("guard")["metadata"]["uid"]
+    head_uid = swc.heads("guard")[0].metadata.uid
+    assert evict(swc.core, swc.ns, "guard-head") == 429, "a healthy head may not be drained"
+    assert swc.heads("guard")[0].metadata.uid == head_uid
+    worker = swc.workers("guard")[0].metadata.name
+    assert evict(swc.core, swc.ns, worker) == 201, "workers have no budget"
+
+    swc.patch("guard", {"spec": {"head": {"podDisruptionBudget": {"enabled": False}}}})
+    wait_for("the budget deleted", lambda: budget(swc.api, swc.ns, "guard-head-pdb") is None)
+    assert any("guard-head-pdb: head.podDisruptionBudget.enabled is false" in e.message
+               for e in swc.events("guard") if e.reason == "Deleted")
+    assert evict(swc.core, swc.ns, "guard-head") == 201
+    wait_for("a new head", lambda: [h for h in swc.heads("guard") if h.metadata.uid != head_uid
+                                    and h.status.phase == "Running"])
+    wait_for("Running again", ready_status(swc, "guard", 1))
+    assert swc.status("guard")["head"]["restarts"] == 0, "an eviction is not a failure"
+    assert group_status(swc, "guard")["consecutiveFailures"] == 0
+
+
+def test_a_broken_head_can_be_evicted_despite_its_budget(swc: Cluster, operator: OperatorProcess) -> None:
+    """unhealthyPodEvictionPolicy AlwaysAllow: a head that is not ready never blocks a node upgrade."""
+    swc.create(manifest("broken", replicas=0))
+    wait_for("the head's budget", lambda: (b := budget(swc.api, swc.ns, "broken-head-pdb"))
+             and (b.get("status") or {}).get("expectedPods") == 1)
+    wait_for("head Running", lambda: [h for h in swc.heads("broken") if h.status.phase == "Running"])
+    now = timestamp(time.time())
+    swc.core.patch_namespaced_pod_status("broken-head", swc.ns, {"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "ProbeFailed", "lastTransitionTime": now}]}})
+    assert evict(swc.core, swc.ns, "broken-head") == 201
+
+
+def test_a_disruption_target_condition_is_a_disruption(swc: Cluster, operator: OperatorProcess) -> None:
+    swc.create(manifest("target", replicas=2))
+    wait_for("Running 2/2", ready_status(swc, "target", 2))
+    victim = swc.workers("target")[0].metadata.name
+    now = timestamp(time.time())
+    swc.core.patch_namespaced_pod_status(victim, swc.ns, {"status": {"conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+         "message": "preempted by a higher-priority pod", "lastTransitionTime": now}]}})
+    wait_for("its replacement", lambda: victim not in {p.metadata.name for p in swc.workers("target")}
+             and len(swc.workers("target")) == 2)
+    wait_for("Running 2/2 again", ready_status(swc, "target", 2))
+    assert any(f"worker {victim} of group cpu disrupted (preempted by the scheduler)" in m
+               for m in disrupted_events(swc, "target"))
+    assert group_status(swc, "target")["consecutiveFailures"] == 0
+
+
+def test_nine_evicted_workers_are_replaced_at_once_and_told_apart_from_a_failure(
+        swc: Cluster, operator: OperatorProcess) -> None:
+    body = manifest("spot", replicas=10, faultTolerance={"workerBackoffInitialSeconds": 5,
+                                                          "workerBackoffMaxSeconds": 300})
+    body["spec"]["workerGroups"][0]["maxReplicas"] = 16
+    swc.create(body)
+    wait_for("Running 10/10", ready_status(swc, "spot", 10), timeout=90)
+    victims = [p.metadata.name for p in swc.workers("spot")[:9]]
+    evicted_at = time.monotonic()
+    containers = [c.name for c in swc.workers("spot")[0].spec.containers]
+    for name in victims:  # as the kubelet writes a node-pressure eviction
+        swc.core.patch_namespaced_pod_status(name, swc.ns, failed_status_patch(
+            containers, reason="Evicted", message="The node was low on resource: memory."))
+    wait_for("9 replacements", lambda: not set(victims) & {p.metadata.name for p in swc.workers("spot")}
+             and len(swc.running("spot")) == 11, timeout=AT_ONCE_SECONDS)
+    # Nine failures would hold the replacements back 5 s × 2⁸; nine disruptions not at all.
+    assert time.monotonic() - evicted_at < AT_ONCE_SECONDS
+    st = group_status(swc, "spot")
+    assert (st["consecutiveFailures"], st["restarts"]) == (0, 0)
+    assert "backoffUntil" not in st
+    messages = disrupted_events(swc, "spot")
+    assert sum(m.count("disrupted (evicted by the kubelet: The node was low on resource: memory.)")
+               for m in messages) == 9, messages
+
+    # A real failure of the tenth worker still counts, and says so.
+    survivor = next(p.metadata.name for p in swc.workers("spot") if p.metadata.name not in victims
+                    and p.status.phase == "Running")
+    fail_pod(swc.api, swc.ns, survivor)
+    wait_for("the failure counted", lambda: group_status(swc, "spot")["consecutiveFailures"] == 1)
+    assert any(f"worker {survivor} of group cpu failed (" in e.message for e in swc.events("spot")
+               if e.reason == "Replacing")
+    text = operator.metrics()
+    assert metric(text, "swarm_pod_disruptions_total", cluster="spot", cause="evicted") == 9
+    assert metric(text, "swarm_worker_replacements_total", cluster="spot") == 1
