@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from swarm_operator import metrics
-from swarm_operator.reconcile.cache import Key
+from swarm_operator.kit.cache import Key
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 
@@ -24,21 +24,18 @@ def pod_state(p: PodState) -> str:
     return "deleting" if p.deleting else "failed" if p.failure else "ready" if p.ready else p.phase.lower()
 
 
-class PodGauges:
-    """swarm_pods per cluster; a (group, state) no pod is in any more drops to 0, a gone cluster's go."""
+def update_pod_gauges(key: Key, pods: Iterable[PodState], series: set[tuple[str, str]]) -> None:
+    """swarm_pods of one cluster; `series` (the cluster's memory) holds the (group, state) pairs reported so far:
+    one no pod is in any more drops to 0."""
+    counts = Counter((p.group or labels.HEAD, pod_state(p)) for p in pods)
+    for gs in series - set(counts):
+        metrics.PODS.labels(*key, *gs).set(0)
+    for gs, n in counts.items():
+        metrics.PODS.labels(*key, *gs).set(n)
+    series |= set(counts)
 
-    def __init__(self) -> None:
-        self._series: dict[Key, set[tuple[str, str]]] = {}
 
-    def update(self, key: Key, pods: Iterable[PodState]) -> None:
-        counts = Counter((p.group or labels.HEAD, pod_state(p)) for p in pods)
-        seen = self._series.setdefault(key, set())
-        for gs in seen - set(counts):
-            metrics.PODS.labels(*key, *gs).set(0)
-        for gs, n in counts.items():
-            metrics.PODS.labels(*key, *gs).set(n)
-        seen |= set(counts)
-
-    def forget(self, key: Key) -> None:
-        for group, state in self._series.pop(key, set()):
-            metrics.PODS.remove(*key, group, state)
+def remove_pod_gauges(key: Key, series: set[tuple[str, str]]) -> None:
+    """A gone cluster's series go."""
+    for group, state in series:
+        metrics.PODS.remove(*key, group, state)

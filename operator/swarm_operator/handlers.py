@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import kopf
@@ -19,10 +18,11 @@ import kopf
 from swarm_operator import GROUP, PLURAL, VERSION
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
+from swarm_operator.kit.blocking import Blocking
+from swarm_operator.kit.watch import Reflector
 from swarm_operator.kube import KubeClient, collection_path
 from swarm_operator.leader import LeaderElector
 from swarm_operator.resources import labels
-from swarm_operator.watch import Reflector
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class Runtime:
     kopf_logins = 0
     controller: Controller | None = None
     elector: LeaderElector | None = None
-    reflectors: ClassVar[list[Reflector]] = []  # the pod and service watches (watch.py), not kopf's
+    reflectors: ClassVar[list[Reflector]] = []  # the pod and service watches (kit/watch.py), not kopf's
+    blocking: Blocking | None = None
 
 
 @kopf.on.startup()
@@ -76,11 +77,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Watch events for one object are handled in order; batching coalesces bursts of pod updates.
     settings.batching.batch_window = 0.1
     settings.batching.worker_limit = 1000
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=cfg.api_threads))
+    # One bounded pool for every blocking call (kit/blocking.py); kopf's own (the login handler) goes there too.
+    Runtime.blocking = blocking = Blocking(cfg.api_threads)
+    asyncio.get_running_loop().set_default_executor(blocking.executor)
     kube = Runtime.kube
     assert kube is not None, "__main__ logs in before kopf starts"
-    controller = Controller(kube, cfg)
-    pods_listed_at = await asyncio.to_thread(controller.seed)
+    controller = Controller(kube, cfg, blocking)
+    pods_listed_at = await blocking(controller.seed)
     Runtime.controller = controller
     controller.start()
     loop = asyncio.get_running_loop()
@@ -118,6 +121,8 @@ async def shutdown(**_: Any) -> None:
         await Runtime.elector.stop()
     if Runtime.controller is not None:
         await Runtime.controller.stop()
+    if Runtime.blocking is not None:
+        Runtime.blocking.shutdown()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
@@ -45,7 +46,6 @@ EVENTS = "/api/v1/namespaces/{ns}/events"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 MERGE_PATCH = "application/merge-patch+json"
-SWARMCLUSTERS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}"
 
 FIELD_MANAGER = "swarm-operator"
 WRITES = frozenset({"POST", "PUT", "PATCH"})
@@ -60,6 +60,45 @@ ATTEMPTS = 5
 BACKOFF_FIRST_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 5.0
 RETRY_AFTER_MAX_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A custom resource kind the operator serves: where the API keeps it, and what its objects are called."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+    def collection(self, namespace: str | None) -> str:
+        """Its API path in one namespace, or in all of them (None)."""
+        root = f"/apis/{self.group}/{self.version}"
+        return f"{root}/{self.plural}" if namespace is None else f"{root}/namespaces/{namespace}/{self.plural}"
+
+    def item(self, namespace: str, name: str) -> str:
+        return f"{self.collection(namespace)}/{quote(name)}"
+
+
+SWARMCLUSTER = Resource(GROUP, VERSION, PLURAL, KIND)
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One object of a served resource, as Events name it (involvedObject)."""
+
+    resource: Resource
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
 
 
 def collection_path(kind: str, namespace: str | None) -> str:
@@ -135,8 +174,6 @@ class Kube(Protocol):
 
     def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None: ...
-
     def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]: ...
 
     def create_service(self, namespace: str, service: Mapping[str, Any]) -> dict[str, Any] | None: ...
@@ -145,13 +182,13 @@ class Kube(Protocol):
 
     def delete_service(self, namespace: str, name: str) -> None: ...
 
-    def list_swarmclusters(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]: ...
+    def list_resource(self, resource: Resource, namespace: str | None) -> tuple[list[dict[str, Any]], str]: ...
 
-    def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None: ...
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
+    def patch_status(self, resource: Resource, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
 
-    def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+    def set_finalizers(self, resource: Resource, namespace: str, name: str, finalizers: list[str],
                        resource_version: str) -> dict[str, Any] | None: ...
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -162,8 +199,7 @@ class Kube(Protocol):
 
     def create_job(self, namespace: str, job: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
-    def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str,
-                   message: str) -> None: ...
+    def post_event(self, ref: ObjectRef, event_type: str, reason: str, message: str) -> None: ...
 
 
 class KubeClient:
@@ -317,10 +353,6 @@ class KubeClient:
         return self._call("patch", "pods", "PATCH", f"{PODS.format(ns=namespace)}/{quote(name)}", patch,
                           absent=404, content_type=MERGE_PATCH)
 
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
-        """Merge annotations into a pod; the patched pod, or None when it is gone."""
-        return self.patch_pod(namespace, name, {"metadata": {"annotations": dict(annotations)}})
-
     # -- services -----------------------------------------------------------------------------
 
     def list_services(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
@@ -339,32 +371,29 @@ class KubeClient:
         """Delete a service; one already gone is success."""
         self._call("delete", "services", "DELETE", f"{SERVICES.format(ns=namespace)}/{quote(name)}", absent=404)
 
-    # -- swarmclusters ------------------------------------------------------------------------
+    # -- our custom resources (SwarmClusters, and any kind served on the same kit) ----------------
 
-    def list_swarmclusters(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
-        """SwarmClusters (all namespaces when None), and the list's resourceVersion."""
-        API_REQUESTS.labels("list", "swarmclusters").inc()
-        path = f"/apis/{GROUP}/{VERSION}/{PLURAL}" if namespace is None else SWARMCLUSTERS.format(ns=namespace)
-        body = self.request("GET", path)
+    def list_resource(self, resource: Resource, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """The resource's objects (all namespaces when None), and the list's resourceVersion."""
+        API_REQUESTS.labels("list", resource.plural).inc()
+        body = self.request("GET", resource.collection(namespace))
         return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
 
-    def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The SwarmCluster as stored now; None when it is gone."""
-        return self._call("get", "swarmclusters", "GET", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}",
-                          absent=404)
+    def get_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as stored now; None when it is gone."""
+        return self._call("get", resource.plural, "GET", resource.item(namespace, name), absent=404)
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+    def patch_status(self, resource: Resource, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Merge-patch the status subresource (lists are sent whole, so they replace what is stored);
-        False when the SwarmCluster is gone."""
-        return self._call("patch", "swarmclusters/status", "PATCH",
-                          f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}/status", {"status": dict(status)},
-                          absent=404, content_type=MERGE_PATCH) is not None
+        False when the object is gone."""
+        return self._call("patch", f"{resource.plural}/status", "PATCH", f"{resource.item(namespace, name)}/status",
+                          {"status": dict(status)}, absent=404, content_type=MERGE_PATCH) is not None
 
-    def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+    def set_finalizers(self, resource: Resource, namespace: str, name: str, finalizers: list[str],
                        resource_version: str) -> dict[str, Any] | None:
-        """Replace the SwarmCluster's finalizer list, only if it is still at `resource_version` (so another
+        """Replace the object's finalizer list, only if it is still at `resource_version` (so another
         writer's finalizer is never lost: a conflict raises ApiError 409). The stored object, or None when gone."""
-        return self._call("patch", "swarmclusters", "PATCH", f"{SWARMCLUSTERS.format(ns=namespace)}/{quote(name)}",
+        return self._call("patch", resource.plural, "PATCH", resource.item(namespace, name),
                           {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
                           absent=404, content_type=MERGE_PATCH)
 
@@ -404,10 +433,11 @@ class KubeClient:
 
     # -- events -------------------------------------------------------------------------------
 
-    def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the SwarmCluster, counted into an earlier one as client-go's correlator
+    def post_event(self, ref: ObjectRef, event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the object, counted into an earlier one as client-go's correlator
         would (events.py); failures to post are logged, never raised."""
-        key = EventKey(namespace, name, uid, event_type, reason)
+        namespace, name = ref.namespace, ref.name
+        key = EventKey(namespace, name, ref.uid, event_type, reason)
         now = self.clock()
         stamp = micro_time(now)
         decision = self.events.decide(key, message[:1024], now)
@@ -427,8 +457,8 @@ class KubeClient:
             API_REQUESTS.labels("create", "events").inc()
             created = self.request("POST", EVENTS.format(ns=namespace), {
                 "metadata": {"generateName": f"{name}.", "namespace": namespace},
-                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name,
-                                   "namespace": namespace, "uid": uid},
+                "involvedObject": {"apiVersion": ref.resource.api_version, "kind": ref.resource.kind, "name": name,
+                                   "namespace": namespace, "uid": ref.uid},
                 "type": event_type,
                 "reason": reason,
                 "message": decision.message,

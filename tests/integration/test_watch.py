@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from prometheus_client import REGISTRY
 
-from swarm_operator import watch
+from swarm_operator.kit import watch
 from swarm_operator.kube import KubeClient, collection_path
 from swarm_operator.login import Login, LoginSource
 from tests.integration.helpers import pod

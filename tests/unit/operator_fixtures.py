@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from swarm_operator.kube import Kube
+from swarm_operator.kube import Kube, ObjectRef, Resource
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.resources.overlay import RAY_CONTAINER
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
@@ -204,16 +204,6 @@ class FakeKube:
             pod["metadata"]["resourceVersion"] = self.bump()
             return copy.deepcopy(pod)
 
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
-        with self._lock:
-            self.calls.append(("annotate_pod", name))
-            pod = self.pods.get((namespace, name))
-            if pod is None:
-                return None  # 404
-            pod["metadata"].setdefault("annotations", {}).update(annotations)
-            pod["metadata"]["resourceVersion"] = self.bump()
-            return copy.deepcopy(pod)
-
     def create_service(self, namespace: str, service: Mapping[str, Any]) -> dict[str, Any] | None:
         with self._lock:
             name = service["metadata"]["name"]
@@ -246,18 +236,18 @@ class FakeKube:
             self.calls.append(("delete_service", name))
             self.services.pop((namespace, name), None)
 
-    def get_swarmcluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            self.calls.append(("get_swarmcluster", name))
+            self.calls.append(("get_resource", name))
             return copy.deepcopy(self.swarmclusters.get((namespace, name)))
 
-    def list_swarmclusters(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+    def list_resource(self, resource: Resource, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
         with self._lock:
-            self.calls.append(("list_swarmclusters", namespace))
+            self.calls.append(("list_resource", namespace))
             return [copy.deepcopy(b) for (ns, _), b in self.swarmclusters.items() if namespace in (None, ns)], \
                 str(self._rv)
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+    def patch_status(self, resource: Resource, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         with self._lock:
             self.calls.append(("patch_status", name))
             if (namespace, name) not in self.swarmclusters:
@@ -265,7 +255,7 @@ class FakeKube:
             self.statuses.append((namespace, name, copy.deepcopy(dict(status))))
             return True
 
-    def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+    def set_finalizers(self, resource: Resource, namespace: str, name: str, finalizers: list[str],
                        resource_version: str) -> dict[str, Any] | None:
         with self._lock:
             self.calls.append(("set_finalizers", name))
@@ -303,10 +293,10 @@ class FakeKube:
             self.jobs[(namespace, name)] = copy.deepcopy(dict(job))
             return copy.deepcopy(dict(job))
 
-    def post_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str) -> None:
+    def post_event(self, ref: ObjectRef, event_type: str, reason: str, message: str) -> None:
         with self._lock:
-            self.calls.append(("post_event", name))
-            self.events.append((name, event_type, reason, message))
+            self.calls.append(("post_event", ref.name))
+            self.events.append((ref.name, event_type, str(reason), message))
 
     def verbs(self) -> Counter[str]:
         """How often each method was called."""

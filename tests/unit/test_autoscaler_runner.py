@@ -1,5 +1,5 @@
-"""autoscaler.runner: the helpers, and Autoscaler.step against a fake GCS (a RayStatePool of fake clients)
-and a fake Kubernetes that records pod annotations."""
+"""autoscaler.runner: the helpers, and Autoscaler.step against a fake GCS (a RayStatePool of fake clients);
+the drained-at annotations it returns for the turn to write are applied to the harness's pods."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from swarm_operator.autoscaler import gcs
 from swarm_operator.autoscaler.ray_version import check
 from swarm_operator.autoscaler.runner import (
     Autoscaler,
+    AutoscalerMemory,
     Outcome,
     pending_by_resource,
     ray_dead_pods,
@@ -30,9 +31,10 @@ from swarm_operator.autoscaler.snapshot import (
     ResourceDemand,
     Strategy,
 )
-from swarm_operator.kube import Kube
+from swarm_operator.kit.blocking import Blocking
+from swarm_operator.kit.cache import Key
 from swarm_operator.reconcile.observe import PodState, observe_pod
-from swarm_operator.reconcile.plan import DrainForRollout
+from swarm_operator.reconcile.plan import DrainForRollout, PatchPod
 from swarm_operator.resources import labels
 from swarm_operator.spec.types import AutoscalingSpec, ClusterSpec
 from swarm_operator.status import AutoscalerReport
@@ -115,23 +117,6 @@ def test_pending_by_resource() -> None:
 # -- Autoscaler.step with fakes -----------------------------------------------------------------
 
 
-class FakeKube:
-    """kube.Kube's annotate_pod: records the call, returns the patched pod (None for an unknown pod)."""
-
-    def __init__(self) -> None:
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.annotated: list[tuple[str, str, dict[str, str]]] = []
-
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any] | None:
-        self.annotated.append((namespace, name, dict(annotations)))
-        pod = self.pods.get(name)
-        if pod is None:
-            return None
-        pod = copy.deepcopy(pod)
-        pod["metadata"].setdefault("annotations", {}).update(annotations)
-        return pod
-
-
 AUTO = {"autoscaling": {"enabled": True, "idleTimeoutSeconds": 60, "intervalSeconds": 5,
                         "scaleDownStabilizationSeconds": 0}}
 CPU4 = {"cpu": "4", "memory": "8Gi"}
@@ -143,8 +128,8 @@ def autoscaled(name: str = "demo", *, cpu_max: int = 10) -> ClusterSpec:
                                             group("gpu", 0, lo=0, hi=4, resources=GPU_NODE)])
 
 
-def key_of(c: ClusterSpec) -> str:
-    return f"{c.namespace}/{c.name}"
+def key_of(c: ClusterSpec) -> Key:
+    return (c.namespace, c.name)
 
 
 BUSY = {"CPU": 0.0, "memory": 8e9}
@@ -162,38 +147,59 @@ def cpu_node(c: ClusterSpec, i: int, status: NodeStatus = NodeStatus.RUNNING, id
 
 
 class Harness:
-    def __init__(self, ray: FakeRay, kube: FakeKube, scaler: Autoscaler) -> None:
-        self.ray, self.kube, self.scaler = ray, kube, scaler
+    def __init__(self, ray: FakeRay, scaler: Autoscaler) -> None:
+        self.ray, self.scaler = ray, scaler
+        self.memories: dict[Key, AutoscalerMemory] = {}
+        self.pod_dicts: dict[str, dict[str, Any]] = {}  # the pods as the API server holds them
+
+    def memory(self, c: ClusterSpec) -> AutoscalerMemory:
+        return self.memories.setdefault(key_of(c), AutoscalerMemory())
+
+    def forget(self, c: ClusterSpec) -> None:
+        self.scaler.forget(key_of(c), self.memories.pop(key_of(c), AutoscalerMemory()))
 
     def pods(self, c: ClusterSpec, n: int) -> list[PodState]:
-        """The head and n cpu workers, running; the fake API server knows their pod dicts."""
+        """The head and n cpu workers, running; the harness knows their pod dicts."""
         out = [head(c)]
         for i in range(n):
             raw = worker_pod(c, "cpu", f"w{i:04d}", created=NOW - 3600 + 60 * i)
-            self.kube.pods[raw["metadata"]["name"]] = raw
+            self.pod_dicts[raw["metadata"]["name"]] = raw
             out.append(worker(c, "cpu", f"w{i:04d}", created=NOW - 3600 + 60 * i))
         return out
 
+    def marked(self, mark: PatchPod) -> PodState:
+        """The pod after the turn wrote the mark (a merge patch of its annotations)."""
+        pod = copy.deepcopy(self.pod_dicts[mark.name])
+        pod["metadata"].setdefault("annotations", {}).update(mark.patch["metadata"]["annotations"])
+        return observe_pod(pod)
+
     def step(self, c: ClusterSpec, pods: list[PodState], targets: Mapping[str, int], *, now: float = NOW,
              scale_ups: Mapping[str, float] | None = None, head_ip: str | None = HEAD_IP) -> Outcome | None:
-        return asyncio.run(self.scaler.step(key_of(c), c, pods, head_ip, targets, scale_ups or {}, now))
+        return asyncio.run(self.scaler.step(key_of(c), self.memory(c), c, pods, head_ip, targets, scale_ups or {},
+                                            now))
+
+
+def drained_at(marks: Any) -> list[tuple[str, dict[str, str]]]:
+    return [(m.name, m.patch["metadata"]["annotations"]) for m in marks]
 
 
 @pytest.fixture
 def h() -> Iterator[Harness]:
-    ray, kube = FakeRay(), FakeKube()
-    scaler = Autoscaler(cast(Kube, kube))
+    ray = FakeRay()
+    blocking = Blocking(4)
+    scaler = Autoscaler(blocking)
     scaler.pool = cast(Any, gcs.RayStatePool(ray.factory, read_timeout_s=5.0))  # in place of the real clients
-    yield Harness(ray, kube, scaler)
+    yield Harness(ray, scaler)
     scaler.pool.close()
+    blocking.shutdown()
 
 
 def metric(name: str, **labels_: str) -> float:
     return REGISTRY.get_sample_value(name, labels_) or 0.0
 
 
-def events(o: Outcome, reason: str | None = None) -> list[tuple[str, str, str]]:
-    return [e for e in o.events if reason is None or e[1] == reason]
+def events(o: Outcome, reason: str | None = None) -> list[tuple[str, str]]:
+    return [e for e in o.events if reason is None or e[0] == reason]
 
 
 def test_not_due_yet(h: Harness) -> None:
@@ -202,7 +208,7 @@ def test_not_due_yet(h: Harness) -> None:
     h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0))
     assert h.step(c, pods, {"cpu": 1}) is not None
     assert h.step(c, pods, {"cpu": 1}, now=NOW + 4.9) is None
-    assert h.scaler.due_in(key_of(c), NOW + 1) == pytest.approx(4.0)
+    assert h.scaler.due_in(h.memory(c), NOW + 1) == pytest.approx(4.0)
     assert h.step(c, pods, {"cpu": 1}, now=NOW + 5) is not None
     assert h.ray.reads == 2
     assert h.ray.addresses == [f"{HEAD_IP}:6379"]  # one client, kept between reads
@@ -213,8 +219,8 @@ def test_forget_makes_it_due_again(h: Harness) -> None:
     pods = h.pods(c, 1)
     h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0))
     assert h.step(c, pods, {"cpu": 1}) is not None
-    h.scaler.forget(key_of(c))
-    assert h.scaler.due_in(key_of(c), NOW) == 0.0
+    h.forget(c)
+    assert h.scaler.due_in(h.memory(c), NOW) == 0.0
     assert h.step(c, pods, {"cpu": 1}, now=NOW + 1) is not None
 
 
@@ -232,7 +238,7 @@ def test_read_error_keeps_targets_and_records_the_error(h: Harness) -> None:
     assert o is not None
     assert o.targets == {"cpu": 3, "gpu": 1}
     assert (o.report, o.scaled_up) == (AutoscalerReport(error="reading Ray state: connection refused"), frozenset())
-    assert (o.events, o.ray_dead, o.idle, o.ray_nodes, o.patched_pods) == ((), frozenset(), None, None, ())
+    assert (o.events, o.ray_dead, o.idle, o.ray_nodes, o.marks) == ((), frozenset(), None, None, ())
     assert metric("swarm_autoscaler_poll_errors_total", namespace=NAMESPACE, cluster="read-error") == errors + 1
 
 
@@ -245,10 +251,10 @@ def test_cpu_demand_scales_the_cpu_group_not_the_gpu_group(h: Harness) -> None:
     assert o is not None
     assert o.targets == {"cpu": 4, "gpu": 0}
     (event,) = events(o)
-    assert event[:2] == ("Normal", "Autoscaled")
-    assert re.fullmatch(r"cpu 1→4: 12 pending \{CPU:1\}", event[2]), event[2]
+    assert event[0] == "Autoscaled" and event[0].event_type == "Normal"
+    assert re.fullmatch(r"cpu 1→4: 12 pending \{CPU:1\}", event[1]), event[1]
     assert o.scaled_up == frozenset({"cpu"})
-    assert o.report.decisions == (event[2],)
+    assert o.report.decisions == (event[1],)
     assert (o.report.pending_demand, o.report.infeasible_demand, o.report.error) == ("12×{CPU:1}", "", "")
     assert metric("swarm_autoscaler_decisions_total", namespace=NAMESPACE, cluster="cpu-demand", group="cpu",
                   direction="up") == ups + 1
@@ -261,7 +267,7 @@ def test_gpu_demand_scales_the_gpu_group(h: Harness) -> None:
     o = h.step(c, h.pods(c, 1), {"cpu": 1, "gpu": 0})
     assert o is not None
     assert o.targets == {"cpu": 1, "gpu": 2}
-    assert [e[2] for e in events(o, "Autoscaled")] == ["gpu 0→2: 2 pending {GPU:1}"]
+    assert [e[1] for e in events(o, "Autoscaled")] == ["gpu 0→2: 2 pending {GPU:1}"]
 
 
 def test_no_change_reports_no_decision(h: Harness) -> None:
@@ -287,13 +293,13 @@ def test_infeasible_demand_is_reported_once(h: Harness) -> None:
     c = autoscaled()
     pods = h.pods(c, 1)
     h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=(demand(2, TPU=1.0),))
-    warning = ("Warning", "InfeasibleDemand", "fits no worker group, not scaling for it: 2×{TPU:1}")
-    steps: list[tuple[float, tuple[ResourceDemand, ...], list[tuple[str, str, str]]]] = [
+    warning = ("InfeasibleDemand", "fits no worker group, not scaling for it: 2×{TPU:1}")
+    steps: list[tuple[float, tuple[ResourceDemand, ...], list[tuple[str, str]]]] = [
         (NOW, (demand(2, TPU=1.0),), [warning]),
         (NOW + 5, (demand(2, TPU=1.0),), []),  # the same summary: no second event
-        (NOW + 10, (demand(3, TPU=1.0),), [(*warning[:2], warning[2].replace("2×", "3×"))]),  # changed
+        (NOW + 10, (demand(3, TPU=1.0),), [(warning[0], warning[1].replace("2×", "3×"))]),  # changed
         (NOW + 15, (), []),  # gone
-        (NOW + 20, (demand(3, TPU=1.0),), [(*warning[:2], warning[2].replace("2×", "3×"))]),  # back again
+        (NOW + 20, (demand(3, TPU=1.0),), [(warning[0], warning[1].replace("2×", "3×"))]),  # back again
     ]
     for now, pending, expected in steps:
         h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=pending)
@@ -301,7 +307,7 @@ def test_infeasible_demand_is_reported_once(h: Harness) -> None:
         assert o is not None
         assert events(o) == expected, now - NOW
         assert o.targets == {"cpu": 1, "gpu": 0}
-        assert o.report.infeasible_demand == (warning[2].split(": ", 1)[1].replace("2×", f"{pending[0].count}×")
+        assert o.report.infeasible_demand == (warning[1].split(": ", 1)[1].replace("2×", f"{pending[0].count}×")
                                               if pending else "")
 
 
@@ -324,27 +330,15 @@ def test_idle_node_past_the_timeout_is_drained(h: Harness) -> None:
     assert drain[:4] == (node_id(victim), gcs.DrainReason.IDLE_TERMINATION,
                          "swarm-operator: idle 120s > idleTimeout 60s", 0)
     assert drain[4] is h.ray.snapshot  # only the snapshot the decision came from
-    assert h.kube.annotated == [(NAMESPACE, victim, {labels.DRAINED: timestamp(NOW)})]
-    (patched,) = o.patched_pods
-    assert patched["metadata"]["name"] == victim
-    assert patched["metadata"]["annotations"][labels.DRAINED] == timestamp(NOW)
+    assert drained_at(o.marks) == [(victim, {labels.DRAINED: timestamp(NOW)})]  # for the turn to write
     assert o.targets == {"cpu": 1, "gpu": 0}
-    assert [e[2] for e in events(o, "Autoscaled")] == ["cpu 2→1: 1 idle > 60s"]
+    assert [e[1] for e in events(o, "Autoscaled")] == ["cpu 2→1: 1 idle > 60s"]
     assert events(o, "DrainRefused") == []
     assert o.report.decisions == ("cpu 2→1: 1 idle > 60s", f"drained {victim}: idle 120s > idleTimeout 60s")
     assert o.scaled_up == frozenset()
     assert o.idle == frozenset({victim})
     assert metric("swarm_autoscaler_drains_total", namespace=NAMESPACE, cluster="idle-drain",
                   result="accepted") == accepted + 1
-
-
-def test_a_drained_pod_already_gone_is_not_patched(h: Harness) -> None:
-    c = autoscaled()
-    pods = idle_cluster(h, c, 1)
-    del h.kube.pods["demo-cpu-w0001"]
-    o = h.step(c, pods, {"cpu": 2, "gpu": 0})
-    assert o is not None
-    assert (o.targets["cpu"], o.patched_pods, len(h.kube.annotated)) == (1, (), 1)
 
 
 REFUSALS = [
@@ -366,8 +360,8 @@ def test_refused_drain_keeps_the_node_and_its_target(h: Harness, how: dict[str, 
     o = h.step(c, pods, {"cpu": 2, "gpu": 0})
     assert o is not None
     assert o.targets == {"cpu": 2, "gpu": 0}
-    assert h.kube.annotated == [] and o.patched_pods == ()
-    assert events(o, "DrainRefused") == [("Normal", "DrainRefused", f"{victim} keeps running: {why}")]
+    assert o.marks == ()
+    assert events(o, "DrainRefused") == [("DrainRefused", f"{victim} keeps running: {why}")]
     # The target did not change: no event may claim it did.
     assert events(o, "Autoscaled") == []
     assert f"drain of {victim} refused (it got work)" in o.report.decisions
@@ -382,24 +376,24 @@ def test_one_drain_refused_of_two(h: Harness) -> None:
     assert o is not None
     assert len(h.ray.drains) == 2
     assert o.targets["cpu"] == 2
-    assert [a[1] for a in h.kube.annotated] == ["demo-cpu-w0001"]
+    assert [name for name, _ in drained_at(o.marks)] == ["demo-cpu-w0001"]
     (event,) = events(o, "Autoscaled")
     # The target it really got, not the policy's 3→1.
-    assert event[2] == "cpu 3→2: 2 idle > 60s; 1 drain(s) refused"
+    assert event[1] == "cpu 3→2: 2 idle > 60s; 1 drain(s) refused"
 
 
 def test_an_unsupported_ray_version_warns_once_per_cluster(h: Harness) -> None:
     one, two = autoscaled("one"), autoscaled("two")
     h.ray.snapshot = snapshot(ray_version="2.30.0")
     (text,) = check(None, "2.30.0", gcs.OPERATOR_RAY_VERSION).warnings
-    warning = ("Warning", "RayVersionUnsupported", text)
+    warning = ("RayVersionUnsupported", text)
     for now, c, expected in [(NOW, one, [warning]), (NOW, two, [warning]), (NOW + 5, one, []), (NOW + 5, two, []),
                              (NOW + 10, one, [])]:
         o = h.step(c, [], {"cpu": 1, "gpu": 0}, now=now)
         assert o is not None
         assert events(o, "RayVersionUnsupported") == expected, (c.name, now)
         assert (o.report.ray_version, o.report.ray_version_warning) == ("2.30.0", text)
-    h.scaler.forget(key_of(one))
+    h.forget(one)
     o = h.step(one, [], {"cpu": 1, "gpu": 0}, now=NOW + 15)
     assert o is not None and events(o, "RayVersionUnsupported") == [warning]
 
@@ -410,8 +404,8 @@ def test_spec_ray_version_differing_from_the_heads_warns(h: Harness) -> None:
     o = h.step(c, [], {"cpu": 1})
     assert o is not None
     (event,) = events(o, "RayVersionMismatch")
-    assert event[2].startswith(f"spec.rayVersion is 2.59.0 but the head runs Ray {gcs.OPERATOR_RAY_VERSION}")
-    assert o.report.ray_version_warning == event[2]
+    assert event[1].startswith(f"spec.rayVersion is 2.59.0 but the head runs Ray {gcs.OPERATOR_RAY_VERSION}")
+    assert o.report.ray_version_warning == event[1]
 
 
 def test_same_ray_version_or_unknown_never_warns(h: Harness) -> None:
@@ -442,8 +436,8 @@ def test_the_turn_after_a_drain_keeps_the_lower_target(h: Harness) -> None:
     pods = idle_cluster(h, c, 1)
     o = h.step(c, pods, {"cpu": 2, "gpu": 0})
     assert o is not None and o.targets["cpu"] == 1
-    (patched,) = o.patched_pods
-    pods = [p if p.name != "demo-cpu-w0001" else observe_pod(patched) for p in pods]
+    (mark,) = o.marks
+    pods = [p if p.name != "demo-cpu-w0001" else h.marked(mark) for p in pods]
     assert pods[-1].drained
     h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1, NodeStatus.DEAD))
     o = h.step(c, pods, o.targets, now=NOW + 5, scale_ups=dict.fromkeys(o.scaled_up, NOW))
@@ -467,7 +461,7 @@ def test_pending_demand_gauge_follows_the_demand(h: Harness) -> None:
     h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), pending=(demand(3, CPU=1.0),))
     assert h.step(c, pods, {"cpu": 1, "gpu": 2}, now=NOW + 5) is not None
     assert (gauge("GPU"), gauge("CPU")) == (0.0, 3.0)  # demand that went away is no longer reported
-    h.scaler.forget(key_of(c))
+    h.forget(c)
     assert (gauge("GPU"), gauge("CPU")) == (None, None)  # a deleted cluster leaves no series behind
 
 
@@ -485,9 +479,9 @@ def test_observe_reads_ray_without_deciding_anything(h: Harness) -> None:
     assert (view.ray_nodes, view.idle, view.ray_dead) == (
         frozenset({head(c).name, "demo-cpu-w0000", "demo-cpu-w0001"}), frozenset({"demo-cpu-w0001"}),
         frozenset({"demo-cpu-w0002"}))
-    assert h.ray.drains == [] and h.kube.annotated == []
+    assert h.ray.drains == []
     h.ray.error = "connection refused"
-    h.scaler.forget(key_of(c))  # no read backoff left from before
+    h.forget(c)  # no read backoff left from before
     assert asyncio.run(h.scaler.observe(key_of(c), pods, HEAD_IP)) is None
 
 
@@ -505,14 +499,13 @@ def test_drain_for_rollout_uses_preemption_and_the_deadline(h: Harness, fail: bo
         h.ray.fail_drain.add("demo-cpu-w0000")
     drains = [DrainForRollout("demo-cpu-w0000", "worker demo-cpu-w0000 of group cpu: rolling update", 90),
               DrainForRollout("demo-cpu-gone", "not a Ray node any more", 90)]
-    patched, evs = asyncio.run(h.scaler.drain_for_rollout(key_of(c), view.snapshot, drains, NOW))
+    marks, evs = asyncio.run(h.scaler.drain_for_rollout(key_of(c), view.snapshot, drains, NOW))
     ((node, reason, message, deadline_ms, _),) = h.ray.drains  # the node Ray does not know is not sent
     assert (node, reason, deadline_ms) == (node_id("demo-cpu-w0000"), gcs.DrainReason.PREEMPTION,
                                            int((NOW + 90) * 1000))
     assert message == "swarm-operator: worker demo-cpu-w0000 of group cpu: rolling update"
     if annotated:
-        assert h.kube.annotated == [(NAMESPACE, "demo-cpu-w0000", {labels.DRAINED: timestamp(NOW)})]
-        assert [p["metadata"]["name"] for p in patched] == ["demo-cpu-w0000"]
-        assert [e[1] for e in evs] == ["Draining"]
+        assert drained_at(marks) == [("demo-cpu-w0000", {labels.DRAINED: timestamp(NOW)})]
+        assert [e[0] for e in evs] == ["Draining"]
     else:
-        assert (h.kube.annotated, patched, evs) == ([], [], [])
+        assert (marks, evs) == ([], [])

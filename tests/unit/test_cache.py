@@ -1,4 +1,4 @@
-"""reconcile/cache.py through its public API: version ordering, tombstones, write-through, relist merge."""
+"""kit/cache.py through its public API: version ordering, tombstones, write-through, relist merge."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.reconcile.cache import ChildStore, Key, WatchCache, key_of, newer
+from swarm_operator.kit.cache import ChildStore, Key, WatchCache, newer, owner_key
 from swarm_operator.resources import labels
 from tests.unit.operator_fixtures import NAMESPACE, manifest
 
@@ -60,7 +60,7 @@ def test_newer(candidate: dict[str, Any], current: dict[str, Any] | None, expect
     ],
 )
 def test_key_of(meta: dict[str, Any], expected: Key | None) -> None:
-    assert key_of({"metadata": meta}) == expected
+    assert owner_key({"metadata": meta}, labels.CLUSTER) == expected
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_key_of(meta: dict[str, Any], expected: Key | None) -> None:
     ],
 )
 def test_events_follow_resource_versions(steps: list[tuple[str | None, str]], cached_rv: str | None) -> None:
-    store = ChildStore()
+    store = ChildStore(labels.CLUSTER)
     for event_type, rv in steps:
         store.apply(event_type, pod(rv))
     assert version(store) == cached_rv
@@ -83,7 +83,7 @@ def test_events_follow_resource_versions(steps: list[tuple[str | None, str]], ca
 
 def test_a_deleted_uid_never_comes_back_whatever_its_version() -> None:
     """An answer without a resourceVersion (a pod removed at once) leaves a tombstone by uid."""
-    store = ChildStore()
+    store = ChildStore(labels.CLUSTER)
     store.apply("ADDED", pod("10", uid="u1"))
     assert store.gone(KEY, "demo-cpu-aaaaa", "u1")
     assert store.apply("MODIFIED", pod("11", uid="u1")) is None  # a late event from before the removal
@@ -93,14 +93,14 @@ def test_a_deleted_uid_never_comes_back_whatever_its_version() -> None:
 
 
 def test_gone_leaves_a_newer_pod_of_the_same_name_alone() -> None:
-    store = ChildStore()
+    store = ChildStore(labels.CLUSTER)
     store.apply("ADDED", pod("12", uid="u2"))
     assert not store.gone(KEY, "demo-cpu-aaaaa", "u1")  # the answer about its predecessor came late
     assert version(store) == "12"
 
 
 def test_reads() -> None:
-    store = ChildStore(keep=lambda obj: {"metadata": dict(obj["metadata"]), "kept": True})
+    store = ChildStore(labels.CLUSTER, keep=lambda obj: {"metadata": dict(obj["metadata"]), "kept": True})
     store.apply("ADDED", pod("1", name="a"))
     store.apply("ADDED", pod("2", name="b"))
     store.apply("ADDED", pod("3", name="x", cluster="other"))
@@ -124,7 +124,7 @@ def test_reads() -> None:
 )
 def test_merge_list(cached: dict[str, str], listed: dict[str, str], list_rv: str, expected: set[str],
                     changed: bool) -> None:
-    store = ChildStore()
+    store = ChildStore(labels.CLUSTER)
     for name, rv in cached.items():
         store.apply("ADDED", pod(rv, name=name))
     keys = store.merge_list([pod(rv, name=name) for name, rv in listed.items()], {None: list_rv})
@@ -133,7 +133,7 @@ def test_merge_list(cached: dict[str, str], listed: dict[str, str], list_rv: str
 
 
 def test_a_pod_dropped_by_a_relist_is_not_brought_back_by_a_late_event() -> None:
-    store = ChildStore()
+    store = ChildStore(labels.CLUSTER)
     store.apply("ADDED", pod("10"))
     store.merge_list([], {None: "20"})
     assert store.apply("MODIFIED", pod("15")) is None
@@ -141,7 +141,7 @@ def test_a_pod_dropped_by_a_relist_is_not_brought_back_by_a_late_event() -> None
 
 
 def test_a_relist_does_not_bring_back_a_pod_deleted_while_it_ran() -> None:
-    store = ChildStore()
+    store = ChildStore(labels.CLUSTER)
     store.apply("ADDED", pod("10"))
     store.apply("DELETED", pod("25"))
     assert store.merge_list([pod("10")], {None: "20"}) == set()
@@ -149,27 +149,27 @@ def test_a_relist_does_not_bring_back_a_pod_deleted_while_it_ran() -> None:
 
 
 def test_clusters() -> None:
-    cache = WatchCache()
+    cache = WatchCache(labels.CLUSTER)
     old = manifest(name="old")
     old["metadata"]["resourceVersion"] = "5"
     young = manifest(name="young")
     young["metadata"]["resourceVersion"] = "50"
-    cache.put_cluster((NAMESPACE, "old"), old)
-    cache.put_cluster((NAMESPACE, "young"), young)
-    cache.record_status((NAMESPACE, "old"), {"phase": "Running"})
-    body = cache.cluster((NAMESPACE, "old"))
+    cache.objects.put((NAMESPACE, "old"), old)
+    cache.objects.put((NAMESPACE, "young"), young)
+    cache.objects.record_status((NAMESPACE, "old"), {"phase": "Running"})
+    body = cache.objects.get((NAMESPACE, "old"))
     assert body is not None and body["status"] == {"phase": "Running"}
-    gone, unknown = cache.clusters_gone_from_list(None, [manifest(name="new")], "20")
+    gone, unknown = cache.objects.gone_from_list(None, [manifest(name="new")], "20")
     assert gone == [(NAMESPACE, "old")], "the young one was made after the list"
     assert [b["metadata"]["name"] for b in unknown] == ["new"]
-    assert cache.clusters_gone_from_list("elsewhere", [], "20") == ([], [])
-    cache.drop_cluster((NAMESPACE, "old"))
-    assert cache.cluster_keys() == [(NAMESPACE, "young")]
+    assert cache.objects.gone_from_list("elsewhere", [], "20") == ([], [])
+    cache.objects.drop((NAMESPACE, "old"))
+    assert cache.objects.keys() == [(NAMESPACE, "young")]
 
 
 def test_an_answer_that_a_pod_is_gone_outruns_its_added_event() -> None:
     """Found by the property test: removed at once, answered before the watch reported it at all."""
-    store = ChildStore()
+    store = ChildStore(labels.CLUSTER)
     assert not store.gone(KEY, "demo-cpu-aaaaa", "u1")
     assert store.apply("ADDED", pod("10", uid="u1")) is None
     assert store.get(KEY, "demo-cpu-aaaaa") is None

@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm_operator.reconcile.cache import ChildStore, Key
+from swarm_operator.kit.cache import ChildStore, Key
 from swarm_operator.resources import labels
 from tests.unit.operator_fixtures import NAMESPACE
 
@@ -142,7 +142,7 @@ STEPS = st.lists(st.tuples(st.sampled_from(["create", "modify", "delete", "remov
 @given(STEPS)
 def test_the_cache_never_resurrects_a_deleted_pod_nor_loses_a_live_one(steps: list[tuple[str, int]]) -> None:
     m = Model()
-    cache = ChildStore()
+    cache = ChildStore(labels.CLUSTER)
     for op, n in steps:
         name = NAMES[n % len(NAMES)]
         if op == "create":

@@ -14,16 +14,17 @@ from typing import Any, cast
 
 import pytest
 
-from swarm_operator import controller as controller_module
+from swarm_operator import finalizer as finalizer_module
 from swarm_operator import turn as turn_module
 from swarm_operator.autoscaler import gcs
 from swarm_operator.autoscaler.snapshot import NodeStatus
+from swarm_operator.cluster_effects import NAME_TAKEN_RETRY_SECONDS, SUFFIX_ALPHABET, random_suffix
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
+from swarm_operator.kit import loop as loop_module
+from swarm_operator.kit.cache import Key
 from swarm_operator.kube import ApiError
-from swarm_operator.reconcile.cache import Key
 from swarm_operator.resources import labels
-from swarm_operator.turn import NAME_TAKEN_RETRY_SECONDS, SUFFIX_ALPHABET, random_suffix
 from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, FixedClock, as_kube, iso, manifest, with_state
 from tests.unit.ray_fixtures import HEAD_IP, FakeRay, node_id, ray_node, snapshot
 
@@ -33,7 +34,7 @@ KEY: Key = (NAMESPACE, "demo")
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(turn_module, "time", FixedClock)
-    monkeypatch.setattr(controller_module, "time", FixedClock)
+    monkeypatch.setattr(finalizer_module, "time", FixedClock)
 
 
 class WatchedController(Controller):
@@ -175,13 +176,13 @@ def test_a_cluster_deleted_unseen_is_forgotten_before_children_are_made_again() 
         c = make(kube)
         c.on_cluster("ADDED", manifest())
         await c.reconcile(KEY)
-        c.cache.record_status(KEY, kube.statuses[-1][2])
+        c.cache.objects.record_status(KEY, kube.statuses[-1][2])
         del kube.swarmclusters[KEY]  # deleted; no DELETED event
         kube.pods.clear()
         for pod in c.cache.pods.objects(KEY):
             c.on_pod("DELETED", {**pod, "metadata": {**pod["metadata"], "resourceVersion": "999"}})
         assert await c.reconcile(KEY) is None
-        assert c.cache.cluster(KEY) is None
+        assert c.cache.objects.get(KEY) is None
 
     run(body)
     assert [n for verb, n in kube.calls if verb == "create_pod"].count("demo-head") == 1
@@ -197,7 +198,7 @@ def test_relist_forgets_clusters_the_watch_never_reported_deleted() -> None:
             c.on_cluster("ADDED", body)
         del kube.swarmclusters[KEY]
         await c.relist()
-        assert c.cache.cluster_keys() == [(NAMESPACE, "other")]
+        assert c.cache.objects.keys() == [(NAMESPACE, "other")]
 
     run(body)
 
@@ -360,7 +361,7 @@ def test_deleted_cluster_is_not_reconciled() -> None:
         c.on_cluster("ADDED", {**manifest(), "metadata": {**manifest()["metadata"], "deletionTimestamp": iso(NOW)}})
         assert await c.reconcile(KEY) is None
         c.on_cluster("DELETED", manifest())
-        assert c.cache.cluster(KEY) is None
+        assert c.cache.objects.get(KEY) is None
         assert await c.reconcile(KEY) is None
 
     run(body)
@@ -410,11 +411,11 @@ def test_pod_event_enqueues_its_cluster(known_cluster: bool, pod: dict[str, Any]
     async def body() -> None:
         c = make(FakeKube())
         if known_cluster:
-            c.cache.put_cluster(KEY, manifest())
+            c.cache.objects.put(KEY, manifest())
         c.on_pod("ADDED", pod)
         # Pod events are coalesced: the turn is scheduled shortly after, not queued at once.
-        assert len(c.queue) == 0
-        assert (c.queue.due_in(KEY) is not None) is queued
+        assert len(c.loop.queue) == 0
+        assert (c.loop.queue.due_in(KEY) is not None) is queued
 
     run(body)
 
@@ -436,7 +437,7 @@ def test_relist_drops_pods_a_broken_watch_never_reported() -> None:
 def test_a_listing_by_kopf_triggers_a_relist_that_drops_what_was_deleted_unseen(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """After an API server restart kopf re-lists (events of type None) and never reports deletions."""
-    monkeypatch.setattr(controller_module, "RELIST_AFTER_LISTING_SECONDS", 0.05)
+    monkeypatch.setattr(loop_module, "RELIST_AFTER_LISTING_SECONDS", 0.05)
     kube = FakeKube()
     live = _pod("11", name="demo-cpu-live1")
 
@@ -594,6 +595,7 @@ class Probe(Controller):
         self.max_total = 0
         self.gate = asyncio.Event()  # turns block here until the test opens it
         self.gate.set()
+        self.turns.run = self.reconcile  # type: ignore[method-assign]  # the kit's workers run the probe
 
     async def reconcile(self, key: Key) -> float | None:
         self.running[key] += 1
@@ -616,17 +618,17 @@ def test_one_key_never_runs_in_two_workers() -> None:
 
     async def body() -> None:
         c = Probe(FakeKube(), workers=4)
-        c.cache.put_cluster(KEY, manifest())
-        c.cache.put_cluster(other, manifest(name="other"))
+        c.cache.objects.put(KEY, manifest())
+        c.cache.objects.put(other, manifest(name="other"))
         c.gate.clear()
         c.active.set()
         c.start()
         try:
-            c.queue.add(KEY)
-            c.queue.add(other)
+            c.loop.queue.add(KEY)
+            c.loop.queue.add(other)
             await until(lambda: c.running[KEY] == 1 and c.running[other] == 1)
             for _ in range(5):  # events while it runs: one more turn afterwards, not five, not in parallel
-                c.queue.add(KEY)
+                c.loop.queue.add(KEY)
                 await asyncio.sleep(0.001)
             c.gate.set()
             await until(lambda: c.runs[KEY] >= 2 and c.runs[other] >= 1)
@@ -644,10 +646,10 @@ def test_one_key_never_runs_in_two_workers() -> None:
 def test_enqueue_while_queued_is_coalesced() -> None:
     async def body() -> None:
         c = Probe(FakeKube(), workers=2)
-        c.cache.put_cluster(KEY, manifest())
+        c.cache.objects.put(KEY, manifest())
         for _ in range(5):
-            c.queue.add(KEY)
-        assert len(c.queue) == 1
+            c.loop.queue.add(KEY)
+        assert len(c.loop.queue) == 1
         c.active.set()
         c.start()
         try:
@@ -663,10 +665,10 @@ def test_enqueue_while_queued_is_coalesced() -> None:
 def test_nothing_runs_until_this_replica_may_act() -> None:
     async def body() -> None:
         c = Probe(FakeKube(), workers=2)
-        c.cache.put_cluster(KEY, manifest())
+        c.cache.objects.put(KEY, manifest())
         c.start()
         try:
-            c.queue.add(KEY)
+            c.loop.queue.add(KEY)
             await asyncio.sleep(0.05)
             assert c.runs[KEY] == 0
             c.active.set()
@@ -689,10 +691,10 @@ def test_delayed_enqueue_keeps_the_earliest_timer(delays: list[float], expected:
     async def body() -> None:
         c = make(FakeKube())
         for d in delays:
-            c.queue.add_after(KEY, d)
-        assert c.queue.due_in(KEY) == pytest.approx(expected, abs=0.05)
+            c.loop.queue.add_after(KEY, d)
+        assert c.loop.queue.due_in(KEY) == pytest.approx(expected, abs=0.05)
         c.on_cluster("DELETED", manifest())
-        assert c.queue.due_in(KEY) is None
+        assert c.loop.queue.due_in(KEY) is None
 
     run(body)
 
@@ -700,10 +702,10 @@ def test_delayed_enqueue_keeps_the_earliest_timer(delays: list[float], expected:
 def test_timer_fires_into_the_queue() -> None:
     async def body() -> None:
         c = make(FakeKube())
-        c.cache.put_cluster(KEY, manifest())
-        c.queue.add_after(KEY, 0.01)
-        assert len(c.queue) == 0
-        await until(lambda: len(c.queue) == 1)
+        c.cache.objects.put(KEY, manifest())
+        c.loop.queue.add_after(KEY, 0.01)
+        assert len(c.loop.queue) == 0
+        await until(lambda: len(c.loop.queue) == 1)
 
     run(body)
 
@@ -716,13 +718,13 @@ def test_failing_reconcile_retries_with_backoff() -> None:
 
     async def body() -> None:
         c = Failing(FakeKube(), workers=1)
-        c.cache.put_cluster(KEY, manifest())
+        c.cache.objects.put(KEY, manifest())
         c.active.set()
         c.start()
         try:
-            c.queue.add(KEY)
-            await until(lambda: c.runs[KEY] == 1 and c.queue.due_in(KEY) is not None)
-            delay = c.queue.due_in(KEY)
+            c.loop.queue.add(KEY)
+            await until(lambda: c.runs[KEY] == 1 and c.loop.queue.due_in(KEY) is not None)
+            delay = c.loop.queue.due_in(KEY)
         finally:
             await c.stop()
         assert delay is not None and 0.5 < delay <= 1.0, "first retry after ~1 s, not the 60 s resync"
@@ -742,13 +744,13 @@ def _turns_after(second: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
         nonlocal queued
         c = make(kube)
         c.on_cluster("ADDED", manifest())
-        c.queue.done(await c.queue.get())  # the turn for ADDED, taken off the queue
+        c.loop.queue.done(await c.loop.queue.get())  # the turn for ADDED, taken off the queue
         await c.reconcile(KEY)
-        stored = copy.deepcopy(c.cache.cluster(KEY))
+        stored = copy.deepcopy(c.cache.objects.get(KEY))
         assert stored is not None
         stored["metadata"]["resourceVersion"] = "999"  # every write gets a new one
         c.on_cluster("MODIFIED", second(stored))
-        queued = len(c.queue)
+        queued = len(c.loop.queue)
 
     run(body)
     return queued

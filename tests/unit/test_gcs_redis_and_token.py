@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from swarm_operator import finalizer as finalizer_module
+from swarm_operator import ray_token as ray_token_module
 from swarm_operator import turn as turn_module
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
@@ -216,8 +218,8 @@ def test_deletion_steps(pods: str, job: JobState | None, waited: float, want: De
     states = {"": [], "head": [head(cluster())], "head-deleting": [head(cluster(), deleting=True)]}[pods]
     step = deletion_step(GCS_SPEC, UID, states, job, waited)
     if isinstance(want, str):
-        assert step.remove_finalizer and step.event is not None and step.event[1] == want
-        assert step.event[0] == ("Normal" if want == "RedisCleanedUp" else "Warning")
+        assert step.remove_finalizer and step.event is not None and step.event[0] == want
+        assert step.event[0].event_type == ("Normal" if want == "RedisCleanedUp" else "Warning")
     else:
         assert step == want
 
@@ -246,6 +248,7 @@ KEY = (NAMESPACE, "demo")
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(turn_module, "time", FixedClock)
+    monkeypatch.setattr(finalizer_module, "time", FixedClock)
 
 
 def _serve(kube: FakeKube, body: dict[str, Any]) -> Controller:
@@ -339,7 +342,7 @@ def test_a_token_secret_not_this_clusters_holds_back_the_pods() -> None:
 
     async def body() -> None:
         c = _serve(kube, manifest({"auth": {"mode": "token"}}))
-        assert await c.reconcile(KEY) == turn_module.TOKEN_RETRY_SECONDS
+        assert await c.reconcile(KEY) == ray_token_module.TOKEN_RETRY_SECONDS
         await c.reconcile(KEY)
 
     asyncio.run(body())

@@ -13,7 +13,7 @@ def test_only_watching_handlers_are_registered() -> None:
     registry = kopf.get_default_registry()
     assert list(registry._changing.get_all_handlers()) == []
     assert list(registry._spawning.get_all_handlers()) == []
-    # Pods and services come from watch.py's reflectors, not kopf.
+    # Pods and services come from kit/watch.py's reflectors, not kopf.
     assert {h.id for h in registry._watching.get_all_handlers()} == {"swarmcluster_event"}
 
 

@@ -19,9 +19,11 @@ from swarm_operator.kube import (
     ATTEMPTS,
     FIELD_MANAGER,
     RETRY_AFTER_MAX_SECONDS,
+    SWARMCLUSTER,
     USER_AGENT,
     ApiError,
     KubeClient,
+    ObjectRef,
     _message,
     retry_delay,
 )
@@ -131,7 +133,8 @@ def kube_for(server: str, sleeps: list[float] | None = None, **credentials: str)
 
 def test_a_rotated_token_is_picked_up_on_401_and_the_call_retried_once(server: str) -> None:
     kube = kube_for(server, token="old", renewed="new")
-    assert kube.annotate_pod("ns", "p", {"a": "b"}) == {"kind": "Pod", "metadata": {"name": "p"}}
+    patched = kube.patch_pod("ns", "p", {"metadata": {"annotations": {"a": "b"}}})
+    assert patched == {"kind": "Pod", "metadata": {"name": "p"}}
     assert isinstance(kube.credentials, Credentials) and kube.credentials.renewals == 1
     assert [(m, p.split("?")[0], h["Content-Type"]) for m, p, h, _ in FakeServer.seen] == [
         ("PATCH", "/api/v1/namespaces/ns/pods/p", "application/merge-patch+json")] * 2
@@ -157,7 +160,7 @@ def test_every_request_names_us_and_writes_name_their_field_manager(server: str)
     kube = kube_for(server)
     kube.list_pods("ns", "a=b")
     kube.create_pod("ns", {"metadata": {"name": "free"}})
-    kube.patch_status("ns", "c", {"phase": "Running"})
+    kube.patch_status(SWARMCLUSTER, "ns", "c", {"phase": "Running"})
     agents = {h["User-Agent"] for _, _, h, _ in FakeServer.seen}
     assert agents == {USER_AGENT} and USER_AGENT.startswith("swarm-operator/")
     managers = [f"fieldManager={FIELD_MANAGER}" in p for _, p, _, _ in FakeServer.seen]
@@ -167,7 +170,7 @@ def test_every_request_names_us_and_writes_name_their_field_manager(server: str)
 def test_429_waits_as_long_as_retry_after_says(server: str) -> None:
     FakeServer.script = [(429, {"Retry-After": "2"}), (429, {"Retry-After": "1"})]
     sleeps: list[float] = []
-    assert kube_for(server, sleeps).get_swarmcluster("ns", "c") == {"kind": "Pod", "metadata": {"name": "p"}}
+    assert kube_for(server, sleeps).get_resource(SWARMCLUSTER, "ns", "c") == {"kind": "Pod", "metadata": {"name": "p"}}
     assert sleeps == [2.0, 1.0]
     assert len(FakeServer.seen) == 3
 
@@ -199,6 +202,10 @@ def test_a_refused_connection_is_retried_then_raised() -> None:
     assert len(sleeps) == ATTEMPTS - 1
 
 
+def ref(name: str, uid: str) -> ObjectRef:
+    return ObjectRef(SWARMCLUSTER, "ns", name, uid)
+
+
 def events_seen() -> list[tuple[str, str, Any]]:
     return [(m, p.split("?")[0], b) for m, p, _, b in FakeServer.seen if "/events" in p]
 
@@ -206,9 +213,9 @@ def events_seen() -> list[tuple[str, str, Any]]:
 def test_a_repeated_event_updates_one_event_with_a_count(server: str) -> None:
     kube = kube_for(server)
     for _ in range(3):
-        kube.post_event("ns", "c", "uid-1", "Warning", "Replacing", "worker c-cpu-0 failed")
-    kube.post_event("ns", "c", "uid-1", "Normal", "Created", "head")
-    kube.post_event("ns", "other", "uid-2", "Warning", "Replacing", "worker c-cpu-0 failed")
+        kube.post_event(ref("c", "uid-1"), "Warning", "Replacing", "worker c-cpu-0 failed")
+    kube.post_event(ref("c", "uid-1"), "Normal", "Created", "head")
+    kube.post_event(ref("other", "uid-2"), "Warning", "Replacing", "worker c-cpu-0 failed")
     seen = events_seen()
     assert [(m, p, (b or {}).get("count")) for m, p, b in seen] == [
         ("POST", "/api/v1/namespaces/ns/events", 1),
@@ -217,13 +224,14 @@ def test_a_repeated_event_updates_one_event_with_a_count(server: str) -> None:
         ("POST", "/api/v1/namespaces/ns/events", 1),
         ("POST", "/api/v1/namespaces/ns/events", 1),
     ]
-    assert seen[0][2]["involvedObject"]["uid"] == "uid-1"
+    assert seen[0][2]["involvedObject"] == {"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmCluster",
+                                            "name": "c", "namespace": "ns", "uid": "uid-1"}
 
 
 def test_a_storm_of_different_messages_ends_in_one_combined_event(server: str) -> None:
     kube = kube_for(server)
     for i in range(14):
-        kube.post_event("ns", "c", "uid-1", "Warning", "Replacing", f"worker c-cpu-{i} failed")
+        kube.post_event(ref("c", "uid-1"), "Warning", "Replacing", f"worker c-cpu-{i} failed")
     seen = events_seen()
     posts = [b for m, _, b in seen if m == "POST"]
     assert len(posts) == 11  # ten distinct, then the combined one
@@ -235,10 +243,10 @@ def test_a_storm_of_different_messages_ends_in_one_combined_event(server: str) -
 
 def test_an_event_the_server_expired_is_created_anew(server: str) -> None:
     kube = kube_for(server)
-    kube.post_event("ns", "c", "u", "Warning", "Replacing", "m")
+    kube.post_event(ref("c", "u"), "Warning", "Replacing", "m")
     FakeServer.script = [(404, {})]
-    kube.post_event("ns", "c", "u", "Warning", "Replacing", "m")
-    kube.post_event("ns", "c", "u", "Warning", "Replacing", "m")
+    kube.post_event(ref("c", "u"), "Warning", "Replacing", "m")
+    kube.post_event(ref("c", "u"), "Warning", "Replacing", "m")
     assert [(m, p, (b or {}).get("count")) for m, p, b in events_seen()] == [
         ("POST", "/api/v1/namespaces/ns/events", 1),
         ("PATCH", "/api/v1/namespaces/ns/events/ev1", 2),
@@ -249,7 +257,7 @@ def test_an_event_the_server_expired_is_created_anew(server: str) -> None:
 
 def test_a_failed_event_post_is_logged_not_raised(server: str, caplog: pytest.LogCaptureFixture) -> None:
     FakeServer.script = [(403, {})]
-    kube_for(server).post_event("ns", "c", "u", "Normal", "Created", "m")
+    kube_for(server).post_event(ref("c", "u"), "Normal", "Created", "m")
     assert "could not post event Created on ns/c: scripted 403" in caplog.text
 
 
@@ -257,6 +265,6 @@ def test_a_kubeconfig_proxy_url_carries_every_request(server: str) -> None:
     # The API server's name does not resolve: only the proxy (the fake server here) can answer.
     creds = Credentials("http://apiserver.invalid:6443")
     creds.info = kopf.ConnectionInfo(server="http://apiserver.invalid:6443", token="new", proxy_url=server)
-    assert KubeClient(creds).get_swarmcluster("ns", "c") == {"kind": "Pod", "metadata": {"name": "p"}}
+    assert KubeClient(creds).get_resource(SWARMCLUSTER, "ns", "c") == {"kind": "Pod", "metadata": {"name": "p"}}
     assert FakeServer.seen[0][1] == ("http://apiserver.invalid:6443/apis/swarm.io/v1alpha1/namespaces/ns/"
                                      "swarmclusters/c")

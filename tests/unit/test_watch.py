@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+from swarm_operator.kit.watch import Reflector
 from swarm_operator.kube import ApiError, WatchExpired
-from swarm_operator.watch import Reflector
 
 
 def obj(name: str, rv: str) -> dict[str, Any]:

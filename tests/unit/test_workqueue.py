@@ -1,4 +1,4 @@
-"""reconcile/workqueue.py: client-go's contract, through the public API. asyncio.run per test."""
+"""kit/workqueue.py: client-go's contract, through the public API. asyncio.run per test."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from swarm_operator.reconcile.workqueue import WorkQueue
+from swarm_operator.kit.workqueue import WorkQueue
 
 
 def run(body: Callable[[], Awaitable[None]]) -> None:

@@ -1,15 +1,16 @@
 """One autoscaling turn of one cluster: read Ray's state, decide (pure), drain; report what happened.
 
 Called from the controller's turn, so a cluster is never autoscaled and reconciled at the
-same time. Reads go through a RayStatePool (a thread and a deadline per read), so a slow or
-dead cluster costs only its own turn. Nothing is deleted here: an accepted drain marks the
-pod (annotation), and the planner removes the pod once Ray reports the node gone. The controller's
-turn writes the report and the new targets to status.
+same time. Reads go through a RayStatePool (a deadline per read), so a slow or dead cluster
+costs only its own turn. Nothing is written to Kubernetes here: the drain it sends is a request
+to Ray (the raylet re-checks and may refuse, and the answer decides the target), and the pod
+annotation that records an accepted drain comes back as a PatchPod, with the Events, for the
+turn to carry out. The planner removes the pod once Ray reports the node gone; the turn writes
+the report and the new targets to status.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import logging
@@ -22,9 +23,11 @@ from swarm_operator import metrics
 from swarm_operator.autoscaler import policy, ray_version
 from swarm_operator.autoscaler.inputs import demand_summary, policy_input
 from swarm_operator.autoscaler.snapshot import ClusterSnapshot, NodeStatus
-from swarm_operator.kube import Kube
+from swarm_operator.kit.blocking import Blocking
+from swarm_operator.kit.cache import Key
+from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile.observe import PodState
-from swarm_operator.reconcile.plan import DrainForRollout
+from swarm_operator.reconcile.plan import DrainForRollout, PatchPod
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import GCS_PORT
 from swarm_operator.spec.types import ClusterSpec
@@ -35,6 +38,23 @@ if TYPE_CHECKING:  # importing ray costs ~40 MiB: only processes that autoscale 
     from swarm_operator.autoscaler import gcs
 
 log = logging.getLogger(__name__)
+Post = tuple[EventReason, str]  # an Event for the turn to post: reason, message
+
+
+@dataclass
+class AutoscalerMemory:
+    """What the autoscaler keeps in memory about one cluster (part of the cluster's one record)."""
+
+    next_read: float = 0.0  # epoch seconds: when Ray's state is due to be read again
+    warned_version: tuple[str, ...] = ()  # the Ray version warnings last given, each once
+    last_infeasible: str = ""  # the infeasible demand last reported
+    pending_resources: set[str] = field(default_factory=set)  # resources ever reported in the pending gauge
+
+
+def drained_mark(name: str, now: float, why: str) -> PatchPod:
+    """The annotation that says Ray accepted a drain of the pod's node: the planner deletes the pod once the
+    node is DEAD, without counting a failure."""
+    return PatchPod(name, {"metadata": {"annotations": {labels.DRAINED: timestamp(now)}}}, why)
 
 
 @dataclass(frozen=True)
@@ -45,8 +65,8 @@ class Outcome:
     ray_dead: frozenset[str] = frozenset()  # pods whose Ray node is DEAD
     idle: frozenset[str] | None = None
     ray_nodes: frozenset[str] | None = None  # pods whose Ray node is alive (None: Ray's state unknown)
-    events: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)  # (type, reason, message)
-    patched_pods: tuple[dict[str, Any], ...] = ()  # pods annotated as drained, for the controller's cache
+    events: tuple[Post, ...] = ()
+    marks: tuple[PatchPod, ...] = ()  # drained-at annotations of the drains Ray accepted, for the turn to write
     snapshot: ClusterSnapshot | None = field(default=None, compare=False)  # what it was decided from
 
 
@@ -121,13 +141,9 @@ def _reasons(decision: policy.Decision, inp: policy.PolicyInput, targets: Mappin
 
 
 class Autoscaler:
-    def __init__(self, kube: Kube) -> None:
-        self.kube = kube
+    def __init__(self, blocking: Blocking) -> None:
+        self.blocking = blocking
         self._pool: gcs.RayStatePool[gcs.RayStateClient] | None = None
-        self._next_read: dict[str, float] = {}
-        self._warned_version: dict[str, tuple[str, ...]] = {}
-        self._last_infeasible: dict[str, str] = {}
-        self._pending_resources: dict[str, set[str]] = {}  # resources ever reported in the pending gauge
 
     @property
     def ray(self) -> Any:
@@ -137,36 +153,34 @@ class Autoscaler:
     @property
     def pool(self) -> gcs.RayStatePool[gcs.RayStateClient]:
         if self._pool is None:
-            self._pool = self.ray.RayStatePool(self.ray.new_client)
+            self._pool = self.ray.RayStatePool(self.ray.new_client, submit=self.blocking.submit)
         return self._pool
 
     @pool.setter
     def pool(self, pool: gcs.RayStatePool[gcs.RayStateClient]) -> None:
         self._pool = pool
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: Key, memory: AutoscalerMemory) -> None:
+        """The cluster is gone: its connection, and the gauge series its memory says exist."""
         if self._pool is not None:
             self._pool.remove_cluster(key)
-        self._next_read.pop(key, None)
-        self._warned_version.pop(key, None)
-        self._last_infeasible.pop(key, None)
-        ns, name = key.split("/", 1)
-        for resource in self._pending_resources.pop(key, set()):
+        for resource in memory.pending_resources:
             with contextlib.suppress(KeyError):
-                metrics.AUTOSCALER_PENDING.remove(ns, name, resource)
+                metrics.AUTOSCALER_PENDING.remove(*key, resource)
 
-    def due_in(self, key: str, now: float) -> float:
-        return max(0.0, self._next_read.get(key, 0.0) - now)
+    @staticmethod
+    def due_in(memory: AutoscalerMemory, now: float) -> float:
+        return max(0.0, memory.next_read - now)
 
-    async def step(self, key: str, cluster: ClusterSpec, pods: list[PodState], head_ip: str | None,
-                   targets: Mapping[str, int], last_scale_ups: Mapping[str, float], now: float,
+    async def step(self, key: Key, memory: AutoscalerMemory, cluster: ClusterSpec, pods: list[PodState],
+                   head_ip: str | None, targets: Mapping[str, int], last_scale_ups: Mapping[str, float], now: float,
                    token: str | None = None) -> Outcome | None:
         """None when it is not time yet, or there is no head to ask. `last_scale_ups`: per group, when
         its target last grew (the stabilization window counts from it). `token`: the cluster's Ray token
         (spec.auth), sent with each call to its GCS."""
-        if now < self._next_read.get(key, 0.0):
+        if now < memory.next_read:
             return None
-        self._next_read[key] = now + cluster.autoscaling.interval_seconds
+        memory.next_read = now + cluster.autoscaling.interval_seconds
         if head_ip is None:
             return None
         self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}", token)
@@ -180,12 +194,12 @@ class Autoscaler:
             # A head that is still starting has no GCS yet: not worth a warning.
             return Outcome(dict(targets), AutoscalerReport(error=f"reading Ray state: {result.error}"))
         snap = result.snapshot
-        events: list[tuple[str, str, str]] = []
+        events: list[Post] = []
         version = ray_version.check(cluster.ray_version, snap.ray_version, self.ray.OPERATOR_RAY_VERSION)
-        if self._warned_version.get(key) != version.warnings:  # each warning once, again when it changes
-            self._warned_version[key] = version.warnings
-            events += [("Warning", "RayVersionMismatch" if text.startswith("spec.") else "RayVersionUnsupported",
-                        text) for text in version.warnings]
+        if memory.warned_version != version.warnings:  # each warning once, again when it changes
+            memory.warned_version = version.warnings
+            events += [(EventReason.RAY_VERSION_MISMATCH if text.startswith("spec.")
+                        else EventReason.RAY_VERSION_UNSUPPORTED, text) for text in version.warnings]
         unavailable = unavailable_groups(pods, now, cluster.autoscaling.pending_timeout_seconds)
         inp = policy_input(cluster, snap, pods, targets, last_scale_ups, unavailable, now)
         decision = policy.decide(inp)
@@ -193,11 +207,7 @@ class Autoscaler:
         accepted, refused = await self._drain(key, snap, decision.drains, events)
         for d in refused:  # the node got work: it stays, and so does its place in the target
             new_targets[d.group] = new_targets.get(d.group, 0) + 1
-        patched = []
-        for d in accepted:
-            pod = await asyncio.to_thread(self.kube.annotate_pod, ns, d.node, {labels.DRAINED: timestamp(now)})
-            if pod is not None:
-                patched.append(pod)
+        marks = tuple(drained_mark(d.node, now, d.reason) for d in accepted)
 
         scaled_up = set()
         for g in cluster.worker_groups:
@@ -208,17 +218,17 @@ class Autoscaler:
                 scaled_up.add(g.name)
         reasons = _reasons(decision, inp, new_targets, refused)
         for text in reasons:
-            events.append(("Normal", "Autoscaled", text))
+            events.append((EventReason.AUTOSCALED, text))
         infeasible = demand_summary(decision.infeasible)
-        if infeasible and self._last_infeasible.get(key) != infeasible:
-            events.append(("Warning", "InfeasibleDemand", f"fits no worker group, not scaling for it: {infeasible}"))
-        self._last_infeasible[key] = infeasible
+        if infeasible and memory.last_infeasible != infeasible:
+            events.append((EventReason.INFEASIBLE_DEMAND, f"fits no worker group, not scaling for it: {infeasible}"))
+        memory.last_infeasible = infeasible
         pending = pending_by_resource(snap)
-        for resource in self._pending_resources.get(key, set()) - pending.keys():
+        for resource in memory.pending_resources - pending.keys():
             metrics.AUTOSCALER_PENDING.labels(ns, name, resource).set(0)  # that demand went away
         for resource, amount in pending.items():
             metrics.AUTOSCALER_PENDING.labels(ns, name, resource).set(amount)
-        self._pending_resources[key] = self._pending_resources.get(key, set()) | pending.keys()
+        memory.pending_resources |= pending.keys()
         report = AutoscalerReport(
             pending_demand=demand_summary([*inp.demands, *inp.constraints]),
             infeasible_demand=infeasible,
@@ -229,9 +239,9 @@ class Autoscaler:
         )
         view = ray_view(snap, pods)
         return Outcome(new_targets, report, frozenset(scaled_up), view.ray_dead, view.idle, view.ray_nodes,
-                       tuple(events), tuple(patched), snap)
+                       tuple(events), marks, snap)
 
-    async def observe(self, key: str, pods: list[PodState], head_ip: str | None,
+    async def observe(self, key: Key, pods: list[PodState], head_ip: str | None,
                       token: str | None = None) -> RayView | None:
         """Ray's state for a rollout, read-only and with no scaling decision (autoscaling may be off);
         None when there is no head to ask or the read failed. `token`: as for :meth:`step`."""
@@ -240,48 +250,45 @@ class Autoscaler:
         self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}", token)
         result = await self.pool.aread(key)
         if result.snapshot is None:
-            log.info("reading Ray state of %s for a rollout: %s", key, result.error)
+            log.info("reading Ray state of %s/%s for a rollout: %s", *key, result.error)
             return None
         return ray_view(result.snapshot, pods)
 
-    async def drain_for_rollout(self, key: str, snap: ClusterSnapshot, drains: Iterable[DrainForRollout],
-                                now: float) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+    async def drain_for_rollout(self, key: Key, snap: ClusterSnapshot, drains: Iterable[DrainForRollout],
+                                now: float) -> tuple[list[PatchPod], list[Post]]:
         """Ask Ray to drain busy outdated workers (reason PREEMPTION, with a deadline): it schedules nothing
-        more there and its raylet exits once the running tasks finish. Accepted drains are annotated on
-        the pod, as the autoscaler's are; the planner deletes the pod once the node is DEAD.
-        Returns the patched pods (for the cache) and the events to post."""
-        ns, _ = key.split("/", 1)
+        more there and its raylet exits once the running tasks finish. Accepted drains are to be annotated
+        on the pod, as the autoscaler's are; the planner deletes the pod once the node is DEAD.
+        Returns those annotations and the events, for the turn to write."""
         client = self.pool.client(key)
-        patched: list[dict[str, Any]] = []
-        events: list[tuple[str, str, str]] = []
+        marks: list[PatchPod] = []
+        events: list[Post] = []
         for d in drains:
             node = snap.node_by_instance(d.name)
             if node is None:
                 continue  # it left Ray since the read: the next turn replaces it directly
             deadline_ms = int((now + d.deadline_seconds) * 1000)
             try:
-                result = await asyncio.to_thread(client.drain, node.node_id, self.ray.DrainReason.PREEMPTION,
-                                                 f"swarm-operator: {d.reason}", deadline_ms, snapshot=snap)
+                result = await self.blocking(client.drain, node.node_id, self.ray.DrainReason.PREEMPTION,
+                                             f"swarm-operator: {d.reason}", deadline_ms, snapshot=snap)
             except self.ray.RayStateError as exc:  # safe to repeat: the next turn asks again
-                log.warning("rollout drain of %s in %s failed: %s", d.name, key, exc)
+                log.warning("rollout drain of %s in %s/%s failed: %s", d.name, *key, exc)
                 continue
             if not result.accepted:
-                log.info("rollout drain of %s in %s not sent: %s", d.name, key, result.why)
+                log.info("rollout drain of %s in %s/%s not sent: %s", d.name, *key, result.why)
                 continue
-            pod = await asyncio.to_thread(self.kube.annotate_pod, ns, d.name, {labels.DRAINED: timestamp(now)})
-            if pod is not None:
-                patched.append(pod)
-            events.append(("Normal", "Draining", f"{d.reason}; Ray finishes its running tasks within "
+            marks.append(drained_mark(d.name, now, d.reason))
+            events.append((EventReason.DRAINING, f"{d.reason}; Ray finishes its running tasks within "
                                                  f"{d.deadline_seconds}s (updateStrategy.drainTimeoutSeconds), "
                                                  "then the pod is replaced"))
-        return patched, events
+        return marks, events
 
-    async def _drain(self, key: str, snap: ClusterSnapshot, drains: Iterable[policy.Drain],
-                     events: list[tuple[str, str, str]]) -> tuple[list[policy.Drain], list[policy.Drain]]:
+    async def _drain(self, key: Key, snap: ClusterSnapshot, drains: Iterable[policy.Drain],
+                     events: list[Post]) -> tuple[list[policy.Drain], list[policy.Drain]]:
         """Ask Ray to drain each chosen idle node; the raylet re-checks idleness and may refuse."""
         accepted: list[policy.Drain] = []
         refused: list[policy.Drain] = []
-        ns, name = key.split("/", 1)
+        ns, name = key
         client = self.pool.client(key)
         for d in drains:
             node = snap.node_by_instance(d.node)
@@ -289,10 +296,10 @@ class Autoscaler:
                 refused.append(d)
                 continue
             try:
-                result = await asyncio.to_thread(client.drain, node.node_id, self.ray.DrainReason.IDLE_TERMINATION,
-                                                 f"swarm-operator: {d.reason}", 0, snapshot=snap)
+                result = await self.blocking(client.drain, node.node_id, self.ray.DrainReason.IDLE_TERMINATION,
+                                             f"swarm-operator: {d.reason}", 0, snapshot=snap)
             except self.ray.RayStateError as exc:
-                log.warning("drain of %s in %s failed: %s", d.node, key, exc)
+                log.warning("drain of %s in %s/%s failed: %s", d.node, *key, exc)
                 result = self.ray.DrainResult(False, str(exc))
             if result.accepted:
                 accepted.append(d)
@@ -300,6 +307,6 @@ class Autoscaler:
             else:
                 refused.append(d)
                 metrics.AUTOSCALER_DRAINS.labels(ns, name, "refused").inc()
-                log.info("drain of %s in %s refused: %s", d.node, key, result.why)
-                events.append(("Normal", "DrainRefused", f"{d.node} keeps running: {result.why}"))
+                log.info("drain of %s in %s/%s refused: %s", d.node, *key, result.why)
+                events.append((EventReason.DRAIN_REFUSED, f"{d.node} keeps running: {result.why}"))
         return accepted, refused

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.spec.types import GcsFaultTolerance
@@ -37,7 +38,7 @@ class DeletionStep:
     delete_pods: tuple[str, ...] = ()
     create_job: bool = False
     remove_finalizer: bool = False
-    event: tuple[str, str, str] | None = None  # (type, reason, message)
+    event: tuple[EventReason, str] | None = None  # (reason, message)
     requeue_after: float | None = None
 
 
@@ -74,14 +75,15 @@ def deletion_step(gcs: GcsFaultTolerance | None, storage_namespace: str, pods: I
         return DeletionStep(remove_finalizer=True)
     if job is not None and job.succeeded:
         return DeletionStep(remove_finalizer=True, event=(
-            "Normal", "RedisCleanedUp", f"GCS keys of namespace {storage_namespace} removed from {gcs.redis_address}"))
+            EventReason.REDIS_CLEANED_UP,
+            f"GCS keys of namespace {storage_namespace} removed from {gcs.redis_address}"))
     if job is not None and job.failed:
         return DeletionStep(remove_finalizer=True, event=(
-            "Warning", "RedisCleanupFailed", f"the cleanup Job failed ({job.message or 'no reason given'}); the GCS "
+            EventReason.REDIS_CLEANUP_FAILED, f"the cleanup Job failed ({job.message or 'no reason given'}); the GCS "
             f"keys may still be in Redis: {leftover_keys_hint(gcs, storage_namespace)}"))
     if waited >= gcs.cleanup_timeout_seconds:
         return DeletionStep(remove_finalizer=True, event=(
-            "Warning", "RedisCleanupTimedOut", f"the GCS keys were not confirmed removed within "
+            EventReason.REDIS_CLEANUP_TIMED_OUT, f"the GCS keys were not confirmed removed within "
             f"{gcs.cleanup_timeout_seconds}s (spec.faultTolerance.gcs.cleanupTimeoutSeconds); deleting the cluster "
             f"anyway; {leftover_keys_hint(gcs, storage_namespace)}"))
     remaining = list(pods)

@@ -1,4 +1,4 @@
-"""Many clusters' reads at once, each on a worker thread with a deadline and its own backoff."""
+"""Many clusters' reads at once, each on a pool thread with a deadline and its own backoff."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -28,11 +28,12 @@ class ClusterClient(Protocol):
 
 
 _C = TypeVar("_C", bound=ClusterClient)
+Submit = Callable[[Callable[[], ClusterSnapshot]], "concurrent.futures.Future[ClusterSnapshot]"]
 
 
 @dataclass(frozen=True)
 class ReadResult:
-    key: str
+    key: Hashable
     snapshot: ClusterSnapshot | None = None
     error: str | None = None
     failures: int = 0  # consecutive failed reads, this one included
@@ -53,19 +54,21 @@ class _Entry(Generic[_C]):
 
 
 class RayStatePool(Generic[_C]):
-    """Reads many clusters at once, each read in a worker thread with a deadline.
+    """Reads many clusters at once, each read on a pool thread with a deadline.
 
-    One slow or dead cluster never delays the others: every read runs on its own thread, the caller
-    waits at most ``read_timeout_s``, a cluster whose previous read still runs is skipped rather than
-    given a second thread, and a cluster that fails is left alone for a doubling backoff
+    The threads are the operator's one blocking pool (kit/blocking.py) when `submit` is given, else the
+    pool's own (``max_workers``). One slow or dead cluster never delays the others: the caller waits at
+    most ``read_timeout_s``, a cluster whose previous read still runs is skipped rather than given a
+    second thread, and a cluster that fails is left alone for a doubling backoff
     (``backoff_initial_s`` … ``backoff_max_s``). Connect and RPC deadlines bound how long a thread can be
-    held, so the worker threads (``max_workers``, at most one per cluster at a time) always come back.
+    held, so the threads (at most one per cluster at a time) always come back.
     """
 
     def __init__(
         self,
         client_factory: Callable[[str, str | None], _C],
         *,
+        submit: Submit | None = None,
         max_workers: int = 32,
         read_timeout_s: float = 5.0,
         backoff_initial_s: float = 1.0,
@@ -73,14 +76,18 @@ class RayStatePool(Generic[_C]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._factory = client_factory
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="ray-state")
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        if submit is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="ray-state")
+            submit = self._executor.submit
+        self._submit = submit
         self.read_timeout_s = read_timeout_s
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry[_C]] = {}
+        self._entries: dict[Hashable, _Entry[_C]] = {}
 
-    def set_cluster(self, key: str, address: str, token: str | None = None) -> None:
+    def set_cluster(self, key: Hashable, address: str, token: str | None = None) -> None:
         """Add a cluster, or point it elsewhere; unchanged settings keep the client and its backoff."""
         with self._lock:
             old = self._entries.get(key)
@@ -90,17 +97,17 @@ class RayStatePool(Generic[_C]):
         if old is not None:
             old.client.close()
 
-    def remove_cluster(self, key: str) -> None:
+    def remove_cluster(self, key: Hashable) -> None:
         with self._lock:
             old = self._entries.pop(key, None)
         if old is not None:
             old.client.close()
 
-    def client(self, key: str) -> _C:
+    def client(self, key: Hashable) -> _C:
         with self._lock:
             return self._entries[key].client
 
-    def _start(self, key: str) -> tuple[_Entry[_C], concurrent.futures.Future[ClusterSnapshot]] | ReadResult:
+    def _start(self, key: Hashable) -> tuple[_Entry[_C], concurrent.futures.Future[ClusterSnapshot]] | ReadResult:
         with self._lock:
             entry = self._entries[key]
             now = self._clock()
@@ -114,12 +121,12 @@ class RayStatePool(Generic[_C]):
                     key, error=entry.last_error, failures=entry.failures, retry_in_s=entry.retry_at - now,
                     started=False,
                 )
-            entry.inflight = self._executor.submit(entry.client.read)
+            entry.inflight = self._submit(entry.client.read)
             entry.inflight_since = now
             return entry, entry.inflight
 
     def _finish(
-        self, key: str, entry: _Entry[_C], future: concurrent.futures.Future[ClusterSnapshot], timeout_s: float
+        self, key: Hashable, entry: _Entry[_C], future: concurrent.futures.Future[ClusterSnapshot], timeout_s: float
     ) -> ReadResult:
         with self._lock:
             if self._entries.get(key) is not entry:
@@ -141,7 +148,7 @@ class RayStatePool(Generic[_C]):
             entry.last_error = error
             return ReadResult(key, error=error, failures=entry.failures, retry_in_s=delay)
 
-    async def aread(self, key: str, timeout_s: float | None = None) -> ReadResult:
+    async def aread(self, key: Hashable, timeout_s: float | None = None) -> ReadResult:
         """Read one cluster, waiting at most ``timeout_s`` without blocking the event loop.
 
         A cluster in backoff, or whose previous read still runs, is not read (``started=False``)."""
@@ -168,6 +175,7 @@ class RayStatePool(Generic[_C]):
     def close(self) -> None:
         with self._lock:
             entries, self._entries = list(self._entries.values()), {}
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         for entry in entries:
             entry.client.close()

@@ -1,4 +1,4 @@
-"""The watch cache: what the operator knows of its SwarmClusters, pods and services. No I/O.
+"""The watch cache: what the operator knows of the objects it serves and of their children. No I/O.
 
 Three sources feed it, in any order: watch events, the answers to the operator's own creates and
 deletes (written through at once, so two quick turns never create the same pod twice), and
@@ -13,10 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from swarm_operator.resources import labels
-
-Key = tuple[str, str]  # (namespace, cluster name)
-# Metadata a SwarmCluster's turn depends on; resourceVersion and managedFields change with every write.
+Key = tuple[str, str]  # (namespace, name) of a served object
+# Metadata a turn depends on; resourceVersion and managedFields change with every write.
 ECHO_METADATA = ("uid", "generation", "deletionTimestamp", "finalizers", "labels", "annotations")
 TOMBSTONES = 10000  # remembered deletions per kind; far more than can be in flight at once
 
@@ -32,13 +30,13 @@ def newer(candidate: Mapping[str, Any], current: Mapping[str, Any] | None, *, st
     return True
 
 
-def key_of(obj: Mapping[str, Any]) -> Key | None:
-    """The cluster a child belongs to, by its swarm.io/cluster label."""
+def owner_key(obj: Mapping[str, Any], owner_label: str) -> Key | None:
+    """The served object a child belongs to, by the label that names its owner in the same namespace."""
     meta = obj.get("metadata") or {}
-    cluster = (meta.get("labels") or {}).get(labels.CLUSTER)
-    if not cluster or not meta.get("namespace"):
+    owner = (meta.get("labels") or {}).get(owner_label)
+    if not owner or not meta.get("namespace"):
         return None
-    return (meta["namespace"], cluster)
+    return (meta["namespace"], owner)
 
 
 def _version(obj: Mapping[str, Any]) -> str:
@@ -60,9 +58,10 @@ class _Tombstone:
 
 
 class ChildStore:
-    """One kind of child (pods or services), by cluster key and name."""
+    """One kind of child (pods, services), by its owner's key and its name; `owner_label` names the owner."""
 
-    def __init__(self, keep: Callable[[Mapping[str, Any]], dict[str, Any]] = dict) -> None:
+    def __init__(self, owner_label: str, keep: Callable[[Mapping[str, Any]], dict[str, Any]] = dict) -> None:
+        self._owner_label = owner_label
         self._keep = keep  # what of an object to store (pods are slimmed)
         self._by_key: dict[Key, dict[str, dict[str, Any]]] = {}
         self._tombstones: dict[tuple[Key, str], _Tombstone] = {}  # insertion-ordered: oldest first
@@ -85,8 +84,8 @@ class ChildStore:
 
     def apply(self, event_type: str | None, obj: Mapping[str, Any]) -> Key | None:
         """A watch event, a listed object (type None) or a create/delete answer carrying a version.
-        Returns the cluster key when the cache changed."""
-        key = key_of(obj)
+        Returns the owner's key when the cache changed."""
+        key = owner_key(obj, self._owner_label)
         if key is None:
             return None
         name = obj["metadata"]["name"]
@@ -131,10 +130,10 @@ class ChildStore:
         """Merge a re-list; `listed_at` holds each listed namespace's (None: all) resourceVersion.
         Keeps what is newer than the list (written or watched while it ran), drops what the list
         shows gone, and never lets the list bring back what was deleted meanwhile. Returns the
-        cluster keys whose contents changed."""
+        owner keys whose contents changed."""
         fresh: dict[Key, dict[str, Mapping[str, Any]]] = {}
         for obj in listed:
-            key = key_of(obj)
+            key = owner_key(obj, self._owner_label)
             if key is not None:
                 fresh.setdefault(key, {})[obj["metadata"]["name"]] = obj
         changed: set[Key] = set()
@@ -194,29 +193,27 @@ class ChildStore:
         return not newer(obj, _at(tomb.resource_version), strictly=True)
 
 
-class WatchCache:
-    """The SwarmClusters being served, and their pods and services."""
+class ObjectStore:
+    """The objects of one served kind (SwarmClusters, say), by key, as the watch last reported them."""
 
-    def __init__(self, slim_pod: Callable[[Mapping[str, Any]], dict[str, Any]] = dict) -> None:
-        self.pods = ChildStore(slim_pod)
-        self.services = ChildStore()
-        self._clusters: dict[Key, dict[str, Any]] = {}
+    def __init__(self) -> None:
+        self._objects: dict[Key, dict[str, Any]] = {}
 
-    def cluster(self, key: Key) -> dict[str, Any] | None:
-        return self._clusters.get(key)
+    def get(self, key: Key) -> dict[str, Any] | None:
+        return self._objects.get(key)
 
-    def cluster_keys(self) -> list[Key]:
-        return list(self._clusters)
+    def keys(self) -> list[Key]:
+        return list(self._objects)
 
-    def clusters(self) -> list[dict[str, Any]]:
-        return list(self._clusters.values())
+    def bodies(self) -> list[dict[str, Any]]:
+        return list(self._objects.values())
 
-    def put_cluster(self, key: Key, body: Mapping[str, Any]) -> bool:
-        """Store a SwarmCluster event; whether it brings anything a turn reads that the cache lacked.
+    def put(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """Store a watch event; whether it brings anything a turn reads that the cache lacked.
         Every status write of ours comes back as an event, and a turn for it (one per write, thousands
         at scale) would find nothing to do. Another writer's status, or any spec or metadata change, counts."""
-        cached = self._clusters.get(key)
-        self._clusters[key] = dict(body)
+        cached = self._objects.get(key)
+        self._objects[key] = dict(body)
         if cached is None:
             return True
         old, new = cached.get("metadata") or {}, body.get("metadata") or {}
@@ -226,20 +223,29 @@ class WatchCache:
     def record_status(self, key: Key, status: Mapping[str, Any]) -> None:
         """Our own status write; the watch confirms it later. Without it, the next turn would
         compare against the old status and write the same thing again."""
-        body = self._clusters.get(key)
+        body = self._objects.get(key)
         if body is not None:
             body["status"] = {**(body.get("status") or {}), **status}
 
-    def drop_cluster(self, key: Key) -> None:
-        self._clusters.pop(key, None)
+    def drop(self, key: Key) -> None:
+        self._objects.pop(key, None)
 
-    def clusters_gone_from_list(self, namespace: str | None, listed: Iterable[Mapping[str, Any]],
-                                resource_version: str) -> tuple[list[Key], list[dict[str, Any]]]:
-        """Compare a list of SwarmClusters with the cache: which cached ones (in `namespace`, None for
-        all) the list no longer has though they are older than it, and which listed ones are unknown."""
-        at = {"metadata": {"resourceVersion": resource_version}}
+    def gone_from_list(self, namespace: str | None, listed: Iterable[Mapping[str, Any]],
+                       resource_version: str) -> tuple[list[Key], list[dict[str, Any]]]:
+        """Compare a list with the cache: which cached objects (in `namespace`, None for all) the list no
+        longer has though they are older than it, and which listed ones are unknown."""
+        at = _at(resource_version)
         present = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in listed}
-        gone = [k for k, body in self._clusters.items()
+        gone = [k for k, body in self._objects.items()
                 if namespace in (None, k[0]) and k not in present and not newer(body, at, strictly=True)]
-        unknown = [dict(body) for k, body in present.items() if k not in self._clusters]
+        unknown = [dict(body) for k, body in present.items() if k not in self._objects]
         return gone, unknown
+
+
+class WatchCache:
+    """One served kind's objects, and the pods and services they own (labelled `owner_label`)."""
+
+    def __init__(self, owner_label: str, slim_pod: Callable[[Mapping[str, Any]], dict[str, Any]] = dict) -> None:
+        self.objects = ObjectStore()
+        self.pods = ChildStore(owner_label, slim_pod)
+        self.services = ChildStore(owner_label)

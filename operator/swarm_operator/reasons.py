@@ -1,0 +1,108 @@
+"""Every Event reason and condition type the operator writes, each defined once. Pure.
+
+docs/operations.md's tables of them are generated from here (`make generate`; a unit test fails when they
+differ), so a new reason cannot be posted without being documented.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventReason(StrEnum):
+    """An Event's reason; `event_type` and `meaning` say how it is posted and what it tells a user."""
+
+    CREATED = "Created"
+    UPDATED = "Updated"
+    DELETED = "Deleted"
+    CREATE_FAILED = "CreateFailed"
+    REPLACING = "Replacing"
+    INVALID_SPEC = "InvalidSpec"
+    TEMPLATE_OVERRIDDEN = "TemplateOverridden"
+    ROLLOUT_WAITING = "RolloutWaiting"
+    SERVICE_UPDATED = "ServiceUpdated"
+    SERVICE_REPLACED = "ServiceReplaced"
+    RAY_TOKEN_MISSING = "RayTokenMissing"
+    AUTOSCALED = "Autoscaled"
+    INFEASIBLE_DEMAND = "InfeasibleDemand"
+    DRAIN_REFUSED = "DrainRefused"
+    DRAINING = "Draining"
+    RAY_VERSION_MISMATCH = "RayVersionMismatch"
+    RAY_VERSION_UNSUPPORTED = "RayVersionUnsupported"
+    REDIS_CLEANUP = "RedisCleanup"
+    REDIS_CLEANED_UP = "RedisCleanedUp"
+    REDIS_CLEANUP_FAILED = "RedisCleanupFailed"
+    REDIS_CLEANUP_TIMED_OUT = "RedisCleanupTimedOut"
+
+    @property
+    def event_type(self) -> str:
+        return "Warning" if self in _WARNINGS else "Normal"
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_WARNINGS = frozenset({
+    EventReason.CREATE_FAILED, EventReason.REPLACING, EventReason.INVALID_SPEC, EventReason.TEMPLATE_OVERRIDDEN,
+    EventReason.SERVICE_REPLACED, EventReason.RAY_TOKEN_MISSING, EventReason.INFEASIBLE_DEMAND,
+    EventReason.RAY_VERSION_MISMATCH, EventReason.RAY_VERSION_UNSUPPORTED, EventReason.REDIS_CLEANUP_FAILED,
+    EventReason.REDIS_CLEANUP_TIMED_OUT,
+})
+
+_MEANINGS = {
+    EventReason.CREATED: "pods, the head service or the Ray token Secret were created (how many of each)",
+    EventReason.UPDATED: "pods took their template's new labels or annotations in place, without a restart",
+    EventReason.DELETED: "pods were deleted on purpose: scaled down, suspended, rolled out, or drained by Ray",
+    EventReason.CREATE_FAILED: "the API server refused a create (a quota, an admission webhook), or the name is "
+                               "held by an object that is not this cluster's; retried",
+    EventReason.REPLACING: "a worker or the head failed (or its Ray node died) and is being replaced, with backoff",
+    EventReason.INVALID_SPEC: "the spec cannot be served (the message names the field); `Valid=False`",
+    EventReason.TEMPLATE_OVERRIDDEN: "a pod template sets values the operator sets itself; the operator's win",
+    EventReason.ROLLOUT_WAITING: "a rolling update waits (busy workers while Ray's state is unknown)",
+    EventReason.SERVICE_UPDATED: "the head service's annotations or type were patched in place",
+    EventReason.SERVICE_REPLACED: "the head service was re-created (headless and not cannot change in place)",
+    EventReason.RAY_TOKEN_MISSING: "token auth is on but no usable token Secret exists yet; pods wait for it",
+    EventReason.AUTOSCALED: "the autoscaler changed a group's target, with the demand that made it",
+    EventReason.INFEASIBLE_DEMAND: "Ray asks for resources that fit no worker group: nothing is scaled for them",
+    EventReason.DRAIN_REFUSED: "Ray refused an idle drain because the node got work: it keeps running",
+    EventReason.DRAINING: "a busy outdated worker is drained by Ray (PREEMPTION) before it is replaced",
+    EventReason.RAY_VERSION_MISMATCH: "the Ray the cluster runs is not spec.rayVersion",
+    EventReason.RAY_VERSION_UNSUPPORTED: "the cluster's Ray is outside what the operator's GCS client was tested "
+                                         "with",
+    EventReason.REDIS_CLEANUP: "a deleted cluster's pods are gone; a Job removes its GCS keys from Redis",
+    EventReason.REDIS_CLEANED_UP: "the cleanup Job removed the GCS keys; the finalizer goes",
+    EventReason.REDIS_CLEANUP_FAILED: "the cleanup Job failed; the finalizer goes, the keys may remain (the "
+                                      "message says how to remove them)",
+    EventReason.REDIS_CLEANUP_TIMED_OUT: "the keys were not confirmed removed within cleanupTimeoutSeconds; the "
+                                         "finalizer goes anyway",
+}
+
+
+class ConditionType(StrEnum):
+    """A condition in status.conditions; `meaning` says what True means."""
+
+    VALID = "Valid"
+    HEAD_READY = "HeadReady"
+    WORKERS_READY = "WorkersReady"
+    AUTOSCALING = "Autoscaling"
+    SUSPENDED = "Suspended"
+    REPLICA_FAILURE = "ReplicaFailure"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+
+    @property
+    def meaning(self) -> str:
+        return _CONDITION_MEANINGS[self]
+
+
+_CONDITION_MEANINGS = {
+    ConditionType.VALID: "the spec was accepted (False: the message names the field at fault)",
+    ConditionType.HEAD_READY: "the head pod is ready",
+    ConditionType.WORKERS_READY: "every group has as many ready workers as its target (the message lists the "
+                                 "groups short of it)",
+    ConditionType.AUTOSCALING: "`autoscaling.enabled`: worker groups follow Ray's pending demand",
+    ConditionType.SUSPENDED: "`spec.suspend` is true: no pods run",
+    ConditionType.REPLICA_FAILURE: "workers failed recently (consecutive failures per group in the message)",
+    ConditionType.ROLLOUT_COMPLETE: "every pod runs the current spec (reason AllPodsUpdated); a GitOps health "
+                                    "check waits for it",
+}
