@@ -175,7 +175,7 @@ def test_a_failed_job_without_retries_fails_with_ray_reason_and_log_tail() -> No
     assert d.state.deployment == "Failed" and d.state.reason == "RayJobFailed" and d.state.failed_attempts == 1
     assert "exit code 1" in d.state.message and d.state.message.endswith("ValueError: boom")
     assert kinds(d.actions) == ["DeleteCluster"]  # onFailure DeleteCluster; no stop: Ray ended it
-    assert d.events[0].type == "Warning"
+    assert d.events[0].reason.event_type == "Warning"
 
 
 def test_a_failed_attempt_is_retried_on_a_fresh_cluster() -> None:

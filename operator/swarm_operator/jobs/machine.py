@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from swarm_operator.jobs.names import cluster_name, submission_id
 from swarm_operator.jobs.spec import JobSpec, OwnCluster
+from swarm_operator.reasons import EventReason
 
 TERMINAL_RAY = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 FINISHED = frozenset({"Complete", "Failed"})
@@ -120,8 +121,7 @@ Action = CreateCluster | DeleteCluster | ScaleWorkersToZero | Submit | StopRayJo
 
 @dataclass(frozen=True)
 class Event:
-    type: str  # Normal or Warning
-    reason: str
+    reason: EventReason  # it says Normal or Warning
     message: str
 
 
@@ -158,9 +158,10 @@ def decide(job: JobSpec, state: JobState, seen: Observed, now: float) -> Decisio
     if job.suspend:
         return _suspend(job, state, seen, cluster)
     if state.deployment in ("", "Suspended"):
-        return _new_attempt(job, state, now, "Resumed" if state.deployment else "Initializing", counts=False)
+        return _new_attempt(job, state, now, EventReason.JOB_RESUMED if state.deployment
+                            else EventReason.JOB_INITIALIZING, counts=False)
     if job.active_deadline_seconds is not None and now >= state.start_time + job.active_deadline_seconds:
-        return _fail(job, state, seen, cluster, now, "DeadlineExceeded",
+        return _fail(job, state, seen, cluster, now, EventReason.DEADLINE_EXCEEDED,
                      f"activeDeadlineSeconds ({job.active_deadline_seconds}s) passed", retry=False)
     return _attempt(job, state, seen, cluster, now)
 
@@ -177,17 +178,17 @@ def _earlier_clusters(job: JobSpec, seen: Observed, current: str) -> tuple[Actio
                  if c.owned and not c.deleting and c.name != current)
 
 
-def _new_attempt(job: JobSpec, state: JobState, now: float, reason: str, counts: bool,
+def _new_attempt(job: JobSpec, state: JobState, now: float, reason: EventReason, counts: bool,
                  message: str = "") -> Decision:
     """Record the next attempt, nothing else: its cluster and submission wait until status holds it."""
     attempt = state.attempt + 1
-    fresh = replace(state, deployment="Initializing" if reason != "Retrying" else "Retrying", attempt=attempt,
+    retrying = reason == EventReason.JOB_RETRYING
+    fresh = replace(state, deployment="Retrying" if retrying else "Initializing", attempt=attempt,
                     failed_attempts=state.failed_attempts + (1 if counts else 0), job_status="", reason=reason,
                     message=message or f"attempt {attempt}: starting", end_time=0.0, attempt_start=now,
                     unreadable_since=0.0, dashboard_url="",
-                    start_time=state.start_time if reason == "Retrying" else now)
-    event = Event("Warning" if reason == "Retrying" else "Normal", reason,
-                  f"attempt {attempt} on cluster {current_cluster(job, fresh)}"
+                    start_time=state.start_time if retrying else now)
+    event = Event(reason, f"attempt {attempt} on cluster {current_cluster(job, fresh)}"
                   + (f" after: {message}" if message else ""))
     return Decision(fresh, (), (event,), requeue_after=0.0)
 
@@ -200,7 +201,7 @@ def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
     submitted = state.deployment == "Running"
     if cluster is None or cluster.deleting or (own and not cluster.owned):
         if submitted:
-            return _fail(job, state, seen, cluster, now, "ClusterLost", f"SwarmCluster {name} is gone")
+            return _fail(job, state, seen, cluster, now, EventReason.CLUSTER_LOST, f"SwarmCluster {name} is gone")
         if cluster is None and own:
             return _wait(state, (*actions, CreateCluster(name, state.attempt)), f"creating SwarmCluster {name}")
         why = ("is being deleted" if cluster is not None and cluster.deleting
@@ -222,24 +223,25 @@ def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
     state = replace(state, dashboard_url=url, unreadable_since=0.0)
     if isinstance(ray, RayJobMissing):
         if submitted:
-            return _fail(job, state, seen, cluster, now, "RayJobLost",
+            return _fail(job, state, seen, cluster, now, EventReason.RAY_JOB_LOST,
                          f"the Ray job {jid} is gone from SwarmCluster {name} (its head restarted without GCS "
                          "fault tolerance?)")
         return Decision(replace(state, message=f"submitting Ray job {jid} to SwarmCluster {name}"),
                         (*actions, Submit(jid, cluster.head_ip)), requeue_after=1.0)
     if ray.status == "SUCCEEDED":
-        done = replace(state, deployment="Complete", job_status=ray.status, reason="Succeeded", end_time=now,
-                       message=f"Ray job {jid} succeeded")
+        done = replace(state, deployment="Complete", job_status=ray.status, reason=EventReason.JOB_COMPLETE,
+                       end_time=now, message=f"Ray job {jid} succeeded")
         finish = _finished(job, done, seen, now)
         return replace(finish, actions=actions + finish.actions,
-                       events=(Event("Normal", "Complete", done.message), *finish.events))
+                       events=(Event(EventReason.JOB_COMPLETE, done.message), *finish.events))
     if ray.status in TERMINAL_RAY:
         why = f"Ray job {jid} {ray.status}" + (f": {ray.message}" if ray.message else "")
-        return _fail(job, replace(state, job_status=ray.status), seen, cluster, now, "RayJobFailed",
+        return _fail(job, replace(state, job_status=ray.status), seen, cluster, now, EventReason.RAY_JOB_FAILED,
                      why + (f"\n{ray.log_tail}" if ray.log_tail else ""))
-    running = replace(state, deployment="Running", job_status=ray.status, reason="Running",
+    running = replace(state, deployment="Running", job_status=ray.status, reason=EventReason.JOB_RUNNING,
                       message=f"Ray job {jid} {ray.status}")
-    events = (Event("Normal", "Running", f"Ray job {jid} submitted to SwarmCluster {name}"),) if not submitted else ()
+    events = (Event(EventReason.JOB_RUNNING, f"Ray job {jid} {ray.status} on SwarmCluster {name}"),) if (
+        not submitted) else ()
     return Decision(running, actions, events, requeue_after=ACTIVE_POLL_SECONDS)
 
 
@@ -252,29 +254,29 @@ def _unreadable(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterV
     """The Ray job's status cannot be read: wait, but never forever."""
     since = state.unreadable_since or now
     if now - since >= STATUS_UNREADABLE_SECONDS:
-        return _fail(job, state, seen, cluster, now, "StatusUnreadable",
+        return _fail(job, state, seen, cluster, now, EventReason.STATUS_UNREADABLE,
                      f"{why} for {STATUS_UNREADABLE_SECONDS:.0f}s")
     return Decision(replace(state, unreadable_since=since, message=why), actions, requeue_after=ACTIVE_POLL_SECONDS)
 
 
-def _fail(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | None, now: float, reason: str,
-          message: str, retry: bool = True) -> Decision:
+def _fail(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | None, now: float,
+          reason: EventReason, message: str, retry: bool = True) -> Decision:
     """The attempt failed: stop its Ray job if it may still run, then retry (up to backoffLimit) or finish."""
     stop = _stop(job, state, cluster, reason)
     failed = state.failed_attempts + 1
     if retry and failed <= job.backoff_limit:
-        step = _new_attempt(job, state, now, "Retrying", counts=True, message=message)
+        step = _new_attempt(job, state, now, EventReason.JOB_RETRYING, counts=True, message=message)
         old = DeleteCluster(cluster.name, f"attempt {state.attempt} failed") if (
             cluster is not None and cluster.owned and not cluster.deleting and isinstance(job.cluster, OwnCluster)
         ) else None
         return replace(step, actions=stop + ((old,) if old else ()))
     if retry and job.backoff_limit:
-        reason, message = "BackoffLimitExceeded", f"{failed} attempts failed; the last: {message}"
+        reason, message = EventReason.BACKOFF_LIMIT_EXCEEDED, f"{failed} attempts failed; the last: {message}"
     done = replace(state, deployment="Failed", failed_attempts=failed, reason=reason, message=message, end_time=now,
                    job_status="STOPPED" if stop else state.job_status)
     finish = _finished(job, done, seen, now)
     return replace(finish, actions=stop + finish.actions,
-                   events=(Event("Warning", reason, message.split("\n")[0]), *finish.events))
+                   events=(Event(reason, message.split("\n")[0]), *finish.events))
 
 
 def _stop(job: JobSpec, state: JobState, cluster: ClusterView | None, reason: str) -> tuple[Action, ...]:
@@ -294,11 +296,11 @@ def _suspend(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
     if state.deployment == "Suspended":
         return Decision(state, tuple(actions))
     # activeDeadlineSeconds counts again from the resume, as a Kubernetes Job's does.
-    held = replace(state, deployment="Suspended", reason="Suspended", start_time=0.0, unreadable_since=0.0,
-                   message="suspended: nothing runs until spec.suspend is false",
+    held = replace(state, deployment="Suspended", reason=EventReason.JOB_SUSPENDED, start_time=0.0,
+                   unreadable_since=0.0, message="suspended: nothing runs until spec.suspend is false",
                    job_status="STOPPED" if state.job_status and state.job_status not in TERMINAL_RAY
                    else state.job_status)
-    return Decision(held, tuple(actions), (Event("Normal", "Suspended", held.message),))
+    return Decision(held, tuple(actions), (Event(EventReason.JOB_SUSPENDED, held.message),))
 
 
 def _finished(job: JobSpec, state: JobState, seen: Observed, now: float) -> Decision:

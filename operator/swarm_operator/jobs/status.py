@@ -7,11 +7,13 @@ from typing import Any
 
 from swarm_operator.jobs.machine import ClusterView, JobState, current_cluster, job_id
 from swarm_operator.jobs.spec import JobSpec
+from swarm_operator.reasons import ConditionType
 from swarm_operator.status import condition, merge_conditions
 from swarm_operator.times import parse_time, timestamp
 
 MAX_MESSAGE_BYTES = 4096
 LOG_TAIL_LINES = 20
+JOB_CONDITIONS = (ConditionType.COMPLETE, ConditionType.FAILED, ConditionType.SUSPENDED)
 TIMES = {"startTime": "start_time", "endTime": "end_time", "attemptStartTime": "attempt_start",
          "unreadableSince": "unreadable_since"}
 
@@ -69,16 +71,15 @@ def job_status(job: JobSpec, state: JobState, old: Mapping[str, Any], now: float
     for key, field in TIMES.items():
         value = getattr(state, field)
         status[key] = timestamp(value) if value else None  # None removes it (merge patch)
-    conditions = [
-        condition("Complete", state.deployment == "Complete", state.reason if state.deployment == "Complete"
-                  else "NotComplete", state.message[:1000] if state.deployment == "Complete" else ""),
-        condition("Failed", state.deployment == "Failed", state.reason if state.deployment == "Failed"
-                  else "NotFailed", state.message[:1000] if state.deployment == "Failed" else ""),
-        condition("Suspended", state.deployment == "Suspended", "Suspended" if state.deployment == "Suspended"
-                  else "NotSuspended", ""),
-    ]
+    conditions = [_condition(ctype, state) for ctype in JOB_CONDITIONS]
     status["conditions"] = merge_conditions(list(old.get("conditions") or []), conditions, now, job.generation)
     return status
+
+
+def _condition(ctype: ConditionType, state: JobState) -> dict[str, Any]:
+    """True while the deployment status of the same name holds, with its reason and message."""
+    holds = state.deployment == ctype
+    return condition(ctype, holds, state.reason if holds else f"Not{ctype}", state.message[:1000] if holds else "")
 
 
 def invalid_job_status(message: str, old: Mapping[str, Any], generation: int) -> dict[str, Any]:
