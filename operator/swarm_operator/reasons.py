@@ -49,6 +49,7 @@ class EventReason(StrEnum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     SUBMIT_FAILED = "SubmitFailed"
+    STOP_FAILED = "StopFailed"
 
     @property
     def event_type(self) -> str:
@@ -65,7 +66,7 @@ _WARNINGS = frozenset({
     EventReason.RAY_VERSION_MISMATCH, EventReason.RAY_VERSION_UNSUPPORTED, EventReason.REDIS_CLEANUP_FAILED,
     EventReason.REDIS_CLEANUP_TIMED_OUT, EventReason.JOB_RETRYING, EventReason.RAY_JOB_FAILED,
     EventReason.RAY_JOB_LOST, EventReason.CLUSTER_LOST, EventReason.STATUS_UNREADABLE, EventReason.DEADLINE_EXCEEDED,
-    EventReason.BACKOFF_LIMIT_EXCEEDED, EventReason.SUBMIT_FAILED,
+    EventReason.BACKOFF_LIMIT_EXCEEDED, EventReason.SUBMIT_FAILED, EventReason.STOP_FAILED,
 })
 
 _MEANINGS = {
@@ -112,6 +113,8 @@ _MEANINGS = {
     EventReason.DEADLINE_EXCEEDED: "activeDeadlineSeconds passed: the Ray job was stopped, no retries",
     EventReason.BACKOFF_LIMIT_EXCEEDED: "the last attempt allowed by backoffLimit failed",
     EventReason.SUBMIT_FAILED: "the Jobs API refused the submission (the message has Ray's answer); retried",
+    EventReason.STOP_FAILED: "the Jobs API did not stop the Ray job (unreachable, or an error); the job's own "
+                             "cluster is deleted anyway",
 }
 
 

@@ -263,6 +263,16 @@ def test_suspending_a_running_job_stops_it_and_deletes_its_cluster() -> None:
     assert kinds(d.actions) == ["StopRayJob", "DeleteCluster"]
 
 
+@pytest.mark.parametrize("ray, stops", [
+    (RayJob("RUNNING"), True), (RayJob("SUCCEEDED"), False), (RayJobMissing(), False),
+    (RayUnreachable("refused"), False), (None, True),  # not asked: status said RUNNING
+])
+def test_only_a_ray_job_that_may_run_is_stopped(ray: RayView, stops: bool) -> None:
+    d = decide(job(suspend=True), RUNNING, seen(cluster(), ray=ray), NOW)
+    assert ("StopRayJob" in kinds(d.actions)) is stops
+    assert "DeleteCluster" in kinds(d.actions)
+
+
 def test_suspending_a_shared_cluster_job_stops_it_only() -> None:
     j = job(suspend=True, clusterSelector={"name": "shared"})
     d = decide(j, RUNNING, seen(cluster("shared", owned=False), ray=RayJob("RUNNING")), NOW)

@@ -262,7 +262,7 @@ def _unreadable(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterV
 def _fail(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | None, now: float,
           reason: EventReason, message: str, retry: bool = True) -> Decision:
     """The attempt failed: stop its Ray job if it may still run, then retry (up to backoffLimit) or finish."""
-    stop = _stop(job, state, cluster, reason)
+    stop = _stop(job, state, cluster, seen.ray, reason)
     failed = state.failed_attempts + 1
     if retry and failed <= job.backoff_limit:
         step = _new_attempt(job, state, now, EventReason.JOB_RETRYING, counts=True, message=message)
@@ -279,18 +279,22 @@ def _fail(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | 
                    events=(Event(reason, message.split("\n")[0]), *finish.events))
 
 
-def _stop(job: JobSpec, state: JobState, cluster: ClusterView | None, reason: str) -> tuple[Action, ...]:
-    """Stop the attempt's Ray job where it may still be running (on a shared cluster it would outlive us)."""
-    if cluster is None or cluster.head_ip is None or state.job_status in TERMINAL_RAY or not state.attempt:
+def _stop(job: JobSpec, state: JobState, cluster: ClusterView | None, ray: RayView,
+          reason: str) -> tuple[Action, ...]:
+    """Stop the attempt's Ray job where it may still be running (on a shared cluster it would outlive us): as
+    Ray reports it this turn, or as status last saw it when Ray was not asked."""
+    if cluster is None or cluster.head_ip is None or not state.attempt:
         return ()
-    return (StopRayJob(job_id(job, state), cluster.head_ip, reason),)
+    running = ray.status not in TERMINAL_RAY if isinstance(ray, RayJob) else (
+        ray is None and state.job_status not in TERMINAL_RAY and bool(state.job_status))
+    return (StopRayJob(job_id(job, state), cluster.head_ip, reason),) if running else ()
 
 
 def _suspend(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | None) -> Decision:
     """Nothing runs while suspended: the Ray job is stopped, the job's own clusters deleted."""
     actions: list[Action] = []
     if state.deployment not in ("", "Suspended"):
-        actions += _stop(job, state, cluster, "suspended")
+        actions += _stop(job, state, cluster, seen.ray, "suspended")
     if isinstance(job.cluster, OwnCluster):
         actions += [DeleteCluster(c.name, "the job is suspended") for c in seen.clusters if c.owned and not c.deleting]
     if state.deployment == "Suspended":

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
+
 from swarm_operator.finalizer import keep_finalizer
 from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
 from swarm_operator.jobs.machine import (
@@ -203,7 +205,12 @@ class JobTurns:
             if posted:
                 await fx.event(EventReason.JOB_SUBMITTED, f"Ray job {action.job_id} submitted")
         elif isinstance(action, StopRayJob):
-            await fx.stop(action.head_ip, action.job_id, token)
+            try:
+                await fx.stop(action.head_ip, action.job_id, token)
+            except (JobsApiError, urllib3.exceptions.HTTPError) as exc:
+                # Best effort: what follows (the cluster's deletion, a bounded wait) must not hang on it.
+                await fx.event(EventReason.STOP_FAILED, f"Ray job {action.job_id} ({action.reason}): {exc}")
+                return
             await fx.event(EventReason.RAY_JOB_STOPPED, f"Ray job {action.job_id}: {action.reason}")
         elif isinstance(action, DeleteJob):
             await fx.event(EventReason.DELETED, f"deleting the SwarmJob: {action.reason}")
