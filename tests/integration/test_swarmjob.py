@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from localcluster.operator_process import OperatorProcess
 from swarm_operator.jobs.machine import STOP_WAIT_SECONDS
 from swarm_operator.times import timestamp
-from tests.integration.helpers import GROUP, JOB_PLURAL, VERSION, Cluster, Kubectl, wait_for
+from tests.integration.helpers import GROUP, JOB_PLURAL, REPO, VERSION, Cluster, Kubectl, wait_for
 
 pytestmark = pytest.mark.integration
 HEAD = {"head": {"resources": {"cpu": 1, "memory": "1Gi"}}}
@@ -98,6 +98,11 @@ def test_the_crd_refuses_a_bad_job_naming_the_field(swj: Jobs, name: str, spec: 
         swj.create(name, **spec)
     assert err.value.status == 422
     assert field in str(err.value.body), err.value.body
+
+
+def test_the_sample_job_is_accepted(kubectl: Kubectl, namespace: str) -> None:
+    res = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(REPO / "manifests/samples/jobs/pi.yaml"))
+    assert res.returncode == 0, res.stderr
 
 
 def test_kubectl_get_swj_shows_the_job_columns(swj: Jobs, kubectl: Kubectl, namespace: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
 from swarm_operator.jobs.machine import JobState
@@ -13,10 +15,18 @@ from swarm_operator.jobs.spec import OwnCluster, SharedCluster, parse_job
 from swarm_operator.jobs.status import bounded, cluster_view, job_status, log_tail, state_from_status
 from swarm_operator.spec.reader import SpecError
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def body(name: str = "pi", **spec: Any) -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "ns", "uid": "u1", "generation": 2},
             "spec": {"entrypoint": "python pi.py", **spec}}
+
+
+def test_the_sample_job_is_valid() -> None:
+    sample = yaml.safe_load((REPO / "manifests" / "samples" / "jobs" / "pi.yaml").read_text())
+    job = parse_job({**sample, "metadata": {**sample["metadata"], "uid": "u1"}})
+    assert isinstance(job.cluster, OwnCluster) and job.on_failure == "DeleteWorkers" and job.backoff_limit == 1
 
 
 def test_defaults() -> None:
@@ -42,6 +52,7 @@ def test_a_shared_cluster() -> None:
      "spec.clusterSpec.workerGroups"),
     ("pi", {"clusterSpec": {"head": {}}, "backoffLimit": 101}, "spec.backoffLimit"),
     ("pi", {"clusterSpec": {"head": {}}, "submissionMode": "Sidecar"}, "spec.submissionMode"),
+    ("pi", {"clusterSpec": {"head": {}}, "submissionMode": "SubmitterPod"}, "spec.submissionMode"),  # not yet
     ("pi", {"clusterSpec": {"head": {}}, "entrypointResources": {"numCpus": -1}}, "spec.entrypointResources.numCpus"),
     ("pi", {"clusterSpec": {"head": {}}, "metadata": {"k": 1}}, "spec.metadata.k"),
 ])

@@ -158,6 +158,9 @@ def parse_job(obj: Mapping[str, Any]) -> JobSpec:
         backoff_limit=r.integer(spec, "backoffLimit", "spec", 0, 0, MAX_BACKOFF_LIMIT) or 0,
         suspend=r.boolean(spec, "suspend", "spec", False),
     )
+    if job.submission_mode != "HTTP":
+        r.fail("spec.submissionMode", f"{job.submission_mode} is not implemented by this version of the operator; "
+               "use HTTP (the default)")
     if r.errors:
         raise SpecError(r.errors)
     return job
