@@ -169,6 +169,8 @@ class Kube(Protocol):
 
     def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]: ...
 
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
     def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
     def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -346,6 +348,10 @@ class KubeClient:
     def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
         """Pods matching `selector` (all namespaces when None), and the list's resourceVersion."""
         return self.list_objects(collection_path("pods", namespace), selector)
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod as stored now; None when there is none."""
+        return self._call("get", "pods", "GET", f"{PODS.format(ns=namespace)}/{quote(name)}", absent=404)
 
     def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict[str, Any] | None:
         """The created pod; None when one of that name exists already (409 is success: level-based)."""

@@ -9,6 +9,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from localcluster import rayjobs
+from localcluster.nodeagent import read_logs
 from tests.e2e.helpers import POOL_LABEL, ProcessNodes, cluster_pods
 from tests.integration.helpers import GROUP, JOB_PLURAL, PLURAL, VERSION, wait_for
 
@@ -141,3 +142,18 @@ def test_suspend_stops_the_job_and_deletes_its_cluster_and_resume_runs_it_again(
     jobs.patch("pause", {"suspend": False})
     done = wait_for("Complete after the resume", jobs.deployment("pause", "Complete"), timeout=300)
     assert done["attempt"] == 2 and done["failedAttempts"] == 0 and done["clusterName"] == "pause-2"
+
+
+def test_a_submitter_pod_submits_once_and_its_log_shows_the_driver(jobs: Jobs, core_v1: Any) -> None:
+    jobs.create("viapod", SUCCEEDS, submissionMode="SubmitterPod")
+    done = wait_for("Complete", jobs.deployment("viapod", "Complete"), timeout=300)
+    assert done["jobStatus"] == "SUCCEEDED"
+    pod = core_v1.read_namespaced_pod("viapod-1-submitter", jobs.ns)
+    assert pod.metadata.owner_references[0].name == "viapod"
+    def whole_log() -> str | None:
+        text = read_logs("viapod-1-submitter", jobs.ns)
+        return text if "ended SUCCEEDED" in text else None
+
+    log = wait_for("the submitter's log to the end", whole_log, timeout=60)
+    assert "the answer is 42" in log and log.count("submitted Ray job") == 1, log
+    assert "Submitted" not in [r for r, _ in jobs.events("viapod")]  # the pod submitted it, not the operator

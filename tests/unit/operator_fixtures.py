@@ -182,6 +182,11 @@ class FakeKube:
             self.pods[(namespace, name)] = stored
             return copy.deepcopy(stored)
 
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("get_pod", name))
+            return copy.deepcopy(self.pods.get((namespace, name)))
+
     def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
             self.calls.append(("delete_pod", name))

@@ -13,6 +13,7 @@ from swarm_operator.jobs.machine import (
     Action,
     ClusterView,
     CreateCluster,
+    CreateSubmitter,
     DeleteCluster,
     DeleteJob,
     JobState,
@@ -323,3 +324,27 @@ def test_only_the_last_attempt_is_ever_created() -> None:
     d = decide(job(), replace(INITIALIZING, attempt=2), seen(cluster("pi-1")), NOW)
     assert d.actions == (DeleteCluster("pi-1", "a cluster of an earlier attempt"), CreateCluster("pi-2", 2))
     assert not any(isinstance(a, DeleteJob) for a in d.actions)
+
+
+# -- submissionMode SubmitterPod ------------------------------------------------------------------------
+
+POD_MODE = job(submissionMode="SubmitterPod", backoffLimit=1)
+
+
+def test_the_submitter_pod_is_made_once_the_cluster_is_up() -> None:
+    d = decide(POD_MODE, INITIALIZING, seen(cluster(), ray=RayJobMissing()), NOW)
+    assert d.actions == (CreateSubmitter("pi-1-submitter", 1, JID1),)
+    waiting = decide(POD_MODE, INITIALIZING, Observed((cluster(),), RayJobMissing(), "Running"), NOW)
+    assert waiting.actions == () and "submitter pod pi-1-submitter is Running" in waiting.state.message
+    assert decide(POD_MODE, INITIALIZING, seen(cluster(ready=False)), NOW).actions == ()
+
+
+@pytest.mark.parametrize("phase", ["Failed", "Succeeded"])
+def test_a_submitter_that_ended_before_ray_knew_the_job_fails_the_attempt(phase: str) -> None:
+    d = decide(POD_MODE, INITIALIZING, Observed((cluster(),), RayJobMissing(), phase), NOW)
+    assert d.state.deployment == "Retrying" and "submitter pod pi-1-submitter ended" in d.state.message
+
+
+def test_with_a_submitter_ray_is_followed_as_in_http_mode() -> None:
+    d = decide(POD_MODE, INITIALIZING, Observed((cluster(),), RayJob("RUNNING"), "Running"), NOW)
+    assert d.state.deployment == "Running" and d.actions == ()

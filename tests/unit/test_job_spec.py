@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from swarm_operator.jobs.machine import JobState
 from swarm_operator.jobs.rayapi import submission_body
 from swarm_operator.jobs.spec import OwnCluster, SharedCluster, parse_job
 from swarm_operator.jobs.status import bounded, cluster_view, job_status, log_tail, state_from_status
+from swarm_operator.jobs.submitter import build_submitter_pod
+from swarm_operator.spec.parse import parse_cluster
 from swarm_operator.spec.reader import SpecError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +55,7 @@ def test_a_shared_cluster() -> None:
      "spec.clusterSpec.workerGroups"),
     ("pi", {"clusterSpec": {"head": {}}, "backoffLimit": 101}, "spec.backoffLimit"),
     ("pi", {"clusterSpec": {"head": {}}, "submissionMode": "Sidecar"}, "spec.submissionMode"),
-    ("pi", {"clusterSpec": {"head": {}}, "submissionMode": "SubmitterPod"}, "spec.submissionMode"),  # not yet
+    ("a" * 46, {"clusterSelector": {"name": "c"}}, "metadata.name"),
     ("pi", {"clusterSpec": {"head": {}}, "entrypointResources": {"numCpus": -1}}, "spec.entrypointResources.numCpus"),
     ("pi", {"clusterSpec": {"head": {}}, "metadata": {"k": 1}}, "spec.metadata.k"),
 ])
@@ -92,6 +95,24 @@ def test_submission_body() -> None:
                     "metadata": {"team": "x", "swarm.io/job": "pi", "swarm.io/job-uid": "u1"},
                     "runtime_env": {"env_vars": {"A": "1"}}, "entrypoint_num_cpus": 1.0,
                     "entrypoint_resources": {"disk": 2.0}}
+
+
+def test_the_submitter_pod_submits_through_the_head_service_where_the_head_may_run() -> None:
+    placement = {"nodeSelector": {"pool": "a"}, "tolerations": [{"key": "k", "operator": "Exists"}]}
+    job = parse_job(body(clusterSelector={"name": "shared"}, submissionMode="SubmitterPod"))
+    cluster = parse_cluster({"metadata": {"name": "shared", "namespace": "ns", "uid": "cu"},
+                             "spec": {"image": "ray:x", "auth": {"mode": "token"},
+                                      "head": {"template": {"spec": placement}}}})
+    pod = build_submitter_pod(job, 2, "pi-u1-2", cluster, "cluster.local")
+    assert pod["metadata"]["name"] == "pi-2-submitter" and pod["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert pod["spec"]["nodeSelector"] == {"pool": "a"} and pod["spec"]["restartPolicy"] == "Never"
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "ray:x"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SWARM_DASHBOARD_ADDRESS"]["value"] == "http://shared-head-svc.ns.svc.cluster.local:8265"
+    assert json.loads(env["SWARM_SUBMISSION"]["value"])["submission_id"] == "pi-u1-2"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "shared-ray-token", "key": "token"}
+    compile(container["command"][2], "submitter", "exec")  # the script is Python
 
 
 def test_status_round_trips() -> None:

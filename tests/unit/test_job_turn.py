@@ -184,3 +184,20 @@ def test_a_cluster_event_queues_its_owner_and_the_jobs_selecting_it() -> None:
                                 "spec": {"clusterSelector": {"name": "c"}}})
     cluster = {"metadata": {"name": "c", "namespace": NS, "ownerReferences": [{"kind": "SwarmJob", "name": "own"}]}}
     assert jobs_of_cluster(cluster, jobs) == {(NS, "own"), (NS, "sel")}
+
+
+def test_a_submitter_pod_is_made_once_even_across_a_restart() -> None:
+    w = World(job_body(clusterSpec={"head": {}}, submissionMode="SubmitterPod"))
+    w.turn()
+    w.turn()
+    w.cluster_up("pi-1")
+    w.turn()
+    pod = w.kube.pods[(NS, "pi-1-submitter")]
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "ju"
+    w.restart()
+    w.turn()
+    assert w.kube.verbs()["create_pod"] == 1 and w.ray.posts == []  # the pod submits, not the operator
+    assert "submitter pod pi-1-submitter is Pending" in w.status()["message"]
+    w.ray.jobs["pi-ju-1"] = "RUNNING"
+    w.turn()
+    assert w.status()["jobDeploymentStatus"] == "Running"

@@ -25,7 +25,8 @@ class JobController:
     def __init__(self, kube: Kube, config: OperatorConfig, blocking: Blocking, active: asyncio.Event,
                  clusters: ObjectStore, ray: RayJobsClient | None = None) -> None:
         self.cache = WatchCache(JOB_LABEL)
-        self.turns = JobTurns(kube, blocking, self.cache, clusters, ray or RayJobsClient(), self._gone)
+        self.turns = JobTurns(kube, blocking, self.cache, clusters, ray or RayJobsClient(), self._gone,
+                              config.cluster_domain)
         settings = LoopSettings(config.workers, config.resync_seconds, config.relist_seconds, config.namespaces)
         self.loop = Loop(SWARMJOB, kube, blocking, self.cache.objects, self.turns, settings, active)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from swarm_operator.jobs.names import cluster_name, submission_id
+from swarm_operator.jobs.names import cluster_name, submission_id, submitter_pod_name
 from swarm_operator.jobs.spec import JobSpec, OwnCluster
 from swarm_operator.reasons import EventReason
 
@@ -105,6 +105,13 @@ class Submit:
 
 
 @dataclass(frozen=True)
+class CreateSubmitter:
+    name: str
+    attempt: int
+    job_id: str
+
+
+@dataclass(frozen=True)
 class StopRayJob:
     job_id: str
     head_ip: str
@@ -116,7 +123,7 @@ class DeleteJob:
     reason: str
 
 
-Action = CreateCluster | DeleteCluster | ScaleWorkersToZero | Submit | StopRayJob | DeleteJob
+Action = CreateCluster | DeleteCluster | ScaleWorkersToZero | Submit | CreateSubmitter | StopRayJob | DeleteJob
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ class Decision:
 class Observed:
     clusters: tuple[ClusterView, ...]  # the job's own clusters (every attempt's), or the selected one
     ray: RayView  # the current attempt's Ray job, asked at the current cluster's head
+    submitter: str | None = None  # the attempt's submitter pod's phase; None: there is none (or HTTP mode)
 
 
 def current_cluster(job: JobSpec, state: JobState) -> str:
@@ -226,6 +234,8 @@ def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
             return _fail(job, state, seen, cluster, now, EventReason.RAY_JOB_LOST,
                          f"the Ray job {jid} is gone from SwarmCluster {name} (its head restarted without GCS "
                          "fault tolerance?)")
+        if job.submission_mode == "SubmitterPod":
+            return _through_submitter(job, state, seen, cluster, now, actions)
         return Decision(replace(state, message=f"submitting Ray job {jid} to SwarmCluster {name}"),
                         (*actions, Submit(jid, cluster.head_ip)), requeue_after=1.0)
     if ray.status == "SUCCEEDED":
@@ -243,6 +253,20 @@ def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
     events = (Event(EventReason.JOB_RUNNING, f"Ray job {jid} {ray.status} on SwarmCluster {name}"),) if (
         not submitted) else ()
     return Decision(running, actions, events, requeue_after=ACTIVE_POLL_SECONDS)
+
+
+def _through_submitter(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView, now: float,
+                       actions: tuple[Action, ...]) -> Decision:
+    """SubmitterPod mode, before Ray knows the job: the attempt's pod submits it (once; it looks the id up first)."""
+    pod, jid = submitter_pod_name(job.name, state.attempt), job_id(job, state)
+    if seen.submitter is None:
+        return Decision(replace(state, message=f"starting submitter pod {pod} for Ray job {jid}"),
+                        (*actions, CreateSubmitter(pod, state.attempt, jid)), requeue_after=1.0)
+    if seen.submitter in ("Succeeded", "Failed"):
+        return _fail(job, state, seen, cluster, now, EventReason.SUBMIT_FAILED,
+                     f"submitter pod {pod} ended ({seen.submitter}) before Ray knew job {jid}; see its log")
+    return Decision(replace(state, message=f"submitter pod {pod} is {seen.submitter}; waiting for Ray job {jid}"),
+                    actions, requeue_after=1.0)
 
 
 def _wait(state: JobState, actions: tuple[Action, ...], message: str) -> Decision:

@@ -13,6 +13,11 @@ def cluster_name(job: str, attempt: int) -> str:
     return f"{job}-{attempt}"
 
 
+def submitter_pod_name(job: str, attempt: int) -> str:
+    """The pod that submits one attempt (submissionMode SubmitterPod) and follows its driver's logs."""
+    return f"{job}-{attempt}-submitter"
+
+
 def submission_id(job: str, uid: str, attempt: int) -> str:
     """The Ray submission id of one attempt. Ours and deterministic: a restarted operator finds the job it
     submitted instead of submitting again, and Ray refuses a second submission under the same id. The uid keeps

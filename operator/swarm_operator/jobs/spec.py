@@ -19,6 +19,7 @@ from swarm_operator.spec.rules import DNS_1035_LABEL, MAX_CLUSTER_NAME
 
 SUBMISSION_MODES = ("HTTP", "SubmitterPod")
 DELETION_POLICIES = ("DeleteCluster", "DeleteWorkers", "DeleteNone")
+MAX_JOB_NAME = 45
 MAX_JOB_NAME_OWN_CLUSTER = 38  # its cluster is <job>-<attempt>, at most 45 characters
 MAX_BACKOFF_LIMIT = 100
 MAX_SECONDS = 31_536_000  # a year
@@ -130,8 +131,9 @@ def parse_job(obj: Mapping[str, Any]) -> JobSpec:
     assert isinstance(meta, Mapping)
     name = str(meta.get("name") or "")
     namespace = str(meta.get("namespace") or "default")
-    if not DNS_1035_LABEL.fullmatch(name):
-        r.fail("metadata.name", f"must be a DNS-1035 label (a-z, 0-9, '-', starting with a letter), got {show(name)}")
+    if not DNS_1035_LABEL.fullmatch(name) or len(name) > MAX_JOB_NAME:
+        r.fail("metadata.name", f"must be a DNS-1035 label (a-z, 0-9, '-', starting with a letter) of at most "
+               f"{MAX_JOB_NAME} characters (its submitter pod is <job>-<attempt>-submitter), got {show(name)}")
     spec = obj.get("spec")
     if not isinstance(spec, Mapping):
         raise SpecError([FieldError("spec", f"must be an object, got {show(spec)}")])
@@ -158,9 +160,6 @@ def parse_job(obj: Mapping[str, Any]) -> JobSpec:
         backoff_limit=r.integer(spec, "backoffLimit", "spec", 0, 0, MAX_BACKOFF_LIMIT) or 0,
         suspend=r.boolean(spec, "suspend", "spec", False),
     )
-    if job.submission_mode != "HTTP":
-        r.fail("spec.submissionMode", f"{job.submission_mode} is not implemented by this version of the operator; "
-               "use HTTP (the default)")
     if r.errors:
         raise SpecError(r.errors)
     return job

@@ -14,6 +14,7 @@ from typing import Any
 
 import urllib3
 
+from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.finalizer import keep_finalizer
 from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
 from swarm_operator.jobs.machine import (
@@ -21,6 +22,7 @@ from swarm_operator.jobs.machine import (
     Action,
     ClusterView,
     CreateCluster,
+    CreateSubmitter,
     DeleteCluster,
     DeleteJob,
     JobState,
@@ -34,10 +36,11 @@ from swarm_operator.jobs.machine import (
     deleting,
     job_id,
 )
-from swarm_operator.jobs.names import JOB_LABEL
+from swarm_operator.jobs.names import JOB_LABEL, submitter_pod_name
 from swarm_operator.jobs.rayapi import JobsApiError, RayJobsClient, submission_body
 from swarm_operator.jobs.spec import JobSpec, SharedCluster, parse_job
 from swarm_operator.jobs.status import cluster_view, invalid_job_status, job_status, state_from_status
+from swarm_operator.jobs.submitter import build_submitter_pod
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key, ObjectStore, WatchCache
 from swarm_operator.kit.effects import Effects
@@ -47,6 +50,7 @@ from swarm_operator.reasons import EventReason
 from swarm_operator.resources.token import token_of
 from swarm_operator.spec.parse import parse_cluster
 from swarm_operator.spec.reader import SpecError
+from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.status import differs
 from swarm_operator.times import parse_time
 
@@ -99,8 +103,9 @@ class JobTurns:
     """The kit's Reconciler for SwarmJobs. `clusters` is SwarmCluster's object store (read only)."""
 
     def __init__(self, kube: Kube, blocking: Blocking, cache: WatchCache, clusters: ObjectStore,
-                 ray: RayJobsClient, gone: Gone) -> None:
+                 ray: RayJobsClient, gone: Gone, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> None:
         self.kube = kube
+        self.cluster_domain = cluster_domain
         self.blocking = blocking
         self.cache = cache
         self.clusters = clusters
@@ -138,13 +143,19 @@ class JobTurns:
         name = current_cluster(job, state)
         views = self._cluster_views(job, name)
         current = next((v for v in views if v.name == name), None)
-        token = await self._token(fx, memory, job, current)
+        spec = self._cluster_spec(job, current)
+        token = await self._token(fx, memory, spec)
         ray: RayView = None
-        if current is not None and current.head_ip and state.attempt and state.deployment not in FINISHED:
+        submitter = None
+        active = state.attempt and state.deployment not in FINISHED
+        if current is not None and current.head_ip and active:
             ray = await fx.observe(current.head_ip, job_id(job, state), token)
-        decision = decide(job, state, Observed(views, ray), now)
+        if job.submission_mode == "SubmitterPod" and active:
+            pod = await fx.call(fx.kube.get_pod, job.namespace, submitter_pod_name(job.name, state.attempt))
+            submitter = str((pod.get("status") or {}).get("phase") or "Pending") if pod is not None else None
+        decision = decide(job, state, Observed(views, ray, submitter), now)
         for action in decision.actions:
-            await self._act(fx, job, action, token)
+            await self._act(fx, job, action, token, spec)
         status = job_status(job, decision.state, old_status, now)
         if differs(old_status, status) and not await fx.write_status(status):
             self._gone(key, None)
@@ -166,26 +177,29 @@ class JobTurns:
                 mine.append(cluster_view(body, job.uid))
         return tuple(mine)
 
-    async def _token(self, fx: JobEffects, memory: JobMemory, job: JobSpec, current: ClusterView | None) -> str | None:
-        """The Ray token of a token-auth cluster (its Secret is made by the cluster's own turn); None otherwise."""
+    def _cluster_spec(self, job: JobSpec, current: ClusterView | None) -> ClusterSpec | None:
+        """The current attempt's SwarmCluster as its own turn reads it (its token, its head service, its image)."""
         body = self.clusters.get((job.namespace, current.name)) if current is not None else None
-        if body is None:
-            return None
         try:
-            auth = parse_cluster(body).auth
+            return parse_cluster(body) if body is not None else None
         except SpecError:
             return None
-        if auth is None:
+
+    async def _token(self, fx: JobEffects, memory: JobMemory, cluster: ClusterSpec | None) -> str | None:
+        """The Ray token of a token-auth cluster (its Secret is made by the cluster's own turn); None otherwise."""
+        auth = cluster.auth if cluster is not None else None
+        if cluster is None or auth is None:
             return None
-        which = (auth.secret_name, auth.secret_key, str((body.get("metadata") or {}).get("uid") or ""))
+        which = (auth.secret_name, auth.secret_key, cluster.uid)
         if memory.token is not None and memory.token[0] == which:
             return memory.token[1]
-        secret = await fx.call(fx.kube.get_secret, job.namespace, auth.secret_name)
+        secret = await fx.call(fx.kube.get_secret, cluster.namespace, auth.secret_name)
         token = token_of(secret, auth.secret_key) if secret is not None else None
         memory.token = (which, token) if token else None
         return token
 
-    async def _act(self, fx: JobEffects, job: JobSpec, action: Action, token: str | None) -> None:
+    async def _act(self, fx: JobEffects, job: JobSpec, action: Action, token: str | None,
+                   cluster: ClusterSpec | None) -> None:
         if isinstance(action, CreateCluster):
             if await fx.create_cluster(build_job_cluster(job, action.attempt)) is not None:
                 await fx.event(EventReason.CREATED, f"created SwarmCluster {action.name} for attempt {action.attempt}")
@@ -204,6 +218,12 @@ class JobTurns:
                 raise
             if posted:
                 await fx.event(EventReason.JOB_SUBMITTED, f"Ray job {action.job_id} submitted")
+        elif isinstance(action, CreateSubmitter):
+            if cluster is None:
+                return  # the machine asks only once the cluster is up; its spec is read next turn
+            pod = build_submitter_pod(job, action.attempt, action.job_id, cluster, self.cluster_domain)
+            if await fx.create_pod(pod) is not None:
+                await fx.event(EventReason.CREATED, f"created submitter pod {action.name}")
         elif isinstance(action, StopRayJob):
             try:
                 await fx.stop(action.head_ip, action.job_id, token)
@@ -223,13 +243,13 @@ class JobTurns:
         if STOP_FINALIZER not in (meta.get("finalizers") or []):
             return None  # its own cluster goes with it through the garbage collector
         cluster = next(iter(self._cluster_views(job, current_cluster(job, state))), None)
-        token = await self._token(fx, memory, job, cluster)
+        token = await self._token(fx, memory, self._cluster_spec(job, cluster))
         ray: RayView = None
         if cluster is not None and cluster.head_ip and state.attempt:
             ray = await fx.observe(cluster.head_ip, job_id(job, state), token)
         actions, may_go = deleting(job, state, cluster, ray, now - parse_time(meta.get("deletionTimestamp")))
         for action in actions:
-            await self._act(fx, job, action, token)
+            await self._act(fx, job, action, token, None)
         if may_go:
             await keep_finalizer(fx, body, False, STOP_FINALIZER)
             return None
