@@ -10,7 +10,7 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster import rayjobs
 from localcluster.nodeagent import read_logs
-from tests.e2e.helpers import POOL_LABEL, ProcessNodes, cluster_pods
+from tests.e2e.helpers import ProcessNodes, cluster_pods, job_cluster_spec
 from tests.integration.helpers import GROUP, JOB_PLURAL, PLURAL, VERSION, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -21,19 +21,13 @@ FAILS = "python -c \"print('about to fail'); import sys; sys.exit('boom: the ent
 SLEEPS = "python -c \"import time; print('sleeping', flush=True); time.sleep(600)\""
 
 
-def cluster_spec(pool: str) -> dict[str, Any]:
-    placement = {"nodeSelector": {"swarm.io/process-node": "true", POOL_LABEL: pool},
-                 "tolerations": [{"key": "swarm.io/process-node", "operator": "Exists", "effect": "NoSchedule"}]}
-    return {"head": {"resources": {"cpu": 1, "memory": "2Gi"}, "template": {"spec": placement}}}
-
-
 class Jobs:
     def __init__(self, custom: Any, core: Any, namespace: str, pool: str) -> None:
         self.custom, self.core, self.ns, self.pool = custom, core, namespace, pool
 
     def create(self, name: str, entrypoint: str, **spec: Any) -> dict[str, Any]:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
-                "spec": {"entrypoint": entrypoint, "clusterSpec": cluster_spec(self.pool), **spec}}
+                "spec": {"entrypoint": entrypoint, "clusterSpec": job_cluster_spec(self.pool), **spec}}
         return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, body))
 
     def get(self, name: str) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from swarm_operator.jobs.machine import (
+    NEXT_TURN_SECONDS,
     STATUS_UNREADABLE_SECONDS,
     STOP_WAIT_SECONDS,
     Action,
@@ -68,7 +69,7 @@ def kinds(actions: tuple[Action, ...]) -> list[str]:
 def test_a_new_job_records_its_first_attempt_and_nothing_else() -> None:
     d = decide(job(), JobState(), seen(), NOW)
     assert d.state.deployment == "Initializing" and d.state.attempt == 1 and d.state.start_time == NOW
-    assert d.actions == () and d.requeue_after == 0.0  # the attempt is in status before its cluster or submission
+    assert d.actions == () and d.requeue_after == NEXT_TURN_SECONDS  # status first: no cluster, no submission
     assert [e.reason for e in d.events] == ["Initializing"]
 
 
@@ -185,7 +186,7 @@ def test_a_failed_attempt_is_retried_on_a_fresh_cluster() -> None:
     assert d.state.deployment == "Retrying" and d.state.attempt == 2 and d.state.failed_attempts == 1
     assert d.state.start_time == RUNNING.start_time and d.state.attempt_start == NOW
     assert d.actions == (DeleteCluster("pi-1", "attempt 1 failed"),)  # no create: the attempt is recorded first
-    assert d.requeue_after == 0.0
+    assert d.requeue_after == NEXT_TURN_SECONDS
     nxt = decide(j, d.state, seen(cluster("pi-1", deleting=True)), NOW)
     assert nxt.actions == (CreateCluster("pi-2", 2),) and nxt.state.deployment == "Retrying"
 

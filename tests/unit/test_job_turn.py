@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from swarm_operator.jobs.controller import jobs_of_cluster
-from swarm_operator.jobs.machine import RayJob, RayJobMissing, RayView
+from swarm_operator.jobs.machine import NEXT_TURN_SECONDS, RayJob, RayJobMissing, RayView
 from swarm_operator.jobs.names import JOB_LABEL
 from swarm_operator.jobs.rayapi import RayJobsClient
 from swarm_operator.jobs.turn import STOP_FINALIZER, JobTurns
@@ -92,7 +92,7 @@ class World:
 
 def test_a_job_on_its_own_cluster_from_start_to_success() -> None:
     w = World(job_body(clusterSpec={"head": {}}))
-    assert w.turn() == 0.0
+    assert w.turn() == NEXT_TURN_SECONDS
     assert w.status()["jobDeploymentStatus"] == "Initializing" and w.status()["attempt"] == 1
     assert "create_resource" not in w.kube.verbs()  # the attempt is in status first
     w.turn()

@@ -20,6 +20,7 @@ from swarm_operator.reasons import EventReason
 
 TERMINAL_RAY = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 FINISHED = frozenset({"Complete", "Failed"})
+NEXT_TURN_SECONDS = 0.05  # a recorded attempt is acted on at once (0 would mean "at the resync" to the kit's loop)
 ACTIVE_POLL_SECONDS = 2.0  # how often a running job's status is read from Ray
 WAIT_POLL_SECONDS = 5.0  # waiting for a cluster: its watch events come first, this is the fallback
 STATUS_UNREADABLE_SECONDS = 120.0  # the Ray job's status cannot be read this long: the attempt fails
@@ -198,7 +199,7 @@ def _new_attempt(job: JobSpec, state: JobState, now: float, reason: EventReason,
                     start_time=state.start_time if retrying else now)
     event = Event(reason, f"attempt {attempt} on cluster {current_cluster(job, fresh)}"
                   + (f" after: {message}" if message else ""))
-    return Decision(fresh, (), (event,), requeue_after=0.0)
+    return Decision(fresh, (), (event,), requeue_after=NEXT_TURN_SECONDS)
 
 
 def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | None, now: float) -> Decision:
