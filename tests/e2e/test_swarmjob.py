@@ -151,3 +151,27 @@ def test_a_submitter_pod_submits_once_and_its_log_shows_the_driver(jobs: Jobs, c
     log = wait_for("the submitter's log to the end", whole_log, timeout=60)
     assert "the answer is 42" in log and log.count("submitted Ray job") == 1, log
     assert "Submitted" not in [r for r, _ in jobs.events("viapod")]  # the pod submitted it, not the operator
+
+
+def test_two_jobs_share_an_existing_cluster_which_outlives_them(jobs: Jobs, core_v1: Any) -> None:
+    shared = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmCluster", "metadata": {"name": "shared"},
+              "spec": {**job_cluster_spec(jobs.pool)}}
+    shared["spec"]["head"]["resources"]["cpu"] = 2  # one task of each job at once
+    jobs.custom.create_namespaced_custom_object(GROUP, VERSION, jobs.ns, PLURAL, shared)
+    for name in ("first", "second"):
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
+                "spec": {"entrypoint": SUCCEEDS, "clusterSelector": {"name": "shared"}}}
+        jobs.custom.create_namespaced_custom_object(GROUP, VERSION, jobs.ns, JOB_PLURAL, body)
+    for name in ("first", "second"):
+        done = wait_for(f"{name} Complete", jobs.deployment(name, "Complete"), timeout=300)
+        assert done["clusterName"] == "shared" and done["jobStatus"] == "SUCCEEDED"
+    head_ip = (jobs.cluster("shared") or {})["status"]["head"]["podIP"]
+    ours = [j for j in rayjobs.list_jobs(head_ip) if (j.get("metadata") or {}).get("swarm.io/job")]
+    assert sorted(j["metadata"]["swarm.io/job"] for j in ours) == ["first", "second"]
+    for name in ("first", "second"):
+        jobs.delete(name)
+    wait_for("both jobs gone (their finalizers removed)", lambda: jobs.get("first") is None
+             and jobs.get("second") is None, timeout=60)
+    still = jobs.cluster("shared")
+    assert still is not None and not still["metadata"].get("deletionTimestamp")
+    jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.ns, PLURAL, "shared")
