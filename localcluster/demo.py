@@ -107,6 +107,17 @@ def kubectl(lc: LocalCluster, *args: str) -> str:
     return out.stdout
 
 
+def wait_established(lc: LocalCluster, crd_name: str, timeout: float = 60.0) -> None:
+    """Until the CRD is served. (`kubectl wait --for=condition=Established` fails at once on a CRD whose status
+    has no conditions yet, right after it was applied.)"""
+    deadline = time.monotonic() + timeout
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    while kubectl(lc, "get", f"crd/{crd_name}", "-o", f"jsonpath={established}").strip() != "True":
+        if time.monotonic() > deadline:
+            raise ClusterError(f"CRD {crd_name} not Established after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 def preflight() -> str | None:
     """Why the demo cannot run here, or None."""
     if os.geteuid() != 0:
@@ -354,7 +365,7 @@ def demo(lc: LocalCluster, keep: bool) -> None:
         with step("installing the SwarmCluster and SwarmJob CRDs"):
             for crd, crd_name in CRDS.items():
                 kubectl(lc, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
-                kubectl(lc, "wait", "--for=condition=Established", f"crd/{crd_name}", "--timeout=60s")
+                wait_established(lc, crd_name)
             ensure_namespace(core)
 
         log_path = versions.cache_root() / "logs" / f"demo-{lc.name}-operator.log"
