@@ -181,6 +181,7 @@ def test_a_shared_cluster_job_carries_a_finalizer_and_never_touches_the_cluster(
     swj.create("user", clusterSelector={"name": "shared"})
     wait_for("the stop-ray-job finalizer", lambda: "swarm.io/stop-ray-job" in (
         (swj.get("user") or {})["metadata"].get("finalizers") or []))
+    settled(swj, "user")
     deleted = time.monotonic()
     swj.delete("user")
     # kwok's head runs no Ray: its Jobs API never answers, so the job waits for it, but only so long.

@@ -310,6 +310,7 @@ SHARED = job(clusterSelector={"name": "shared"})
     (RayJob("STOPPED"), 1.0, [], True),
     (RayJobMissing(), 1.0, [], True),
     (RayUnreachable("refused"), 1.0, [], False),
+    (RayUnreachable("refused"), STOP_WAIT_SECONDS, [], True),
 ])
 def test_a_deleted_shared_cluster_job_stops_its_ray_job_first(ray: RayView, waited: float,
                                                                expected_actions: list[str], may_go: bool) -> None:
@@ -319,6 +320,13 @@ def test_a_deleted_shared_cluster_job_stops_its_ray_job_first(ray: RayView, wait
 
 def test_a_deleted_job_that_never_started_lets_go_at_once() -> None:
     assert deleting(SHARED, JobState(), None, None, 0.0) == ((), True)
+
+
+def test_a_deleted_job_waits_for_a_head_that_is_down_but_only_so_long() -> None:
+    down = cluster("shared", ready=False, owned=False)
+    assert deleting(SHARED, RUNNING, down, None, 1.0) == ((), False)
+    assert deleting(SHARED, RUNNING, down, None, STOP_WAIT_SECONDS) == ((), True)
+    assert deleting(SHARED, RUNNING, None, None, 1.0) == ((), True)  # the shared cluster itself is gone
 
 
 def test_only_the_last_attempt_is_ever_created() -> None:

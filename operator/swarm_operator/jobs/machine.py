@@ -355,9 +355,10 @@ def _finished(job: JobSpec, state: JobState, seen: Observed, now: float) -> Deci
 def deleting(job: JobSpec, state: JobState, cluster: ClusterView | None, ray: RayView, waited: float) -> tuple[
         tuple[Action, ...], bool]:
     """A deleted clusterSelector job (it carries a finalizer): stop its Ray job, which would outlive it on the
-    shared cluster, for at most STOP_WAIT_SECONDS. Returns the actions and whether the finalizer may go."""
-    if not state.attempt or cluster is None or cluster.head_ip is None or waited >= STOP_WAIT_SECONDS:
+    shared cluster, for at most STOP_WAIT_SECONDS. Returns the actions and whether the finalizer may go. A head
+    that is down or not answering may come back with the job (GCS fault tolerance): that is waited for too."""
+    if not state.attempt or cluster is None or waited >= STOP_WAIT_SECONDS:
         return (), True
-    if isinstance(ray, RayJob) and ray.status not in TERMINAL_RAY:
+    if isinstance(ray, RayJob) and ray.status not in TERMINAL_RAY and cluster.head_ip is not None:
         return (StopRayJob(job_id(job, state), cluster.head_ip, "the SwarmJob is being deleted"),), False
-    return (), not isinstance(ray, RayUnreachable)
+    return (), isinstance(ray, RayJob | RayJobMissing)
