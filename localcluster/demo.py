@@ -111,8 +111,14 @@ def wait_established(lc: LocalCluster, crd_name: str, timeout: float = 60.0) -> 
     """Until the CRD is served. (`kubectl wait --for=condition=Established` fails at once on a CRD whose status
     has no conditions yet, right after it was applied.)"""
     deadline = time.monotonic() + timeout
-    established = '{.status.conditions[?(@.type=="Established")].status}'
-    while kubectl(lc, "get", f"crd/{crd_name}", "-o", f"jsonpath={established}").strip() != "True":
+    while True:
+        try:
+            # No conditions at all yet makes kubectl's jsonpath fail: keep asking.
+            if "Established=True" in kubectl(lc, "get", f"crd/{crd_name}", "-o",
+                                             "jsonpath={range .status.conditions[*]}{.type}={.status} {end}"):
+                return
+        except ClusterError:
+            pass
         if time.monotonic() > deadline:
             raise ClusterError(f"CRD {crd_name} not Established after {timeout:.0f}s")
         time.sleep(0.2)
