@@ -11,6 +11,7 @@ from swarm_operator.jobs.machine import (
     NEXT_TURN_SECONDS,
     STATUS_UNREADABLE_SECONDS,
     STOP_WAIT_SECONDS,
+    SUBMITTER_GRACE_SECONDS,
     Action,
     ClusterView,
     CreateCluster,
@@ -352,6 +353,15 @@ def test_the_submitter_pod_is_made_once_the_cluster_is_up() -> None:
 def test_a_submitter_that_ended_before_ray_knew_the_job_fails_the_attempt(phase: str) -> None:
     d = decide(POD_MODE, INITIALIZING, Observed((cluster(),), RayJobMissing(), phase), NOW)
     assert d.state.deployment == "Retrying" and "submitter pod pi-1-submitter ended" in d.state.message
+
+
+def test_a_finished_jobs_cluster_waits_for_its_submitter_to_print_the_end_but_not_forever() -> None:
+    done = replace(RUNNING, deployment="Complete", end_time=NOW)
+    waits = decide(POD_MODE, done, Observed((cluster(),), None, "Running"), NOW + 5)
+    assert waits.actions == () and waits.requeue_after == 1.0
+    ended = decide(POD_MODE, done, Observed((cluster(),), None, "Succeeded"), NOW + 5)
+    late = decide(POD_MODE, done, Observed((cluster(),), None, "Running"), NOW + SUBMITTER_GRACE_SECONDS)
+    assert kinds(ended.actions) == kinds(late.actions) == ["DeleteCluster"]
 
 
 def test_with_a_submitter_ray_is_followed_as_in_http_mode() -> None:

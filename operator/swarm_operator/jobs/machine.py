@@ -25,6 +25,7 @@ ACTIVE_POLL_SECONDS = 2.0  # how often a running job's status is read from Ray
 WAIT_POLL_SECONDS = 5.0  # waiting for a cluster: its watch events come first, this is the fallback
 STATUS_UNREADABLE_SECONDS = 120.0  # the Ray job's status cannot be read this long: the attempt fails
 STOP_WAIT_SECONDS = 30.0  # a deleted clusterSelector job waits this long for its Ray job to stop
+SUBMITTER_GRACE_SECONDS = 30.0  # a finished job's submitter pod may follow the log this long before the cluster goes
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,9 @@ def _finished(job: JobSpec, state: JobState, seen: Observed, now: float) -> Deci
     current = current_cluster(job, state)
     actions = list(_earlier_clusters(job, seen, current))
     cluster = _find(seen, current)
+    if seen.submitter in ("Pending", "Running") and now < state.end_time + SUBMITTER_GRACE_SECONDS:
+        # Its submitter pod still prints the driver's last lines from the head: the cluster waits for it.
+        return Decision(state, tuple(actions), requeue_after=1.0)
     if isinstance(job.cluster, OwnCluster) and cluster is not None and cluster.owned and not cluster.deleting:
         policy = job.on_success if state.deployment == "Complete" else job.on_failure
         if policy == "DeleteCluster":

@@ -150,7 +150,7 @@ class JobTurns:
         active = state.attempt and state.deployment not in FINISHED
         if current is not None and current.head_ip and active:
             ray = await fx.observe(current.head_ip, job_id(job, state), token)
-        if job.submission_mode == "SubmitterPod" and active:
+        if job.submission_mode == "SubmitterPod" and state.attempt:
             pod = await fx.call(fx.kube.get_pod, job.namespace, submitter_pod_name(job.name, state.attempt))
             submitter = str((pod.get("status") or {}).get("phase") or "Pending") if pod is not None else None
         decision = decide(job, state, Observed(views, ray, submitter), now)
