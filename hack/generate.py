@@ -7,6 +7,7 @@
                                               from crds/ on its own, so deleting the install never deletes the CRD);
 - docs/crd-reference.md                       the field reference, from the CRD's schema;
 - docs/swarmjob-reference.md                  the SwarmJob's (its clusterSpec points to the one above);
+- docs/operations.md                          its tables of Event reasons and condition types (hack/reasons_docs.py);
 - docs/grafana/swarm-operator.json            the Grafana dashboard (hack/dashboard.py).
 
     python -m hack.generate            # rewrite them (run from the repository root)
@@ -30,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from hack import crd_docs, dashboard
+from hack import crd_docs, dashboard, reasons_docs
 from localcluster import versions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ CLUSTER_SPEC_END = "# END generated"
 INSTALL = REPO / "manifests" / "install.yaml"
 CRD_REFERENCE = REPO / "docs" / "crd-reference.md"
 DASHBOARD = REPO / "docs" / "grafana" / "swarm-operator.json"
+OPERATIONS = REPO / "docs" / "operations.md"
 
 # install.yaml: release and namespace both named swarm-operator, so objects are named plainly.
 RELEASE = "swarm-operator"
@@ -123,6 +125,10 @@ def dashboard_json() -> str:
     return json.dumps(dashboard.dashboard(), indent=2, ensure_ascii=False) + "\n"
 
 
+def operations_page() -> str:
+    return reasons_docs.with_tables(OPERATIONS.read_text())
+
+
 def targets(helm: str | None) -> dict[Path, Callable[[], str]]:
     """Generated file → how to make it."""
     out: dict[Path, Callable[[], str]] = {CHART_CRD: chart_crd, JOB_CRD: job_crd, CHART_JOB_CRD: job_crd}
@@ -131,6 +137,7 @@ def targets(helm: str | None) -> dict[Path, Callable[[], str]]:
     out[CRD_REFERENCE] = crd_reference
     out[JOB_REFERENCE] = job_reference
     out[DASHBOARD] = dashboard_json
+    out[OPERATIONS] = operations_page
     return out
 
 

@@ -21,7 +21,8 @@ from prometheus_client import start_http_server  # noqa: E402
 
 from swarm_operator import handlers  # noqa: E402
 from swarm_operator.config import OperatorConfig, from_args  # noqa: E402
-from swarm_operator.kube import ApiError, KubeClient  # noqa: E402
+from swarm_operator.kube import KubeClient  # noqa: E402
+from swarm_operator.kube_http import ApiError  # noqa: E402
 from swarm_operator.login import Login, LoginSource  # noqa: E402
 
 log = logging.getLogger("swarm_operator")

@@ -78,10 +78,10 @@ class ClusterEffects(Effects):
                             for _ in range(action.count)]
         answers = await asyncio.gather(*(c for _, c in creates), *(self.delete_pod(d.name) for d in outcomes.deleted),
                                        *(self.patch_pod(p.name, p.patch) for p in patches), return_exceptions=True)
-        for (what, _), answer in zip(creates, answers, strict=False):
+        create_answers, patch_answers = answers[:len(creates)], answers[len(creates) + len(outcomes.deleted):]
+        for (what, _), answer in zip(creates, create_answers, strict=True):
             outcomes.creation(what, answer)
-        outcomes.updated = [p for p, r in zip(patches, answers[-len(patches):] if patches else [], strict=True)
-                            if isinstance(r, dict)]
+        outcomes.updated = [p for p, r in zip(patches, patch_answers, strict=True) if isinstance(r, dict)]
         for what in [w for w in outcomes.taken if w not in warned_taken]:
             outcomes.refused[what] = ("the name is held by an object that is not this cluster's (an earlier "
                                       "cluster of the same name still terminating?); retrying every "

@@ -32,8 +32,9 @@ class OperatorConfig:
 
     @property
     def api_threads(self) -> int:
-        """Threads for API calls (the client is synchronous). Each costs native memory (stack, malloc
-        arena), so a few more than the workers: a turn's calls mostly run one by one."""
+        """Threads of the one blocking pool (kit/blocking.py): API calls (the client is synchronous), Ray GCS
+        reads and drains, the lease. Each costs native memory (stack, malloc arena), so a few more than the
+        workers: a turn's calls mostly run one by one."""
         return self.workers + 8
 
 

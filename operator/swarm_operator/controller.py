@@ -56,19 +56,11 @@ class Controller:
         self.loop.gone(key, stored)
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        if event_type is None:
-            self.loop.listed()
-        key = self.cache.pods.apply(event_type, body)
-        if key is not None and self.cache.objects.get(key) is not None:
-            # Pods of a cluster change in bursts (scheduled, running, ready …): one turn for the burst.
-            self.loop.queue.add_after(key, POD_EVENT_SETTLE_SECONDS)
+        # Pods of a cluster change in bursts (scheduled, running, ready …): one turn for the burst.
+        self.loop.on_child(self.cache.pods, event_type, body, POD_EVENT_SETTLE_SECONDS)
 
     def on_service(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        if event_type is None:
-            self.loop.listed()
-        key = self.cache.services.apply(event_type, body)
-        if key is not None and self.cache.objects.get(key) is not None:
-            self.loop.queue.add(key)
+        self.loop.on_child(self.cache.services, event_type, body)
 
     def seed(self) -> dict[str | None, str]:
         """Fill the pod and service cache from the API before acting (blocking; runs at startup).

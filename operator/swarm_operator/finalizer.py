@@ -10,7 +10,7 @@ from typing import Any
 
 from swarm_operator.cluster_effects import ClusterEffects
 from swarm_operator.kit.effects import Effects
-from swarm_operator.kube import ApiError
+from swarm_operator.kube_http import ApiError
 from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile import deletion
 from swarm_operator.reconcile.observe import PodState, owned_by

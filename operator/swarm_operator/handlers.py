@@ -101,7 +101,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     for reflector in Runtime.reflectors:
         reflector.start()
     if cfg.leader_elect:
-        Runtime.elector = LeaderElector(kube, cfg.lease_namespace, cfg.lease_name, controller.active)
+        Runtime.elector = LeaderElector(kube, blocking, cfg.lease_namespace, cfg.lease_name, controller.active)
         Runtime.elector.start()
     else:
         controller.active.set()

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kube import KubeClient
 from swarm_operator.times import micro_time, parse_time
 
@@ -33,9 +34,10 @@ def may_take(lease_spec: Mapping[str, Any], identity: str, now: float) -> bool:
 
 
 class LeaderElector:
-    def __init__(self, kube: KubeClient, namespace: str, name: str, active: asyncio.Event,
+    def __init__(self, kube: KubeClient, blocking: Blocking, namespace: str, name: str, active: asyncio.Event,
                  lease_seconds: int = 15, renew_seconds: float = 5.0) -> None:
         self.kube = kube
+        self.blocking = blocking
         self.namespace = namespace
         self.name = name
         self.active = active
@@ -46,7 +48,7 @@ class LeaderElector:
         self._last_renew = 0.0
 
     def try_acquire(self) -> bool:
-        """One round: read the lease, take or renew it if allowed. Blocking (runs in a thread)."""
+        """One round: read the lease, take or renew it if allowed. Blocking (runs on the blocking pool)."""
         now = time.time()
         lease = self.kube.read_lease(self.namespace, self.name)
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
@@ -64,7 +66,7 @@ class LeaderElector:
     async def _loop(self) -> None:
         while True:
             try:
-                leader = await asyncio.to_thread(self.try_acquire)
+                leader = await self.blocking(self.try_acquire)
             except Exception as exc:
                 log.warning("leader election: %s", exc)
                 leader = False

@@ -77,7 +77,7 @@ _MEANINGS = {
                                "held by an object that is not this cluster's; retried",
     EventReason.REPLACING: "a worker or the head failed (or its Ray node died) and is being replaced, with backoff",
     EventReason.INVALID_SPEC: "the spec cannot be served (the message names the field); `Valid=False`",
-    EventReason.TEMPLATE_OVERRIDDEN: "a pod template sets values the operator sets itself; the operator's win",
+    EventReason.TEMPLATE_OVERRIDDEN: "a pod template sets values the operator sets itself; the operator's values win",
     EventReason.ROLLOUT_WAITING: "a rolling update waits (busy workers while Ray's state is unknown)",
     EventReason.SERVICE_UPDATED: "the head service's annotations or type were patched in place",
     EventReason.SERVICE_REPLACED: "the head service was re-created (headless and not cannot change in place)",
@@ -128,8 +128,6 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     REPLICA_FAILURE = "ReplicaFailure"
     ROLLOUT_COMPLETE = "RolloutComplete"
-    COMPLETE = "Complete"
-    FAILED = "Failed"
 
     @property
     def meaning(self) -> str:
@@ -142,10 +140,17 @@ _CONDITION_MEANINGS = {
     ConditionType.WORKERS_READY: "every group has as many ready workers as its target (the message lists the "
                                  "groups short of it)",
     ConditionType.AUTOSCALING: "`autoscaling.enabled`: worker groups follow Ray's pending demand",
-    ConditionType.SUSPENDED: "`spec.suspend` is true: no pods run (a SwarmJob: nothing runs)",
+    ConditionType.SUSPENDED: "`spec.suspend` is true: no pods run",
     ConditionType.REPLICA_FAILURE: "workers failed recently (consecutive failures per group in the message)",
     ConditionType.ROLLOUT_COMPLETE: "every pod runs the current spec (reason AllPodsUpdated); a GitOps health "
                                     "check waits for it",
-    ConditionType.COMPLETE: "a SwarmJob's Ray job succeeded",
-    ConditionType.FAILED: "a SwarmJob failed for good (reason and message say why)",
 }
+
+
+class JobConditionType(StrEnum):
+    """A condition in a SwarmJob's status.conditions, True while the deployment status of the same name holds
+    (as a Kubernetes Job's Complete, Failed and Suspended)."""
+
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarm_operator.reasons import ConditionType, JobConditionType
 from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
@@ -17,12 +18,9 @@ from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT,
 from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.times import deadline_timestamp, parse_time, timestamp
 
-CONDITION_TYPES = ("Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure",
-                   "RolloutComplete")
 
-
-def condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-    return {"type": ctype, "status": "True" if ok else "False", "reason": reason, "message": message}
+def condition(ctype: ConditionType | JobConditionType, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": ctype.value, "status": "True" if ok else "False", "reason": reason, "message": message}
 
 
 def merge_conditions(old: list[Mapping[str, Any]], new: list[dict[str, Any]], now: float,
@@ -172,21 +170,21 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
     svc = labels.head_service_name(cluster.name)
     host = f"{svc}.{cluster.namespace}.svc"
     conditions = [
-        condition("Valid", True, "SpecValid", "spec accepted"),
-        condition("HeadReady", head_ready, "HeadPodReady" if head_ready else "HeadPodNotReady",
+        condition(ConditionType.VALID, True, "SpecValid", "spec accepted"),
+        condition(ConditionType.HEAD_READY, head_ready, "HeadPodReady" if head_ready else "HeadPodNotReady",
                   f"head pod {head.name} is {'ready' if head_ready else head.phase}" if head else "no head pod"),
-        condition("WorkersReady", workers_ready, "AllWorkersReady" if workers_ready else "WorkersNotReady",
+        condition(ConditionType.WORKERS_READY, workers_ready, "AllWorkersReady" if workers_ready else "WorkersNotReady",
                   f"{ready_total}/{desired_total} workers ready"
                   + (f"; short: {', '.join(short)}" if short else "")),
-        condition("Autoscaling", cluster.autoscaling.enabled,
+        condition(ConditionType.AUTOSCALING, cluster.autoscaling.enabled,
                   "Enabled" if cluster.autoscaling.enabled else "Disabled",
                   "worker groups follow Ray's pending demand" if cluster.autoscaling.enabled
                   else "worker groups follow spec.replicas"),
-        condition("Suspended", cluster.suspend, "Suspended" if cluster.suspend else "Active",
+        condition(ConditionType.SUSPENDED, cluster.suspend, "Suspended" if cluster.suspend else "Active",
                   "spec.suspend is true" if cluster.suspend else "cluster is active"),
-        condition("ReplicaFailure", bool(failing), "WorkersFailing" if failing else "NoFailures",
+        condition(ConditionType.REPLICA_FAILURE, bool(failing), "WorkersFailing" if failing else "NoFailures",
                   "; ".join(failing) if failing else "no recent worker failures"),
-        condition("RolloutComplete", not behind and not cluster.suspend,
+        condition(ConditionType.ROLLOUT_COMPLETE, not behind and not cluster.suspend,
                   "Suspended" if cluster.suspend else "AllPodsUpdated" if not behind
                   else "WaitingForDeletion" if cluster.update_strategy.type == "OnDelete" else "RollingUpdate",
                   "spec.suspend is true" if cluster.suspend else
@@ -222,8 +220,8 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
 def invalid_status(message: str, old: Mapping[str, Any], generation: int, now: float) -> dict[str, Any]:
     """A spec the operator cannot serve: say why, keep everything else as it was."""
     status = {k: v for k, v in old.items() if k not in ("conditions", "phase", "observedGeneration")}
-    others = [c for c in old.get("conditions") or [] if c.get("type") != "Valid"]
-    valid = condition("Valid", False, "InvalidSpec", message[:1000])
+    others = [c for c in old.get("conditions") or [] if c.get("type") != ConditionType.VALID]
+    valid = condition(ConditionType.VALID, False, "InvalidSpec", message[:1000])
     status["conditions"] = merge_conditions(list(old.get("conditions") or []), [valid], now, generation) + others
     status["phase"] = "Invalid"
     status["observedGeneration"] = generation

@@ -91,6 +91,13 @@ class Decided:
     service: Mapping[str, Any] | None  # the head service, when it is this cluster's
 
 
+@dataclass(frozen=True)
+class Acted:
+    taken: list[str] = field(default_factory=list)  # names held by objects not this cluster's: retried soon
+    failure: Exception | None = None  # raised once status is written
+    gone: bool = False  # the cluster turned out to be deleted
+
+
 def head_ip(cache: WatchCache, key: Key, cluster: ClusterSpec) -> str | None:
     """The running head pod's IP: where the autoscaler reaches the GCS."""
     pod = cache.pods.get(key, labels.head_pod_name(cluster.name))
@@ -134,16 +141,17 @@ class Turns:
         memory = self.memories[key]
         seen = await self._read(fx, memory, body)
         if not isinstance(seen, Seen):
-            return seen
+            return seen  # invalid, gone, or waiting for its Ray token
         decided = await self._decide(fx, memory, seen)
-        taken, refused = await self._act(fx, memory, seen, decided)
-        if taken is None:
+        acted = await self._act(fx, memory, seen, decided)
+        if acted.gone or not await self._record(fx, memory, seen, decided):
             return None
-        if not await self._record(fx, memory, seen, decided):
-            return None
-        if refused is not None:
-            raise refused
-        requeues = [r for r in (decided.plan.requeue_after, NAME_TAKEN_RETRY_SECONDS if taken else None)
+        if acted.failure is not None:
+            raise acted.failure  # with status written; the kit retries the turn with backoff
+        return self._next_turn(memory, seen, decided, acted)
+
+    def _next_turn(self, memory: ClusterMemory, seen: Seen, decided: Decided, acted: Acted) -> float | None:
+        requeues = [r for r in (decided.plan.requeue_after, NAME_TAKEN_RETRY_SECONDS if acted.taken else None)
                     if r is not None]
         if seen.cluster.autoscaling.enabled and not seen.cluster.suspend:
             requeues.append(max(0.05, self.autoscaler.due_in(memory.autoscaler, time.time())))
@@ -213,10 +221,8 @@ class Turns:
                 await fx.event(EventReason.ROLLOUT_WAITING, note)
         return Decided(plan, targets, scale_ups, outcome, view, ours)
 
-    async def _act(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen,
-                   decided: Decided) -> tuple[list[str] | None, Exception | None]:
-        """The plan's actions, the rollout's drains, the head service's sync. Returns the names found taken
-        (None: the cluster is gone) and the failure to raise once status is written."""
+    async def _act(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen, decided: Decided) -> Acted:
+        """The plan's actions, the rollout's drains, the head service's sync."""
         cluster, actions = seen.cluster, decided.plan.actions
         if seen.old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers)) for a in actions):
             # Re-creating children of a cluster served before: make sure it still exists. A watch
@@ -225,7 +231,7 @@ class Turns:
             stored = await fx.read_back()
             if stored is None or (stored.get("metadata") or {}).get("uid") != cluster.uid:
                 self._gone(fx.key, stored)
-                return None, None
+                return Acted(gone=True)
         refused: Exception | None = None
         taken: list[str] = []
         if actions:
@@ -245,7 +251,7 @@ class Turns:
                 await fx.sync_service(cluster, svc)
             except Exception as exc:
                 refused = exc
-        return taken, refused
+        return Acted(taken, refused)
 
     async def _record(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen, decided: Decided) -> bool:
         """Metrics, and status when it changed; False when the cluster turned out to be gone."""

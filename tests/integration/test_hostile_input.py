@@ -39,6 +39,7 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster.nodes import create_nodes, fake_node, wait_nodes_ready
 from localcluster.operator_process import OperatorProcess
+from swarm_operator.reasons import ConditionType
 from swarm_operator.resources import labels
 from tests.cases.crd_schema import schema_errors
 from tests.cases.crd_strategies import Generated, ancestors, generated, leaf_paths
@@ -51,8 +52,7 @@ pytestmark = pytest.mark.integration
 NEIGHBOUR = "neighbour"
 POOL = "hostile-neighbour"
 TAINT_KEY = "swarm.io/hostile-test"
-CONDITION_TYPES = {"Valid", "HeadReady", "WorkersReady", "Autoscaling", "Suspended", "ReplicaFailure",
-                   "RolloutComplete"}
+CONDITION_TYPES = {str(c) for c in ConditionType}
 SETTLE_TIMEOUT = 30.0
 MAX_FAILED_TURNS_PER_OBJECT = 3
 KNOWN_FAILING = {"churn"}  # the refused-head cluster: its turns fail (and back off) until the head is admitted

@@ -46,6 +46,7 @@ from swarm_operator.autoscaler.snapshot import (
     ResourceDemand,
     Strategy,
 )
+from swarm_operator.kit.blocking import Blocking
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -465,7 +466,8 @@ def test_request_resources_on_a_v1_head_comes_from_internal_kv(rig: Rig) -> None
 
 def test_pool_reads_live_token_and_dead_clusters_together(rig: Rig) -> None:
     (dead_port,) = free_ports(1)
-    pool = RayStatePool(new_client, read_timeout_s=5.0)
+    blocking = Blocking(8)
+    pool = RayStatePool(new_client, blocking.submit, read_timeout_s=5.0)
     try:
         pool.set_cluster("main", rig.main.address)
         pool.set_cluster("v1", rig.v1.address, token=TOKEN)
@@ -496,3 +498,4 @@ def test_pool_reads_live_token_and_dead_clusters_together(rig: Rig) -> None:
               f"max {latencies[-1] * 1000:.2f} ms")
     finally:
         pool.close()
+        blocking.shutdown()

@@ -188,7 +188,8 @@ def h() -> Iterator[Harness]:
     ray = FakeRay()
     blocking = Blocking(4)
     scaler = Autoscaler(blocking)
-    scaler.pool = cast(Any, gcs.RayStatePool(ray.factory, read_timeout_s=5.0))  # in place of the real clients
+    # In place of the real clients:
+    scaler.pool = cast(Any, gcs.RayStatePool(ray.factory, blocking.submit, read_timeout_s=5.0))
     yield Harness(ray, scaler)
     scaler.pool.close()
     blocking.shutdown()

@@ -23,7 +23,7 @@ from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
 from swarm_operator.kit import loop as loop_module
 from swarm_operator.kit.cache import Key
-from swarm_operator.kube import ApiError
+from swarm_operator.kube_http import ApiError
 from swarm_operator.resources import labels
 from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, FixedClock, as_kube, iso, manifest, with_state
 from tests.unit.ray_fixtures import HEAD_IP, FakeRay, node_id, ray_node, snapshot
@@ -800,7 +800,7 @@ def test_rollout_reads_ray_without_autoscaling_replaces_the_idle_worker_and_drai
 
     async def body() -> None:
         c = make(kube)
-        c.autoscaler.pool = cast(Any, gcs.RayStatePool(ray.factory, read_timeout_s=5.0))
+        c.autoscaler.pool = cast(Any, gcs.RayStatePool(ray.factory, c.blocking.submit, read_timeout_s=5.0))
         c.on_cluster("ADDED", manifest())
         await c.reconcile(KEY)  # head + 2 workers
         busy, idle = sorted(n for (_, n) in kube.pods if n.startswith("demo-cpu-"))
@@ -851,7 +851,7 @@ def test_a_rollout_with_ray_unreachable_waits_and_says_so_once() -> None:
 
     async def body() -> None:
         c = make(kube)
-        c.autoscaler.pool = cast(Any, gcs.RayStatePool(ray.factory, read_timeout_s=5.0))
+        c.autoscaler.pool = cast(Any, gcs.RayStatePool(ray.factory, c.blocking.submit, read_timeout_s=5.0))
         c.on_cluster("ADDED", manifest())
         await c.reconcile(KEY)
         for (_, name), pod in list(kube.pods.items()):

@@ -1,5 +1,5 @@
 """Generated files stay current: the chart's CRD copy, manifests/install.yaml, docs/crd-reference.md,
-docs/grafana/swarm-operator.json.
+docs/grafana/swarm-operator.json, and the tables of docs/operations.md.
 
 Each test regenerates in memory and compares with what is committed; `python -m hack.generate`
 rewrites them all.
@@ -16,6 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from hack import crd_docs, dashboard, generate
 from swarm_operator import metrics
+from swarm_operator.reasons import ConditionType, EventReason
 
 FIX = "stale: run `python -m hack.generate` and commit the result"
 
@@ -117,3 +118,13 @@ def test_dashboard_layout() -> None:
             for var in ("$namespace", "$cluster", "$job"):
                 if var in t["expr"]:
                     assert var[1:] in used
+
+
+def test_operations_page_tables_are_the_reasons_and_conditions() -> None:
+    """docs/operations.md's tables are generated from reasons.py: a reason or condition not in the page fails."""
+    text = generate.OPERATIONS.read_text()
+    assert text == generate.operations_page(), FIX
+    for reason in EventReason:
+        assert f"| `{reason}` | {reason.event_type} |" in text
+    for ctype in ConditionType:
+        assert f"| `{ctype}` |" in text

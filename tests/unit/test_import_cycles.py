@@ -1,4 +1,5 @@
-"""No two modules of the operator or of localcluster import each other, directly or through others.
+"""No two modules of the operator or of localcluster import each other, directly or through others; the autoscaler
+never reaches the Kubernetes client.
 
 Imports under `if TYPE_CHECKING:` count too: a cycle that only the type checker follows still ties the
 two modules into one unit (the node agent's pods.py and agent.py were such a pair).
@@ -68,3 +69,28 @@ def test_no_import_cycle_in_the_tree() -> None:
     modules = module_files()
     graph = {name: imports_of(path, modules) - {name} for name, path in modules.items()}
     assert find_cycle(graph) is None
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for imported in graph[todo.pop()] - seen:
+            seen.add(imported)
+            todo.append(imported)
+    return seen
+
+
+def test_reachable_follows_imports_through_other_modules() -> None:
+    assert reachable({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}, "a") == {"b", "c"}
+
+
+def test_the_autoscaler_never_reaches_the_kubernetes_client() -> None:
+    """The autoscaler decides and asks Ray; every Kubernetes write it needs comes back as an action for the turn."""
+    modules = module_files()
+    graph = {name: imports_of(path, modules) - {name} for name, path in modules.items()}
+    autoscaler = [m for m in modules if m.startswith("swarm_operator.autoscaler")]
+    assert "swarm_operator.autoscaler.runner" in autoscaler
+    for module in autoscaler:
+        assert not reachable(graph, module) & {"swarm_operator.kube", "swarm_operator.kube_http"}, module

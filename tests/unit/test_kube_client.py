@@ -14,16 +14,14 @@ from typing import Any, ClassVar
 import kopf
 import pytest
 
-from swarm_operator import kube as kube_module
-from swarm_operator.kube import (
+from swarm_operator import kube_http as kube_module
+from swarm_operator.kube import SWARMCLUSTER, KubeClient, ObjectRef
+from swarm_operator.kube_http import (
     ATTEMPTS,
     FIELD_MANAGER,
     RETRY_AFTER_MAX_SECONDS,
-    SWARMCLUSTER,
     USER_AGENT,
     ApiError,
-    KubeClient,
-    ObjectRef,
     _message,
     retry_delay,
 )

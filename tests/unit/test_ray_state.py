@@ -39,6 +39,7 @@ from swarm_operator.autoscaler.snapshot import (
     ResourceDemand,
     Strategy,
 )
+from swarm_operator.kit.blocking import Blocking
 
 pb: Any = importlib.import_module("ray.core.generated.autoscaler_pb2")
 common_pb: Any = importlib.import_module("ray.core.generated.common_pb2")
@@ -509,9 +510,12 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def pool(factory: Factory, clock: FakeClock) -> Iterator[RayStatePool[FakeClient]]:
-    p = RayStatePool(factory, read_timeout_s=0.3, backoff_initial_s=1.0, backoff_max_s=4.0, clock=clock)
+    blocking = Blocking(32)
+    p = RayStatePool(factory, blocking.submit, read_timeout_s=0.3, backoff_initial_s=1.0, backoff_max_s=4.0,
+                     clock=clock)
     yield p
     p.close()
+    blocking.shutdown()
 
 
 def read(pool: RayStatePool[FakeClient], key: str, timeout_s: float | None = None) -> ReadResult:

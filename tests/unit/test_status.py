@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from swarm_operator.reasons import ConditionType
 from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.status import (
-    CONDITION_TYPES,
     AutoscalerReport,
     Persisted,
     autoscaler_status,
@@ -80,7 +80,7 @@ def test_phase_and_conditions(c: ClusterSpec, pods: list[PodState], health: dict
     s = status_of(c, pods, health=health)
     assert s["phase"] == phase
     assert conditions(s) == conds
-    assert [c["type"] for c in s["conditions"]] == list(CONDITION_TYPES)
+    assert [c["type"] for c in s["conditions"]] == list(ConditionType)
 
 
 @pytest.mark.parametrize(

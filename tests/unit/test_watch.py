@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from swarm_operator.kit.watch import Reflector
-from swarm_operator.kube import ApiError, WatchExpired
+from swarm_operator.kube_http import ApiError, WatchExpired
 
 
 def obj(name: str, rv: str) -> dict[str, Any]:

@@ -153,7 +153,7 @@ class Autoscaler:
     @property
     def pool(self) -> gcs.RayStatePool[gcs.RayStateClient]:
         if self._pool is None:
-            self._pool = self.ray.RayStatePool(self.ray.new_client, submit=self.blocking.submit)
+            self._pool = self.ray.RayStatePool(self.ray.new_client, self.blocking.submit)
         return self._pool
 
     @pool.setter

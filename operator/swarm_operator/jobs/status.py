@@ -7,13 +7,12 @@ from typing import Any
 
 from swarm_operator.jobs.machine import ClusterView, JobState, current_cluster, job_id
 from swarm_operator.jobs.spec import JobSpec
-from swarm_operator.reasons import ConditionType
+from swarm_operator.reasons import JobConditionType
 from swarm_operator.status import condition, merge_conditions
 from swarm_operator.times import parse_time, timestamp
 
 MAX_MESSAGE_BYTES = 4096
 LOG_TAIL_LINES = 20
-JOB_CONDITIONS = (ConditionType.COMPLETE, ConditionType.FAILED, ConditionType.SUSPENDED)
 TIMES = {"startTime": "start_time", "endTime": "end_time", "attemptStartTime": "attempt_start",
          "unreadableSince": "unreadable_since"}
 
@@ -71,12 +70,12 @@ def job_status(job: JobSpec, state: JobState, old: Mapping[str, Any], now: float
     for key, field in TIMES.items():
         value = getattr(state, field)
         status[key] = timestamp(value) if value else None  # None removes it (merge patch)
-    conditions = [_condition(ctype, state) for ctype in JOB_CONDITIONS]
+    conditions = [_condition(ctype, state) for ctype in JobConditionType]
     status["conditions"] = merge_conditions(list(old.get("conditions") or []), conditions, now, job.generation)
     return status
 
 
-def _condition(ctype: ConditionType, state: JobState) -> dict[str, Any]:
+def _condition(ctype: JobConditionType, state: JobState) -> dict[str, Any]:
     """True while the deployment status of the same name holds, with its reason and message."""
     holds = state.deployment == ctype
     return condition(ctype, holds, state.reason if holds else f"Not{ctype}", state.message[:1000] if holds else "")

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from swarm_operator import metrics
 from swarm_operator.kit.blocking import Blocking
-from swarm_operator.kit.cache import Key, ObjectStore
+from swarm_operator.kit.cache import ChildStore, Key, ObjectStore
 from swarm_operator.kit.workqueue import WorkQueue
 from swarm_operator.kube import Kube, Resource
 
@@ -80,6 +80,20 @@ class Loop:
             return
         if self.objects.put(key, body):
             self.queue.add(key)  # not when it only echoes our own status write: that turn saw it all
+
+    def on_child(self, store: ChildStore, event_type: str | None, body: Mapping[str, Any],
+                 settle_seconds: float = 0.0) -> None:
+        """A watch event of a child (a reflector's): into its store, and its owner gets a turn, after
+        `settle_seconds` when its children change in bursts (pods: scheduled, running, ready …)."""
+        if event_type is None:
+            self.listed()
+        key = store.apply(event_type, body)
+        if key is None or self.objects.get(key) is None:
+            return
+        if settle_seconds:
+            self.queue.add_after(key, settle_seconds)
+        else:
+            self.queue.add(key)
 
     def forget(self, key: Key) -> None:
         """The object is gone: stop serving it (the garbage collector removes its children)."""

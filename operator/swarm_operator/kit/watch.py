@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
-from swarm_operator.kube import WatchExpired
+from swarm_operator.kube_http import WatchExpired
 
 log = logging.getLogger(__name__)
 

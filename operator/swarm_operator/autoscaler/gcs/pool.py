@@ -56,8 +56,8 @@ class _Entry(Generic[_C]):
 class RayStatePool(Generic[_C]):
     """Reads many clusters at once, each read on a pool thread with a deadline.
 
-    The threads are the operator's one blocking pool (kit/blocking.py) when `submit` is given, else the
-    pool's own (``max_workers``). One slow or dead cluster never delays the others: the caller waits at
+    The threads are the operator's one blocking pool (`submit`: kit/blocking.py's). One slow or dead
+    cluster never delays the others: the caller waits at
     most ``read_timeout_s``, a cluster whose previous read still runs is skipped rather than given a
     second thread, and a cluster that fails is left alone for a doubling backoff
     (``backoff_initial_s`` … ``backoff_max_s``). Connect and RPC deadlines bound how long a thread can be
@@ -67,19 +67,14 @@ class RayStatePool(Generic[_C]):
     def __init__(
         self,
         client_factory: Callable[[str, str | None], _C],
+        submit: Submit,
         *,
-        submit: Submit | None = None,
-        max_workers: int = 32,
         read_timeout_s: float = 5.0,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._factory = client_factory
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        if submit is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="ray-state")
-            submit = self._executor.submit
         self._submit = submit
         self.read_timeout_s = read_timeout_s
         self._backoff = (backoff_initial_s, backoff_max_s)
@@ -175,7 +170,5 @@ class RayStatePool(Generic[_C]):
     def close(self) -> None:
         with self._lock:
             entries, self._entries = list(self._entries.values()), {}
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
         for entry in entries:
             entry.client.close()
