@@ -81,7 +81,8 @@ def test_an_operator_killed_in_any_phase_runs_the_job_exactly_once(
     second.start()
     done = wait_for("Complete", lambda: (st := status()).get("jobDeploymentStatus") in ("Complete", "Failed")
                     and st, timeout=300)
-    assert done["jobDeploymentStatus"] == "Complete" and done["attempt"] == 1, done
+    assert done["jobDeploymentStatus"] == "Complete" and done["attempt"] == 1, (
+        f"{done['jobDeploymentStatus']} attempt {done['attempt']}: {done.get('reason')}: {done.get('message')}")
     assert counter.read_text().count("ran") == 1, f"the entrypoint ran {counter.read_text().count('ran')} times"
     submissions = [e for e in core_v1.list_namespaced_event(namespace).items
                    if e.involved_object.name == "once" and e.reason == "Submitted"]
