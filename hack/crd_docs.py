@@ -65,23 +65,26 @@ def constraints(s: Schema, required: bool) -> tuple[str, ...]:
     return tuple(out)
 
 
-def rows(s: Schema, path: str, required: bool = False) -> Iterator[Row]:
-    """The field at `path` and everything below it, depth-first in schema order."""
+def rows(s: Schema, path: str, required: bool = False, collapsed: frozenset[str] = frozenset()) -> Iterator[Row]:
+    """The field at `path` and everything below it, depth-first in schema order; below a path in `collapsed`
+    only the field itself (a subtree documented elsewhere)."""
     default = _code(s["default"]) if "default" in s else ""
     yield Row(path, type_name(s), default, " ".join(str(s.get("description", "")).split()),
               constraints(s, required))
+    if path in collapsed:
+        return
     if s.get("type") == "array" and isinstance(s.get("items"), Mapping):
-        yield from _children(s["items"], f"{path}[]")
+        yield from _children(s["items"], f"{path}[]", collapsed)
     elif isinstance(s.get("additionalProperties"), Mapping) and "properties" in s["additionalProperties"]:
-        yield from _children(s["additionalProperties"], f"{path}.<name>")
+        yield from _children(s["additionalProperties"], f"{path}.<name>", collapsed)
     else:
-        yield from _children(s, path)
+        yield from _children(s, path, collapsed)
 
 
-def _children(s: Schema, path: str) -> Iterator[Row]:
+def _children(s: Schema, path: str, collapsed: frozenset[str]) -> Iterator[Row]:
     needed = set(s.get("required") or ())
     for name, child in (s.get("properties") or {}).items():
-        yield from rows(child, f"{path}.{name}", name in needed)
+        yield from rows(child, f"{path}.{name}", name in needed, collapsed)
 
 
 def _table(items: list[Row]) -> list[str]:
@@ -92,7 +95,8 @@ def _table(items: list[Row]) -> list[str]:
     return lines
 
 
-def render(crd: Schema, source: str) -> str:
+def render(crd: Schema, source: str, prose: str = "crd.md", collapsed: frozenset[str] = frozenset()) -> str:
+    """The reference page; `prose` names the page about the resource, `collapsed` the subtrees shown as one row."""
     names = crd["spec"]["names"]
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
     root = version["schema"]["openAPIV3Schema"]
@@ -106,7 +110,7 @@ def render(crd: Schema, source: str) -> str:
         + ", ".join(f"`{n}`" for n in names.get("shortNames", [])) + f"), {crd['spec']['scope'].lower()}."
         + (" Status is a subresource." if "status" in version.get("subresources", {}) else ""),
         "",
-        "Prose about the resource (names, replicas, overlays, status) is in [crd.md](crd.md). "
+        f"Prose about the resource is in [{prose}]({prose}). "
         "Types: `int or string` takes a number or a Kubernetes quantity string; `[]` marks a list item; "
         "`<name>` a map entry. The API server enforces every constraint listed here.",
         "",
@@ -120,7 +124,7 @@ def render(crd: Schema, source: str) -> str:
     needed = set(root.get("required") or ())
     for section in ("spec", "status"):
         if section in props:
-            out += [f"## {section}", "", *_table(list(rows(props[section], section, section in needed))), ""]
+            out += [f"## {section}", "", *_table(list(rows(props[section], section, section in needed, collapsed))), ""]
     columns = version.get("additionalPrinterColumns") or []
     if columns:
         out += ["## kubectl get columns", "", "| Column | Type | From | Description |", "|---|---|---|---|"]

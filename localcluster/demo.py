@@ -1,10 +1,11 @@
 """`make demo`: the main job end to end, with real Ray.
 
 A local Kubernetes, two process nodes (one CPU node, one "GPU" node with fake
-``nvidia.com/gpu``), the CRD, the operator, and the GPU + CPU sample sized for this machine
+``nvidia.com/gpu``), the CRDs, the operator, and the GPU + CPU sample sized for this machine
 (manifests/samples/local-gpu-cpu.yaml); the sample becomes a Ray cluster, a small job goes
-in through Ray's Jobs API, and a summary shows the pods, the Ray nodes with their resources
-(from the GCS) and the job's result and logs. At the end everything stops and the cluster
+in as a SwarmJob on that cluster (the operator submits it through Ray's Jobs API and follows it), and a
+summary shows the pods, the Ray nodes with their resources (from the GCS), the SwarmJob's status and the
+job's result and logs. At the end everything stops and the cluster
 goes down (if the demo brought it up).
 
 Run as ``python -m localcluster.demo``, as root (process nodes create network namespaces).
@@ -37,10 +38,13 @@ from localcluster.operator_process import OperatorProcess
 from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
-CRD = ROOT / "crds" / "swarmcluster.yaml"
+CRDS = {ROOT / "crds" / "swarmcluster.yaml": "swarmclusters.swarm.io",
+        ROOT / "crds" / "swarmjob.yaml": "swarmjobs.swarm.io"}
 SAMPLE = ROOT / "manifests" / "samples" / "local-gpu-cpu.yaml"
 NAMESPACE = "swarm-demo"
-GROUP, VERSION, PLURAL = "swarm.io", "v1alpha1", "swarmclusters"
+GROUP, VERSION, PLURAL, JOB_PLURAL = "swarm.io", "v1alpha1", "swarmclusters", "swarmjobs"
+JOB_NAME = "pi"
+JOB_TIMEOUT = 180.0
 # What keeps pods that cannot run Ray (no command: kwok-style test pods) off process nodes;
 # the sample tolerates it. GPU nodes are usually tainted too; the sample's gpu group tolerates that.
 PROCESS_TAINT = "swarm.io/process-node=true:NoSchedule"
@@ -102,6 +106,23 @@ def kubectl(lc: LocalCluster, *args: str) -> str:
     if out.returncode != 0:
         raise ClusterError(f"`kubectl {' '.join(args)}` failed: {out.stderr.strip()}")
     return out.stdout
+
+
+def wait_established(lc: LocalCluster, crd_name: str, timeout: float = 60.0) -> None:
+    """Until the CRD is served. (`kubectl wait --for=condition=Established` fails at once on a CRD whose status
+    has no conditions yet, right after it was applied.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # No conditions at all yet makes kubectl's jsonpath fail: keep asking.
+            if "Established=True" in kubectl(lc, "get", f"crd/{crd_name}", "-o",
+                                             "jsonpath={range .status.conditions[*]}{.type}={.status} {end}"):
+                return
+        except ClusterError:
+            pass
+        if time.monotonic() > deadline:
+            raise ClusterError(f"CRD {crd_name} not Established after {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def preflight() -> str | None:
@@ -218,13 +239,36 @@ def print_ray_nodes(nodes: list[rayjobs.RayNode]) -> None:
     print_table(rows)
 
 
-def run_job(head_ip: str) -> tuple[dict[str, Any], str, str]:
-    """Submit JOB through the Jobs API and wait for it. Returns (job info, entrypoint, logs)."""
+def swarmjob(cluster: str, entrypoint: str) -> dict[str, Any]:
+    """JOB as a SwarmJob on the demo's cluster (clusterSelector: the job never touches the cluster)."""
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": JOB_NAME},
+            "spec": {"entrypoint": entrypoint, "clusterSelector": {"name": cluster},
+                     "metadata": {"submitted_by": "make demo"}, "activeDeadlineSeconds": int(JOB_TIMEOUT)}}
+
+
+def run_job(custom: Any, cluster: str, head_ip: str) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+    """Apply JOB as a SwarmJob and follow its status until it ends. Returns (its status, Ray's job info,
+    the entrypoint, the driver's logs)."""
     entrypoint = "python -c " + shlex.quote(JOB)
-    job_id = rayjobs.submit_job(head_ip, entrypoint, metadata={"submitted_by": "make demo"})
-    note(f"POST http://{head_ip}:{DASHBOARD_PORT}/api/jobs/ → {job_id}")
-    info = rayjobs.wait_job(head_ip, job_id, on_status=lambda s, t: note(f"{t:5.1f}s  {s}"))
-    return info, entrypoint, rayjobs.job_logs(head_ip, job_id)
+    custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, JOB_PLURAL, swarmjob(cluster, entrypoint))
+    start = time.monotonic()
+    last = ""
+    while True:
+        status = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, JOB_PLURAL, JOB_NAME).get(
+            "status") or {}
+        line = (f"SwarmJob {JOB_NAME}: {status.get('jobDeploymentStatus') or '…'}, Ray job "
+                f"{status.get('jobStatus') or '-'}" + (f" ({status['jobId']})" if status.get("jobId") else ""))
+        if line != last:
+            note(f"{time.monotonic() - start:5.1f}s  {line}")
+            last = line
+        if status.get("jobDeploymentStatus") in ("Complete", "Failed"):
+            break
+        if time.monotonic() - start > JOB_TIMEOUT + 30:
+            raise ClusterError(f"the SwarmJob did not end after {JOB_TIMEOUT + 30:.0f}s; last seen: {line}")
+        time.sleep(0.5)
+    job_id = str(status["jobId"])
+    note(f"the operator posted it to http://{head_ip}:{DASHBOARD_PORT}/api/jobs/ as {job_id}")
+    return status, rayjobs.job_info(head_ip, job_id), entrypoint, rayjobs.job_logs(head_ip, job_id)
 
 
 def print_job(info: dict[str, Any], entrypoint: str, logs: str) -> None:
@@ -306,7 +350,7 @@ def print_keep_instructions(lc: LocalCluster, op: OperatorProcess, agents: list[
     say("DEMO_KEEP=1: everything keeps running. Look around:")
     print(f"""\
     cd {ROOT}; export KUBECONFIG={lc.kubeconfig} PATH={path}:$PATH
-    kubectl get swarmclusters,pods -n {NAMESPACE} -o wide
+    kubectl get swarmclusters,swarmjobs,pods -n {NAMESPACE} -o wide
     python -m localcluster logs -n {NAMESPACE} POD     # what a pod's containers wrote
     python -m localcluster.nodeagent status          # the pods' processes: IPs, PIDs, memory
     ray job submit --address {dashboard} -- python -c 'import ray; ray.init(); print(ray.cluster_resources())'
@@ -335,9 +379,10 @@ def demo(lc: LocalCluster, keep: bool) -> None:
                 note(f"{a.node}: cpu {a.cpu}, memory {a.memory}, nvidia.com/gpu {a.gpus}, "
                      f"taints {', '.join(a.taints)} (log: {a.log_file})")
 
-        with step("installing the SwarmCluster CRD"):
-            kubectl(lc, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-            kubectl(lc, "wait", "--for=condition=Established", "crd/swarmclusters.swarm.io", "--timeout=60s")
+        with step("installing the SwarmCluster and SwarmJob CRDs"):
+            for crd, crd_name in CRDS.items():
+                kubectl(lc, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
+                wait_established(lc, crd_name)
             ensure_namespace(core)
 
         log_path = versions.cache_root() / "logs" / f"demo-{lc.name}-operator.log"
@@ -362,16 +407,21 @@ def demo(lc: LocalCluster, keep: bool) -> None:
         say(f"Ray nodes, as the GCS at {head_ip}:{GCS_PORT} reports them")
         print_ray_nodes(nodes)
 
-        with step("submitting a Ray job through the Jobs API"):
-            info, entrypoint, logs = run_job(head_ip)
+        with step(f"applying SwarmJob {JOB_NAME} (clusterSelector: {name}); the operator submits and follows it"):
+            status, info, entrypoint, logs = run_job(custom, name, head_ip)
+        say(f"kubectl get swarmjob {JOB_NAME}")
+        for line in kubectl(lc, "get", "swj", JOB_NAME, "-n", NAMESPACE).splitlines():
+            note(line)
         print_job(info, entrypoint, logs)
-        if info["status"] != "SUCCEEDED":
-            raise ClusterError(f"the job ended {info['status']}: {info.get('message')}")
+        if status.get("jobDeploymentStatus") != "Complete":
+            raise ClusterError(f"the SwarmJob ended {status.get('jobDeploymentStatus')}: {status.get('message')}")
 
         if keep:
             print_keep_instructions(lc, op, [cpu_node, gpu_node], head_ip)
             return
-        with step(f"deleting SwarmCluster {name}: the garbage collector deletes its pods, the agents stop them"):
+        with step(f"deleting SwarmJob {JOB_NAME}, then SwarmCluster {name}: the garbage collector deletes its "
+                  "pods, the agents stop them"):
+            custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, JOB_PLURAL, JOB_NAME)
             delete_cluster(core, custom, name)
         say("stopping the operator and the node agents")
 

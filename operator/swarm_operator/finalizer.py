@@ -1,5 +1,6 @@
-"""The operator's finalizer on a SwarmCluster, through its effects: kept exactly while the cluster has GCS fault
-tolerance, and the steps of such a cluster's deletion (reconcile/deletion.py decides each, and says why)."""
+"""The operator's finalizers, through an object's effects: on a SwarmCluster exactly while it has GCS fault
+tolerance (and on a clusterSelector SwarmJob, jobs/turn.py), and the steps of such a cluster's deletion
+(reconcile/deletion.py decides each, and says why)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from swarm_operator.cluster_effects import ClusterEffects
+from swarm_operator.kit.effects import Effects
 from swarm_operator.kube_http import ApiError
 from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile import deletion
@@ -20,12 +22,13 @@ from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.times import parse_time
 
 
-async def keep_finalizer(fx: ClusterEffects, body: Mapping[str, Any], wanted: bool) -> dict[str, Any] | bool:
-    """Our finalizer on the cluster exactly while `wanted`. True when it is as wanted; otherwise the cluster
+async def keep_finalizer(fx: Effects, body: Mapping[str, Any], wanted: bool,
+                         ours: str = deletion.FINALIZER) -> dict[str, Any] | bool:
+    """Our finalizer `ours` on the object exactly while `wanted`. True when it is as wanted; otherwise the object
     turned out to be gone, and the answer is False, or the object now stored under its name."""
     meta = body.get("metadata") or {}
     for attempt in range(2):
-        finalizers = deletion.finalizers_with(meta.get("finalizers") or [], wanted)
+        finalizers = deletion.finalizers_with(meta.get("finalizers") or [], wanted, ours)
         if finalizers is None:
             return True
         try:

@@ -1,9 +1,10 @@
-"""kopf wiring only: settings, SwarmCluster watch events → the controller's queue, startup and cleanup.
+"""kopf wiring only: settings, SwarmCluster and SwarmJob watch events → their loops' queues, startup and cleanup.
 
-Only a watching handler (`on.event`) is used: it puts no finalizer and no annotation on
-anything, so deleting a namespace never waits for this operator. It is async so it runs
-on the event loop, next to the controller's queue. Pods and services are watched by
-watch.py's reflectors (server-side label selection, far less CPU per event), started here.
+Only watching handlers (`on.event`) are used: they put no finalizer and no annotation on
+anything (the one finalizer a clusterSelector SwarmJob carries is the operator's own, jobs/turn.py), so
+deleting a namespace never waits for this operator. They are async so they run on the event loop, next
+to the loops' queues. Pods and services are watched by watch.py's reflectors (server-side label
+selection, far less CPU per event), started here.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import kopf
 from swarm_operator import GROUP, PLURAL, VERSION
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
+from swarm_operator.jobs.controller import JobController
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.watch import Reflector
-from swarm_operator.kube import NODES, KubeClient, budgets_path, collection_path
+from swarm_operator.kube import NODES, SWARMJOB, KubeClient, budgets_path, collection_path
 from swarm_operator.leader import LeaderElector
 from swarm_operator.resources import labels
 
@@ -52,6 +54,7 @@ class Runtime:
     kube: KubeClient | None = None  # logged in by __main__ before kopf starts
     kopf_logins = 0
     controller: Controller | None = None
+    jobs: JobController | None = None
     elector: LeaderElector | None = None
     reflectors: ClassVar[list[Reflector]] = []  # the pod and service watches (kit/watch.py), not kopf's
     blocking: Blocking | None = None
@@ -86,6 +89,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     pods_listed_at = await blocking(controller.seed)
     Runtime.controller = controller
     controller.start()
+    # SwarmJobs on the same kit: one blocking pool, one leader (controller.active), SwarmCluster's cache.
+    Runtime.jobs = JobController(kube, cfg, blocking, controller.active, controller.cache.objects)
+    Runtime.jobs.start()
     loop = asyncio.get_running_loop()
     for ns, version in pods_listed_at.items():
         # Pods from where the seed's list left off; services and budgets list once themselves (a few per cluster).
@@ -122,6 +128,8 @@ async def shutdown(**_: Any) -> None:
         reflector.stop()
     if Runtime.elector is not None:
         await Runtime.elector.stop()
+    if Runtime.jobs is not None:
+        await Runtime.jobs.stop()
     if Runtime.controller is not None:
         await Runtime.controller.stop()
     if Runtime.blocking is not None:
@@ -132,3 +140,11 @@ async def shutdown(**_: Any) -> None:
 async def swarmcluster_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     if Runtime.controller is not None:
         Runtime.controller.on_cluster(type, dict(body))
+    if Runtime.jobs is not None:
+        Runtime.jobs.on_cluster(body)
+
+
+@kopf.on.event(GROUP, VERSION, SWARMJOB.plural)
+async def swarmjob_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    if Runtime.jobs is not None:
+        Runtime.jobs.on_job(type, dict(body))

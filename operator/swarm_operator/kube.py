@@ -64,6 +64,7 @@ class Resource:
 
 
 SWARMCLUSTER = Resource(GROUP, VERSION, PLURAL, KIND)
+SWARMJOB = Resource(GROUP, VERSION, "swarmjobs", "SwarmJob")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class Kube(Protocol):
 
     def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]: ...
 
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
     def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
     def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -130,6 +133,13 @@ class Kube(Protocol):
 
     def set_finalizers(self, resource: Resource, namespace: str, name: str, finalizers: list[str],
                        resource_version: str) -> dict[str, Any] | None: ...
+
+    def create_resource(self, resource: Resource, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
+    def delete_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def patch_resource(self, resource: Resource, namespace: str, name: str,
+                       patch: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
@@ -185,6 +195,10 @@ class KubeClient(HttpClient):
     def list_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
         """Pods matching `selector` (all namespaces when None), and the list's resourceVersion."""
         return self.list_objects(collection_path("pods", namespace), selector)
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod as stored now; None when there is none."""
+        return self._call("get", "pods", "GET", f"{PODS.format(ns=namespace)}/{quote(name)}", absent=404)
 
     def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict[str, Any] | None:
         """The created pod; None when one of that name exists already (409 is success: level-based)."""
@@ -263,6 +277,20 @@ class KubeClient(HttpClient):
         return self._call("patch", resource.plural, "PATCH", resource.item(namespace, name),
                           {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
                           absent=404, content_type=MERGE_PATCH)
+
+    def create_resource(self, resource: Resource, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The created object; None when one of that name exists already (409)."""
+        return self._call("create", resource.plural, "POST", resource.collection(namespace), body, absent=409)
+
+    def delete_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as it is being deleted (its children go through the garbage collector); None when gone."""
+        return self._call("delete", resource.plural, "DELETE", resource.item(namespace, name), absent=404)
+
+    def patch_resource(self, resource: Resource, namespace: str, name: str,
+                       patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch of the object; the patched object, or None when it is gone."""
+        return self._call("patch", resource.plural, "PATCH", resource.item(namespace, name), patch, absent=404,
+                          content_type=MERGE_PATCH)
 
     # -- secrets and jobs (the Ray token; the Redis key cleanup) ------------------------------
 

@@ -34,6 +34,23 @@ class EventReason(StrEnum):
     REDIS_CLEANED_UP = "RedisCleanedUp"
     REDIS_CLEANUP_FAILED = "RedisCleanupFailed"
     REDIS_CLEANUP_TIMED_OUT = "RedisCleanupTimedOut"
+    # SwarmJob
+    JOB_INITIALIZING = "Initializing"
+    JOB_RESUMED = "Resumed"
+    JOB_RETRYING = "Retrying"
+    JOB_SUBMITTED = "Submitted"
+    JOB_RUNNING = "Running"
+    JOB_COMPLETE = "Complete"
+    JOB_SUSPENDED = "Suspended"
+    RAY_JOB_STOPPED = "RayJobStopped"
+    RAY_JOB_FAILED = "RayJobFailed"
+    RAY_JOB_LOST = "RayJobLost"
+    CLUSTER_LOST = "ClusterLost"
+    STATUS_UNREADABLE = "StatusUnreadable"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    SUBMIT_FAILED = "SubmitFailed"
+    STOP_FAILED = "StopFailed"
 
     @property
     def event_type(self) -> str:
@@ -48,7 +65,9 @@ _WARNINGS = frozenset({
     EventReason.CREATE_FAILED, EventReason.REPLACING, EventReason.INVALID_SPEC, EventReason.TEMPLATE_OVERRIDDEN,
     EventReason.SERVICE_REPLACED, EventReason.RAY_TOKEN_MISSING, EventReason.INFEASIBLE_DEMAND,
     EventReason.RAY_VERSION_MISMATCH, EventReason.RAY_VERSION_UNSUPPORTED, EventReason.REDIS_CLEANUP_FAILED,
-    EventReason.REDIS_CLEANUP_TIMED_OUT,
+    EventReason.REDIS_CLEANUP_TIMED_OUT, EventReason.JOB_RETRYING, EventReason.RAY_JOB_FAILED,
+    EventReason.RAY_JOB_LOST, EventReason.CLUSTER_LOST, EventReason.STATUS_UNREADABLE, EventReason.DEADLINE_EXCEEDED,
+    EventReason.BACKOFF_LIMIT_EXCEEDED, EventReason.SUBMIT_FAILED, EventReason.STOP_FAILED,
 })
 
 _MEANINGS = {
@@ -80,6 +99,26 @@ _MEANINGS = {
                                       "message says how to remove them)",
     EventReason.REDIS_CLEANUP_TIMED_OUT: "the keys were not confirmed removed within cleanupTimeoutSeconds; the "
                                          "finalizer goes anyway",
+    EventReason.JOB_INITIALIZING: "a SwarmJob starts its first attempt (its cluster comes up, then the submission)",
+    EventReason.JOB_RESUMED: "a suspended SwarmJob was resumed: a new attempt starts (not counted as a failure)",
+    EventReason.JOB_RETRYING: "a SwarmJob's attempt failed (the message says why); the next one starts, on a "
+                              "fresh cluster if the job has its own",
+    EventReason.JOB_SUBMITTED: "the operator posted the Ray job to the cluster's Jobs API (once per attempt)",
+    EventReason.JOB_RUNNING: "Ray knows the SwarmJob's Ray job (PENDING or RUNNING)",
+    EventReason.JOB_COMPLETE: "the SwarmJob's Ray job SUCCEEDED",
+    EventReason.JOB_SUSPENDED: "`spec.suspend` is true: the Ray job was stopped and the job's own cluster deleted",
+    EventReason.RAY_JOB_STOPPED: "the operator asked Ray to stop the job (deadline, suspend, deletion)",
+    EventReason.RAY_JOB_FAILED: "the Ray job ended FAILED or STOPPED; the message has Ray's reason and the "
+                                "driver's last log lines",
+    EventReason.RAY_JOB_LOST: "Ray no longer knows a submitted job (its head restarted without GCS fault "
+                              "tolerance): the attempt failed",
+    EventReason.CLUSTER_LOST: "the SwarmCluster a submitted job ran on is gone: the attempt failed",
+    EventReason.STATUS_UNREADABLE: "the Ray job's status could not be read for too long: the attempt failed",
+    EventReason.DEADLINE_EXCEEDED: "activeDeadlineSeconds passed: the Ray job was stopped, no retries",
+    EventReason.BACKOFF_LIMIT_EXCEEDED: "the last attempt allowed by backoffLimit failed",
+    EventReason.SUBMIT_FAILED: "the Jobs API refused the submission (the message has Ray's answer); retried",
+    EventReason.STOP_FAILED: "the Jobs API did not stop the Ray job (unreachable, or an error); the job's own "
+                             "cluster is deleted anyway",
 }
 
 
@@ -112,3 +151,12 @@ _CONDITION_MEANINGS = {
     ConditionType.ROLLOUT_COMPLETE: "every pod runs the current spec (reason AllPodsUpdated); a GitOps health "
                                     "check waits for it",
 }
+
+
+class JobConditionType(StrEnum):
+    """A condition in a SwarmJob's status.conditions, True while the deployment status of the same name holds
+    (as a Kubernetes Job's Complete, Failed and Suspended)."""
+
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"

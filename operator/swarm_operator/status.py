@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarm_operator.reasons import ConditionType
+from swarm_operator.reasons import ConditionType, JobConditionType
 from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.failures import group_last_failure, head_failures
 from swarm_operator.reconcile.observe import PodState
@@ -20,7 +20,7 @@ from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.times import deadline_timestamp, parse_time, timestamp
 
 
-def condition(ctype: ConditionType, ok: bool, reason: str, message: str) -> dict[str, Any]:
+def condition(ctype: ConditionType | JobConditionType, ok: bool, reason: str, message: str) -> dict[str, Any]:
     return {"type": ctype.value, "status": "True" if ok else "False", "reason": reason, "message": message}
 
 

@@ -45,6 +45,13 @@ def sample_manifest(pool: str) -> dict[str, Any]:
     return manifest
 
 
+def job_cluster_spec(pool: str) -> dict[str, Any]:
+    """A SwarmJob's clusterSpec on the process nodes of ``pool``: a head alone (1 CPU), where drivers run."""
+    placement = {"nodeSelector": {"swarm.io/process-node": "true", POOL_LABEL: pool},
+                 "tolerations": [{"key": "swarm.io/process-node", "operator": "Exists", "effect": "NoSchedule"}]}
+    return {"head": {"resources": {"cpu": 1, "memory": "2Gi"}, "template": {"spec": placement}}}
+
+
 def is_ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 

@@ -25,6 +25,8 @@ from localcluster.operator_process import OperatorProcess
 from tests.integration.helpers import (
     CRD_FILE,
     CRD_NAME,
+    JOB_CRD_FILE,
+    JOB_CRD_NAME,
     Cluster,
     Kubectl,
     Namespaces,
@@ -95,21 +97,28 @@ def kubectl(kubeconfig: str, local_tools_built: bool) -> Kubectl:
     return run
 
 
-@pytest.fixture(scope="session")
-def crd(kubectl: Kubectl, api_client: client.ApiClient) -> dict[str, Any]:
-    """The SwarmCluster CRD, server-side applied from crds/ and Established; returns it as a dict."""
-    res = kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=swarm-tests", "-f", str(CRD_FILE))
-    assert res.returncode == 0, f"applying the CRD failed: {res.stderr}"
+def _apply_crd(kubectl: Kubectl, api_client: client.ApiClient, path: Path, name: str) -> dict[str, Any]:
+    """Server-side apply a CRD from crds/ and wait until it is Established; returns it as a dict."""
+    res = kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=swarm-tests", "-f", str(path))
+    assert res.returncode == 0, f"applying {path.name} failed: {res.stderr}"
     ext: Any = client.ApiextensionsV1Api(api_client)
     deadline = time.monotonic() + 30
     while True:
         obj = api_client.sanitize_for_serialization(  # type: ignore[no-untyped-call]
-            ext.read_custom_resource_definition(CRD_NAME))
+            ext.read_custom_resource_definition(name))
         conditions = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
         if conditions.get("Established") == "True":
             return cast(dict[str, Any], obj)
-        assert time.monotonic() < deadline, f"CRD not Established after 30s: {conditions}"
+        assert time.monotonic() < deadline, f"CRD {name} not Established after 30s: {conditions}"
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl: Kubectl, api_client: client.ApiClient) -> dict[str, Any]:
+    """The SwarmCluster CRD (and the SwarmJob one, which the operator serves too), applied and Established;
+    returns the SwarmCluster CRD."""
+    _apply_crd(kubectl, api_client, JOB_CRD_FILE, JOB_CRD_NAME)
+    return _apply_crd(kubectl, api_client, CRD_FILE, CRD_NAME)
 
 
 @pytest.fixture(scope="session")

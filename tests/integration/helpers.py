@@ -19,7 +19,10 @@ from swarm_operator.resources import labels
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "swarmcluster.yaml"
 CRD_NAME = "swarmclusters.swarm.io"
+JOB_CRD_FILE = REPO / "crds" / "swarmjob.yaml"
+JOB_CRD_NAME = "swarmjobs.swarm.io"
 GROUP, VERSION, PLURAL = "swarm.io", "v1alpha1", "swarmclusters"
+JOB_PLURAL = "swarmjobs"
 
 T = TypeVar("T")
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -66,32 +69,34 @@ def fake_nodes(core: Any) -> dict[str, dict[str, str]]:
             if (n.metadata.annotations or {}).get("kwok.x-k8s.io/node") == "fake"}
 
 
-def _strip_swarmcluster_finalizers(custom: Any, namespace: str) -> None:
-    """Drop the finalizers of every SwarmCluster in ``namespace`` so that nothing waits on an operator."""
-    try:
-        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-    except ApiException as exc:
-        if exc.status == 404:
-            return
-        raise
-    for item in items:
-        if item["metadata"].get("finalizers"):
-            try:
-                custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, item["metadata"]["name"],
-                                                      {"metadata": {"finalizers": None}})
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+def _strip_swarm_finalizers(custom: Any, namespace: str) -> None:
+    """Drop the finalizers of every SwarmCluster and SwarmJob in ``namespace`` so that nothing waits on an
+    operator."""
+    for plural in (PLURAL, JOB_PLURAL):
+        try:
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]
+        except ApiException as exc:
+            if exc.status == 404:
+                continue
+            raise
+        for item in items:
+            if item["metadata"].get("finalizers"):
+                try:
+                    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural,
+                                                          item["metadata"]["name"], {"metadata": {"finalizers": None}})
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
 
 
 def delete_namespace(core: Any, custom: Any, namespace: str) -> None:
-    """Start deleting ``namespace`` after stripping its SwarmClusters' finalizers; does not wait.
+    """Start deleting ``namespace`` after stripping its SwarmClusters' and SwarmJobs' finalizers; does not wait.
 
     The namespace controller takes several seconds per namespace (it waits out pod
     grace periods); waiting here would add them to every test. ``await_gone`` waits
     for all of them at once.
     """
-    _strip_swarmcluster_finalizers(custom, namespace)
+    _strip_swarm_finalizers(custom, namespace)
     try:
         core.delete_namespace(namespace)
     except ApiException as exc:
@@ -114,7 +119,7 @@ def await_gone(core: Any, custom: Any, namespaces: list[str], timeout: float = 6
                 raise
             # An operator still running could have added a finalizer back after the
             # first strip; strip again on every round.
-            _strip_swarmcluster_finalizers(custom, ns)
+            _strip_swarm_finalizers(custom, ns)
             still.append(ns)
         pending = still
         if pending:

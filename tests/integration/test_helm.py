@@ -140,6 +140,7 @@ def can_i(kubectl: Kubectl, release: Release, verb: str, resource: str, namespac
 
 
 SWC = f"{PLURAL}.{GROUP}"
+SWJ = f"swarmjobs.{GROUP}"
 CRDS = "customresourcedefinitions.apiextensions.k8s.io"
 LEASES = "leases.coordination.k8s.io"
 
@@ -147,12 +148,14 @@ LEASES = "leases.coordination.k8s.io"
 NEEDED = [(v, "pods") for v in ("get", "list", "watch", "create", "delete", "patch")] + \
     [(v, "services") for v in ("get", "list", "watch", "create", "patch", "delete")] + \
     [("create", "events"), ("get", SWC), ("list", SWC), ("watch", SWC), ("patch", f"{SWC}#status"),
-     ("patch", SWC), ("get", "secrets"), ("create", "secrets"), ("get", "jobs.batch"), ("create", "jobs.batch")] + \
+     ("patch", SWC), ("get", "secrets"), ("create", "secrets"), ("get", "jobs.batch"), ("create", "jobs.batch"),
+     ("create", SWC), ("delete", SWC),  # a SwarmJob's own cluster
+     ("get", SWJ), ("list", SWJ), ("watch", SWJ), ("patch", SWJ), ("delete", SWJ), ("patch", f"{SWJ}#status")] + \
     [(v, "poddisruptionbudgets.policy") for v in ("get", "list", "watch", "create", "delete")]
 # Never, anywhere.
 FORBIDDEN = [("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), ("delete", "secrets"),
              ("get", "configmaps"), ("delete", "jobs.batch"),
-             ("create", SWC), ("update", SWC), ("delete", SWC), ("update", f"{SWC}#status"),
+             ("update", SWC), ("update", f"{SWC}#status"), ("create", SWJ), ("update", SWJ),
              ("update", "services"), ("update", "pods"), ("create", "pods#exec"),
              ("get", "pods#log"), ("delete", "events"), ("create", "deployments.apps"),
              ("create", "serviceaccounts#token"), ("create", "rolebindings.rbac.authorization.k8s.io"),

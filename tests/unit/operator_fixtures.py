@@ -193,6 +193,11 @@ class FakeKube:
             self.pods[(namespace, name)] = stored
             return copy.deepcopy(stored)
 
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("get_pod", name))
+            return copy.deepcopy(self.pods.get((namespace, name)))
+
     def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
             self.calls.append(("delete_pod", name))
@@ -295,6 +300,32 @@ class FakeKube:
             if stored is None:
                 return None  # 404
             stored["metadata"].update(finalizers=list(finalizers), resourceVersion=self.bump())
+            return copy.deepcopy(stored)
+
+    def create_resource(self, resource: Resource, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            name = body["metadata"]["name"]
+            self.calls.append(("create_resource", name))
+            if (namespace, name) in self.swarmclusters:
+                return None  # 409
+            stored = copy.deepcopy(dict(body))
+            stored["metadata"].update(namespace=namespace, uid=f"uid-{name}", resourceVersion=self.bump())
+            self.swarmclusters[(namespace, name)] = stored
+            return copy.deepcopy(stored)
+
+    def delete_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("delete_resource", name))
+            return self.swarmclusters.pop((namespace, name), None)
+
+    def patch_resource(self, resource: Resource, namespace: str, name: str,
+                       patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            self.calls.append(("patch_resource", name))
+            stored = self.swarmclusters.get((namespace, name))
+            if stored is None:
+                return None  # 404
+            stored["spec"] = {**stored.get("spec", {}), **patch.get("spec", {})}
             return copy.deepcopy(stored)
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:

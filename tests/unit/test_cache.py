@@ -159,6 +159,8 @@ def test_clusters() -> None:
     cache.objects.record_status((NAMESPACE, "old"), {"phase": "Running"})
     body = cache.objects.get((NAMESPACE, "old"))
     assert body is not None and body["status"] == {"phase": "Running"}
+    cache.objects.record_status((NAMESPACE, "old"), {"phase": "Pending", "endTime": None})  # a merge patch
+    assert body["status"] == {"phase": "Pending"}, "a None removes its field, as the API server does"
     gone, unknown = cache.objects.gone_from_list(None, [manifest(name="new")], "20")
     assert gone == [(NAMESPACE, "old")], "the young one was made after the list"
     assert [b["metadata"]["name"] for b in unknown] == ["new"]

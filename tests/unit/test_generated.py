@@ -23,6 +23,15 @@ FIX = "stale: run `python -m hack.generate` and commit the result"
 
 def test_chart_crd_is_the_crd() -> None:
     assert generate.CHART_CRD.read_bytes() == generate.CRD.read_bytes(), FIX
+    assert generate.CHART_JOB_CRD.read_bytes() == generate.JOB_CRD.read_bytes(), FIX
+
+
+def test_the_job_crds_cluster_spec_is_the_swarmcluster_spec() -> None:
+    assert generate.JOB_CRD.read_text() == generate.job_crd(), FIX
+    job = yaml.safe_load(generate.JOB_CRD.read_text())
+    cluster_spec = job["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "clusterSpec"]
+    assert {k: v for k, v in cluster_spec.items() if k != "description"} == generate.cluster_spec_schema()
 
 
 def test_install_yaml_is_the_chart_rendered_with_defaults() -> None:
@@ -46,6 +55,7 @@ def test_install_yaml_applies_in_order_and_never_holds_the_crd() -> None:
 
 def test_crd_reference_is_current() -> None:
     assert generate.CRD_REFERENCE.read_text() == generate.crd_reference(), FIX
+    assert generate.JOB_REFERENCE.read_text() == generate.job_reference(), FIX
 
 
 def test_crd_reference_lists_every_field() -> None:

@@ -97,8 +97,12 @@ NAMESPACED_GRANTS = {
 } | {
     ("", "events", "create"), ("", "events", "patch"),
     ("swarm.io", "swarmclusters", "get"), ("swarm.io", "swarmclusters", "list"), ("swarm.io", "swarmclusters", "watch"),
-    ("swarm.io", "swarmclusters", "patch"),  # metadata.finalizers only (kube.set_finalizers)
+    ("swarm.io", "swarmclusters", "patch"),  # metadata.finalizers; a finished job's cluster scaled to zero
+    ("swarm.io", "swarmclusters", "create"), ("swarm.io", "swarmclusters", "delete"),  # a SwarmJob's own cluster
     ("swarm.io", "swarmclusters/status", "patch"),
+    ("swarm.io", "swarmjobs", "get"), ("swarm.io", "swarmjobs", "list"), ("swarm.io", "swarmjobs", "watch"),
+    ("swarm.io", "swarmjobs", "patch"), ("swarm.io", "swarmjobs", "delete"),  # the finalizer; the TTL
+    ("swarm.io", "swarmjobs/status", "patch"),
     ("", "secrets", "get"), ("", "secrets", "create"),  # a cluster's Ray token, by name
     ("batch", "jobs", "get"), ("batch", "jobs", "create"),  # the Redis key cleanup
 } | {
@@ -368,8 +372,9 @@ def test_rbac_never_grants_more(helm: str, values: Obj) -> None:
                 # By name only (the Ray token Secrets): never a list or watch of every Secret, never a change.
                 assert verb in ("get", "create"), (role["metadata"]["name"], verb)
             if resource == "swarmclusters":
-                # patch: metadata.finalizers only (kube.set_finalizers); the operator never changes a spec.
-                assert verb in ("get", "list", "watch", "patch"), (role["metadata"]["name"], verb)
+                # patch: metadata.finalizers, and the spec only of a SwarmJob's own cluster (DeleteWorkers); create
+                # and delete: a SwarmJob's own cluster. Never a whole-object update.
+                assert verb in ("get", "list", "watch", "patch", "create", "delete"), (role["metadata"]["name"], verb)
 
 
 # -- NOTES.txt --------------------------------------------------------------------------------------

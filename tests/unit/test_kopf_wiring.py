@@ -14,7 +14,7 @@ def test_only_watching_handlers_are_registered() -> None:
     assert list(registry._changing.get_all_handlers()) == []
     assert list(registry._spawning.get_all_handlers()) == []
     # Pods and services come from kit/watch.py's reflectors, not kopf.
-    assert {h.id for h in registry._watching.get_all_handlers()} == {"swarmcluster_event"}
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"swarmcluster_event", "swarmjob_event"}
 
 
 def test_no_diff_base_builds_nothing_from_a_body() -> None:

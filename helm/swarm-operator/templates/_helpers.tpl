@@ -87,9 +87,14 @@ reaches the Ray pods through a secretKeyRef that the kubelet resolves, never thr
   verbs: [create, patch]  # patch: a repeated event updates its count (kube.post_event)
 - apiGroups: [swarm.io]
   resources: [swarmclusters]
-  verbs: [get, list, watch, patch]  # patch: only metadata.finalizers, on clusters with GCS fault tolerance
+  # patch: metadata.finalizers (GCS fault tolerance), a finished job's cluster scaled to zero; create and
+  # delete: a SwarmJob's own cluster
+  verbs: [get, list, watch, patch, create, delete]
 - apiGroups: [swarm.io]
-  resources: [swarmclusters/status]
+  resources: [swarmjobs]
+  verbs: [get, list, watch, patch, delete]  # patch: the finalizer of a clusterSelector job; delete: its TTL
+- apiGroups: [swarm.io]
+  resources: [swarmclusters/status, swarmjobs/status]
   verbs: [patch]
 - apiGroups: [""]
   resources: [secrets]

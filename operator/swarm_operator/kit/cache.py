@@ -221,11 +221,12 @@ class ObjectStore:
                 or cached.get("spec") != body.get("spec") or cached.get("status") != body.get("status"))
 
     def record_status(self, key: Key, status: Mapping[str, Any]) -> None:
-        """Our own status write; the watch confirms it later. Without it, the next turn would
-        compare against the old status and write the same thing again."""
+        """Our own status write (a merge patch: a None removes its field); the watch confirms it later. Without
+        it, the next turn would compare against the old status and write the same thing again."""
         body = self._objects.get(key)
         if body is not None:
-            body["status"] = {**(body.get("status") or {}), **status}
+            merged = {**(body.get("status") or {}), **status}
+            body["status"] = {k: v for k, v in merged.items() if v is not None}
 
     def drop(self, key: Key) -> None:
         self._objects.pop(key, None)

@@ -42,11 +42,11 @@ class DeletionStep:
     requeue_after: float | None = None
 
 
-def finalizers_with(finalizers: Sequence[str], wanted: bool) -> list[str] | None:
+def finalizers_with(finalizers: Sequence[str], wanted: bool, ours: str = FINALIZER) -> list[str] | None:
     """The finalizer list with ours added (wanted) or removed; None when it already is as wanted."""
-    if (FINALIZER in finalizers) == wanted:
+    if (ours in finalizers) == wanted:
         return None
-    return [*finalizers, FINALIZER] if wanted else [f for f in finalizers if f != FINALIZER]
+    return [*finalizers, ours] if wanted else [f for f in finalizers if f != ours]
 
 
 def job_state(job: Mapping[str, Any]) -> JobState:

@@ -1,0 +1,268 @@
+"""One turn of one SwarmJob on the controller kit: read (the job, its clusters from SwarmCluster's cache, the Ray
+job from the Jobs API) → decide (jobs/machine.py) → act (through JobEffects) → record (status, Events).
+
+The work queue guarantees that a job never has two turns at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+
+from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
+from swarm_operator.finalizer import keep_finalizer
+from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
+from swarm_operator.jobs.machine import (
+    FINISHED,
+    Action,
+    ClusterView,
+    CreateCluster,
+    CreateSubmitter,
+    DeleteCluster,
+    DeleteJob,
+    JobState,
+    Observed,
+    RayView,
+    ScaleWorkersToZero,
+    StopRayJob,
+    Submit,
+    current_cluster,
+    decide,
+    deleting,
+    job_id,
+)
+from swarm_operator.jobs.names import JOB_LABEL, submitter_pod_name
+from swarm_operator.jobs.rayapi import JobsApiError, RayJobsClient, submission_body
+from swarm_operator.jobs.spec import JobSpec, SharedCluster, parse_job
+from swarm_operator.jobs.status import cluster_view, invalid_job_status, job_status, state_from_status
+from swarm_operator.jobs.submitter import build_submitter_pod
+from swarm_operator.kit.blocking import Blocking
+from swarm_operator.kit.cache import Key, ObjectStore, WatchCache
+from swarm_operator.kit.effects import Effects
+from swarm_operator.kit.memory import Memories
+from swarm_operator.kube import SWARMCLUSTER, SWARMJOB, Kube, ObjectRef
+from swarm_operator.reasons import EventReason
+from swarm_operator.resources.token import token_of
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.reader import SpecError
+from swarm_operator.spec.types import ClusterSpec
+from swarm_operator.status import differs
+from swarm_operator.times import parse_time
+
+log = logging.getLogger(__name__)
+STOP_FINALIZER = "swarm.io/stop-ray-job"  # only on a clusterSelector job: its Ray job would outlive it
+DELETING_POLL_SECONDS = 1.0
+Gone = Callable[[Key, dict[str, Any] | None], None]
+
+
+@dataclass
+class JobMemory:
+    """Everything kept in memory about one SwarmJob; none of it is needed after a restart."""
+
+    invalid_warned: tuple[int, str] | None = None  # (generation, message) of the last InvalidSpec Warning
+    token: tuple[tuple[str, str, str], str] | None = None  # the cluster's Ray token by (Secret, key, cluster uid)
+
+
+class JobEffects(Effects):
+    """The job's writes: its own clusters, itself (the TTL), and its Ray job through the Jobs API."""
+
+    def __init__(self, kube: Kube, blocking: Blocking, cache: WatchCache, ref: ObjectRef, ray: RayJobsClient) -> None:
+        super().__init__(kube, blocking, cache, ref)
+        self.ray = ray
+
+    async def create_cluster(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The created SwarmCluster; None when its name is taken (ours from an earlier turn, or another's).
+        Not written into SwarmCluster's cache: its watch event must find it new, to give it a turn."""
+        return await self.call(self.kube.create_resource, SWARMCLUSTER, self.ref.namespace, body)
+
+    async def delete_cluster(self, name: str) -> None:
+        await self.call(self.kube.delete_resource, SWARMCLUSTER, self.ref.namespace, name)
+
+    async def patch_cluster(self, name: str, patch: Mapping[str, Any]) -> None:
+        await self.call(self.kube.patch_resource, SWARMCLUSTER, self.ref.namespace, name, patch)
+
+    async def delete_self(self) -> None:
+        await self.call(self.kube.delete_resource, self.ref.resource, self.ref.namespace, self.ref.name)
+
+    async def observe(self, head_ip: str, submission: str, token: str | None) -> RayView:
+        return await self.call(self.ray.observe, head_ip, submission, token)
+
+    async def submit(self, head_ip: str, body: Mapping[str, Any], token: str | None) -> bool:
+        return await self.call(self.ray.submit_once, head_ip, body, token)
+
+    async def stop(self, head_ip: str, submission: str, token: str | None) -> None:
+        await self.call(self.ray.stop, head_ip, submission, token)
+
+
+class JobTurns:
+    """The kit's Reconciler for SwarmJobs. `clusters` is SwarmCluster's object store (read only)."""
+
+    def __init__(self, kube: Kube, blocking: Blocking, cache: WatchCache, clusters: ObjectStore,
+                 ray: RayJobsClient, gone: Gone, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> None:
+        self.kube = kube
+        self.cluster_domain = cluster_domain
+        self.blocking = blocking
+        self.cache = cache
+        self.clusters = clusters
+        self.ray = ray
+        self._gone = gone
+        self.memories: Memories[JobMemory] = Memories(JobMemory)
+
+    def forget(self, key: Key) -> None:
+        self.memories.forget(key)
+
+    async def run(self, key: Key) -> float | None:
+        body = self.cache.objects.get(key)
+        if body is None:
+            return None
+        meta = body.get("metadata") or {}
+        fx = JobEffects(self.kube, self.blocking, self.cache, ObjectRef(SWARMJOB, *key, meta.get("uid", "")), self.ray)
+        memory = self.memories[key]
+        old_status: dict[str, Any] = dict(body.get("status") or {})
+        now = time.time()
+        try:
+            job = parse_job(body)
+        except SpecError as exc:
+            await self._report_invalid(fx, memory, meta, old_status, str(exc))
+            if meta.get("deletionTimestamp"):
+                await keep_finalizer(fx, body, False, STOP_FINALIZER)
+            return None
+        memory.invalid_warned = None
+        state = state_from_status(old_status)
+        if meta.get("deletionTimestamp"):
+            return await self._deleting(fx, memory, body, job, state, now)
+        kept = await keep_finalizer(fx, body, isinstance(job.cluster, SharedCluster), STOP_FINALIZER)
+        if kept is not True:
+            self._gone(key, kept or None)
+            return None
+        name = current_cluster(job, state)
+        views = self._cluster_views(job, name)
+        current = next((v for v in views if v.name == name), None)
+        spec = self._cluster_spec(job, current)
+        token = await self._token(fx, memory, spec)
+        ray: RayView = None
+        submitter = None
+        active = state.attempt and state.deployment not in FINISHED
+        if current is not None and current.head_ip and active:
+            ray = await fx.observe(current.head_ip, job_id(job, state), token)
+        if job.submission_mode == "SubmitterPod" and state.attempt:
+            pod = await fx.call(fx.kube.get_pod, job.namespace, submitter_pod_name(job.name, state.attempt))
+            submitter = str((pod.get("status") or {}).get("phase") or "Pending") if pod is not None else None
+        decision = decide(job, state, Observed(views, ray, submitter), now)
+        for action in decision.actions:
+            await self._act(fx, job, action, token, spec)
+        status = job_status(job, decision.state, old_status, now)
+        if differs(old_status, status) and not await fx.write_status(status):
+            self._gone(key, None)
+            return None
+        for event in decision.events:
+            await fx.event(event.reason, event.message)
+        return decision.requeue_after
+
+    def _cluster_views(self, job: JobSpec, current: str) -> tuple[ClusterView, ...]:
+        """The SwarmCluster the current attempt runs on (whoever holds the name), and the job's own others."""
+        if isinstance(job.cluster, SharedCluster):
+            body = self.clusters.get((job.namespace, current))
+            return (cluster_view(body, job.uid),) if body is not None else ()
+        mine = []
+        for body in self.clusters.bodies():
+            meta = body.get("metadata") or {}
+            if meta.get("namespace") == job.namespace and (
+                    meta.get("name") == current or (meta.get("labels") or {}).get(JOB_LABEL) == job.name):
+                mine.append(cluster_view(body, job.uid))
+        return tuple(mine)
+
+    def _cluster_spec(self, job: JobSpec, current: ClusterView | None) -> ClusterSpec | None:
+        """The current attempt's SwarmCluster as its own turn reads it (its token, its head service, its image)."""
+        body = self.clusters.get((job.namespace, current.name)) if current is not None else None
+        try:
+            return parse_cluster(body) if body is not None else None
+        except SpecError:
+            return None
+
+    async def _token(self, fx: JobEffects, memory: JobMemory, cluster: ClusterSpec | None) -> str | None:
+        """The Ray token of a token-auth cluster (its Secret is made by the cluster's own turn); None otherwise."""
+        auth = cluster.auth if cluster is not None else None
+        if cluster is None or auth is None:
+            return None
+        which = (auth.secret_name, auth.secret_key, cluster.uid)
+        if memory.token is not None and memory.token[0] == which:
+            return memory.token[1]
+        secret = await fx.call(fx.kube.get_secret, cluster.namespace, auth.secret_name)
+        token = token_of(secret, auth.secret_key) if secret is not None else None
+        memory.token = (which, token) if token else None
+        return token
+
+    async def _act(self, fx: JobEffects, job: JobSpec, action: Action, token: str | None,
+                   cluster: ClusterSpec | None) -> None:
+        if isinstance(action, CreateCluster):
+            if await fx.create_cluster(build_job_cluster(job, action.attempt)) is not None:
+                await fx.event(EventReason.CREATED, f"created SwarmCluster {action.name} for attempt {action.attempt}")
+        elif isinstance(action, DeleteCluster):
+            await fx.delete_cluster(action.name)
+            await fx.event(EventReason.DELETED, f"SwarmCluster {action.name}: {action.reason}")
+        elif isinstance(action, ScaleWorkersToZero):
+            body = self.clusters.get((job.namespace, action.name)) or {}
+            await fx.patch_cluster(action.name, workers_to_zero(body))
+            await fx.event(EventReason.UPDATED, f"SwarmCluster {action.name} scaled to no workers: {action.reason}")
+        elif isinstance(action, Submit):
+            try:
+                posted = await fx.submit(action.head_ip, submission_body(job, action.job_id), token)
+            except JobsApiError as exc:
+                await fx.event(EventReason.SUBMIT_FAILED, f"Ray job {action.job_id}: {exc}")
+                raise
+            if posted:
+                await fx.event(EventReason.JOB_SUBMITTED, f"Ray job {action.job_id} submitted")
+        elif isinstance(action, CreateSubmitter):
+            if cluster is None:
+                return  # the machine asks only once the cluster is up; its spec is read next turn
+            pod = build_submitter_pod(job, action.attempt, action.job_id, cluster, self.cluster_domain)
+            if await fx.create_pod(pod) is not None:
+                await fx.event(EventReason.CREATED, f"created submitter pod {action.name}")
+        elif isinstance(action, StopRayJob):
+            try:
+                await fx.stop(action.head_ip, action.job_id, token)
+            except (JobsApiError, urllib3.exceptions.HTTPError) as exc:
+                # Best effort: what follows (the cluster's deletion, a bounded wait) must not hang on it.
+                await fx.event(EventReason.STOP_FAILED, f"Ray job {action.job_id} ({action.reason}): {exc}")
+                return
+            await fx.event(EventReason.RAY_JOB_STOPPED, f"Ray job {action.job_id}: {action.reason}")
+        elif isinstance(action, DeleteJob):
+            await fx.event(EventReason.DELETED, f"deleting the SwarmJob: {action.reason}")
+            await fx.delete_self()
+
+    async def _deleting(self, fx: JobEffects, memory: JobMemory, body: Mapping[str, Any], job: JobSpec,
+                        state: JobState, now: float) -> float | None:
+        """A deleted job: only a clusterSelector job waits (its finalizer) until its Ray job is stopped."""
+        meta = body.get("metadata") or {}
+        if STOP_FINALIZER not in (meta.get("finalizers") or []):
+            return None  # its own cluster goes with it through the garbage collector
+        cluster = next(iter(self._cluster_views(job, current_cluster(job, state))), None)
+        token = await self._token(fx, memory, self._cluster_spec(job, cluster))
+        ray: RayView = None
+        if cluster is not None and cluster.head_ip and state.attempt:
+            ray = await fx.observe(cluster.head_ip, job_id(job, state), token)
+        actions, may_go = deleting(job, state, cluster, ray, now - parse_time(meta.get("deletionTimestamp")))
+        for action in actions:
+            await self._act(fx, job, action, token, None)
+        if may_go:
+            await keep_finalizer(fx, body, False, STOP_FINALIZER)
+            return None
+        return DELETING_POLL_SECONDS
+
+    async def _report_invalid(self, fx: JobEffects, memory: JobMemory, meta: Mapping[str, Any],
+                              old: Mapping[str, Any], message: str) -> None:
+        generation = int(meta.get("generation") or 0)
+        status = invalid_job_status(message, old, generation)
+        if differs(old, status):
+            await fx.write_status(status)
+        if memory.invalid_warned != (generation, message):
+            memory.invalid_warned = (generation, message)
+            log.warning("SwarmJob %s/%s is invalid: %s", *fx.key, message.replace("\n", "; "))
+            await fx.event(EventReason.INVALID_SPEC, message.replace("\n", "; "))
+

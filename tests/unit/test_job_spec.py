@@ -1,0 +1,143 @@
+"""Reading a SwarmJob (jobs/spec.py), its status (jobs/status.py) and what it sends Ray (jobs/rayapi.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
+from swarm_operator.jobs.machine import JobState
+from swarm_operator.jobs.rayapi import submission_body
+from swarm_operator.jobs.spec import OwnCluster, SharedCluster, parse_job
+from swarm_operator.jobs.status import bounded, cluster_view, job_status, log_tail, state_from_status
+from swarm_operator.jobs.submitter import build_submitter_pod
+from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.spec.reader import SpecError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def body(name: str = "pi", **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "uid": "u1", "generation": 2},
+            "spec": {"entrypoint": "python pi.py", **spec}}
+
+
+def test_the_sample_job_is_valid() -> None:
+    sample = yaml.safe_load((REPO / "manifests" / "samples" / "jobs" / "pi.yaml").read_text())
+    job = parse_job({**sample, "metadata": {**sample["metadata"], "uid": "u1"}})
+    assert isinstance(job.cluster, OwnCluster) and job.on_failure == "DeleteWorkers" and job.backoff_limit == 1
+
+
+def test_defaults() -> None:
+    job = parse_job(body(clusterSpec={"head": {}}))
+    assert isinstance(job.cluster, OwnCluster)
+    assert (job.submission_mode, job.on_success, job.on_failure, job.backoff_limit, job.suspend) == (
+        "HTTP", "DeleteCluster", "DeleteCluster", 0, False)
+    assert job.ttl_seconds_after_finished is None and job.active_deadline_seconds is None
+
+
+def test_a_shared_cluster() -> None:
+    job = parse_job(body(clusterSelector={"name": "shared"}))
+    assert job.cluster == SharedCluster("shared")
+
+
+@pytest.mark.parametrize("name, spec, path", [
+    ("pi", {}, "spec.clusterSpec, spec.clusterSelector"),
+    ("pi", {"clusterSpec": {"head": {}}, "clusterSelector": {"name": "x"}}, "spec.clusterSpec, spec.clusterSelector"),
+    ("pi", {"clusterSelector": {"name": "x"}, "deletionPolicy": {"onSuccess": "DeleteNone"}}, "spec.deletionPolicy"),
+    ("pi", {"clusterSelector": {"name": "Bad_Name"}}, "spec.clusterSelector.name"),
+    ("a" * 39, {"clusterSpec": {"head": {}}}, "metadata.name"),
+    ("pi", {"clusterSpec": {"head": {}, "workerGroups": [{"name": "g", "minReplicas": 3, "maxReplicas": 1}]}},
+     "spec.clusterSpec.workerGroups"),
+    ("pi", {"clusterSpec": {"head": {}}, "backoffLimit": 101}, "spec.backoffLimit"),
+    ("pi", {"clusterSpec": {"head": {}}, "submissionMode": "Sidecar"}, "spec.submissionMode"),
+    ("a" * 46, {"clusterSelector": {"name": "c"}}, "metadata.name"),
+    ("pi", {"clusterSpec": {"head": {}}, "entrypointResources": {"numCpus": -1}}, "spec.entrypointResources.numCpus"),
+    ("pi", {"clusterSpec": {"head": {}}, "metadata": {"k": 1}}, "spec.metadata.k"),
+])
+def test_invalid_fields_are_named(name: str, spec: dict[str, Any], path: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_job(body(name, **spec))
+    assert any(e.path.startswith(path) for e in err.value.errors), str(err.value)
+
+
+def test_an_empty_entrypoint_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"spec\.entrypoint"):
+        parse_job({**body(clusterSpec={"head": {}}), "spec": {"entrypoint": " ", "clusterSpec": {"head": {}}}})
+
+
+def test_the_own_cluster_is_owned_labelled_and_never_suspended() -> None:
+    job = parse_job(body(clusterSpec={"head": {}, "suspend": True}))
+    obj = build_job_cluster(job, 3)
+    assert obj["metadata"]["name"] == "pi-3"
+    assert obj["metadata"]["ownerReferences"][0] | {"kind": "SwarmJob", "uid": "u1", "controller": True} == (
+        obj["metadata"]["ownerReferences"][0])
+    assert obj["metadata"]["labels"] == {"swarm.io/job": "pi", "swarm.io/job-attempt": "3"}
+    assert obj["spec"]["suspend"] is False
+
+
+def test_workers_to_zero_keeps_every_group() -> None:
+    patch = workers_to_zero({"spec": {"workerGroups": [{"name": "a", "replicas": 2, "maxReplicas": 4}]}})
+    assert patch == {"spec": {"workerGroups": [{"name": "a", "replicas": 0, "minReplicas": 0, "maxReplicas": 0}]}}
+    view = cluster_view({"metadata": {"name": "c"}, "spec": patch["spec"]}, "u1")
+    assert view.workers_zero and not view.owned
+
+
+def test_submission_body() -> None:
+    job = parse_job(body(clusterSpec={"head": {}}, runtimeEnv={"env_vars": {"A": "1"}}, metadata={"team": "x"},
+                         entrypointResources={"numCpus": 1, "resources": {"disk": 2}}))
+    sent = submission_body(job, "pi-u1-1")
+    assert sent == {"entrypoint": "python pi.py", "submission_id": "pi-u1-1",
+                    "metadata": {"team": "x", "swarm.io/job": "pi", "swarm.io/job-uid": "u1"},
+                    "runtime_env": {"env_vars": {"A": "1"}}, "entrypoint_num_cpus": 1.0,
+                    "entrypoint_resources": {"disk": 2.0}}
+
+
+def test_the_submitter_pod_submits_through_the_head_service_where_the_head_may_run() -> None:
+    placement = {"nodeSelector": {"pool": "a"}, "tolerations": [{"key": "k", "operator": "Exists"}]}
+    job = parse_job(body(clusterSelector={"name": "shared"}, submissionMode="SubmitterPod"))
+    cluster = parse_cluster({"metadata": {"name": "shared", "namespace": "ns", "uid": "cu"},
+                             "spec": {"image": "ray:x", "auth": {"mode": "token"},
+                                      "head": {"template": {"spec": placement}}}})
+    pod = build_submitter_pod(job, 2, "pi-u1-2", cluster, "cluster.local")
+    assert pod["metadata"]["name"] == "pi-2-submitter" and pod["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert pod["spec"]["nodeSelector"] == {"pool": "a"} and pod["spec"]["restartPolicy"] == "Never"
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "ray:x"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SWARM_DASHBOARD_ADDRESS"]["value"] == "http://shared-head-svc.ns.svc.cluster.local:8265"
+    assert json.loads(env["SWARM_SUBMISSION"]["value"])["submission_id"] == "pi-u1-2"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "shared-ray-token", "key": "token"}
+    compile(container["command"][2], "submitter", "exec")  # the script is Python
+
+
+def test_status_round_trips() -> None:
+    job = parse_job(body(clusterSpec={"head": {}}))
+    state = JobState(deployment="Running", attempt=2, failed_attempts=1, job_status="RUNNING", reason="Running",
+                     message="m", start_time=1000.0, attempt_start=1100.0, dashboard_url="http://d")
+    status = job_status(job, state, {}, 1200.0)
+    assert status["jobId"] == "pi-u1-2" and status["clusterName"] == "pi-2" and status["endTime"] is None
+    assert state_from_status({k: v for k, v in status.items() if v is not None}) == state
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Complete": "False", "Failed": "False", "Suspended": "False"}
+
+
+def test_log_tail_keeps_the_last_lines_within_bounds() -> None:
+    logs = "\n".join(f"line {i}" for i in range(100))
+    assert log_tail(logs).splitlines() == [f"line {i}" for i in range(80, 100)]
+    long = "\n".join("x" * 500 for _ in range(30))
+    assert len(log_tail(long).encode()) <= 2048
+    assert len(bounded("a" * 10_000).encode()) <= 4096
+
+
+def test_cluster_view_reads_the_head() -> None:
+    obj = {"metadata": {"name": "c", "ownerReferences": [{"uid": "u1"}]},
+           "status": {"phase": "Running", "head": {"ready": True, "podIP": "10.1.1.1", "dashboardURL": "http://x"}},
+           "spec": {"workerGroups": [{"name": "a", "replicas": 1}]}}
+    view = cluster_view(obj, "u1")
+    assert view.owned and view.head_ip == "10.1.1.1" and not view.workers_zero
+    assert cluster_view({**obj, "status": {"phase": "Pending", "head": {"podIP": "1"}}}, "u1").head_ip is None
