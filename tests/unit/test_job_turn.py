@@ -125,6 +125,27 @@ def test_a_restarted_operator_finds_its_job_instead_of_submitting_again() -> Non
     assert w.status()["jobDeploymentStatus"] == "Running"
 
 
+def test_a_restarted_operator_whose_cluster_cache_is_not_listed_yet_keeps_the_running_job() -> None:
+    """After a restart the jobs' watch may deliver before SwarmCluster's listing: the job asks the API server
+    for its cluster instead of failing the attempt as "cluster gone"."""
+    w = World(job_body(clusterSpec={"head": {}}))
+    w.turn()
+    w.turn()
+    w.cluster_up("pi-1")
+    w.turn()
+    w.turn()
+    assert w.status()["jobDeploymentStatus"] == "Running"
+    w.kube.swarmclusters[(NS, "pi-1")] = copy.deepcopy(w.clusters.get((NS, "pi-1")))  # as the API server has it
+    w.cluster_gone("pi-1")  # the new process's SwarmCluster cache: not listed yet
+    w.restart()
+    w.turn()
+    assert w.status()["jobDeploymentStatus"] == "Running", w.status()
+    assert ("get_resource", "pi-1") in w.kube.calls and w.ray.posts == ["pi-ju-1"]
+    del w.kube.swarmclusters[(NS, "pi-1")]  # really gone: now the attempt is lost
+    w.turn()
+    assert w.status()["jobDeploymentStatus"] == "Failed" and "is gone" in w.status()["message"]
+
+
 def test_retries_get_fresh_clusters_and_the_failed_one_goes() -> None:
     w = World(job_body(clusterSpec={"head": {}}, backoffLimit=1))
     w.turn()

@@ -142,8 +142,15 @@ class JobTurns:
             return None
         name = current_cluster(job, state)
         views = self._cluster_views(job, name)
+        current_body = self.clusters.get((job.namespace, name))
+        if current_body is None and state.attempt and state.deployment not in FINISHED:
+            # Just after a restart the jobs' watch can run ahead of SwarmCluster's listing: a cluster missing
+            # from the cache is asked of the API server before the attempt is judged lost.
+            current_body = await fx.call(fx.kube.get_resource, SWARMCLUSTER, job.namespace, name)
+            if current_body is not None:
+                views = (*views, cluster_view(current_body, job.uid))
         current = next((v for v in views if v.name == name), None)
-        spec = self._cluster_spec(job, current)
+        spec = _parsed_cluster(current_body)
         token = await self._token(fx, memory, spec)
         ray: RayView = None
         submitter = None
@@ -177,13 +184,6 @@ class JobTurns:
                 mine.append(cluster_view(body, job.uid))
         return tuple(mine)
 
-    def _cluster_spec(self, job: JobSpec, current: ClusterView | None) -> ClusterSpec | None:
-        """The current attempt's SwarmCluster as its own turn reads it (its token, its head service, its image)."""
-        body = self.clusters.get((job.namespace, current.name)) if current is not None else None
-        try:
-            return parse_cluster(body) if body is not None else None
-        except SpecError:
-            return None
 
     async def _token(self, fx: JobEffects, memory: JobMemory, cluster: ClusterSpec | None) -> str | None:
         """The Ray token of a token-auth cluster (its Secret is made by the cluster's own turn); None otherwise."""
@@ -243,7 +243,8 @@ class JobTurns:
         if STOP_FINALIZER not in (meta.get("finalizers") or []):
             return None  # its own cluster goes with it through the garbage collector
         cluster = next(iter(self._cluster_views(job, current_cluster(job, state))), None)
-        token = await self._token(fx, memory, self._cluster_spec(job, cluster))
+        token = await self._token(fx, memory, _parsed_cluster(
+            self.clusters.get((job.namespace, cluster.name)) if cluster is not None else None))
         ray: RayView = None
         if cluster is not None and cluster.head_ip and state.attempt:
             ray = await fx.observe(cluster.head_ip, job_id(job, state), token)
@@ -266,3 +267,10 @@ class JobTurns:
             log.warning("SwarmJob %s/%s is invalid: %s", *fx.key, message.replace("\n", "; "))
             await fx.event(EventReason.INVALID_SPEC, message.replace("\n", "; "))
 
+
+def _parsed_cluster(body: Mapping[str, Any] | None) -> ClusterSpec | None:
+    """The current attempt's SwarmCluster as its own turn reads it (its token, its head service, its image)."""
+    try:
+        return parse_cluster(body) if body is not None else None
+    except SpecError:
+        return None
