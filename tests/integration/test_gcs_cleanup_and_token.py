@@ -57,7 +57,12 @@ def test_deletion_waits_for_the_cleanup_job_after_the_pods(swc: Cluster, operato
     wait_for("the cluster gone once the Job succeeded", lambda: _gone(swc, "kappa"), timeout=60)
     reasons = _reasons(swc, "kappa")
     assert "RedisCleanup" in reasons and "RedisCleanedUp" in reasons, reasons
-    assert batch.read_namespaced_job(job.metadata.name, swc.ns).status.succeeded == 1
+    # The Job is the cluster's: the garbage collector may already have removed it with its owner (a race the
+    # test lost once on a loaded machine). While it is still there it shows the success the operator reported.
+    try:
+        assert batch.read_namespaced_job(job.metadata.name, swc.ns).status.succeeded == 1
+    except ApiException as exc:
+        assert exc.status == 404, exc
 
 
 def test_deletion_never_hangs_on_a_cleanup_that_does_not_finish(swc: Cluster, operator: OperatorProcess) -> None:
