@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from localcluster.nodeagent import NodeAgentProcess
 from localcluster.operator_process import OperatorProcess
@@ -142,3 +143,30 @@ def operator(kubeconfig: str, module_namespace: str, core_v1: Any, namespaces: N
         yield op
     finally:
         op.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test shows what the operator did meanwhile: its log's tail and the namespace's Events.
+    CI keeps only this output; a flaky failure is diagnosed from it or not at all."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    op = funcargs.get("operator")
+    if isinstance(op, OperatorProcess):
+        report.sections.append(("operator log (last 120 lines)", op.log_tail(120)))
+    ns, core = funcargs.get("module_namespace"), funcargs.get("core_v1")
+    if ns and core is not None:
+        report.sections.append((f"events in {ns}", namespace_events(core, ns)))
+
+
+def namespace_events(core: Any, namespace: str, last: int = 80) -> str:
+    try:
+        events = core.list_namespaced_event(namespace).items
+    except ApiException as exc:
+        return f"(events not readable: {exc.status} {exc.reason})"
+    events.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
+    return "\n".join(f"{e.last_timestamp or e.event_time} {e.type} {e.reason} "
+                     f"{e.involved_object.kind}/{e.involved_object.name}: {e.message}" for e in events[-last:])
