@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm_operator.reasons import ConditionType, JobConditionType
-from swarm_operator.reconcile.backoff import GroupHealth
-from swarm_operator.reconcile.failures import group_last_failure, head_failures
+from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff
+from swarm_operator.reconcile.failures import NEXT_HEAD, group_last_failure, head_failures
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, head_hash, worker_hash
@@ -46,6 +46,9 @@ class Persisted:
     targets: Mapping[str, int] = field(default_factory=dict)  # per group: desiredReplicas (the autoscaler's)
     head_restarts: int = 0
     last_scale_ups: Mapping[str, float] = field(default_factory=dict)  # per group, epoch seconds
+    head_backoff: HeadBackoff | None = None
+    # Read back only: cluster_status writes status.head.consecutiveFailures from the pods (reconcile/failures.py).
+    head_failures: int = 0
 
 
 def persisted_from_status(status: Mapping[str, Any]) -> Persisted:
@@ -65,8 +68,11 @@ def persisted_from_status(status: Mapping[str, Any]) -> Persisted:
             targets[name] = g["desiredReplicas"]
     head = status.get("head") or {}
     scale_ups = (status.get("autoscaler") or {}).get("lastScaleUpTime") or {}
+    until = parse_time(head.get("backoffUntil"))
+    backoff = HeadBackoff(until, str(head.get("backoffRevision") or "")) if until else None
     return Persisted(health, targets, int(head.get("restarts") or 0),
-                     {k: parse_time(v) for k, v in scale_ups.items() if isinstance(v, str)})
+                     {k: parse_time(v) for k, v in scale_ups.items() if isinstance(v, str)},
+                     backoff, int(head.get("consecutiveFailures") or 0))
 
 
 def persisted_to_status(kept: Persisted, now: float) -> dict[str, Any]:
@@ -84,7 +90,10 @@ def persisted_to_status(kept: Persisted, now: float) -> dict[str, Any]:
         groups.append(entry)
     return {
         "workerGroups": groups,
-        "head": {"restarts": kept.head_restarts},
+        "head": {"restarts": kept.head_restarts,
+                 **({"backoffUntil": deadline_timestamp(kept.head_backoff.until),
+                     "backoffRevision": kept.head_backoff.revision}
+                    if kept.head_backoff and kept.head_backoff.until > now else {})},
         "autoscaler": {"lastScaleUpTime": {g: timestamp(t) for g, t in kept.last_scale_ups.items()}},
     }
 
@@ -118,6 +127,14 @@ def autoscaler_status(old: Mapping[str, Any], report: AutoscalerReport, now: flo
     else:
         record.update({k: old[k] for k in ("lastDecisionTime", "lastDecision") if k in old})
     return record
+
+
+def _next_head(kept: Persisted, now: float) -> str:
+    backoff = kept.head_backoff
+    if backoff is None or backoff.until <= now:
+        return ""
+    # A time, not a countdown: status is written only when it changes.
+    return f"{NEXT_HEAD}{timestamp(backoff.until)} (crash-loop backoff; a changed head template starts at once)"
 
 
 def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, old: Mapping[str, Any],
@@ -180,7 +197,8 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
     host = f"{svc}.{cluster.namespace}.svc"
     conditions = [
         condition(ConditionType.VALID, True, "SpecValid", "spec accepted"),
-        condition(ConditionType.HEAD_READY, False, failures.reason, failures.message) if failures.reason else
+        condition(ConditionType.HEAD_READY, False, failures.reason, failures.message + _next_head(kept, now))
+        if failures.reason else
         condition(ConditionType.HEAD_READY, head_ready, "HeadPodReady" if head_ready else "HeadPodNotReady",
                   f"head pod {head.name} is {'ready' if head_ready else head.phase}" if head else "no head pod"),
         condition(ConditionType.WORKERS_READY, workers_ready, "AllWorkersReady" if workers_ready else "WorkersNotReady",

@@ -219,7 +219,8 @@ class Turns:
         budgets = {b["metadata"]["name"]: b["metadata"].get("uid", "") for b in self.cache.budgets.objects(key)
                    if owned_by(b, cluster.uid)}
         observed = Observed(pods=tuple(pods), service_exists=ours is not None, health=seen.kept.health,
-                            head_restarts=seen.kept.head_restarts, idle_pods=view.idle if view else None,
+                            head_restarts=seen.kept.head_restarts, head_failures=seen.kept.head_failures,
+                            head_backoff=seen.kept.head_backoff, idle_pods=view.idle if view else None,
                             ray_dead=view.ray_dead if view else frozenset(),
                             ray_nodes=view.ray_nodes if view else None, budgets=budgets)
         plan = plan_cluster(cluster, observed, targets, now)
@@ -275,7 +276,7 @@ class Turns:
         states = self._pod_states(key, cluster.uid)
         update_pod_gauges(key, states, memory.pod_series)
         after = Persisted(plan.health, desired_replicas(cluster, decided.targets), plan.head_restarts,
-                          decided.scale_ups)
+                          decided.scale_ups, plan.head_backoff)
         outcome = decided.outcome
         record = autoscaler_status(seen.old_status.get("autoscaler") or {}, outcome.report, seen.now) \
             if outcome else None

@@ -30,6 +30,7 @@ from localcluster.operator_process import OperatorProcess
 from swarm_operator.resources.pods import DASHBOARD_PORT, GCS_PORT, build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
 from swarm_operator.spec.parse import parse_cluster
+from swarm_operator.times import parse_time
 from tests.integration.helpers import GROUP, PLURAL, VERSION, Cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -394,6 +395,22 @@ def test_a_head_that_cannot_start_shows_as_crash_loop_with_why(operator: Operato
     report = diagnose.report(swc.status("noray"), events, swc.ns, "noray", [])
     assert "HeadReady=False CrashLoop: head failed" in report and "Warning Replacing SwarmCluster/noray" in report
     assert report.splitlines()[-1].endswith('exec: "ray": executable file not found in $PATH'), report
+    # From the second failure in a row the next head waits, as under the kubelet's CrashLoopBackOff: no head pod
+    # until status.head.backoffUntil, then one (without the wait, a head is made again about once a second).
+    status = wait_for("status.head.backoffUntil", lambda: (s := swc.status("noray"))["head"].get("backoffUntil") and s,
+                      timeout=60, every=0.2)
+    until = parse_time(status["head"]["backoffUntil"])
+    assert "crash-loop backoff" in next(c for c in status["conditions"] if c["type"] == "HeadReady")["message"]
+
+    def head_pods() -> list[Any]:
+        return [p for p in swc.core.list_namespaced_pod(swc.ns).items if p.metadata.name == "noray-head"
+                and p.metadata.deletion_timestamp is None and p.status.phase != "Failed"]
+
+    while time.time() < until - 1:
+        assert not head_pods(), f"a head was made during the backoff (until {status['head']['backoffUntil']})"
+        time.sleep(0.5)
+    made = wait_for("the next head after the backoff", head_pods, timeout=30, every=0.2)[0]
+    assert made.metadata.creation_timestamp.timestamp() >= until - 1
 
 
 def test_ray_head_and_worker_from_the_operator_builders(core_v1: Any, custom_objects: Any, namespace: str,

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.reconcile.backoff import GroupHealth
+from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff
 from swarm_operator.reconcile.failures import CRASH_LOOP, HEAD_FAILED, head_failures
 from swarm_operator.reconcile.observe import PodState
-from swarm_operator.status import Persisted, cluster_status
-from tests.unit.operator_fixtures import NOW, cluster, head, worker, workers
+from swarm_operator.status import Persisted, cluster_status, persisted_from_status
+from swarm_operator.times import deadline_timestamp
+from tests.unit.operator_fixtures import NOW, cluster, head, iso, worker, workers
 
 C = cluster()
 NOT_ON_PATH = 'unable to start container process: exec: "ray": executable file not found in $PATH'
@@ -100,3 +101,19 @@ def test_suspending_ends_the_crash_loop() -> None:
     suspended = cluster_status(cluster({"suspend": True}), [], Persisted({"cpu": GroupHealth()}, {"cpu": 0}, 3),
                                crash_looping, NOW, None)
     assert suspended["head"]["consecutiveFailures"] == 0 and head_ready(suspended)["reason"] == "HeadPodNotReady"
+
+
+def test_a_crash_loop_backoff_is_kept_in_status_and_said_in_head_ready() -> None:
+    dead = head(C, phase="Failed", ready=False, terminated=START_ERROR, deleting=True)
+    want = {g.name: g.initial_replicas() for g in C.worker_groups}
+    backoff = HeadBackoff(NOW + 20, "abc123")
+    s = cluster_status(C, [dead], Persisted({}, want, 3, head_backoff=backoff), {"head": {"restarts": 2,
+                       "consecutiveFailures": 2}}, NOW, None)
+    assert (s["head"]["backoffUntil"], s["head"]["backoffRevision"]) == (deadline_timestamp(NOW + 20), "abc123")
+    assert head_ready(s)["message"].endswith(f"; the next head starts at {iso(NOW + 20)} (crash-loop backoff; "
+                                             "a changed head template starts at once)")
+    kept = persisted_from_status(s)
+    assert (kept.head_backoff, kept.head_failures) == (backoff, 3)
+    # Once it has run out, status says nothing of it.
+    later = cluster_status(C, [], Persisted({}, want, 3, head_backoff=backoff), s, NOW + 20, None)
+    assert "backoffUntil" not in later["head"] and "next head" not in head_ready(later)["message"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.reconcile.backoff import GroupHealth
+from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.reconcile.plan import (
     DRAIN_POLL_SECONDS,
@@ -28,6 +28,7 @@ from swarm_operator.reconcile.plan import (
     plan_cluster,
 )
 from swarm_operator.resources import labels, revision
+from swarm_operator.resources.pods import head_hash
 from swarm_operator.spec.types import ClusterSpec
 from tests.unit.operator_fixtures import NOW, cluster, group, head, iso, worker, worker_pod, workers
 
@@ -220,6 +221,46 @@ def test_head_failure_reason_and_restart_count_accumulate() -> None:
     assert p.head_restarts == 5
     assert p.actions == (DeletePod("demo-head", "head demo-head failed (pod Failed: Ray container ended "
                                                 "(Error, exit code 1)); replacing it", failed=True),)
+
+
+C_HASH = head_hash(C)
+# The head's template changed since the head that failed: the backoff was for another template.
+C_FIXED = cluster({"head": {"resources": {"cpu": "2", "memory": "2Gi"}}})
+
+
+@pytest.mark.parametrize(
+    "c, pods, failures, before, after, creates",
+    [
+        pytest.param(C, [head(C, **HEAD_FAILED)], 0, None, None, False, id="first-failure-replaced-at-once"),
+        pytest.param(C, [head(C, **HEAD_FAILED)], 1, None, HeadBackoff(NOW + 10, C_HASH), False,
+                     id="second-in-a-row-waits-10s"),
+        pytest.param(C, [head(C, **HEAD_FAILED)], 3, None, HeadBackoff(NOW + 40, C_HASH), False,
+                     id="fourth-in-a-row-waits-40s"),
+        pytest.param(C, [head(C, **HEAD_FAILED)], 50, None, HeadBackoff(NOW + 300, C_HASH), False,
+                     id="capped-at-5-minutes"),
+        pytest.param(C, [], 2, HeadBackoff(NOW + 7, C_HASH), HeadBackoff(NOW + 7, C_HASH), False,
+                     id="no-head-while-the-backoff-runs"),
+        pytest.param(C, [], 2, HeadBackoff(NOW, C_HASH), None, True, id="backoff-over-head-made"),
+        pytest.param(C_FIXED, [], 2, HeadBackoff(NOW + 7, C_HASH), HeadBackoff(NOW + 7, C_HASH), True,
+                     id="changed-template-starts-at-once"),
+        pytest.param(C, [head(C)], 2, HeadBackoff(NOW + 7, C_HASH), None, False, id="ready-head-ends-it"),
+    ],
+)
+def test_a_crash_looping_head_backs_off(c: ClusterSpec, pods: list[PodState], failures: int,
+                                       before: HeadBackoff | None, after: HeadBackoff | None, creates: bool) -> None:
+    obs = Observed(pods=tuple(pods), service_exists=True, health={}, head_failures=failures, head_backoff=before,
+                   budgets=HEAD_BUDGET)
+    p = plan_cluster(c, obs, {}, NOW)
+    assert p.head_backoff == after
+    assert any(isinstance(a, CreateHead) for a in p.actions) == creates
+    if before and after and not creates:
+        assert p.requeue_after == pytest.approx(after.until - NOW)
+
+
+def test_suspend_ends_a_heads_backoff() -> None:
+    obs = Observed(pods=(), service_exists=True, health={}, head_failures=3,
+                   head_backoff=HeadBackoff(NOW + 60, C_HASH), budgets=HEAD_BUDGET)
+    assert plan_cluster(cluster({"suspend": True}), obs, {}, NOW).head_backoff is None
 
 
 def test_a_head_that_could_not_start_is_replaced_with_the_runtimes_words() -> None:

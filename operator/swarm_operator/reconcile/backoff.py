@@ -53,3 +53,24 @@ def settle(health: GroupHealth, now: float, cap: float) -> GroupHealth:
     if health.consecutive_failures and now - health.last_failure > healthy_reset_seconds(cap):
         return replace(health, consecutive_failures=0, backoff_until=0.0)
     return health
+
+
+# A head that keeps failing waits before its next attempt, as the kubelet's CrashLoopBackOff does: without it a
+# head that cannot start is made again about once a second, forever. The first failure is replaced at once (a
+# head that died once should be back fast); from the second in a row (CrashLoop) 10 s doubling to 5 min.
+HEAD_BACKOFF_INITIAL_SECONDS = 10.0
+HEAD_BACKOFF_MAX_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class HeadBackoff:
+    """When the next head may start, kept in status (status.head.backoffUntil). It holds only for the head template
+    that failed (`revision`): a changed template may be the fix, and starts at once."""
+
+    until: float  # epoch seconds
+    revision: str  # the template hash of the head that failed
+
+
+def head_backoff_delay(consecutive_failures: int) -> float:
+    """Delay before the next head after the n-th failure in a row (n counts this one)."""
+    return backoff_delay(consecutive_failures - 1, HEAD_BACKOFF_INITIAL_SECONDS, HEAD_BACKOFF_MAX_SECONDS)

@@ -23,6 +23,8 @@ HEAD_FAILED = "HeadFailed"  # the head failed once and is being replaced
 CRASH_LOOP = "CrashLoop"  # it failed again and again, never ready in between
 CRASH_LOOP_AFTER = 2  # consecutive failures
 START_HINT = "is Ray installed in the image (spec.image) and on the container's PATH?"
+# status.py adds this to HeadReady's message while a crash-loop backoff runs; words carried over drop it.
+NEXT_HEAD = "; the next head starts at "
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def head_failures(heads: Sequence[PodState], ready: bool, restarts: int, old: Ma
         (c for c in old.get("conditions") or [] if c.get("type") == ConditionType.HEAD_READY), {})
     if said.get("reason") in (HEAD_FAILED, CRASH_LOOP) and new == 0:
         # The failed pod is gone and its replacement not ready yet: the last words still hold.
-        return HeadFailures(count, reason, str(said.get("message") or ""))
+        return HeadFailures(count, reason, str(said.get("message") or "").split(NEXT_HEAD)[0])
     return HeadFailures(count, reason, f"head failed {times}, never ready")
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarm_operator.reconcile.backoff import GroupHealth, record_failures, settle
+from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff, head_backoff_delay, record_failures, settle
 from swarm_operator.reconcile.disruption import Disrupted
 from swarm_operator.reconcile.observe import PodState
 from swarm_operator.resources import labels, revision
@@ -91,6 +91,8 @@ class Observed:
     service_exists: bool
     health: Mapping[str, GroupHealth]  # per worker group
     head_restarts: int = 0
+    head_failures: int = 0  # heads failed in a row, never ready between (status.head.consecutiveFailures)
+    head_backoff: HeadBackoff | None = None  # a crash-looping head's next attempt waits until then
     # Pods Ray reports idle (None when Ray's state is unknown); rollouts replace them directly, first.
     idle_pods: frozenset[str] | None = None
     # Pods whose Ray node the GCS reports DEAD while the pod still runs (`ray start --block` outlives it).
@@ -106,6 +108,7 @@ class Plan:
     actions: tuple[Action, ...]
     health: Mapping[str, GroupHealth]
     head_restarts: int
+    head_backoff: HeadBackoff | None = None
     requeue_after: float | None = None  # seconds; when a backoff expires or a name frees up
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -295,7 +298,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         for p in pods:
             if not p.deleting:
                 actions.append(DeletePod(p.name, "cluster is suspended"))
-        return Plan(tuple(actions), dict(obs.health), head_restarts)
+        return Plan(tuple(actions), dict(obs.health), head_restarts)  # a resumed head starts without backoff
 
     requeues: list[float] = []
     notes: list[str] = []
@@ -317,6 +320,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     if (head_dead or head_disrupted) and cluster.fault_tolerance.gcs is None:
         recycle_workers = True
     live_heads = [p for p in heads if p.alive]
+    head_backoff = _head_backoff(obs, head_dead, live_heads, now)
     requeues += [p.recheck_at - now for p in live_heads if p.recheck_at]
     head_outdated = False
     if live_heads and cluster.update_strategy.type != "OnDelete" and live_heads[0].template_hash != head_hash(cluster):
@@ -336,6 +340,8 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     if not live_heads:
         if any(p.deleting for p in heads) or head_dead or head_disrupted or head_outdated:
             requeues.append(1.0)  # the head's fixed name is free only once the old pod is gone
+        elif head_backoff is not None and head_backoff.revision == head_hash(cluster):
+            requeues.append(head_backoff.until - now)
         else:
             actions.append(CreateHead("head pod missing"))
 
@@ -363,4 +369,15 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         notes.extend(group_notes)
     leaving = {a.name for a in actions if isinstance(a, DeletePod)}
     actions.extend(_metadata_patches(cluster, pods, leaving))
-    return Plan(tuple(actions), health, head_restarts, min(requeues) if requeues else None, tuple(notes))
+    return Plan(tuple(actions), health, head_restarts, head_backoff, min(requeues) if requeues else None,
+                tuple(notes))
+
+
+def _head_backoff(obs: Observed, dead: list[PodState], live: list[PodState], now: float) -> HeadBackoff | None:
+    """The crash-loop backoff after this turn: started by a head failed again, ended by a ready head or by time."""
+    if dead:
+        delay = head_backoff_delay(obs.head_failures + len(dead))
+        return HeadBackoff(now + delay, dead[-1].template_hash) if delay else None
+    if any(p.ready for p in live) or (obs.head_backoff is not None and obs.head_backoff.until <= now):
+        return None
+    return obs.head_backoff
