@@ -9,6 +9,11 @@ from kubernetes.client.exceptions import ApiException
 from tests.e2e.helpers import job_cluster_spec
 from tests.integration.helpers import GROUP, JOB_PLURAL, PLURAL, VERSION
 
+SUCCEEDS = ("python -c \"import ray; ray.init(); f = ray.remote(lambda x: x + 1); "
+            "print('the answer is', ray.get(f.remote(41)))\"")
+FAILS = "python -c \"print('about to fail'); import sys; sys.exit('boom: the entrypoint failed on purpose')\""
+SLEEPS = "python -c \"import time; print('sleeping', flush=True); time.sleep(600)\""
+
 
 class Jobs:
     def __init__(self, custom: Any, core: Any, namespace: str, pool: str) -> None:
@@ -17,6 +22,12 @@ class Jobs:
     def create(self, name: str, entrypoint: str, **spec: Any) -> dict[str, Any]:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
                 "spec": {"entrypoint": entrypoint, "clusterSpec": job_cluster_spec(self.pool), **spec}}
+        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, body))
+
+    def create_on(self, cluster: str, name: str, entrypoint: str, **spec: Any) -> dict[str, Any]:
+        """A job on an existing SwarmCluster (clusterSelector)."""
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
+                "spec": {"entrypoint": entrypoint, "clusterSelector": {"name": cluster}, **spec}}
         return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, body))
 
     def get(self, name: str) -> dict[str, Any] | None:
