@@ -1,5 +1,5 @@
 """The operator's finalizers, through an object's effects: on a SwarmCluster exactly while it has GCS fault
-tolerance (and on a clusterSelector SwarmJob, jobs/turn.py), and the steps of such a cluster's deletion
+tolerance (and on a SwarmJob until it finishes, jobs/turn.py), and the steps of such a cluster's deletion
 (reconcile/deletion.py decides each, and says why)."""
 
 from __future__ import annotations

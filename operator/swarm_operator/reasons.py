@@ -51,6 +51,7 @@ class EventReason(StrEnum):
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     SUBMIT_FAILED = "SubmitFailed"
     STOP_FAILED = "StopFailed"
+    JOB_UNSCHEDULABLE = "Unschedulable"
 
     @property
     def event_type(self) -> str:
@@ -68,6 +69,7 @@ _WARNINGS = frozenset({
     EventReason.REDIS_CLEANUP_TIMED_OUT, EventReason.JOB_RETRYING, EventReason.RAY_JOB_FAILED,
     EventReason.RAY_JOB_LOST, EventReason.CLUSTER_LOST, EventReason.STATUS_UNREADABLE, EventReason.DEADLINE_EXCEEDED,
     EventReason.BACKOFF_LIMIT_EXCEEDED, EventReason.SUBMIT_FAILED, EventReason.STOP_FAILED,
+    EventReason.JOB_UNSCHEDULABLE,
 })
 
 _MEANINGS = {
@@ -119,6 +121,9 @@ _MEANINGS = {
     EventReason.SUBMIT_FAILED: "the Jobs API refused the submission (the message has Ray's answer); retried",
     EventReason.STOP_FAILED: "the Jobs API did not stop the Ray job (unreachable, or an error); the job's own "
                              "cluster is deleted anyway",
+    EventReason.JOB_UNSCHEDULABLE: "the SwarmJob's demand fit no group of its cluster for a minute (its driver's "
+                                   "entrypointResources, or on its own cluster what the autoscaler reports "
+                                   "infeasible): it failed, no retries",
 }
 
 

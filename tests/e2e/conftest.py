@@ -30,6 +30,8 @@ from localcluster.nodeagent import NodeAgentProcess
 from localcluster.operator_process import OperatorProcess
 from tests.e2e.chart import ChartOperator, is_local_cluster
 from tests.e2e.helpers import POOL_LABEL, ProcessNodes
+from tests.e2e.redis_server import Redis, running_redis
+from tests.e2e.swarmjobs import Jobs
 
 # The integration tier's fixtures, imported so that pytest finds them here too (a conftest
 # below the rootdir cannot use pytest_plugins).
@@ -43,7 +45,7 @@ from tests.integration.conftest import (  # noqa: F401
     local_tools_built,
     namespaces,
 )
-from tests.integration.helpers import Namespaces
+from tests.integration.helpers import GROUP, JOB_PLURAL, VERSION, Namespaces, wait_for
 
 # As in the demo: the sample tolerates both taints; pods that cannot run here (no command) do not.
 PROCESS_TAINT = "swarm.io/process-node=true:NoSchedule"
@@ -109,6 +111,13 @@ def _stop_agent(agent: NodeAgentProcess) -> None:
 
 
 @pytest.fixture(scope="module")
+def redis(process_nodes: ProcessNodes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    """A Redis for GCS fault tolerance, per module that asks (after the process nodes: it listens on their bridge)."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def module_namespace(namespaces: Namespaces) -> Iterator[str]:  # noqa: F811
     """One namespace per test module: its operator watches only it."""
     name = namespaces.new("swarm-e2e")
@@ -170,3 +179,15 @@ def namespace_events(core: Any, namespace: str, last: int = 80) -> str:
     events.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
     return "\n".join(f"{e.last_timestamp or e.event_time} {e.type} {e.reason} "
                      f"{e.involved_object.kind}/{e.involved_object.name}: {e.message}" for e in events[-last:])
+
+
+@pytest.fixture
+def jobs(custom_objects: Any, core_v1: Any, module_namespace: str, operator: Any,  # noqa: F811
+         process_nodes: ProcessNodes) -> Iterator[Jobs]:
+    """SwarmJobs of the module's namespace; after each test every job is deleted and its pods waited out."""
+    made = Jobs(custom_objects, core_v1, module_namespace, process_nodes.pool)
+    yield made
+    for item in custom_objects.list_namespaced_custom_object(GROUP, VERSION, module_namespace, JOB_PLURAL)["items"]:
+        print(f"swj {item['metadata']['name']}: {item.get('status')}")
+        made.delete(item["metadata"]["name"])
+    wait_for("every job's pods gone", lambda: not core_v1.list_namespaced_pod(module_namespace).items, timeout=120)

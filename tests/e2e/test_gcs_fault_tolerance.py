@@ -1,38 +1,27 @@
 """GCS fault tolerance on a real Redis: the head dies, the cluster keeps its job history and detached actors,
 and deleting the cluster removes its keys from Redis.
 
-Redis is Debian's `redis-server` (.ci/run installs it), run by this module on the pod network's gateway
-(10.250.0.1, on the host: every pod's network namespace routes there) with TLS only (a CA and a server
-certificate made with openssl), an ACL user and a password: the cluster's spec uses rediss://, redisCA,
-redisUsername and redisPasswordSecret, so the head's GCS and the cleanup Job both go through all of them.
+Redis runs with TLS, an ACL user and a password (tests/e2e/redis_server.py): the cluster's spec uses rediss://,
+redisCA, redisUsername and redisPasswordSecret, so the head's GCS and the cleanup Job both go through all of them.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import shlex
-import shutil
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localcluster import rayjobs
-from localcluster.nodeagent import network
 from tests.e2e.helpers import POOL_LABEL, ProcessNodes, cluster_pods, raylet_pid, wait_ray_cluster
+from tests.e2e.redis_server import Redis
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-REDIS_USER = "ray-gcs"
-REDIS_PASSWORD = "s5d-e2e-password"
 TOLERATE_PROCESS_NODES = [{"key": "swarm.io/process-node", "operator": "Exists", "effect": "NoSchedule"}]
 
 # A detached actor on the worker (its custom resource "keeper"), which must outlive the head.
@@ -60,77 +49,6 @@ print("COUNT", ray.get(c.incr.remote()))
 """
 
 
-@dataclass(frozen=True)
-class Redis:
-    address: str  # host:port
-    ca_file: Path
-
-    def cli(self, *args: str) -> str:
-        host, port = self.address.split(":")
-        out = subprocess.run(["redis-cli", "--tls", "--cacert", str(self.ca_file), "-h", host, "-p", port,
-                              "--user", REDIS_USER, "--pass", REDIS_PASSWORD, "--no-auth-warning", *args],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-        return out
-
-    def answers(self) -> bool:
-        try:
-            return self.cli("PING").strip() == "PONG"
-        except subprocess.CalledProcessError:
-            return False  # not listening yet
-
-    def keys(self, namespace: str) -> list[str]:
-        return [k for k in self.cli("--scan", "--pattern", f"RAY{namespace}@*").splitlines() if k]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((str(network.GATEWAY.ip), 0))
-        return int(s.getsockname()[1])
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def redis(process_nodes: ProcessNodes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    """redis-server with TLS only, on the pod network's gateway (the bridge exists once process nodes run)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs Debian's redis-server (apt-get install redis-server; .ci/run installs it)")
-    if shutil.which("openssl") is None or shutil.which("redis-cli") is None:
-        pytest.skip("needs openssl and redis-cli (Debian packages openssl, redis-tools)")
-    d = tmp_path_factory.mktemp("redis")
-    gateway = str(network.GATEWAY.ip)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
-             "-subj", "/CN=swarm-e2e-redis-ca", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=redis", cwd=d)
-    (d / "ext.cnf").write_text(f"subjectAltName=IP:{gateway}\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.crt", "-days", "1", "-extfile", "ext.cnf", cwd=d)
-    port = _free_port()
-    (d / "redis.conf").write_text("\n".join([
-        "port 0", f"tls-port {port}", f"bind {gateway}", f"tls-cert-file {d / 'server.crt'}",
-        f"tls-key-file {d / 'server.key'}", f"tls-ca-cert-file {d / 'ca.crt'}", "tls-auth-clients no",
-        'save ""', "appendonly no", f"dir {d}", "user default off",
-        f"user {REDIS_USER} on >{REDIS_PASSWORD} ~* &* +@all", ""]))
-    log = (d / "redis.log").open("wb")
-    proc = subprocess.Popen([binary, str(d / "redis.conf")], stdout=log, stderr=subprocess.STDOUT)
-    server = Redis(f"{gateway}:{port}", d / "ca.crt")
-    try:
-        wait_for("redis-server answering over TLS", server.answers, timeout=20)
-        yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
 def _manifest(pool: str, redis: Redis) -> dict[str, Any]:
     placement = {"nodeSelector": {"swarm.io/process-node": "true", POOL_LABEL: pool},
                  "tolerations": TOLERATE_PROCESS_NODES}
@@ -141,11 +59,7 @@ def _manifest(pool: str, redis: Redis) -> dict[str, Any]:
             "workerGroups": [{"name": "cpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 1,
                               "resources": {"cpu": 1, "memory": "1Gi"}, "rayResources": {"keeper": 1},
                               "template": {"spec": placement}}],
-            "faultTolerance": {"gcs": {
-                "redisAddress": f"rediss://{redis.address}", "redisUsername": REDIS_USER,
-                "redisPasswordSecret": {"name": "redis-auth", "key": "password"},
-                "redisCA": {"configMapName": "redis-ca", "key": "ca.pem"},
-                "cleanupTimeoutSeconds": 240}},
+            "faultTolerance": {"gcs": redis.gcs_spec()},
         },
     }
 
@@ -160,10 +74,7 @@ def test_the_head_dies_and_the_cluster_keeps_its_jobs_and_detached_actors_then_d
         core_v1: Any, custom_objects: Any, module_namespace: str, operator: Any, process_nodes: ProcessNodes,
         redis: Redis) -> None:
     ns = module_namespace
-    core_v1.create_namespaced_secret(ns, {"metadata": {"name": "redis-auth"}, "data": {
-        "password": base64.b64encode(REDIS_PASSWORD.encode()).decode()}})
-    core_v1.create_namespaced_config_map(ns, {"metadata": {"name": "redis-ca"},
-                                              "data": {"ca.pem": redis.ca_file.read_text()}})
+    redis.add_credentials(core_v1, ns)
     obj = custom_objects.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
                                                          _manifest(process_nodes.pool, redis))
     uid = obj["metadata"]["uid"]

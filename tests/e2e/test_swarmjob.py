@@ -3,84 +3,19 @@ the entrypoint through the head's Jobs API, follows it, and tears the cluster do
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from localcluster import rayjobs
 from localcluster.nodeagent import read_logs
-from tests.e2e.helpers import ProcessNodes, cluster_pods, job_cluster_spec
+from swarm_operator.jobs.machine import INFEASIBLE_GRACE_SECONDS
+from tests.e2e.helpers import cluster_pods, job_cluster_spec
+from tests.e2e.swarmjobs import FAILS, SLEEPS, SUCCEEDS, Jobs
 from tests.integration.helpers import GROUP, JOB_PLURAL, PLURAL, VERSION, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-SUCCEEDS = ("python -c \"import ray; ray.init(); f = ray.remote(lambda x: x + 1); "
-            "print('the answer is', ray.get(f.remote(41)))\"")
-FAILS = "python -c \"print('about to fail'); import sys; sys.exit('boom: the entrypoint failed on purpose')\""
-SLEEPS = "python -c \"import time; print('sleeping', flush=True); time.sleep(600)\""
-
-
-class Jobs:
-    def __init__(self, custom: Any, core: Any, namespace: str, pool: str) -> None:
-        self.custom, self.core, self.ns, self.pool = custom, core, namespace, pool
-
-    def create(self, name: str, entrypoint: str, **spec: Any) -> dict[str, Any]:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
-                "spec": {"entrypoint": entrypoint, "clusterSpec": job_cluster_spec(self.pool), **spec}}
-        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, body))
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def status(self, name: str) -> dict[str, Any]:
-        return dict((self.get(name) or {}).get("status") or {})
-
-    def patch(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name, {"spec": spec})
-
-    def delete(self, name: str) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-
-    def cluster(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def deployment(self, name: str, want: str) -> Any:
-        """A waiter for a deployment status that reports where the job is while it waits."""
-        def check() -> Any:
-            st = self.status(name)
-            return st if st.get("jobDeploymentStatus") == want else False
-        return check
-
-    def events(self, name: str) -> list[tuple[str, str]]:
-        return [(e.reason, e.message) for e in self.core.list_namespaced_event(self.ns).items
-                if e.involved_object.name == name and e.involved_object.kind == "SwarmJob"]
-
-
-@pytest.fixture
-def jobs(custom_objects: Any, core_v1: Any, module_namespace: str, operator: Any,
-         process_nodes: ProcessNodes) -> Any:
-    made = Jobs(custom_objects, core_v1, module_namespace, process_nodes.pool)
-    yield made
-    for item in custom_objects.list_namespaced_custom_object(GROUP, VERSION, module_namespace, JOB_PLURAL)["items"]:
-        print(f"swj {item['metadata']['name']}: {item.get('status')}")
-        made.delete(item["metadata"]["name"])
-    wait_for("every job's pods gone", lambda: not core_v1.list_namespaced_pod(module_namespace).items, timeout=120)
-
 
 def test_a_job_succeeds_its_cluster_goes_and_its_ttl_deletes_it(jobs: Jobs, core_v1: Any) -> None:
     jobs.create("ok", SUCCEEDS, ttlSecondsAfterFinished=10)
@@ -175,3 +110,44 @@ def test_two_jobs_share_an_existing_cluster_which_outlives_them(jobs: Jobs, core
     still = jobs.cluster("shared")
     assert still is not None and not still["metadata"].get("deletionTimestamp")
     jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.ns, PLURAL, "shared")
+
+
+# The task fails the job unless it ran on a pod of the gpu group with a GPU of its own.
+GPU_TASK = ("python -c \"import os, ray; ray.init(); "
+            "f = ray.remote(num_gpus={gpus})(lambda: (os.environ['RAY_CLOUD_INSTANCE_ID'], ray.get_gpu_ids())); "
+            "pod, ids = ray.get(f.remote()); print('ran on', pod, ids); "
+            "assert '-gpu-' in pod and ids, (pod, ids)\"")
+
+
+def gpu_cluster_spec(pool: str) -> dict[str, Any]:
+    """A head, and a gpu group from zero (at most one pod: one GPU) on the session's fake-GPU process node."""
+    spec = job_cluster_spec(pool)
+    placement = copy.deepcopy(spec["head"]["template"])
+    placement["spec"]["tolerations"].append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    spec["workerGroups"] = [{"name": "gpu", "minReplicas": 0, "maxReplicas": 1,
+                             "resources": {"cpu": 1, "memory": "1Gi", "gpu": 1}, "template": placement}]
+    spec["autoscaling"] = {"enabled": True, "intervalSeconds": 2}
+    return spec
+
+
+def test_a_gpu_job_starts_the_gpu_group_from_zero_and_one_that_fits_no_group_fails_after_the_grace_period(
+        jobs: Jobs, core_v1: Any) -> None:
+    jobs.create("gpu", GPU_TASK.format(gpus=1), clusterSpec=gpu_cluster_spec(jobs.pool))
+    jobs.create("toobig", GPU_TASK.format(gpus=2), clusterSpec=gpu_cluster_spec(jobs.pool))
+    wait_for("gpu Running", jobs.deployment("gpu", "Running"), timeout=240)
+    done = wait_for("gpu Complete", lambda: (st := jobs.status("gpu")).get("jobDeploymentStatus") in (
+        "Complete", "Failed") and st, timeout=240)
+    assert done["jobDeploymentStatus"] == "Complete", done
+    scaled = [e.message for e in core_v1.list_namespaced_event(jobs.ns).items
+              if e.involved_object.name == "gpu-1" and e.reason == "Autoscaled"]
+    assert any("gpu 0→1" in m for m in scaled), scaled
+
+    waiting = wait_for("toobig saying what fits no group", lambda: (st := jobs.status("toobig")).get(
+        "infeasibleSince") and st, timeout=240)
+    assert "fits no worker group of SwarmCluster toobig-1" in waiting["message"], waiting["message"]
+    assert "fails (Unschedulable) at" in waiting["message"]
+    failed = wait_for("toobig Failed", jobs.deployment("toobig", "Failed"), timeout=INFEASIBLE_GRACE_SECONDS + 30)
+    assert failed["reason"] == "Unschedulable" and failed["attempt"] == 1, failed
+    assert "GPU:2" in failed["message"], failed["message"]
+    assert not [p for p in cluster_pods(core_v1, jobs.ns, "toobig-1") if p.metadata.labels["swarm.io/node-type"]
+                == "worker"], "nothing is scaled for demand that fits no group"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from swarm_operator.jobs.machine import (
+    INFEASIBLE_GRACE_SECONDS,
     NEXT_TURN_SECONDS,
     STATUS_UNREADABLE_SECONDS,
     STOP_WAIT_SECONDS,
@@ -29,8 +30,11 @@ from swarm_operator.jobs.machine import (
     Submit,
     decide,
     deleting,
+    holds_finalizer,
+    unplaced_driver,
 )
 from swarm_operator.jobs.spec import JobSpec, parse_job
+from swarm_operator.times import timestamp
 
 NOW = 10_000.0
 UID = "u1"
@@ -207,7 +211,9 @@ def test_a_stopped_ray_job_counts_as_a_failure() -> None:
 
 def test_a_job_gone_from_ray_after_a_head_restart_fails_the_attempt() -> None:
     retried = decide(job(backoffLimit=1), RUNNING, seen(cluster(), ray=RayJobMissing()), NOW)
-    assert retried.state.deployment == "Retrying" and "is gone from SwarmCluster pi-1" in retried.state.message
+    assert retried.state.deployment == "Retrying" and retried.state.reason == "Retrying"
+    assert retried.state.message.startswith("attempt 1 failed (RayJobLost): the Ray job pi-u1-1 is gone from "
+                                            "SwarmCluster pi-1"), retried.state.message
     failed = decide(job(), RUNNING, seen(cluster(), ray=RayJobMissing()), NOW)
     assert failed.state.deployment == "Failed" and failed.state.reason == "RayJobLost"
 
@@ -217,11 +223,17 @@ def test_the_cluster_gone_under_a_running_job_fails_the_attempt() -> None:
     assert d.state.deployment == "Failed" and d.state.reason == "ClusterLost"
 
 
-@pytest.mark.parametrize("view", [cluster(ready=False), cluster()])
-def test_an_unreadable_status_waits_within_the_deadline(view: ClusterView) -> None:
+@pytest.mark.parametrize("view, why", [
+    (cluster(ready=False), "the head of SwarmCluster pi-1 is not running"),
+    (cluster(), "the Jobs API at pi-1 does not answer: connection refused"),
+])
+def test_an_unreadable_status_waits_within_the_deadline_and_says_it(view: ClusterView, why: str) -> None:
     ray = None if view.head_ip is None else RayUnreachable("connection refused")
     d = decide(job(), RUNNING, seen(view, ray=ray), NOW)
     assert d.state.deployment == "Running" and d.state.unreadable_since == NOW and d.actions == ()
+    assert d.state.message == (f"{why}; the attempt fails (StatusUnreadable) at "
+                               f"{timestamp(NOW + STATUS_UNREADABLE_SECONDS)} unless the job's status can be read "
+                               "by then")
     later = decide(job(), d.state, seen(view, ray=ray), NOW + STATUS_UNREADABLE_SECONDS - 1)
     assert later.state.deployment == "Running" and later.state.unreadable_since == NOW
 
@@ -230,6 +242,10 @@ def test_an_unreadable_status_past_the_deadline_fails_the_attempt() -> None:
     state = replace(RUNNING, unreadable_since=NOW - STATUS_UNREADABLE_SECONDS)
     d = decide(job(), state, seen(cluster(), ray=RayUnreachable("timed out")), NOW)
     assert d.state.deployment == "Failed" and d.state.reason == "StatusUnreadable"
+    retried = decide(job(backoffLimit=1), state, seen(cluster(ready=False)), NOW)
+    assert retried.state.deployment == "Retrying" and retried.state.attempt == 2
+    assert retried.state.message.startswith("attempt 1 failed (StatusUnreadable): the head of SwarmCluster pi-1 is "
+                                            "not running for 120s"), retried.state.message
 
 
 def test_a_readable_status_clears_the_unreadable_clock() -> None:
@@ -300,9 +316,17 @@ def test_suspend_is_ignored_once_finished() -> None:
     assert d.state.deployment == "Complete"
 
 
-# -- deleting a clusterSelector job ----------------------------------------------------------------------
+# -- deleting a job that is not finished (it carries the finalizer) ------------------------------------------
 
 SHARED = job(clusterSelector={"name": "shared"})
+
+
+@pytest.mark.parametrize("deployment, holds", [
+    ("", True), ("Initializing", True), ("Running", True), ("Retrying", True), ("Suspended", True),
+    ("Complete", False), ("Failed", False),
+])
+def test_a_job_holds_the_finalizer_until_it_finishes(deployment: str, holds: bool) -> None:
+    assert holds_finalizer(replace(RUNNING, deployment=deployment)) is holds
 
 
 @pytest.mark.parametrize("ray, waited, expected_actions, may_go", [
@@ -315,19 +339,45 @@ SHARED = job(clusterSelector={"name": "shared"})
 ])
 def test_a_deleted_shared_cluster_job_stops_its_ray_job_first(ray: RayView, waited: float,
                                                                expected_actions: list[str], may_go: bool) -> None:
-    actions, go = deleting(SHARED, RUNNING, cluster("shared", owned=False), ray, waited)
+    actions, go = deleting(SHARED, RUNNING, (cluster("shared", owned=False),), ray, waited)
     assert kinds(actions) == expected_actions and go is may_go
 
 
+@pytest.mark.parametrize("ray, waited, expected_actions, may_go", [
+    (RayJob("RUNNING"), 0.0, ["StopRayJob"], False),  # stopped first, the cluster stays until it ended
+    (RayJob("PENDING"), 1.0, ["StopRayJob"], False),
+    (RayJob("RUNNING"), STOP_WAIT_SECONDS, ["DeleteCluster"], True),  # but only so long
+    (RayJob("STOPPED"), 1.0, ["DeleteCluster"], True),
+    (RayJobMissing(), 1.0, ["DeleteCluster"], True),
+    (RayUnreachable("refused"), 1.0, ["DeleteCluster"], True),  # nothing to stop gracefully: the cluster goes
+])
+def test_a_deleted_job_stops_its_ray_job_then_deletes_its_own_cluster(ray: RayView, waited: float,
+                                                                      expected_actions: list[str],
+                                                                      may_go: bool) -> None:
+    actions, go = deleting(job(), RUNNING, (cluster(),), ray, waited)
+    assert kinds(actions) == expected_actions and go is may_go
+    if go:
+        assert actions == (DeleteCluster("pi-1", "the SwarmJob is being deleted"),)
+
+
+def test_a_deleted_job_deletes_every_own_cluster_but_none_being_deleted_or_not_its_own() -> None:
+    views = (cluster("pi-1", deleting=True), cluster("pi-2", ready=False), cluster("pi-3", owned=False))
+    actions, go = deleting(job(), replace(RUNNING, attempt=2), views, None, 0.0)
+    assert actions == (DeleteCluster("pi-2", "the SwarmJob is being deleted"),) and go
+
+
 def test_a_deleted_job_that_never_started_lets_go_at_once() -> None:
-    assert deleting(SHARED, JobState(), None, None, 0.0) == ((), True)
+    assert deleting(SHARED, JobState(), (), None, 0.0) == ((), True)
+    assert deleting(job(), JobState(), (), None, 0.0) == ((), True)
 
 
-def test_a_deleted_job_waits_for_a_head_that_is_down_but_only_so_long() -> None:
+def test_a_deleted_job_waits_for_a_shared_head_that_is_down_but_only_so_long() -> None:
     down = cluster("shared", ready=False, owned=False)
-    assert deleting(SHARED, RUNNING, down, None, 1.0) == ((), False)
-    assert deleting(SHARED, RUNNING, down, None, STOP_WAIT_SECONDS) == ((), True)
-    assert deleting(SHARED, RUNNING, None, None, 1.0) == ((), True)  # the shared cluster itself is gone
+    assert deleting(SHARED, RUNNING, (down,), None, 1.0) == ((), False)
+    assert deleting(SHARED, RUNNING, (down,), None, STOP_WAIT_SECONDS) == ((), True)
+    assert deleting(SHARED, RUNNING, (), None, 1.0) == ((), True)  # the shared cluster itself is gone
+    never = cluster("shared", owned=True)  # even one the job happens to own is never deleted by it
+    assert deleting(SHARED, RUNNING, (never,), RayJobMissing(), 1.0) == ((), True)
 
 
 def test_only_the_last_attempt_is_ever_created() -> None:
@@ -367,3 +417,72 @@ def test_a_finished_jobs_cluster_waits_for_its_submitter_to_print_the_end_but_no
 def test_with_a_submitter_ray_is_followed_as_in_http_mode() -> None:
     d = decide(POD_MODE, INITIALIZING, Observed((cluster(),), RayJob("RUNNING"), "Running"), NOW)
     assert d.state.deployment == "Running" and d.actions == ()
+
+
+# -- demand that fits no group ----------------------------------------------------------------------------
+
+HEAD_SHAPE = {"CPU": 1.0, "memory": 2e9}
+GPU_SHAPE = {"CPU": 2.0, "memory": 4e9, "GPU": 1.0}
+
+
+@pytest.mark.parametrize("driver, shapes, unplaced", [
+    ({}, (HEAD_SHAPE,), ""),  # reserves nothing
+    ({"numCpus": 1}, (HEAD_SHAPE,), ""),
+    ({"numCpus": 2}, (HEAD_SHAPE,), "{CPU:2}"),
+    ({"numCpus": 2}, (HEAD_SHAPE, GPU_SHAPE), ""),  # a group's node holds it
+    ({"numGpus": 1, "numCpus": 1}, (HEAD_SHAPE, GPU_SHAPE), ""),
+    ({"numGpus": 2}, (HEAD_SHAPE, GPU_SHAPE), "{GPU:2}"),
+    ({"resources": {"driver": 1}}, (HEAD_SHAPE, {**HEAD_SHAPE, "driver": 1.0}), ""),
+    ({"resources": {"driver": 1}, "numGpus": 1}, (GPU_SHAPE, {**HEAD_SHAPE, "driver": 1.0}), "{GPU:1, driver:1}"),
+    ({"numGpus": 8}, (), ""),  # the cluster's shapes are not known: never judged
+])
+def test_a_driver_is_placed_where_one_node_holds_all_it_reserves(driver: dict[str, Any], shapes: Any,
+                                                                 unplaced: str) -> None:
+    assert unplaced_driver(job(entrypointResources=driver).entrypoint_resources, shapes) == unplaced
+
+
+def shaped(view: ClusterView, demand: str = "") -> ClusterView:
+    return replace(view, node_shapes=(HEAD_SHAPE,), infeasible_demand=demand)
+
+
+BIG_DRIVER = {"entrypointResources": {"numCpus": 4}}
+
+
+@pytest.mark.parametrize("spec, view, state, ray, reason_in_message", [
+    (BIG_DRIVER, shaped(cluster()), INITIALIZING, RayJobMissing(), "entrypointResources {CPU:4} fit no node"),
+    ({**BIG_DRIVER, "clusterSelector": {"name": "shared"}}, shaped(cluster("shared", owned=False)), INITIALIZING,
+     RayJobMissing(), "entrypointResources {CPU:4} fit no node of SwarmCluster shared"),
+    ({}, shaped(cluster(), "3×{GPU: 8}"), RUNNING, RayJob("RUNNING"), "Ray's demand 3×{GPU: 8} fits no worker group"),
+])
+def test_demand_that_fits_no_group_is_said_in_status_then_fails_after_the_grace_period(
+        spec: dict[str, Any], view: ClusterView, state: JobState, ray: RayView, reason_in_message: str) -> None:
+    j = job(backoffLimit=3, **spec)
+    first = decide(j, state, seen(view, ray=ray), NOW)
+    assert first.state.infeasible_since == NOW and first.state.deployment == state.deployment
+    assert reason_in_message in first.state.message
+    assert f"fails (Unschedulable) at {timestamp(NOW + INFEASIBLE_GRACE_SECONDS)}" in first.state.message
+    assert not any(isinstance(a, Submit) for a in first.actions), "a driver that fits nowhere is not submitted"
+    assert first.requeue_after is not None and first.requeue_after <= INFEASIBLE_GRACE_SECONDS
+    late = decide(j, first.state, seen(view, ray=ray), NOW + INFEASIBLE_GRACE_SECONDS)
+    assert late.state.deployment == "Failed" and late.state.reason == "Unschedulable"  # no retries: it would not fit
+    assert late.state.failed_attempts == 1 and reason_in_message in late.state.message
+    assert [e.reason for e in late.events][:1] == ["Unschedulable"]
+    assert ("StopRayJob" in kinds(late.actions)) is isinstance(ray, RayJob)
+
+
+def test_the_autoscaler_report_counts_only_on_the_jobs_own_cluster() -> None:
+    j = job(clusterSelector={"name": "shared"})
+    d = decide(j, RUNNING, seen(shaped(cluster("shared", owned=False), "1×{GPU: 8}"), ray=RayJob("RUNNING")), NOW)
+    assert d.state.infeasible_since == 0.0 and d.state.message == f"Ray job {JID1} RUNNING"
+
+
+def test_demand_that_fits_again_clears_the_clock() -> None:
+    state = replace(RUNNING, infeasible_since=NOW - 30)
+    d = decide(job(), state, seen(shaped(cluster()), ray=RayJob("RUNNING")), NOW)
+    assert d.state.infeasible_since == 0.0 and d.state.deployment == "Running"
+
+
+def test_a_ray_job_that_ended_is_judged_by_its_end_not_by_a_stale_report() -> None:
+    state = replace(RUNNING, infeasible_since=NOW - INFEASIBLE_GRACE_SECONDS)
+    d = decide(job(), state, seen(shaped(cluster(), "1×{GPU: 8}"), ray=RayJob("SUCCEEDED")), NOW)
+    assert d.state.deployment == "Complete"

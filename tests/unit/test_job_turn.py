@@ -189,6 +189,64 @@ def test_a_shared_cluster_job_carries_the_finalizer_and_stops_its_ray_job_when_d
     assert "delete_resource" not in w.kube.verbs()  # the shared cluster is never touched
 
 
+def test_a_deleted_job_stops_its_ray_job_before_it_deletes_its_own_cluster() -> None:
+    w = World(job_body(clusterSpec={"head": {}}))
+    w.turn()
+    assert STOP_FINALIZER in w.kube.swarmclusters[KEY]["metadata"]["finalizers"]
+    w.turn()
+    w.cluster_up("pi-1")
+    w.turn()
+    w.ray.jobs["pi-ju-1"] = "RUNNING"
+    w.turn()
+    deleted = copy.deepcopy(w.cache.objects.get(KEY) or {})
+    deleted["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z"
+    w.cache.objects.put(KEY, deleted)
+    w.ray.stop = lambda head_ip, job_id, token: w.ray.stops.append(job_id)  # type: ignore[method-assign]
+    assert w.turn() == pytest.approx(1.0)  # asked to stop; Ray still says RUNNING: the cluster stays
+    assert w.ray.stops == ["pi-ju-1"] and (NS, "pi-1") in w.kube.swarmclusters
+    w.ray.jobs["pi-ju-1"] = "STOPPED"
+    assert w.turn() is None
+    assert (NS, "pi-1") not in w.kube.swarmclusters
+    assert STOP_FINALIZER not in w.kube.swarmclusters[KEY]["metadata"]["finalizers"]
+
+
+def test_a_finished_job_lets_its_finalizer_go() -> None:
+    w = World(job_body(clusterSpec={"head": {}}))
+    w.turn()
+    w.turn()
+    w.cluster_up("pi-1")
+    w.turn()
+    w.ray.jobs["pi-ju-1"] = "SUCCEEDED"
+    w.turn()
+    assert w.status()["jobDeploymentStatus"] == "Complete"
+    assert STOP_FINALIZER in w.kube.swarmclusters[KEY]["metadata"]["finalizers"]
+    w.turn()
+    assert STOP_FINALIZER not in w.kube.swarmclusters[KEY]["metadata"]["finalizers"]
+
+
+def test_the_cluster_spec_and_its_autoscaler_report_tell_the_machine_what_fits_no_group() -> None:
+    w = World(job_body(clusterSpec={"head": {}}, entrypointResources={"numGpus": 1}))
+    w.turn()
+    w.turn()
+    w.cluster_up("pi-1")
+    w.turn()
+    assert w.ray.posts == [] and "entrypointResources {GPU:1} fit no node of SwarmCluster pi-1" in w.status()[
+        "message"]
+    assert w.status()["infeasibleSince"]
+
+    w = World(job_body(clusterSpec={"head": {}}))
+    w.turn()
+    w.turn()
+    w.cluster_up("pi-1")
+    w.turn()
+    body = copy.deepcopy(w.clusters.get((NS, "pi-1")) or {})
+    body["status"]["autoscaler"] = {"infeasibleDemand": "1×{GPU: 8}"}
+    w.clusters.put((NS, "pi-1"), body)
+    w.ray.jobs["pi-ju-1"] = "RUNNING"
+    w.turn()
+    assert "Ray's demand 1×{GPU: 8} fits no worker group of SwarmCluster pi-1" in w.status()["message"]
+
+
 def test_an_invalid_job_says_why_and_makes_nothing() -> None:
     w = World(job_body())
     assert w.turn() is None

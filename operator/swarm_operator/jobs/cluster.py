@@ -8,6 +8,8 @@ from typing import Any
 from swarm_operator import GROUP, KIND, VERSION
 from swarm_operator.jobs.names import ATTEMPT_LABEL, JOB_LABEL, cluster_name
 from swarm_operator.jobs.spec import JobSpec, OwnCluster
+from swarm_operator.resources.pods import ray_shape
+from swarm_operator.spec.types import ClusterSpec
 
 JOB_KIND = "SwarmJob"
 
@@ -39,3 +41,11 @@ def workers_to_zero(cluster: Mapping[str, Any]) -> dict[str, Any]:
     is sent whole, as a merge patch replaces lists."""
     groups = (cluster.get("spec") or {}).get("workerGroups") or []
     return {"spec": {"workerGroups": [{**g, "replicas": 0, "minReplicas": 0, "maxReplicas": 0} for g in groups]}}
+
+
+def node_shapes(cluster: ClusterSpec) -> tuple[dict[str, float], ...]:
+    """The Ray resources of the cluster's head and of one node of each group that may have any: where a job's
+    driver could ever be placed."""
+    head = ray_shape(cluster.head.resources, cluster.head.ray_start_params)
+    return (head, *(ray_shape(g.resources, g.ray_start_params, g.ray_resources) for g in cluster.worker_groups
+                    if g.max_replicas > 0))

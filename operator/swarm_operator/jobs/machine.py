@@ -12,11 +12,14 @@ cluster in the same turn), so nothing of an attempt exists before status says wh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from swarm_operator.autoscaler.policy import format_resources
 from swarm_operator.jobs.names import cluster_name, submission_id, submitter_pod_name
-from swarm_operator.jobs.spec import JobSpec, OwnCluster
+from swarm_operator.jobs.spec import EntrypointResources, JobSpec, OwnCluster
 from swarm_operator.reasons import EventReason
+from swarm_operator.times import timestamp
 
 TERMINAL_RAY = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 FINISHED = frozenset({"Complete", "Failed"})
@@ -24,6 +27,7 @@ NEXT_TURN_SECONDS = 0.05  # a recorded attempt is acted on at once (0 would mean
 ACTIVE_POLL_SECONDS = 2.0  # how often a running job's status is read from Ray
 WAIT_POLL_SECONDS = 5.0  # waiting for a cluster: its watch events come first, this is the fallback
 STATUS_UNREADABLE_SECONDS = 120.0  # the Ray job's status cannot be read this long: the attempt fails
+INFEASIBLE_GRACE_SECONDS = 60.0  # the job's demand fits no group this long: it fails (a shared cluster may be changed)
 STOP_WAIT_SECONDS = 30.0  # a deleted clusterSelector job waits this long for its Ray job to stop
 SUBMITTER_GRACE_SECONDS = 30.0  # a finished job's submitter pod may follow the log this long before the cluster goes
 
@@ -42,6 +46,7 @@ class JobState:
     end_time: float = 0.0
     attempt_start: float = 0.0
     unreadable_since: float = 0.0
+    infeasible_since: float = 0.0  # since when the job's demand fits no group of its cluster
     dashboard_url: str = ""
 
 
@@ -56,6 +61,9 @@ class ClusterView:
     phase: str
     dashboard_url: str = ""
     workers_zero: bool = False  # every worker group scaled to 0 (DeleteWorkers done)
+    node_shapes: tuple[Mapping[str, float], ...] = ()  # Ray resources of the head and of each group's node; ():
+    # not known (its spec unreadable)
+    infeasible_demand: str = ""  # the cluster's autoscaler: Ray demand that fits no group ("" when none or no report)
 
 
 @dataclass(frozen=True)
@@ -196,7 +204,7 @@ def _new_attempt(job: JobSpec, state: JobState, now: float, reason: EventReason,
     fresh = replace(state, deployment="Retrying" if retrying else "Initializing", attempt=attempt,
                     failed_attempts=state.failed_attempts + (1 if counts else 0), job_status="", reason=reason,
                     message=message or f"attempt {attempt}: starting", end_time=0.0, attempt_start=now,
-                    unreadable_since=0.0, dashboard_url="",
+                    unreadable_since=0.0, infeasible_since=0.0, dashboard_url="",
                     start_time=state.start_time if retrying else now)
     event = Event(reason, f"attempt {attempt} on cluster {current_cluster(job, fresh)}"
                   + (f" after: {message}" if message else ""))
@@ -217,6 +225,43 @@ def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
         why = ("is being deleted" if cluster is not None and cluster.deleting
                else "is held by an object not this job's" if cluster is not None else "does not exist")
         return _wait(state, actions, f"SwarmCluster {name} {why}; waiting")
+    driver = unplaced_driver(job.entrypoint_resources, cluster.node_shapes)
+    infeasible = (f"the driver's entrypointResources {driver} fit no node of SwarmCluster {name}" if driver
+                  else f"Ray's demand {cluster.infeasible_demand} fits no worker group of SwarmCluster {name} (its "
+                  "autoscaler's report)" if own and cluster.infeasible_demand else "")
+    ended = isinstance(seen.ray, RayJob) and seen.ray.status in TERMINAL_RAY  # its end is what counts then
+    if not infeasible or ended:
+        return _follow(job, replace(state, infeasible_since=0.0), seen, cluster, now, actions, hold="")
+    since = state.infeasible_since or now
+    if now - since >= INFEASIBLE_GRACE_SECONDS:
+        return _fail(job, state, seen, cluster, now, EventReason.JOB_UNSCHEDULABLE,
+                     f"{infeasible} for {INFEASIBLE_GRACE_SECONDS:.0f}s", retry=False)
+    # Said in status, with the time it fails at; a driver that fits nowhere is not submitted meanwhile.
+    note = (f"{infeasible}; the attempt fails ({EventReason.JOB_UNSCHEDULABLE}) at "
+            f"{timestamp(since + INFEASIBLE_GRACE_SECONDS)} unless it fits by then")
+    step = _follow(job, replace(state, infeasible_since=since), seen, cluster, now, actions,
+                   hold=note if driver else "")
+    if step.state.attempt != state.attempt or step.state.deployment in FINISHED:
+        return step
+    left = since + INFEASIBLE_GRACE_SECONDS - now
+    return replace(step, state=replace(step.state, message=note),
+                   requeue_after=min(step.requeue_after or left, left))
+
+
+def unplaced_driver(driver: EntrypointResources, shapes: tuple[Mapping[str, float], ...]) -> str:
+    """The driver's reservation when no node of the cluster (the head, or one of a group's) can ever hold it, else
+    "". Ray's demand on a shared cluster is not tagged by job: this is the one part of it known to be the job's."""
+    need = {k: v for k, v in {"CPU": driver.num_cpus, "GPU": driver.num_gpus, **driver.resources}.items() if v > 0}
+    if not need or not shapes or any(all(shape.get(k, 0.0) >= v for k, v in need.items()) for shape in shapes):
+        return ""
+    return format_resources(need)
+
+
+def _follow(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView, now: float,
+            actions: tuple[Action, ...], hold: str) -> Decision:
+    """The attempt on its cluster: submit (unless `hold` says why not), then follow the Ray job."""
+    name = cluster.name
+    submitted = state.deployment == "Running"
     url = cluster.dashboard_url or state.dashboard_url
     if cluster.head_ip is None:
         if submitted:  # the head is being replaced: the status read below has its deadline
@@ -236,6 +281,8 @@ def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
             return _fail(job, state, seen, cluster, now, EventReason.RAY_JOB_LOST,
                          f"the Ray job {jid} is gone from SwarmCluster {name} (its head restarted without GCS "
                          "fault tolerance?)")
+        if hold:
+            return _wait(state, actions, hold)
         if job.submission_mode == "SubmitterPod":
             return _through_submitter(job, state, seen, cluster, now, actions)
         return Decision(replace(state, message=f"submitting Ray job {jid} to SwarmCluster {name}"),
@@ -282,7 +329,11 @@ def _unreadable(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterV
     if now - since >= STATUS_UNREADABLE_SECONDS:
         return _fail(job, state, seen, cluster, now, EventReason.STATUS_UNREADABLE,
                      f"{why} for {STATUS_UNREADABLE_SECONDS:.0f}s")
-    return Decision(replace(state, unreadable_since=since, message=why), actions, requeue_after=ACTIVE_POLL_SECONDS)
+    # The deadline is said in status (and unreadableSince kept there): a reader knows what happens when.
+    message = (f"{why}; the attempt fails ({EventReason.STATUS_UNREADABLE}) at "
+               f"{timestamp(since + STATUS_UNREADABLE_SECONDS)} unless the job's status can be read by then")
+    return Decision(replace(state, unreadable_since=since, message=message), actions,
+                    requeue_after=ACTIVE_POLL_SECONDS)
 
 
 def _fail(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | None, now: float,
@@ -291,7 +342,9 @@ def _fail(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | 
     stop = _stop(job, state, cluster, seen.ray, reason)
     failed = state.failed_attempts + 1
     if retry and failed <= job.backoff_limit:
-        step = _new_attempt(job, state, now, EventReason.JOB_RETRYING, counts=True, message=message)
+        # The failed attempt's reason stays in status (the deployment's reason becomes Retrying).
+        step = _new_attempt(job, state, now, EventReason.JOB_RETRYING, counts=True,
+                            message=f"attempt {state.attempt} failed ({reason}): {message}")
         old = DeleteCluster(cluster.name, f"attempt {state.attempt} failed") if (
             cluster is not None and cluster.owned and not cluster.deleting and isinstance(job.cluster, OwnCluster)
         ) else None
@@ -356,13 +409,26 @@ def _finished(job: JobSpec, state: JobState, seen: Observed, now: float) -> Deci
     return Decision(state, tuple(actions), requeue_after=expires - now)
 
 
-def deleting(job: JobSpec, state: JobState, cluster: ClusterView | None, ray: RayView, waited: float) -> tuple[
+def holds_finalizer(state: JobState) -> bool:
+    """A job carries the stop finalizer until it is Complete or Failed, while its Ray job may run: deleting it then
+    stops that job first. On a shared cluster the Ray job would outlive the SwarmJob; on its own cluster it gets a
+    graceful stop before the cluster goes. A finished job has nothing to stop, so deleting it never waits."""
+    return state.deployment not in FINISHED
+
+
+def deleting(job: JobSpec, state: JobState, clusters: tuple[ClusterView, ...], ray: RayView, waited: float) -> tuple[
         tuple[Action, ...], bool]:
-    """A deleted clusterSelector job (it carries a finalizer): stop its Ray job, which would outlive it on the
-    shared cluster, for at most STOP_WAIT_SECONDS. Returns the actions and whether the finalizer may go. A head
-    that is down or not answering may come back with the job (GCS fault tolerance): that is waited for too."""
-    if not state.attempt or cluster is None or waited >= STOP_WAIT_SECONDS:
-        return (), True
-    if isinstance(ray, RayJob) and ray.status not in TERMINAL_RAY and cluster.head_ip is not None:
-        return (StopRayJob(job_id(job, state), cluster.head_ip, "the SwarmJob is being deleted"),), False
-    return (), isinstance(ray, RayJob | RayJobMissing)
+    """A deleted job that still carries the finalizer: stop its Ray job for at most STOP_WAIT_SECONDS, then delete
+    the job's own clusters (the garbage collector would, but only once the SwarmJob is gone). Returns the actions
+    and whether the finalizer may go. A shared cluster's head that is down or not answering may come back with the
+    job (GCS fault tolerance): that is waited for too; the job's own cluster is deleted at once then."""
+    current = current_cluster(job, state)
+    cluster = next((c for c in clusters if c.name == current), None)
+    own = isinstance(job.cluster, OwnCluster)
+    if state.attempt and cluster is not None and waited < STOP_WAIT_SECONDS:
+        if isinstance(ray, RayJob) and ray.status not in TERMINAL_RAY and cluster.head_ip is not None:
+            return (StopRayJob(job_id(job, state), cluster.head_ip, "the SwarmJob is being deleted"),), False
+        if not own and not isinstance(ray, RayJob | RayJobMissing):
+            return (), False
+    return tuple(DeleteCluster(c.name, "the SwarmJob is being deleted") for c in clusters
+                 if own and c.owned and not c.deleting), True

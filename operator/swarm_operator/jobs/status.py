@@ -14,7 +14,7 @@ from swarm_operator.times import parse_time, timestamp
 MAX_MESSAGE_BYTES = 4096
 LOG_TAIL_LINES = 20
 TIMES = {"startTime": "start_time", "endTime": "end_time", "attemptStartTime": "attempt_start",
-         "unreadableSince": "unreadable_since"}
+         "unreadableSince": "unreadable_since", "infeasibleSince": "infeasible_since"}
 
 
 def log_tail(logs: str, lines: int = LOG_TAIL_LINES, limit: int = MAX_MESSAGE_BYTES // 2) -> str:
@@ -103,4 +103,10 @@ def cluster_view(body: Mapping[str, Any], job_uid: str) -> ClusterView:
         phase=str(status.get("phase") or ""),
         dashboard_url=str(head.get("dashboardURL") or ""),
         workers_zero=all(int(g.get("maxReplicas", 1)) == 0 and int(g.get("replicas", 0)) == 0 for g in groups),
+        infeasible_demand=_reported(str((status.get("autoscaler") or {}).get("infeasibleDemand") or "")),
     )
+
+
+def _reported(demand: str) -> str:
+    """status.autoscaler.infeasibleDemand as the machine reads it: "" for none."""
+    return "" if demand == "none" else demand

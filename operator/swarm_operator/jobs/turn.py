@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import urllib3
 
 from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.finalizer import keep_finalizer
-from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
+from swarm_operator.jobs.cluster import build_job_cluster, node_shapes, workers_to_zero
 from swarm_operator.jobs.machine import (
     FINISHED,
     Action,
@@ -34,6 +34,7 @@ from swarm_operator.jobs.machine import (
     current_cluster,
     decide,
     deleting,
+    holds_finalizer,
     job_id,
 )
 from swarm_operator.jobs.names import JOB_LABEL, submitter_pod_name
@@ -55,7 +56,7 @@ from swarm_operator.status import differs
 from swarm_operator.times import parse_time
 
 log = logging.getLogger(__name__)
-STOP_FINALIZER = "swarm.io/stop-ray-job"  # only on a clusterSelector job: its Ray job would outlive it
+STOP_FINALIZER = "swarm.io/stop-ray-job"  # on a job until it finishes: its Ray job is stopped first
 DELETING_POLL_SECONDS = 1.0
 Gone = Callable[[Key, dict[str, Any] | None], None]
 
@@ -136,7 +137,7 @@ class JobTurns:
         state = state_from_status(old_status)
         if meta.get("deletionTimestamp"):
             return await self._deleting(fx, memory, body, job, state, now)
-        kept = await keep_finalizer(fx, body, isinstance(job.cluster, SharedCluster), STOP_FINALIZER)
+        kept = await keep_finalizer(fx, body, holds_finalizer(state), STOP_FINALIZER)
         if kept is not True:
             self._gone(key, kept or None)
             return None
@@ -149,8 +150,10 @@ class JobTurns:
             current_body = await fx.call(fx.kube.get_resource, SWARMCLUSTER, job.namespace, name)
             if current_body is not None:
                 views = (*views, cluster_view(current_body, job.uid))
-        current = next((v for v in views if v.name == name), None)
         spec = _parsed_cluster(current_body)
+        if spec is not None:
+            views = tuple(replace(v, node_shapes=node_shapes(spec)) if v.name == name else v for v in views)
+        current = next((v for v in views if v.name == name), None)
         token = await self._token(fx, memory, spec)
         ray: RayView = None
         submitter = None
@@ -238,17 +241,20 @@ class JobTurns:
 
     async def _deleting(self, fx: JobEffects, memory: JobMemory, body: Mapping[str, Any], job: JobSpec,
                         state: JobState, now: float) -> float | None:
-        """A deleted job: only a clusterSelector job waits (its finalizer) until its Ray job is stopped."""
+        """A deleted job that carries the finalizer (it was not finished): its Ray job is stopped (a bounded wait),
+        then its own clusters are deleted, then the finalizer goes."""
         meta = body.get("metadata") or {}
         if STOP_FINALIZER not in (meta.get("finalizers") or []):
-            return None  # its own cluster goes with it through the garbage collector
-        cluster = next(iter(self._cluster_views(job, current_cluster(job, state))), None)
+            return None  # its own clusters go with it through the garbage collector
+        name = current_cluster(job, state)
+        views = self._cluster_views(job, name)
+        cluster = next((v for v in views if v.name == name), None)
         token = await self._token(fx, memory, _parsed_cluster(
-            self.clusters.get((job.namespace, cluster.name)) if cluster is not None else None))
+            self.clusters.get((job.namespace, name)) if cluster is not None else None))
         ray: RayView = None
         if cluster is not None and cluster.head_ip and state.attempt:
             ray = await fx.observe(cluster.head_ip, job_id(job, state), token)
-        actions, may_go = deleting(job, state, cluster, ray, now - parse_time(meta.get("deletionTimestamp")))
+        actions, may_go = deleting(job, state, views, ray, now - parse_time(meta.get("deletionTimestamp")))
         for action in actions:
             await self._act(fx, job, action, token, None)
         if may_go:
