@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from localcluster import rayjobs
 from localcluster.nodeagent import read_logs
 from tests.e2e.helpers import ProcessNodes, cluster_pods, job_cluster_spec
-from tests.integration.helpers import GROUP, JOB_PLURAL, PLURAL, VERSION, wait_for
+from tests.integration.helpers import GROUP, JOB_PLURAL, PLURAL, VERSION, SwarmJobs, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -21,35 +21,15 @@ FAILS = "python -c \"print('about to fail'); import sys; sys.exit('boom: the ent
 SLEEPS = "python -c \"import time; print('sleeping', flush=True); time.sleep(600)\""
 
 
-class Jobs:
+class Jobs(SwarmJobs):
+    """The session's SwarmJobs, each with a cluster of its own on the session's process nodes."""
+
     def __init__(self, custom: Any, core: Any, namespace: str, pool: str) -> None:
-        self.custom, self.core, self.ns, self.pool = custom, core, namespace, pool
+        super().__init__(custom, namespace)
+        self.core, self.pool = core, pool
 
-    def create(self, name: str, entrypoint: str, **spec: Any) -> dict[str, Any]:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
-                "spec": {"entrypoint": entrypoint, "clusterSpec": job_cluster_spec(self.pool), **spec}}
-        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, body))
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def status(self, name: str) -> dict[str, Any]:
-        return dict((self.get(name) or {}).get("status") or {})
-
-    def patch(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name, {"spec": spec})
-
-    def delete(self, name: str) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+    def create(self, name: str, entrypoint: str = SUCCEEDS, **spec: Any) -> dict[str, Any]:
+        return super().create(name, entrypoint, clusterSpec=job_cluster_spec(self.pool), **spec)
 
     def cluster(self, name: str) -> dict[str, Any] | None:
         try:
@@ -128,12 +108,12 @@ def test_the_active_deadline_stops_the_ray_job(jobs: Jobs) -> None:
 def test_suspend_stops_the_job_and_deletes_its_cluster_and_resume_runs_it_again(jobs: Jobs, core_v1: Any) -> None:
     jobs.create("pause", SUCCEEDS.replace("ray.init();", "ray.init(); import time; time.sleep(20);"))
     wait_for("Running", jobs.deployment("pause", "Running"), timeout=240)
-    jobs.patch("pause", {"suspend": True})
+    jobs.patch_spec("pause", {"suspend": True})
     suspended = wait_for("Suspended", jobs.deployment("pause", "Suspended"), timeout=60)
     assert "startTime" not in suspended
     wait_for("its cluster gone", lambda: jobs.cluster("pause-1") is None
              and not cluster_pods(core_v1, jobs.ns, "pause-1"), timeout=90)
-    jobs.patch("pause", {"suspend": False})
+    jobs.patch_spec("pause", {"suspend": False})
     done = wait_for("Complete after the resume", jobs.deployment("pause", "Complete"), timeout=300)
     assert done["attempt"] == 2 and done["failedAttempts"] == 0 and done["clusterName"] == "pause-2"
 
