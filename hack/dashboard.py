@@ -63,14 +63,14 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
               width=6),
         Panel("Work queue depth", (("max(swarm_workqueue_depth)", "waiting"),), kind="stat", width=6,
               description="Clusters waiting for a reconcile turn; growing means --workers is too low."),
-        Panel("Reconciles", (("sum by (result) (rate(swarm_reconcile_total[$__rate_interval]))", "{{result}}"),),
-              unit="ops", width=12),
+        Panel("Reconciles", (("sum by (kind, result) (rate(swarm_reconcile_total[$__rate_interval]))",
+                              "{{kind}} {{result}}"),), unit="ops", width=12),
         Panel("Reconcile duration", tuple(
-            (f"histogram_quantile({q}, sum by (le) (rate(swarm_reconcile_duration_seconds_bucket"
-             f"[$__rate_interval])))", f"p{round(q * 100)}") for q in (0.5, 0.95, 0.99)), unit="s"),
-        Panel("Reconcile errors", (("sum by (kind) (rate(swarm_reconcile_errors_total[$__rate_interval]))",
-                                    "{{kind}}"),), unit="ops",
-              description="Reconciles that raised, by exception type; the operator log has the details."),
+            (f"histogram_quantile({q}, sum by (kind, le) (rate(swarm_reconcile_duration_seconds_bucket"
+             f"[$__rate_interval])))", f"{{{{kind}}}} p{round(q * 100)}") for q in (0.5, 0.95, 0.99)), unit="s"),
+        Panel("Reconcile errors", (("sum by (kind, error) (rate(swarm_reconcile_errors_total[$__rate_interval]))",
+                                    "{{kind}} {{error}}"),), unit="ops",
+              description="Reconciles that raised, by kind and exception type; the operator log has the details."),
         Panel("Kubernetes API requests", (("sum by (verb, resource) (rate(swarm_api_requests_total"
                                            "[$__rate_interval]))", "{{verb}} {{resource}}"),), unit="reqps"),
         Panel("Operator memory", (('process_resident_memory_bytes{job=~"$job"}', "{{pod}}"),), unit="bytes",

@@ -18,6 +18,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def healthz_answers(port: int) -> bool:
+    """Whether an operator's health endpoint on this local port says it is healthy."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 class OperatorProcess:
     """`swarm-operator run` against a kubeconfig; logs to a file; stopped by its PID only."""
 
@@ -53,11 +62,7 @@ class OperatorProcess:
         raise RuntimeError(f"operator not healthy after {wait}s; log: {self.log_path}\n" + self.log_tail())
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        return healthz_answers(self.health_port)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:

@@ -15,7 +15,9 @@ from types import FrameType
 import kubernetes
 
 from localcluster.nodeagent import network, paths
-from localcluster.nodeagent.agent import AgentError, NodeAgent, log, parse_taint
+from localcluster.nodeagent.agent import NodeAgent
+from localcluster.nodeagent.agentlog import AgentError, log
+from localcluster.nodeagent.node import parse_taint
 from localcluster.nodeagent.process import follow, pod_usage, read_logs
 
 

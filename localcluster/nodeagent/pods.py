@@ -191,7 +191,8 @@ class PodWorker(threading.Thread):
             self._relayed = True
         except OSError as exc:
             self.log.note(f"the API server is not reachable from this pod: {apiproxy.HOST}:{apiproxy.PORT}: {exc}")
-            self.agent.event(self.pod, "Warning", "NoApiServer", f"cannot serve the API server in the pod: {exc}")
+            self.agent.pod_api.event(self.pod, "Warning", "NoApiServer",
+                                     f"cannot serve the API server in the pod: {exc}")
         self._conditions.set("PodReadyToStartContainers", True)
         self._conditions.set("Initialized", not self.init_containers)
         self.log.note(f"network namespace {net.netns}, address {address}")
@@ -224,7 +225,7 @@ class PodWorker(threading.Thread):
 
     def _finalize(self) -> None:
         """Delete the pod object for good, as a kubelet does once the containers are gone."""
-        self.agent.delete_pod(self.namespace, self.pod_name, self.uid)
+        self.agent.pod_api.delete_pod(self.namespace, self.pod_name, self.uid)
 
     # --- containers ---------------------------------------------------------------------
 
@@ -274,7 +275,7 @@ class PodWorker(threading.Thread):
         start_error = term.get("message", "") if term["reason"] == "StartError" else ""
         if start_error:
             # As a kubelet reports a container its runtime could not start (not a bare exit code).
-            self.agent.event(self.pod, "Warning", "Failed", f"Error: {start_error}")
+            self.agent.pod_api.event(self.pod, "Warning", "Failed", f"Error: {start_error}")
         c.state = {"terminated": term}
         c.probes.clear()
         again = restart and runs_again(code, c.init, self._restart_policy())
@@ -294,7 +295,7 @@ class PodWorker(threading.Thread):
         c.proc = None
 
     def _lookup(self, kind: str, name: str) -> dict[str, str] | None:
-        return self.agent.lookup(self.namespace, kind, name)
+        return self.agent.pod_api.lookup(self.namespace, kind, name)
 
     def _pod_view(self) -> dict[str, Any]:
         """The pod as the downward API must see it: with the IPs this worker assigned."""
@@ -336,7 +337,7 @@ class PodWorker(threading.Thread):
             self._start_time = timestamp(time.time())
         assert c.proc is not None
         self.log.note(f"container {c.name} started: pid {c.proc.pid}: {argv}")
-        self.agent.event(self.pod, "Normal", "Started", f"Started container {c.name}")
+        self.agent.pod_api.event(self.pod, "Normal", "Started", f"Started container {c.name}")
 
     def _probe(self, c: Container, now: float) -> None:
         assert c.proc is not None and self.net is not None
@@ -359,9 +360,9 @@ class PodWorker(threading.Thread):
                 verdict = "passing" if probe.verdict else "failing"
                 self.log.note(f"container {c.name}: {kind} probe now {verdict}: {what}")
             if probe.verdict is False and kind in ("liveness", "startup"):
-                self.agent.event(self.pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {what}")
-                self.agent.event(self.pod, "Normal", "Killing",
-                                 f"Container {c.name} failed {kind} probe, will be restarted")
+                self.agent.pod_api.event(self.pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {what}")
+                self.agent.pod_api.event(self.pod, "Normal", "Killing",
+                                         f"Container {c.name} failed {kind} probe, will be restarted")
                 grace = float(probe.spec.get("terminationGracePeriodSeconds") or self._pod_grace())
                 c.stop(grace)
                 self._reap(c)
@@ -373,7 +374,8 @@ class PodWorker(threading.Thread):
         live = [c for c in [*self.init_containers, *self.containers] if c.running]
         if live:
             self.log.note(f"stopping {', '.join(c.name for c in live)} ({why}; grace {grace:.0f}s)")
-            self.agent.event(self.pod, "Normal", "Killing", f"Stopping container(s) {', '.join(c.name for c in live)}")
+            self.agent.pod_api.event(self.pod, "Normal", "Killing",
+                                     f"Stopping container(s) {', '.join(c.name for c in live)}")
         for c in live:
             c.terminate()
         deadline = time.monotonic() + grace
@@ -406,5 +408,5 @@ class PodWorker(threading.Thread):
                                       self.init_containers, self._start_time, address, reason, message)
         if status == self._last_status:
             return
-        if self.agent.patch_pod_status(self.namespace, self.pod_name, status):
+        if self.agent.pod_api.patch_pod_status(self.namespace, self.pod_name, status):
             self._last_status = status

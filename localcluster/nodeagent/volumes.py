@@ -70,7 +70,7 @@ class PodVolumes:
         return dict(self.pod_view()["metadata"])
 
     def _lookup(self, kind: str, name: str) -> dict[str, str] | None:
-        return self.host.lookup(self._meta()["namespace"], kind, name)
+        return self.host.pod_api.lookup(self._meta()["namespace"], kind, name)
 
     def mounts(self, container: dict[str, Any]) -> list[dict[str, Any]]:
         """What the launcher mounts in the container: a private /run, the pod's /tmp, a private
@@ -195,7 +195,7 @@ class PodVolumes:
         meta = pod["metadata"]
         account = pod["spec"].get("serviceAccountName") or "default"
         try:
-            token, issued, expires = self.host.request_token(
+            token, issued, expires = self.host.pod_api.request_token(
                 meta["namespace"], account, meta["name"], meta["uid"], source.get("audience") or None,
                 int(source.get("expirationSeconds") or 3600))
         except Exception as exc:  # the API's error, whichever client raised it

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RECONCILES = Counter("swarm_reconcile_total", "Reconciles run", ["result"])
-RECONCILE_SECONDS = Histogram("swarm_reconcile_duration_seconds", "Time of one reconcile",
+# `kind` is the served resource's kind (SwarmCluster, SwarmJob): every kind's turns run on the kit's one loop.
+RECONCILES = Counter("swarm_reconcile_total", "Reconciles run", ["kind", "result"])
+RECONCILE_SECONDS = Histogram("swarm_reconcile_duration_seconds", "Time of one reconcile", ["kind"],
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-RECONCILE_ERRORS = Counter("swarm_reconcile_errors_total", "Reconciles that raised", ["kind"])
+RECONCILE_ERRORS = Counter("swarm_reconcile_errors_total", "Reconciles that raised, by exception type",
+                           ["kind", "error"])
 CLUSTERS = Gauge("swarm_clusters", "SwarmClusters by phase", ["phase"])
 PODS = Gauge("swarm_pods", "Pods by cluster, group and state", ["namespace", "cluster", "group", "state"])
 WORKER_REPLACEMENTS = Counter("swarm_worker_replacements_total", "Failed workers replaced",

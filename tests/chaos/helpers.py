@@ -250,6 +250,12 @@ def log_lines(text: str, needles: Iterable[str]) -> list[str]:
     return [ln for ln in text.splitlines() if any(k in ln for k in keys)]
 
 
+def failed_reconciles(metrics: str) -> float:
+    """Reconciles that raised, of every kind (swarm_reconcile_total is labelled by kind and result)."""
+    return sum(v for labels_, v in metric_values(metrics, "swarm_reconcile_total").items()
+               if 'result="error"' in labels_)
+
+
 def child_writes(metrics: str) -> float:
     """How many pods and services the operator has created or deleted, from its request counter."""
     return sum(v for labels_, v in metric_values(metrics, "swarm_api_requests_total").items()

@@ -16,7 +16,18 @@ from kubernetes.client.exceptions import ApiException
 from swarm_operator import GROUP, PLURAL, VERSION
 from swarm_operator.resources import labels
 from tests.chaos.conftest import OperatorFactory
-from tests.chaos.helpers import Api, Model, Want, log_lines, manifest, metric_values, problems, seed, wait_converged
+from tests.chaos.helpers import (
+    Api,
+    Model,
+    Want,
+    failed_reconciles,
+    log_lines,
+    manifest,
+    metric_values,
+    problems,
+    seed,
+    wait_converged,
+)
 
 HAMMER_SECONDS = 10.0
 # Below the operator's 60 s resync: a conflict must be retried on its own, not found again a minute later.
@@ -25,7 +36,7 @@ CONVERGE = 25.0
 
 def _no_reconcile_failures(metrics: str, log: str) -> str:
     """'' when the operator counted no failed reconcile and logged none; else what it counted and logged."""
-    failed = metric_values(metrics, "swarm_reconcile_total").get('result="error"', 0.0)
+    failed = failed_reconciles(metrics)
     kinds = metric_values(metrics, "swarm_reconcile_errors_total")
     lines = log_lines(log, ("reconcile of", "Traceback"))
     if failed or kinds or lines:

@@ -28,9 +28,9 @@ from tests.chaos.helpers import (
     Model,
     Want,
     child_writes,
+    failed_reconciles,
     log_lines,
     manifest,
-    metric_values,
     wait_converged,
     writes_while_at_rest,
 )
@@ -103,7 +103,7 @@ def test_operator_recovers_from_a_control_plane_restart(component: str, api: Api
     replaced = sorted(name for name, uid in untouched.items() if name != victim and now.get(name) != uid)
     assert not replaced, f"pods of clusters nobody touched were replaced: {replaced}"
     log = op.log_path.read_text(errors="replace")
-    errors = metric_values(op.metrics(), "swarm_reconcile_total").get('result="error"', 0.0)
+    errors = failed_reconciles(op.metrics())
     print(f"{component}: down {DOWN_SECONDS:.0f}s, API writable again {back:.1f}s after the kill "
           f"(waited {writable:.1f}s for a write); converged {took:.1f}s after the changes "
           f"({time.monotonic() - changed:.1f}s); reconcile errors while it was down: {errors:.0f}; "

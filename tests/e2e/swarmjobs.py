@@ -7,7 +7,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.helpers import job_cluster_spec
-from tests.integration.helpers import GROUP, JOB_PLURAL, PLURAL, VERSION
+from tests.integration.helpers import GROUP, PLURAL, VERSION, SwarmJobs
 
 SUCCEEDS = ("python -c \"import ray; ray.init(); f = ray.remote(lambda x: x + 1); "
             "print('the answer is', ray.get(f.remote(41)))\"")
@@ -15,41 +15,19 @@ FAILS = "python -c \"print('about to fail'); import sys; sys.exit('boom: the ent
 SLEEPS = "python -c \"import time; print('sleeping', flush=True); time.sleep(600)\""
 
 
-class Jobs:
-    def __init__(self, custom: Any, core: Any, namespace: str, pool: str) -> None:
-        self.custom, self.core, self.ns, self.pool = custom, core, namespace, pool
+class Jobs(SwarmJobs):
+    """The module's SwarmJobs, each with a cluster of its own on the session's process nodes unless put on one."""
 
-    def create(self, name: str, entrypoint: str, **spec: Any) -> dict[str, Any]:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
-                "spec": {"entrypoint": entrypoint, "clusterSpec": job_cluster_spec(self.pool), **spec}}
-        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, body))
+    def __init__(self, custom: Any, core: Any, namespace: str, pool: str) -> None:
+        super().__init__(custom, namespace)
+        self.core, self.pool = core, pool
+
+    def create(self, name: str, entrypoint: str = SUCCEEDS, **spec: Any) -> dict[str, Any]:
+        return super().create(name, entrypoint, clusterSpec=job_cluster_spec(self.pool), **spec)
 
     def create_on(self, cluster: str, name: str, entrypoint: str, **spec: Any) -> dict[str, Any]:
         """A job on an existing SwarmCluster (clusterSelector)."""
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
-                "spec": {"entrypoint": entrypoint, "clusterSelector": {"name": cluster}, **spec}}
-        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, body))
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def status(self, name: str) -> dict[str, Any]:
-        return dict((self.get(name) or {}).get("status") or {})
-
-    def patch(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name, {"spec": spec})
-
-    def delete(self, name: str) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        return super().create(name, entrypoint, clusterSelector={"name": cluster}, **spec)
 
     def cluster(self, name: str) -> dict[str, Any] | None:
         try:

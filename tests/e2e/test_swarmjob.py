@@ -63,12 +63,12 @@ def test_the_active_deadline_stops_the_ray_job(jobs: Jobs) -> None:
 def test_suspend_stops_the_job_and_deletes_its_cluster_and_resume_runs_it_again(jobs: Jobs, core_v1: Any) -> None:
     jobs.create("pause", SUCCEEDS.replace("ray.init();", "ray.init(); import time; time.sleep(20);"))
     wait_for("Running", jobs.deployment("pause", "Running"), timeout=240)
-    jobs.patch("pause", {"suspend": True})
+    jobs.patch_spec("pause", {"suspend": True})
     suspended = wait_for("Suspended", jobs.deployment("pause", "Suspended"), timeout=60)
     assert "startTime" not in suspended
     wait_for("its cluster gone", lambda: jobs.cluster("pause-1") is None
              and not cluster_pods(core_v1, jobs.ns, "pause-1"), timeout=90)
-    jobs.patch("pause", {"suspend": False})
+    jobs.patch_spec("pause", {"suspend": False})
     done = wait_for("Complete after the resume", jobs.deployment("pause", "Complete"), timeout=300)
     assert done["attempt"] == 2 and done["failedAttempts"] == 0 and done["clusterName"] == "pause-2"
 

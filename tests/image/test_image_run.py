@@ -26,7 +26,7 @@ from kubernetes import client
 from localcluster import docker_engine, versions
 from localcluster.docker_engine import DockerEngine
 from localcluster.image import BuiltImage, build_operator_image
-from localcluster.operator_process import free_port
+from localcluster.operator_process import free_port, healthz_answers
 from tests.integration.helpers import Cluster, manifest, ready_status, wait_for
 
 pytestmark = pytest.mark.slow
@@ -61,14 +61,6 @@ def test_image_holds_no_build_tools_or_sources(engine: DockerEngine, built: Buil
     assert res.stdout.strip() == "", f"found in the image: {res.stdout}"
 
 
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def flat_kubeconfig(kubeconfig: str) -> Iterator[Path]:
     """The cluster's kubeconfig with its certificates inline, readable by the image's user only."""
@@ -98,7 +90,7 @@ def test_reconciles_on_a_read_only_root(engine: DockerEngine, built: BuiltImage,
     swc = Cluster(api_client, namespace)
     try:
         deadline = time.monotonic() + 90
-        while not healthy(health):
+        while not healthz_answers(health):
             state = engine.docker("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
             logs = engine.docker("logs", name, check=False)
             assert state == "running", f"container {state}:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"

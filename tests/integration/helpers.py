@@ -242,6 +242,48 @@ class Cluster:
         return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]
 
 
+class SwarmJobs:
+    """Small helpers around one namespace's SwarmJobs (the integration and the e2e tiers use it)."""
+
+    # On kwok's fake nodes no Ray runs: any entrypoint does.
+    NEVER_RUN = "python -c 'print(1)'"
+
+    def __init__(self, custom: Any, namespace: str) -> None:
+        self.custom = custom
+        self.ns = namespace
+
+    def create(self, name: str, entrypoint: str = NEVER_RUN, **spec: Any) -> dict[str, Any]:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
+                "spec": {"entrypoint": entrypoint, **spec}}
+        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, body))
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict((self.get(name) or {}).get("status") or {})
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name, {"spec": spec})
+
+    def patch_status(self, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.ns, JOB_PLURAL, name,
+                                                          {"status": status})
+
+    def delete(self, name: str) -> None:
+        """Delete the job; one already gone is fine."""
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
 def ready_status(swc: Cluster, name: str, workers: int) -> Callable[[], bool]:
     def check() -> bool:
         st = swc.status(name)

@@ -14,55 +14,21 @@ from kubernetes.client.exceptions import ApiException
 from localcluster.operator_process import OperatorProcess
 from swarm_operator.jobs.machine import STOP_WAIT_SECONDS
 from swarm_operator.times import timestamp
-from tests.integration.helpers import GROUP, JOB_PLURAL, REPO, VERSION, Cluster, Kubectl, wait_for
+from tests.integration.helpers import GROUP, JOB_PLURAL, REPO, VERSION, Cluster, Kubectl, SwarmJobs, wait_for
 
 pytestmark = pytest.mark.integration
 HEAD = {"head": {"resources": {"cpu": 1, "memory": "1Gi"}}}
 
 
-class Jobs:
-    """Small helpers around one namespace's SwarmJobs."""
-
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.ns = namespace
-        self.custom: Any = client.CustomObjectsApi(api)
-
-    def create(self, name: str, **spec: Any) -> dict[str, Any]:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmJob", "metadata": {"name": name},
-                "spec": {"entrypoint": "python -c 'print(1)'", **spec}}
-        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, body))
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def status(self, name: str) -> dict[str, Any]:
-        return dict((self.get(name) or {}).get("status") or {})
-
-    def patch(self, name: str, patch: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name, patch)
-
-    def patch_status(self, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.ns, JOB_PLURAL, name,
-                                                          {"status": status})
-
-    def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, JOB_PLURAL, name)
-
-
 @pytest.fixture
-def swj(api_client: client.ApiClient, namespace: str, swc: Cluster) -> Iterator[Jobs]:
-    jobs = Jobs(api_client, namespace)
+def swj(api_client: client.ApiClient, namespace: str, swc: Cluster) -> Iterator[SwarmJobs]:
+    jobs = SwarmJobs(client.CustomObjectsApi(api_client), namespace)
     yield jobs
     for item in jobs.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, JOB_PLURAL)["items"]:
         print(f"swj {item['metadata']['name']} status={item.get('status')}")
 
 
-def settled(swj: Jobs, name: str) -> None:
+def settled(swj: SwarmJobs, name: str) -> None:
     """Wait until the operator has nothing more to write: kwok's head runs no Ray, so the job waits for its Jobs
     API with the same status every turn. A status written by the test before that could be overwritten."""
     wait_for("the job waiting for the Jobs API", lambda: swj.status(name).get("unreadableSince"))
@@ -91,7 +57,8 @@ def cluster_exists(swc: Cluster, name: str) -> bool:
     ("bad-mode", {"clusterSpec": HEAD, "submissionMode": "Sidecar"}, "spec.submissionMode"),
     ("bad-cluster", {"clusterSpec": {"head": {"resources": {"cpu": 0}}}}, "spec.clusterSpec.head.resources.cpu"),
 ])
-def test_the_crd_refuses_a_bad_job_naming_the_field(swj: Jobs, name: str, spec: dict[str, Any], field: str) -> None:
+def test_the_crd_refuses_a_bad_job_naming_the_field(swj: SwarmJobs, name: str, spec: dict[str, Any],
+                                                    field: str) -> None:
     if name == "groups":
         name = "g" * 20
     with pytest.raises(ApiException) as err:
@@ -105,7 +72,7 @@ def test_the_sample_job_is_accepted(kubectl: Kubectl, namespace: str) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_kubectl_get_swj_shows_the_job_columns(swj: Jobs, kubectl: Kubectl, namespace: str) -> None:
+def test_kubectl_get_swj_shows_the_job_columns(swj: SwarmJobs, kubectl: Kubectl, namespace: str) -> None:
     swj.create("cols", clusterSpec=HEAD, suspend=True)
     out = kubectl("get", "swj", "-n", namespace).stdout
     assert out.split()[:7] == ["NAME", "JOB", "STATUS", "DEPLOYMENT", "CLUSTER", "START", "END"], out
@@ -114,7 +81,7 @@ def test_kubectl_get_swj_shows_the_job_columns(swj: Jobs, kubectl: Kubectl, name
 # -- with the operator ----------------------------------------------------------------------------------
 
 def test_a_job_makes_its_own_cluster_owned_by_it_and_deletion_takes_it_along(
-        swj: Jobs, swc: Cluster, operator: OperatorProcess) -> None:
+        swj: SwarmJobs, swc: Cluster, operator: OperatorProcess) -> None:
     made = swj.create("own", clusterSpec=HEAD)
     cluster = wait_for("the job's cluster", lambda: cluster_exists(swc, "own-1") and swc.get("own-1"))
     owner = cluster["metadata"]["ownerReferences"][0]
@@ -140,27 +107,27 @@ def test_a_job_makes_its_own_cluster_owned_by_it_and_deletion_takes_it_along(
 
 
 def test_suspend_creates_nothing_and_suspending_deletes_the_cluster(
-        swj: Jobs, swc: Cluster, operator: OperatorProcess) -> None:
+        swj: SwarmJobs, swc: Cluster, operator: OperatorProcess) -> None:
     swj.create("sus", clusterSpec=HEAD, suspend=True)
     wait_for("Suspended", lambda: swj.status("sus").get("jobDeploymentStatus") == "Suspended")
     time.sleep(2)
     assert not cluster_exists(swc, "sus-1")
     conditions = {c["type"]: c["status"] for c in swj.status("sus")["conditions"]}
     assert conditions == {"Complete": "False", "Failed": "False", "Suspended": "True"}
-    swj.patch("sus", {"spec": {"suspend": False}})
+    swj.patch_spec("sus", {"suspend": False})
     wait_for("the cluster of the resumed job", lambda: cluster_exists(swc, "sus-1"))
     assert swj.status("sus")["startTime"]
-    swj.patch("sus", {"spec": {"suspend": True}})
+    swj.patch_spec("sus", {"suspend": True})
     wait_for("Suspended again", lambda: swj.status("sus").get("jobDeploymentStatus") == "Suspended")
     wait_for("its cluster deleted", lambda: not cluster_exists(swc, "sus-1"))
     assert "startTime" not in swj.status("sus")
-    swj.patch("sus", {"spec": {"suspend": False}})
+    swj.patch_spec("sus", {"suspend": False})
     wait_for("a new attempt on a fresh cluster", lambda: cluster_exists(swc, "sus-2"))
     assert swj.status("sus")["failedAttempts"] == 0
 
 
 def test_a_finished_job_deletes_its_cluster_then_itself_after_its_ttl(
-        swj: Jobs, swc: Cluster, operator: OperatorProcess) -> None:
+        swj: SwarmJobs, swc: Cluster, operator: OperatorProcess) -> None:
     swj.create("ttl", clusterSpec=HEAD, ttlSecondsAfterFinished=3)
     wait_for("the job's cluster", lambda: cluster_exists(swc, "ttl-1"))
     settled(swj, "ttl")
@@ -175,7 +142,7 @@ def test_a_finished_job_deletes_its_cluster_then_itself_after_its_ttl(
     assert time.time() - finished >= 3
 
 
-def test_delete_none_keeps_the_cluster(swj: Jobs, swc: Cluster, operator: OperatorProcess) -> None:
+def test_delete_none_keeps_the_cluster(swj: SwarmJobs, swc: Cluster, operator: OperatorProcess) -> None:
     swj.create("keep", clusterSpec=HEAD, deletionPolicy={"onSuccess": "DeleteNone"})
     wait_for("the job's cluster", lambda: cluster_exists(swc, "keep-1"))
     settled(swj, "keep")
@@ -185,7 +152,7 @@ def test_delete_none_keeps_the_cluster(swj: Jobs, swc: Cluster, operator: Operat
 
 
 def test_a_shared_cluster_job_carries_a_finalizer_and_never_touches_the_cluster(
-        swj: Jobs, swc: Cluster, operator: OperatorProcess) -> None:
+        swj: SwarmJobs, swc: Cluster, operator: OperatorProcess) -> None:
     swc.create({"apiVersion": f"{GROUP}/{VERSION}", "kind": "SwarmCluster", "metadata": {"name": "shared"},
                 "spec": HEAD})
     swj.create("user", clusterSelector={"name": "shared"})

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import versions
-from localcluster.operator_process import free_port
+from localcluster.operator_process import free_port, healthz_answers
 from tests.packaging.dockerfile import REPO, env_pairs, parse, run_command
 
 pytestmark = pytest.mark.slow
@@ -124,14 +124,6 @@ def test_entrypoint_starts(installed: Installed) -> None:
     assert str(installed.prefix) in (shutil.which("swarm-operator", path=installed.env["PATH"]) or "")
 
 
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
 def test_runs_unprivileged_on_a_read_only_root(installed: Installed, kubeconfig: str) -> None:
     """As the chart runs it: not root, the root filesystem read-only, a tmpfs on /tmp; /healthz answers."""
     if os.geteuid() != 0:
@@ -163,7 +155,7 @@ def test_runs_unprivileged_on_a_read_only_root(installed: Installed, kubeconfig:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
-        while not healthy(health):
+        while not healthz_answers(health):
             assert proc.poll() is None, f"exited {proc.returncode}:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"no /healthz after 90 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)

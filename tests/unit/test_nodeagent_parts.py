@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from localcluster.nodeagent import apiproxy
-from localcluster.nodeagent.agent import KWOK_ANNOTATION, node_object, parse_taint
 from localcluster.nodeagent.containers import crash_loop_delay, exit_code, runs_again
 from localcluster.nodeagent.dns import DnsTable, Record, render_hosts, resolv_conf, slice_records
 from localcluster.nodeagent.launch import exec_error
+from localcluster.nodeagent.node import KWOK_ANNOTATION, node_object, parse_taint
 from localcluster.nodeagent.podspec import (
     ConfigError,
     command_line,

@@ -139,6 +139,7 @@ class Loop:
     # -- workers -------------------------------------------------------------------------------------
 
     async def _worker(self) -> None:
+        kind = self.resource.kind
         while True:
             key = await self.queue.get()
             await self.active.wait()
@@ -148,18 +149,18 @@ class Loop:
             except Exception as exc:
                 requeue = None
                 delay = self.queue.add_rate_limited(key)
-                metrics.RECONCILES.labels("error").inc()
-                metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+                metrics.RECONCILES.labels(kind, "error").inc()
+                metrics.RECONCILE_ERRORS.labels(kind, type(exc).__name__).inc()
                 log.warning("reconcile of %s %s/%s failed (retry in %.1fs): %s", self.resource.kind, *key, delay,
                             exc)
             else:
                 self.queue.forget(key)
-                metrics.RECONCILES.labels("ok").inc()
+                metrics.RECONCILES.labels(kind, "ok").inc()
                 # Every object is looked at again within the resync period, even when nothing happens.
                 resync = self.settings.resync_seconds
                 self.queue.add_after(key, min(requeue, resync) if requeue else resync * random.uniform(0.9, 1.1))
             finally:
-                metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+                metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
                 self.queue.done(key)
             if self.objects.get(key) is None:
                 self.queue.cancel(key)  # deleted during the turn
