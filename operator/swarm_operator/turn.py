@@ -67,6 +67,7 @@ class ClusterMemory:
     invalid_warned: tuple[int, str] | None = None  # (generation, message) of the last InvalidSpec Warning
     overrides_seen: int | None = None  # the generation whose template overrides were reported
     taken: set[str] = field(default_factory=set)  # names found held by others, warned about once
+    deleted: set[str] = field(default_factory=set)  # pods this operator deleted: no disruption to drain ahead of
     noted: tuple[Note, ...] = ()  # the plan's last notes, posted once while they hold
     token: TokenMemory = field(default_factory=TokenMemory)
     autoscaler: AutoscalerMemory = field(default_factory=AutoscalerMemory)
@@ -222,7 +223,8 @@ class Turns:
         observed = Observed(pods=tuple(pods), service_exists=ours is not None, health=seen.kept.health,
                             head_restarts=seen.kept.head_restarts, idle_pods=view.idle if view else None,
                             ray_dead=view.ray_dead if view else frozenset(),
-                            ray_nodes=view.ray_nodes if view else None, budgets=budgets)
+                            ray_nodes=view.ray_nodes if view else None, budgets=budgets,
+                            deleted_by_operator=frozenset(memory.deleted))
         plan = plan_cluster(cluster, observed, targets, now)
         if plan.notes != memory.noted:
             memory.noted = plan.notes
@@ -244,6 +246,8 @@ class Turns:
                 return Acted(gone=True)
         refused: Exception | None = None
         taken: list[str] = []
+        memory.deleted &= {p.name for p in decided.pods}  # names of pods gone may come back as new pods
+        memory.deleted |= {a.name for a in actions if isinstance(a, DeletePod)}
         if actions:
             try:
                 taken = await fx.carry_out(cluster, actions, self.config.cluster_domain, memory.taken)

@@ -11,6 +11,7 @@ import pytest
 
 from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile.backoff import GroupHealth
+from swarm_operator.reconcile.disruption import DISRUPTION_TARGET, NodeState
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.reconcile.plan import (
     DRAIN_POLL_SECONDS,
@@ -40,10 +41,11 @@ HEAD_BUDGET = {"demo-head-pdb": "pdb-uid"}  # the head's PodDisruptionBudget exi
 
 def run(c: ClusterSpec, pods: list[PodState], *, service: bool = True, health: Mapping[str, GroupHealth] | None = None,
         targets: Mapping[str, int] | None = None, idle: frozenset[str] | None = None, head_restarts: int = 0,
-        ray_nodes: frozenset[str] | None = None, ray_dead: frozenset[str] = frozenset()) -> Plan:
+        ray_nodes: frozenset[str] | None = None, ray_dead: frozenset[str] = frozenset(),
+        deleted_by_operator: frozenset[str] = frozenset()) -> Plan:
     obs = Observed(pods=tuple(pods), service_exists=service, health=dict(health or {}),
                    head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes, ray_dead=ray_dead,
-                   budgets=HEAD_BUDGET)
+                   budgets=HEAD_BUDGET, deleted_by_operator=deleted_by_operator)
     return plan_cluster(c, obs, dict(targets or {}), NOW)
 
 
@@ -467,8 +469,11 @@ def test_a_drain_past_its_deadline_is_ended_by_deleting_the_pod(drained_ago: flo
     [
         pytest.param({}, workers(C3, 3), {}, False, id="up-to-date"),
         pytest.param({}, [*workers(C3, 2), worker(C3_OLD, suffix="old")], {}, True, id="one-outdated"),
-        pytest.param({}, [*workers(C3, 2), worker(C3_OLD, suffix="old", deleting=True)], {}, False,
+        pytest.param({}, [*workers(C3, 2), worker(C3_OLD, suffix="old", deleting=True, **FAILED)], {}, False,
                      id="outdated-but-leaving"),
+        # A running worker being deleted may be someone else's deletion: its Ray node is drained ahead of it.
+        pytest.param({}, [*workers(C3, 2), worker(C3, suffix="gone", deleting=True)], {}, True,
+                     id="a-running-worker-deleted"),
         pytest.param({}, [*workers(C3, 2), rollout_drained("old", C3)], {}, True, id="drained-waiting-to-die"),
         pytest.param({"updateStrategy": {"type": "OnDelete"}}, [worker(C3_OLD, suffix="old")], {}, False,
                      id="on-delete-outdated"),
@@ -787,7 +792,7 @@ W2 = workers(SUSPENDED, 2)
                      None, id="no-head-to-drain-through-everything-goes"),
         pytest.param([head(C, deleting=True), *W2], None, set(), [("delete", w(0)), ("delete", w(1))], None,
                      id="head-already-going-workers-deleted"),
-        pytest.param([head(C), worker(C, suffix="w0000", deleting=True), *W2[1:]], all_(IDLE, 2), set(),
+        pytest.param([head(C), worker(C, suffix="w0000", deleting=True, **FAILED), *W2[1:]], all_(IDLE, 2), set(),
                      [("delete", "demo-head"), ("delete", w(1))], None, id="pods-already-deleting-skipped"),
         pytest.param([], None, set(), [], None, id="nothing-left-nothing-created"),
     ],
@@ -847,3 +852,70 @@ def test_a_removed_groups_reasons() -> None:
     waiting = run(C, [*healthy(C), worker(TWO_GROUPS, "gpu", "g0000")])
     assert [reason for reason, _ in waiting.notes] == [EventReason.SCALE_DOWN_WAITING]
     assert waiting.requeue_after == RAY_STATE_RETRY_SECONDS
+
+
+# -- drained ahead of a disruption: an eviction, someone else's deletion, DisruptionTarget, the node going -------
+
+REMOVED_NODE = NodeState("node-1", removal="the cluster autoscaler is removing it")
+CORDONED_NODE = NodeState("node-1", cordoned=True)
+CORDON_DRAINS = cluster({"disruption": {"drainOnCordon": True}})
+
+
+def noticed(suffix: str, node: NodeState | None = None, *, grace_until: float | None = None, target: str = "",
+            drained_mark: bool = False, **state: Any) -> PodState:
+    """A worker on `node`; being deleted until `grace_until`, with DisruptionTarget `target`, or marked drained."""
+    raw = worker_pod(C, "cpu", suffix, **state)
+    if grace_until is not None:
+        raw["metadata"]["deletionTimestamp"] = iso(grace_until)
+    if target:
+        raw["status"]["conditions"].append({"type": DISRUPTION_TARGET, "status": "True", "reason": target})
+    if drained_mark:
+        raw["metadata"].setdefault("annotations", {})[labels.DRAINED] = iso(NOW - 10)
+    return observe_pod(raw, node, NOW)
+
+
+@pytest.mark.parametrize(
+    ("c", "pod", "ray", "ours", "expected"),
+    [
+        pytest.param(C, noticed("w0001", REMOVED_NODE), {w(1): BUSY}, False,
+                     ("its node is going (the cluster autoscaler is removing it)", 600), id="removal-taint-busy"),
+        pytest.param(C, noticed("w0001", REMOVED_NODE), {w(1): IDLE}, False,
+                     ("its node is going (the cluster autoscaler is removing it)", 600), id="removal-taint-idle-too"),
+        pytest.param(C, noticed("w0001", REMOVED_NODE), {}, False, None, id="no-ray-node-nothing-to-drain"),
+        pytest.param(C, noticed("w0001", REMOVED_NODE), None, False, None, id="ray-state-unknown"),
+        pytest.param(C, noticed("w0001", CORDONED_NODE), {w(1): BUSY}, False, None, id="plain-cordon-off-by-default"),
+        pytest.param(CORDON_DRAINS, noticed("w0001", CORDONED_NODE), {w(1): BUSY}, False,
+                     ("its node is cordoned (disruption.drainOnCordon)", 600), id="cordon-with-drain-on-cordon"),
+        pytest.param(C, noticed("w0001", grace_until=NOW + 25), {w(1): BUSY}, False,
+                     ("its pod is being deleted, not by the operator", 25), id="deleted-by-someone-grace-left"),
+        pytest.param(C, noticed("w0001", grace_until=NOW + 25), {w(1): BUSY}, True, None, id="deleted-by-the-operator"),
+        pytest.param(C, noticed("w0001", grace_until=NOW + 25, target="EvictionByEvictionAPI"), {w(1): BUSY}, False,
+                     ("evicted through the Eviction API", 25), id="evicted-grace-left"),
+        pytest.param(C, noticed("w0001", grace_until=NOW - 5), {w(1): BUSY}, False,
+                     ("its pod is being deleted, not by the operator", 600), id="grace-over-drain-timeout"),
+        pytest.param(C, noticed("w0001", REMOVED_NODE, drained_mark=True), {w(1): BUSY}, False, None,
+                     id="drained-once"),
+        pytest.param(C, noticed("w0001", grace_until=NOW + 25, **FAILED), {w(1): BUSY}, False, None,
+                     id="a-failed-pod-has-no-ray-work"),
+    ],
+)
+def test_a_disruption_is_drained_ahead(c: ClusterSpec, pod: PodState, ray: Mapping[str, str] | None, ours: bool,
+                                       expected: tuple[str, int] | None) -> None:
+    view = ray_of(None if ray is None else {w(0): IDLE, **ray})
+    p = run(c, [head(c), *workers(c, 1), pod], deleted_by_operator=frozenset({pod.name} if ours else ()), **view)
+    drains = [a for a in p.actions if isinstance(a, DrainWorker)]
+    if expected is None:
+        assert drains == []
+    else:
+        why, deadline = expected
+        assert drains == [DrainWorker(pod.name, f"worker {pod.name} of group cpu: {why}; draining its Ray node ahead "
+                                                "of the disruption", deadline)]
+
+
+def test_a_drained_worker_whose_node_goes_is_replaced_at_once() -> None:
+    going = noticed("w0001", REMOVED_NODE, drained_mark=True)
+    p = run(C, [head(C), *workers(C, 1), going], health={"cpu": GroupHealth(1, 1, NOW - 2, NOW + 30)},
+            **ray_of({w(0): IDLE, w(1): BUSY}))
+    assert same(p, [("create", "cpu", 1)])
+    still = run(C, [head(C), *workers(C, 1), noticed("w0001", drained_mark=True)], **ray_of({w(0): IDLE, w(1): BUSY}))
+    assert same(still, []), "a worker drained for another reason keeps its place until its node dies"

@@ -104,6 +104,8 @@ class Observed:
     # gets tasks, before its readiness probe first passes: "not ready" does not mean "no Ray work".
     ray_nodes: frozenset[str] | None = None
     budgets: Mapping[str, str] = field(default_factory=dict)  # this cluster's PodDisruptionBudgets: name → uid
+    # Pods this operator deleted (remembered in memory only): their deletion is no disruption to drain ahead of.
+    deleted_by_operator: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -215,12 +217,58 @@ def _waiting_note(who: str, waiting: int) -> Note:
             "deleted; Ray's state is unknown)")
 
 
+def _node_going(p: PodState, cluster: ClusterSpec) -> str | None:
+    """Why the worker's node is about to go (a removal taint; a cordon only with disruption.drainOnCordon)."""
+    if p.node_removal:
+        return f"its node is going ({p.node_removal})"
+    if p.node_cordoned and cluster.disruption.drain_on_cordon:
+        return "its node is cordoned (disruption.drainOnCordon)"
+    return None
+
+
+def _disruption_notice(p: PodState, cluster: ClusterSpec, obs: Observed) -> str | None:
+    """Why a running worker's Ray node is about to be lost to a disruption, None when it is not: an eviction or a
+    deletion the operator did not cause (its grace period runs), DisruptionTarget, its node going."""
+    if p.node_type != labels.WORKER or p.phase != "Running" or p.failure is not None:
+        return None
+    if p.deleting:
+        if p.name in obs.deleted_by_operator:
+            return None
+        return p.disruption.reason if p.disruption else "its pod is being deleted, not by the operator"
+    if p.disruption is not None:
+        return p.disruption.reason
+    return _node_going(p, cluster)
+
+
+def _drains_ahead(cluster: ClusterSpec, obs: Observed, now: float, planned: set[str]) -> list[Action]:
+    """Ray drains the node of every worker about to be disrupted (reason PREEMPTION), so it schedules nothing more
+    there and lets running tasks finish: the deadline is what is left of the pod's grace period, else
+    updateStrategy.drainTimeoutSeconds. Only live Ray nodes (Ray's state known), each once (the drained mark)."""
+    if obs.ray_nodes is None:
+        return []
+    drains: list[Action] = []
+    for p in obs.pods:
+        if p.drained or p.name in planned or p.name not in obs.ray_nodes:
+            continue
+        notice = _disruption_notice(p, cluster, obs)
+        if notice is None:
+            continue
+        left = int(p.deletion_at - now) if p.deletion_at > now else cluster.update_strategy.drain_timeout_seconds
+        drains.append(DrainWorker(p.name, f"worker {p.name} of group {p.group}: {notice}; draining its Ray node "
+                                          "ahead of the disruption", max(1, left)))
+    return drains
+
+
 def needs_ray_state(cluster: ClusterSpec, pods: list[PodState], targets: Mapping[str, int]) -> bool:
     """Whether workers must be told busy from idle, or drained nodes seen to die, whether or not autoscaling reads
     Ray's state anyway: a drain under way, workers to remove (suspend, a group removed, more than wanted), or a
     rollout (an outdated live worker)."""
     workers = [p for p in pods if p.alive and p.node_type == labels.WORKER]
     if any(p.drained for p in workers):
+        return True
+    # A disruption to drain ahead of: a worker still running while deleted, disrupted, or its node going.
+    if any(p.node_type == labels.WORKER and p.phase == "Running" and not p.drained
+           and (p.deleting or p.disruption is not None or _node_going(p, cluster)) for p in pods):
         return True
     if cluster.suspend:
         return bool(workers)
@@ -261,8 +309,13 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     live = [p for p in pods if p.alive and p.name not in obs.ray_dead and p.name not in drained_gone]
     staying = [p for p in live if not p.drained]
     requeues += [p.recheck_at - now for p in live if p.recheck_at]
+    # A drained worker whose node is going (a removal taint, a cordon) gives up its place at once: its
+    # replacement starts elsewhere while Ray lets its tasks finish.
+    leaving_node = [p for p in live if p.drained and _node_going(p, cluster)]
     # Pods ended by a disruption, ours to delete or already going (the Eviction API deletes): replaced at once.
-    replace_at_once = len(disrupted) + sum(1 for p in pods if p.deleting and p.disruption is not None)
+    replace_at_once = (len(disrupted) + len(leaving_node)
+                       + sum(1 for p in pods if p.deleting and p.disruption is not None))
+    live = [p for p in live if p not in leaving_node]
     missing = desired - len(live)
     if missing > 0 and not head_coming:
         pass  # new workers wait for a head (one that exists, or is created in this turn) to join
@@ -354,6 +407,7 @@ def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], no
                                          cluster.update_strategy.drain_timeout_seconds,
                                          through_ray=any(p.alive for p in heads))
     actions += retired
+    actions += _drains_ahead(cluster, obs, now, {a.name for a in retired if isinstance(a, DrainWorker)})
     leaving = {a.name for a in retired if isinstance(a, DeletePod)}
     if all(not p.alive or p.name in leaving for p in workers):
         actions += [DeletePod(p.name, "cluster is suspended") for p in heads if not p.deleting]
@@ -471,5 +525,6 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         requeues.extend(group_requeues)
         notes.extend(group_notes)
     leaving = {a.name for a in actions if isinstance(a, DeletePod)}
+    actions.extend(_drains_ahead(cluster, obs, now, {a.name for a in actions if isinstance(a, DrainWorker)}))
     actions.extend(_metadata_patches(cluster, pods, leaving))
     return Plan(tuple(actions), health, head_restarts, min(requeues) if requeues else None, tuple(notes))

@@ -162,6 +162,11 @@ class UpdateStrategy:
 
 
 @dataclass(frozen=True)
+class DisruptionSpec:
+    drain_on_cordon: bool = False  # a plain cordon drains the node's Ray nodes too
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     name: str
     namespace: str
@@ -176,6 +181,7 @@ class ClusterSpec:
     fault_tolerance: FaultToleranceSpec = field(default_factory=FaultToleranceSpec)
     update_strategy: UpdateStrategy = field(default_factory=UpdateStrategy)
     auth: AuthSpec | None = None  # None: no token authentication
+    disruption: DisruptionSpec = field(default_factory=DisruptionSpec)
 
     def group(self, name: str) -> WorkerGroupSpec | None:
         return next((g for g in self.worker_groups if g.name == name), None)
