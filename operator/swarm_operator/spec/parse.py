@@ -104,6 +104,7 @@ def _worker_group(r: Reader, raw: Mapping[str, Any], path: str, cluster_name: st
         resources=resources, ray_resources=MappingProxyType(ray_resources),
         ray_start_params=read_ray_start_params(r, raw, path), template=read_template(r, raw, path),
         probes=read_probes(r, raw, path),
+        termination_grace_period_seconds=r.integer(raw, "terminationGracePeriodSeconds", path, None, 0, 86400),
     )
 
 

@@ -93,6 +93,7 @@ class WorkerGroupSpec:
     ray_start_params: Mapping[str, str]
     template: Mapping[str, Any]
     probes: Probes = field(default_factory=Probes)
+    termination_grace_period_seconds: int | None = None  # None: the operator's default (resources/pods.py)
 
     def initial_replicas(self) -> int:
         """The target before any autoscaler decision: replicas, else minReplicas."""
