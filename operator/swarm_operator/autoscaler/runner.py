@@ -278,9 +278,8 @@ class Autoscaler:
                 log.info("drain of busy worker %s in %s/%s not sent: %s", d.name, *key, result.why)
                 continue
             marks.append(drained_mark(d.name, now, d.reason))
-            events.append((EventReason.DRAINING, f"{d.reason}; Ray lets its running tasks finish within "
-                                                 f"{d.deadline_seconds}s (updateStrategy.drainTimeoutSeconds), "
-                                                 "then the pod is deleted"))
+            events.append((EventReason.DRAINING, f"{d.reason}; Ray schedules nothing more there and lets its "
+                                                 f"running tasks finish within {d.deadline_seconds}s"))
         return marks, events
 
     async def _drain(self, key: Key, snap: ClusterSnapshot, drains: Iterable[policy.Drain],
