@@ -487,6 +487,17 @@ def test_a_drain_past_its_deadline_is_ended_by_deleting_the_pod(drained_ago: flo
         pytest.param({"suspend": True}, [head(C3)], {}, False, id="suspended-head-only"),
         pytest.param(AUTO, workers(C3, 3), {"cpu": 2}, True, id="autoscaled-below-the-workers"),
         pytest.param(AUTO, workers(C3, 3), {"cpu": 3}, False, id="autoscaled-at-the-workers"),
+        # A disruption to drain ahead of.
+        pytest.param({}, [*workers(C3, 2), observe_pod(worker_pod(C3, "cpu", "going"),
+                                                       NodeState("node-1", removal="Karpenter is disrupting it"))],
+                     {}, True, id="a-node-going"),
+        pytest.param({}, [*workers(C3, 2), observe_pod(worker_pod(C3, "cpu", "cordon"),
+                                                       NodeState("node-1", cordoned=True))],
+                     {}, False, id="a-plain-cordon"),
+        pytest.param({"disruption": {"drainOnCordon": True}},
+                     [*workers(C3, 2), observe_pod(worker_pod(C3, "cpu", "cordon"),
+                                                   NodeState("node-1", cordoned=True))],
+                     {}, True, id="a-cordon-with-drain-on-cordon"),
     ],
 )
 def test_needs_ray_state(spec: dict[str, Any], pods: list[PodState], targets: dict[str, int], expected: bool) -> None:
