@@ -412,7 +412,8 @@ def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], no
     if all(not p.alive or p.name in leaving for p in workers):
         actions += [DeletePod(p.name, "cluster is suspended") for p in heads if not p.deleting]
     notes = (_waiting_note("cluster is suspended (the head goes last)", waiting),) if waiting else ()
-    return Plan(tuple(actions), dict(obs.health), obs.head_restarts, min(requeues) if requeues else None, notes)
+    return Plan(tuple(actions), dict(obs.health), obs.head_restarts, requeue_after=min(requeues) if requeues else None,
+                notes=notes)
 
 
 def _metadata_patches(cluster: ClusterSpec, pods: list[PodState], leaving: set[str]) -> list[PatchPod]:
