@@ -21,6 +21,7 @@ class EventReason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     TEMPLATE_OVERRIDDEN = "TemplateOverridden"
     ROLLOUT_WAITING = "RolloutWaiting"
+    SCALE_DOWN_WAITING = "ScaleDownWaiting"
     SERVICE_UPDATED = "ServiceUpdated"
     SERVICE_REPLACED = "ServiceReplaced"
     RAY_TOKEN_MISSING = "RayTokenMissing"
@@ -85,13 +86,16 @@ _MEANINGS = {
     EventReason.INVALID_SPEC: "the spec cannot be served (the message names the field); `Valid=False`",
     EventReason.TEMPLATE_OVERRIDDEN: "a pod template sets values the operator sets itself; the operator's values win",
     EventReason.ROLLOUT_WAITING: "a rolling update waits (busy workers while Ray's state is unknown)",
+    EventReason.SCALE_DOWN_WAITING: "workers to remove (replicas or maxReplicas lowered, suspend, a group removed) "
+                                    "wait: while Ray's state is unknown, busy cannot be told from idle",
     EventReason.SERVICE_UPDATED: "the head service's annotations or type were patched in place",
     EventReason.SERVICE_REPLACED: "the head service was re-created (headless and not cannot change in place)",
     EventReason.RAY_TOKEN_MISSING: "token auth is on but no usable token Secret exists yet; pods wait for it",
     EventReason.AUTOSCALED: "the autoscaler changed a group's target, with the demand that made it",
     EventReason.INFEASIBLE_DEMAND: "Ray asks for resources that fit no worker group: nothing is scaled for them",
     EventReason.DRAIN_REFUSED: "Ray refused an idle drain because the node got work: it keeps running",
-    EventReason.DRAINING: "a busy outdated worker is drained by Ray (PREEMPTION) before it is replaced",
+    EventReason.DRAINING: "a busy worker that has to go (a rollout, a scale-down, suspend, its group removed) is "
+                          "drained by Ray (PREEMPTION, a deadline) before its pod is deleted",
     EventReason.RAY_VERSION_MISMATCH: "the Ray the cluster runs is not spec.rayVersion",
     EventReason.RAY_VERSION_UNSUPPORTED: "the cluster's Ray is outside what the operator's GCS client was tested "
                                          "with",

@@ -137,6 +137,16 @@ def _next_head(kept: Persisted, now: float) -> str:
     return f"{NEXT_HEAD}{timestamp(backoff.until)} (crash-loop backoff; a changed head template starts at once)"
 
 
+def _suspended_message(pods: list[PodState]) -> str:
+    """What a suspension still waits for: busy workers drain first, the head goes last (reconcile/plan.py)."""
+    workers = [p for p in pods if p.alive and p.node_type == labels.WORKER]
+    if not workers:
+        return "spec.suspend is true"
+    draining = sum(1 for p in workers if p.drained)
+    return (f"spec.suspend is true; {len(workers)} worker(s) still running ({draining} draining in Ray), "
+            "then the head goes")
+
+
 def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, old: Mapping[str, Any],
                    now: float, head_ip: str | None, autoscaler: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The whole status: `kept` (its targets are the desired replicas of every group) with what the
@@ -209,7 +219,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
                   "worker groups follow Ray's pending demand" if cluster.autoscaling.enabled
                   else "worker groups follow spec.replicas"),
         condition(ConditionType.SUSPENDED, cluster.suspend, "Suspended" if cluster.suspend else "Active",
-                  "spec.suspend is true" if cluster.suspend else "cluster is active"),
+                  _suspended_message(pods) if cluster.suspend else "cluster is active"),
         condition(ConditionType.REPLICA_FAILURE, bool(failing), "WorkersFailing" if failing else "NoFailures",
                   "; ".join(failing) if failing else "no recent worker failures"),
         condition(ConditionType.ROLLOUT_COMPLETE, not behind and not cluster.suspend,

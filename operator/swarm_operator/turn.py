@@ -34,7 +34,8 @@ from swarm_operator.reconcile.plan import (
     CreateService,
     CreateWorkers,
     DeletePod,
-    DrainForRollout,
+    DrainWorker,
+    Note,
     Observed,
     Plan,
     desired_replicas,
@@ -66,7 +67,8 @@ class ClusterMemory:
     invalid_warned: tuple[int, str] | None = None  # (generation, message) of the last InvalidSpec Warning
     overrides_seen: int | None = None  # the generation whose template overrides were reported
     taken: set[str] = field(default_factory=set)  # names found held by others, warned about once
-    noted: tuple[str, ...] = ()  # the plan's last notes, posted once while they hold
+    deleted: set[str] = field(default_factory=set)  # pods this operator deleted: no disruption to drain ahead of
+    noted: tuple[Note, ...] = ()  # the plan's last notes, posted once while they hold
     token: TokenMemory = field(default_factory=TokenMemory)
     autoscaler: AutoscalerMemory = field(default_factory=AutoscalerMemory)
     pod_series: set[tuple[str, str]] = field(default_factory=set)  # swarm_pods' (group, state) series
@@ -210,7 +212,7 @@ class Turns:
                 await fx.event(reason, message)
             view = RayView.of(outcome)
         pods = self._pod_states(key, cluster.uid)
-        if outcome is None and not cluster.suspend and needs_ray_state(cluster, pods):
+        if outcome is None and needs_ray_state(cluster, pods, targets):
             view = await self.autoscaler.observe(key, pods, head_ip(self.cache, key, cluster), seen.token)
             if view is None:
                 memory.token.read = None  # a rotated token is read again
@@ -222,16 +224,17 @@ class Turns:
                             head_restarts=seen.kept.head_restarts, head_failures=seen.kept.head_failures,
                             head_backoff=seen.kept.head_backoff, idle_pods=view.idle if view else None,
                             ray_dead=view.ray_dead if view else frozenset(),
-                            ray_nodes=view.ray_nodes if view else None, budgets=budgets)
+                            ray_nodes=view.ray_nodes if view else None, budgets=budgets,
+                            deleted_by_operator=frozenset(memory.deleted))
         plan = plan_cluster(cluster, observed, targets, now)
         if plan.notes != memory.noted:
             memory.noted = plan.notes
-            for note in plan.notes:
-                await fx.event(EventReason.ROLLOUT_WAITING, note)
+            for reason, note in plan.notes:
+                await fx.event(reason, note)
         return Decided(plan, targets, scale_ups, outcome, view, ours, observed.pods)
 
     async def _act(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen, decided: Decided) -> Acted:
-        """The plan's actions, the rollout's drains, the head service's sync."""
+        """The plan's actions, its drains of busy workers, the head service's sync."""
         cluster, actions = seen.cluster, decided.plan.actions
         if seen.old_status and any(isinstance(a, (CreateHead, CreateService, CreateWorkers, CreateBudget))
                                    for a in actions):
@@ -244,14 +247,16 @@ class Turns:
                 return Acted(gone=True)
         refused: Exception | None = None
         taken: list[str] = []
+        memory.deleted &= {p.name for p in decided.pods}  # names of pods gone may come back as new pods
+        memory.deleted |= {a.name for a in actions if isinstance(a, DeletePod)}
         if actions:
             try:
                 taken = await fx.carry_out(cluster, actions, self.config.cluster_domain, memory.taken)
             except Exception as exc:  # status is still written, then the turn fails and backs off
                 refused = exc
-        drains = [a for a in actions if isinstance(a, DrainForRollout)]
+        drains = [a for a in actions if isinstance(a, DrainWorker)]
         if drains and decided.view is not None:  # the plan drains only what this view showed busy
-            marks, events = await self.autoscaler.drain_for_rollout(fx.key, decided.view.snapshot, drains, seen.now)
+            marks, events = await self.autoscaler.drain_workers(fx.key, decided.view.snapshot, drains, seen.now)
             await fx.mark_drained(marks)
             for reason, message in events:
                 await fx.event(reason, message)

@@ -61,12 +61,13 @@ class Chaos:
         self.created = end
 
     def scale(self) -> None:
-        """Scale a cluster without autoscaling by its spec (up or down, to zero too)."""
+        """Scale a cluster without autoscaling up by its spec (a lower count would wait for Ray to tell busy
+        workers from idle ones, and there is no Ray here)."""
         names = sorted(n for n, w in self.model.clusters.items() if not w.autoscaling)
         if not names:
             return
         name = self.rng.choice(names)
-        groups = {g: self.rng.randint(0, 4) for g in self.model.clusters[name].groups}
+        groups = {g: max(n, self.rng.randint(0, 4)) for g, n in self.model.clusters[name].groups.items()}
         self.api.set_replicas(name, groups)
         self.model.clusters[name].groups.update(groups)
         self.log.append(f"scale {name} {groups}")

@@ -20,6 +20,21 @@ from tests.integration.helpers import GROUP, PLURAL, REPO, VERSION, wait_for
 SAMPLE = REPO / "manifests" / "samples" / "local-gpu-cpu.yaml"
 POOL_LABEL = "swarm.io/pool"
 
+# A driver with one long task that may not be retried (max_retries=0): it succeeds only if the worker it runs on
+# lives until it finishes. `slot` keeps it off the head (which has a CPU too): give each worker one slot.
+LONG_TASK = """\
+import json, socket, time, ray
+ray.init()
+
+@ray.remote(num_cpus=1, resources={"slot": 1}, max_retries=0)
+def work(seconds):
+    print("E2E-" + "STARTED " + socket.gethostname(), flush=True)  # split: the logs echo this source
+    time.sleep(seconds)
+    return {"pod": socket.gethostname(), "finished": time.time()}
+
+print("E2E-RESULT " + json.dumps(ray.get(work.remote(%d))))
+"""
+
 
 @dataclass(frozen=True)
 class ProcessNodes:
@@ -50,6 +65,12 @@ def job_cluster_spec(pool: str) -> dict[str, Any]:
     placement = {"nodeSelector": {"swarm.io/process-node": "true", POOL_LABEL: pool},
                  "tolerations": [{"key": "swarm.io/process-node", "operator": "Exists", "effect": "NoSchedule"}]}
     return {"head": {"resources": {"cpu": 1, "memory": "2Gi"}, "template": {"spec": placement}}}
+
+
+def started_on(logs: str) -> str | None:
+    """The pod LONG_TASK's task started on, from the job's logs (None: not yet)."""
+    line = next((ln for ln in logs.splitlines() if "E2E-STARTED " in ln), None)
+    return line.split("E2E-STARTED ", 1)[1].strip() if line else None
 
 
 def is_ready(pod: Any) -> bool:

@@ -16,27 +16,21 @@ from typing import Any
 import pytest
 
 from localcluster import rayjobs
-from tests.e2e.helpers import ProcessNodes, cluster_pods, delete_swarmcluster, sample_manifest, wait_ray_cluster
+from tests.e2e.helpers import (
+    LONG_TASK,
+    ProcessNodes,
+    cluster_pods,
+    delete_swarmcluster,
+    sample_manifest,
+    started_on,
+    wait_ray_cluster,
+)
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 NAME = "roll"
 TASK_SECONDS = 40
-
-LONG_TASK = """\
-import json, socket, time, ray
-ray.init()
-
-@ray.remote(num_cpus=1, resources={"slot": 1}, max_retries=0)
-def work(seconds):
-    print("E2E-" + "STARTED " + socket.gethostname(), flush=True)  # split: the logs echo this source
-    time.sleep(seconds)
-    return {"pod": socket.gethostname(), "finished": time.time()}
-
-print("E2E-RESULT " + json.dumps(ray.get(work.remote(%d))))
-"""
-
 
 def rollout_manifest(pool: str) -> dict[str, Any]:
     manifest = copy.deepcopy(sample_manifest(pool))
@@ -48,11 +42,6 @@ def rollout_manifest(pool: str) -> dict[str, Any]:
     manifest["spec"]["autoscaling"] = {"enabled": False}
     manifest["spec"]["updateStrategy"] = {"type": "Rolling", "maxUnavailable": 1, "drainTimeoutSeconds": 300}
     return manifest
-
-
-def started_on(logs: str) -> str | None:
-    line = next((ln for ln in logs.splitlines() if "E2E-STARTED " in ln), None)
-    return line.split("E2E-STARTED ", 1)[1].strip() if line else None
 
 
 def test_a_template_change_replaces_the_idle_worker_first_and_drains_the_busy_one(

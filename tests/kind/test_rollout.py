@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from localcluster import rayjobs
-from tests.e2e.helpers import cluster_pods, delete_swarmcluster
-from tests.e2e.test_rollout import LONG_TASK, started_on
+from tests.e2e.helpers import LONG_TASK, cluster_pods, delete_swarmcluster, started_on
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
 from tests.kind.helpers import KindTier, swarmcluster, wait_ray_cluster
 

@@ -34,7 +34,7 @@ from swarm_operator.autoscaler.snapshot import (
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key
 from swarm_operator.reconcile.observe import PodState, observe_pod
-from swarm_operator.reconcile.plan import DrainForRollout, PatchPod
+from swarm_operator.reconcile.plan import DrainWorker, PatchPod
 from swarm_operator.resources import labels
 from swarm_operator.spec.types import AutoscalingSpec, ClusterSpec
 from swarm_operator.status import AutoscalerReport
@@ -490,7 +490,7 @@ def test_observe_reads_ray_without_deciding_anything(h: Harness) -> None:
     ("fail", "annotated"),
     [pytest.param(False, True, id="accepted-annotated"), pytest.param(True, False, id="rpc-failed-retried-later")],
 )
-def test_drain_for_rollout_uses_preemption_and_the_deadline(h: Harness, fail: bool, annotated: bool) -> None:
+def test_drain_workers_uses_preemption_and_the_deadline(h: Harness, fail: bool, annotated: bool) -> None:
     c = cluster(groups=[group("cpu", 2)])
     pods = h.pods(c, 2)
     h.ray.snapshot = snapshot(head_node(c), cpu_node(c, 0), cpu_node(c, 1))
@@ -498,9 +498,9 @@ def test_drain_for_rollout_uses_preemption_and_the_deadline(h: Harness, fail: bo
     assert view is not None
     if fail:
         h.ray.fail_drain.add("demo-cpu-w0000")
-    drains = [DrainForRollout("demo-cpu-w0000", "worker demo-cpu-w0000 of group cpu: rolling update", 90),
-              DrainForRollout("demo-cpu-gone", "not a Ray node any more", 90)]
-    marks, evs = asyncio.run(h.scaler.drain_for_rollout(key_of(c), view.snapshot, drains, NOW))
+    drains = [DrainWorker("demo-cpu-w0000", "worker demo-cpu-w0000 of group cpu: rolling update", 90),
+              DrainWorker("demo-cpu-gone", "not a Ray node any more", 90)]
+    marks, evs = asyncio.run(h.scaler.drain_workers(key_of(c), view.snapshot, drains, NOW))
     ((node, reason, message, deadline_ms, _),) = h.ray.drains  # the node Ray does not know is not sent
     assert (node, reason, deadline_ms) == (node_id("demo-cpu-w0000"), gcs.DrainReason.PREEMPTION,
                                            int((NOW + 90) * 1000))

@@ -24,6 +24,8 @@ from swarm_operator.spec.reader import SpecError
 from swarm_operator.spec.rules import OPERATOR_CONTAINER_FIELDS
 from swarm_operator.spec.types import ClusterSpec, WorkerGroupSpec
 from tests.cases.invalid_manifests import mutated
+from tests.unit.operator_fixtures import cluster as fixture_cluster
+from tests.unit.operator_fixtures import group as group_spec
 
 NS = "ns"
 UID = "uid-1"
@@ -562,3 +564,42 @@ def test_pods_carry_their_template_hash() -> None:
     gpu = group(c, "gpu")
     assert build_worker_pod(c, gpu, SUFFIX)["metadata"]["labels"]["swarm.io/template-hash"] == worker_hash(c, gpu)
     assert worker_hash(c, gpu) != worker_hash(c, group(c, "cpu"))
+
+
+# -- a worker's grace period and its preStop drain ------------------------------------------------------------
+
+def grace_cluster(group_fields: dict[str, Any]) -> ClusterSpec:
+    return fixture_cluster(groups=[group_spec("cpu", 1, **group_fields)])
+
+
+@pytest.mark.parametrize(
+    ("group_fields", "grace", "prestop"),
+    [
+        pytest.param({}, 60, True, id="default-60s"),
+        pytest.param({"terminationGracePeriodSeconds": 300}, 300, True, id="the-groups-field"),
+        pytest.param({"terminationGracePeriodSeconds": 300, "template": {"spec": {"terminationGracePeriodSeconds": 9}}},
+                     9, True, id="the-template-wins"),
+        pytest.param({"template": {"spec": {"containers": [{"name": "ray", "lifecycle": {"preStop": {
+            "exec": {"command": ["true"]}}}}]}}}, 60, False, id="a-lifecycle-of-its-own-wins"),
+    ],
+)
+def test_a_worker_drains_its_ray_node_when_stopped(group_fields: dict[str, Any], grace: int, prestop: bool) -> None:
+    c = grace_cluster(group_fields)
+    pod = build_worker_pod(c, c.worker_groups[0], "abcde")
+    assert pod["spec"]["terminationGracePeriodSeconds"] == grace
+    command = pod["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    if prestop:
+        # The drain's deadline is the grace period the pod really has; the head's address is the one it joins.
+        assert command[0:2] == ["/bin/sh", "-c"] and "ray drain-node" in command[2]
+        assert "DRAIN_NODE_REASON_PREEMPTION" in command[2]
+        assert command[3:] == ["prestop", "demo-head-svc.ns.svc.cluster.local:6379", str(grace)]
+    else:
+        assert command == ["true"]
+    assert "lifecycle" not in build_head_pod(c)["spec"]["containers"][0]
+
+
+def test_the_grace_period_field_rolls_the_group_only_once_set() -> None:
+    unset, default, longer = (grace_cluster(f) for f in ({}, {"terminationGracePeriodSeconds": 60},
+                                                        {"terminationGracePeriodSeconds": 300}))
+    hashes = [worker_hash(c, c.worker_groups[0]) for c in (unset, default, longer)]
+    assert len(set(hashes)) == 3, "setting it (even to the default) or changing it replaces the group's pods"

@@ -863,6 +863,48 @@ def test_a_rollout_with_ray_unreachable_waits_and_says_so_once() -> None:
     assert len(waiting) == 1 and "2 ready outdated worker(s)" in waiting[0][3]
 
 
+# -- drained ahead of a disruption: someone else's deletion, never the operator's own ------------------
+
+
+def test_a_worker_deleted_by_someone_else_is_drained_with_its_grace_left_and_the_operators_own_are_not() -> None:
+    kube, ray = FakeKube(), FakeRay()
+
+    def put(c: Controller, name: str, ip: str, **meta: Any) -> None:
+        pod = with_state(kube.pods[(NAMESPACE, name)], resource_version=kube.bump())
+        pod["status"]["podIP"] = ip
+        pod["metadata"].update(meta)
+        kube.pods[(NAMESPACE, name)] = pod
+        c.on_pod("MODIFIED", pod)
+
+    async def body() -> None:
+        c = make(kube)
+        c.autoscaler.pool = cast(Any, gcs.RayStatePool(ray.factory, c.blocking.submit, read_timeout_s=5.0))
+        c.on_cluster("ADDED", manifest())
+        await c.reconcile(KEY)  # head + 2 workers
+        first, second = sorted(n for (_, n) in kube.pods if n.startswith("demo-cpu-"))
+        for name, ip in (("demo-head", HEAD_IP), (first, "10.0.0.2"), (second, "10.0.0.3")):
+            put(c, name, ip)
+        ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
+                                ray_node(first, "cpu", available={"CPU": 0.0, "memory": 8e9}),
+                                ray_node(second, "cpu", NodeStatus.IDLE))
+        await c.reconcile(KEY)
+        assert ray.drains == []
+        put(c, first, "10.0.0.2", deletionTimestamp=iso(NOW + 30))  # kubectl delete: 30 s of grace left
+        await c.reconcile(KEY)
+        ((node, reason, message, deadline_ms, _),) = ray.drains
+        assert (node, reason, deadline_ms) == (node_id(first), gcs.DrainReason.PREEMPTION, int((NOW + 30) * 1000))
+        assert "its pod is being deleted, not by the operator" in message
+        # The operator's own deletion (a scale-down of the idle worker) is no disruption to drain ahead of.
+        to_zero = manifest({"workerGroups": [{**manifest()["spec"]["workerGroups"][0], "replicas": 0}]}, generation=2)
+        c.on_cluster("MODIFIED", {**to_zero, "status": kube.statuses[-1][2]})
+        await c.reconcile(KEY)
+        assert kube.pods[(NAMESPACE, second)]["metadata"].get("deletionTimestamp"), "the idle worker deleted"
+        await c.reconcile(KEY)
+        assert [d[0] for d in ray.drains] == [node_id(first)]
+
+    run(body)
+
+
 # -- the head service, reconciled in place -------------------------------------------------------------
 
 

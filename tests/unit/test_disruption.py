@@ -123,10 +123,35 @@ def node(name: str, ready: str | None = "True", since: float = NOW - 100, rv: st
     return {"metadata": {"name": name, "resourceVersion": rv}, "status": {"conditions": conditions}}
 
 
+def marked(raw: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """The node with `spec` fields (unschedulable, taints) as a cordon, a drain or an autoscaler leaves them."""
+    return {**raw, "spec": spec}
+
+
 @pytest.mark.parametrize(("raw", "expected"), [
     pytest.param(node("a"), NodeState("a", ready_since=NOW - 100), id="ready"),
     pytest.param(node("a", "Unknown"), NodeState("a", ready=False, ready_since=NOW - 100), id="unknown-is-not-ready"),
     pytest.param(node("a", None), NodeState("a"), id="no-condition-yet"),
+    pytest.param(marked(node("a"), unschedulable=True), NodeState("a", ready_since=NOW - 100, cordoned=True),
+                 id="cordoned"),
+    pytest.param(marked(node("a"), taints=[{"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000",
+                                            "effect": "NoSchedule"}]),
+                 NodeState("a", ready_since=NOW - 100, removal="the cluster autoscaler is removing it"),
+                 id="cluster-autoscaler-removes-it"),
+    pytest.param(marked(node("a", None), unschedulable=True,
+                        taints=[{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"},
+                                {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]),
+                 NodeState("a", cordoned=True, removal="Karpenter is disrupting it"), id="karpenter-disrupts-it"),
+    pytest.param(marked(node("a"), taints=[{"key": "karpenter.sh/disruption", "value": "disrupting",
+                                            "effect": "NoSchedule"}]),
+                 NodeState("a", ready_since=NOW - 100, removal="Karpenter is disrupting it"),
+                 id="karpenter-before-v1"),
+    # A spot pool's permanent taint, or a cluster autoscaler's mere candidate mark, announce no removal.
+    pytest.param(marked(node("a"), taints=[{"key": "kubernetes.azure.com/scalesetpriority", "value": "spot",
+                                            "effect": "NoSchedule"},
+                                           {"key": "DeletionCandidateOfClusterAutoscaler", "value": "1",
+                                            "effect": "PreferNoSchedule"}]),
+                 NodeState("a", ready_since=NOW - 100), id="other-taints-are-no-removal"),
 ])
 def test_node_state(raw: dict[str, Any], expected: NodeState) -> None:
     assert node_state(raw) == expected

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff
+from swarm_operator.reconcile.disruption import DISRUPTION_TARGET, NodeState
 from swarm_operator.reconcile.observe import PodState, observe_pod
 from swarm_operator.reconcile.plan import (
     DRAIN_POLL_SECONDS,
@@ -19,7 +21,7 @@ from swarm_operator.reconcile.plan import (
     CreateService,
     CreateWorkers,
     DeletePod,
-    DrainForRollout,
+    DrainWorker,
     Observed,
     PatchPod,
     Plan,
@@ -40,9 +42,11 @@ HEAD_BUDGET = {"demo-head-pdb": "pdb-uid"}  # the head's PodDisruptionBudget exi
 
 def run(c: ClusterSpec, pods: list[PodState], *, service: bool = True, health: Mapping[str, GroupHealth] | None = None,
         targets: Mapping[str, int] | None = None, idle: frozenset[str] | None = None, head_restarts: int = 0,
-        ray_nodes: frozenset[str] | None = None) -> Plan:
+        ray_nodes: frozenset[str] | None = None, ray_dead: frozenset[str] = frozenset(),
+        deleted_by_operator: frozenset[str] = frozenset()) -> Plan:
     obs = Observed(pods=tuple(pods), service_exists=service, health=dict(health or {}),
-                   head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes, budgets=HEAD_BUDGET)
+                   head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes, ray_dead=ray_dead,
+                   budgets=HEAD_BUDGET, deleted_by_operator=deleted_by_operator)
     return plan_cluster(c, obs, dict(targets or {}), NOW)
 
 
@@ -301,37 +305,6 @@ def test_head_template_change(spec: dict[str, Any], expected: list[tuple[Any, ..
 # -- scaling by spec (autoscaling off) ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("replicas", "pods", "expected"),
-    [
-        pytest.param(2, workers(C, 4), [w(2), w(3)], id="newest-first"),
-        pytest.param(2, [*workers(C, 3), worker(C, suffix="w0009", created=NOW - 7200, ready=False)],
-                     [w(2), w(9)], id="not-ready-first-even-if-oldest"),
-        pytest.param(1, [worker(C, suffix="w0000", created=NOW - 100, phase="Pending", ready=False),
-                         worker(C, suffix="w0001", created=NOW - 50, phase="Pending", ready=False),
-                         worker(C, suffix="w0002", created=NOW - 3600)],
-                     [w(0), w(1)], id="all-not-ready-before-any-ready"),
-        pytest.param(0, workers(C, 3), [w(0), w(1), w(2)], id="to-zero"),
-        pytest.param(3, workers(C, 3), [], id="equal"),
-    ],
-)
-def test_scale_down_by_spec(replicas: int, pods: list[PodState], expected: list[str]) -> None:
-    c = cluster(groups=[group("cpu", replicas)])
-    p = run(c, [head(c), *pods])
-    deleted = sorted(a.name for a in p.actions if isinstance(a, DeletePod))
-    assert deleted == expected
-    assert not any(isinstance(a, CreateWorkers) for a in p.actions)
-
-
-def test_scale_down_reasons() -> None:
-    c = cluster(groups=[group("cpu", 1)])
-    p = run(c, [head(c), *workers(c, 2), worker(c, suffix="slow1", ready=False)])
-    assert {a.name: a.reason for a in p.actions if isinstance(a, DeletePod)} == {
-        "demo-cpu-slow1": "group cpu scaled to 1 (not ready first)",
-        w(1): "group cpu scaled to 1 (newest first)",
-    }
-
-
 def test_scale_up_by_spec() -> None:
     c = cluster(groups=[group("cpu", 5)])
     assert same(run(c, healthy(c, 2)), [("create", "cpu", 3)])
@@ -379,7 +352,8 @@ JOINING = worker(AUTO_C, suffix="join1", ready=False)
 def test_autoscaling_never_removes_a_ray_node_by_spec(ray_nodes: frozenset[str] | None,
                                                       expected: list[tuple[Any, ...]]) -> None:
     pods = [head(AUTO_C), *workers(AUTO_C, 2), JOINING]
-    assert same(run(AUTO_C, pods, targets={"cpu": 2}, ray_nodes=ray_nodes), expected)
+    idle = None if ray_nodes is None else frozenset[str]()  # every Ray node busy
+    assert same(run(AUTO_C, pods, targets={"cpu": 2}, ray_nodes=ray_nodes, idle=idle), expected)
 
 
 def test_spec_replicas_rule_when_autoscaling_off() -> None:
@@ -424,8 +398,8 @@ def all_(state: str, n: int = 3) -> dict[str, str]:
 
 
 def describe_rollout(a: Action) -> tuple[str, str]:
-    assert isinstance(a, DeletePod | DrainForRollout), a
-    return ("drain" if isinstance(a, DrainForRollout) else "delete", a.name)
+    assert isinstance(a, DeletePod | DrainWorker), a
+    return ("drain" if isinstance(a, DrainWorker) else "delete", a.name)
 
 
 def rollout(strategy: dict[str, Any], old_pods: list[PodState], new_pods: list[PodState] | None = None,
@@ -433,7 +407,7 @@ def rollout(strategy: dict[str, Any], old_pods: list[PodState], new_pods: list[P
     c = cluster({"updateStrategy": strategy}, groups=[group("cpu", 3)])
     p = run(c, [head(c), *old_pods, *(new_pods or [])], **ray_of(ray))
     assert not any(isinstance(a, CreateWorkers) for a in p.actions)
-    return sorted(describe_rollout(a) for a in p.actions if isinstance(a, DeletePod | DrainForRollout))
+    return sorted(describe_rollout(a) for a in p.actions if isinstance(a, DeletePod | DrainWorker))
 
 
 def rollout_drained(suffix: str, c: ClusterSpec = C3_OLD, at: float = NOW - 10, **state: Any) -> PodState:
@@ -494,7 +468,7 @@ def test_rolling_update(strategy: dict[str, Any], old: list[PodState], new: list
 def test_a_busy_worker_is_drained_with_the_deadline_and_a_reason() -> None:
     c = cluster({"updateStrategy": {"drainTimeoutSeconds": 120}}, groups=[group("cpu", 3)])
     p = run(c, [head(c), *OLD3], **ray_of(all_(BUSY)))
-    assert p.actions == (DrainForRollout(w(0), f"worker {w(0)} of group cpu: rayStartParams changed; rolling update "
+    assert p.actions == (DrainWorker(w(0), f"worker {w(0)} of group cpu: rayStartParams changed; rolling update "
                                                 "(Rolling); it runs Ray tasks: draining it first", 120),)
     assert p.notes == ()
 
@@ -502,8 +476,8 @@ def test_a_busy_worker_is_drained_with_the_deadline_and_a_reason() -> None:
 def test_ready_workers_waiting_for_ray_state_say_so_and_retry() -> None:
     p = run(C3, [head(C3), *OLD3])
     assert p.actions == ()
-    assert p.notes == ("group cpu: 3 ready outdated worker(s) wait for Ray's state (busy workers are drained, "
-                       "never deleted; Ray's state is unknown)",)
+    assert p.notes == ((EventReason.ROLLOUT_WAITING, "group cpu: 3 ready outdated worker(s) wait for Ray's state "
+                        "(busy workers are drained, never deleted; Ray's state is unknown)"),)
     assert p.requeue_after == RAY_STATE_RETRY_SECONDS
 
 
@@ -532,21 +506,44 @@ def test_a_drain_past_its_deadline_is_ended_by_deleting_the_pod(drained_ago: flo
 
 
 @pytest.mark.parametrize(
-    ("strategy", "pods", "expected"),
+    ("spec", "pods", "targets", "expected"),
     [
-        pytest.param({}, workers(C3, 3), False, id="up-to-date"),
-        pytest.param({}, [*workers(C3, 2), worker(C3_OLD, suffix="old")], True, id="one-outdated"),
-        pytest.param({}, [*workers(C3, 2), worker(C3_OLD, suffix="old", deleting=True)], False,
+        pytest.param({}, workers(C3, 3), {}, False, id="up-to-date"),
+        pytest.param({}, [*workers(C3, 2), worker(C3_OLD, suffix="old")], {}, True, id="one-outdated"),
+        pytest.param({}, [*workers(C3, 2), worker(C3_OLD, suffix="old", deleting=True, **FAILED)], {}, False,
                      id="outdated-but-leaving"),
-        pytest.param({}, [*workers(C3, 2), rollout_drained("old", C3)], True, id="drained-waiting-to-die"),
-        pytest.param({"type": "OnDelete"}, [worker(C3_OLD, suffix="old")], False, id="on-delete-outdated"),
-        pytest.param({"type": "OnDelete"}, [rollout_drained("old", C3)], True, id="on-delete-drained"),
-        pytest.param({}, [head(C3_OLD)], False, id="head-only"),
+        # A running worker being deleted may be someone else's deletion: its Ray node is drained ahead of it.
+        pytest.param({}, [*workers(C3, 2), worker(C3, suffix="gone", deleting=True)], {}, True,
+                     id="a-running-worker-deleted"),
+        pytest.param({}, [*workers(C3, 2), rollout_drained("old", C3)], {}, True, id="drained-waiting-to-die"),
+        pytest.param({"updateStrategy": {"type": "OnDelete"}}, [worker(C3_OLD, suffix="old")], {}, False,
+                     id="on-delete-outdated"),
+        pytest.param({"updateStrategy": {"type": "OnDelete"}}, [rollout_drained("old", C3)], {}, True,
+                     id="on-delete-drained"),
+        pytest.param({}, [head(C3_OLD)], {}, False, id="head-only"),
+        # Workers to remove: busy ones are drained, idle ones deleted, so Ray must say which is which.
+        pytest.param({}, workers(C3, 4), {}, True, id="more-than-replicas"),
+        pytest.param({}, [*workers(C3, 3), worker(TWO_GROUPS, "gpu", "g0000")], {}, True, id="a-group-removed"),
+        pytest.param({"suspend": True}, [head(C3), *workers(C3, 1)], {}, True, id="suspended-with-workers"),
+        pytest.param({"suspend": True}, [head(C3)], {}, False, id="suspended-head-only"),
+        pytest.param(AUTO, workers(C3, 3), {"cpu": 2}, True, id="autoscaled-below-the-workers"),
+        pytest.param(AUTO, workers(C3, 3), {"cpu": 3}, False, id="autoscaled-at-the-workers"),
+        # A disruption to drain ahead of.
+        pytest.param({}, [*workers(C3, 2), observe_pod(worker_pod(C3, "cpu", "going"),
+                                                       NodeState("node-1", removal="Karpenter is disrupting it"))],
+                     {}, True, id="a-node-going"),
+        pytest.param({}, [*workers(C3, 2), observe_pod(worker_pod(C3, "cpu", "cordon"),
+                                                       NodeState("node-1", cordoned=True))],
+                     {}, False, id="a-plain-cordon"),
+        pytest.param({"disruption": {"drainOnCordon": True}},
+                     [*workers(C3, 2), observe_pod(worker_pod(C3, "cpu", "cordon"),
+                                                   NodeState("node-1", cordoned=True))],
+                     {}, True, id="a-cordon-with-drain-on-cordon"),
     ],
 )
-def test_needs_ray_state(strategy: dict[str, Any], pods: list[PodState], expected: bool) -> None:
-    c = cluster({"updateStrategy": strategy}, groups=[group("cpu", 3)])
-    assert needs_ray_state(c, pods) is expected
+def test_needs_ray_state(spec: dict[str, Any], pods: list[PodState], targets: dict[str, int], expected: bool) -> None:
+    c = cluster(spec, groups=[group("cpu", 3)])
+    assert needs_ray_state(c, pods, targets) is expected
 
 
 def test_rollout_waits_for_the_count_first() -> None:
@@ -614,46 +611,7 @@ def test_a_hand_added_label_is_left_alone() -> None:
     assert run(new, pods).actions == ()  # the record says the template never set anything else
 
 
-# -- suspend, removed groups, requeue ------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("pods", "service", "expected"),
-    [
-        pytest.param(healthy(C), True, [("delete", "demo-head"), ("delete", w(0)), ("delete", w(1))],
-                     id="deletes-every-pod"),
-        pytest.param([head(C, deleting=True), worker(C, suffix="w0000", deleting=True), *workers(C, 2)[1:]],
-                     True, [("delete", w(1))], id="skips-pods-already-deleting"),
-        pytest.param([], False, [], id="creates-nothing-not-even-the-service"),
-        pytest.param([head(C, **HEAD_FAILED), worker(C, suffix="dead1", **FAILED)], True,
-                     [("delete", "demo-cpu-dead1"), ("delete", "demo-head")], id="failed-pods-not-replacements"),
-    ],
-)
-def test_suspend(pods: list[PodState], service: bool, expected: list[tuple[Any, ...]]) -> None:
-    health = {"cpu": GroupHealth(2, 1, NOW - 5, NOW + 5)}
-    p = run(cluster({"suspend": True}), pods, service=service, health=health, head_restarts=3)
-    assert same(p, expected)
-    assert all(isinstance(a, DeletePod) and a.reason == "cluster is suspended" for a in p.actions)
-    assert (p.health, p.head_restarts, p.requeue_after) == (health, 3, None)
-
-
-@pytest.mark.parametrize(
-    ("pods", "expected"),
-    [
-        pytest.param([*healthy(C), worker(TWO_GROUPS, "gpu", "g0000")], [("delete", "demo-gpu-g0000")],
-                     id="removed-group-pods-deleted"),
-        pytest.param([*healthy(C), worker(TWO_GROUPS, "gpu", "g0000", deleting=True)], [],
-                     id="already-deleting-left-alone"),
-        pytest.param([*healthy(C), worker(TWO_GROUPS, "gpu", "g0000", **FAILED)], [("delete", "demo-gpu-g0000")],
-                     id="failed-pod-of-removed-group-not-replaced"),
-    ],
-)
-def test_removed_group(pods: list[PodState], expected: list[tuple[Any, ...]]) -> None:
-    p = run(C, pods)
-    assert same(p, expected)
-    for a in p.actions:
-        assert isinstance(a, DeletePod) and a.reason == "group gpu is no longer in the spec"
-    assert set(p.health) == {"cpu"}
+# -- requeue ------------------------------------------------------------
 
 
 def test_requeue_is_the_earliest_wait() -> None:
@@ -738,3 +696,278 @@ def test_ray_dead_and_drained_reasons() -> None:
                                         failed=True, group="cpu")
     create = next(a for a in p.actions if isinstance(a, CreateWorkers))
     assert create == CreateWorkers("cpu", 2, "group cpu has 1 of 3 workers (replacing 1 failed)")
+
+
+# -- every scale-down path drains first: replicas or maxReplicas lowered, suspend, a group removed --------------
+# Idle workers and ones that are no Ray node go first and are deleted; busy ones are drained by Ray (DrainWorker),
+# never deleted; with Ray's state unknown, ready workers wait.
+
+def drained(c: ClusterSpec, suffix: str, group_name: str = "cpu", **state: Any) -> PodState:
+    """A worker whose busy Ray node was drained 10 s ago: the pod carries swarm.io/drained-at."""
+    raw = worker_pod(c, group_name, suffix, **state)
+    raw["metadata"].setdefault("annotations", {})[labels.DRAINED] = iso(NOW - 10)
+    return observe_pod(raw)
+
+
+def removals(p: Plan) -> list[tuple[str, str]]:
+    """The plan's deletions and drains (nothing else may be in it)."""
+    assert all(isinstance(a, DeletePod | DrainWorker) for a in p.actions), p.actions
+    return sorted(describe_rollout(a) for a in p.actions)
+
+
+PENDING = {"phase": "Pending", "ready": False, "node": None}
+W4 = workers(C, 4)
+W3 = W4[:3]
+
+
+@pytest.mark.parametrize(
+    ("groups", "pods", "ray", "expected"),
+    [
+        pytest.param([group("cpu", 2)], W4, all_(IDLE, 4), [("delete", w(2)), ("delete", w(3))],
+                     id="idle-newest-first"),
+        pytest.param([group("cpu", 2)], [*W3, worker(C, suffix="w0009", created=NOW - 7200, **PENDING)],
+                     all_(IDLE), [("delete", w(2)), ("delete", w(9))], id="no-ray-node-first-even-if-oldest"),
+        pytest.param([group("cpu", 2)], W4, {w(0): IDLE, w(1): IDLE, w(2): BUSY, w(3): BUSY},
+                     [("delete", w(0)), ("delete", w(1))], id="idle-before-busy-even-if-older"),
+        pytest.param([group("cpu", 1)], W3, {w(0): BUSY, w(1): IDLE, w(2): BUSY}, [("delete", w(1)), ("drain", w(2))],
+                     id="busy-drained-never-deleted"),
+        pytest.param([group("cpu", 0)], W3, all_(BUSY), [("drain", w(0)), ("drain", w(1)), ("drain", w(2))],
+                     id="to-zero-every-busy-worker-drained"),
+        pytest.param([group("cpu", 2)], W3, {w(0): BUSY, w(1): BUSY}, [("delete", w(2))],
+                     id="ready-but-no-ray-node-deleted"),
+        pytest.param([group("cpu", 1, hi=1)], W3, {w(0): IDLE, w(1): BUSY, w(2): BUSY},
+                     [("delete", w(0)), ("drain", w(2))], id="replicas-and-max-replicas-lowered"),
+        pytest.param([group("cpu", 1)], [drained(C, "w0000", created=NOW - 3600), *W3[1:]], all_(BUSY),
+                     [("drain", w(2))], id="a-draining-worker-is-already-leaving"),
+        pytest.param([group("cpu", 3)], W3, all_(BUSY), [], id="equal-nothing"),
+        # Ray's state unknown: ready workers (and running ones, which may have joined Ray) wait.
+        pytest.param([group("cpu", 1)], W3, None, [], id="unknown-ready-workers-wait"),
+        pytest.param([group("cpu", 2)], [*W3[:2], worker(C, suffix="pend1", **PENDING)], None,
+                     [("delete", "demo-cpu-pend1")], id="unknown-pending-deleted"),
+        pytest.param([group("cpu", 2)], [*W3[:2], worker(C, suffix="join1", ready=False)], None, [],
+                     id="unknown-running-not-ready-waits"),
+    ],
+)
+def test_scale_down_by_spec_drains_busy_workers(groups: list[dict[str, Any]], pods: list[PodState],
+                                                ray: Mapping[str, str] | None, expected: list[tuple[str, str]]) -> None:
+    c = cluster(groups=groups)
+    p = run(c, [head(c), *pods], **ray_of(ray))
+    assert removals(p) == sorted(expected)
+
+
+def test_scale_down_reasons_and_the_drain_deadline() -> None:
+    c = cluster({"updateStrategy": {"drainTimeoutSeconds": 45}}, groups=[group("cpu", 0)])
+    pods = [head(c), *workers(c, 2), worker(c, suffix="pend1", **PENDING)]
+    p = run(c, pods, **ray_of({w(0): BUSY, w(1): IDLE}))
+    assert set(p.actions) == {
+        DeletePod("demo-cpu-pend1", "group cpu scaled to 0 (demo-cpu-pend1 not ready)"),
+        DeletePod(w(1), f"group cpu scaled to 0 ({w(1)} idle in Ray)"),
+        DrainWorker(w(0), f"group cpu scaled to 0: worker {w(0)} runs Ray tasks; draining it first", 45),
+    }
+    assert p.notes == ()
+
+
+def test_workers_to_remove_wait_for_ray_state_saying_so() -> None:
+    c = cluster(groups=[group("cpu", 1)])
+    p = run(c, [head(c), *W3])
+    assert p.actions == ()
+    assert p.notes == ((EventReason.SCALE_DOWN_WAITING, "group cpu: 2 ready worker(s) to remove wait for Ray's "
+                        "state (busy workers are drained, never deleted; Ray's state is unknown)"),)
+    assert p.requeue_after == RAY_STATE_RETRY_SECONDS
+
+
+def test_a_drained_worker_goes_once_its_node_died_and_is_not_replaced() -> None:
+    c = cluster(groups=[group("cpu", 1)])
+    pods = [head(c), drained(c, "w0000"), *workers(c, 2)[1:]]
+    p = run(c, pods, ray_dead=frozenset({w(0)}), **ray_of({w(1): BUSY}))
+    assert removals(p) == [("delete", w(0))]
+    assert p.health["cpu"].consecutive_failures == 0
+
+
+# With autoscaling on the autoscaler drains idle Ray nodes itself; by the plan go pods that are no Ray node, and
+# Ray nodes above a lowered maxReplicas (busy ones, which the autoscaler never drains).
+AUTO_MAX1 = [group("cpu", None, lo=0, hi=1)]  # spec.replicas, at most maxReplicas, is not the target
+
+
+@pytest.mark.parametrize(
+    ("groups", "targets", "ray", "expected"),
+    [
+        pytest.param(AUTO_MAX1, {"cpu": 3}, all_(BUSY), [("drain", w(1)), ("drain", w(2))],
+                     id="above-max-busy-drained-newest-first"),
+        pytest.param(AUTO_MAX1, {"cpu": 3}, {w(0): IDLE, w(1): BUSY, w(2): BUSY}, [("delete", w(0)), ("drain", w(2))],
+                     id="above-max-idle-first"),
+        pytest.param(AUTO_MAX1, {"cpu": 3}, {w(0): BUSY, w(1): BUSY}, [("delete", w(2)), ("drain", w(1))],
+                     id="above-max-no-ray-node-first"),
+        pytest.param(AUTO_MAX1, {"cpu": 3}, None, [], id="above-max-unknown-waits"),
+        pytest.param([group("cpu", 2, lo=0, hi=4)], {"cpu": 1}, all_(BUSY), [], id="below-max-left-to-the-autoscaler"),
+        pytest.param([group("cpu", 2, lo=0, hi=2)], {"cpu": 1}, all_(BUSY), [("drain", w(2))],
+                     id="only-the-ray-nodes-above-max"),
+    ],
+)
+def test_autoscaling_max_replicas_lowered_drains_busy_workers(groups: list[dict[str, Any]], targets: dict[str, int],
+                                                             ray: Mapping[str, str] | None,
+                                                             expected: list[tuple[str, str]]) -> None:
+    c = cluster(AUTO, groups=groups)
+    p = run(c, [head(c), *W3], targets=targets, **ray_of(ray))
+    assert removals(p) == sorted(expected)
+
+
+def test_above_max_replicas_says_so() -> None:
+    c = cluster(AUTO, groups=AUTO_MAX1)
+    (drain, *_) = run(c, [head(c), *W3], targets={"cpu": 1}, **ray_of(all_(BUSY))).actions
+    assert drain == DrainWorker(w(2), f"group cpu has 3 workers, above maxReplicas 1: worker {w(2)} runs Ray tasks; "
+                                      "draining it first", 600)
+    waiting = run(c, [head(c), *W3], targets={"cpu": 1})
+    assert [reason for reason, _ in waiting.notes] == [EventReason.SCALE_DOWN_WAITING]
+
+
+SUSPENDED = cluster({"suspend": True})
+W2 = workers(SUSPENDED, 2)
+
+
+@pytest.mark.parametrize(
+    ("pods", "ray", "ray_dead", "expected", "requeue"),
+    [
+        pytest.param([head(C), *W2], all_(IDLE, 2), set(), [("delete", "demo-head"), ("delete", w(0)),
+                                                            ("delete", w(1))], None, id="all-idle-everything-goes"),
+        pytest.param([head(C), *W2], {w(0): BUSY, w(1): IDLE}, set(), [("delete", w(1)), ("drain", w(0))], None,
+                     id="busy-drained-the-head-waits-for-it"),
+        pytest.param([head(C), drained(C, "w0000")], all_(BUSY, 1), set(), [], DRAIN_POLL_SECONDS,
+                     id="draining-the-head-still-waits"),
+        pytest.param([head(C), drained(C, "w0000")], {}, {w(0)}, [("delete", "demo-head"), ("delete", w(0))], None,
+                     id="drained-node-died-then-the-head-goes"),
+        pytest.param([head(C), *W2], None, set(), [], RAY_STATE_RETRY_SECONDS, id="unknown-everything-waits"),
+        pytest.param([head(C), worker(C, suffix="pend1", **PENDING)], None, set(),
+                     [("delete", "demo-head"), ("delete", "demo-cpu-pend1")], None, id="unknown-pending-workers-go"),
+        pytest.param([head(C, **HEAD_FAILED), *W2, worker(C, suffix="dead1", **FAILED)], None, set(),
+                     [("delete", "demo-head"), ("delete", w(0)), ("delete", w(1)), ("delete", "demo-cpu-dead1")],
+                     None, id="no-head-to-drain-through-everything-goes"),
+        pytest.param([head(C, deleting=True), *W2], None, set(), [("delete", w(0)), ("delete", w(1))], None,
+                     id="head-already-going-workers-deleted"),
+        pytest.param([head(C), worker(C, suffix="w0000", deleting=True, **FAILED), *W2[1:]], all_(IDLE, 2), set(),
+                     [("delete", "demo-head"), ("delete", w(1))], None, id="pods-already-deleting-skipped"),
+        pytest.param([], None, set(), [], None, id="nothing-left-nothing-created"),
+    ],
+)
+def test_suspend_drains_workers_and_removes_the_head_last(pods: list[PodState], ray: Mapping[str, str] | None,
+                                                          ray_dead: set[str], expected: list[tuple[str, str]],
+                                                          requeue: float | None) -> None:
+    health = {"cpu": GroupHealth(2, 1, NOW - 5, NOW + 5)}
+    p = run(SUSPENDED, pods, service=False, health=health, head_restarts=3, ray_dead=frozenset(ray_dead),
+            **ray_of(ray))
+    assert removals(p) == sorted(expected)
+    assert (p.health, p.head_restarts, p.requeue_after) == (health, 3, requeue)
+
+
+def test_suspend_reasons() -> None:
+    p = run(SUSPENDED, [head(C), *W2], **ray_of({w(0): BUSY, w(1): IDLE}))
+    assert set(p.actions) == {DeletePod(w(1), f"cluster is suspended ({w(1)} idle in Ray)"),
+                              DrainWorker(w(0), f"cluster is suspended: worker {w(0)} runs Ray tasks; draining it "
+                                                "first", 600)}
+    waiting = run(SUSPENDED, [head(C), *W2])
+    assert waiting.notes == ((EventReason.SCALE_DOWN_WAITING, "cluster is suspended (the head goes last): 2 ready "
+                              "worker(s) to remove wait for Ray's state (busy workers are drained, never deleted; "
+                              "Ray's state is unknown)"),)
+    no_head = run(SUSPENDED, [head(C, **HEAD_FAILED), *W2[:1]])
+    assert DeletePod(w(0), "cluster is suspended (no head to drain its Ray node through)") in no_head.actions
+
+
+GPU = "demo-gpu-g0000"
+
+
+@pytest.mark.parametrize(
+    ("gpu_worker", "ray", "ray_dead", "expected"),
+    [
+        pytest.param(worker(TWO_GROUPS, "gpu", "g0000"), {GPU: IDLE}, set(), [("delete", GPU)], id="idle-deleted"),
+        pytest.param(worker(TWO_GROUPS, "gpu", "g0000"), {GPU: BUSY}, set(), [("drain", GPU)], id="busy-drained"),
+        pytest.param(worker(TWO_GROUPS, "gpu", "g0000"), None, set(), [], id="unknown-waits"),
+        pytest.param(worker(TWO_GROUPS, "gpu", "g0000", **FAILED), None, set(), [("delete", GPU)],
+                     id="failed-deleted-not-replaced"),
+        pytest.param(worker(TWO_GROUPS, "gpu", "g0000", deleting=True), None, set(), [], id="already-deleting"),
+        pytest.param(drained(TWO_GROUPS, "g0000", "gpu"), {GPU: BUSY}, set(), [], id="draining-waits-for-its-node"),
+        pytest.param(drained(TWO_GROUPS, "g0000", "gpu"), {}, {GPU}, [("delete", GPU)], id="drained-node-died"),
+    ],
+)
+def test_a_removed_groups_workers_are_drained_first(gpu_worker: PodState, ray: Mapping[str, str] | None,
+                                                    ray_dead: set[str], expected: list[tuple[str, str]]) -> None:
+    cpu = {w(0): IDLE, w(1): IDLE} if ray is not None else {}
+    view = ray_of(None if ray is None else {**cpu, **ray})
+    p = run(C, [*healthy(C), gpu_worker], ray_dead=frozenset(ray_dead), **view)
+    assert removals(p) == sorted(expected)
+    assert set(p.health) == {"cpu"}
+
+
+def test_a_removed_groups_reasons() -> None:
+    p = run(C, [*healthy(C), worker(TWO_GROUPS, "gpu", "g0000")], **ray_of({GPU: BUSY}))
+    assert p.actions == (DrainWorker(GPU, f"group gpu is no longer in the spec: worker {GPU} runs Ray tasks; "
+                                          "draining it first", 600),)
+    waiting = run(C, [*healthy(C), worker(TWO_GROUPS, "gpu", "g0000")])
+    assert [reason for reason, _ in waiting.notes] == [EventReason.SCALE_DOWN_WAITING]
+    assert waiting.requeue_after == RAY_STATE_RETRY_SECONDS
+
+
+# -- drained ahead of a disruption: an eviction, someone else's deletion, DisruptionTarget, the node going -------
+
+REMOVED_NODE = NodeState("node-1", removal="the cluster autoscaler is removing it")
+CORDONED_NODE = NodeState("node-1", cordoned=True)
+CORDON_DRAINS = cluster({"disruption": {"drainOnCordon": True}})
+
+
+def noticed(suffix: str, node: NodeState | None = None, *, grace_until: float | None = None, target: str = "",
+            drained_mark: bool = False, **state: Any) -> PodState:
+    """A worker on `node`; being deleted until `grace_until`, with DisruptionTarget `target`, or marked drained."""
+    raw = worker_pod(C, "cpu", suffix, **state)
+    if grace_until is not None:
+        raw["metadata"]["deletionTimestamp"] = iso(grace_until)
+    if target:
+        raw["status"]["conditions"].append({"type": DISRUPTION_TARGET, "status": "True", "reason": target})
+    if drained_mark:
+        raw["metadata"].setdefault("annotations", {})[labels.DRAINED] = iso(NOW - 10)
+    return observe_pod(raw, node, NOW)
+
+
+@pytest.mark.parametrize(
+    ("c", "pod", "ray", "ours", "expected"),
+    [
+        pytest.param(C, noticed("w0001", REMOVED_NODE), {w(1): BUSY}, False,
+                     ("its node is going (the cluster autoscaler is removing it)", 600), id="removal-taint-busy"),
+        pytest.param(C, noticed("w0001", REMOVED_NODE), {w(1): IDLE}, False,
+                     ("its node is going (the cluster autoscaler is removing it)", 600), id="removal-taint-idle-too"),
+        pytest.param(C, noticed("w0001", REMOVED_NODE), {}, False, None, id="no-ray-node-nothing-to-drain"),
+        pytest.param(C, noticed("w0001", REMOVED_NODE), None, False, None, id="ray-state-unknown"),
+        pytest.param(C, noticed("w0001", CORDONED_NODE), {w(1): BUSY}, False, None, id="plain-cordon-off-by-default"),
+        pytest.param(CORDON_DRAINS, noticed("w0001", CORDONED_NODE), {w(1): BUSY}, False,
+                     ("its node is cordoned (disruption.drainOnCordon)", 600), id="cordon-with-drain-on-cordon"),
+        pytest.param(C, noticed("w0001", grace_until=NOW + 25), {w(1): BUSY}, False,
+                     ("its pod is being deleted, not by the operator", 25), id="deleted-by-someone-grace-left"),
+        pytest.param(C, noticed("w0001", grace_until=NOW + 25), {w(1): BUSY}, True, None, id="deleted-by-the-operator"),
+        pytest.param(C, noticed("w0001", grace_until=NOW + 25, target="EvictionByEvictionAPI"), {w(1): BUSY}, False,
+                     ("evicted through the Eviction API", 25), id="evicted-grace-left"),
+        pytest.param(C, noticed("w0001", grace_until=NOW - 5), {w(1): BUSY}, False,
+                     ("its pod is being deleted, not by the operator", 600), id="grace-over-drain-timeout"),
+        pytest.param(C, noticed("w0001", REMOVED_NODE, drained_mark=True), {w(1): BUSY}, False, None,
+                     id="drained-once"),
+        pytest.param(C, noticed("w0001", grace_until=NOW + 25, **FAILED), {w(1): BUSY}, False, None,
+                     id="a-failed-pod-has-no-ray-work"),
+    ],
+)
+def test_a_disruption_is_drained_ahead(c: ClusterSpec, pod: PodState, ray: Mapping[str, str] | None, ours: bool,
+                                       expected: tuple[str, int] | None) -> None:
+    view = ray_of(None if ray is None else {w(0): IDLE, **ray})
+    p = run(c, [head(c), *workers(c, 1), pod], deleted_by_operator=frozenset({pod.name} if ours else ()), **view)
+    drains = [a for a in p.actions if isinstance(a, DrainWorker)]
+    if expected is None:
+        assert drains == []
+    else:
+        why, deadline = expected
+        assert drains == [DrainWorker(pod.name, f"worker {pod.name} of group cpu: {why}; draining its Ray node ahead "
+                                                "of the disruption", deadline)]
+
+
+def test_a_drained_worker_whose_node_goes_is_replaced_at_once() -> None:
+    going = noticed("w0001", REMOVED_NODE, drained_mark=True)
+    p = run(C, [head(C), *workers(C, 1), going], health={"cpu": GroupHealth(1, 1, NOW - 2, NOW + 30)},
+            **ray_of({w(0): IDLE, w(1): BUSY}))
+    assert same(p, [("create", "cpu", 1)])
+    still = run(C, [head(C), *workers(C, 1), noticed("w0001", drained_mark=True)], **ray_of({w(0): IDLE, w(1): BUSY}))
+    assert same(still, []), "a worker drained for another reason keeps its place until its node dies"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -420,3 +421,21 @@ def test_rollout_complete(c: ClusterSpec, pods: list[PodState], state: str, reas
     (cond,) = [x for x in s["conditions"] if x["type"] == "RolloutComplete"]
     assert (cond["status"], cond["reason"], cond["message"]) == (state, reason, message)
     assert s["workerGroups"][0]["updatedReplicas"] == updated
+
+
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        pytest.param([], "spec.suspend is true", id="all-gone"),
+        pytest.param([head(C)], "spec.suspend is true", id="only-the-head-left"),
+        pytest.param([head(C), *workers(C, 2), worker(C, suffix="gone1", deleting=True)],
+                     "spec.suspend is true; 2 worker(s) still running (0 draining in Ray), then the head goes",
+                     id="workers-wait"),
+        pytest.param([head(C), dataclasses.replace(worker(C), drained=True)],
+                     "spec.suspend is true; 1 worker(s) still running (1 draining in Ray), then the head goes",
+                     id="a-busy-worker-draining"),
+    ],
+)
+def test_suspended_says_what_it_waits_for(pods: list[PodState], expected: str) -> None:
+    (cond,) = [c for c in status_of(cluster({"suspend": True}), pods)["conditions"] if c["type"] == "Suspended"]
+    assert cond["message"] == expected

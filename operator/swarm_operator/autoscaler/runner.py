@@ -27,7 +27,7 @@ from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key
 from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile.observe import PodState
-from swarm_operator.reconcile.plan import DrainForRollout, PatchPod
+from swarm_operator.reconcile.plan import DrainWorker, PatchPod
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import GCS_PORT
 from swarm_operator.spec.types import ClusterSpec
@@ -243,20 +243,20 @@ class Autoscaler:
 
     async def observe(self, key: Key, pods: list[PodState], head_ip: str | None,
                       token: str | None = None) -> RayView | None:
-        """Ray's state for a rollout, read-only and with no scaling decision (autoscaling may be off);
+        """Ray's state for a rollout or a scale-down, read-only and with no scaling decision (autoscaling may be off);
         None when there is no head to ask or the read failed. `token`: as for :meth:`step`."""
         if head_ip is None:
             return None
         self.pool.set_cluster(key, f"{head_ip}:{GCS_PORT}", token)
         result = await self.pool.aread(key)
         if result.snapshot is None:
-            log.info("reading Ray state of %s/%s for a rollout: %s", *key, result.error)
+            log.info("reading Ray state of %s/%s to tell busy workers from idle: %s", *key, result.error)
             return None
         return ray_view(result.snapshot, pods)
 
-    async def drain_for_rollout(self, key: Key, snap: ClusterSnapshot, drains: Iterable[DrainForRollout],
-                                now: float) -> tuple[list[PatchPod], list[Post]]:
-        """Ask Ray to drain busy outdated workers (reason PREEMPTION, with a deadline): it schedules nothing
+    async def drain_workers(self, key: Key, snap: ClusterSnapshot, drains: Iterable[DrainWorker],
+                            now: float) -> tuple[list[PatchPod], list[Post]]:
+        """Ask Ray to drain busy workers that have to go (reason PREEMPTION, with a deadline): it schedules nothing
         more there and its raylet exits once the running tasks finish. Accepted drains are to be annotated
         on the pod, as the autoscaler's are; the planner deletes the pod once the node is DEAD.
         Returns those annotations and the events, for the turn to write."""
@@ -266,21 +266,20 @@ class Autoscaler:
         for d in drains:
             node = snap.node_by_instance(d.name)
             if node is None:
-                continue  # it left Ray since the read: the next turn replaces it directly
+                continue  # it left Ray since the read: the next turn deletes it directly
             deadline_ms = int((now + d.deadline_seconds) * 1000)
             try:
                 result = await self.blocking(client.drain, node.node_id, self.ray.DrainReason.PREEMPTION,
                                              f"swarm-operator: {d.reason}", deadline_ms, snapshot=snap)
             except self.ray.RayStateError as exc:  # safe to repeat: the next turn asks again
-                log.warning("rollout drain of %s in %s/%s failed: %s", d.name, *key, exc)
+                log.warning("drain of busy worker %s in %s/%s failed: %s", d.name, *key, exc)
                 continue
             if not result.accepted:
-                log.info("rollout drain of %s in %s/%s not sent: %s", d.name, *key, result.why)
+                log.info("drain of busy worker %s in %s/%s not sent: %s", d.name, *key, result.why)
                 continue
             marks.append(drained_mark(d.name, now, d.reason))
-            events.append((EventReason.DRAINING, f"{d.reason}; Ray finishes its running tasks within "
-                                                 f"{d.deadline_seconds}s (updateStrategy.drainTimeoutSeconds), "
-                                                 "then the pod is replaced"))
+            events.append((EventReason.DRAINING, f"{d.reason}; Ray schedules nothing more there and lets its "
+                                                 f"running tasks finish within {d.deadline_seconds}s"))
         return marks, events
 
     async def _drain(self, key: Key, snap: ClusterSnapshot, drains: Iterable[policy.Drain],

@@ -45,6 +45,15 @@ class Cause(StrEnum):
     DISRUPTION_TARGET = "disruption-target"
 
 
+# Taints that announce a node's removal: its Ray nodes are drained ahead of it (reconcile/plan.py). Each means the
+# node is going, not merely that it is unschedulable: a spot pool's permanent taint is not one of them.
+REMOVAL_TAINTS = {
+    "ToBeDeletedByClusterAutoscaler": "the cluster autoscaler is removing it",
+    "karpenter.sh/disrupted": "Karpenter is disrupting it",
+    "karpenter.sh/disruption": "Karpenter is disrupting it",  # Karpenter before v1 (value "disrupting")
+}
+
+
 @dataclass(frozen=True)
 class NodeState:
     """The facts of a Node the decisions read; the node cache keeps only these."""
@@ -53,6 +62,8 @@ class NodeState:
     exists: bool = True  # False: the operator saw the Node deleted
     ready: bool = True
     ready_since: float = 0.0  # epoch seconds of the Ready condition's last transition; 0 when unknown
+    cordoned: bool = False  # spec.unschedulable (kubectl cordon, and the first step of kubectl drain)
+    removal: str | None = None  # why the node is going, from a REMOVAL_TAINTS taint; None when none says so
 
     @classmethod
     def gone(cls, name: str) -> NodeState:
@@ -62,11 +73,15 @@ class NodeState:
 def node_state(node: Mapping[str, Any]) -> NodeState:
     """A Node object → its NodeState. A node that reports no Ready condition yet counts as ready (just registered)."""
     meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    removal = next((REMOVAL_TAINTS[t.get("key")] for t in spec.get("taints") or [] if t.get("key") in REMOVAL_TAINTS),
+                   None)
+    cordoned = bool(spec.get("unschedulable"))
     for c in (node.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
             return NodeState(meta.get("name", ""), ready=c.get("status") == "True",
-                             ready_since=parse_time(c.get("lastTransitionTime")))
-    return NodeState(meta.get("name", ""))
+                             ready_since=parse_time(c.get("lastTransitionTime")), cordoned=cordoned, removal=removal)
+    return NodeState(meta.get("name", ""), cordoned=cordoned, removal=removal)
 
 
 @dataclass(frozen=True)

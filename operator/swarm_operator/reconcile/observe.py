@@ -40,6 +40,9 @@ class PodState:
     template_metadata: Mapping[str, Any] | None = field(default=None, compare=False)
     disruption: Disrupted | None = None  # an eviction, a node shutdown or loss ended it: not a failure
     recheck_at: float = 0.0  # epoch seconds: its node is NotReady, and then counts as a disruption
+    deletion_at: float = 0.0  # epoch seconds its deletion's grace period ends (deletionTimestamp); 0 when none
+    node_cordoned: bool = False  # its node is cordoned (spec.unschedulable)
+    node_removal: str | None = None  # why its node is going (a cluster autoscaler's or Karpenter's taint)
 
     @property
     def alive(self) -> bool:
@@ -137,6 +140,9 @@ def observe_pod(pod: Mapping[str, Any], node: NodeState | None = None, now: floa
         template_metadata=revision.read_json_annotation(annotations, revision.TEMPLATE_METADATA),
         disruption=verdict if isinstance(verdict, Disrupted) else None,
         recheck_at=verdict.recheck_at if isinstance(verdict, Healthy) else 0.0,
+        deletion_at=parse_time(meta.get("deletionTimestamp")),
+        node_cordoned=bool(node and node.cordoned),
+        node_removal=node.removal if node else None,
     )
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff, head_backoff_delay, record_failures, settle
 from swarm_operator.reconcile.disruption import Disrupted
 from swarm_operator.reconcile.observe import PodState
@@ -68,20 +70,23 @@ class PatchPod:
 
 
 @dataclass(frozen=True)
-class DrainForRollout:
-    """An outdated worker with Ray work: Ray drains it (reason PREEMPTION, a deadline) rather than the pod being
-    deleted, so its running tasks finish. The pod is deleted once Ray reports the node dead, or at the deadline."""
+class DrainWorker:
+    """A worker with Ray work that has to go (a rollout, a scale-down, suspend, its group removed): Ray drains it
+    (reason PREEMPTION, a deadline) rather than the pod being deleted, so its running tasks finish. The pod is
+    deleted once Ray reports the node dead, or at the deadline."""
     name: str
     reason: str
     deadline_seconds: int
 
 
-Action = (CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod | DrainForRollout | CreateBudget
+Action = (CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod | DrainWorker | CreateBudget
           | DeleteBudget)
+Note = tuple[EventReason, str]  # something the plan waits for, posted as an Event once while it holds
 
 # While a drained node has not died yet, Ray's state is read again this often (its death is what frees the pod).
 DRAIN_POLL_SECONDS = 3.0
-# A ready outdated worker waits while Ray's state is unknown (busy or idle cannot be told); retried this often.
+# A ready worker to replace or remove waits while Ray's state is unknown (busy or idle cannot be told); retried
+# this often.
 RAY_STATE_RETRY_SECONDS = 5.0
 
 
@@ -93,7 +98,7 @@ class Observed:
     head_restarts: int = 0
     head_failures: int = 0  # heads failed in a row, never ready between (status.head.consecutiveFailures)
     head_backoff: HeadBackoff | None = None  # a crash-looping head's next attempt waits until then
-    # Pods Ray reports idle (None when Ray's state is unknown); rollouts replace them directly, first.
+    # Pods Ray reports idle (None when Ray's state is unknown): a rollout or a scale-down deletes them, first.
     idle_pods: frozenset[str] | None = None
     # Pods whose Ray node the GCS reports DEAD while the pod still runs (`ray start --block` outlives it).
     ray_dead: frozenset[str] = frozenset()
@@ -101,6 +106,8 @@ class Observed:
     # gets tasks, before its readiness probe first passes: "not ready" does not mean "no Ray work".
     ray_nodes: frozenset[str] | None = None
     budgets: Mapping[str, str] = field(default_factory=dict)  # this cluster's PodDisruptionBudgets: name → uid
+    # Pods this operator deleted (remembered in memory only): their deletion is no disruption to drain ahead of.
+    deleted_by_operator: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ class Plan:
     head_restarts: int
     head_backoff: HeadBackoff | None = None
     requeue_after: float | None = None  # seconds; when a backoff expires or a name frees up
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[Note, ...] = field(default_factory=tuple)
 
 
 def desired_replicas(cluster: ClusterSpec, status_targets: Mapping[str, int]) -> dict[str, int]:
@@ -124,62 +131,171 @@ def desired_replicas(cluster: ClusterSpec, status_targets: Mapping[str, int]) ->
     return out
 
 
-def _scale_down_order(pods: list[PodState]) -> list[PodState]:
-    """Not-ready pods first (no Ray work on them), then the newest."""
-    return sorted(pods, key=lambda p: (p.ready, -p.created, p.name))
+class RayWork(Enum):
+    """What a worker is doing in Ray, in the order workers are taken down: the cheapest to lose first."""
+
+    NONE = 0  # not a Ray node (yet): nothing to lose
+    IDLE = 1  # a Ray node Ray reports idle
+    BUSY = 2  # a live Ray node that is not idle: drained, never deleted
+    UNKNOWN = 3  # Ray's state is unknown and the pod may be a Ray node: busy cannot be told from idle
 
 
-def _no_ray_work_yet(p: PodState, ray_nodes: frozenset[str] | None) -> bool:
-    """Not ready and not a Ray node; with Ray's state unknown, not even running."""
-    if p.ready:
-        return False
-    return p.name not in ray_nodes if ray_nodes is not None else p.phase != "Running"
-
-
-def _busy(p: PodState, obs: Observed) -> bool | None:
-    """A live Ray node that is not idle; None when Ray's state is unknown."""
+def ray_work(p: PodState, obs: Observed) -> RayWork:
     if obs.ray_nodes is None or obs.idle_pods is None:
-        return None
-    return p.name in obs.ray_nodes and p.name not in obs.idle_pods
+        # A pod joins Ray, and gets tasks, before its readiness probe first passes: only one not running is safe.
+        return RayWork.NONE if not p.ready and p.phase != "Running" else RayWork.UNKNOWN
+    if p.name not in obs.ray_nodes:
+        return RayWork.NONE
+    return RayWork.IDLE if p.name in obs.idle_pods else RayWork.BUSY
+
+
+def _removal_order(pods: list[PodState], obs: Observed) -> list[PodState]:
+    """No Ray work first, then idle, then busy; within each, not ready first, then the newest."""
+    return sorted(pods, key=lambda p: (ray_work(p, obs).value, p.ready, -p.created, p.name))
 
 
 def _rollout_order(pods: list[PodState], obs: Observed) -> list[PodState]:
     """Idle workers and ones with no Ray node first (replacing them costs no work), then not ready, then oldest."""
-    return sorted(pods, key=lambda p: (bool(_busy(p, obs)), p.ready, p.created, p.name))
+    return sorted(pods, key=lambda p: (ray_work(p, obs) is RayWork.BUSY, p.ready, p.created, p.name))
 
 
-def needs_ray_state(cluster: ClusterSpec, pods: list[PodState]) -> bool:
-    """A rollout is under way (an outdated or drained live worker): it must tell busy workers from idle ones,
-    and see drained nodes die, whether or not autoscaling reads Ray's state anyway."""
+def _take_down(pods: list[PodState], count: int, obs: Observed, why: str, drain_timeout: int,
+               ray_nodes_allowed: int | None = None) -> tuple[list[Action], int]:
+    """`count` of `pods` removed, the cheapest first: pods that are no Ray node, and idle Ray nodes, are deleted;
+    busy Ray nodes are drained by Ray (PREEMPTION, `drain_timeout`), never deleted. At most `ray_nodes_allowed`
+    Ray nodes are taken (None: any). Returns the actions and how many ready workers must wait instead, because
+    Ray's state is unknown."""
+    actions: list[Action] = []
+    waiting = 0
+    for p in _removal_order(pods, obs):
+        if len(actions) + waiting >= count:
+            break
+        work = ray_work(p, obs)
+        if work is not RayWork.NONE:
+            if ray_nodes_allowed == 0:
+                break  # the order puts every Ray node after the rest
+            if ray_nodes_allowed is not None:
+                ray_nodes_allowed -= 1
+        if work is RayWork.UNKNOWN:
+            waiting += 1  # it may be running tasks: deleting it could kill them
+        elif work is RayWork.BUSY:
+            actions.append(DrainWorker(p.name, f"{why}: worker {p.name} runs Ray tasks; draining it first",
+                                       drain_timeout))
+        else:
+            state = "idle in Ray" if work is RayWork.IDLE else "not ready" if not p.ready else "not a Ray node"
+            actions.append(DeletePod(p.name, f"{why} ({p.name} {state})"))
+    return actions, waiting
+
+
+def _drains(pods: list[PodState], obs: Observed, now: float, drain_timeout: int
+            ) -> tuple[list[Action], set[str], list[float]]:
+    """Workers whose Ray node was drained (the autoscaler's, or a busy worker's that had to go): each pod is
+    deleted once its node or the pod ended, or at the deadline, and polled until then. Returns the deletions, the
+    pods they remove, and when to look again."""
+    actions: list[Action] = []
+    removed: set[str] = set()
+    requeues: list[float] = []
+    for p in pods:
+        if p.deleting or not p.drained:
+            continue
+        if p.failure is not None or p.disruption is not None or p.name in obs.ray_dead:
+            actions.append(DeletePod(p.name, f"worker {p.name} of group {p.group}: its Ray node was drained; "
+                                             "removing the pod"))
+        elif p.drained_at and now - p.drained_at >= drain_timeout:
+            # Ray lets a drained node's tasks run on past a PREEMPTION deadline: the deadline is ours to keep.
+            actions.append(DeletePod(p.name, f"worker {p.name} of group {p.group}: its Ray node was drained "
+                                             f"{drain_timeout}s ago (updateStrategy.drainTimeoutSeconds) and "
+                                             "still runs; removing the pod"))
+        else:
+            requeues.append(DRAIN_POLL_SECONDS if not p.drained_at
+                            else min(DRAIN_POLL_SECONDS, max(0.0, p.drained_at + drain_timeout - now)))
+            continue
+        removed.add(p.name)
+    return actions, removed, requeues
+
+
+def _waiting_note(who: str, waiting: int) -> Note:
+    return (EventReason.SCALE_DOWN_WAITING,
+            f"{who}: {waiting} ready worker(s) to remove wait for Ray's state (busy workers are drained, never "
+            "deleted; Ray's state is unknown)")
+
+
+def _node_going(p: PodState, cluster: ClusterSpec) -> str | None:
+    """Why the worker's node is about to go (a removal taint; a cordon only with disruption.drainOnCordon)."""
+    if p.node_removal:
+        return f"its node is going ({p.node_removal})"
+    if p.node_cordoned and cluster.disruption.drain_on_cordon:
+        return "its node is cordoned (disruption.drainOnCordon)"
+    return None
+
+
+def _disruption_notice(p: PodState, cluster: ClusterSpec, obs: Observed) -> str | None:
+    """Why a running worker's Ray node is about to be lost to a disruption, None when it is not: an eviction or a
+    deletion the operator did not cause (its grace period runs), DisruptionTarget, its node going."""
+    if p.node_type != labels.WORKER or p.phase != "Running" or p.failure is not None:
+        return None
+    if p.deleting:
+        if p.name in obs.deleted_by_operator:
+            return None
+        return p.disruption.reason if p.disruption else "its pod is being deleted, not by the operator"
+    if p.disruption is not None:
+        return p.disruption.reason
+    return _node_going(p, cluster)
+
+
+def _drains_ahead(cluster: ClusterSpec, obs: Observed, now: float, planned: set[str]) -> list[Action]:
+    """Ray drains the node of every worker about to be disrupted (reason PREEMPTION), so it schedules nothing more
+    there and lets running tasks finish: the deadline is what is left of the pod's grace period, else
+    updateStrategy.drainTimeoutSeconds. Only live Ray nodes (Ray's state known), each once (the drained mark)."""
+    if obs.ray_nodes is None:
+        return []
+    drains: list[Action] = []
+    for p in obs.pods:
+        if p.drained or p.name in planned or p.name not in obs.ray_nodes:
+            continue
+        notice = _disruption_notice(p, cluster, obs)
+        if notice is None:
+            continue
+        left = int(p.deletion_at - now) if p.deletion_at > now else cluster.update_strategy.drain_timeout_seconds
+        drains.append(DrainWorker(p.name, f"worker {p.name} of group {p.group}: {notice}; draining its Ray node "
+                                          "ahead of the disruption", max(1, left)))
+    return drains
+
+
+def needs_ray_state(cluster: ClusterSpec, pods: list[PodState], targets: Mapping[str, int]) -> bool:
+    """Whether workers must be told busy from idle, or drained nodes seen to die, whether or not autoscaling reads
+    Ray's state anyway: a drain under way, workers to remove (suspend, a group removed, more than wanted), or a
+    rollout (an outdated live worker)."""
+    workers = [p for p in pods if p.alive and p.node_type == labels.WORKER]
+    if any(p.drained for p in workers):
+        return True
+    # A disruption to drain ahead of: a worker still running while deleted, disrupted, or its node going.
+    if any(p.node_type == labels.WORKER and p.phase == "Running" and not p.drained
+           and (p.deleting or p.disruption is not None or _node_going(p, cluster)) for p in pods):
+        return True
+    if cluster.suspend:
+        return bool(workers)
+    desired = desired_replicas(cluster, targets)
+    if any(p.group not in desired or sum(1 for q in workers if q.group == p.group) > desired[p.group]
+           for p in workers):
+        return True
     if cluster.update_strategy.type == "OnDelete":
-        return any(p.drained for p in pods if p.alive and p.node_type == labels.WORKER)
+        return False
     wanted = {g.name: revision.revision_hash(revision.worker_parts(cluster, g)) for g in cluster.worker_groups}
-    return any(p.drained or (p.group in wanted and p.template_hash != wanted[p.group])
-               for p in pods if p.alive and p.node_type == labels.WORKER)
+    return any(p.template_hash != wanted[p.group] for p in workers if p.group in wanted)
 
 
 def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodState], desired: int,
                 health: GroupHealth, now: float, obs: Observed,
-                head_coming: bool) -> tuple[list[Action], GroupHealth, list[float], list[str]]:
-    actions: list[Action] = []
-    requeues: list[float] = []
-    notes: list[str] = []
+                head_coming: bool) -> tuple[list[Action], GroupHealth, list[float], list[Note]]:
+    notes: list[Note] = []
     drain_timeout = cluster.update_strategy.drain_timeout_seconds
-    ended = [p for p in pods if not p.deleting
+    drain_actions, drained_gone, requeues = _drains(pods, obs, now, drain_timeout)
+    actions: list[Action] = list(drain_actions)
+    ended = [p for p in pods if not p.deleting and not p.drained
              and (p.failure is not None or p.disruption is not None or p.name in obs.ray_dead)]
-    disrupted = [p for p in ended if not p.drained and p.disruption is not None]
-    dead = [p for p in ended if not p.drained and p.disruption is None]
-    for p in ended:
-        if p.drained:
-            actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: its Ray node was drained; "
-                                             "removing the pod"))
-    # Ray lets a drained node's tasks run on past a PREEMPTION deadline: the deadline is ours to keep.
-    overdue = [p for p in pods if p.alive and p.drained and p.name not in obs.ray_dead
-               and p.drained_at and now - p.drained_at >= drain_timeout]
-    for p in overdue:
-        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name}: its Ray node was drained "
-                                         f"{drain_timeout}s ago (updateStrategy.drainTimeoutSeconds) and still "
-                                         "runs; removing the pod"))
+    disrupted = [p for p in ended if p.disruption is not None]
+    dead = [p for p in ended if p.disruption is None]
     for p in disrupted:
         assert p.disruption is not None
         actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name} disrupted ({p.disruption.reason})",
@@ -191,14 +307,18 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     health = record_failures(health, len(dead), now, cluster.fault_tolerance.backoff_initial_seconds,
                              cluster.fault_tolerance.backoff_max_seconds)
     health = settle(health, now, cluster.fault_tolerance.backoff_max_seconds)
-    live = [p for p in pods if p.alive and p.name not in obs.ray_dead and p not in overdue]
+    # A drained worker still running is live: it keeps its place until its node dies (the rollout's replacement
+    # waits for it), yet it is on its way out (a scale-down does not take another for it).
+    live = [p for p in pods if p.alive and p.name not in obs.ray_dead and p.name not in drained_gone]
+    staying = [p for p in live if not p.drained]
     requeues += [p.recheck_at - now for p in live if p.recheck_at]
+    # A drained worker whose node is going (a removal taint, a cordon) gives up its place at once: its
+    # replacement starts elsewhere while Ray lets its tasks finish.
+    leaving_node = [p for p in live if p.drained and _node_going(p, cluster)]
     # Pods ended by a disruption, ours to delete or already going (the Eviction API deletes): replaced at once.
-    replace_at_once = len(disrupted) + sum(1 for p in pods if p.deleting and p.disruption is not None)
-    draining = [p for p in live if p.drained]
-    for p in draining:
-        requeues.append(DRAIN_POLL_SECONDS if not p.drained_at
-                        else min(DRAIN_POLL_SECONDS, max(0.0, p.drained_at + drain_timeout - now)))
+    replace_at_once = (len(disrupted) + len(leaving_node)
+                       + sum(1 for p in pods if p.deleting and p.disruption is not None))
+    live = [p for p in live if p not in leaving_node]
     missing = desired - len(live)
     if missing > 0 and not head_coming:
         pass  # new workers wait for a head (one that exists, or is created in this turn) to join
@@ -216,25 +336,30 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
             if replaced:
                 why += f" (replacing {' and '.join(replaced)})"
             actions.append(CreateWorkers(group.name, missing, why))
-    elif missing < 0:
-        removable = _scale_down_order(live)
+    elif len(staying) > desired:
+        why, ray_nodes_allowed = f"group {group.name} scaled to {desired}", None
         if cluster.autoscaling.enabled:
-            # Ray nodes are removed only by the autoscaler's drain; here only pods with no Ray work yet.
-            removable = [p for p in removable if _no_ray_work_yet(p, obs.ray_nodes)]
-        for p in removable[: -missing]:
-            actions.append(DeletePod(p.name, f"group {group.name} scaled to {desired} "
-                                             f"({'not ready' if not p.ready else 'newest'} first)"))
+            # The autoscaler removes Ray nodes by its own drains of idle ones; here only pods that are no Ray node
+            # yet, and the Ray nodes above a lowered maxReplicas (busy ones, which it never drains).
+            ray_nodes_allowed = max(0, len(staying) - group.max_replicas)
+            if ray_nodes_allowed:
+                why = f"group {group.name} has {len(staying)} workers, above maxReplicas {group.max_replicas}"
+        taken, waiting = _take_down(staying, len(staying) - desired, obs, why, drain_timeout, ray_nodes_allowed)
+        actions += taken
+        if waiting:
+            notes.append(_waiting_note(f"group {group.name}", waiting))
+            requeues.append(RAY_STATE_RETRY_SECONDS)
     if missing == 0 and cluster.update_strategy.type != "OnDelete":
         parts = revision.worker_parts(cluster, group)
         want = revision.revision_hash(parts)
-        outdated = [p for p in live if p.template_hash != want and not p.drained]
+        outdated = [p for p in staying if p.template_hash != want]
         # A drained worker still running is on its way out: it counts against maxUnavailable.
-        unavailable = desired - sum(1 for p in live if p.ready and not p.drained)
+        unavailable = desired - sum(1 for p in staying if p.ready)
         budget = cluster.update_strategy.max_unavailable - max(0, unavailable)
         waiting = 0
         for p in _rollout_order(outdated, obs):
-            busy = _busy(p, obs)
-            if busy is None and p.ready:
+            work = ray_work(p, obs)
+            if work is RayWork.UNKNOWN and p.ready:
                 waiting += 1  # it may be running tasks: deleting it could kill them
                 continue
             # Replacing a pod that is not ready costs no availability; without this, a template fix for
@@ -245,16 +370,54 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
                 budget -= 1
             change = revision.describe_change(revision.changed_parts(p.revision, parts))
             why = f"worker {p.name} of group {group.name}: {change}; rolling update ({cluster.update_strategy.type})"
-            if busy:
-                actions.append(DrainForRollout(p.name, why + "; it runs Ray tasks: draining it first",
-                                               drain_timeout))
+            if work is RayWork.BUSY:
+                actions.append(DrainWorker(p.name, why + "; it runs Ray tasks: draining it first", drain_timeout))
             else:
                 actions.append(DeletePod(p.name, why))
         if waiting:
-            notes.append(f"group {group.name}: {waiting} ready outdated worker(s) wait for Ray's state "
-                         "(busy workers are drained, never deleted; Ray's state is unknown)")
+            notes.append((EventReason.ROLLOUT_WAITING,
+                          f"group {group.name}: {waiting} ready outdated worker(s) wait for Ray's state "
+                          "(busy workers are drained, never deleted; Ray's state is unknown)"))
             requeues.append(RAY_STATE_RETRY_SECONDS)
     return actions, health, requeues, notes
+
+
+def _retire(pods: list[PodState], why: str, obs: Observed, now: float, drain_timeout: int,
+            through_ray: bool) -> tuple[list[Action], list[float], int]:
+    """Every one of `pods` goes (suspend, its group removed), none replaced: ended pods are deleted, drained ones
+    once their node dies, the rest taken down as in a scale-down to zero; with no head to drain through
+    (`through_ray` false), deleted. Returns the actions, when to look again, and how many wait for Ray's state."""
+    actions, _, requeues = _drains(pods, obs, now, drain_timeout)
+    rest = [p for p in pods if not p.deleting and not p.drained]
+    ended = [p for p in rest if not p.alive or p.name in obs.ray_dead]
+    actions += [DeletePod(p.name, why) for p in ended]
+    staying = [p for p in rest if p not in ended]
+    if not through_ray:
+        return actions + [DeletePod(p.name, f"{why} (no head to drain its Ray node through)") for p in staying], \
+            requeues, 0
+    taken, waiting = _take_down(staying, len(staying), obs, why, drain_timeout)
+    if waiting:
+        requeues.append(RAY_STATE_RETRY_SECONDS)
+    return actions + taken, requeues, waiting
+
+
+def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], now: float) -> Plan:
+    """Workers first, taken down as in a scale-down to zero; the head last, once no worker is left running:
+    a busy worker's tasks need their head. Failure counts stay as they were; a head crash-loop backoff ends (a
+    resumed head starts at once)."""
+    heads = [p for p in obs.pods if p.node_type == labels.HEAD]
+    workers = [p for p in obs.pods if p.node_type == labels.WORKER]
+    retired, requeues, waiting = _retire(workers, "cluster is suspended", obs, now,
+                                         cluster.update_strategy.drain_timeout_seconds,
+                                         through_ray=any(p.alive for p in heads))
+    actions += retired
+    actions += _drains_ahead(cluster, obs, now, {a.name for a in retired if isinstance(a, DrainWorker)})
+    leaving = {a.name for a in retired if isinstance(a, DeletePod)}
+    if all(not p.alive or p.name in leaving for p in workers):
+        actions += [DeletePod(p.name, "cluster is suspended") for p in heads if not p.deleting]
+    notes = (_waiting_note("cluster is suspended (the head goes last)", waiting),) if waiting else ()
+    return Plan(tuple(actions), dict(obs.health), obs.head_restarts, requeue_after=min(requeues) if requeues else None,
+                notes=notes)
 
 
 def _metadata_patches(cluster: ClusterSpec, pods: list[PodState], leaving: set[str]) -> list[PatchPod]:
@@ -295,13 +458,10 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     pods = list(obs.pods)
     head_restarts = obs.head_restarts
     if cluster.suspend:
-        for p in pods:
-            if not p.deleting:
-                actions.append(DeletePod(p.name, "cluster is suspended"))
-        return Plan(tuple(actions), dict(obs.health), head_restarts)  # a resumed head starts without backoff
+        return _plan_suspend(cluster, obs, actions, now)
 
     requeues: list[float] = []
-    notes: list[str] = []
+    notes: list[Note] = []
     heads = [p for p in pods if p.node_type == labels.HEAD]
     workers = [p for p in pods if p.node_type == labels.WORKER]
     if not obs.service_exists:
@@ -356,9 +516,14 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     desired = desired_replicas(cluster, targets)
     health = dict(obs.health)
     known = {g.name for g in cluster.worker_groups}
-    for p in workers:
-        if p.group not in known and not p.deleting:
-            actions.append(DeletePod(p.name, f"group {p.group} is no longer in the spec"))
+    for name in sorted({p.group or "" for p in workers} - known):
+        why = f"group {name} is no longer in the spec"
+        retired, group_requeues, waiting = _retire([p for p in workers if (p.group or "") == name], why, obs, now,
+                                                   cluster.update_strategy.drain_timeout_seconds, through_ray=True)
+        actions.extend(retired)
+        requeues.extend(group_requeues)
+        if waiting:
+            notes.append(_waiting_note(why, waiting))
     for g in cluster.worker_groups:
         group_pods = [p for p in workers if p.group == g.name]
         acts, h, group_requeues, group_notes = _plan_group(cluster, g, group_pods, desired[g.name],
@@ -368,6 +533,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         requeues.extend(group_requeues)
         notes.extend(group_notes)
     leaving = {a.name for a in actions if isinstance(a, DeletePod)}
+    actions.extend(_drains_ahead(cluster, obs, now, {a.name for a in actions if isinstance(a, DrainWorker)}))
     actions.extend(_metadata_patches(cluster, pods, leaving))
     return Plan(tuple(actions), health, head_restarts, head_backoff, min(requeues) if requeues else None,
                 tuple(notes))

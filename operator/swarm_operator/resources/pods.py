@@ -170,9 +170,10 @@ def _probe(path: str, port: int, kind: str, timing: ProbeTiming) -> dict[str, An
 
 def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resources, args: list[str],
          env: list[dict[str, Any]], ports: list[dict[str, Any]], probe_path: str, probe_port: int, probes: Probes,
-         template: Any, parts: dict[str, Any], *, volumes: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
-         ) -> dict[str, Any]:
-    """`volumes`: more (volumes, volumeMounts of the Ray container) the operator needs, before the overlay."""
+         template: Any, parts: dict[str, Any], *, volumes: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], []),
+         grace_seconds: int | None = None) -> dict[str, Any]:
+    """`volumes`: more (volumes, volumeMounts of the Ray container) the operator needs, before the overlay;
+    `grace_seconds`: the pod's terminationGracePeriodSeconds (None: Kubernetes' default)."""
     params_shm = object_store_bytes(res, {})
     for a in args:
         if a.startswith("--object-store-memory="):
@@ -208,6 +209,8 @@ def _pod(cluster: ClusterSpec, name: str, pod_labels: dict[str, str], res: Resou
                         *volumes[0]],
         },
     }
+    if grace_seconds is not None:
+        pod["spec"]["terminationGracePeriodSeconds"] = grace_seconds
     return apply_overlay(pod, template)
 
 
@@ -256,6 +259,28 @@ def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
                 volumes=(ca_volumes, ca_mounts))
 
 
+# A worker's grace period unless its group says otherwise: twice Kubernetes' 30 s, so that the preStop's drain
+# lets short tasks finish, yet a node drain or a spot reclaim (GCE gives 30 s, EC2 120 s) is not held long.
+DEFAULT_WORKER_GRACE_SECONDS = 60
+# The preStop of a worker's Ray container: Ray drains the node (PREEMPTION, the grace period as deadline), so it
+# schedules nothing more there and lets running tasks finish; then it waits until the raylet is gone (it exits
+# once a drained node is idle) or the grace period ends, whichever is first. It never fails the stop: a head that
+# does not answer within the short GCS timeouts leaves the kubelet to stop the pod as usual.
+PRESTOP_DRAIN = """\
+RAY_py_gcs_connect_timeout_s=5 RAY_gcs_rpc_server_connect_timeout_s=5 ray drain-node --address="$1" \\
+  --reason=DRAIN_NODE_REASON_PREEMPTION --reason-message="pod $RAY_CLOUD_INSTANCE_ID is stopping (preStop)" \\
+  --deadline-remaining-seconds="$2" >/dev/null 2>&1 || exit 0
+end=$(( $(date +%s) + $2 ))
+while [ "$(date +%s)" -lt "$end" ] && grep -qsx raylet /proc/[0-9]*/comm; do sleep 1; done
+"""
+
+
+def prestop_drain(address: str, grace_seconds: int) -> dict[str, Any]:
+    """The Ray container's lifecycle: drain its Ray node when the kubelet stops the pod (see PRESTOP_DRAIN)."""
+    return {"preStop": {"exec": {"command": ["/bin/sh", "-c", PRESTOP_DRAIN, "prestop", address,
+                                             str(grace_seconds)]}}}
+
+
 def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
                      cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> dict[str, Any]:
     name = labels.worker_pod_name(cluster.name, group.name, suffix)
@@ -271,10 +296,17 @@ def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
     pod_labels = {**labels.common_labels(cluster.name), **labels.worker_selector(cluster.name, group.name)}
     join = f"--address={head_address(cluster, cluster_domain)}"
     args = ray_start_args(group.resources, dict(group.ray_start_params), [join], dict(group.ray_resources))
-    return _pod(cluster, name, pod_labels, group.resources, args, env,
-                [{"name": "metrics", "containerPort": METRICS_PORT}],
-                "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.probes, group.template,
-                revision.worker_parts(cluster, group))
+    grace = (DEFAULT_WORKER_GRACE_SECONDS if group.termination_grace_period_seconds is None
+             else group.termination_grace_period_seconds)
+    pod = _pod(cluster, name, pod_labels, group.resources, args, env,
+               [{"name": "metrics", "containerPort": METRICS_PORT}],
+               "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.probes, group.template,
+               revision.worker_parts(cluster, group), grace_seconds=grace)
+    # After the overlay: the template's grace period wins, and so does a lifecycle of its own for the container.
+    ray = next(c for c in pod["spec"]["containers"] if c["name"] == RAY_CONTAINER)
+    ray.setdefault("lifecycle", prestop_drain(head_address(cluster, cluster_domain),
+                                              int(pod["spec"]["terminationGracePeriodSeconds"])))
+    return pod
 
 
 def template_overrides(cluster: ClusterSpec) -> list[str]:

@@ -82,11 +82,14 @@ def head_parts(cluster: ClusterSpec) -> dict[str, Any]:
 
 
 def worker_parts(cluster: ClusterSpec, group: WorkerGroupSpec) -> dict[str, Any]:
-    return _with_auth(_with_probes({"image": cluster.image, "resources": _resources(group.resources),
-                                    "rayResources": dict(group.ray_resources),
-                                    "rayStartParams": dict(group.ray_start_params),
-                                    "template": _template_spec(group.template),
-                                    "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}, group.probes), cluster)
+    parts = _with_auth(_with_probes({"image": cluster.image, "resources": _resources(group.resources),
+                                     "rayResources": dict(group.ray_resources),
+                                     "rayStartParams": dict(group.ray_start_params),
+                                     "template": _template_spec(group.template),
+                                     "gcsFaultTolerance": _gcs(cluster.fault_tolerance.gcs)}, group.probes), cluster)
+    if group.termination_grace_period_seconds is not None:  # only when set: pods made before the field stay
+        parts["terminationGracePeriodSeconds"] = group.termination_grace_period_seconds
+    return parts
 
 
 def part_hashes(parts: Mapping[str, Any]) -> dict[str, str]:

@@ -42,6 +42,7 @@ from swarm_operator.spec.types import (
     AuthSpec,
     AutoscalingSpec,
     ClusterSpec,
+    DisruptionSpec,
     HeadSpec,
     UpdateStrategy,
     WorkerGroupSpec,
@@ -103,6 +104,7 @@ def _worker_group(r: Reader, raw: Mapping[str, Any], path: str, cluster_name: st
         resources=resources, ray_resources=MappingProxyType(ray_resources),
         ray_start_params=read_ray_start_params(r, raw, path), template=read_template(r, raw, path),
         probes=read_probes(r, raw, path),
+        termination_grace_period_seconds=r.integer(raw, "terminationGracePeriodSeconds", path, None, 0, 86400),
     )
 
 
@@ -173,6 +175,11 @@ def _update_strategy(r: Reader, spec: Mapping[str, Any]) -> UpdateStrategy:
     )
 
 
+def _disruption(r: Reader, spec: Mapping[str, Any]) -> DisruptionSpec:
+    raw = r.mapping(spec, "disruption", "spec")
+    return DisruptionSpec(drain_on_cordon=r.boolean(raw, "drainOnCordon", "spec.disruption", False))
+
+
 def parse_cluster(obj: Mapping[str, Any]) -> ClusterSpec:
     """Validate and default a SwarmCluster object; raises SpecError listing every bad field."""
     r = Reader()
@@ -210,6 +217,7 @@ def parse_cluster(obj: Mapping[str, Any]) -> ClusterSpec:
         fault_tolerance=read_fault_tolerance(r, raw_spec),
         update_strategy=_update_strategy(r, raw_spec),
         auth=_auth(r, raw_spec, name),
+        disruption=_disruption(r, raw_spec),
     )
     if r.errors:
         raise SpecError(r.errors)

@@ -93,6 +93,7 @@ class WorkerGroupSpec:
     ray_start_params: Mapping[str, str]
     template: Mapping[str, Any]
     probes: Probes = field(default_factory=Probes)
+    termination_grace_period_seconds: int | None = None  # None: the operator's default (resources/pods.py)
 
     def initial_replicas(self) -> int:
         """The target before any autoscaler decision: replicas, else minReplicas."""
@@ -162,6 +163,11 @@ class UpdateStrategy:
 
 
 @dataclass(frozen=True)
+class DisruptionSpec:
+    drain_on_cordon: bool = False  # a plain cordon drains the node's Ray nodes too
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     name: str
     namespace: str
@@ -176,6 +182,7 @@ class ClusterSpec:
     fault_tolerance: FaultToleranceSpec = field(default_factory=FaultToleranceSpec)
     update_strategy: UpdateStrategy = field(default_factory=UpdateStrategy)
     auth: AuthSpec | None = None  # None: no token authentication
+    disruption: DisruptionSpec = field(default_factory=DisruptionSpec)
 
     def group(self, name: str) -> WorkerGroupSpec | None:
         return next((g for g in self.worker_groups if g.name == name), None)
