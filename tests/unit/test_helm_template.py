@@ -105,6 +105,8 @@ NAMESPACED_GRANTS = {
     ("swarm.io", "swarmjobs/status", "patch"),
     ("", "secrets", "get"), ("", "secrets", "create"),  # a cluster's Ray token, by name
     ("batch", "jobs", "get"), ("batch", "jobs", "create"),  # the Redis key cleanup
+    ("kueue.x-k8s.io", "workloads", "get"), ("kueue.x-k8s.io", "workloads", "create"),  # a queued SwarmJob's
+    ("kueue.x-k8s.io", "workloads", "delete"), ("kueue.x-k8s.io", "workloads/status", "patch"),
 } | {
     ("policy", "poddisruptionbudgets", v) for v in ("get", "list", "watch", "create", "delete")  # the head's
 }

@@ -96,6 +96,12 @@ reaches the Ray pods through a secretKeyRef that the kubelet resolves, never thr
 - apiGroups: [swarm.io]
   resources: [swarmclusters/status, swarmjobs/status]
   verbs: [patch]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, create, delete]  # a queued SwarmJob's Workload (docs/kueue.md); nothing of it without Kueue
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]  # PodsReady, Finished, and the quota released after an eviction
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]  # a token-auth cluster's Ray token (by name; never list or watch)
