@@ -210,7 +210,10 @@ class JobTurns:
             return None
         for event in decision.events:
             await fx.event(event.reason, event.message)
-        if gate is not None and decision.state.deployment not in FINISHED:
+        # A job that just finished comes back once more to set its Workload's Finished (the Workload's state is read
+        # at the start of a turn, the job's end decided after it).
+        if gate is not None and (gate.actions or decision.state.deployment not in FINISHED
+                                 or state.deployment not in FINISHED):
             return min(decision.requeue_after or KUEUE_POLL_SECONDS, KUEUE_POLL_SECONDS)
         return decision.requeue_after
 
