@@ -49,6 +49,7 @@ class Resource:
     version: str
     plural: str
     kind: str
+    namespaced: bool = True  # False: a cluster-scoped kind (a Kueue ResourceFlavor), whatever namespace is given
 
     @property
     def api_version(self) -> str:
@@ -57,7 +58,9 @@ class Resource:
     def collection(self, namespace: str | None) -> str:
         """Its API path in one namespace, or in all of them (None)."""
         root = f"/apis/{self.group}/{self.version}"
-        return f"{root}/{self.plural}" if namespace is None else f"{root}/namespaces/{namespace}/{self.plural}"
+        if namespace is None or not self.namespaced:
+            return f"{root}/{self.plural}"
+        return f"{root}/namespaces/{namespace}/{self.plural}"
 
     def item(self, namespace: str, name: str) -> str:
         return f"{self.collection(namespace)}/{quote(name)}"

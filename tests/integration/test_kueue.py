@@ -22,6 +22,8 @@ from tests.integration.test_swarmjob import Jobs, cluster_exists
 
 pytestmark = [pytest.mark.integration, pytest.mark.kueue]
 KUEUE, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
+FLAVOR_LABELS = {"swarm.io/pool": "kwok-cpu"}
+FLAVOR_TOLERATION = {"key": "swarm.io/kueue-test", "operator": "Exists", "effect": "NoSchedule"}
 QUEUE_LABEL = f"{KUEUE}/queue-name"
 # Each job asks for 2 CPUs (a head of 1, one worker of 1); the ClusterQueue has 3: one job at a time.
 CLUSTER_SPEC: dict[str, Any] = {
@@ -93,8 +95,10 @@ class Queues:
         self.flavor = self.cluster_queue = f"{namespace}-cq"
 
     def create(self, cpu: int) -> str:
+        # The flavor's nodes are kwok's CPU nodes (localcluster labels them); its toleration is one no pod has.
         self.custom.create_cluster_custom_object(KUEUE, KUEUE_VERSION, "resourceflavors", {
-            "apiVersion": f"{KUEUE}/{KUEUE_VERSION}", "kind": "ResourceFlavor", "metadata": {"name": self.flavor}})
+            "apiVersion": f"{KUEUE}/{KUEUE_VERSION}", "kind": "ResourceFlavor", "metadata": {"name": self.flavor},
+            "spec": {"nodeLabels": FLAVOR_LABELS, "tolerations": [FLAVOR_TOLERATION]}})
         self.custom.create_cluster_custom_object(KUEUE, KUEUE_VERSION, "clusterqueues", {
             "apiVersion": f"{KUEUE}/{KUEUE_VERSION}", "kind": "ClusterQueue", "metadata": {"name": self.cluster_queue},
             "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.ns}},
@@ -147,6 +151,9 @@ def test_one_quota_two_jobs_eviction_admits_the_second(queues: Queues, operator:
     assert (owner["kind"], owner["controller"], owner["uid"]) == ("SwarmJob", True, swj.get("first")["metadata"]["uid"])
     assert [(p["name"], p["count"]) for p in wl["spec"]["podSets"]] == [("head", 1), ("cpu", 1)]
     wait_for("the first job's cluster", lambda: cluster_exists(swc, "first-1"))
+    head = wait_for("the first job's head pod", lambda: swc.heads("first-1"))[0]
+    assert head.spec.node_selector == FLAVOR_LABELS, "the admitted flavor's node labels are not on the pod"
+    assert any(t.key == FLAVOR_TOLERATION["key"] for t in head.spec.tolerations or []), head.spec.tolerations
     wait_for("PodsReady on the first Workload (its cluster Running on kwok)",
              lambda: condition(queues.workload_of("first"), "PodsReady").get("status") == "True")
 

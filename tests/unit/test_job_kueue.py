@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from swarm_operator.jobs.kueue import (
+    RESOURCE_FLAVOR,
     CreateWorkload,
     DeleteWorkload,
     Gate,
@@ -16,12 +17,14 @@ from swarm_operator.jobs.kueue import (
     SetPodsReady,
     WorkloadView,
     admission_gate,
+    admitted_flavors,
     build_workload,
     pod_sets,
     queue_name,
     queued,
     released_status,
     set_conditions,
+    with_flavors,
     workload_name,
     workload_view,
 )
@@ -191,3 +194,30 @@ def test_set_conditions_moves_the_time_only_on_a_flip() -> None:
     assert same[0]["lastTransitionTime"] == "2026-12-06T10:00:00Z"
     flipped = set_conditions(before, {"PodsReady": ("False", "WaitForStart", "m")}, "2026-12-06T12:00:00Z", 1)
     assert flipped[0]["lastTransitionTime"] == "2026-12-06T12:00:00Z"
+
+
+# -- the admitted flavors on the pods --------------------------------------------------------------------------
+
+def test_admitted_flavors_per_pod_set() -> None:
+    body = {"status": {"admission": {"clusterQueue": "cq", "podSetAssignments": [
+        {"name": "head", "flavors": {"cpu": "on-demand", "memory": "on-demand"}, "count": 1},
+        {"name": "cpu", "flavors": {"cpu": "spot", "memory": "spot"}, "count": 3}]}}}
+    assert admitted_flavors(body) == {"head": ("on-demand",), "cpu": ("spot",)}
+    assert admitted_flavors({"status": {}}) == {}
+
+
+def test_flavors_put_node_labels_and_tolerations_on_each_pod_set() -> None:
+    spot_toleration = {"key": "spot", "operator": "Exists", "effect": "NoSchedule"}
+    flavors = {"on-demand": {"nodeLabels": {"pool": "on-demand"}},
+               "spot": {"nodeLabels": {"pool": "spot", "zone": "b"}, "tolerations": [spot_toleration]}}
+    spec = with_flavors(CLUSTER_SPEC, {"head": ("on-demand",), "cpu": ("spot",)}, flavors)
+    assert spec["head"]["template"]["spec"]["nodeSelector"] == {"pool": "on-demand"}  # the flavor's label wins
+    cpu, gpu = spec["workerGroups"]
+    assert cpu["template"]["spec"]["nodeSelector"] == {"pool": "spot", "zone": "b"}
+    assert cpu["template"]["spec"]["tolerations"] == [spot_toleration]  # already the template's: not twice
+    assert gpu["template"] == {"spec": {}}  # not admitted (a group of size 0): untouched
+    assert CLUSTER_SPEC["head"]["template"]["spec"]["nodeSelector"] == {"pool": "a"}  # the job's spec is not changed
+
+
+def test_resource_flavors_are_cluster_scoped() -> None:
+    assert RESOURCE_FLAVOR.item("ns", "spot") == "/apis/kueue.x-k8s.io/v1beta2/resourceflavors/spot"

@@ -28,6 +28,7 @@ from swarm_operator.spec.types import ClusterSpec
 KUEUE_GROUP = "kueue.x-k8s.io"
 QUEUE_LABEL = f"{KUEUE_GROUP}/queue-name"
 WORKLOAD = Resource(KUEUE_GROUP, "v1beta2", "workloads", "Workload")
+RESOURCE_FLAVOR = Resource(KUEUE_GROUP, "v1beta2", "resourceflavors", "ResourceFlavor", namespaced=False)
 MAX_NAME = 253
 # Kueue's own reasons, so that `kubectl describe workload` reads the same for our kinds as for its own.
 FINISHED_SUCCEEDED = "Succeeded"
@@ -145,6 +146,43 @@ def workload_view(body: Mapping[str, Any], wanted_pod_sets: list[dict[str, Any]]
         cluster_queue=str(admission.get("clusterQueue") or ""),
         deleting=bool((body.get("metadata") or {}).get("deletionTimestamp")),
     )
+
+
+def admitted_flavors(body: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Each admitted pod set's flavors (one per resource, usually the same for all), from status.admission."""
+    assignments = ((body.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []
+    return {str(a.get("name")): tuple(sorted(set((a.get("flavors") or {}).values()))) for a in assignments}
+
+
+def with_flavors(cluster_spec: Mapping[str, Any], assigned: Mapping[str, tuple[str, ...]],
+                 flavors: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The job's clusterSpec with its admitted flavors applied, as Kueue starts a job of its own kinds: each pod
+    set's pod template gets its flavors' `nodeLabels` in its nodeSelector (a flavor's label wins over the template's
+    own) and their `tolerations` added, so the pods land on the flavor's nodes. A flavor not read is skipped."""
+    spec = dict(cluster_spec)
+
+    def flavored(template: Mapping[str, Any] | None, pod_set: str) -> dict[str, Any]:
+        template = dict(template or {})
+        pod = dict(template.get("spec") or {})
+        selector = dict(pod.get("nodeSelector") or {})
+        tolerations = list(pod.get("tolerations") or [])
+        for name in assigned.get(pod_set, ()):
+            flavor = flavors.get(name) or {}
+            selector.update(flavor.get("nodeLabels") or {})
+            tolerations += [t for t in flavor.get("tolerations") or [] if t not in tolerations]
+        if selector:
+            pod["nodeSelector"] = selector
+        if tolerations:
+            pod["tolerations"] = tolerations
+        template["spec"] = pod
+        return template
+
+    head = dict(spec.get("head") or {})
+    head["template"] = flavored(head.get("template"), HEAD)
+    spec["head"] = head
+    spec["workerGroups"] = [{**g, "template": flavored(g.get("template"), str(g.get("name")))}
+                            for g in spec.get("workerGroups") or []]
+    return spec
 
 
 @dataclass(frozen=True)

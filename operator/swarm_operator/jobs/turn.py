@@ -18,6 +18,7 @@ from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.finalizer import keep_finalizer
 from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
 from swarm_operator.jobs.kueue import (
+    RESOURCE_FLAVOR,
     WORKLOAD,
     CreateWorkload,
     DeleteWorkload,
@@ -28,12 +29,14 @@ from swarm_operator.jobs.kueue import (
     SetPodsReady,
     WorkloadAction,
     admission_gate,
+    admitted_flavors,
     build_workload,
     pod_sets,
     queue_name,
     queued,
     released_status,
     set_conditions,
+    with_flavors,
     workload_name,
     workload_view,
 )
@@ -59,7 +62,7 @@ from swarm_operator.jobs.machine import (
 )
 from swarm_operator.jobs.names import JOB_LABEL, submitter_pod_name
 from swarm_operator.jobs.rayapi import JobsApiError, RayJobsClient, submission_body
-from swarm_operator.jobs.spec import JobSpec, SharedCluster, parse_job
+from swarm_operator.jobs.spec import JobSpec, OwnCluster, SharedCluster, parse_job
 from swarm_operator.jobs.status import cluster_view, invalid_job_status, job_status, state_from_status
 from swarm_operator.jobs.submitter import build_submitter_pod
 from swarm_operator.kit.blocking import Blocking
@@ -181,7 +184,7 @@ class JobTurns:
         gate: Gate | None = None
         if queued(job, queue) and queue is not None:
             try:
-                gate = await self._admission(fx, job, queue, state, views, current)
+                gate, admitted_spec = await self._admission(fx, job, queue, state, views, current)
             except ApiError as exc:
                 if exc.status != 404:
                     raise
@@ -189,6 +192,8 @@ class JobTurns:
                 return None
             if not gate.may_run:
                 job = replace(job, suspend=True)
+            elif admitted_spec is not None:
+                job = replace(job, cluster=OwnCluster(admitted_spec))
         spec = _parsed_cluster(current_body)
         token = await self._token(fx, memory, spec)
         ray: RayView = None
@@ -218,8 +223,11 @@ class JobTurns:
         return decision.requeue_after
 
     async def _admission(self, fx: JobEffects, job: JobSpec, queue: str, state: JobState,
-                         views: tuple[ClusterView, ...], current: ClusterView | None) -> Gate:
-        """Read the job's Workload, decide (jobs/kueue.py), act on it; raises ApiError 404 when Kueue is absent."""
+                         views: tuple[ClusterView, ...], current: ClusterView | None) -> tuple[
+            Gate, dict[str, Any] | None]:
+        """Read the job's Workload, decide (jobs/kueue.py), act on it; raises ApiError 404 when Kueue is absent.
+        Returns the decision and, while the job may run and its cluster is yet to be made, its clusterSpec with the
+        admitted flavors applied."""
         name = workload_name(job)
         cluster = parse_cluster(build_job_cluster(job, max(state.attempt, 1)))
         wanted = pod_sets(cluster)
@@ -234,7 +242,14 @@ class JobTurns:
         gate = admission_gate(side, view)
         for action in gate.actions:
             await self._act_on_workload(fx, job, queue, cluster, body, action)
-        return gate
+        if not gate.may_run or body is None or current is not None or not isinstance(job.cluster, OwnCluster):
+            return gate, None
+        assigned = admitted_flavors(body)
+        flavors = {}
+        for flavor in sorted({f for names in assigned.values() for f in names}):
+            found = await fx.call(fx.kube.get_resource, RESOURCE_FLAVOR, job.namespace, flavor)
+            flavors[flavor] = dict((found or {}).get("spec") or {})
+        return gate, with_flavors(job.cluster.spec, assigned, flavors)
 
     async def _pods_left(self, fx: JobEffects, job: JobSpec, state: JobState, views: tuple[ClusterView, ...]) -> int:
         """The job's clusters and their pods that still exist: its pods go only after its cluster, through the garbage
