@@ -5,8 +5,9 @@ Optional: the binary, its CRDs and webhook configurations come from ``python -m 
 
 Kueue runs as a process outside the cluster, and its webhooks are served to the API server the way Kueue serves
 them in a cluster: its internal certificate management makes a CA and a serving certificate for
-``kueue-webhook-service.kueue-system.svc`` (kept in a Secret, written to its cert dir) and injects the CA into the
-webhook configurations and the CRDs' conversion webhooks by name. What differs is only where that Service points:
+``kueue-webhook-service.kueue-system.svc`` (kept in a Secret, which KueueProcess copies into its cert dir as a
+pod's Secret volume would be) and injects the CA into the webhook configurations and the CRDs' conversion webhooks
+by name. What differs is only where that Service points:
 an ExternalName Service whose name is 127.0.0.1, so the API server (which resolves an ExternalName Service to that
 name and the webhook's port) calls the process on the loopback, still verifying the certificate against the
 Service's DNS name. No pod, no image, no change to the API server's flags.
@@ -14,6 +15,7 @@ Service's DNS name. No pod, no image, no change to the API server's flags.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import subprocess
@@ -78,7 +80,8 @@ def converted_crd(crd: dict[str, Any], port: int) -> dict[str, Any]:
 def manager_config(webhook_port: int, health_port: int, cert_dir: Path) -> dict[str, Any]:
     """Kueue's Configuration (config.kueue.x-k8s.io/v1beta2): every port on the loopback (other tiers run beside it),
     no leader election (one process), the metrics server and the visibility API server off (nothing here reads
-    them, and the latter would need an APIService), and our kinds as external frameworks."""
+    them, and the latter would need an APIService), our kinds as external frameworks, and of Kueue's own frameworks
+    only its default (batch/job; none of its webhooks is installed, so it queues no batch Job here)."""
     return {
         "apiVersion": "config.kueue.x-k8s.io/v1beta2",
         "kind": "Configuration",
@@ -90,7 +93,7 @@ def manager_config(webhook_port: int, health_port: int, cert_dir: Path) -> dict[
         "internalCertManagement": {"enable": True, "webhookServiceName": SERVICE, "webhookSecretName": SECRET},
         "manageJobsWithoutQueueName": False,
         "featureGates": {"VisibilityOnDemand": False},
-        "integrations": {"frameworks": [], "externalFrameworks": list(EXTERNAL_FRAMEWORKS)},
+        "integrations": {"frameworks": ["batch/job"], "externalFrameworks": list(EXTERNAL_FRAMEWORKS)},
     }
 
 
@@ -113,8 +116,9 @@ def crd_names() -> list[str]:
 
 
 def install(kubeconfig: str, webhook_port: int, timeout: float = 60.0) -> None:
-    """Build Kueue if needed; apply its namespace, the Service its webhooks are called through, its CRDs (conversion
-    at that Service) and its webhook configurations; wait until the CRDs are Established."""
+    """Build Kueue if needed; apply its namespace, the Service its webhooks are called through, the Secret its
+    certificates are kept in, its CRDs (conversion at that Service) and its webhook configurations; wait until the
+    CRDs are Established."""
     build.ensure_kueue()
     crds = [converted_crd(yaml.safe_load(f.read_text()), webhook_port)
             for f in sorted(versions.kueue_crds().glob("*.yaml"))]
@@ -123,16 +127,29 @@ def install(kubeconfig: str, webhook_port: int, timeout: float = 60.0) -> None:
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": SERVICE, "namespace": NAMESPACE},
                "spec": {"type": "ExternalName", "externalName": "127.0.0.1"}}
+    # Empty, as Kueue's config/components/internalcert ships it: its cert rotator fills it, and fails without it.
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NAMESPACE}}
     hooks = webhook_configurations(versions.kueue_webhooks().read_text(), webhook_port)
-    _apply(kubeconfig, [namespace, service, *crds, *hooks])
+    _apply(kubeconfig, [namespace, service, secret, *crds, *hooks])
     _kubectl(kubeconfig, "wait", "--for=condition=Established", f"--timeout={timeout:.0f}s",
              *(f"crd/{n}" for n in crd_names()), timeout=timeout + 10)
 
 
 def uninstall(kubeconfig: str, timeout: float = 120.0) -> None:
-    """Remove everything install() made (the CRDs take Kueue's objects with them), so the cluster is as before."""
+    """Remove everything install() made (the CRDs take Kueue's objects with them), so the cluster is as before. Kueue
+    is stopped by then: the finalizers it keeps on its objects (workloads, queues, flavors in use) are removed here,
+    or their deletion, and the CRDs' and the test namespaces' with it, would wait forever."""
     hooks = [f"{kind.lower()}/{name}" for kind, name in WEBHOOK_CONFIGURATIONS.items()]
     _kubectl(kubeconfig, "delete", "--ignore-not-found", "--wait=false", *hooks)
+    served = {line.rsplit("/", 1)[-1] for line in _kubectl(kubeconfig, "get", "crd", "-o", "name").split()}
+    for crd in sorted(served & set(crd_names())):
+        listed = json.loads(_kubectl(kubeconfig, "get", crd, "--all-namespaces", "-o", "json"))
+        for obj in listed.get("items") or []:
+            meta = obj["metadata"]
+            if meta.get("finalizers"):
+                where = ["-n", meta["namespace"]] if meta.get("namespace") else []
+                _kubectl(kubeconfig, "patch", crd, meta["name"], *where, "--type=merge",
+                         "-p", '{"metadata":{"finalizers":null}}')
     _kubectl(kubeconfig, "delete", "--ignore-not-found", f"--timeout={timeout:.0f}s",
              *(f"crd/{n}" for n in crd_names()), f"namespace/{NAMESPACE}", timeout=timeout + 10)
 
@@ -145,8 +162,20 @@ class KueueProcess(OperatorProcess):
         super().__init__(kubeconfig, [], log_path)
         self.binary = build.ensure_kueue()
         self.config_path = log_path.with_name("kueue-config.yaml")
-        config = manager_config(webhook_port, self.health_port, log_path.with_name("kueue-certs"))
-        self.config_path.write_text(yaml.safe_dump(config))
+        self.cert_dir = log_path.with_name("kueue-certs")
+        self.cert_dir.mkdir(exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(manager_config(webhook_port, self.health_port, self.cert_dir)))
+
+    def while_starting(self) -> None:
+        """Write the certificate Secret's keys into the cert dir, as the kubelet's Secret volume does for Kueue's pod:
+        its cert rotator fills the Secret and then waits until the files there match it before it is ready (its
+        first writes may conflict and repeat, so they are copied again whenever they differ)."""
+        secret = json.loads(_kubectl(self.kubeconfig, "get", "secret", "-n", NAMESPACE, SECRET, "-o", "json"))
+        for key, value in (secret.get("data") or {}).items():
+            path = self.cert_dir / key
+            data = base64.b64decode(value)
+            if not path.is_file() or path.read_bytes() != data:
+                path.write_bytes(data)
 
     def command(self) -> list[str]:
         return [str(self.binary), f"--config={self.config_path}", f"--kubeconfig={self.kubeconfig}",

@@ -75,4 +75,4 @@ def test_manager_config_keeps_every_port_on_the_loopback_and_registers_swarmjob(
     assert config["health"]["healthProbeBindAddress"] == "127.0.0.1:18081"
     assert config["metrics"]["bindAddress"] == "0"
     assert config["internalCertManagement"]["webhookServiceName"] == SERVICE
-    assert config["integrations"] == {"frameworks": [], "externalFrameworks": ["SwarmJob.v1alpha1.swarm.io"]}
+    assert config["integrations"] == {"frameworks": ["batch/job"], "externalFrameworks": ["SwarmJob.v1alpha1.swarm.io"]}
