@@ -112,7 +112,9 @@ NAMESPACED_GRANTS = {
 }
 CRD_OBSERVATION = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 NAMESPACE_OBSERVATION = {("", "namespaces", v) for v in ("list", "watch")}
-NODE_OBSERVATION = {("", "nodes", v) for v in ("get", "list", "watch")}  # disrupted pods: node deleted, NotReady
+NODE_OBSERVATION = {("", "nodes", v) for v in ("get", "list", "watch")} | {  # disrupted pods: node deleted, NotReady
+    ("kueue.x-k8s.io", "resourceflavors", "get"),  # an admitted SwarmJob's flavors (cluster-scoped)
+}
 
 
 def dockerfile_entrypoint() -> list[str]:
