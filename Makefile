@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit test-clean-clone test-integration test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
+.PHONY: demo test test-unit test-clean-clone test-integration test-kueue build-kueue test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-recovery build cluster-up cluster-down clean
 
 # hack/venv.py runs this with $(BIN) first on PATH; the stamp is written only once `ray` and `swarm-operator`
 # exist and import. It takes a lock (two makes at once wait for each other), starts over after an
@@ -41,8 +41,12 @@ test-unit: $(STAMP)
 test-clean-clone: $(STAMP)
 	@$(LEFTOVERS) --clone -- $(abspath $(BIN))/python -m pytest -q tests/unit
 
-test-integration: $(STAMP) build
+test-integration: $(STAMP) build build-kueue
 	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/integration
+
+## test-kueue: only the integration tests of queued SwarmJobs, against the real Kueue (built on first use, cached)
+test-kueue: $(STAMP) build build-kueue
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q -m kueue tests/integration
 
 # Real Ray in pods on process nodes (root, iproute2), and the autoscaler's GCS client against real Ray.
 test-e2e: $(STAMP) build
@@ -109,6 +113,10 @@ bench-recovery: $(STAMP) build
 ## build: the control plane from Go modules (cached by version)
 build: $(STAMP)
 	@$(BIN)/python -m localcluster build
+
+# Kueue's controller manager, for the tests of queued SwarmJobs (optional for everything else; cached by version).
+build-kueue: $(STAMP)
+	@$(BIN)/python -m localcluster build kueue
 
 cluster-up: build
 	@$(BIN)/python -m localcluster up

@@ -94,7 +94,8 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_build = sub.add_parser("build", help="build the control plane from Go modules (cached by version)")
-    p_build.add_argument("only", nargs="*", help="components to build (default: all but the optional kuberay)")
+    p_build.add_argument("only", nargs="*",
+                         help="components to build (default: all but the optional kuberay and kueue)")
     p_build.add_argument("--kuberay", action="store_true",
                          help="also build KubeRay's operator (optional; bench/scale.py builds it on demand)")
     sub.add_parser("image", help="build the operator's image from the Dockerfile on a local Docker engine")

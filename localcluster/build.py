@@ -138,6 +138,21 @@ def build_kuberay(work: Path, log: Path) -> None:
     partial.rename(out)
 
 
+def build_kueue(work: Path, log: Path) -> None:
+    """Kueue's controller manager (cmd/kueue; `go install` works: its go.mod has no replaces) with cgo off; its CRDs
+    and webhook configurations are copied from the module's config/ next to it (localcluster/kueue.py installs them).
+    The binary is installed last, so its presence means the component is complete."""
+    module = f"{versions.KUEUE_MODULE}@{versions.KUEUE}"
+    work.mkdir(parents=True, exist_ok=True)
+    src = Path(json.loads(_run(["go", "mod", "download", "-json", module], work, log))["Dir"])
+    crds = versions.kueue_crds()
+    crds.mkdir(parents=True, exist_ok=True)
+    for crd in sorted((src / "config" / "components" / "crd" / "bases").glob("*.yaml")):
+        shutil.copyfile(crd, crds / crd.name)
+    shutil.copyfile(src / "config" / "components" / "webhook" / "manifests.yaml", versions.kueue_webhooks())
+    _go_install([f"{versions.KUEUE_MODULE}/cmd/kueue@{versions.KUEUE}"], versions.kueue_bin(), work, log)
+
+
 def components() -> list[Component]:
     return [
         Component("kwok", versions.KWOK, (versions.tool_path("kwok"), versions.tool_path("kwokctl")), build_kwok),
@@ -149,8 +164,10 @@ def components() -> list[Component]:
 
 
 def optional_components() -> list[Component]:
-    """Built only when named (``python -m localcluster build kuberay``) or asked for by a benchmark."""
-    return [Component("kuberay", versions.KUBERAY, (versions.tool_path("kuberay-operator"),), build_kuberay)]
+    """Built only when named (``python -m localcluster build kuberay kueue``), or asked for by a benchmark (KubeRay)
+    or by the tiers that run Kueue."""
+    return [Component("kuberay", versions.KUBERAY, (versions.tool_path("kuberay-operator"),), build_kuberay),
+            Component("kueue", versions.KUEUE, (versions.tool_path("kueue"),), build_kueue)]
 
 
 def _with_progress(label: str, fn: Callable[[], None]) -> float:
@@ -214,6 +231,12 @@ def ensure_kuberay() -> Path:
     """KubeRay's operator binary, built first if it is not cached (its CRDs: versions.kuberay_crds())."""
     build_all(["kuberay"])
     return versions.tool_path("kuberay-operator")
+
+
+def ensure_kueue() -> Path:
+    """Kueue's controller manager, built first if it is not cached (its CRDs: versions.kueue_crds())."""
+    build_all(["kueue"])
+    return versions.tool_path("kueue")
 
 
 def main(argv: list[str], *, kuberay: bool = False) -> int:

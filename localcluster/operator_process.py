@@ -58,8 +58,12 @@ class OperatorProcess:
                                    + self.log_tail())
             if self.healthy():
                 return
+            self.while_starting()
             time.sleep(0.2)
         raise RuntimeError(f"operator not healthy after {wait}s; log: {self.log_path}\n" + self.log_tail())
+
+    def while_starting(self) -> None:
+        """Called between health checks while the process starts; what a subclass's process waits for (none here)."""
 
     def healthy(self) -> bool:
         return healthz_answers(self.health_port)

@@ -14,6 +14,10 @@ HELM = "v4.3.1"
 # refused, later 1.6.x are absent).
 KUBERAY = "v1.6.2"
 KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
+# Optional (built on demand only, by the tiers that queue SwarmJobs; never by a plain `build`): Kueue's
+# controller manager and its CRDs, from the module's own go.mod and go.sum (no replaces).
+KUEUE = "v0.17.0"
+KUEUE_MODULE = "sigs.k8s.io/kueue"
 # The image path (python -m localcluster image / kind): the local stand-in for python:3.11-slim is
 # cached under this revision of its recipe (localcluster/image.py), as are the kind node image and its base
 # (localcluster/kind.py, hack/kind/): bump it when either recipe changes.
@@ -66,6 +70,24 @@ def kuberay_crds() -> Path:
     return kuberay_dir() / "crds"
 
 
+def kueue_dir() -> Path:
+    return cache_root() / "kueue" / KUEUE
+
+
+def kueue_bin() -> Path:
+    return kueue_dir() / "bin"
+
+
+def kueue_crds() -> Path:
+    """The module's CRDs (config/components/crd/bases), copied next to the binary when it is built."""
+    return kueue_dir() / "crds"
+
+
+def kueue_webhooks() -> Path:
+    """The module's webhook configurations (config/components/webhook/manifests.yaml), copied with the CRDs."""
+    return kueue_dir() / "webhooks.yaml"
+
+
 def tool_path(name: str) -> Path:
     """Path of one built tool by its binary name."""
     where = {
@@ -78,6 +100,7 @@ def tool_path(name: str) -> Path:
         "kwokctl": kwok_bin(),
         "helm": helm_bin(),
         "kuberay-operator": kuberay_bin(),
+        "kueue": kueue_bin(),
     }
     return where[name] / name
 

@@ -49,6 +49,7 @@ class Resource:
     version: str
     plural: str
     kind: str
+    namespaced: bool = True  # False: a cluster-scoped kind (a Kueue ResourceFlavor), whatever namespace is given
 
     @property
     def api_version(self) -> str:
@@ -57,7 +58,9 @@ class Resource:
     def collection(self, namespace: str | None) -> str:
         """Its API path in one namespace, or in all of them (None)."""
         root = f"/apis/{self.group}/{self.version}"
-        return f"{root}/{self.plural}" if namespace is None else f"{root}/namespaces/{namespace}/{self.plural}"
+        if namespace is None or not self.namespaced:
+            return f"{root}/{self.plural}"
+        return f"{root}/namespaces/{namespace}/{self.plural}"
 
     def item(self, namespace: str, name: str) -> str:
         return f"{self.collection(namespace)}/{quote(name)}"
@@ -130,6 +133,9 @@ class Kube(Protocol):
     def get_resource(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     def patch_status(self, resource: Resource, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
+
+    def patch_status_at(self, resource: Resource, namespace: str, name: str, status: Mapping[str, Any],
+                        resource_version: str) -> bool: ...
 
     def set_finalizers(self, resource: Resource, namespace: str, name: str, finalizers: list[str],
                        resource_version: str) -> dict[str, Any] | None: ...
@@ -269,6 +275,15 @@ class KubeClient(HttpClient):
         False when the object is gone."""
         return self._call("patch", f"{resource.plural}/status", "PATCH", f"{resource.item(namespace, name)}/status",
                           {"status": dict(status)}, absent=404, content_type=MERGE_PATCH) is not None
+
+    def patch_status_at(self, resource: Resource, namespace: str, name: str, status: Mapping[str, Any],
+                        resource_version: str) -> bool:
+        """Merge-patch the status of an object another controller writes too (a Kueue Workload), only if it is still
+        at `resource_version`: its lists are sent whole, so a conflict (ApiError 409) is what keeps the other
+        writer's conditions from being lost. False when the object is gone."""
+        return self._call("patch", f"{resource.plural}/status", "PATCH", f"{resource.item(namespace, name)}/status",
+                          {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}, absent=404,
+                          content_type=MERGE_PATCH) is not None
 
     def set_finalizers(self, resource: Resource, namespace: str, name: str, finalizers: list[str],
                        resource_version: str) -> dict[str, Any] | None:

@@ -292,6 +292,10 @@ class FakeKube:
             self.statuses.append((namespace, name, copy.deepcopy(dict(status))))
             return True
 
+    def patch_status_at(self, resource: Resource, namespace: str, name: str, status: Mapping[str, Any],
+                        resource_version: str) -> bool:
+        return self.patch_status(resource, namespace, name, status)
+
     def set_finalizers(self, resource: Resource, namespace: str, name: str, finalizers: list[str],
                        resource_version: str) -> dict[str, Any] | None:
         with self._lock:

@@ -105,12 +105,16 @@ NAMESPACED_GRANTS = {
     ("swarm.io", "swarmjobs/status", "patch"),
     ("", "secrets", "get"), ("", "secrets", "create"),  # a cluster's Ray token, by name
     ("batch", "jobs", "get"), ("batch", "jobs", "create"),  # the Redis key cleanup
+    ("kueue.x-k8s.io", "workloads", "get"), ("kueue.x-k8s.io", "workloads", "create"),  # a queued SwarmJob's
+    ("kueue.x-k8s.io", "workloads", "delete"), ("kueue.x-k8s.io", "workloads/status", "patch"),
 } | {
     ("policy", "poddisruptionbudgets", v) for v in ("get", "list", "watch", "create", "delete")  # the head's
 }
 CRD_OBSERVATION = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 NAMESPACE_OBSERVATION = {("", "namespaces", v) for v in ("list", "watch")}
-NODE_OBSERVATION = {("", "nodes", v) for v in ("get", "list", "watch")}  # disrupted pods: node deleted, NotReady
+NODE_OBSERVATION = {("", "nodes", v) for v in ("get", "list", "watch")} | {  # disrupted pods: node deleted, NotReady
+    ("kueue.x-k8s.io", "resourceflavors", "get"),  # an admitted SwarmJob's flavors (cluster-scoped)
+}
 
 
 def dockerfile_entrypoint() -> list[str]:

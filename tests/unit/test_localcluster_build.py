@@ -1,4 +1,4 @@
-"""Which components `python -m localcluster build` builds: KubeRay only when asked for."""
+"""Which components `python -m localcluster build` builds: KubeRay and Kueue only when asked for."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ def names(comps: list[build.Component]) -> list[str]:
     return [c.name for c in comps]
 
 
-def test_default_build_leaves_kuberay_out() -> None:
+def test_default_build_leaves_kuberay_and_kueue_out() -> None:
     assert "kuberay" not in names(build.selected())
+    assert "kueue" not in names(build.selected())
     assert names(build.selected()) == names(build.components())
 
 
@@ -22,11 +23,19 @@ def test_kuberay_is_built_when_named() -> None:
 
 
 def test_kuberay_is_cached_by_version() -> None:
-    (comp,) = build.optional_components()
+    (comp,) = build.selected(["kuberay"])
     assert comp.version == versions.KUBERAY
     assert comp.outputs == (versions.tool_path("kuberay-operator"),)
     assert versions.KUBERAY in comp.outputs[0].parts
     assert versions.kuberay_crds().parent == comp.outputs[0].parent.parent
+
+
+def test_kueue_is_cached_by_version_with_its_crds_and_webhooks() -> None:
+    (comp,) = build.selected(["kueue"])
+    assert comp.version == versions.KUEUE
+    assert comp.outputs == (versions.tool_path("kueue"),)
+    assert versions.KUEUE in comp.outputs[0].parts
+    assert versions.kueue_crds().parent == versions.kueue_webhooks().parent == comp.outputs[0].parent.parent
 
 
 def test_unknown_component_is_refused() -> None:

@@ -96,6 +96,12 @@ reaches the Ray pods through a secretKeyRef that the kubelet resolves, never thr
 - apiGroups: [swarm.io]
   resources: [swarmclusters/status, swarmjobs/status]
   verbs: [patch]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, create, delete]  # a queued SwarmJob's Workload (docs/kueue.md); nothing of it without Kueue
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]  # PodsReady, Finished, and the quota released after an eviction
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]  # a token-auth cluster's Ray token (by name; never list or watch)
@@ -114,6 +120,7 @@ both at once) is served without a restart; without this it scans once and never 
 Namespaces (only when namespaced): kopf lists and watches them to know which of the named
 namespaces exist; without it, it logs a warning and assumes they all do.
 Nodes: whether a pod's node was deleted or stays NotReady, which makes its end a disruption, not a failure.
+ResourceFlavors (Kueue's, cluster-scoped): the node labels and tolerations an admitted SwarmJob's pods get.
 */}}
 {{- define "swarm-operator.observerRules" -}}
 - apiGroups: [apiextensions.k8s.io]
@@ -122,6 +129,9 @@ Nodes: whether a pod's node was deleted or stays NotReady, which makes its end a
 - apiGroups: [""]
   resources: [nodes]
   verbs: [get, list, watch]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [resourceflavors]
+  verbs: [get]
 {{- if .Values.watchNamespaces }}
 - apiGroups: [""]
   resources: [namespaces]

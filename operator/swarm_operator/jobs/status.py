@@ -7,11 +7,12 @@ from typing import Any
 
 from swarm_operator.jobs.machine import ClusterView, JobState, current_cluster, job_id
 from swarm_operator.jobs.spec import JobSpec
-from swarm_operator.reasons import JobConditionType
+from swarm_operator.reasons import ConditionType, JobConditionType
 from swarm_operator.status import condition, merge_conditions
 from swarm_operator.times import parse_time, timestamp
 
 MAX_MESSAGE_BYTES = 4096
+VALID = ConditionType.VALID
 LOG_TAIL_LINES = 20
 TIMES = {"startTime": "start_time", "endTime": "end_time", "attemptStartTime": "attempt_start",
          "unreadableSince": "unreadable_since", "infeasibleSince": "infeasible_since"}
@@ -81,10 +82,14 @@ def _condition(ctype: JobConditionType, state: JobState) -> dict[str, Any]:
     return condition(ctype, holds, state.reason if holds else f"Not{ctype}", state.message[:1000] if holds else "")
 
 
-def invalid_job_status(message: str, old: Mapping[str, Any], generation: int) -> dict[str, Any]:
-    """A spec the operator cannot serve: say why; nothing is created."""
+def invalid_job_status(message: str, old: Mapping[str, Any], generation: int, now: float) -> dict[str, Any]:
+    """A job the operator cannot serve: say why, also as condition Valid=False (as a SwarmCluster does); nothing is
+    created. The condition goes with the next valid status, which writes the conditions list whole."""
+    valid = condition(VALID, False, "InvalidSpec", message[:1000])
+    others = [c for c in old.get("conditions") or [] if c.get("type") != VALID]
     return {**old, "jobDeploymentStatus": "Invalid", "reason": "InvalidSpec", "message": bounded(message),
-            "observedGeneration": generation}
+            "observedGeneration": generation,
+            "conditions": others + merge_conditions(list(old.get("conditions") or []), [valid], now, generation)}
 
 
 def cluster_view(body: Mapping[str, Any], job_uid: str) -> ClusterView:
