@@ -7,6 +7,8 @@ warm run takes seconds. Each step logs to ``<cache>/logs/<component>.log``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +201,24 @@ def selected(only: list[str] | None = None) -> list[Component]:
     return components()
 
 
+@contextlib.contextmanager
+def _component_lock(root: Path, comp: Component, label: str) -> Iterator[None]:
+    """One build of a component at a time: a second `make` (CI starts Kueue's build early, in the background)
+    waits for the first and then finds it cached, rather than building into the same folder at once."""
+    locks = root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / f"{comp.name}-{comp.version}.lock").open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[build] {label}: another build of it is under way; waiting for it", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def build_all(only: list[str] | None = None) -> None:
     """Build the default components, or only those named in ``only`` (optional ones included)."""
     chosen = selected(only)
@@ -210,20 +230,21 @@ def build_all(only: list[str] | None = None) -> None:
     total = time.monotonic()
     for comp in chosen:
         label = f"{comp.name} {comp.version}"
-        if comp.present():
-            print(f"[build] {label}: cached", flush=True)
-            continue
-        log = logs / f"{comp.name}-{comp.version}.log"
-        log.write_text("")
-        print(f"[build] {label}: building (log: {log})", flush=True)
-        with tempfile.TemporaryDirectory(prefix=f"swarm-build-{comp.name}-") as tmp:
-            work = Path(tmp) / "mod"
-            step = functools.partial(comp.build, work, log)
-            try:
-                secs = _with_progress(label, step)
-            except BuildError as exc:
-                raise BuildError(f"building {label} failed: {exc}") from None
-        print(f"[build] {label}: done in {secs:.0f}s", flush=True)
+        with _component_lock(root, comp, label):
+            if comp.present():
+                print(f"[build] {label}: cached", flush=True)
+                continue
+            log = logs / f"{comp.name}-{comp.version}.log"
+            log.write_text("")
+            print(f"[build] {label}: building (log: {log})", flush=True)
+            with tempfile.TemporaryDirectory(prefix=f"swarm-build-{comp.name}-") as tmp:
+                work = Path(tmp) / "mod"
+                step = functools.partial(comp.build, work, log)
+                try:
+                    secs = _with_progress(label, step)
+                except BuildError as exc:
+                    raise BuildError(f"building {label} failed: {exc}") from None
+            print(f"[build] {label}: done in {secs:.0f}s", flush=True)
     print(f"[build] all components ready in {time.monotonic() - total:.0f}s", flush=True)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import pytest
 
 from localcluster import build, versions
@@ -41,3 +44,20 @@ def test_kueue_is_cached_by_version_with_its_crds_and_webhooks() -> None:
 def test_unknown_component_is_refused() -> None:
     with pytest.raises(build.BuildError, match="unknown component"):
         build.selected(["kuberay", "nope"])
+
+
+def test_a_second_build_of_a_component_waits_for_the_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    comp = build.Component("kueue", "v0.0.1", (), lambda work, log: None)
+    second_in = threading.Event()
+
+    def second() -> None:
+        with build._component_lock(tmp_path, comp, "kueue v0.0.1"):
+            second_in.set()
+
+    with build._component_lock(tmp_path, comp, "kueue v0.0.1"):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert not second_in.wait(0.5), "a second build ran while the first held the component"
+    waiter.join(5)
+    assert second_in.is_set(), "the second build never went on after the first ended"
+    assert "another build of it is under way; waiting for it" in capsys.readouterr().out
