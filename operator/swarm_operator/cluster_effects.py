@@ -14,7 +14,7 @@ from typing import Any
 
 from swarm_operator.kit.effects import Effects
 from swarm_operator.reasons import EventReason
-from swarm_operator.reconcile.plan import (
+from swarm_operator.reconcile.actions import (
     Action,
     CreateBudget,
     CreateHead,

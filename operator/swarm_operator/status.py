@@ -138,7 +138,7 @@ def _next_head(kept: Persisted, now: float) -> str:
 
 
 def _suspended_message(pods: list[PodState]) -> str:
-    """What a suspension still waits for: busy workers drain first, the head goes last (reconcile/plan.py)."""
+    """What a suspension still waits for: busy workers drain first, the head goes last (reconcile/retire.py)."""
     workers = [p for p in pods if p.alive and p.node_type == labels.WORKER]
     if not workers:
         return "spec.suspend is true"

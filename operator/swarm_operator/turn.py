@@ -27,8 +27,7 @@ from swarm_operator.nodes import NodeCache
 from swarm_operator.ray_token import TOKEN_RETRY_SECONDS, TokenMemory, ray_token
 from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile import deletion
-from swarm_operator.reconcile.observe import PodState, observe_pod, owned_by
-from swarm_operator.reconcile.plan import (
+from swarm_operator.reconcile.actions import (
     CreateBudget,
     CreateHead,
     CreateService,
@@ -36,12 +35,9 @@ from swarm_operator.reconcile.plan import (
     DeletePod,
     DrainWorker,
     Note,
-    Observed,
-    Plan,
-    desired_replicas,
-    needs_ray_state,
-    plan_cluster,
 )
+from swarm_operator.reconcile.observe import Observed, PodState, observe_pod, owned_by
+from swarm_operator.reconcile.plan import Plan, desired_replicas, needs_ray_state, plan_cluster
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import template_overrides
 from swarm_operator.spec.parse import parse_cluster

@@ -33,8 +33,8 @@ from swarm_operator.autoscaler.snapshot import (
 )
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key
+from swarm_operator.reconcile.actions import DrainWorker, PatchPod
 from swarm_operator.reconcile.observe import PodState, observe_pod
-from swarm_operator.reconcile.plan import DrainWorker, PatchPod
 from swarm_operator.resources import labels
 from swarm_operator.spec.types import AutoscalingSpec, ClusterSpec
 from swarm_operator.status import AutoscalerReport

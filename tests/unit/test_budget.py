@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.reconcile.plan import CreateBudget, DeleteBudget, Observed, plan_cluster
+from swarm_operator.reconcile.actions import CreateBudget, DeleteBudget
+from swarm_operator.reconcile.observe import Observed
+from swarm_operator.reconcile.plan import plan_cluster
 from swarm_operator.resources import labels
 from swarm_operator.resources.budget import build_head_budget
 from swarm_operator.spec.parse import parse_cluster

@@ -9,6 +9,7 @@ import pytest
 
 from swarm_operator import turn as turn_module
 from swarm_operator.nodes import NodeCache
+from swarm_operator.reconcile.actions import CreateWorkers, DeletePod
 from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.disruption import (
     NODE_SHUTDOWN_MESSAGE,
@@ -21,8 +22,8 @@ from swarm_operator.reconcile.disruption import (
     classify,
     node_state,
 )
-from swarm_operator.reconcile.observe import failure_reason, observe_pod, slim_pod
-from swarm_operator.reconcile.plan import CreateWorkers, DeletePod, Observed, plan_cluster
+from swarm_operator.reconcile.observe import Observed, failure_reason, observe_pod, slim_pod
+from swarm_operator.reconcile.plan import plan_cluster
 from swarm_operator.times import timestamp
 from tests.unit.operator_fixtures import (
     NAMESPACE,

@@ -10,25 +10,20 @@ from typing import Any
 import pytest
 
 from swarm_operator.reasons import EventReason
-from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff
-from swarm_operator.reconcile.disruption import DISRUPTION_TARGET, NodeState
-from swarm_operator.reconcile.observe import PodState, observe_pod
-from swarm_operator.reconcile.plan import (
-    DRAIN_POLL_SECONDS,
-    RAY_STATE_RETRY_SECONDS,
+from swarm_operator.reconcile.actions import (
     Action,
     CreateHead,
     CreateService,
     CreateWorkers,
     DeletePod,
     DrainWorker,
-    Observed,
     PatchPod,
-    Plan,
-    desired_replicas,
-    needs_ray_state,
-    plan_cluster,
 )
+from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff
+from swarm_operator.reconcile.disruption import DISRUPTION_TARGET, NodeState
+from swarm_operator.reconcile.observe import Observed, PodState, observe_pod
+from swarm_operator.reconcile.plan import Plan, desired_replicas, needs_ray_state, plan_cluster
+from swarm_operator.reconcile.retire import DRAIN_POLL_SECONDS, RAY_STATE_RETRY_SECONDS
 from swarm_operator.resources import labels, revision
 from swarm_operator.resources.pods import head_hash
 from swarm_operator.spec.types import ClusterSpec

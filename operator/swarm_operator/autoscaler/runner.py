@@ -26,8 +26,8 @@ from swarm_operator.autoscaler.snapshot import ClusterSnapshot, NodeStatus
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key
 from swarm_operator.reasons import EventReason
+from swarm_operator.reconcile.actions import DrainWorker, PatchPod
 from swarm_operator.reconcile.observe import PodState
-from swarm_operator.reconcile.plan import DrainWorker, PatchPod
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import GCS_PORT
 from swarm_operator.spec.types import ClusterSpec

@@ -45,7 +45,7 @@ class Cause(StrEnum):
     DISRUPTION_TARGET = "disruption-target"
 
 
-# Taints that announce a node's removal: its Ray nodes are drained ahead of it (reconcile/plan.py). Each means the
+# Taints that announce a node's removal: its Ray nodes are drained ahead of it (reconcile/retire.py). Each means the
 # node is going, not merely that it is unschedulable: a spot pool's permanent taint is not one of them.
 REMOVAL_TAINTS = {
     "ToBeDeletedByClusterAutoscaler": "the cluster autoscaler is removing it",

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff
 from swarm_operator.reconcile.disruption import (
     DEFAULT_NODE_NOT_READY_SECONDS,
     DISRUPTION_TARGET,
@@ -180,3 +181,25 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     ]
     return {"metadata": slim_meta, "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
             "status": slim_status}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a turn sees of one cluster, for the planner: its pods, and what Ray and status say of them."""
+
+    pods: tuple[PodState, ...]
+    service_exists: bool
+    health: Mapping[str, GroupHealth]  # per worker group
+    head_restarts: int = 0
+    head_failures: int = 0  # heads failed in a row, never ready between (status.head.consecutiveFailures)
+    head_backoff: HeadBackoff | None = None  # a crash-looping head's next attempt waits until then
+    # Pods Ray reports idle (None when Ray's state is unknown): a rollout or a scale-down deletes them, first.
+    idle_pods: frozenset[str] | None = None
+    # Pods whose Ray node the GCS reports DEAD while the pod still runs (`ray start --block` outlives it).
+    ray_dead: frozenset[str] = frozenset()
+    # Pods the GCS reports as live Ray nodes (None when Ray's state is unknown). A pod joins Ray, and
+    # gets tasks, before its readiness probe first passes: "not ready" does not mean "no Ray work".
+    ray_nodes: frozenset[str] | None = None
+    budgets: Mapping[str, str] = field(default_factory=dict)  # this cluster's PodDisruptionBudgets: name → uid
+    # Pods this operator deleted (remembered in memory only): their deletion is no disruption to drain ahead of.
+    deleted_by_operator: frozenset[str] = frozenset()

@@ -1,0 +1,74 @@
+"""What a plan asks for: each action names the pod or object it acts on and why (the why becomes the Event). Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm_operator.reasons import EventReason
+from swarm_operator.reconcile.disruption import Disrupted
+from swarm_operator.resources import labels
+
+
+@dataclass(frozen=True)
+class CreateService:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CreateHead:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CreateBudget:
+    """The head's PodDisruptionBudget (resources/budget.py)."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeleteBudget:
+    name: str
+    uid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CreateWorkers:
+    group: str
+    count: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    reason: str
+    failed_group: str | None = None  # set when the deletion replaces a failed worker
+    failed: bool = False  # the pod died (worker or head): reported as a Warning
+    disrupted: Disrupted | None = None  # an eviction, a node shutdown or loss ended it: replaced, not a failure
+    group: str = labels.HEAD  # the pod's worker group, or the head (for the disruption metric)
+
+
+@dataclass(frozen=True)
+class PatchPod:
+    """A change the running pod can take in place (its template's labels and annotations): no restart."""
+    name: str
+    patch: Mapping[str, Any] = field(compare=False)
+    reason: str
+
+
+@dataclass(frozen=True)
+class DrainWorker:
+    """A worker with Ray work that has to go (a rollout, a scale-down, suspend, its group removed): Ray drains it
+    (reason PREEMPTION, a deadline) rather than the pod being deleted, so its running tasks finish. The pod is
+    deleted once Ray reports the node dead, or at the deadline."""
+    name: str
+    reason: str
+    deadline_seconds: int
+
+
+Action = (CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod | DrainWorker | CreateBudget
+          | DeleteBudget)
+Note = tuple[EventReason, str]  # something the plan waits for, posted as an Event once while it holds
