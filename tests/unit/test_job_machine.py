@@ -7,27 +7,29 @@ from typing import Any
 
 import pytest
 
+from swarm_operator.jobs.actions import (
+    Action,
+    CreateCluster,
+    CreateSubmitter,
+    DeleteCluster,
+    DeleteJob,
+    ScaleWorkersToZero,
+    StopRayJob,
+    Submit,
+)
 from swarm_operator.jobs.machine import (
     INFEASIBLE_GRACE_SECONDS,
     NEXT_TURN_SECONDS,
     STATUS_UNREADABLE_SECONDS,
     STOP_WAIT_SECONDS,
     SUBMITTER_GRACE_SECONDS,
-    Action,
     ClusterView,
-    CreateCluster,
-    CreateSubmitter,
-    DeleteCluster,
-    DeleteJob,
     JobState,
     Observed,
     RayJob,
     RayJobMissing,
     RayUnreachable,
     RayView,
-    ScaleWorkersToZero,
-    StopRayJob,
-    Submit,
     decide,
     deleting,
     holds_finalizer,

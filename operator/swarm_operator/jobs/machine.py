@@ -16,6 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from swarm_operator.autoscaler.policy import format_resources
+from swarm_operator.jobs.actions import (
+    Action,
+    CreateCluster,
+    CreateSubmitter,
+    DeleteCluster,
+    DeleteJob,
+    ScaleWorkersToZero,
+    StopRayJob,
+    Submit,
+)
 from swarm_operator.jobs.names import cluster_name, submission_id, submitter_pod_name
 from swarm_operator.jobs.spec import EntrypointResources, JobSpec, OwnCluster
 from swarm_operator.reasons import EventReason
@@ -88,52 +98,6 @@ class RayUnreachable:
 
 
 RayView = RayJob | RayJobMissing | RayUnreachable | None  # None: not asked (no running head to ask)
-
-
-@dataclass(frozen=True)
-class CreateCluster:
-    name: str
-    attempt: int
-
-
-@dataclass(frozen=True)
-class DeleteCluster:
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ScaleWorkersToZero:
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Submit:
-    job_id: str
-    head_ip: str
-
-
-@dataclass(frozen=True)
-class CreateSubmitter:
-    name: str
-    attempt: int
-    job_id: str
-
-
-@dataclass(frozen=True)
-class StopRayJob:
-    job_id: str
-    head_ip: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class DeleteJob:
-    reason: str
-
-
-Action = CreateCluster | DeleteCluster | ScaleWorkersToZero | Submit | CreateSubmitter | StopRayJob | DeleteJob
 
 
 @dataclass(frozen=True)

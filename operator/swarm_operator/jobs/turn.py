@@ -16,45 +16,30 @@ import urllib3
 
 from swarm_operator.config import DEFAULT_CLUSTER_DOMAIN
 from swarm_operator.finalizer import keep_finalizer
-from swarm_operator.jobs.cluster import build_job_cluster, node_shapes, workers_to_zero
-from swarm_operator.jobs.kueue import (
-    RESOURCE_FLAVOR,
-    WORKLOAD,
-    CreateWorkload,
-    DeleteWorkload,
-    Gate,
-    JobSide,
-    ReleaseQuota,
-    SetFinished,
-    SetPodsReady,
-    WorkloadAction,
-    admission_gate,
-    admitted_flavors,
-    build_workload,
-    pod_sets,
-    queue_name,
-    queued,
-    released_status,
-    set_conditions,
-    with_flavors,
-    workload_name,
-    workload_view,
-)
-from swarm_operator.jobs.machine import (
-    FINISHED,
+from swarm_operator.jobs.actions import (
     Action,
-    ClusterView,
     CreateCluster,
     CreateSubmitter,
-    Decision,
     DeleteCluster,
     DeleteJob,
-    JobState,
-    Observed,
-    RayView,
     ScaleWorkersToZero,
     StopRayJob,
     Submit,
+)
+from swarm_operator.jobs.admission import admission, held_by_kueue
+from swarm_operator.jobs.cluster import build_job_cluster, node_shapes, workers_to_zero
+from swarm_operator.jobs.effects import JobEffects
+from swarm_operator.jobs.kueue import (
+    Gate,
+    queue_name,
+    queued,
+)
+from swarm_operator.jobs.machine import (
+    FINISHED,
+    ClusterView,
+    JobState,
+    Observed,
+    RayView,
     current_cluster,
     decide,
     deleting,
@@ -68,18 +53,16 @@ from swarm_operator.jobs.status import cluster_view, invalid_job_status, job_sta
 from swarm_operator.jobs.submitter import build_submitter_pod
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key, ObjectStore, WatchCache
-from swarm_operator.kit.effects import Effects
 from swarm_operator.kit.memory import Memories
 from swarm_operator.kube import SWARMCLUSTER, SWARMJOB, Kube, ObjectRef
 from swarm_operator.kube_http import ApiError
 from swarm_operator.reasons import EventReason
-from swarm_operator.resources.labels import CLUSTER
 from swarm_operator.resources.token import token_of
 from swarm_operator.spec.parse import parse_cluster
 from swarm_operator.spec.reader import SpecError
 from swarm_operator.spec.types import ClusterSpec
 from swarm_operator.status import differs
-from swarm_operator.times import parse_time, timestamp
+from swarm_operator.times import parse_time
 
 log = logging.getLogger(__name__)
 STOP_FINALIZER = "swarm.io/stop-ray-job"  # on a job until it finishes: its Ray job is stopped first
@@ -97,37 +80,6 @@ class JobMemory:
 
     invalid_warned: tuple[int, str] | None = None  # (generation, message) of the last InvalidSpec Warning
     token: tuple[tuple[str, str, str], str] | None = None  # the cluster's Ray token by (Secret, key, cluster uid)
-
-
-class JobEffects(Effects):
-    """The job's writes: its own clusters, itself (the TTL), and its Ray job through the Jobs API."""
-
-    def __init__(self, kube: Kube, blocking: Blocking, cache: WatchCache, ref: ObjectRef, ray: RayJobsClient) -> None:
-        super().__init__(kube, blocking, cache, ref)
-        self.ray = ray
-
-    async def create_cluster(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The created SwarmCluster; None when its name is taken (ours from an earlier turn, or another's).
-        Not written into SwarmCluster's cache: its watch event must find it new, to give it a turn."""
-        return await self.call(self.kube.create_resource, SWARMCLUSTER, self.ref.namespace, body)
-
-    async def delete_cluster(self, name: str) -> None:
-        await self.call(self.kube.delete_resource, SWARMCLUSTER, self.ref.namespace, name)
-
-    async def patch_cluster(self, name: str, patch: Mapping[str, Any]) -> None:
-        await self.call(self.kube.patch_resource, SWARMCLUSTER, self.ref.namespace, name, patch)
-
-    async def delete_self(self) -> None:
-        await self.call(self.kube.delete_resource, self.ref.resource, self.ref.namespace, self.ref.name)
-
-    async def observe(self, head_ip: str, submission: str, token: str | None) -> RayView:
-        return await self.call(self.ray.observe, head_ip, submission, token)
-
-    async def submit(self, head_ip: str, body: Mapping[str, Any], token: str | None) -> bool:
-        return await self.call(self.ray.submit_once, head_ip, body, token)
-
-    async def stop(self, head_ip: str, submission: str, token: str | None) -> None:
-        await self.call(self.ray.stop, head_ip, submission, token)
 
 
 class JobTurns:
@@ -188,7 +140,7 @@ class JobTurns:
         gate: Gate | None = None
         if queued(job, queue) and queue is not None:
             try:
-                gate, admitted_spec = await self._admission(fx, job, queue, state, views, current)
+                gate, admitted_spec = await admission(fx, job, queue, state, views, current)
             except ApiError as exc:
                 if exc.status != 404:
                     raise
@@ -209,7 +161,7 @@ class JobTurns:
             submitter = str((pod.get("status") or {}).get("phase") or "Pending") if pod is not None else None
         decision = decide(job, state, Observed(views, ray, submitter), now)
         if gate is not None and not gate.may_run:
-            decision = _held_by_kueue(decision, gate)
+            decision = held_by_kueue(decision, gate)
         for action in decision.actions:
             await self._act(fx, job, action, token, spec)
         status = job_status(job, decision.state, old_status, now)
@@ -224,83 +176,6 @@ class JobTurns:
                                  or state.deployment not in FINISHED):
             return min(decision.requeue_after or KUEUE_POLL_SECONDS, KUEUE_POLL_SECONDS)
         return decision.requeue_after
-
-    async def _admission(self, fx: JobEffects, job: JobSpec, queue: str, state: JobState,
-                         views: tuple[ClusterView, ...], current: ClusterView | None) -> tuple[
-            Gate, dict[str, Any] | None]:
-        """Read the job's Workload, decide (jobs/kueue.py), act on it; raises ApiError 404 when Kueue is absent.
-        Returns the decision and, while the job may run and its cluster is yet to be made, its clusterSpec with the
-        admitted flavors applied."""
-        name = workload_name(job)
-        cluster = parse_cluster(build_job_cluster(job, max(state.attempt, 1)))
-        wanted = pod_sets(cluster)
-        body = await fx.call(fx.kube.get_resource, WORKLOAD, job.namespace, name)
-        view = workload_view(body, wanted) if body is not None else None
-        pods_left = 0
-        if view is not None and view.evicted is not None and view.quota_reserved:
-            pods_left = await self._pods_left(fx, job, state, views)
-        side = JobSide(queue=queue, finished=state.deployment if state.deployment in FINISHED else "",
-                       message=state.message, running=current is not None and current.head_ip is not None,
-                       pods_left=pods_left)
-        gate = admission_gate(side, view)
-        for action in gate.actions:
-            await self._act_on_workload(fx, job, queue, cluster, body, action)
-        if not gate.may_run or body is None or current is not None or not isinstance(job.cluster, OwnCluster):
-            return gate, None
-        assigned = admitted_flavors(body)
-        flavors = {}
-        for flavor in sorted({f for names in assigned.values() for f in names}):
-            found = await fx.call(fx.kube.get_resource, RESOURCE_FLAVOR, job.namespace, flavor)
-            flavors[flavor] = dict((found or {}).get("spec") or {})
-        return gate, with_flavors(job.cluster.spec, assigned, flavors)
-
-    async def _pods_left(self, fx: JobEffects, job: JobSpec, state: JobState, views: tuple[ClusterView, ...]) -> int:
-        """The job's clusters and their pods that still exist: its pods go only after its cluster, through the garbage
-        collector, so they are listed only once no cluster of the job is left."""
-        owned = sum(1 for v in views if v.owned)
-        if owned:
-            return owned
-        pods, _ = await fx.call(fx.kube.list_pods, job.namespace, f"{CLUSTER}={current_cluster(job, state)}")
-        return len(pods)
-
-    async def _act_on_workload(self, fx: JobEffects, job: JobSpec, queue: str, cluster: ClusterSpec,
-                               body: Mapping[str, Any] | None, action: WorkloadAction) -> None:
-        if isinstance(action, CreateWorkload):
-            created = await fx.call(fx.kube.create_resource, WORKLOAD, job.namespace,
-                                    build_workload(job, queue, cluster))
-            if created is not None:
-                await fx.event(EventReason.CREATED, f"created Workload {workload_name(job)}: {action.reason}")
-            return
-        if isinstance(action, DeleteWorkload):
-            await fx.call(fx.kube.delete_resource, WORKLOAD, job.namespace, workload_name(job))
-            await fx.event(EventReason.DELETED, f"Workload {workload_name(job)}: {action.reason}")
-            return
-        assert body is not None  # the other actions are decided on a Workload that was read
-        meta = body.get("metadata") or {}
-        conditions = list((body.get("status") or {}).get("conditions") or [])
-        now, generation = timestamp(time.time()), int(meta.get("generation") or 0)
-        if isinstance(action, ReleaseQuota):
-            status = released_status(conditions, action.evict_reason, action.message, now, generation)
-            event = (EventReason.UPDATED, f"Workload {meta.get('name')}: its pods are gone, quota released")
-        elif isinstance(action, SetPodsReady):
-            status = {"conditions": set_conditions(conditions, {"PodsReady": (
-                "True" if action.ready else "False", "PodsReady" if action.ready else "WaitForStart", action.message)},
-                now, generation)}
-            event = None
-        else:
-            assert isinstance(action, SetFinished)
-            status = {"conditions": set_conditions(conditions, {"Finished": ("True", action.reason, action.message)},
-                                                   now, generation)}
-            event = (EventReason.UPDATED, f"Workload {meta.get('name')} finished ({action.reason})")
-        try:
-            await fx.call(fx.kube.patch_status_at, WORKLOAD, job.namespace, str(meta.get("name")), status,
-                          str(meta.get("resourceVersion") or ""))
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            return  # Kueue wrote it meanwhile: the next turn reads it again
-        if event is not None:
-            await fx.event(*event)
 
     def _cluster_views(self, job: JobSpec, current: str) -> tuple[ClusterView, ...]:
         """The SwarmCluster the current attempt runs on (whoever holds the name), and the job's own others."""
@@ -400,16 +275,6 @@ class JobTurns:
             memory.invalid_warned = (generation, message)
             log.warning("SwarmJob %s/%s is invalid: %s", *fx.key, message.replace("\n", "; "))
             await fx.event(EventReason.INVALID_SPEC, message.replace("\n", "; "))
-
-
-def _held_by_kueue(decision: Decision, gate: Gate) -> Decision:
-    """The machine suspended the job for Kueue, not for spec.suspend: status and the Event say why."""
-    state = decision.state
-    if state.deployment != "Suspended":
-        return decision
-    events = tuple(replace(e, message=gate.why) if e.reason == EventReason.JOB_SUSPENDED else e
-                   for e in decision.events)
-    return replace(decision, state=replace(state, message=gate.why), events=events)
 
 
 def _parsed_cluster(body: Mapping[str, Any] | None) -> ClusterSpec | None:
