@@ -134,7 +134,7 @@ def test_better_on_fewer_than_three_workloads_is_a_miss() -> None:
 
 
 def test_unfinished_runs_stay_out_of_the_medians_and_the_table_has_a_row_per_side() -> None:
-    runs = _runs("a", "swarm", [50, 52], [100, 102]) + [Run("swarm", "a", all_done_s=999.0, pod_seconds=999.0)]
+    runs = [*_runs("a", "swarm", [50, 52], [100, 102]), Run("swarm", "a", all_done_s=999.0, pod_seconds=999.0)]
     summary = summarize(runs)
     assert summary[("a", "swarm")]["all done s"] == Spread(51, 50, 52)
     table = markdown(summary, runs).splitlines()
