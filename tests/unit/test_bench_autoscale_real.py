@@ -15,6 +15,8 @@ from bench.autoscale_real import (
     busy_deleted,
     check_targets,
     explained,
+    idle_before_deletion,
+    known_spread,
     markdown,
     measure,
     peak_alive,
@@ -65,6 +67,11 @@ def test_a_pod_is_busy_when_a_task_ran_on_it_as_its_deletion_was_seen(task: Task
     assert busy_deleted(pod_lives(EVENTS), [task]) == (["w1"] if busy else [])
 
 
+def test_idle_before_deletion_runs_from_a_pods_last_task_to_its_deletion() -> None:
+    tasks = [TaskRecord("cpu", "w1", 12.0, 15.0), TaskRecord("cpu", "w1", 12.0, 18.0), TaskRecord("cpu", "w2", 12, 30)]
+    assert idle_before_deletion(pod_lives(EVENTS), tasks) == [32.0]  # w2 is not deleted; g1 ran nothing
+
+
 def test_an_action_is_explained_by_an_event_that_gives_a_cause_close_to_it() -> None:
     lives = pod_lives(EVENTS)  # actions at 10, 11, 50 (w1 deleted), 60
     events = [ClusterEvent(5.0, "ScaledUp", "cpu 0→2: 40 pending {CPU: 1}"),
@@ -83,6 +90,8 @@ def test_measure_fills_a_run_from_the_driver_and_the_watch() -> None:
     assert (run.attempts_retried, run.attempts_failed, run.busy_pods_deleted) == (1, 1, [])
     assert (run.gpu_pods_before_gpu_demand, run.cpu_tasks_on_gpu_pods, run.workers_left) == (0, 0, 2)
     assert (run.explained_actions, run.scaling_actions) == (2, 4)
+    assert run.idle_before_deletion_s == [10.0]
+    assert run.task_records[0] == ["cpu", "w1", 18.0, 38.0]
     assert run.finished
     failed = Run("swarm", "burst")
     measure(failed, 2.0, {**result, "failed": 1}, EVENTS, [], end=100.0)
@@ -153,3 +162,8 @@ def test_both_clusters_get_the_same_groups_and_settings() -> None:
         assert (str(group["resources"]["cpu"]), group["resources"].get("gpu")) == \
             (limits["cpu"], int(limits["nvidia.com/gpu"]) if "nvidia.com/gpu" in limits else None)
         assert group["template"]["spec"] == {k: spec["template"]["spec"][k] for k in ("nodeSelector", "tolerations")}
+
+
+def test_a_measure_unknown_in_some_runs_is_summed_up_over_the_others() -> None:
+    assert known_spread([float("nan"), 3.0, 1.0]) == Spread(2.0, 1.0, 3.0)
+    assert str(known_spread([float("nan")])) == "nan [nan–nan]"
