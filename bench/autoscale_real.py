@@ -42,10 +42,12 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import autosim
 from bench.common import CRD, kubeconfig_from_env, kubectl_apply, wait_gone
 from localcluster import kuberay, rayjobs
 from localcluster.nodeagent import NodeAgentProcess
 from localcluster.operator_process import OperatorProcess
+from swarm_operator.autoscaler.policy import Settings
 
 IDLE_TIMEOUT_S = 30
 INTERVAL_S = 5  # ours: intervalSeconds; Ray's autoscaler: AUTOSCALER_UPDATE_INTERVAL_S's default
@@ -433,6 +435,62 @@ def result_line(logs: str) -> dict[str, Any]:
     return dict(json.loads(line.split(" ", 1)[1])) if line else {}
 
 
+# ---- the simulator's prediction (issue 28, part 6) ---------------------------------------------------------
+
+# What bench/autosim.py can replay of a workload: (arrival s, one-CPU tasks, seconds each) per wave. The other
+# workloads depend on when a wave ends (gpu-after-cpu) or on placement (strict-spread), which a fixed trace lacks.
+SIMULATED_WAVES: dict[str, tuple[tuple[float, int, float], ...]] = {
+    "burst": ((0.0, 40, 20.0),),
+    "two-waves": ((0.0, 16, 20.0), (60.0, 16, 20.0)),
+}
+
+
+def simulated_trace(workload: str) -> autosim.Trace:
+    """The workload as the simulator's trace, on this benchmark's groups (prices: a GPU node costs 8 CPU nodes,
+    as in the simulator's families)."""
+    types = tuple(autosim.NodeType(group, {"CPU": float(res["cpu"]), "memory": 4 * autosim.G,
+                                          **({"GPU": 1.0} if "nvidia.com/gpu" in res else {})},
+                                   most, autosim.GPU_PRICE if "nvidia.com/gpu" in res else 1.0)
+                  for group, res, most in GROUPS)
+    work = tuple(autosim.Work(at, ({"CPU": 1.0},), seconds) for at, count, seconds in SIMULATED_WAVES[workload]
+                 for _ in range(count))
+    return autosim.Trace(workload, 0, (types[0], types[1]), ((0.0, work),), autosim.EPISODE_S)
+
+
+def simulate(workload: str) -> dict[str, autosim.SimResult]:
+    """Both of the simulator's policies on the workload, with this benchmark's settings (idle timeout 30 s, no
+    upscaling limit, no stabilization). The simulator reads them from its module's SETTINGS, so they are set
+    there for the replay and put back after."""
+    default = autosim.SETTINGS
+    autosim.SETTINGS = Settings(upscaling_speed=UPSCALING_SPEED, idle_timeout_s=IDLE_TIMEOUT_S,
+                                        conserve_gpu_nodes=True, scale_down_stabilization_s=0.0)
+    try:
+        trace = simulated_trace(workload)
+        return {"swarm": autosim.simulate(trace, autosim.OursDriver()),
+                "kuberay-v2": autosim.simulate(trace, autosim.RayDriver())}
+    finally:
+        autosim.SETTINGS = default
+
+
+def simulator_gap(runs: Sequence[Run]) -> list[str]:
+    """Per workload the simulator replays and operator measured: simulated node-seconds and launches against the
+    measured medians of worker pod-seconds and pods created."""
+    lines = []
+    summary = summarize(runs)
+    for workload in SIMULATED_WAVES:
+        sims = None
+        for operator in ("swarm", "kuberay-v2"):
+            row = summary.get((workload, operator))
+            if row is None:
+                continue
+            sims = sims or simulate(workload)
+            sim = sims[operator]
+            lines.append(f"{workload} {operator}: simulated {sim.node_seconds:.0f} node-s, {sim.launched} launched; "
+                         f"measured {row['worker pod-s']} pod-s, {row['pods created']} created; measured/simulated "
+                         f"node-s {row['worker pod-s'].median / sim.node_seconds:.2f}")
+    return lines
+
+
 # ---- the real part ----------------------------------------------------------------------------------------
 
 def worker_group(pod: Any) -> str:
@@ -597,6 +655,9 @@ def report(runs: Sequence[Run]) -> list[tuple[str, bool]]:
               + ", ".join(f"{m} {f(r):.3g}" for m, f in MEASURES.items()) + (f" ({r.note})" if r.note else ""))
     summary = summarize(runs)
     print("\n" + markdown(summary, runs))
+    print("\nThe simulator (bench/autosim.py) against the runs:")
+    for line in simulator_gap(runs):
+        print(f"  {line}")
     checks = check_targets(summary, runs)
     print("\nTargets:")
     for what, met in checks:

@@ -25,6 +25,7 @@ from bench.autoscale_real import (
     raycluster_body,
     result_line,
     run_order,
+    simulated_trace,
     summarize,
     swarmcluster_body,
 )
@@ -167,3 +168,13 @@ def test_both_clusters_get_the_same_groups_and_settings() -> None:
 def test_a_measure_unknown_in_some_runs_is_summed_up_over_the_others() -> None:
     assert known_spread([float("nan"), 3.0, 1.0]) == Spread(2.0, 1.0, 3.0)
     assert str(known_spread([float("nan")])) == "nan [nan–nan]"
+
+
+def test_the_simulators_trace_holds_the_workloads_tasks_on_the_benchmarks_groups() -> None:
+    trace = simulated_trace("two-waves")
+    ((_, work),) = trace.episodes
+    assert sorted({w.arrival for w in work}) == [0.0, 60.0] and len(work) == 32
+    assert all(w.bundles == ({"CPU": 1.0},) and w.duration == 20.0 for w in work)
+    cpu, gpu = trace.types
+    assert (cpu.name, cpu.resources["CPU"], cpu.max_nodes, gpu.name, gpu.resources["GPU"], gpu.max_nodes) == \
+        ("cpu", 8.0, 6, "gpu", 1.0, 3)
