@@ -17,8 +17,8 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster import kueue as local_kueue
 from localcluster.operator_process import OperatorProcess, free_port
-from tests.integration.helpers import Cluster, Kubectl, wait_for
-from tests.integration.test_swarmjob import Jobs, cluster_exists
+from tests.integration.helpers import Cluster, Kubectl, SwarmJobs, wait_for
+from tests.integration.test_swarmjob import cluster_exists
 
 pytestmark = [pytest.mark.integration, pytest.mark.kueue]
 KUEUE, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
@@ -34,14 +34,14 @@ CLUSTER_SPEC: dict[str, Any] = {
 
 
 @pytest.fixture
-def swj(api_client: client.ApiClient, namespace: str, swc: Cluster) -> Iterator[Jobs]:
-    jobs = Jobs(api_client, namespace)
+def swj(api_client: client.ApiClient, namespace: str, swc: Cluster) -> Iterator[SwarmJobs]:
+    jobs = SwarmJobs(client.CustomObjectsApi(api_client), namespace)
     yield jobs
     for item in jobs.custom.list_namespaced_custom_object("swarm.io", "v1alpha1", namespace, "swarmjobs")["items"]:
         print(f"swj {item['metadata']['name']} status={item.get('status')}")
 
 
-def queued_job(swj: Jobs, name: str, queue: str, **spec: Any) -> None:
+def queued_job(swj: SwarmJobs, name: str, queue: str, **spec: Any) -> None:
     body = {"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmJob",
             "metadata": {"name": name, "labels": {QUEUE_LABEL: queue}},
             "spec": {"entrypoint": "python -c 'print(1)'", "clusterSpec": CLUSTER_SPEC, **spec}}
@@ -54,7 +54,7 @@ def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
 
 # -- without Kueue (first: before the module's Kueue fixture installs it) --------------------------------------
 
-def test_queue_label_without_kueue_is_invalid(kubectl: Kubectl, operator: OperatorProcess, swj: Jobs,
+def test_queue_label_without_kueue_is_invalid(kubectl: Kubectl, operator: OperatorProcess, swj: SwarmJobs,
                                                swc: Cluster) -> None:
     assert kubectl("get", f"crd/workloads.{KUEUE}").returncode != 0, "Kueue's CRDs are installed: this test needs none"
     queued_job(swj, "nokueue", "team-a")
@@ -142,7 +142,7 @@ def admitted(queues: Queues, job: str) -> dict[str, Any] | None:
     return wl if condition(wl, "Admitted").get("status") == "True" else None
 
 
-def test_one_quota_two_jobs_eviction_admits_the_second(queues: Queues, operator: OperatorProcess, swj: Jobs,
+def test_one_quota_two_jobs_eviction_admits_the_second(queues: Queues, operator: OperatorProcess, swj: SwarmJobs,
                                                        swc: Cluster) -> None:
     queue = queues.create(cpu=3)
     queued_job(swj, "first", queue)
@@ -184,7 +184,7 @@ def test_one_quota_two_jobs_eviction_admits_the_second(queues: Queues, operator:
     wait_for("the second job's cluster", lambda: cluster_exists(swc, "second-1"))
 
 
-def test_a_finished_job_gives_its_quota_to_the_next(queues: Queues, operator: OperatorProcess, swj: Jobs,
+def test_a_finished_job_gives_its_quota_to_the_next(queues: Queues, operator: OperatorProcess, swj: SwarmJobs,
                                                     swc: Cluster) -> None:
     queue = queues.create(cpu=3)
     # kwok runs no Ray: the first job ends Failed at its deadline, which counts from its admission.
