@@ -23,7 +23,8 @@ class Jobs(SwarmJobs):
         self.core, self.pool = core, pool
 
     def create(self, name: str, entrypoint: str = SUCCEEDS, **spec: Any) -> dict[str, Any]:
-        return super().create(name, entrypoint, clusterSpec=job_cluster_spec(self.pool), **spec)
+        spec.setdefault("clusterSpec", job_cluster_spec(self.pool))
+        return super().create(name, entrypoint, **spec)
 
     def create_on(self, cluster: str, name: str, entrypoint: str, **spec: Any) -> dict[str, Any]:
         """A job on an existing SwarmCluster (clusterSelector)."""

@@ -111,7 +111,7 @@ def test_without_gcs_fault_tolerance_the_attempt_fails_and_is_retried_and_deleti
     retried = wait_for("the next attempt", lambda: (st := jobs.status("noft")).get("attempt") == 2 and st,
                        timeout=240, every=0.5)
     assert retried["failedAttempts"] == 1, retried
-    assert retried["message"].startswith("attempt 1 failed (RayJobLost)"), retried["message"]
+    # The status message moves on at once (the next attempt's cluster comes up); the Retrying Event below keeps why.
     second = wait_for("attempt 2 Running", jobs.deployment("noft", "Running"), timeout=240)
     assert second["clusterName"] == "noft-2" and second["jobId"] != first["jobId"]
     wait_for("the entrypoint started again", lambda: gate.count() == 2, timeout=60)

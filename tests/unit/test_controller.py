@@ -808,12 +808,23 @@ def test_rollout_reads_ray_without_autoscaling_replaces_the_idle_worker_and_drai
         kube.calls.clear()
         await c.reconcile(KEY)
         assert ray.reads == 1
-        assert [n for verb, n in kube.calls if verb == "delete_pod"] == [idle]
-        ((node, reason, message, deadline_ms, _),) = ray.drains
-        assert (node, reason, deadline_ms) == (node_id(busy), gcs.DrainReason.PREEMPTION, int((NOW + 120) * 1000))
-        assert "rayStartParams changed" in message
-        assert labels.DRAINED in kube.pods[(NAMESPACE, busy)]["metadata"]["annotations"]
+        # Neither pod is deleted on the snapshot's word: the idle node is drained with IDLE_TERMINATION (its raylet
+        # refuses if a task started since the read), the busy one with PREEMPTION and the deadline.
+        assert [n for verb, n in kube.calls if verb == "delete_pod"] == []
+        drains = {node: (reason, deadline_ms) for node, reason, _, deadline_ms, _ in ray.drains}
+        assert drains == {node_id(busy): (gcs.DrainReason.PREEMPTION, int((NOW + 120) * 1000)),
+                          node_id(idle): (gcs.DrainReason.IDLE_TERMINATION, 0)}
+        assert "rayStartParams changed" in next(m for n, _, m, _, _ in ray.drains if n == node_id(busy))
+        for name in (busy, idle):
+            assert labels.DRAINED in kube.pods[(NAMESPACE, name)]["metadata"]["annotations"]
         assert any(e[2] == "Draining" and busy in e[3] for e in kube.events)
+
+        # The idle node's raylet exited at once: its pod is removed, not counted as a failure.
+        ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
+                                ray_node(busy, "cpu", NodeStatus.DRAINING), ray_node(idle, "cpu", NodeStatus.DEAD))
+        kube.calls.clear()
+        await c.reconcile(KEY)
+        assert [n for verb, n in kube.calls if verb == "delete_pod"] == [idle]
 
         # The busy node is still draining (its tasks run): its pod stays, and it is not drained twice.
         ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
@@ -824,7 +835,7 @@ def test_rollout_reads_ray_without_autoscaling_replaces_the_idle_worker_and_drai
         kube.calls.clear()
         await c.reconcile(KEY)
         assert [n for verb, n in kube.calls if verb == "delete_pod"] == []
-        assert len(ray.drains) == 1
+        assert len(ray.drains) == 2
         # Its raylet exited: Ray reports it DEAD, and the pod is removed without counting as a failure.
         ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
                                 ray_node(busy, "cpu", NodeStatus.DEAD))
@@ -894,13 +905,18 @@ def test_a_worker_deleted_by_someone_else_is_drained_with_its_grace_left_and_the
         ((node, reason, message, deadline_ms, _),) = ray.drains
         assert (node, reason, deadline_ms) == (node_id(first), gcs.DrainReason.PREEMPTION, int((NOW + 30) * 1000))
         assert "its pod is being deleted, not by the operator" in message
-        # The operator's own deletion (a scale-down of the idle worker) is no disruption to drain ahead of.
+        # The operator's own scale-down of the idle worker: Ray drains it as idle (IDLE_TERMINATION), then the
+        # operator deletes the pod; that deletion is no disruption to drain ahead of (no PREEMPTION drain for it).
         to_zero = manifest({"workerGroups": [{**manifest()["spec"]["workerGroups"][0], "replicas": 0}]}, generation=2)
         c.on_cluster("MODIFIED", {**to_zero, "status": kube.statuses[-1][2]})
         await c.reconcile(KEY)
+        assert [(d[0], d[1]) for d in ray.drains][1:] == [(node_id(second), gcs.DrainReason.IDLE_TERMINATION)]
+        ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
+                                ray_node(first, "cpu", NodeStatus.DRAINING), ray_node(second, "cpu", NodeStatus.DEAD))
+        await c.reconcile(KEY)
         assert kube.pods[(NAMESPACE, second)]["metadata"].get("deletionTimestamp"), "the idle worker deleted"
         await c.reconcile(KEY)
-        assert [d[0] for d in ray.drains] == [node_id(first)]
+        assert [d[0] for d in ray.drains] == [node_id(first), node_id(second)]
 
     run(body)
 

@@ -394,7 +394,9 @@ def all_(state: str, n: int = 3) -> dict[str, str]:
 
 def describe_rollout(a: Action) -> tuple[str, str]:
     assert isinstance(a, DeletePod | DrainWorker), a
-    return ("drain" if isinstance(a, DrainWorker) else "delete", a.name)
+    if isinstance(a, DrainWorker):
+        return ("drain-idle" if a.idle else "drain", a.name)
+    return ("delete", a.name)
 
 
 def rollout(strategy: dict[str, Any], old_pods: list[PodState], new_pods: list[PodState] | None = None,
@@ -419,14 +421,14 @@ STUCK = worker(C3_OLD, suffix="stuck", phase="Pending", ready=False)
 @pytest.mark.parametrize(
     ("strategy", "old", "new", "ray", "expected"),
     [
-        pytest.param({}, OLD3, [], all_(IDLE), [("delete", w(0))], id="idle-one-at-a-time-oldest-first"),
-        pytest.param({"maxUnavailable": 2}, OLD3, [], all_(IDLE), [("delete", w(0)), ("delete", w(1))],
+        pytest.param({}, OLD3, [], all_(IDLE), [("drain-idle", w(0))], id="idle-one-at-a-time-oldest-first"),
+        pytest.param({"maxUnavailable": 2}, OLD3, [], all_(IDLE), [("drain-idle", w(0)), ("drain-idle", w(1))],
                      id="max-unavailable-2"),
-        pytest.param({"maxUnavailable": 5}, OLD3, [], all_(IDLE), [("delete", w(i)) for i in range(3)],
+        pytest.param({"maxUnavailable": 5}, OLD3, [], all_(IDLE), [("drain-idle", w(i)) for i in range(3)],
                      id="budget-larger-than-outdated"),
         pytest.param({}, workers(C3_OLD, 2), [worker(C3, suffix="fresh", ready=False)], all_(IDLE, 2), [],
                      id="waits-while-a-new-pod-is-not-ready"),
-        pytest.param({}, workers(C3_OLD, 2), [worker(C3, suffix="fresh")], all_(IDLE, 2), [("delete", w(0))],
+        pytest.param({}, workers(C3_OLD, 2), [worker(C3, suffix="fresh")], all_(IDLE, 2), [("drain-idle", w(0))],
                      id="continues-once-it-is-ready"),
         pytest.param({}, workers(C3, 3), [], all_(BUSY), [], id="up-to-date-nothing"),
         pytest.param({}, [*workers(C3_OLD, 2), STUCK], [], all_(IDLE, 2), [("delete", STUCK.name)],
@@ -435,10 +437,10 @@ STUCK = worker(C3_OLD, suffix="stuck", phase="Pending", ready=False)
                      [("delete", w(i)) for i in range(3)], id="unschedulable-old-template-does-not-block-the-fix"),
         # Busy workers: drained through Ray, never deleted; idle ones go first.
         pytest.param({}, OLD3, [], all_(BUSY), [("drain", w(0))], id="busy-drained-not-deleted"),
-        pytest.param({}, OLD3, [], {**all_(BUSY), w(2): IDLE}, [("delete", w(2))], id="idle-before-busy"),
+        pytest.param({}, OLD3, [], {**all_(BUSY), w(2): IDLE}, [("drain-idle", w(2))], id="idle-before-busy"),
         pytest.param({"maxUnavailable": 2}, OLD3, [], {**all_(BUSY), w(2): IDLE},
-                     [("delete", w(2)), ("drain", w(0))], id="idle-then-oldest-busy-drained"),
-        pytest.param({"type": "IdleFirst"}, OLD3, [], {**all_(BUSY), w(2): IDLE}, [("delete", w(2))],
+                     [("drain-idle", w(2)), ("drain", w(0))], id="idle-then-oldest-busy-drained"),
+        pytest.param({"type": "IdleFirst"}, OLD3, [], {**all_(BUSY), w(2): IDLE}, [("drain-idle", w(2))],
                      id="idle-first-same-rules"),
         pytest.param({}, OLD3, [], {w(1): BUSY, w(2): BUSY}, [("delete", w(0))],
                      id="not-a-ray-node-yet-replaced-directly-first"),
@@ -549,15 +551,15 @@ def test_rollout_waits_for_the_count_first() -> None:
 def test_rollout_reason_names_what_changed() -> None:
     p = run(C3, [head(C3), *workers(C3_OLD, 3)], **ray_of(all_(IDLE)))
     (action,) = p.actions
-    assert isinstance(action, DeletePod)
+    assert isinstance(action, DrainWorker) and action.idle
     assert worker(C3).template_hash != worker(C3_OLD).template_hash
-    assert action.reason == f"worker {w(0)} of group cpu: rayStartParams changed; rolling update (Rolling)"
+    assert action.reason == f"worker {w(0)} of group cpu: rayStartParams changed; rolling update (Rolling); idle in Ray"
 
 
 def test_a_pod_without_a_revision_record_is_replaced_saying_so() -> None:
     old = [dataclasses.replace(p, revision=None, template_hash="0123456789") for p in workers(C3, 3)]
     (action, *_) = run(C3, [head(C3), *old], **ray_of(all_(IDLE))).actions
-    assert isinstance(action, DeletePod)
+    assert isinstance(action, DrainWorker) and action.idle
     assert "without a revision record, made by an older operator" in action.reason
 
 
@@ -718,20 +720,20 @@ W3 = W4[:3]
 @pytest.mark.parametrize(
     ("groups", "pods", "ray", "expected"),
     [
-        pytest.param([group("cpu", 2)], W4, all_(IDLE, 4), [("delete", w(2)), ("delete", w(3))],
+        pytest.param([group("cpu", 2)], W4, all_(IDLE, 4), [("drain-idle", w(2)), ("drain-idle", w(3))],
                      id="idle-newest-first"),
         pytest.param([group("cpu", 2)], [*W3, worker(C, suffix="w0009", created=NOW - 7200, **PENDING)],
-                     all_(IDLE), [("delete", w(2)), ("delete", w(9))], id="no-ray-node-first-even-if-oldest"),
+                     all_(IDLE), [("drain-idle", w(2)), ("delete", w(9))], id="no-ray-node-first-even-if-oldest"),
         pytest.param([group("cpu", 2)], W4, {w(0): IDLE, w(1): IDLE, w(2): BUSY, w(3): BUSY},
-                     [("delete", w(0)), ("delete", w(1))], id="idle-before-busy-even-if-older"),
-        pytest.param([group("cpu", 1)], W3, {w(0): BUSY, w(1): IDLE, w(2): BUSY}, [("delete", w(1)), ("drain", w(2))],
-                     id="busy-drained-never-deleted"),
+                     [("drain-idle", w(0)), ("drain-idle", w(1))], id="idle-before-busy-even-if-older"),
+        pytest.param([group("cpu", 1)], W3, {w(0): BUSY, w(1): IDLE, w(2): BUSY},
+                     [("drain-idle", w(1)), ("drain", w(2))], id="busy-drained-never-deleted"),
         pytest.param([group("cpu", 0)], W3, all_(BUSY), [("drain", w(0)), ("drain", w(1)), ("drain", w(2))],
                      id="to-zero-every-busy-worker-drained"),
         pytest.param([group("cpu", 2)], W3, {w(0): BUSY, w(1): BUSY}, [("delete", w(2))],
                      id="ready-but-no-ray-node-deleted"),
         pytest.param([group("cpu", 1, hi=1)], W3, {w(0): IDLE, w(1): BUSY, w(2): BUSY},
-                     [("delete", w(0)), ("drain", w(2))], id="replicas-and-max-replicas-lowered"),
+                     [("drain-idle", w(0)), ("drain", w(2))], id="replicas-and-max-replicas-lowered"),
         pytest.param([group("cpu", 1)], [drained(C, "w0000", created=NOW - 3600), *W3[1:]], all_(BUSY),
                      [("drain", w(2))], id="a-draining-worker-is-already-leaving"),
         pytest.param([group("cpu", 3)], W3, all_(BUSY), [], id="equal-nothing"),
@@ -756,7 +758,7 @@ def test_scale_down_reasons_and_the_drain_deadline() -> None:
     p = run(c, pods, **ray_of({w(0): BUSY, w(1): IDLE}))
     assert set(p.actions) == {
         DeletePod("demo-cpu-pend1", "group cpu scaled to 0 (demo-cpu-pend1 not ready)"),
-        DeletePod(w(1), f"group cpu scaled to 0 ({w(1)} idle in Ray)"),
+        DrainWorker(w(1), f"group cpu scaled to 0 ({w(1)} idle in Ray)", 45, idle=True),
         DrainWorker(w(0), f"group cpu scaled to 0: worker {w(0)} runs Ray tasks; draining it first", 45),
     }
     assert p.notes == ()
@@ -789,8 +791,8 @@ AUTO_MAX1 = [group("cpu", None, lo=0, hi=1)]  # spec.replicas, at most maxReplic
     [
         pytest.param(AUTO_MAX1, {"cpu": 3}, all_(BUSY), [("drain", w(1)), ("drain", w(2))],
                      id="above-max-busy-drained-newest-first"),
-        pytest.param(AUTO_MAX1, {"cpu": 3}, {w(0): IDLE, w(1): BUSY, w(2): BUSY}, [("delete", w(0)), ("drain", w(2))],
-                     id="above-max-idle-first"),
+        pytest.param(AUTO_MAX1, {"cpu": 3}, {w(0): IDLE, w(1): BUSY, w(2): BUSY},
+                     [("drain-idle", w(0)), ("drain", w(2))], id="above-max-idle-first"),
         pytest.param(AUTO_MAX1, {"cpu": 3}, {w(0): BUSY, w(1): BUSY}, [("delete", w(2)), ("drain", w(1))],
                      id="above-max-no-ray-node-first"),
         pytest.param(AUTO_MAX1, {"cpu": 3}, None, [], id="above-max-unknown-waits"),
@@ -823,10 +825,11 @@ W2 = workers(SUSPENDED, 2)
 @pytest.mark.parametrize(
     ("pods", "ray", "ray_dead", "expected", "requeue"),
     [
-        pytest.param([head(C), *W2], all_(IDLE, 2), set(), [("delete", "demo-head"), ("delete", w(0)),
-                                                            ("delete", w(1))], None, id="all-idle-everything-goes"),
-        pytest.param([head(C), *W2], {w(0): BUSY, w(1): IDLE}, set(), [("delete", w(1)), ("drain", w(0))], None,
-                     id="busy-drained-the-head-waits-for-it"),
+        # Idle workers are drained too (the raylet re-checks idleness): the head waits for them to leave.
+        pytest.param([head(C), *W2], all_(IDLE, 2), set(), [("drain-idle", w(0)), ("drain-idle", w(1))], None,
+                     id="all-idle-drained-the-head-waits"),
+        pytest.param([head(C), *W2], {w(0): BUSY, w(1): IDLE}, set(), [("drain-idle", w(1)), ("drain", w(0))],
+                     None, id="busy-drained-the-head-waits-for-it"),
         pytest.param([head(C), drained(C, "w0000")], all_(BUSY, 1), set(), [], DRAIN_POLL_SECONDS,
                      id="draining-the-head-still-waits"),
         pytest.param([head(C), drained(C, "w0000")], {}, {w(0)}, [("delete", "demo-head"), ("delete", w(0))], None,
@@ -840,7 +843,7 @@ W2 = workers(SUSPENDED, 2)
         pytest.param([head(C, deleting=True), *W2], None, set(), [("delete", w(0)), ("delete", w(1))], None,
                      id="head-already-going-workers-deleted"),
         pytest.param([head(C), worker(C, suffix="w0000", deleting=True, **FAILED), *W2[1:]], all_(IDLE, 2), set(),
-                     [("delete", "demo-head"), ("delete", w(1))], None, id="pods-already-deleting-skipped"),
+                     [("drain-idle", w(1))], None, id="pods-already-deleting-skipped"),
         pytest.param([], None, set(), [], None, id="nothing-left-nothing-created"),
     ],
 )
@@ -856,7 +859,7 @@ def test_suspend_drains_workers_and_removes_the_head_last(pods: list[PodState], 
 
 def test_suspend_reasons() -> None:
     p = run(SUSPENDED, [head(C), *W2], **ray_of({w(0): BUSY, w(1): IDLE}))
-    assert set(p.actions) == {DeletePod(w(1), f"cluster is suspended ({w(1)} idle in Ray)"),
+    assert set(p.actions) == {DrainWorker(w(1), f"cluster is suspended ({w(1)} idle in Ray)", 600, idle=True),
                               DrainWorker(w(0), f"cluster is suspended: worker {w(0)} runs Ray tasks; draining it "
                                                 "first", 600)}
     waiting = run(SUSPENDED, [head(C), *W2])
@@ -873,7 +876,7 @@ GPU = "demo-gpu-g0000"
 @pytest.mark.parametrize(
     ("gpu_worker", "ray", "ray_dead", "expected"),
     [
-        pytest.param(worker(TWO_GROUPS, "gpu", "g0000"), {GPU: IDLE}, set(), [("delete", GPU)], id="idle-deleted"),
+        pytest.param(worker(TWO_GROUPS, "gpu", "g0000"), {GPU: IDLE}, set(), [("drain-idle", GPU)], id="idle-drained"),
         pytest.param(worker(TWO_GROUPS, "gpu", "g0000"), {GPU: BUSY}, set(), [("drain", GPU)], id="busy-drained"),
         pytest.param(worker(TWO_GROUPS, "gpu", "g0000"), None, set(), [], id="unknown-waits"),
         pytest.param(worker(TWO_GROUPS, "gpu", "g0000", **FAILED), None, set(), [("delete", GPU)],

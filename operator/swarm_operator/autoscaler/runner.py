@@ -267,18 +267,23 @@ class Autoscaler:
             node = snap.node_by_instance(d.name)
             if node is None:
                 continue  # it left Ray since the read: the next turn deletes it directly
-            deadline_ms = int((now + d.deadline_seconds) * 1000)
+            # An idle node's drain is refused by the raylet if a task started there since the read; the next
+            # read shows it busy, and it is drained as such.
+            reason, deadline_ms = ((self.ray.DrainReason.IDLE_TERMINATION, 0) if d.idle else
+                                   (self.ray.DrainReason.PREEMPTION, int((now + d.deadline_seconds) * 1000)))
             try:
-                result = await self.blocking(client.drain, node.node_id, self.ray.DrainReason.PREEMPTION,
-                                             f"swarm-operator: {d.reason}", deadline_ms, snapshot=snap)
+                result = await self.blocking(client.drain, node.node_id, reason, f"swarm-operator: {d.reason}",
+                                             deadline_ms, snapshot=snap)
             except self.ray.RayStateError as exc:  # safe to repeat: the next turn asks again
-                log.warning("drain of busy worker %s in %s/%s failed: %s", d.name, *key, exc)
+                log.warning("drain of worker %s in %s/%s failed: %s", d.name, *key, exc)
                 continue
             if not result.accepted:
-                log.info("drain of busy worker %s in %s/%s not sent: %s", d.name, *key, result.why)
+                log.info("drain of worker %s in %s/%s not sent: %s", d.name, *key, result.why)
                 continue
             marks.append(drained_mark(d.name, now, d.reason))
-            events.append((EventReason.DRAINING, f"{d.reason}; Ray schedules nothing more there and lets its "
+            events.append((EventReason.DRAINING, f"{d.reason}; Ray drained the idle node, the pod goes once it has "
+                                                 "left" if d.idle else
+                                                 f"{d.reason}; Ray schedules nothing more there and lets its "
                                                  f"running tasks finish within {d.deadline_seconds}s"))
         return marks, events
 

@@ -61,12 +61,15 @@ class PatchPod:
 
 @dataclass(frozen=True)
 class DrainWorker:
-    """A worker with Ray work that has to go (a rollout, a scale-down, suspend, its group removed): Ray drains it
-    (reason PREEMPTION, a deadline) rather than the pod being deleted, so its running tasks finish. The pod is
-    deleted once Ray reports the node dead, or at the deadline."""
+    """A Ray worker that has to go (a rollout, a scale-down, suspend, its group removed): Ray drains it rather than the
+    pod being deleted. A busy one with reason PREEMPTION and a deadline, so its running tasks finish; one Ray
+    reported idle with IDLE_TERMINATION (`idle`), which the raylet refuses if a task has started there since Ray's
+    state was read (that report lags: a pod deleted on its word alone can take a just-started task with it). The
+    pod is deleted once Ray reports the node dead, or at the deadline."""
     name: str
     reason: str
     deadline_seconds: int
+    idle: bool = False
 
 
 Action = (CreateService | CreateHead | CreateWorkers | DeletePod | PatchPod | DrainWorker | CreateBudget

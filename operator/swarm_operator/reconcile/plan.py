@@ -173,6 +173,8 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
             why = f"worker {p.name} of group {group.name}: {change}; rolling update ({cluster.update_strategy.type})"
             if work is RayWork.BUSY:
                 actions.append(DrainWorker(p.name, why + "; it runs Ray tasks: draining it first", drain_timeout))
+            elif work is RayWork.IDLE:
+                actions.append(DrainWorker(p.name, why + "; idle in Ray", drain_timeout, idle=True))
             else:
                 actions.append(DeletePod(p.name, why))
         if waiting:

@@ -49,8 +49,9 @@ def rollout_order(pods: list[PodState], obs: Observed) -> list[PodState]:
 
 def take_down(pods: list[PodState], count: int, obs: Observed, why: str, drain_timeout: int,
                ray_nodes_allowed: int | None = None) -> tuple[list[Action], int]:
-    """`count` of `pods` removed, the cheapest first: pods that are no Ray node, and idle Ray nodes, are deleted;
-    busy Ray nodes are drained by Ray (PREEMPTION, `drain_timeout`), never deleted. At most `ray_nodes_allowed`
+    """`count` of `pods` removed, the cheapest first: pods that are no Ray node are deleted; Ray nodes are drained,
+    never deleted on Ray's word alone: idle ones with IDLE_TERMINATION (the raylet re-checks), busy ones with
+    PREEMPTION and `drain_timeout`. At most `ray_nodes_allowed`
     Ray nodes are taken (None: any). Returns the actions and how many ready workers must wait instead, because
     Ray's state is unknown."""
     actions: list[Action] = []
@@ -69,8 +70,10 @@ def take_down(pods: list[PodState], count: int, obs: Observed, why: str, drain_t
         elif work is RayWork.BUSY:
             actions.append(DrainWorker(p.name, f"{why}: worker {p.name} runs Ray tasks; draining it first",
                                        drain_timeout))
+        elif work is RayWork.IDLE:
+            actions.append(DrainWorker(p.name, f"{why} ({p.name} idle in Ray)", drain_timeout, idle=True))
         else:
-            state = "idle in Ray" if work is RayWork.IDLE else "not ready" if not p.ready else "not a Ray node"
+            state = "not ready" if not p.ready else "not a Ray node"
             actions.append(DeletePod(p.name, f"{why} ({p.name} {state})"))
     return actions, waiting
 
