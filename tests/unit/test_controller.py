@@ -779,17 +779,20 @@ def test_an_echo_of_our_status_write_queues_no_turn(second: Callable[[dict[str, 
 # -- a rollout with autoscaling off: the turn reads Ray's state and drains busy workers -------------
 
 
+def running(kube: FakeKube, c: Controller, name: str, ip: str, **meta: Any) -> None:
+    """The pod running with `ip` (and `meta` merged into its metadata), as its watch would report it."""
+    pod = with_state(kube.pods[(NAMESPACE, name)], resource_version=kube.bump())
+    pod["status"]["podIP"] = ip
+    pod["metadata"].update(meta)
+    kube.pods[(NAMESPACE, name)] = pod
+    c.on_pod("MODIFIED", pod)
+
+
 def test_rollout_reads_ray_without_autoscaling_replaces_the_idle_worker_and_drains_the_busy_one() -> None:
     kube, ray = FakeKube(), FakeRay()
     changed = manifest({"workerGroups": [{**manifest()["spec"]["workerGroups"][0],
                                           "rayStartParams": {"object-store-memory": "100000000"}}],
                         "updateStrategy": {"maxUnavailable": 2, "drainTimeoutSeconds": 120}}, generation=2)
-
-    def running(c: Controller, name: str, ip: str) -> None:
-        pod = with_state(kube.pods[(NAMESPACE, name)], resource_version=kube.bump())
-        pod["status"]["podIP"] = ip
-        kube.pods[(NAMESPACE, name)] = pod
-        c.on_pod("MODIFIED", pod)
 
     async def body() -> None:
         c = make(kube)
@@ -798,7 +801,7 @@ def test_rollout_reads_ray_without_autoscaling_replaces_the_idle_worker_and_drai
         await c.reconcile(KEY)  # head + 2 workers
         busy, idle = sorted(n for (_, n) in kube.pods if n.startswith("demo-cpu-"))
         for name, ip in (("demo-head", HEAD_IP), (busy, "10.0.0.2"), (idle, "10.0.0.3")):
-            running(c, name, ip)
+            running(kube, c, name, ip)
         await c.reconcile(KEY)  # all up to date: Ray is not asked
         assert ray.reads == 0
         ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
@@ -880,13 +883,6 @@ def test_a_rollout_with_ray_unreachable_waits_and_says_so_once() -> None:
 def test_a_worker_deleted_by_someone_else_is_drained_with_its_grace_left_and_the_operators_own_are_not() -> None:
     kube, ray = FakeKube(), FakeRay()
 
-    def put(c: Controller, name: str, ip: str, **meta: Any) -> None:
-        pod = with_state(kube.pods[(NAMESPACE, name)], resource_version=kube.bump())
-        pod["status"]["podIP"] = ip
-        pod["metadata"].update(meta)
-        kube.pods[(NAMESPACE, name)] = pod
-        c.on_pod("MODIFIED", pod)
-
     async def body() -> None:
         c = make(kube)
         c.autoscaler.pool = cast(Any, gcs.RayStatePool(ray.factory, c.blocking.submit, read_timeout_s=5.0))
@@ -894,13 +890,13 @@ def test_a_worker_deleted_by_someone_else_is_drained_with_its_grace_left_and_the
         await c.reconcile(KEY)  # head + 2 workers
         first, second = sorted(n for (_, n) in kube.pods if n.startswith("demo-cpu-"))
         for name, ip in (("demo-head", HEAD_IP), (first, "10.0.0.2"), (second, "10.0.0.3")):
-            put(c, name, ip)
+            running(kube, c, name, ip)
         ray.snapshot = snapshot(ray_node("demo-head", labels.HEAD, head=True),
                                 ray_node(first, "cpu", available={"CPU": 0.0, "memory": 8e9}),
                                 ray_node(second, "cpu", NodeStatus.IDLE))
         await c.reconcile(KEY)
         assert ray.drains == []
-        put(c, first, "10.0.0.2", deletionTimestamp=iso(NOW + 30))  # kubectl delete: 30 s of grace left
+        running(kube, c, first, "10.0.0.2", deletionTimestamp=iso(NOW + 30))  # kubectl delete: 30 s of grace left
         await c.reconcile(KEY)
         ((node, reason, message, deadline_ms, _),) = ray.drains
         assert (node, reason, deadline_ms) == (node_id(first), gcs.DrainReason.PREEMPTION, int((NOW + 30) * 1000))
