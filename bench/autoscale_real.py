@@ -43,7 +43,7 @@ from kubernetes.client.exceptions import ApiException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import autosim
-from bench.common import CRD, kubeconfig_from_env, kubectl_apply, wait_gone
+from bench.common import CRD, Spread, kubeconfig_from_env, kubectl_apply, spread, wait_gone
 from localcluster import kuberay, rayjobs
 from localcluster.nodeagent import NodeAgentProcess
 from localcluster.operator_process import OperatorProcess
@@ -336,23 +336,6 @@ def measure(run: Run, submitted: float, result: Mapping[str, Any], pod_events: S
     run.pods = [[life.name, life.group, round(life.created - submitted, 2),
                  None if life.deleted is None else round(life.deleted - submitted, 2)] for life in lives.values()]
     run.finished = bool(tasks) and run.tasks_failed == 0 and "done" in result
-
-
-@dataclass(frozen=True)
-class Spread:
-    median: float
-    low: float
-    high: float
-
-    def overlaps(self, other: Spread) -> bool:
-        return self.low <= other.high and other.low <= self.high
-
-    def __str__(self) -> str:
-        return f"{self.median:.3g} [{self.low:.3g}–{self.high:.3g}]"
-
-
-def spread(values: Sequence[float]) -> Spread:
-    return Spread(statistics.median(values), min(values), max(values))
 
 
 def known_spread(values: Sequence[float]) -> Spread:

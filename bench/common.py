@@ -10,10 +10,13 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +155,22 @@ def pod_rows(api: Any, ns: str, field_selector: str = "") -> list[dict[str, str]
     table = get_json(api, f"/api/v1/namespaces/{ns}/pods", query, "application/json;as=Table;v=v1;g=meta.k8s.io")
     names = [c["name"] for c in table["columnDefinitions"]]
     return [dict(zip(names, (str(c) for c in row["cells"]), strict=False)) for row in table.get("rows") or []]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A figure over repeated runs: its median and range."""
+
+    median: float
+    low: float
+    high: float
+
+    def overlaps(self, other: Spread) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.median:.3g} [{self.low:.3g}–{self.high:.3g}]"
+
+
+def spread(values: Sequence[float]) -> Spread:
+    return Spread(statistics.median(values), min(values), max(values))

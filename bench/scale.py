@@ -25,7 +25,6 @@ import concurrent.futures
 import json
 import math
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from bench.common import (
     FAKE_NODES,
     RESOURCES,
     WORKERS,
+    Spread,
     apiserver_requests_by,
     client_go_requests,
     cluster_body,
@@ -53,6 +53,7 @@ from bench.common import (
     kubectl_apply,
     pod_rows,
     proc_stats,
+    spread,
     swarm_operator_requests,
     wait_gone,
 )
@@ -274,23 +275,6 @@ def run_order(pairs: int, with_kuberay: bool = True) -> list[str]:
         pair = ("swarm", "kuberay") if i % 2 == 0 else ("kuberay", "swarm")
         order += ["baseline", *(pair if with_kuberay else ("swarm",))]
     return order
-
-
-@dataclass(frozen=True)
-class Spread:
-    median: float
-    low: float
-    high: float
-
-    def overlaps(self, other: Spread) -> bool:
-        return self.low <= other.high and other.low <= self.high
-
-    def __str__(self) -> str:
-        return f"{self.median:.3g} [{self.low:.3g}–{self.high:.3g}]"
-
-
-def spread(values: Sequence[float]) -> Spread:
-    return Spread(statistics.median(values), min(values), max(values))
 
 
 # What is compared, per cluster where a total grows with the clusters.
