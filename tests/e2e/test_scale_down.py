@@ -10,11 +10,11 @@ retries cannot hide a killed worker here: the task allows none.
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import math
 import shlex
 import time
-import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,11 +98,13 @@ def scale_down_while_busy(core: Any, custom: Any, ns: str, pool: str, name: str,
                 leaving[pod_name] = now
         try:
             info = rayjobs.job_info(ray.head_ip, job)
-        except urllib.error.URLError:
-            if head_goes and busy in leaving and ray.head in leaving:
+        except (OSError, http.client.HTTPException):  # refused, reset, or closed mid-answer by a head going away
+            if not (head_goes and busy in leaving):
+                raise
+            if ray.head in leaving:
                 break  # the driver went with the head, after the busy worker
-            raise
-        if info["status"] in rayjobs.TERMINAL_JOB_STATES:
+            info = {}  # the head may have started leaving since the listing above: the next one shows it
+        if info.get("status") in rayjobs.TERMINAL_JOB_STATES:
             break
         time.sleep(0.5)
     if head_goes and info.get("status") not in rayjobs.TERMINAL_JOB_STATES:
