@@ -40,7 +40,7 @@ WEBHOOK_CONFIGURATIONS = {  # as Kueue's cert rotator names them (pkg/util/cert)
 CONVERTED_CRDS = ("localqueues", "clusterqueues", "cohorts", "workloads", "multikueueclusters")  # kustomize's patches
 # Our kinds, by Kueue's "Kind.version.group" (integrations.externalFrameworks): Kueue then treats a Workload owned by
 # one as a job's, and brings no controller and no webhook for it (the operator runs the Workload's lifecycle).
-EXTERNAL_FRAMEWORKS = ("SwarmJob.v1alpha1.swarm.io",)
+EXTERNAL_FRAMEWORKS = ("SwarmJob.v1alpha1.swarm.io", "SwarmCluster.v1alpha1.swarm.io")
 
 
 def _service_ref(port: int, path: str) -> dict[str, Any]:

@@ -69,10 +69,11 @@ def test_conversion_webhook_only_on_the_crds_kueue_converts() -> None:
     assert "conversion" not in converted_crd(crd("resourceflavors"), 19443)["spec"]
 
 
-def test_manager_config_keeps_every_port_on_the_loopback_and_registers_swarmjob(tmp_path: Any) -> None:
+def test_manager_config_keeps_every_port_on_the_loopback_and_registers_our_kinds(tmp_path: Any) -> None:
     config = manager_config(19443, 18081, tmp_path)
     assert config["webhook"] == {"port": 19443, "host": "127.0.0.1", "certDir": str(tmp_path)}
     assert config["health"]["healthProbeBindAddress"] == "127.0.0.1:18081"
     assert config["metrics"]["bindAddress"] == "0"
     assert config["internalCertManagement"]["webhookServiceName"] == SERVICE
-    assert config["integrations"] == {"frameworks": ["batch/job"], "externalFrameworks": ["SwarmJob.v1alpha1.swarm.io"]}
+    assert config["integrations"] == {"frameworks": ["batch/job"], "externalFrameworks": ["SwarmJob.v1alpha1.swarm.io",
+                                                                        "SwarmCluster.v1alpha1.swarm.io"]}

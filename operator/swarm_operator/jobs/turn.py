@@ -26,14 +26,9 @@ from swarm_operator.jobs.actions import (
     StopRayJob,
     Submit,
 )
-from swarm_operator.jobs.admission import admission, held_by_kueue
+from swarm_operator.jobs.admission import admission, held_by_kueue, queued
 from swarm_operator.jobs.cluster import build_job_cluster, node_shapes, workers_to_zero
 from swarm_operator.jobs.effects import JobEffects
-from swarm_operator.jobs.kueue import (
-    Gate,
-    queue_name,
-    queued,
-)
 from swarm_operator.jobs.machine import (
     FINISHED,
     ClusterView,
@@ -56,6 +51,7 @@ from swarm_operator.kit.cache import Key, ObjectStore, WatchCache
 from swarm_operator.kit.memory import Memories
 from swarm_operator.kube import SWARMCLUSTER, SWARMJOB, Kube, ObjectRef
 from swarm_operator.kube_http import ApiError
+from swarm_operator.kueue.workload import Gate, queue_name
 from swarm_operator.reasons import EventReason
 from swarm_operator.resources.token import token_of
 from swarm_operator.spec.parse import parse_cluster

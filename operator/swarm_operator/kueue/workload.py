@@ -1,13 +1,14 @@
-"""A queued SwarmJob's Kueue Workload, and what Kueue's answer lets the job do. Pure: plain data in, plain data out.
+"""A queued object's Kueue Workload (a SwarmJob with a cluster of its own, or a SwarmCluster), and what Kueue's answer
+lets it do. Pure: plain data in, plain data out.
 
-Kueue has no code for our kinds: `integrations.externalFrameworks` only registers SwarmJob for owner matching, so the
-operator runs the Workload's lifecycle itself, as Kueue's own job reconciler (jobframework) does for its kinds:
-create it (controller-owned by the job), recreate it while it is not admitted when its pod sets no longer match,
-start the job once it is admitted, stop it when it is evicted and give the quota back only once its pods are gone,
-and report PodsReady and Finished.
+Kueue has no code for our kinds: `integrations.externalFrameworks` only registers SwarmJob and SwarmCluster for owner
+matching, so the operator runs the Workload's lifecycle itself, as Kueue's own job reconciler (jobframework) does for
+its kinds: create it (controller-owned by our object), recreate it while it is not admitted when its pod sets no
+longer match, start the object once it is admitted, stop it when it is evicted and give the quota back only once its
+pods are gone, and report PodsReady and Finished.
 
-The job's suspension is the operator's decision, not a write to `spec.suspend`: the user's manifest stays as written
-(a GitOps tool re-applying it does not fight Kueue), and `spec.suspend: true` still holds a job Kueue admitted.
+The suspension is the operator's decision, not a write to `spec.suspend`: the user's manifest stays as written
+(a GitOps tool re-applying it does not fight Kueue), and `spec.suspend: true` still holds an object Kueue admitted.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from swarm_operator import GROUP, VERSION
-from swarm_operator.jobs.cluster import JOB_KIND
-from swarm_operator.jobs.spec import JobSpec, OwnCluster
 from swarm_operator.kube import Resource
 from swarm_operator.resources.labels import HEAD
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
@@ -36,23 +35,27 @@ FINISHED_FAILED = "Failed"
 RELEASED_REASON = "Pending"
 
 
+@dataclass(frozen=True)
+class Owner:
+    """The object a Workload stands for: a SwarmJob or a SwarmCluster."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+
 def queue_name(body: Mapping[str, Any]) -> str | None:
-    """The LocalQueue a SwarmJob asks for, from its label; None when it is not queued."""
+    """The LocalQueue an object asks for, from its label; None when it is not queued."""
     labels = (body.get("metadata") or {}).get("labels") or {}
     name = labels.get(QUEUE_LABEL)
     return str(name) if name else None
 
 
-def queued(job: JobSpec, queue: str | None) -> bool:
-    """Only a job with a cluster of its own is queued: a clusterSelector job runs on a cluster that is not its own,
-    whose pods the job neither creates nor may stop."""
-    return queue is not None and isinstance(job.cluster, OwnCluster)
-
-
-def workload_name(job: JobSpec) -> str:
+def workload_name(owner: Owner) -> str:
     """Named as Kueue names the Workload of a job of its own kinds: `<kind>-<name>-<5 hex of the owner>`."""
-    digest = hashlib.sha1(f"{JOB_KIND}/{job.name}/{job.uid}".encode()).hexdigest()[:5]
-    return f"{JOB_KIND.lower()}-{job.name}"[:MAX_NAME - 6] + f"-{digest}"
+    digest = hashlib.sha1(f"{owner.kind}/{owner.name}/{owner.uid}".encode()).hexdigest()[:5]
+    return f"{owner.kind.lower()}-{owner.name}"[:MAX_NAME - 6] + f"-{digest}"
 
 
 def _pod_set(name: str, count: int, pod: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,17 +88,17 @@ def pod_sets(cluster: ClusterSpec) -> list[dict[str, Any]]:
     return sets
 
 
-def build_workload(job: JobSpec, queue: str, cluster: ClusterSpec) -> dict[str, Any]:
+def build_workload(owner: Owner, queue: str, cluster: ClusterSpec) -> dict[str, Any]:
     return {
         "apiVersion": WORKLOAD.api_version,
         "kind": WORKLOAD.kind,
         "metadata": {
-            "name": workload_name(job),
-            "namespace": job.namespace,
-            "labels": {f"{KUEUE_GROUP}/job-uid": job.uid},
+            "name": workload_name(owner),
+            "namespace": owner.namespace,
+            "labels": {f"{KUEUE_GROUP}/job-uid": owner.uid},
             # Kueue matches a Workload to its job through this controller reference (and the external framework).
-            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": JOB_KIND, "name": job.name,
-                                 "uid": job.uid, "controller": True, "blockOwnerDeletion": True}],
+            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": owner.kind, "name": owner.name,
+                                 "uid": owner.uid, "controller": True, "blockOwnerDeletion": True}],
         },
         "spec": {"queueName": queue, "podSets": pod_sets(cluster)},
     }
@@ -103,10 +106,10 @@ def build_workload(job: JobSpec, queue: str, cluster: ClusterSpec) -> dict[str, 
 
 @dataclass(frozen=True)
 class WorkloadView:
-    """What the job's decisions read of its Workload."""
+    """What the decisions read of a Workload."""
 
     name: str
-    pod_sets_match: bool  # its pod sets' names and counts are the ones the job needs now (Kueue's webhook may
+    pod_sets_match: bool  # its pod sets' names and counts are the ones its owner needs now (Kueue's webhook may
     # default fields of the templates, so they are not compared)
     quota_reserved: bool
     admitted: bool
@@ -156,7 +159,7 @@ def admitted_flavors(body: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
 
 def with_flavors(cluster_spec: Mapping[str, Any], assigned: Mapping[str, tuple[str, ...]],
                  flavors: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The job's clusterSpec with its admitted flavors applied, as Kueue starts a job of its own kinds: each pod
+    """A clusterSpec with its admitted flavors applied, as Kueue starts a job of its own kinds: each pod
     set's pod template gets its flavors' `nodeLabels` in its nodeSelector (a flavor's label wins over the template's
     own) and their `tolerations` added, so the pods land on the flavor's nodes. A flavor not read is skipped."""
     spec = dict(cluster_spec)
@@ -221,7 +224,7 @@ WorkloadAction = CreateWorkload | DeleteWorkload | ReleaseQuota | SetPodsReady |
 
 @dataclass(frozen=True)
 class Gate:
-    """Whether Kueue lets the job run this turn; `why` goes into the job's status while it may not."""
+    """Whether Kueue lets the object run this turn; `why` goes into its status while it may not."""
 
     may_run: bool
     why: str
@@ -229,49 +232,50 @@ class Gate:
 
 
 @dataclass(frozen=True)
-class JobSide:
-    """What the Workload's decisions read of the job."""
+class OwnerSide:
+    """What the Workload's decisions read of its owner (a SwarmJob, or a SwarmCluster, which never finishes)."""
 
     queue: str
-    finished: str  # "", "Complete" or "Failed": the job's end
+    finished: str  # "", "Complete" or "Failed": a job's end
     message: str  # the job's status message (Finished's message)
-    running: bool  # the current attempt's cluster is Running with a ready head
-    pods_left: int  # the job's clusters, and then their pods, still present (being deleted or not)
+    running: bool  # its cluster is Running with a ready head
+    pods_left: int  # its clusters, and then their pods, still present (being deleted or not)
+    what: str = "the job's cluster"  # how messages name what runs: "the job's cluster", "the cluster"
 
 
-def admission_gate(job: JobSide, workload: WorkloadView | None) -> Gate:
-    """The Workload's lifecycle for one turn: the action to take on it, and whether the job may run."""
+def admission_gate(owner: OwnerSide, workload: WorkloadView | None) -> Gate:
+    """The Workload's lifecycle for one turn: the action to take on it, and whether its owner may run."""
     if workload is None or workload.deleting:
-        if job.finished:
+        if owner.finished:
             return Gate(False, "finished")
-        return Gate(False, f"waiting for Kueue: creating its Workload in LocalQueue {job.queue}",
-                    () if workload is not None else (CreateWorkload(f"queued in LocalQueue {job.queue}"),))
-    if job.finished:
+        return Gate(False, f"waiting for Kueue: creating its Workload in LocalQueue {owner.queue}",
+                    () if workload is not None else (CreateWorkload(f"queued in LocalQueue {owner.queue}"),))
+    if owner.finished:
         if workload.finished:
             return Gate(False, "finished")
-        reason = FINISHED_SUCCEEDED if job.finished == "Complete" else FINISHED_FAILED
-        return Gate(False, "finished", (SetFinished(reason, job.message or f"the SwarmJob is {job.finished}"),))
+        reason = FINISHED_SUCCEEDED if owner.finished == "Complete" else FINISHED_FAILED
+        return Gate(False, "finished", (SetFinished(reason, owner.message or f"the SwarmJob is {owner.finished}"),))
     if workload.evicted is not None:
         reason, message = workload.evicted
         why = f"evicted by Kueue ({reason}): {message}"
         if not workload.quota_reserved:
             return Gate(False, why + "; waiting to be admitted again")
-        if job.pods_left:
-            return Gate(False, f"{why}; waiting for the job's cluster and its pods to be gone ({job.pods_left} left) "
+        if owner.pods_left:
+            return Gate(False, f"{why}; waiting for {owner.what} and its pods to be gone ({owner.pods_left} left) "
                                "before the quota is released")
         return Gate(False, why, (ReleaseQuota(reason, message),))
     if not workload.quota_reserved:
         if not workload.pod_sets_match:
             return Gate(False, "waiting for Kueue: the Workload's pod sets changed; recreating it",
-                        (DeleteWorkload("its pod sets no longer match the job's cluster"),))
+                        (DeleteWorkload(f"its pod sets no longer match {owner.what}"),))
         pending = f": {workload.pending}" if workload.pending else ""
-        return Gate(False, f"waiting for Kueue to admit Workload {workload.name} (LocalQueue {job.queue}){pending}")
+        return Gate(False, f"waiting for Kueue to admit Workload {workload.name} (LocalQueue {owner.queue}){pending}")
     if not workload.admitted:
         return Gate(False, f"waiting for Kueue: quota reserved in ClusterQueue {workload.cluster_queue}, "
                            "waiting for its admission checks")
-    if workload.pods_ready != job.running:
-        message = "the job's cluster is running" if job.running else "the job's cluster is not running yet"
-        return Gate(True, "", (SetPodsReady(job.running, message),))
+    if workload.pods_ready != owner.running:
+        message = f"{owner.what} is running" if owner.running else f"{owner.what} is not running yet"
+        return Gate(True, "", (SetPodsReady(owner.running, message),))
     return Gate(True, "")
 
 

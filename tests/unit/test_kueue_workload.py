@@ -1,4 +1,4 @@
-"""A queued SwarmJob's Workload (jobs/kueue.py): its pod sets, how its status is read, and the lifecycle decisions."""
+"""A queued object's Workload (kueue/workload.py): its pod sets, how its status is read, and the lifecycle decisions."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.jobs.kueue import (
+from swarm_operator.jobs.admission import job_owner, queued
+from swarm_operator.jobs.spec import JobSpec, parse_job
+from swarm_operator.kueue.workload import (
     RESOURCE_FLAVOR,
     CreateWorkload,
     DeleteWorkload,
     Gate,
-    JobSide,
+    OwnerSide,
     ReleaseQuota,
     SetFinished,
     SetPodsReady,
@@ -21,14 +23,12 @@ from swarm_operator.jobs.kueue import (
     build_workload,
     pod_sets,
     queue_name,
-    queued,
     released_status,
     set_conditions,
     with_flavors,
     workload_name,
     workload_view,
 )
-from swarm_operator.jobs.spec import JobSpec, parse_job
 from swarm_operator.spec.parse import parse_cluster
 from swarm_operator.spec.types import ClusterSpec
 
@@ -66,11 +66,11 @@ def test_only_a_labelled_job_with_its_own_cluster_is_queued() -> None:
 
 
 def test_workload_name_is_stable_per_job_and_differs_by_uid() -> None:
-    a = workload_name(job())
-    assert a == workload_name(job()) and a.startswith("swarmjob-pi-") and len(a) == len("swarmjob-pi-") + 5
+    a = workload_name(job_owner(job()))
+    assert a == workload_name(job_owner(job())) and a.startswith("swarmjob-pi-") and len(a) == len("swarmjob-pi-") + 5
     other = parse_job({"metadata": {"name": "pi", "namespace": "ns", "uid": "u2"},
                        "spec": {"entrypoint": "x", "clusterSpec": CLUSTER_SPEC}})
-    assert workload_name(other) != a
+    assert workload_name(job_owner(other)) != a
 
 
 @pytest.mark.parametrize(("autoscaling", "counts"), [
@@ -90,7 +90,7 @@ def test_pod_sets_carry_requests_node_selector_and_tolerations() -> None:
 
 
 def test_workload_is_controller_owned_by_the_job_in_its_queue() -> None:
-    wl = build_workload(job(), "team-a", cluster(False))
+    wl = build_workload(job_owner(job()), "team-a", cluster(False))
     assert wl["apiVersion"] == "kueue.x-k8s.io/v1beta2" and wl["kind"] == "Workload"
     assert wl["spec"]["queueName"] == "team-a"
     assert wl["metadata"]["ownerReferences"] == [{"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmJob",
@@ -136,8 +136,8 @@ def view(**kw: Any) -> WorkloadView:
     return WorkloadView(**{**base, **kw})
 
 
-def side(**kw: Any) -> JobSide:
-    return JobSide(**{"queue": "lq", "finished": "", "message": "", "running": False, "pods_left": 0, **kw})
+def side(**kw: Any) -> OwnerSide:
+    return OwnerSide(**{"queue": "lq", "finished": "", "message": "", "running": False, "pods_left": 0, **kw})
 
 
 ADMITTED = {"quota_reserved": True, "admitted": True}
@@ -168,7 +168,7 @@ EVICTED = {**ADMITTED, "evicted": ("InactiveWorkload", "deactivated")}
         "admitted-not-ready", "pods-ready", "steady", "admitted-pod-sets-kept", "evicted-pods-left",
         "evicted-release", "released-waits", "finished-succeeded", "finished-failed", "finished-once",
         "finished-no-workload"])
-def test_admission_gate(job_side: JobSide, wl: WorkloadView | None, may_run: bool, actions: tuple[Any, ...],
+def test_admission_gate(job_side: OwnerSide, wl: WorkloadView | None, may_run: bool, actions: tuple[Any, ...],
                         why: str) -> None:
     gate = admission_gate(job_side, wl)
     assert gate == Gate(may_run, gate.why, actions)
