@@ -137,20 +137,23 @@ def _next_head(kept: Persisted, now: float) -> str:
     return f"{NEXT_HEAD}{timestamp(backoff.until)} (crash-loop backoff; a changed head template starts at once)"
 
 
-def _suspended_message(pods: list[PodState]) -> str:
-    """What a suspension still waits for: busy workers drain first, the head goes last (reconcile/retire.py)."""
+def _suspended_message(pods: list[PodState], held: str) -> str:
+    """Why it is suspended (`held`: Kueue's reason, "" for spec.suspend) and what that still waits for: busy
+    workers drain first, the head goes last (reconcile/retire.py)."""
+    why = held or "spec.suspend is true"
     workers = [p for p in pods if p.alive and p.node_type == labels.WORKER]
     if not workers:
-        return "spec.suspend is true"
+        return why
     draining = sum(1 for p in workers if p.drained)
-    return (f"spec.suspend is true; {len(workers)} worker(s) still running ({draining} draining in Ray), "
-            "then the head goes")
+    return f"{why}; {len(workers)} worker(s) still running ({draining} draining in Ray), then the head goes"
 
 
 def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, old: Mapping[str, Any],
-                   now: float, head_ip: str | None, autoscaler: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   now: float, head_ip: str | None, autoscaler: Mapping[str, Any] | None = None,
+                   held: str = "", quota: str = "") -> dict[str, Any]:
     """The whole status: `kept` (its targets are the desired replicas of every group) with what the
-    pods show; `autoscaler` is this turn's status.autoscaler, None to keep the stored one."""
+    pods show; `autoscaler` is this turn's status.autoscaler, None to keep the stored one. A queued cluster's
+    `held` is why Kueue holds it suspended ("" while it may run), `quota` what Kueue admitted of its groups."""
     desired = kept.targets
     persisted = persisted_to_status(kept, now)
     stored_groups = {e["name"]: e for e in persisted["workerGroups"]}
@@ -218,14 +221,15 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
                   "Enabled" if cluster.autoscaling.enabled else "Disabled",
                   "worker groups follow Ray's pending demand" if cluster.autoscaling.enabled
                   else "worker groups follow spec.replicas"),
-        condition(ConditionType.SUSPENDED, cluster.suspend, "Suspended" if cluster.suspend else "Active",
-                  _suspended_message(pods) if cluster.suspend else "cluster is active"),
+        condition(ConditionType.SUSPENDED, cluster.suspend,
+                  "HeldByKueue" if held else "Suspended" if cluster.suspend else "Active",
+                  _suspended_message(pods, held) if cluster.suspend else "cluster is active"),
         condition(ConditionType.REPLICA_FAILURE, bool(failing), "WorkersFailing" if failing else "NoFailures",
                   "; ".join(failing) if failing else "no recent worker failures"),
         condition(ConditionType.ROLLOUT_COMPLETE, not behind and not cluster.suspend,
                   "Suspended" if cluster.suspend else "AllPodsUpdated" if not behind
                   else "WaitingForDeletion" if cluster.update_strategy.type == "OnDelete" else "RollingUpdate",
-                  "spec.suspend is true" if cluster.suspend else
+                  (held or "spec.suspend is true") if cluster.suspend else
                   "every pod runs the current spec" if not behind else "; ".join(behind)),
     ]
     status: dict[str, Any] = {
@@ -253,6 +257,8 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
         status["autoscaler"] = {**autoscaler, **persisted["autoscaler"]}
     elif "autoscaler" in old:
         status["autoscaler"] = old["autoscaler"]  # its scale-up times are kept's: only an autoscaling turn moves them
+    if quota or (status.get("autoscaler") or {}).get("quota"):
+        status["autoscaler"] = {**status.get("autoscaler", {}), "quota": quota}
     return status
 
 

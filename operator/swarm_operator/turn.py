@@ -23,6 +23,9 @@ from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key, WatchCache
 from swarm_operator.kit.memory import Memories
 from swarm_operator.kube import SWARMCLUSTER, Kube, ObjectRef
+from swarm_operator.kube_http import ApiError
+from swarm_operator.kueue.cluster import admit_cluster
+from swarm_operator.kueue.workload import NO_KUEUE, queue_name
 from swarm_operator.nodes import NodeCache
 from swarm_operator.ray_token import TOKEN_RETRY_SECONDS, TokenMemory, ray_token
 from swarm_operator.reasons import EventReason
@@ -54,6 +57,8 @@ from swarm_operator.status import (
 
 log = logging.getLogger(__name__)
 Gone = Callable[[Key, dict[str, Any] | None], None]  # the cluster is gone (and what is stored under its name)
+# Workloads are not watched (yet): a queued cluster reads its Workload again this often.
+KUEUE_POLL_SECONDS = 2.0
 
 
 @dataclass
@@ -79,6 +84,9 @@ class Seen:
     kept: Persisted
     token: str | None
     now: float
+    queued: bool = False  # labelled kueue.x-k8s.io/queue-name: `cluster` is as Kueue lets it run this turn
+    held: str = ""  # why Kueue holds it suspended
+    quota: str = ""  # what Kueue's admission bounds
 
 
 @dataclass(frozen=True)
@@ -155,8 +163,8 @@ class Turns:
         return self._next_turn(memory, seen, decided, acted)
 
     def _next_turn(self, memory: ClusterMemory, seen: Seen, decided: Decided, acted: Acted) -> float | None:
-        requeues = [r for r in (decided.plan.requeue_after, NAME_TAKEN_RETRY_SECONDS if acted.taken else None)
-                    if r is not None]
+        requeues = [r for r in (decided.plan.requeue_after, NAME_TAKEN_RETRY_SECONDS if acted.taken else None,
+                                KUEUE_POLL_SECONDS if seen.queued else None) if r is not None]
         if seen.cluster.autoscaling.enabled and not seen.cluster.suspend:
             requeues.append(max(0.05, self.autoscaler.due_in(memory.autoscaler, time.time())))
         return min(requeues) if requeues else None
@@ -182,12 +190,22 @@ class Turns:
         if kept_finalizer is not True:
             self._gone(fx.key, kept_finalizer or None)
             return None
+        queue, held, quota = queue_name(body), "", ""
+        if queue is not None:
+            try:
+                admission = await admit_cluster(fx, body, cluster, queue, self._pod_states(fx.key, cluster.uid))
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                await self._report_invalid(fx, memory, body, old_status, f"the SwarmCluster {NO_KUEUE}", now)
+                return None
+            cluster, held, quota = admission.cluster, admission.held, admission.quota
         token = None
         if cluster.auth is not None:
             token = await ray_token(fx, cluster, memory.token)
             if token is None:
                 return TOKEN_RETRY_SECONDS
-        return Seen(cluster, old_status, persisted_from_status(old_status), token, now)
+        return Seen(cluster, old_status, persisted_from_status(old_status), token, now, queue is not None, held, quota)
 
     async def _decide(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen) -> Decided:
         """The autoscaler once per interval (its drains go to Ray, whose answers set the targets), then the plan."""
@@ -208,7 +226,7 @@ class Turns:
                 await fx.event(reason, message)
             view = RayView.of(outcome)
         pods = self._pod_states(key, cluster.uid)
-        if outcome is None and needs_ray_state(cluster, pods, targets):
+        if outcome is None and not seen.held and needs_ray_state(cluster, pods, targets):
             view = await self.autoscaler.observe(key, pods, head_ip(self.cache, key, cluster), seen.token)
             if view is None:
                 memory.token.read = None  # a rotated token is read again
@@ -222,7 +240,7 @@ class Turns:
                             ray_dead=view.ray_dead if view else frozenset(),
                             ray_nodes=view.ray_nodes if view else None, budgets=budgets,
                             deleted_by_operator=frozenset(memory.deleted))
-        plan = plan_cluster(cluster, observed, targets, now)
+        plan = plan_cluster(cluster, observed, targets, now, seen.held)
         if plan.notes != memory.noted:
             memory.noted = plan.notes
             for reason, note in plan.notes:
@@ -286,7 +304,7 @@ class Turns:
         now_named = {state.name for state in states}
         gone = [pod for pod in decided.pods if pod.failure is not None and pod.name not in now_named]
         status = cluster_status(cluster, [*states, *gone], after, seen.old_status, seen.now,
-                                head_ip(self.cache, key, cluster), record)
+                                head_ip(self.cache, key, cluster), record, seen.held, seen.quota)
         if differs(seen.old_status, status) and not await fx.write_status(status):
             self._gone(key, None)  # deleted, though no watch said so
             return False

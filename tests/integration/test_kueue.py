@@ -1,5 +1,5 @@
-"""Queued SwarmJobs against a real API server and the real Kueue (built from its Go module, run as a process with its
-webhooks served to the API server), on kwok's fake nodes: no Ray is needed for admission and eviction.
+"""Queued SwarmJobs and SwarmClusters against a real API server and the real Kueue (built from its Go module, run as a
+process with its webhooks served to the API server), on kwok's fake nodes: no Ray is needed for admission and eviction.
 
 Run this tier alone with `make test-kueue` (pytest -m kueue). The test without Kueue runs first, before the module's
 Kueue fixture installs its CRDs; the fixture removes them again at the end, so the other tests see no Kueue.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -16,8 +17,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from localcluster import kueue as local_kueue
+from localcluster.nodes import fake_node, wait_nodes_ready
 from localcluster.operator_process import OperatorProcess, free_port
-from tests.integration.helpers import Cluster, Kubectl, SwarmJobs, wait_for
+from tests.integration.helpers import Cluster, Kubectl, SwarmJobs, manifest, wait_for
 from tests.integration.test_swarmjob import cluster_exists
 
 pytestmark = [pytest.mark.integration, pytest.mark.kueue]
@@ -25,6 +27,7 @@ KUEUE, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
 FLAVOR_LABELS = {"swarm.io/pool": "kwok-cpu"}
 FLAVOR_TOLERATION = {"key": "swarm.io/kueue-test", "operator": "Exists", "effect": "NoSchedule"}
 QUEUE_LABEL = f"{KUEUE}/queue-name"
+PRIORITY_LABEL = f"{KUEUE}/priority-class"
 # Each job asks for 2 CPUs (a head of 1, one worker of 1); the ClusterQueue has 3: one job at a time.
 CLUSTER_SPEC: dict[str, Any] = {
     "head": {"resources": {"cpu": 1, "memory": "1Gi"}},
@@ -41,9 +44,9 @@ def swj(api_client: client.ApiClient, namespace: str, swc: Cluster) -> Iterator[
         print(f"swj {item['metadata']['name']} status={item.get('status')}")
 
 
-def queued_job(swj: SwarmJobs, name: str, queue: str, **spec: Any) -> None:
+def queued_job(swj: SwarmJobs, name: str, queue: str, labels: dict[str, str] | None = None, **spec: Any) -> None:
     body = {"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmJob",
-            "metadata": {"name": name, "labels": {QUEUE_LABEL: queue}},
+            "metadata": {"name": name, "labels": {QUEUE_LABEL: queue, **(labels or {})}},
             "spec": {"entrypoint": "python -c 'print(1)'", "clusterSpec": CLUSTER_SPEC, **spec}}
     swj.custom.create_namespaced_custom_object("swarm.io", "v1alpha1", swj.ns, "swarmjobs", body)
 
@@ -94,25 +97,45 @@ class Queues:
         self.ns = namespace
         self.flavor = self.cluster_queue = f"{namespace}-cq"
 
-    def create(self, cpu: int) -> str:
-        # The flavor's nodes are kwok's CPU nodes (localcluster labels them); its toleration is one no pod has.
+        self.cluster_scoped: list[tuple[str, str]] = [("resourceflavors", self.flavor)]
+
+    def make_flavor(self, name: str, labels: dict[str, str], tolerations: list[dict[str, str]]) -> None:
         self.custom.create_cluster_custom_object(KUEUE, KUEUE_VERSION, "resourceflavors", {
-            "apiVersion": f"{KUEUE}/{KUEUE_VERSION}", "kind": "ResourceFlavor", "metadata": {"name": self.flavor},
-            "spec": {"nodeLabels": FLAVOR_LABELS, "tolerations": [FLAVOR_TOLERATION]}})
+            "apiVersion": f"{KUEUE}/{KUEUE_VERSION}", "kind": "ResourceFlavor", "metadata": {"name": name},
+            "spec": {"nodeLabels": labels, "tolerations": tolerations}})
+        self.cluster_scoped.append(("resourceflavors", name))
+
+    def priority_class(self, name: str, value: int) -> str:
+        """A WorkloadPriorityClass (cluster-scoped: named after the namespace); returns its name."""
+        full = f"{self.ns}-{name}"
+        self.custom.create_cluster_custom_object(KUEUE, KUEUE_VERSION, "workloadpriorityclasses", {
+            "apiVersion": f"{KUEUE}/{KUEUE_VERSION}", "kind": "WorkloadPriorityClass", "metadata": {"name": full},
+            "value": value})
+        self.cluster_scoped.append(("workloadpriorityclasses", full))
+        return full
+
+    def create(self, cpu: int, flavors: dict[str, int] | None = None, preemption: dict[str, str] | None = None) -> str:
+        """A ClusterQueue of `cpu` CPUs in one flavor (kwok's CPU nodes, which localcluster labels; its toleration is
+        one no pod has), or of `flavors` (name → CPUs, made beforehand) tried in that order; and its LocalQueue."""
+        if flavors is None:
+            self.make_flavor(self.flavor, FLAVOR_LABELS, [FLAVOR_TOLERATION])
+            flavors = {self.flavor: cpu}
         self.custom.create_cluster_custom_object(KUEUE, KUEUE_VERSION, "clusterqueues", {
             "apiVersion": f"{KUEUE}/{KUEUE_VERSION}", "kind": "ClusterQueue", "metadata": {"name": self.cluster_queue},
             "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.ns}},
+                     **({"preemption": preemption} if preemption else {}),
                      "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{
-                         "name": self.flavor, "resources": [{"name": "cpu", "nominalQuota": cpu},
-                                                            {"name": "memory", "nominalQuota": "64Gi"}]}]}]}})
+                         "name": name, "resources": [{"name": "cpu", "nominalQuota": quota},
+                                                     {"name": "memory", "nominalQuota": "64Gi"}]}
+                         for name, quota in flavors.items()]}]}})
         self.custom.create_namespaced_custom_object(KUEUE, KUEUE_VERSION, self.ns, "localqueues", {
             "apiVersion": f"{KUEUE}/{KUEUE_VERSION}", "kind": "LocalQueue", "metadata": {"name": "team-a"},
             "spec": {"clusterQueue": self.cluster_queue}})
         return "team-a"
 
-    def workload_of(self, job: str) -> dict[str, Any] | None:
+    def workload_of(self, owner: str, kind: str = "SwarmJob") -> dict[str, Any] | None:
         items = self.custom.list_namespaced_custom_object(KUEUE, KUEUE_VERSION, self.ns, "workloads")["items"]
-        return next((w for w in items if any(r.get("name") == job and r.get("kind") == "SwarmJob"
+        return next((w for w in items if any(r.get("name") == owner and r.get("kind") == kind
                                              for r in w["metadata"].get("ownerReferences") or [])), None)
 
     def deactivate(self, workload: str) -> None:
@@ -120,7 +143,7 @@ class Queues:
                                                    {"spec": {"active": False}})
 
     def delete(self) -> None:
-        for plural, name in (("clusterqueues", self.cluster_queue), ("resourceflavors", self.flavor)):
+        for plural, name in (("clusterqueues", self.cluster_queue), *self.cluster_scoped):
             try:
                 self.custom.delete_cluster_custom_object(KUEUE, KUEUE_VERSION, plural, name)
             except ApiException as exc:
@@ -137,8 +160,8 @@ def queues(kueue: local_kueue.KueueProcess, api_client: client.ApiClient, namesp
     q.delete()
 
 
-def admitted(queues: Queues, job: str) -> dict[str, Any] | None:
-    wl = queues.workload_of(job)
+def admitted(queues: Queues, owner: str, kind: str = "SwarmJob") -> dict[str, Any] | None:
+    wl = queues.workload_of(owner, kind)
     return wl if condition(wl, "Admitted").get("status") == "True" else None
 
 
@@ -199,3 +222,129 @@ def test_a_finished_job_gives_its_quota_to_the_next(queues: Queues, operator: Op
     wait_for("the second job admitted", lambda: admitted(queues, "second"), timeout=30)
     wait_for("the second job's cluster", lambda: cluster_exists(swc, "second-1"))
 
+
+
+def queued_cluster(swc: Cluster, name: str, queue: str, **spec: Any) -> None:
+    body = manifest(name, replicas=1, **spec)
+    body["metadata"]["labels"] = {QUEUE_LABEL: queue}
+    swc.create(body)
+
+
+def test_a_queued_cluster_waits_runs_and_on_eviction_loses_its_pods_not_itself(
+        queues: Queues, operator: OperatorProcess, swc: Cluster) -> None:
+    queue = queues.create(cpu=3)
+    queued_cluster(swc, "first", queue)  # a head and one worker of 1 CPU each: 2 of 3
+    wl = wait_for("the first cluster's Workload admitted", lambda: admitted(queues, "first", "SwarmCluster"))
+    owner = wl["metadata"]["ownerReferences"][0]
+    uid = swc.get("first")["metadata"]["uid"]
+    assert (owner["kind"], owner["controller"], owner["uid"]) == ("SwarmCluster", True, uid)
+    assert [(p["name"], p["count"]) for p in wl["spec"]["podSets"]] == [("head", 1), ("cpu", 1)]
+    head = wait_for("the first cluster's head pod", lambda: swc.heads("first"))[0]
+    assert head.spec.node_selector == FLAVOR_LABELS, "the admitted flavor's node labels are not on the pod"
+    wait_for("PodsReady on the first cluster's Workload", lambda: condition(
+        queues.workload_of("first", "SwarmCluster"), "PodsReady").get("status") == "True")
+
+    # The second autoscales (minReplicas 1 of maxReplicas 3): its Workload asks for the guaranteed size only.
+    queued_cluster(swc, "second", queue, autoscaling={"enabled": True},
+                   workerGroups=[{"name": "cpu", "minReplicas": 1, "maxReplicas": 3,
+                                  "resources": {"cpu": 1, "memory": "1Gi"}}])
+    held = wait_for("the second cluster held with Kueue's reason", lambda: (
+        c := condition(swc.get("second"), "Suspended")).get("reason") == "HeldByKueue"
+        and "insufficient" in c.get("message", "") and c)
+    assert "waiting for Kueue to admit Workload" in held["message"], held
+    assert swc.status("second")["phase"] == "Suspended"
+    second = queues.workload_of("second", "SwarmCluster") or {}
+    assert [(p["name"], p["count"]) for p in second["spec"]["podSets"]] == [("head", 1), ("cpu", 1)]
+    time.sleep(3)  # several of its turns: still no pod
+    assert not swc.pods("second")
+
+    queues.deactivate(queues.workload_of("first", "SwarmCluster")["metadata"]["name"])  # type: ignore[index]
+    wait_for("the first cluster's pods gone", lambda: not swc.pods("first", include_deleting=True), timeout=60)
+    first = swc.get("first")  # the resource stays, suspended, saying why
+    assert first["status"]["phase"] == "Suspended"
+    assert "evicted by Kueue" in condition(first, "Suspended")["message"]
+    released = wait_for("the first Workload's quota released by the operator", lambda: (
+        w := queues.workload_of("first", "SwarmCluster")) and condition(w, "QuotaReserved").get("status") == "False"
+        and w)
+    assert not released.get("status", {}).get("admission")
+
+    wait_for("the second cluster admitted", lambda: admitted(queues, "second", "SwarmCluster"), timeout=30)
+    wait_for("the second cluster's head and its one admitted worker", lambda: len(swc.pods("second")) == 2)
+    quota = wait_for("status.autoscaler.quota", lambda: swc.status("second").get("autoscaler", {}).get("quota"))
+    assert quota == "quota: admitted 1 of 3 cpu workers", quota
+    assert condition(swc.get("second"), "Suspended")["status"] == "False"
+
+
+def test_a_higher_priority_job_preempts_a_lower_one_which_resumes_later(
+        queues: Queues, operator: OperatorProcess, swj: SwarmJobs, swc: Cluster) -> None:
+    low, high = queues.priority_class("low", 10), queues.priority_class("high", 1000)
+    queue = queues.create(cpu=3, preemption={"withinClusterQueue": "LowerPriority"})
+    queued_job(swj, "low", queue, labels={PRIORITY_LABEL: low})
+    wl = wait_for("the low job admitted", lambda: admitted(queues, "low"))
+    assert (wl["spec"]["priority"], wl["spec"]["priorityClassRef"]["name"]) == (10, low)
+    wait_for("the low job's cluster running (PodsReady)",
+             lambda: condition(queues.workload_of("low"), "PodsReady").get("status") == "True")
+
+    # kwok runs no Ray: the high job ends Failed at its deadline, which counts from its admission.
+    queued_job(swj, "high", queue, labels={PRIORITY_LABEL: high}, activeDeadlineSeconds=6)
+    evicted = wait_for("the low job's Workload preempted", lambda: (
+        c := condition(queues.workload_of("low"), "Evicted")).get("status") == "True" and c)
+    assert evicted["reason"] == "Preempted", evicted
+    wait_for("the low job suspended by the preemption", lambda: (s := swj.status("low")).get(
+        "jobDeploymentStatus") == "Suspended" and "evicted by Kueue (Preempted)" in s.get("message", ""), timeout=30)
+    wl = wait_for("the high job admitted", lambda: admitted(queues, "high"), timeout=60)
+    assert wl["spec"]["priority"] == 1000
+    # Kueue admits the preemptor only once the operator released the low job's quota, which waits for its pods.
+    assert not cluster_exists(swc, "low-1") and not swc.pods("low-1", include_deleting=True)
+    released = queues.workload_of("low")
+    assert condition(released, "QuotaReserved").get("status") == "False"
+    assert (condition(released, "Requeued").get("status"), condition(released, "Requeued").get("reason")) == (
+        "True", "Preempted")
+
+    wait_for("the high job Failed at its deadline", lambda: swj.status("high").get("jobDeploymentStatus") == "Failed",
+             timeout=60)
+    wait_for("the low job admitted again", lambda: admitted(queues, "low"), timeout=60)
+    wait_for("the low job resumed on a new attempt's cluster", lambda: cluster_exists(swc, "low-2"), timeout=30)
+    assert swj.status("low").get("attempt", 2) >= 2
+
+
+def scheduled(swc: Cluster, cluster: str, count: int) -> list[Any] | None:
+    """The cluster's pods, once there are `count` and each is bound to a node."""
+    pods: list[Any] = swc.pods(cluster)
+    return pods if len(pods) == count and all(p.spec.node_name for p in pods) else None
+
+
+def test_two_flavors_put_each_jobs_pods_on_its_flavors_nodes(
+        queues: Queues, api_client: client.ApiClient, operator: OperatorProcess, swj: SwarmJobs,
+        swc: Cluster) -> None:
+    """Quota for one job on spot nodes (tainted) and one on on-demand nodes, tried in that order: the first job is
+    admitted on spot, the second on on-demand, and each one's pods are scheduled on its flavor's nodes."""
+    core: Any = client.CoreV1Api(api_client)
+    spot_taint = {"key": "swarm.io/spot", "value": "true", "effect": "NoSchedule"}
+    nodes = {lifecycle: f"{swj.ns}-{lifecycle}" for lifecycle in ("spot", "on-demand")}
+    try:
+        for lifecycle, name in nodes.items():
+            labels = {"swarm.io/test": swj.ns, "swarm.io/lifecycle": lifecycle}
+            node = fake_node(name, "8", "32Gi", labels=labels)
+            node["spec"] = {"taints": [spot_taint]} if lifecycle == "spot" else {}
+            core.create_node(node)
+            # The spot flavor tolerates its nodes' taint: Kueue's admission puts the toleration on the pods.
+            queues.make_flavor(name, labels, [{**spot_taint, "operator": "Equal"}] if lifecycle == "spot" else [])
+        wait_nodes_ready(api_client, list(nodes.values()))
+        queue = queues.create(cpu=0, flavors={f"{swj.ns}-spot": 2, f"{swj.ns}-on-demand": 2})
+        for job, lifecycle in (("on-spot", "spot"), ("on-demand", "on-demand")):
+            queued_job(swj, job, queue)
+            wl = wait_for(f"{job} admitted", partial(admitted, queues, job))
+            flavors = {f for a in wl["status"]["admission"]["podSetAssignments"] for f in a["flavors"].values()}
+            assert flavors == {f"{swj.ns}-{lifecycle}"}, wl["status"]["admission"]
+            pods = wait_for(f"{job}'s head and worker scheduled", partial(scheduled, swc, f"{job}-1", 2))
+            for pod in pods:
+                assert pod.spec.node_name == nodes[lifecycle], (pod.metadata.name, pod.spec.node_name)
+                assert pod.spec.node_selector["swarm.io/lifecycle"] == lifecycle
+    finally:
+        for name in nodes.values():
+            try:
+                core.delete_node(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise

@@ -113,7 +113,9 @@ NAMESPACED_GRANTS = {
 CRD_OBSERVATION = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 NAMESPACE_OBSERVATION = {("", "namespaces", v) for v in ("list", "watch")}
 NODE_OBSERVATION = {("", "nodes", v) for v in ("get", "list", "watch")} | {  # disrupted pods: node deleted, NotReady
-    ("kueue.x-k8s.io", "resourceflavors", "get"),  # an admitted SwarmJob's flavors (cluster-scoped)
+    ("kueue.x-k8s.io", "resourceflavors", "get"),  # an admitted workload's flavors (cluster-scoped)
+    ("kueue.x-k8s.io", "workloadpriorityclasses", "get"),  # a queued workload's priority
+    ("scheduling.k8s.io", "priorityclasses", "get"),
 }
 
 

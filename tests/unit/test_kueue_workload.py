@@ -6,22 +6,30 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.jobs.admission import job_owner, queued
+from swarm_operator.jobs.admission import queued
 from swarm_operator.jobs.spec import JobSpec, parse_job
 from swarm_operator.kueue.workload import (
+    PRIORITY_CLASS,
     RESOURCE_FLAVOR,
+    WORKLOAD_PRIORITY_CLASS,
     CreateWorkload,
     DeleteWorkload,
     Gate,
+    Owner,
     OwnerSide,
+    Priority,
     ReleaseQuota,
     SetFinished,
     SetPodsReady,
     WorkloadView,
     admission_gate,
+    admitted_counts,
     admitted_flavors,
+    bounded_by_admission,
     build_workload,
+    owner_of,
     pod_sets,
+    priority_source,
     queue_name,
     released_status,
     set_conditions,
@@ -40,6 +48,9 @@ CLUSTER_SPEC: dict[str, Any] = {
         {"name": "gpu", "minReplicas": 0, "maxReplicas": 2, "resources": {"cpu": 1, "memory": "4Gi", "gpu": 1}},
     ],
 }
+
+
+JOB = Owner("SwarmJob", "pi", "ns", "u1")
 
 
 def job(**spec: Any) -> JobSpec:
@@ -66,11 +77,9 @@ def test_only_a_labelled_job_with_its_own_cluster_is_queued() -> None:
 
 
 def test_workload_name_is_stable_per_job_and_differs_by_uid() -> None:
-    a = workload_name(job_owner(job()))
-    assert a == workload_name(job_owner(job())) and a.startswith("swarmjob-pi-") and len(a) == len("swarmjob-pi-") + 5
-    other = parse_job({"metadata": {"name": "pi", "namespace": "ns", "uid": "u2"},
-                       "spec": {"entrypoint": "x", "clusterSpec": CLUSTER_SPEC}})
-    assert workload_name(job_owner(other)) != a
+    a = workload_name(JOB)
+    assert a == workload_name(JOB) and a.startswith("swarmjob-pi-") and len(a) == len("swarmjob-pi-") + 5
+    assert workload_name(Owner("SwarmJob", "pi", "ns", "u2")) != a  # a job re-created under the same name
 
 
 @pytest.mark.parametrize(("autoscaling", "counts"), [
@@ -90,7 +99,7 @@ def test_pod_sets_carry_requests_node_selector_and_tolerations() -> None:
 
 
 def test_workload_is_controller_owned_by_the_job_in_its_queue() -> None:
-    wl = build_workload(job_owner(job()), "team-a", cluster(False))
+    wl = build_workload(JOB, "team-a", cluster(False))
     assert wl["apiVersion"] == "kueue.x-k8s.io/v1beta2" and wl["kind"] == "Workload"
     assert wl["spec"]["queueName"] == "team-a"
     assert wl["metadata"]["ownerReferences"] == [{"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmJob",
@@ -221,3 +230,64 @@ def test_flavors_put_node_labels_and_tolerations_on_each_pod_set() -> None:
 
 def test_resource_flavors_are_cluster_scoped() -> None:
     assert RESOURCE_FLAVOR.item("ns", "spot") == "/apis/kueue.x-k8s.io/v1beta2/resourceflavors/spot"
+
+
+# -- the autoscaler bounded by the admission -------------------------------------------------------------------
+
+def test_admitted_counts_per_pod_set() -> None:
+    body = {"status": {"admission": {"podSetAssignments": [{"name": "head", "count": 1}, {"name": "cpu", "count": 2}]}}}
+    assert admitted_counts(body) == {"head": 1, "cpu": 2}
+    assert admitted_counts({}) == {}
+
+
+@pytest.mark.parametrize(("autoscaling", "admitted", "maxima", "quota"), [
+    pytest.param(True, {"head": 1, "cpu": 1}, {"cpu": 1, "gpu": 0},
+                 "quota: admitted 1 of 4 cpu workers; admitted 0 of 2 gpu workers", id="autoscaled-groups-bounded"),
+    pytest.param(True, {"head": 1, "cpu": 4, "gpu": 2}, {"cpu": 4, "gpu": 2}, "", id="admitted-all-it-may-grow-to"),
+    pytest.param(False, {"head": 1, "cpu": 3}, {"cpu": 4, "gpu": 2}, "", id="no-autoscaling-its-replicas-were-asked"),
+])
+def test_bounded_by_admission(autoscaling: bool, admitted: dict[str, int], maxima: dict[str, int],
+                              quota: str) -> None:
+    bounded, said = bounded_by_admission(cluster(autoscaling), admitted)
+    assert {g.name: g.max_replicas for g in bounded.worker_groups} == maxima
+    assert all(g.min_replicas <= g.max_replicas for g in bounded.worker_groups)
+    assert said == quota
+
+
+def test_a_cluster_workload_is_owned_by_the_cluster() -> None:
+    owner = Owner("SwarmCluster", "shared", "ns", "u9")
+    wl = build_workload(owner, "team-a", cluster(True))
+    assert workload_name(owner).startswith("swarmcluster-shared-")
+    assert wl["metadata"]["ownerReferences"][0]["kind"] == "SwarmCluster"
+    assert [(p["name"], p["count"]) for p in wl["spec"]["podSets"]] == [("head", 1), ("cpu", 1)]
+
+
+# -- priority ------------------------------------------------------------------------------------------------
+
+def test_owner_of_reads_the_priority_class_label() -> None:
+    body = {"metadata": {"name": "pi", "namespace": "ns", "uid": "u1",
+                         "labels": {"kueue.x-k8s.io/priority-class": "high"}}}
+    assert owner_of("SwarmJob", body) == Owner("SwarmJob", "pi", "ns", "u1", "high")
+
+
+PRIORITY_SPEC: dict[str, Any] = {**CLUSTER_SPEC, "head": {**CLUSTER_SPEC["head"], "template": {
+    "spec": {"priorityClassName": "pods-high"}}}}
+
+
+@pytest.mark.parametrize(("label", "spec", "source"), [
+    pytest.param("high", PRIORITY_SPEC, (WORKLOAD_PRIORITY_CLASS, "high"), id="the-label-wins"),
+    pytest.param("", PRIORITY_SPEC, (PRIORITY_CLASS, "pods-high"), id="else-a-pod-templates-priorityClassName"),
+    pytest.param("", CLUSTER_SPEC, None, id="neither"),
+])
+def test_priority_source(label: str, spec: dict[str, Any], source: tuple[Any, str] | None) -> None:
+    c = parse_cluster({"metadata": {"name": "pi-1", "namespace": "ns"}, "spec": spec})
+    assert priority_source(Owner("SwarmJob", "pi", "ns", "u1", label), pod_sets(c)) == source
+
+
+def test_workload_carries_its_priority_class_and_value() -> None:
+    wl = build_workload(JOB, "team-a", cluster(False), Priority(WORKLOAD_PRIORITY_CLASS, "high", 1000))
+    assert wl["spec"]["priorityClassRef"] == {"group": "kueue.x-k8s.io", "kind": "WorkloadPriorityClass",
+                                              "name": "high"}
+    assert wl["spec"]["priority"] == 1000
+    assert "priority" not in build_workload(JOB, "team-a", cluster(False))["spec"]
+    assert PRIORITY_CLASS.item("", "x") == "/apis/scheduling.k8s.io/v1/priorityclasses/x"

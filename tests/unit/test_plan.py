@@ -38,11 +38,11 @@ HEAD_BUDGET = {"demo-head-pdb": "pdb-uid"}  # the head's PodDisruptionBudget exi
 def run(c: ClusterSpec, pods: list[PodState], *, service: bool = True, health: Mapping[str, GroupHealth] | None = None,
         targets: Mapping[str, int] | None = None, idle: frozenset[str] | None = None, head_restarts: int = 0,
         ray_nodes: frozenset[str] | None = None, ray_dead: frozenset[str] = frozenset(),
-        deleted_by_operator: frozenset[str] = frozenset()) -> Plan:
+        deleted_by_operator: frozenset[str] = frozenset(), held_by_kueue: str = "") -> Plan:
     obs = Observed(pods=tuple(pods), service_exists=service, health=dict(health or {}),
                    head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes, ray_dead=ray_dead,
                    budgets=HEAD_BUDGET, deleted_by_operator=deleted_by_operator)
-    return plan_cluster(c, obs, dict(targets or {}), NOW)
+    return plan_cluster(c, obs, dict(targets or {}), NOW, held_by_kueue)
 
 
 def describe(a: Action) -> tuple[Any, ...]:
@@ -868,6 +868,16 @@ def test_suspend_reasons() -> None:
                               "Ray's state is unknown)"),)
     no_head = run(SUSPENDED, [head(C, **HEAD_FAILED), *W2[:1]])
     assert DeletePod(w(0), "cluster is suspended (no head to drain its Ray node through)") in no_head.actions
+
+
+
+def test_a_cluster_kueue_evicted_loses_every_pod_at_once() -> None:
+    """Kueue's eviction stops the cluster as Kueue stops its own jobs: no drain waits on Ray (whose state may be
+    unknown, as here) before the quota can be given back."""
+    why = "evicted by Kueue (Preempted): preempted by a higher-priority workload"
+    p = run(SUSPENDED, [head(C), *W2, worker(C, suffix="going", deleting=True)], held_by_kueue=why)
+    assert sorted(a.name for a in p.actions if isinstance(a, DeletePod)) == sorted(["demo-head", w(0), w(1)])
+    assert all(a.reason == why for a in p.actions if isinstance(a, DeletePod)) and not p.notes
 
 
 GPU = "demo-gpu-g0000"

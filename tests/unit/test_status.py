@@ -439,3 +439,24 @@ def test_rollout_complete(c: ClusterSpec, pods: list[PodState], state: str, reas
 def test_suspended_says_what_it_waits_for(pods: list[PodState], expected: str) -> None:
     (cond,) = [c for c in status_of(cluster({"suspend": True}), pods)["conditions"] if c["type"] == "Suspended"]
     assert cond["message"] == expected
+
+
+def test_a_cluster_held_by_kueue_says_kueues_reason() -> None:
+    held = "waiting for Kueue to admit Workload swarmcluster-c-abcde (LocalQueue lq): insufficient quota"
+    # the turn hands the status a held cluster as suspended (spec.suspend itself is not written)
+    s = cluster_status(cluster({"suspend": True}), [head(C)], Persisted({}, {"cpu": 0}, 0), {}, NOW, None, None,
+                       held=held)
+    (cond,) = [c for c in s["conditions"] if c["type"] == "Suspended"]
+    assert (s["phase"], cond["status"], cond["reason"], cond["message"]) == ("Suspended", "True", "HeldByKueue", held)
+
+
+@pytest.mark.parametrize(("quota", "old", "expected"), [
+    pytest.param("quota: admitted 1 of 3 cpu workers", {}, {"quota": "quota: admitted 1 of 3 cpu workers"},
+                 id="bounded"),
+    pytest.param("", {"autoscaler": {"quota": "quota: admitted 1 of 3 cpu workers", "lastError": ""}},
+                 {"quota": "", "lastError": ""}, id="no-longer-bounded-is-cleared"),
+    pytest.param("", {}, None, id="never-bounded-writes-nothing"),
+])
+def test_quota_goes_into_status_autoscaler(quota: str, old: dict[str, Any], expected: dict[str, Any] | None) -> None:
+    s = cluster_status(cluster({}), [], Persisted({}, {"cpu": 0}, 0), old, NOW, None, None, quota=quota)
+    assert s.get("autoscaler") == expected

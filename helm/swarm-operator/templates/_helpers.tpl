@@ -98,7 +98,7 @@ reaches the Ray pods through a secretKeyRef that the kubelet resolves, never thr
   verbs: [patch]
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
-  verbs: [get, create, delete]  # a queued SwarmJob's Workload (docs/kueue.md); nothing of it without Kueue
+  verbs: [get, create, delete]  # a queued SwarmJob's or SwarmCluster's Workload (docs/kueue.md); nothing of it without Kueue
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads/status]
   verbs: [patch]  # PodsReady, Finished, and the quota released after an eviction
@@ -130,8 +130,11 @@ ResourceFlavors (Kueue's, cluster-scoped): the node labels and tolerations an ad
   resources: [nodes]
   verbs: [get, list, watch]
 - apiGroups: [kueue.x-k8s.io]
-  resources: [resourceflavors]
-  verbs: [get]
+  resources: [resourceflavors, workloadpriorityclasses]
+  verbs: [get]  # an admitted workload's flavors; a queued one's priority class
+- apiGroups: [scheduling.k8s.io]
+  resources: [priorityclasses]
+  verbs: [get]  # a queued workload's priority from its pods' priorityClassName
 {{- if .Values.watchNamespaces }}
 - apiGroups: [""]
   resources: [namespaces]

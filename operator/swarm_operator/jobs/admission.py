@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from swarm_operator.jobs.cluster import JOB_KIND, build_job_cluster
+from swarm_operator.jobs.cluster import build_job_cluster
 from swarm_operator.jobs.effects import JobEffects
 from swarm_operator.jobs.machine import FINISHED, ClusterView, Decision, JobState, current_cluster
 from swarm_operator.jobs.spec import JobSpec, OwnCluster
@@ -23,17 +23,12 @@ def queued(job: JobSpec, queue: str | None) -> bool:
     return queue is not None and isinstance(job.cluster, OwnCluster)
 
 
-def job_owner(job: JobSpec) -> Owner:
-    return Owner(JOB_KIND, job.name, job.namespace, job.uid)
-
-
-async def admission(fx: JobEffects, job: JobSpec, queue: str, state: JobState,
+async def admission(fx: JobEffects, owner: Owner, job: JobSpec, queue: str, state: JobState,
                     views: tuple[ClusterView, ...], current: ClusterView | None) -> tuple[
         Gate, dict[str, Any] | None]:
     """Read the job's Workload, decide (kueue/workload.py), act on it; raises ApiError 404 when Kueue is absent.
     Returns the decision and, while the job may run and its cluster is yet to be made, its clusterSpec with the
     admitted flavors applied."""
-    owner = job_owner(job)
     cluster = parse_cluster(build_job_cluster(job, max(state.attempt, 1)))
     body = await read_workload(fx, owner)
     view = workload_view(body, pod_sets(cluster)) if body is not None else None

@@ -27,7 +27,7 @@ from swarm_operator.jobs.actions import (
     Submit,
 )
 from swarm_operator.jobs.admission import admission, held_by_kueue, queued
-from swarm_operator.jobs.cluster import build_job_cluster, node_shapes, workers_to_zero
+from swarm_operator.jobs.cluster import JOB_KIND, build_job_cluster, node_shapes, workers_to_zero
 from swarm_operator.jobs.effects import JobEffects
 from swarm_operator.jobs.machine import (
     FINISHED,
@@ -51,7 +51,7 @@ from swarm_operator.kit.cache import Key, ObjectStore, WatchCache
 from swarm_operator.kit.memory import Memories
 from swarm_operator.kube import SWARMCLUSTER, SWARMJOB, Kube, ObjectRef
 from swarm_operator.kube_http import ApiError
-from swarm_operator.kueue.workload import Gate, queue_name
+from swarm_operator.kueue.workload import NO_KUEUE, Gate, owner_of, queue_name
 from swarm_operator.reasons import EventReason
 from swarm_operator.resources.token import token_of
 from swarm_operator.spec.parse import parse_cluster
@@ -65,8 +65,6 @@ STOP_FINALIZER = "swarm.io/stop-ray-job"  # on a job until it finishes: its Ray 
 DELETING_POLL_SECONDS = 1.0
 # Workloads are not watched (yet): a queued job that waits on Kueue reads its Workload again this often.
 KUEUE_POLL_SECONDS = 2.0
-NO_KUEUE = ("is labelled kueue.x-k8s.io/queue-name, but Kueue is not installed: the API server serves no Workload "
-            "(kueue.x-k8s.io/v1beta2); install Kueue, or remove the label to run the job unqueued")
 Gone = Callable[[Key, dict[str, Any] | None], None]
 
 
@@ -136,7 +134,7 @@ class JobTurns:
         gate: Gate | None = None
         if queued(job, queue) and queue is not None:
             try:
-                gate, admitted_spec = await admission(fx, job, queue, state, views, current)
+                gate, admitted_spec = await admission(fx, owner_of(JOB_KIND, body), job, queue, state, views, current)
             except ApiError as exc:
                 if exc.status != 404:
                     raise

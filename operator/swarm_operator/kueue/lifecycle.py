@@ -16,12 +16,15 @@ from swarm_operator.kueue.workload import (
     CreateWorkload,
     DeleteWorkload,
     Owner,
+    Priority,
     ReleaseQuota,
     SetFinished,
     SetPodsReady,
     WorkloadAction,
     admitted_flavors,
     build_workload,
+    pod_sets,
+    priority_source,
     released_status,
     set_conditions,
     with_flavors,
@@ -47,11 +50,28 @@ async def flavored_spec(fx: Effects, workload: Mapping[str, Any], cluster_spec: 
     return with_flavors(cluster_spec, assigned, flavors)
 
 
+async def read_priority(fx: Effects, owner: Owner, cluster: ClusterSpec) -> Priority | str | None:
+    """The Workload's priority from its class (kueue/workload.py's priority_source); a message when the class named
+    does not exist (as Kueue's job reconciler, the Workload is then not created)."""
+    source = priority_source(owner, pod_sets(cluster))
+    if source is None:
+        return None
+    kind, name = source
+    found = await fx.call(fx.kube.get_resource, kind, "", name)
+    if found is None:
+        return f"its {kind.kind} {name} does not exist"
+    return Priority(kind, name, int(found.get("value") or 0))
+
+
 async def act_on_workload(fx: Effects, owner: Owner, queue: str, cluster: ClusterSpec,
                           body: Mapping[str, Any] | None, action: WorkloadAction) -> None:
     if isinstance(action, CreateWorkload):
+        priority = await read_priority(fx, owner, cluster)
+        if isinstance(priority, str):
+            await fx.event(EventReason.INVALID_SPEC, f"Workload {workload_name(owner)} not created: {priority}")
+            return
         created = await fx.call(fx.kube.create_resource, WORKLOAD, owner.namespace,
-                                build_workload(owner, queue, cluster))
+                                build_workload(owner, queue, cluster, priority))
         if created is not None:
             await fx.event(EventReason.CREATED, f"created Workload {workload_name(owner)}: {action.reason}")
         return

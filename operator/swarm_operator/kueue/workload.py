@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from swarm_operator import GROUP, VERSION
@@ -28,11 +28,17 @@ KUEUE_GROUP = "kueue.x-k8s.io"
 QUEUE_LABEL = f"{KUEUE_GROUP}/queue-name"
 WORKLOAD = Resource(KUEUE_GROUP, "v1beta2", "workloads", "Workload")
 RESOURCE_FLAVOR = Resource(KUEUE_GROUP, "v1beta2", "resourceflavors", "ResourceFlavor", namespaced=False)
+WORKLOAD_PRIORITY_CLASS = Resource(KUEUE_GROUP, "v1beta2", "workloadpriorityclasses", "WorkloadPriorityClass",
+                                   namespaced=False)
+PRIORITY_CLASS = Resource("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", namespaced=False)
+PRIORITY_CLASS_LABEL = f"{KUEUE_GROUP}/priority-class"
 MAX_NAME = 253
 # Kueue's own reasons, so that `kubectl describe workload` reads the same for our kinds as for its own.
 FINISHED_SUCCEEDED = "Succeeded"
 FINISHED_FAILED = "Failed"
 RELEASED_REASON = "Pending"
+NO_KUEUE = ("is labelled kueue.x-k8s.io/queue-name, but Kueue is not installed: the API server serves no Workload "
+            "(kueue.x-k8s.io/v1beta2); install Kueue, or remove the label to run it unqueued")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,13 @@ class Owner:
     name: str
     namespace: str
     uid: str
+    priority_class: str = ""  # its label kueue.x-k8s.io/priority-class: a WorkloadPriorityClass
+
+
+def owner_of(kind: str, body: Mapping[str, Any]) -> Owner:
+    meta = body.get("metadata") or {}
+    return Owner(kind, str(meta.get("name") or ""), str(meta.get("namespace") or ""), str(meta.get("uid") or ""),
+                 str((meta.get("labels") or {}).get(PRIORITY_CLASS_LABEL) or ""))
 
 
 def queue_name(body: Mapping[str, Any]) -> str | None:
@@ -88,7 +101,30 @@ def pod_sets(cluster: ClusterSpec) -> list[dict[str, Any]]:
     return sets
 
 
-def build_workload(owner: Owner, queue: str, cluster: ClusterSpec) -> dict[str, Any]:
+def priority_source(owner: Owner, sets: list[dict[str, Any]]) -> tuple[Resource, str] | None:
+    """Which class gives the Workload its priority, as Kueue's job reconciler chooses: the WorkloadPriorityClass
+    named by the owner's label `kueue.x-k8s.io/priority-class`, else the PriorityClass of the first pod set that
+    names one (`priorityClassName` in a pod template); None: neither (priority 0)."""
+    if owner.priority_class:
+        return WORKLOAD_PRIORITY_CLASS, owner.priority_class
+    named = [p["template"]["spec"]["priorityClassName"] for p in sets if p["template"]["spec"].get("priorityClassName")]
+    return (PRIORITY_CLASS, named[0]) if named else None
+
+
+@dataclass(frozen=True)
+class Priority:
+    """A Workload's priority: the class it comes from and its value."""
+
+    kind: Resource  # WORKLOAD_PRIORITY_CLASS or PRIORITY_CLASS
+    name: str
+    value: int
+
+
+def build_workload(owner: Owner, queue: str, cluster: ClusterSpec, priority: Priority | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"queueName": queue, "podSets": pod_sets(cluster)}
+    if priority is not None:
+        spec["priorityClassRef"] = {"group": priority.kind.group, "kind": priority.kind.kind, "name": priority.name}
+        spec["priority"] = priority.value
     return {
         "apiVersion": WORKLOAD.api_version,
         "kind": WORKLOAD.kind,
@@ -100,7 +136,7 @@ def build_workload(owner: Owner, queue: str, cluster: ClusterSpec) -> dict[str, 
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": owner.kind, "name": owner.name,
                                  "uid": owner.uid, "controller": True, "blockOwnerDeletion": True}],
         },
-        "spec": {"queueName": queue, "podSets": pod_sets(cluster)},
+        "spec": spec,
     }
 
 
@@ -155,6 +191,30 @@ def admitted_flavors(body: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     """Each admitted pod set's flavors (one per resource, usually the same for all), from status.admission."""
     assignments = ((body.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []
     return {str(a.get("name")): tuple(sorted(set((a.get("flavors") or {}).values()))) for a in assignments}
+
+
+def admitted_counts(body: Mapping[str, Any]) -> dict[str, int]:
+    """How many pods of each pod set Kueue admitted (status.admission; a pod set it left out has none)."""
+    assignments = ((body.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []
+    return {str(a.get("name")): int(a.get("count") or 0) for a in assignments}
+
+
+def bounded_by_admission(cluster: ClusterSpec, admitted: Mapping[str, int]) -> tuple[ClusterSpec, str]:
+    """The cluster with each autoscaled group's maxReplicas lowered to what Kueue admitted of it, so the autoscaler
+    never starts a pod beyond the quota (Kueue v0.17 can grow an admitted Workload only through workload slices, an
+    alpha feature of its own job integrations: docs/kueue.md); and what that bound says, for status.autoscaler
+    ("" when no group is bounded). Without autoscaling a group's size is what its pod set asked for."""
+    if not cluster.autoscaling.enabled:
+        return cluster, ""
+    groups, notes = [], []
+    for group in cluster.worker_groups:
+        allowed = admitted.get(group.name, 0)
+        if group.max_replicas > allowed:
+            notes.append(f"admitted {allowed} of {group.max_replicas} {group.name} workers")
+            group = replace(group, max_replicas=allowed, min_replicas=min(group.min_replicas, allowed))
+        groups.append(group)
+    quota = "quota: " + "; ".join(notes) if notes else ""
+    return replace(cluster, worker_groups=tuple(groups)), quota
 
 
 def with_flavors(cluster_spec: Mapping[str, Any], assigned: Mapping[str, tuple[str, ...]],

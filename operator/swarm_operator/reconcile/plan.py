@@ -185,12 +185,16 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     return actions, health, requeues, notes
 
 
-def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], now: float) -> Plan:
+def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], now: float, stopped_by: str) -> Plan:
     """Workers first, taken down as in a scale-down to zero; the head last, once no worker is left running:
     a busy worker's tasks need their head. Failure counts stay as they were; a head crash-loop backoff ends (a
-    resumed head starts at once)."""
+    resumed head starts at once). Stopped by Kueue (`stopped_by`: why), every pod is deleted at once, as Kueue stops
+    a job of its own kinds: its quota goes to another workload once the pods are gone, not when Ray finds them idle."""
     heads = [p for p in obs.pods if p.node_type == labels.HEAD]
     workers = [p for p in obs.pods if p.node_type == labels.WORKER]
+    if stopped_by:
+        return Plan((*actions, *(DeletePod(p.name, stopped_by) for p in obs.pods if not p.deleting)),
+                    dict(obs.health), obs.head_restarts)
     retired, requeues, waiting = retire(workers, "cluster is suspended", obs, now,
                                          cluster.update_strategy.drain_timeout_seconds,
                                          through_ray=any(p.alive for p in heads))
@@ -236,13 +240,15 @@ def _budget_actions(cluster: ClusterSpec, obs: Observed) -> list[Action]:
     return actions
 
 
-def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int], now: float) -> Plan:
-    """Everything to do for one cluster now. `targets` is the per-group target from status."""
+def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int], now: float,
+                 held_by_kueue: str = "") -> Plan:
+    """Everything to do for one cluster now. `targets` is the per-group target from status; `held_by_kueue` is why
+    Kueue holds a queued cluster ("" when it does not; the cluster is then handed over as suspended)."""
     actions: list[Action] = _budget_actions(cluster, obs)
     pods = list(obs.pods)
     head_restarts = obs.head_restarts
     if cluster.suspend:
-        return _plan_suspend(cluster, obs, actions, now)
+        return _plan_suspend(cluster, obs, actions, now, held_by_kueue)
 
     requeues: list[float] = []
     notes: list[Note] = []
