@@ -13,12 +13,15 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from localcluster import build, docker_engine, image, kind, versions
+from localcluster import build, docker_engine, image, kind, kueue, versions
 from localcluster.cluster import LocalCluster
 from localcluster.errors import ClusterError
 from localcluster.nodeagent import cli as nodeagent_cli
+from localcluster.operator_process import free_port
 
 
 def _with_cluster(cmd: list[str], extra_env: dict[str, str]) -> int:
@@ -49,6 +52,31 @@ def _run(cmd: list[str]) -> int:
     if not cmd:
         raise SystemExit("usage: python -m localcluster run -- COMMAND [ARGS…]")
     return _with_cluster(cmd, {"KUBECONFIG": str(LocalCluster.from_env().kubeconfig)})
+
+
+def _kueue(cluster: LocalCluster) -> int:
+    """Kueue installed on the running local cluster and run until interrupted (Ctrl-C); then stopped by its PID and
+    uninstalled: the way to try docs/kueue.md's example by hand."""
+    if not cluster.kubeconfig.is_file():
+        raise ClusterError("no local cluster is running: `python -m localcluster up` first")
+    kubeconfig, port = str(cluster.kubeconfig), free_port()
+    kueue.install(kubeconfig, port)
+    log = Path(tempfile.mkdtemp(prefix="kueue-")) / "kueue.log"
+    proc = kueue.KueueProcess(kubeconfig, log, port)
+    try:
+        proc.start(wait=120)
+        kueue.wait_webhooks_served(kubeconfig)
+        print(f"[kueue] {versions.KUEUE} running against {kubeconfig} (log: {log}); Ctrl-C stops and uninstalls it",
+              flush=True)
+        while proc.proc is not None and proc.proc.poll() is None:
+            time.sleep(1)
+        print(f"[kueue] Kueue exited by itself; its log: {log}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        proc.stop()
+        kueue.uninstall(kubeconfig)
 
 
 def _image() -> int:
@@ -110,6 +138,7 @@ def main(argv: list[str]) -> int:
     sub.add_parser("kubeconfig", help="print the kubeconfig path")
     p_test = sub.add_parser("test", help="run pytest against SWARM_TEST_KUBECONFIG or a local cluster")
     p_test.add_argument("args", nargs=argparse.REMAINDER, help="pytest arguments (after --)")
+    sub.add_parser("kueue", help="install Kueue on the running cluster and run it until Ctrl-C (then uninstall it)")
     p_run = sub.add_parser("run", help="run a command with KUBECONFIG set to a local cluster")
     p_run.add_argument("args", nargs=argparse.REMAINDER, help="the command (after --)")
     ns = parser.parse_args(argv)
@@ -145,6 +174,8 @@ def main(argv: list[str]) -> int:
             return _test(rest)
         elif ns.command == "run":
             return _run(rest)
+        elif ns.command == "kueue":
+            return _kueue(cluster)
     except (ClusterError, build.BuildError, docker_engine.EngineError) as exc:
         print(f"[localcluster] ERROR: {exc}", file=sys.stderr)
         return 1

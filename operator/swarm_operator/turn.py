@@ -25,7 +25,7 @@ from swarm_operator.kit.memory import Memories
 from swarm_operator.kube import SWARMCLUSTER, Kube, ObjectRef
 from swarm_operator.kube_http import ApiError
 from swarm_operator.kueue.cluster import admit_cluster
-from swarm_operator.kueue.workload import NO_KUEUE, queue_name
+from swarm_operator.kueue.workload import NO_KUEUE, QUOTA_ANNOTATION, queue_name
 from swarm_operator.nodes import NodeCache
 from swarm_operator.ray_token import TOKEN_RETRY_SECONDS, TokenMemory, ray_token
 from swarm_operator.reasons import EventReason
@@ -200,6 +200,8 @@ class Turns:
                 await self._report_invalid(fx, memory, body, old_status, f"the SwarmCluster {NO_KUEUE}", now)
                 return None
             cluster, held, quota = admission.cluster, admission.held, admission.quota
+        else:  # a queued job's own cluster: the job's admission bounds it
+            quota = str(((body.get("metadata") or {}).get("annotations") or {}).get(QUOTA_ANNOTATION) or "")
         token = None
         if cluster.auth is not None:
             token = await ray_token(fx, cluster, memory.token)

@@ -279,11 +279,20 @@ def test_a_higher_priority_job_preempts_a_lower_one_which_resumes_later(
         queues: Queues, operator: OperatorProcess, swj: SwarmJobs, swc: Cluster) -> None:
     low, high = queues.priority_class("low", 10), queues.priority_class("high", 1000)
     queue = queues.create(cpu=3, preemption={"withinClusterQueue": "LowerPriority"})
-    queued_job(swj, "low", queue, labels={PRIORITY_LABEL: low})
+    # The low job's cluster autoscales (1 to 3 workers): its Workload asks for 1, and its cluster stays within it.
+    queued_job(swj, "low", queue, labels={PRIORITY_LABEL: low}, clusterSpec={
+        **CLUSTER_SPEC, "autoscaling": {"enabled": True},
+        "workerGroups": [{"name": "cpu", "minReplicas": 1, "maxReplicas": 3,
+                          "resources": {"cpu": 1, "memory": "1Gi"}}]})
     wl = wait_for("the low job admitted", lambda: admitted(queues, "low"))
     assert (wl["spec"]["priority"], wl["spec"]["priorityClassRef"]["name"]) == (10, low)
     wait_for("the low job's cluster running (PodsReady)",
              lambda: condition(queues.workload_of("low"), "PodsReady").get("status") == "True")
+    group = swc.get("low-1")["spec"]["workerGroups"][0]
+    assert (group["minReplicas"], group["maxReplicas"]) == (1, 1), group
+    quota = wait_for("the low job's cluster says its bound", lambda: swc.status("low-1").get("autoscaler", {}).get(
+        "quota"))
+    assert quota == "quota: admitted 1 of 3 cpu workers"
 
     # kwok runs no Ray: the high job ends Failed at its deadline, which counts from its admission.
     queued_job(swj, "high", queue, labels={PRIORITY_LABEL: high}, activeDeadlineSeconds=6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from localcluster.kueue import EXTERNAL_FRAMEWORKS
 from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
 from swarm_operator.jobs.machine import JobState
 from swarm_operator.jobs.rayapi import submission_body
@@ -78,6 +80,14 @@ def test_the_own_cluster_is_owned_labelled_and_never_suspended() -> None:
         obj["metadata"]["ownerReferences"][0])
     assert obj["metadata"]["labels"] == {"swarm.io/job": "pi", "swarm.io/job-attempt": "3"}
     assert obj["spec"]["suspend"] is False
+    assert "annotations" not in obj["metadata"]
+
+
+def test_a_queued_jobs_cluster_says_what_its_admission_bounds() -> None:
+    job = parse_job(body(clusterSpec={"head": {}}))
+    bounded = dataclasses.replace(job, cluster=OwnCluster({"head": {}}, "quota: admitted 1 of 3 cpu workers"))
+    assert build_job_cluster(bounded, 1)["metadata"]["annotations"] == {
+        "swarm.io/kueue-quota": "quota: admitted 1 of 3 cpu workers"}
 
 
 def test_workers_to_zero_keeps_every_group() -> None:
@@ -113,6 +123,21 @@ def test_the_submitter_pod_submits_through_the_head_service_where_the_head_may_r
     assert json.loads(env["SWARM_SUBMISSION"]["value"])["submission_id"] == "pi-u1-2"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "shared-ray-token", "key": "token"}
     compile(container["command"][2], "submitter", "exec")  # the script is Python
+
+
+def test_a_queued_jobs_submitter_pod_is_the_jobs_for_kueue_not_queued_again() -> None:
+    """Kueue's pod integration leaves alone a pod whose controller is a kind it manages (jobframework's
+    IsOwnerManagedByKueueForObject), which SwarmJob is as an external framework: the submitter pod is controlled by
+    its job, and carries no queue label of its own."""
+    job = parse_job({**body(clusterSpec={"head": {}}, submissionMode="SubmitterPod"),
+                     "metadata": {"name": "pi", "namespace": "ns", "uid": "u1",
+                                  "labels": {"kueue.x-k8s.io/queue-name": "team-a"}}})
+    cluster = parse_cluster({"metadata": {"name": "pi-1", "namespace": "ns", "uid": "cu"}, "spec": {"head": {}}})
+    pod = build_submitter_pod(job, 1, "pi-u1-1", cluster, "cluster.local")
+    (controller,) = [r for r in pod["metadata"]["ownerReferences"] if r.get("controller")]
+    kind, version, group = EXTERNAL_FRAMEWORKS[0].split(".", 2)
+    assert (controller["kind"], controller["apiVersion"], controller["uid"]) == (kind, f"{group}/{version}", "u1")
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in pod["metadata"].get("labels") or {})
 
 
 def test_status_round_trips() -> None:

@@ -33,6 +33,7 @@ from swarm_operator.kueue.workload import (
     queue_name,
     released_status,
     set_conditions,
+    with_bounds,
     with_flavors,
     workload_name,
     workload_view,
@@ -291,3 +292,13 @@ def test_workload_carries_its_priority_class_and_value() -> None:
     assert wl["spec"]["priority"] == 1000
     assert "priority" not in build_workload(JOB, "team-a", cluster(False))["spec"]
     assert PRIORITY_CLASS.item("", "x") == "/apis/scheduling.k8s.io/v1/priorityclasses/x"
+
+
+def test_with_bounds_writes_a_bounded_groups_sizes_into_the_spec() -> None:
+    bounded, _ = bounded_by_admission(cluster(True), {"head": 1, "cpu": 1})
+    spec = with_bounds({**CLUSTER_SPEC, "autoscaling": {"enabled": True}}, bounded)
+    cpu, gpu = spec["workerGroups"]
+    assert (cpu["minReplicas"], cpu["maxReplicas"], gpu["minReplicas"], gpu["maxReplicas"]) == (1, 1, 0, 0)
+    assert CLUSTER_SPEC["workerGroups"][0]["maxReplicas"] == 4  # the job's spec is not changed
+    unbounded, _ = bounded_by_admission(cluster(True), {"head": 1, "cpu": 4, "gpu": 2})
+    assert with_bounds(CLUSTER_SPEC, unbounded)["workerGroups"] == CLUSTER_SPEC["workerGroups"]

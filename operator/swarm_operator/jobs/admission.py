@@ -4,14 +4,23 @@ lifecycle of kueue/ applied to the job's own cluster (docs/kueue.md)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from swarm_operator.jobs.cluster import build_job_cluster
 from swarm_operator.jobs.effects import JobEffects
 from swarm_operator.jobs.machine import FINISHED, ClusterView, Decision, JobState, current_cluster
 from swarm_operator.jobs.spec import JobSpec, OwnCluster
 from swarm_operator.kueue.lifecycle import act_on_workload, flavored_spec, read_workload
-from swarm_operator.kueue.workload import Gate, Owner, OwnerSide, admission_gate, pod_sets, workload_view
+from swarm_operator.kueue.workload import (
+    Gate,
+    Owner,
+    OwnerSide,
+    admission_gate,
+    admitted_counts,
+    bounded_by_admission,
+    pod_sets,
+    with_bounds,
+    workload_view,
+)
 from swarm_operator.reasons import EventReason
 from swarm_operator.resources.labels import CLUSTER
 from swarm_operator.spec.parse import parse_cluster
@@ -24,11 +33,10 @@ def queued(job: JobSpec, queue: str | None) -> bool:
 
 
 async def admission(fx: JobEffects, owner: Owner, job: JobSpec, queue: str, state: JobState,
-                    views: tuple[ClusterView, ...], current: ClusterView | None) -> tuple[
-        Gate, dict[str, Any] | None]:
+                    views: tuple[ClusterView, ...], current: ClusterView | None) -> tuple[Gate, OwnCluster | None]:
     """Read the job's Workload, decide (kueue/workload.py), act on it; raises ApiError 404 when Kueue is absent.
-    Returns the decision and, while the job may run and its cluster is yet to be made, its clusterSpec with the
-    admitted flavors applied."""
+    Returns the decision and, while the job may run and its cluster is yet to be made, its cluster with the
+    admitted flavors applied and its autoscaled groups bounded by what was admitted."""
     cluster = parse_cluster(build_job_cluster(job, max(state.attempt, 1)))
     body = await read_workload(fx, owner)
     view = workload_view(body, pod_sets(cluster)) if body is not None else None
@@ -43,7 +51,10 @@ async def admission(fx: JobEffects, owner: Owner, job: JobSpec, queue: str, stat
         await act_on_workload(fx, owner, queue, cluster, body, action)
     if not gate.may_run or body is None or current is not None or not isinstance(job.cluster, OwnCluster):
         return gate, None
-    return gate, await flavored_spec(fx, body, job.cluster.spec)
+    flavored = await flavored_spec(fx, body, job.cluster.spec)
+    bounded, quota = bounded_by_admission(parse_cluster({**build_job_cluster(job, 1), "spec": flavored}),
+                                          admitted_counts(body))
+    return gate, OwnCluster(with_bounds(flavored, bounded), quota)
 
 
 async def _pods_left(fx: JobEffects, job: JobSpec, state: JobState, views: tuple[ClusterView, ...]) -> int:

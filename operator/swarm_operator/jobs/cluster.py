@@ -8,6 +8,7 @@ from typing import Any
 from swarm_operator import GROUP, KIND, VERSION
 from swarm_operator.jobs.names import ATTEMPT_LABEL, JOB_LABEL, cluster_name
 from swarm_operator.jobs.spec import JobSpec, OwnCluster
+from swarm_operator.kueue.workload import QUOTA_ANNOTATION
 from swarm_operator.resources.pods import ray_shape
 from swarm_operator.spec.types import ClusterSpec
 
@@ -21,7 +22,8 @@ def job_owner_reference(job: JobSpec) -> dict[str, Any]:
 
 
 def build_job_cluster(job: JobSpec, attempt: int) -> dict[str, Any]:
-    """The SwarmCluster of one attempt, from spec.clusterSpec."""
+    """The SwarmCluster of one attempt, from spec.clusterSpec; a queued job's says what its admission bounds (the
+    cluster's turn puts it into status.autoscaler.quota)."""
     assert isinstance(job.cluster, OwnCluster)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -30,6 +32,7 @@ def build_job_cluster(job: JobSpec, attempt: int) -> dict[str, Any]:
             "name": cluster_name(job.name, attempt),
             "namespace": job.namespace,
             "labels": {JOB_LABEL: job.name, ATTEMPT_LABEL: str(attempt)},
+            **({"annotations": {QUOTA_ANNOTATION: job.cluster.quota}} if job.cluster.quota else {}),
             "ownerReferences": [job_owner_reference(job)],
         },
         "spec": {**job.cluster.spec, "suspend": False},

@@ -39,6 +39,7 @@ class OwnCluster:
     """spec.clusterSpec: the job makes a SwarmCluster of its own, one per attempt."""
 
     spec: Mapping[str, Any]  # as written; a SwarmCluster's spec (checked by parse_cluster)
+    quota: str = ""  # what Kueue's admission bounds of it (kueue/workload.py's bounded_by_admission), "" unqueued
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from swarm_operator.jobs.machine import (
 )
 from swarm_operator.jobs.names import JOB_LABEL, submitter_pod_name
 from swarm_operator.jobs.rayapi import JobsApiError, RayJobsClient, submission_body
-from swarm_operator.jobs.spec import JobSpec, OwnCluster, SharedCluster, parse_job
+from swarm_operator.jobs.spec import JobSpec, SharedCluster, parse_job
 from swarm_operator.jobs.status import cluster_view, invalid_job_status, job_status, state_from_status
 from swarm_operator.jobs.submitter import build_submitter_pod
 from swarm_operator.kit.blocking import Blocking
@@ -134,7 +134,8 @@ class JobTurns:
         gate: Gate | None = None
         if queued(job, queue) and queue is not None:
             try:
-                gate, admitted_spec = await admission(fx, owner_of(JOB_KIND, body), job, queue, state, views, current)
+                owner = owner_of(JOB_KIND, body)
+                gate, admitted_cluster = await admission(fx, owner, job, queue, state, views, current)
             except ApiError as exc:
                 if exc.status != 404:
                     raise
@@ -142,8 +143,8 @@ class JobTurns:
                 return None
             if not gate.may_run:
                 job = replace(job, suspend=True)
-            elif admitted_spec is not None:
-                job = replace(job, cluster=OwnCluster(admitted_spec))
+            elif admitted_cluster is not None:
+                job = replace(job, cluster=admitted_cluster)
         token = await self._token(fx, memory, spec)
         ray: RayView = None
         submitter = None

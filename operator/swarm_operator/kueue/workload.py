@@ -32,6 +32,7 @@ WORKLOAD_PRIORITY_CLASS = Resource(KUEUE_GROUP, "v1beta2", "workloadpriorityclas
                                    namespaced=False)
 PRIORITY_CLASS = Resource("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", namespaced=False)
 PRIORITY_CLASS_LABEL = f"{KUEUE_GROUP}/priority-class"
+QUOTA_ANNOTATION = f"{GROUP}/kueue-quota"  # on a queued job's own cluster: what the job's admission bounds
 MAX_NAME = 253
 # Kueue's own reasons, so that `kubectl describe workload` reads the same for our kinds as for its own.
 FINISHED_SUCCEEDED = "Succeeded"
@@ -215,6 +216,19 @@ def bounded_by_admission(cluster: ClusterSpec, admitted: Mapping[str, int]) -> t
         groups.append(group)
     quota = "quota: " + "; ".join(notes) if notes else ""
     return replace(cluster, worker_groups=tuple(groups)), quota
+
+
+def with_bounds(cluster_spec: Mapping[str, Any], bounded: ClusterSpec) -> dict[str, Any]:
+    """A clusterSpec with the worker groups' sizes of `bounded` (bounded_by_admission) where they differ: how a
+    queued job's own cluster carries its admission's bound."""
+    sizes = {g.name: (g.min_replicas, g.max_replicas) for g in bounded.worker_groups}
+    groups = []
+    for group in cluster_spec.get("workerGroups") or []:
+        low, high = sizes.get(str(group.get("name")), (None, None))
+        if high is not None and high < int(group.get("maxReplicas", high)):
+            group = {**group, "minReplicas": low, "maxReplicas": high}
+        groups.append(group)
+    return {**cluster_spec, "workerGroups": groups}
 
 
 def with_flavors(cluster_spec: Mapping[str, Any], assigned: Mapping[str, tuple[str, ...]],
