@@ -44,7 +44,7 @@ test-clean-clone: $(STAMP)
 test-integration: $(STAMP) build build-kueue
 	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/integration
 
-## test-kueue: only the integration tests of queued SwarmJobs, against the real Kueue (built on first use, cached)
+## test-kueue: only the integration tests of queued SwarmJobs and SwarmClusters, against the real Kueue (built on first use, cached)
 test-kueue: $(STAMP) build build-kueue
 	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q -m kueue tests/integration
 

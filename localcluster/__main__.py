@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,10 +56,12 @@ def _run(cmd: list[str]) -> int:
 
 
 def _kueue(cluster: LocalCluster) -> int:
-    """Kueue installed on the running local cluster and run until interrupted (Ctrl-C); then stopped by its PID and
-    uninstalled: the way to try docs/kueue.md's example by hand."""
+    """Kueue installed on the running local cluster and run until interrupted (Ctrl-C, or SIGTERM: a background job
+    of a shell ignores SIGINT); then stopped by its PID and uninstalled: the way to try docs/kueue.md's example by
+    hand."""
     if not cluster.kubeconfig.is_file():
         raise ClusterError("no local cluster is running: `python -m localcluster up` first")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit runs the cleanup below
     kubeconfig, port = str(cluster.kubeconfig), free_port()
     kueue.install(kubeconfig, port)
     log = Path(tempfile.mkdtemp(prefix="kueue-")) / "kueue.log"
