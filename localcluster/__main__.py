@@ -22,7 +22,6 @@ from localcluster import build, docker_engine, image, kind, kueue, versions
 from localcluster.cluster import LocalCluster
 from localcluster.errors import ClusterError
 from localcluster.nodeagent import cli as nodeagent_cli
-from localcluster.operator_process import free_port
 
 
 def _with_cluster(cmd: list[str], extra_env: dict[str, str]) -> int:
@@ -62,24 +61,17 @@ def _kueue(cluster: LocalCluster) -> int:
     if not cluster.kubeconfig.is_file():
         raise ClusterError("no local cluster is running: `python -m localcluster up` first")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit runs the cleanup below
-    kubeconfig, port = str(cluster.kubeconfig), free_port()
-    kueue.install(kubeconfig, port)
-    log = Path(tempfile.mkdtemp(prefix="kueue-")) / "kueue.log"
-    proc = kueue.KueueProcess(kubeconfig, log, port)
+    kubeconfig = str(cluster.kubeconfig)
     try:
-        proc.start(wait=120)
-        kueue.wait_webhooks_served(kubeconfig)
-        print(f"[kueue] {versions.KUEUE} running against {kubeconfig} (log: {log}); Ctrl-C stops and uninstalls it",
-              flush=True)
-        while proc.proc is not None and proc.proc.poll() is None:
-            time.sleep(1)
-        print(f"[kueue] Kueue exited by itself; its log: {log}", file=sys.stderr)
-        return 1
+        with kueue.running(kubeconfig, Path(tempfile.mkdtemp(prefix="kueue-"))) as proc:
+            print(f"[kueue] {versions.KUEUE} running against {kubeconfig} (log: {proc.log_path}); Ctrl-C stops and "
+                  "uninstalls it", flush=True)
+            while proc.proc is not None and proc.proc.poll() is None:
+                time.sleep(1)
+            print(f"[kueue] Kueue exited by itself; its log: {proc.log_path}", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
         return 0
-    finally:
-        proc.stop()
-        kueue.uninstall(kubeconfig)
 
 
 def _image() -> int:

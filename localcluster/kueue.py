@@ -16,18 +16,20 @@ Service's DNS name. No pod, no image, no change to the API server's flags.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from localcluster import build, versions
-from localcluster.operator_process import OperatorProcess
+from localcluster.operator_process import OperatorProcess, free_port
 
 NAMESPACE = "kueue-system"
 SERVICE = "kueue-webhook-service"  # the rotator derives the webhook configurations' names from it
@@ -202,3 +204,19 @@ def wait_webhooks_served(kubeconfig: str, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Kueue's webhooks not served after {timeout:.0f}s: {exc}") from None
             time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running(kubeconfig: str, log_dir: Path) -> Iterator[KueueProcess]:
+    """Kueue installed, running and serving its webhooks for the block; then stopped by its PID and uninstalled
+    (the tiers' fixtures and `python -m localcluster kueue`)."""
+    port = free_port()
+    install(kubeconfig, port)
+    proc = KueueProcess(kubeconfig, log_dir / "kueue.log", port)
+    try:
+        proc.start(wait=120)
+        wait_webhooks_served(kubeconfig)
+        yield proc
+    finally:
+        proc.stop()
+        uninstall(kubeconfig)

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster import kueue as local_kueue
 from localcluster.nodes import fake_node, wait_nodes_ready
-from localcluster.operator_process import OperatorProcess, free_port
+from localcluster.operator_process import OperatorProcess
 from tests.integration.helpers import Cluster, Kubectl, SwarmJobs, manifest, wait_for
 from tests.integration.test_swarmjob import cluster_exists
 
@@ -67,6 +67,12 @@ def test_queue_label_without_kueue_is_invalid(kubectl: Kubectl, operator: Operat
     assert job["status"]["jobDeploymentStatus"] == "Invalid"
     assert "remove the label" in job["status"]["message"]
     assert not cluster_exists(swc, "nokueue-1")
+    queued_cluster(swc, "nokueue", "team-a")
+    cluster = wait_for("the cluster Valid=False", lambda: condition(c := swc.get("nokueue"), "Valid").get(
+        "status") == "False" and c)
+    assert "SwarmCluster is labelled kueue.x-k8s.io/queue-name, but Kueue is not installed" in condition(
+        cluster, "Valid")["message"]
+    assert cluster["status"]["phase"] == "Invalid" and not swc.pods("nokueue")
 
 
 # -- with Kueue ----------------------------------------------------------------------------------------------------
@@ -74,19 +80,13 @@ def test_queue_label_without_kueue_is_invalid(kubectl: Kubectl, operator: Operat
 @pytest.fixture(scope="module")
 def kueue(kubeconfig: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_kueue.KueueProcess]:
     """Kueue installed and running for this module's tests; removed afterwards."""
-    port = free_port()
     started = time.monotonic()
-    local_kueue.install(kubeconfig, port)
-    proc = local_kueue.KueueProcess(kubeconfig, tmp_path_factory.mktemp("kueue") / "kueue.log", port)
-    try:
-        proc.start(wait=120)
-        local_kueue.wait_webhooks_served(kubeconfig)
+    with local_kueue.running(kubeconfig, tmp_path_factory.mktemp("kueue")) as proc:
         print(f"Kueue installed and serving its webhooks in {time.monotonic() - started:.1f}s")
-        yield proc
-    finally:
-        proc.stop()
-        print(proc.log_tail(60))
-        local_kueue.uninstall(kubeconfig)
+        try:
+            yield proc
+        finally:
+            print(proc.log_tail(60))
 
 
 class Queues:
