@@ -246,12 +246,17 @@ def test_admitted_counts_per_pod_set() -> None:
                  "quota: admitted 1 of 4 cpu workers; admitted 0 of 2 gpu workers", id="autoscaled-groups-bounded"),
     pytest.param(True, {"head": 1, "cpu": 4, "gpu": 2}, {"cpu": 4, "gpu": 2}, "", id="admitted-all-it-may-grow-to"),
     pytest.param(False, {"head": 1, "cpu": 3}, {"cpu": 4, "gpu": 2}, "", id="no-autoscaling-its-replicas-were-asked"),
+    pytest.param(False, {"head": 1, "cpu": 2}, {"cpu": 2, "gpu": 2}, "quota: admitted 2 of 3 cpu workers",
+                 id="no-autoscaling-replicas-raised-after-the-admission"),
 ])
 def test_bounded_by_admission(autoscaling: bool, admitted: dict[str, int], maxima: dict[str, int],
                               quota: str) -> None:
     bounded, said = bounded_by_admission(cluster(autoscaling), admitted)
     assert {g.name: g.max_replicas for g in bounded.worker_groups} == maxima
-    assert all(g.min_replicas <= g.max_replicas for g in bounded.worker_groups)
+    assert all(g.min_replicas <= g.initial_replicas() <= g.max_replicas for g in bounded.worker_groups)
+    if not autoscaling:
+        assert {g.name: g.initial_replicas() for g in bounded.worker_groups} == {"cpu": min(3, admitted["cpu"]),
+                                                                                 "gpu": 0}
     assert said == quota
 
 

@@ -204,15 +204,16 @@ def bounded_by_admission(cluster: ClusterSpec, admitted: Mapping[str, int]) -> t
     """The cluster with each autoscaled group's maxReplicas lowered to what Kueue admitted of it, so the autoscaler
     never starts a pod beyond the quota (Kueue v0.17 can grow an admitted Workload only through workload slices, an
     alpha feature of its own job integrations: docs/kueue.md); and what that bound says, for status.autoscaler
-    ("" when no group is bounded). Without autoscaling a group's size is what its pod set asked for."""
-    if not cluster.autoscaling.enabled:
-        return cluster, ""
+    ("" when no group is bounded). Without autoscaling a group's size is what its pod set asked for, unless its
+    replicas were raised after the admission: they are held to the admitted count too."""
     groups, notes = [], []
     for group in cluster.worker_groups:
         allowed = admitted.get(group.name, 0)
-        if group.max_replicas > allowed:
-            notes.append(f"admitted {allowed} of {group.max_replicas} {group.name} workers")
-            group = replace(group, max_replicas=allowed, min_replicas=min(group.min_replicas, allowed))
+        wanted = group.max_replicas if cluster.autoscaling.enabled else group.initial_replicas()
+        if wanted > allowed:
+            notes.append(f"admitted {allowed} of {wanted} {group.name} workers")
+            group = replace(group, max_replicas=allowed, min_replicas=min(group.min_replicas, allowed),
+                            replicas=None if group.replicas is None else min(group.replicas, allowed))
         groups.append(group)
     quota = "quota: " + "; ".join(notes) if notes else ""
     return replace(cluster, worker_groups=tuple(groups)), quota
@@ -221,12 +222,13 @@ def bounded_by_admission(cluster: ClusterSpec, admitted: Mapping[str, int]) -> t
 def with_bounds(cluster_spec: Mapping[str, Any], bounded: ClusterSpec) -> dict[str, Any]:
     """A clusterSpec with the worker groups' sizes of `bounded` (bounded_by_admission) where they differ: how a
     queued job's own cluster carries its admission's bound."""
-    sizes = {g.name: (g.min_replicas, g.max_replicas) for g in bounded.worker_groups}
+    sizes = {g.name: g for g in bounded.worker_groups}
     groups = []
     for group in cluster_spec.get("workerGroups") or []:
-        low, high = sizes.get(str(group.get("name")), (None, None))
-        if high is not None and high < int(group.get("maxReplicas", high)):
-            group = {**group, "minReplicas": low, "maxReplicas": high}
+        size = sizes.get(str(group.get("name")))
+        if size is not None and size.max_replicas < int(group.get("maxReplicas", size.max_replicas)):
+            group = {**group, "minReplicas": size.min_replicas, "maxReplicas": size.max_replicas,
+                     **({"replicas": size.replicas} if size.replicas is not None else {})}
         groups.append(group)
     return {**cluster_spec, "workerGroups": groups}
 
