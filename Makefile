@@ -48,8 +48,9 @@ test-integration: $(STAMP) build build-kueue
 test-kueue: $(STAMP) build build-kueue
 	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q -m kueue tests/integration
 
-# Real Ray in pods on process nodes (root, iproute2), and the autoscaler's GCS client against real Ray.
-test-e2e: $(STAMP) build
+# Real Ray in pods on process nodes (root, iproute2), and the autoscaler's GCS client against real Ray; Kueue (built on
+# first use, cached) for the preemption of a queued SwarmJob on real Ray.
+test-e2e: $(STAMP) build build-kueue
 	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/e2e tests/ray
 
 # Chaos (seeded; CHAOS_SEED=…): kill -9 the operator, restart kube-apiserver and etcd, conflicting writers,
