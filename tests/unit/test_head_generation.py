@@ -46,6 +46,9 @@ def old_head(node: NodeState | None, *, generation: int = 0, deleting: bool = Tr
     pytest.param([old_head(NODE_GONE, generation=2)], 2, StartHead(3, "head pod missing; the old one is stuck on a "
                                                                       "lost node: demo-head-2 (its node n1 was "
                                                                       "deleted)"), id="generation-2-stuck-3-next"),
+    pytest.param([old_head(NODE_GONE)], 1, StartHead(1, "head pod missing; the old one is stuck on a lost node: "
+                                                        "demo-head (its node n1 was deleted)"),
+                 id="generation-1-s-create-refused-its-name-is-still-free"),
     pytest.param([old_head(NOT_READY_SHORT)], 0,
                  WaitForHead("the new head waits for demo-head to be gone: its node is not known to be dead, and two "
                              "GCS servers must never run at once", overdue=True), id="notready-shorter-waits"),
@@ -173,3 +176,12 @@ def test_a_running_head_of_a_later_generation_than_status_is_kept() -> None:
     assert not [a for a in plan.actions if isinstance(a, CreateHead)]
     assert plan.head_generation == 1
 
+
+
+def test_a_refused_create_retried_keeps_its_generation_s_name() -> None:
+    """Status says generation 1 (the turn that decided it wrote it), yet the API server refused its head: the next
+    turn tries demo-head-1 again, it does not move on to demo-head-2."""
+    plan = plan_with([old_head(NODE_GONE)], generation=1)
+    assert [(a.generation, a.reason) for a in plan.actions if isinstance(a, CreateHead)] == [
+        (1, "head pod missing; the old one is stuck on a lost node: demo-head (its node n1 was deleted)")]
+    assert plan.head_generation == 1

@@ -49,4 +49,8 @@ def next_head(remaining: Sequence[PodState], generation: int, now: float) -> Sta
                            "GCS servers must never run at once",
                            overdue=any(p.deleting and 0 < p.deletion_at <= now for p in waited))
     stuck = "; ".join(f"{p.name} ({p.node_lost})" for p in remaining)
-    return StartHead(generation + 1, f"head pod missing; the old one is stuck on a lost node: {stuck}")
+    # The current generation's name when no pod holds it (its create was refused, or the operator stopped before
+    # making it): a refused create retried every turn must not use up a name each time.
+    held = {p.head_generation for p in remaining}
+    return StartHead(generation + 1 if generation in held else generation,
+                     f"head pod missing; the old one is stuck on a lost node: {stuck}")
