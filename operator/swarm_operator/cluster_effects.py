@@ -67,10 +67,11 @@ class ClusterEffects(Effects):
         actions = list(actions)
         outcomes = Outcomes()
         head_answers: list[dict[str, Any] | BaseException | None] = []
-        if any(isinstance(a, CreateHead) for a in actions):
+        head = next((a for a in actions if isinstance(a, CreateHead)), None)
+        if head is not None:
             # The head first: workers of a head the API refused (a quota, an admission webhook), or
             # whose name another pod holds, could join nothing and would be recycled next turn.
-            pod = build_head_pod(cluster)
+            pod = build_head_pod(cluster, head.generation)
             head_answers = list(await asyncio.gather(self.create_pod(pod), return_exceptions=True))
             outcomes.creation(f"head {pod['metadata']['name']}", head_answers[0])
         head_missing = bool(head_answers) and not isinstance(head_answers[0], dict)
@@ -79,7 +80,7 @@ class ClusterEffects(Effects):
         outcomes.deleted = [a for a in actions if isinstance(a, DeletePod)]
         for action in actions:
             if isinstance(action, CreateService):
-                svc = build_head_service(cluster)
+                svc = build_head_service(cluster, action.head_generation)
                 creates.append((f"service {svc['metadata']['name']}", self.create_service(svc)))
             elif isinstance(action, CreateBudget):
                 budget = build_head_budget(cluster)
@@ -141,9 +142,10 @@ class ClusterEffects(Effects):
         for patch in patches:
             await self.patch_pod(patch.name, patch.patch)
 
-    async def sync_service(self, cluster: ClusterSpec, live: Mapping[str, Any]) -> None:
-        """Bring the head service's annotations and type to the spec: in place, or (headless ↔ not) anew."""
-        desired = build_head_service(cluster)
+    async def sync_service(self, cluster: ClusterSpec, live: Mapping[str, Any], head_generation: int) -> None:
+        """Bring the head service's annotations, type and selector (the current head generation) to the spec: in
+        place, or (headless ↔ not) anew."""
+        desired = build_head_service(cluster, head_generation)
         change = service_change(desired, live)
         if change is None:
             return

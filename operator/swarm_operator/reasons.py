@@ -22,6 +22,7 @@ class EventReason(StrEnum):
     TEMPLATE_OVERRIDDEN = "TemplateOverridden"
     ROLLOUT_WAITING = "RolloutWaiting"
     SCALE_DOWN_WAITING = "ScaleDownWaiting"
+    HEAD_WAITING = "HeadWaiting"
     SERVICE_UPDATED = "ServiceUpdated"
     SERVICE_REPLACED = "ServiceReplaced"
     RAY_TOKEN_MISSING = "RayTokenMissing"
@@ -88,7 +89,10 @@ _MEANINGS = {
     EventReason.ROLLOUT_WAITING: "a rolling update waits (busy workers while Ray's state is unknown)",
     EventReason.SCALE_DOWN_WAITING: "workers to remove (replicas or maxReplicas lowered, suspend, a group removed) "
                                     "wait: while Ray's state is unknown, busy cannot be told from idle",
-    EventReason.SERVICE_UPDATED: "the head service's annotations or type were patched in place",
+    EventReason.HEAD_WAITING: "a new head waits for the old head pod to be gone: its node is not known to be dead, "
+                              "and two GCS servers must never run at once",
+    EventReason.SERVICE_UPDATED: "the head service's annotations, type or selector (a new head generation) were "
+                                 "patched in place",
     EventReason.SERVICE_REPLACED: "the head service was re-created (headless and not cannot change in place)",
     EventReason.RAY_TOKEN_MISSING: "token auth is on but no usable token Secret exists yet; pods wait for it",
     EventReason.AUTOSCALED: "the autoscaler changed a group's target, with the demand that made it",

@@ -49,6 +49,7 @@ class Persisted:
     head_backoff: HeadBackoff | None = None
     # Read back only: cluster_status writes status.head.consecutiveFailures from the pods (reconcile/failures.py).
     head_failures: int = 0
+    head_generation: int = 0  # the current head's generation: its pod's name, the head service's selector
 
 
 def persisted_from_status(status: Mapping[str, Any]) -> Persisted:
@@ -72,7 +73,7 @@ def persisted_from_status(status: Mapping[str, Any]) -> Persisted:
     backoff = HeadBackoff(until, str(head.get("backoffRevision") or "")) if until else None
     return Persisted(health, targets, int(head.get("restarts") or 0),
                      {k: parse_time(v) for k, v in scale_ups.items() if isinstance(v, str)},
-                     backoff, int(head.get("consecutiveFailures") or 0))
+                     backoff, int(head.get("consecutiveFailures") or 0), int(head.get("generation") or 0))
 
 
 def persisted_to_status(kept: Persisted, now: float) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def persisted_to_status(kept: Persisted, now: float) -> dict[str, Any]:
         groups.append(entry)
     return {
         "workerGroups": groups,
-        "head": {"restarts": kept.head_restarts,
+        "head": {"restarts": kept.head_restarts, "generation": kept.head_generation,
                  **({"backoffUntil": deadline_timestamp(kept.head_backoff.until),
                      "backoffRevision": kept.head_backoff.revision}
                     if kept.head_backoff and kept.head_backoff.until > now else {})},
@@ -159,7 +160,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
     stored_groups = {e["name"]: e for e in persisted["workerGroups"]}
     old_groups = {e.get("name"): e for e in old.get("workerGroups") or []}
     heads = [p for p in pods if p.node_type == labels.HEAD and p.alive]
-    head = heads[0] if heads else None
+    head = max(heads, key=lambda p: p.head_generation) if heads else None
     groups = []
     ready_total = desired_total = gpus = 0
     failing: list[str] = []
@@ -240,7 +241,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
         "desiredWorkers": desired_total,
         "gpus": gpus,
         "head": {
-            "podName": labels.head_pod_name(cluster.name),
+            "podName": labels.head_pod_name(cluster.name, kept.head_generation),
             "serviceName": svc,
             "ready": head_ready,
             "gcsAddress": f"{host}:{GCS_PORT}",

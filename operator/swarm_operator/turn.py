@@ -108,12 +108,16 @@ class Acted:
 
 
 def head_ip(cache: WatchCache, key: Key, cluster: ClusterSpec) -> str | None:
-    """The running head pod's IP: where the autoscaler reaches the GCS."""
-    pod = cache.pods.get(key, labels.head_pod_name(cluster.name))
-    if not pod or (pod.get("metadata") or {}).get("deletionTimestamp"):
+    """The running head pod's IP: where the autoscaler reaches the GCS. Found by label, not by name (each head
+    generation has its own name); an old head stuck Terminating is never it."""
+    running = [p for p in cache.pods.objects(key) if owned_by(p, cluster.uid)
+               and (p.get("metadata") or {}).get("labels", {}).get(labels.NODE_TYPE) == labels.HEAD
+               and not (p.get("metadata") or {}).get("deletionTimestamp")
+               and (p.get("status") or {}).get("phase") == "Running"]
+    if not running:
         return None
-    status = pod.get("status") or {}
-    return status.get("podIP") if status.get("phase") == "Running" else None
+    newest = max(running, key=lambda p: labels.head_generation((p.get("metadata") or {}).get("labels") or {}))
+    return (newest.get("status") or {}).get("podIP")
 
 
 class Turns:
@@ -237,7 +241,8 @@ class Turns:
         budgets = {b["metadata"]["name"]: b["metadata"].get("uid", "") for b in self.cache.budgets.objects(key)
                    if owned_by(b, cluster.uid)}
         observed = Observed(pods=tuple(pods), service_exists=ours is not None, health=seen.kept.health,
-                            head_restarts=seen.kept.head_restarts, head_failures=seen.kept.head_failures,
+                            head_restarts=seen.kept.head_restarts, head_generation=seen.kept.head_generation,
+                            head_failures=seen.kept.head_failures,
                             head_backoff=seen.kept.head_backoff, idle_pods=view.idle if view else None,
                             ray_dead=view.ray_dead if view else frozenset(),
                             ray_nodes=view.ray_nodes if view else None, budgets=budgets,
@@ -279,7 +284,7 @@ class Turns:
         svc = decided.service
         if refused is None and svc is not None and not svc["metadata"].get("deletionTimestamp"):
             try:
-                await fx.sync_service(cluster, svc)
+                await fx.sync_service(cluster, svc, decided.plan.head_generation)
             except Exception as exc:
                 refused = exc
         return Acted(taken, refused)
@@ -297,7 +302,7 @@ class Turns:
         states = self._pod_states(key, cluster.uid)
         update_pod_gauges(key, states, memory.pod_series)
         after = Persisted(plan.health, desired_replicas(cluster, decided.targets), plan.head_restarts,
-                          decided.scale_ups, plan.head_backoff)
+                          decided.scale_ups, plan.head_backoff, head_generation=plan.head_generation)
         outcome = decided.outcome
         record = autoscaler_status(seen.old_status.get("autoscaler") or {}, outcome.report, seen.now) \
             if outcome else None

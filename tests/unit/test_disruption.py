@@ -9,7 +9,7 @@ import pytest
 
 from swarm_operator import turn as turn_module
 from swarm_operator.nodes import NodeCache
-from swarm_operator.reconcile.actions import CreateWorkers, DeletePod
+from swarm_operator.reconcile.actions import CreateHead, CreateWorkers, DeletePod
 from swarm_operator.reconcile.backoff import GroupHealth
 from swarm_operator.reconcile.disruption import (
     NODE_SHUTDOWN_MESSAGE,
@@ -252,7 +252,11 @@ def test_a_disrupted_head_is_replaced_without_counting_a_restart(c: Any, recycle
                                    disrupted=Disrupted(Cause.NODE_DELETED, "its node gone was deleted"))
     assert len(deletes) == (3 if recycled else 1)
     assert plan.head_restarts == 2
-    assert plan.requeue_after == 1.0, "the head's name frees once the old pod is gone"
+    # Its node is gone, so it runs nothing: the next head starts at once, under the next generation's name (the
+    # old pod would hold its name until someone force-deletes it).
+    assert [a for a in plan.actions if isinstance(a, CreateHead)] == [
+        CreateHead("head pod missing; the old one is stuck on a lost node: demo-head (its node gone was deleted)", 1)]
+    assert plan.head_generation == 1
 
 
 # -- the controller: a node event gives the clusters with pods on it a turn ------------------------------

@@ -18,6 +18,8 @@ from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
 from swarm_operator.reconcile import deletion
 from swarm_operator.reconcile.deletion import FINALIZER, DeletionStep, JobState, deletion_step, job_state
+from swarm_operator.reconcile.disruption import NodeState
+from swarm_operator.reconcile.observe import observe_pod
 from swarm_operator.resources import revision
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
 from swarm_operator.resources.redis_cleanup import build_cleanup_job
@@ -33,6 +35,7 @@ from tests.unit.operator_fixtures import (
     as_kube,
     cluster,
     head,
+    head_pod,
     iso,
     manifest,
 )
@@ -212,10 +215,17 @@ GCS_SPEC = cluster(ft(redisAddress="redis:6379", cleanupTimeoutSeconds=60)).faul
     ("", JobState(failed=True, message="BackoffLimitExceeded"), 30, "RedisCleanupFailed"),
     ("", JobState(), 60, "RedisCleanupTimedOut"),
     ("head", None, 61, "RedisCleanupTimedOut"),
+    ("head-stuck-on-a-lost-node", None, 1, DeletionStep(create_job=True, requeue_after=deletion.POLL_SECONDS)),
+    ("head-on-a-lost-node", None, 1, DeletionStep(delete_pods=("demo-head",), create_job=True,
+                                                   requeue_after=deletion.POLL_SECONDS)),
 ], ids=["delete-pods-first", "wait-for-pods", "run-the-job", "wait-for-the-job", "done", "job-failed",
-        "timed-out", "timed-out-with-pods-left"])
+        "timed-out", "timed-out-with-pods-left", "a-pod-stuck-on-a-lost-node-runs-nothing",
+        "one-on-a-lost-node-deleted-and-not-waited-for"])
 def test_deletion_steps(pods: str, job: JobState | None, waited: float, want: DeletionStep | str) -> None:
-    states = {"": [], "head": [head(cluster())], "head-deleting": [head(cluster(), deleting=True)]}[pods]
+    lost = NodeState.gone("node-1")
+    states = {"": [], "head": [head(cluster())], "head-deleting": [head(cluster(), deleting=True)],
+              "head-stuck-on-a-lost-node": [observe_pod(head_pod(cluster(), deleting=True), lost, NOW)],
+              "head-on-a-lost-node": [observe_pod(head_pod(cluster()), lost, NOW)]}[pods]
     step = deletion_step(GCS_SPEC, UID, states, job, waited)
     if isinstance(want, str):
         assert step.remove_finalizer and step.event is not None and step.event[0] == want

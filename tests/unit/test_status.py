@@ -125,11 +125,21 @@ def test_summary_fields() -> None:
         "dashboardURL": "http://demo-head-svc.ns.svc:8265",
         "clientAddress": "ray://demo-head-svc.ns.svc:10001",
         "restarts": 2,
+        "generation": 0,
         "consecutiveFailures": 0,
         "podIP": "10.0.0.7",
     }
     assert [(g["name"], g["desiredReplicas"], g["currentReplicas"], g["readyReplicas"]) for g in s["workerGroups"]] \
         == [("cpu", 1, 1, 1), ("gpu", 2, 2, 1)]
+
+
+def test_the_head_of_a_later_generation_is_named_after_it_and_is_the_one_status_reports() -> None:
+    stuck = dataclasses.replace(head(C, phase="Running", ready=True), deleting=True)
+    current = dataclasses.replace(head(C, phase="Pending", ready=False), name="demo-head-2", head_generation=2)
+    s = cluster_status(C, [stuck, current], Persisted({}, {"cpu": 2}, head_generation=2), {}, NOW, None)
+    assert (s["head"]["podName"], s["head"]["generation"], s["head"]["ready"]) == ("demo-head-2", 2, False)
+    (cond,) = [c for c in s["conditions"] if c["type"] == "HeadReady"]
+    assert cond["message"] == "head pod demo-head-2 is Pending", "never the old head stuck Terminating"
 
 
 def test_no_pod_ip_key_without_an_ip() -> None:
@@ -262,12 +272,13 @@ def test_persisted_survives_the_whole_status() -> None:
     "status",
     [
         pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": 2, "restarts": 0, "consecutiveFailures": 0}],
-                      "head": {"restarts": 0}, "autoscaler": {"lastScaleUpTime": {}}}, id="fresh"),
+                      "head": {"restarts": 0, "generation": 0}, "autoscaler": {"lastScaleUpTime": {}}}, id="fresh"),
         pytest.param({"workerGroups": [{"name": "cpu", "desiredReplicas": 3, "restarts": 4, "consecutiveFailures": 1,
                                         "lastFailureTime": iso(NOW - 1),
                                         "backoffUntil": iso(NOW + 1).replace("Z", ".500Z")}],
-                      "head": {"restarts": 2}, "autoscaler": {"lastScaleUpTime": {"cpu": iso(NOW - 30)}}},
-                     id="failing"),
+                      "head": {"restarts": 2, "generation": 3},
+                      "autoscaler": {"lastScaleUpTime": {"cpu": iso(NOW - 30)}}},
+                     id="failing-on-a-later-head-generation"),
     ],
 )
 def test_status_round_trip(status: dict[str, Any]) -> None:

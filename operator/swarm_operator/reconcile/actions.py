@@ -14,11 +14,13 @@ from swarm_operator.resources import labels
 @dataclass(frozen=True)
 class CreateService:
     reason: str
+    head_generation: int = 0  # the head generation it selects (resources/labels.py current_head_selector)
 
 
 @dataclass(frozen=True)
 class CreateHead:
     reason: str
+    generation: int = 0  # its name and generation label follow from it (reconcile/head.py)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Only such clusters carry the operator's finalizer (FINALIZER). Everything else a
 the garbage collector through owner references; Redis is outside Kubernetes, so without the finalizer a
 deleted cluster's GCS tables would stay in Redis for ever. Deletion of such a cluster goes:
 
-1. its pods are deleted (the head's GCS must stop writing before its keys are removed), and gone;
+1. its pods are deleted (the head's GCS must stop writing before its keys are removed), and gone (or stuck on a
+   node that is gone or dead: they run nothing);
 2. a cleanup Job (resources/redis_cleanup.py) runs Ray's own cleanup in the cluster's image;
 3. the finalizer is removed when the Job succeeded, failed, or `cleanupTimeoutSeconds` after the deletion
    was asked for, whichever comes first, with an Event saying which: a deletion never hangs for ever on a
@@ -87,7 +88,9 @@ def deletion_step(gcs: GcsFaultTolerance | None, storage_namespace: str, pods: I
             f"{gcs.cleanup_timeout_seconds}s (spec.faultTolerance.gcs.cleanupTimeoutSeconds); deleting the cluster "
             f"anyway; {leftover_keys_hint(gcs, storage_namespace)}"))
     remaining = list(pods)
-    if remaining:
-        return DeletionStep(delete_pods=tuple(sorted(p.name for p in remaining if not p.deleting)),
-                            requeue_after=POLL_SECONDS)
-    return DeletionStep(create_job=job is None, requeue_after=POLL_SECONDS)
+    to_delete = tuple(sorted(p.name for p in remaining if not p.deleting))
+    # A pod stuck Terminating on a node that is gone or dead runs no GCS any more (the rule of reconcile/head.py):
+    # the cleanup need not wait for the pod garbage collector, nor for ever on a node that never comes back.
+    if any(p.node_lost is None for p in remaining):
+        return DeletionStep(delete_pods=to_delete, requeue_after=POLL_SECONDS)
+    return DeletionStep(delete_pods=to_delete, create_job=job is None, requeue_after=POLL_SECONDS)

@@ -135,6 +135,15 @@ def _node_disruption(node: NodeState, now: float, not_ready_seconds: float) -> D
                                            f"{not_ready_seconds:g}s")
 
 
+def node_lost(node: NodeState | None, now: float, not_ready_seconds: float) -> str | None:
+    """Why the node is known dead (deleted, or NotReady past the threshold), whatever its pods say of themselves;
+    None when it is not, or unknown. A pod stuck Terminating there runs nothing any more (reconcile/head.py)."""
+    if node is None:
+        return None
+    verdict = _node_disruption(node, now, not_ready_seconds)
+    return verdict.reason if isinstance(verdict, Disrupted) else None
+
+
 def classify(pod: Mapping[str, Any], node: NodeState | None, now: float, not_ready_seconds: float,
              failure: str | None) -> Verdict:
     """Disrupted (by what), failed (why: `failure`, what the pod's own status says), or healthy. `node` is the pod's

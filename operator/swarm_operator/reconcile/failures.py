@@ -1,8 +1,8 @@
 """What keeps failing, and why, for status: the head (HeadReady's HeadFailed/CrashLoop) and each worker
 group's last failure (ReplicaFailure). Pure.
 
-Every head has the same pod name and `restartPolicy: Never`, so a head that cannot start is a
-different pod each time, failed, deleted and made again by the planner. Nothing in the pods
+Every head has `restartPolicy: Never`, so a head that cannot start is a different pod each time
+(usually of the same name: reconcile/head.py), failed, deleted and made again by the planner. Nothing in the pods
 says "again": the count lives in status (`status.head.consecutiveFailures`, reset once a head is
 ready), and the last failure's words in the HeadReady condition, so both survive the dead pod
 and an operator restart. A worker group's failures are counted by the planner (reconcile/backoff.py);

@@ -15,6 +15,7 @@ from swarm_operator.reconcile.disruption import (
     Healthy,
     NodeState,
     classify,
+    node_lost,
 )
 from swarm_operator.resources import labels, revision
 from swarm_operator.spec.rules import PREFIX, RAY_CONTAINER
@@ -44,6 +45,8 @@ class PodState:
     deletion_at: float = 0.0  # epoch seconds its deletion's grace period ends (deletionTimestamp); 0 when none
     node_cordoned: bool = False  # its node is cordoned (spec.unschedulable)
     node_removal: str | None = None  # why its node is going (a cluster autoscaler's or Karpenter's taint)
+    node_lost: str | None = None  # why its node is known dead (deleted, NotReady past the threshold); None if not
+    head_generation: int = 0  # a head pod's generation (labels.HEAD_GENERATION); 0 for workers
 
     @property
     def alive(self) -> bool:
@@ -144,6 +147,8 @@ def observe_pod(pod: Mapping[str, Any], node: NodeState | None = None, now: floa
         deletion_at=parse_time(meta.get("deletionTimestamp")),
         node_cordoned=bool(node and node.cordoned),
         node_removal=node.removal if node else None,
+        node_lost=node_lost(node, now, not_ready_seconds),
+        head_generation=labels.head_generation(pod_labels),
     )
 
 
@@ -191,6 +196,7 @@ class Observed:
     service_exists: bool
     health: Mapping[str, GroupHealth]  # per worker group
     head_restarts: int = 0
+    head_generation: int = 0  # the current head generation as status recorded it (status.head.generation)
     head_failures: int = 0  # heads failed in a row, never ready between (status.head.consecutiveFailures)
     head_backoff: HeadBackoff | None = None  # a crash-looping head's next attempt waits until then
     # Pods Ray reports idle (None when Ray's state is unknown): a rollout or a scale-down deletes them, first.

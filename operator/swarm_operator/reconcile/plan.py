@@ -23,6 +23,7 @@ from swarm_operator.reconcile.actions import (
     PatchPod,
 )
 from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff, head_backoff_delay, record_failures, settle
+from swarm_operator.reconcile.head import WaitForHead, current_generation, next_head
 from swarm_operator.reconcile.observe import Observed, PodState
 from swarm_operator.reconcile.retire import (
     RAY_STATE_RETRY_SECONDS,
@@ -50,6 +51,7 @@ class Plan:
     head_backoff: HeadBackoff | None = None
     requeue_after: float | None = None  # seconds; when a backoff expires or a name frees up
     notes: tuple[Note, ...] = field(default_factory=tuple)
+    head_generation: int = 0  # the current head generation after this plan (status.head.generation)
 
 
 def desired_replicas(cluster: ClusterSpec, status_targets: Mapping[str, int]) -> dict[str, int]:
@@ -205,7 +207,7 @@ def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], no
         actions += [DeletePod(p.name, "cluster is suspended") for p in heads if not p.deleting]
     notes = (waiting_note("cluster is suspended (the head goes last)", waiting),) if waiting else ()
     return Plan(tuple(actions), dict(obs.health), obs.head_restarts, requeue_after=min(requeues) if requeues else None,
-                notes=notes)
+                notes=notes, head_generation=current_generation(obs.head_generation, heads))
 
 
 def _metadata_patches(cluster: ClusterSpec, pods: list[PodState], leaving: set[str]) -> list[PatchPod]:
@@ -254,8 +256,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     notes: list[Note] = []
     heads = [p for p in pods if p.node_type == labels.HEAD]
     workers = [p for p in pods if p.node_type == labels.WORKER]
-    if not obs.service_exists:
-        actions.append(CreateService("head service missing"))
+    generation = current_generation(obs.head_generation, heads)
 
     head_dead = [p for p in heads if not p.deleting and p.failure is not None]
     head_disrupted = [p for p in heads if not p.deleting and p.disruption is not None]
@@ -272,7 +273,6 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     live_heads = [p for p in heads if p.alive]
     head_backoff = _head_backoff(obs, head_dead, live_heads, now)
     requeues += [p.recheck_at - now for p in live_heads if p.recheck_at]
-    head_outdated = False
     if live_heads and cluster.update_strategy.type != "OnDelete" and live_heads[0].template_hash != head_hash(cluster):
         change = revision.describe_change(revision.changed_parts(live_heads[0].revision, revision.head_parts(cluster)))
         live_workers = sum(1 for p in workers if p.alive)
@@ -281,19 +281,24 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
         actions.append(DeletePod(live_heads[0].name, f"head {live_heads[0].name}: {change}; "
                                                      f"replacing the head{consequence}"))
         live_heads = []
-        head_outdated = True
         recycle_workers = recycle_workers or cluster.fault_tolerance.gcs is None
     if not live_heads and cluster.fault_tolerance.gcs is None and any(p.alive for p in workers):
         # The head is going or gone (deleted by someone, evicted): its GCS goes with it, and
         # workers cannot rejoin a new one. Replacing them now beats waiting for their raylets to give up.
         recycle_workers = True
     if not live_heads:
-        if any(p.deleting for p in heads) or head_dead or head_disrupted or head_outdated:
-            requeues.append(1.0)  # the head's fixed name is free only once the old pod is gone
+        start = next_head(heads, generation, now)  # every head pod left is failed, disrupted or being deleted
+        if isinstance(start, WaitForHead):
+            requeues.append(1.0)
+            if start.overdue:
+                notes.append((EventReason.HEAD_WAITING, start.reason))
         elif head_backoff is not None and head_backoff.revision == head_hash(cluster):
             requeues.append(head_backoff.until - now)
         else:
-            actions.append(CreateHead("head pod missing"))
+            actions.append(CreateHead(start.reason, start.generation))
+            generation = start.generation
+    if not obs.service_exists:
+        actions.append(CreateService("head service missing", generation))
 
     if recycle_workers:
         for p in workers:
@@ -326,7 +331,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     actions.extend(drains_ahead(cluster, obs, now, {a.name for a in actions if isinstance(a, DrainWorker)}))
     actions.extend(_metadata_patches(cluster, pods, leaving))
     return Plan(tuple(actions), health, head_restarts, head_backoff, min(requeues) if requeues else None,
-                tuple(notes))
+                tuple(notes), generation)
 
 
 def _head_backoff(obs: Observed, dead: list[PodState], live: list[PodState], now: float) -> HeadBackoff | None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from swarm_operator.resources import labels
 from swarm_operator.resources.labels import OWNED_ANNOTATIONS
 
 
@@ -73,6 +74,14 @@ def service_change(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Servi
     if _type(desired) != _type(live):
         patch["spec"] = {"type": _type(desired)}
         reasons.append(f"type {_type(live)} → {_type(desired)}")
+    want_selector: Mapping[str, str] = desired["spec"]["selector"]
+    have_selector: Mapping[str, Any] = (live.get("spec") or {}).get("selector") or {}
+    if dict(want_selector) != dict(have_selector):
+        # A merge patch: keys the desired selector no longer has are removed with null.
+        selector: dict[str, str | None] = {k: v for k, v in want_selector.items() if have_selector.get(k) != v}
+        selector.update(dict.fromkeys(k for k in have_selector if k not in want_selector))
+        patch.setdefault("spec", {})["selector"] = selector
+        reasons.append(f"selector {labels.selector_string(want_selector)} (the current head generation)")
     if not patch:
         return None
     return ServiceChange(reason=f"{name}: " + "; ".join(reasons or ["annotation bookkeeping"]), patch=patch)

@@ -17,6 +17,9 @@ TEMPLATE_HASH = f"{GROUP}/template-hash"
 # keys dropped from the spec are removed and other writers' annotations are not.
 OWNED_ANNOTATIONS = f"{GROUP}/service-annotations"
 DRAINED = f"{GROUP}/drained-at"  # pod annotation: when the autoscaler's drain of its Ray node was accepted
+# Head pod label: its generation, the number in its name. A head pod without it (made before the label) is
+# generation 0.
+HEAD_GENERATION = f"{GROUP}/head-generation"
 HEAD = "head"
 WORKER = "worker"
 
@@ -26,7 +29,17 @@ def cluster_selector(cluster: str) -> dict[str, str]:
 
 
 def head_selector(cluster: str) -> dict[str, str]:
+    """Every head pod of the cluster, of any generation (the PodDisruptionBudget's selector)."""
     return {CLUSTER: cluster, NODE_TYPE: HEAD}
+
+
+def current_head_selector(cluster: str, generation: int) -> dict[str, str]:
+    """The head service's selector: only the current generation's head, never an old one stuck Terminating on a
+    lost node (its address would stay published: the service publishes not-ready addresses). Generation 0 selects
+    by cluster and node type alone, so that head pods made before the generation label stay selected."""
+    if generation == 0:
+        return head_selector(cluster)
+    return {**head_selector(cluster), HEAD_GENERATION: str(generation)}
 
 
 def worker_selector(cluster: str, group: str) -> dict[str, str]:
@@ -46,8 +59,16 @@ def selector_string(selector: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 
 
-def head_pod_name(cluster: str) -> str:
-    return f"{cluster}-head"
+def head_pod_name(cluster: str, generation: int = 0) -> str:
+    """`<cluster>-head` for generation 0, `<cluster>-head-<generation>` after it: a new generation is taken only
+    when a head has to start beside an old one stuck Terminating (reconcile/head.py), so the usual name stays."""
+    return f"{cluster}-head" if generation == 0 else f"{cluster}-head-{generation}"
+
+
+def head_generation(pod_labels: Mapping[str, str]) -> int:
+    """A head pod's generation from its label; 0 when it has none (made before the label) or it is unreadable."""
+    text = pod_labels.get(HEAD_GENERATION, "0")
+    return int(text) if text.isdigit() else 0
 
 
 def head_service_name(cluster: str) -> str:

@@ -228,9 +228,10 @@ def head_address(cluster: ClusterSpec, cluster_domain: str = DEFAULT_CLUSTER_DOM
     return f"{svc}.{cluster.namespace}.svc.{cluster_domain}:{GCS_PORT}"
 
 
-def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
+def build_head_pod(cluster: ClusterSpec, generation: int = 0) -> dict[str, Any]:
+    """The head of `generation` (reconcile/head.py decides it): its name and its generation label follow from it."""
     head = cluster.head
-    name = labels.head_pod_name(cluster.name)
+    name = labels.head_pod_name(cluster.name, generation)
     extra = [
         "--head", f"--port={GCS_PORT}", "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}",
         f"--ray-client-server-port={CLIENT_PORT}",
@@ -252,7 +253,8 @@ def build_head_pod(cluster: ClusterSpec) -> dict[str, Any]:
         *auth_env(cluster.auth),
     ]
     ports = [{"name": name, "containerPort": port} for name, port in HEAD_PORTS.items()]
-    pod_labels = {**labels.common_labels(cluster.name), **labels.head_selector(cluster.name)}
+    pod_labels = {**labels.common_labels(cluster.name), **labels.head_selector(cluster.name),
+                  labels.HEAD_GENERATION: str(generation)}
     return _pod(cluster, name, pod_labels, head.resources,
                 ray_start_args(head.resources, dict(head.ray_start_params), extra), env, ports,
                 "/api/gcs_healthz", DASHBOARD_PORT, head.probes, head.template, revision.head_parts(cluster),

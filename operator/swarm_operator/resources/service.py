@@ -10,11 +10,12 @@ from swarm_operator.resources.pods import HEAD_PORTS
 from swarm_operator.spec.types import ClusterSpec
 
 
-def build_head_service(cluster: ClusterSpec) -> dict[str, Any]:
-    """Headless by default: workers resolve the head pod's IP directly, no kube-proxy in the path."""
+def build_head_service(cluster: ClusterSpec, head_generation: int = 0) -> dict[str, Any]:
+    """Headless by default: workers resolve the head pod's IP directly, no kube-proxy in the path. It selects the
+    current head generation's pod only (labels.current_head_selector)."""
     headless = cluster.head.service_type == "Headless"
     spec: dict[str, Any] = {
-        "selector": labels.head_selector(cluster.name),
+        "selector": labels.current_head_selector(cluster.name, head_generation),
         "ports": [{"name": name, "port": port, "targetPort": port} for name, port in HEAD_PORTS.items()],
         # Workers must find the head while it starts, before it is Ready.
         "publishNotReadyAddresses": True,
