@@ -18,6 +18,13 @@ a fresh operator. Then:
   for that kind) to each of its workers' replacements Running, median and spread per seed; and that no group
   counted a failure (their first backoff step is 30 s, so a counted reclaim would show as a 30 s wait).
 
+- announced reclaims on real Ray (--real-reclaims N, default 0; root, process nodes, the shared Ray lock): one
+  cluster, its head on a steady process node, one spot worker on a spot process node; N times, a task with
+  max_retries=0 starts on the worker, the reclaim is announced (the node's removal taint or the pod's
+  DisruptionTarget condition, seeded), and --notice seconds later the pod is deleted with its grace period (30 s,
+  the preStop drain's room), as a spot termination handler or a cluster autoscaler does. Measured: tasks lost
+  (target 0).
+
 The operator delays a group's replacements by its backoff (spec.faultTolerance.workerBackoffInitialSeconds,
 default 1 s, doubling with every consecutive failure of that group within max(60 s, 2 × the cap)). Each
 failure here hits a group that has not failed before, so every replacement waits exactly the initial
@@ -30,8 +37,11 @@ Run: `make bench-recovery`, or `python -m localcluster run -- .venv/bin/python b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
+import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -59,11 +69,14 @@ from bench.common import (
     spread,
     wait_gone,
 )
+from localcluster import rayjobs
 from localcluster.chaos import fail_pod, failed_status_patch
+from localcluster.nodeagent import NodeAgentProcess
 from localcluster.nodes import fake_node, wait_nodes_ready
 from localcluster.operator_process import OperatorProcess
 from swarm_operator.reconcile.disruption import NODE_SHUTDOWN_MESSAGE
 from swarm_operator.resources import labels
+from swarm_operator.times import timestamp
 
 
 @dataclass(frozen=True)
@@ -388,6 +401,126 @@ def reclaim_report(by_seed: dict[int, list[float | None]], failed: list[str]) ->
     return met_time and not failed
 
 
+# --- announced reclaims on real Ray (process nodes: root; run under the shared Ray lock) ----------------------
+
+REAL_TASK_SECONDS = 8
+REAL_GRACE_SECONDS = 30  # the spot workers' terminationGracePeriodSeconds: their preStop drain's room
+PROCESS_TAINT = {"key": "swarm.io/process-node", "value": "true", "effect": "NoSchedule"}
+# One task that may not be retried, on the spot worker: it succeeds only if its worker lives until it is done.
+REAL_TASK = """\
+import socket, time, ray
+ray.init()
+
+@ray.remote(num_cpus=1, resources={"spot": 1}, max_retries=0)
+def work(seconds):
+    print("BENCH-" + "STARTED " + socket.gethostname(), flush=True)  # split: the logs echo this source
+    time.sleep(seconds)
+    return socket.gethostname()
+
+print("BENCH-RESULT " + ray.get(work.remote(%d)))
+"""
+
+
+def real_cluster_body(name: str, pool: str) -> dict[str, Any]:
+    """A head on the steady process node and one spot worker (a `spot` Ray resource) on the spot one."""
+    def place(role: str) -> dict[str, Any]:
+        return {"spec": {"nodeSelector": {"swarm.io/pool": f"{pool}-{role}"}, "tolerations": [
+            {"key": PROCESS_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]}}
+    return {"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmCluster", "metadata": {"name": name},
+            "spec": {"rayVersion": "2.60.0", "image": "rayproject/ray:2.60.0",
+                     "head": {"resources": {"cpu": 1, "memory": "2Gi", "rayCpus": 0}, "template": place("steady")},
+                     "workerGroups": [{"name": "spot", "replicas": 1, "minReplicas": 0, "maxReplicas": 1,
+                                       "resources": {"cpu": 1, "memory": "1Gi"}, "rayResources": {"spot": 1},
+                                       "terminationGracePeriodSeconds": REAL_GRACE_SECONDS,
+                                       "template": place("spot")}],
+                     "autoscaling": {"enabled": False}}}
+
+
+def live_spot_worker(core: Any, ns: str, name: str) -> tuple[str, str] | None:
+    """(head IP, worker pod) once the head and one spot worker are Ready and the worker is a live Ray node."""
+    pods = [p for p in core.list_namespaced_pod(ns, label_selector=f"{labels.CLUSTER}={name}").items
+            if p.metadata.deletion_timestamp is None and any(
+                c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+    heads = [p for p in pods if p.metadata.labels.get(labels.NODE_TYPE) == labels.HEAD]
+    workers = [p.metadata.name for p in pods if p.metadata.labels.get(labels.NODE_TYPE) == labels.WORKER]
+    if len(heads) != 1 or len(workers) != 1:
+        return None
+    try:
+        nodes = rayjobs.ray_nodes(heads[0].status.pod_ip)
+    except (subprocess.SubprocessError, RuntimeError):
+        return None
+    if any(n.instance_id == workers[0] and n.status in ("RUNNING", "IDLE") for n in nodes):
+        return heads[0].status.pod_ip, workers[0]
+    return None
+
+
+def one_real_reclaim(core: Any, ns: str, spot: str, how: str, notice: float) -> tuple[str, str]:
+    """One announced reclaim of the busy spot worker: (the worker, how its task ended: a Ray job status, or why
+    there was none; no worker when none came up)."""
+    deadline = time.monotonic() + 300
+    while (found := live_spot_worker(core, ns, "reclaimed")) is None:
+        if time.monotonic() > deadline:
+            return "", "none: no live spot worker within 300 s"
+        time.sleep(1)
+    head_ip, worker = found
+    job = rayjobs.submit_job(head_ip, "python -c " + shlex.quote(REAL_TASK % REAL_TASK_SECONDS))
+    deadline = time.monotonic() + 120
+    while "BENCH-STARTED " not in rayjobs.job_logs(head_ip, job):
+        if time.monotonic() > deadline:
+            return worker, "none: it did not start within 120 s"
+        time.sleep(0.5)
+    if how == "removal taint":
+        core.patch_node(spot, {"spec": {"taints": [PROCESS_TAINT, REMOVAL_TAINT]}})
+    else:
+        core.patch_namespaced_pod_status(worker, ns, {"status": {"conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+             "message": "spot instance reclaimed", "lastTransitionTime": timestamp(time.time())}]}})
+    time.sleep(notice)
+    with contextlib.suppress(ApiException):  # the operator may have deleted it already
+        core.delete_namespaced_pod(worker, ns)  # with its grace period
+    info = rayjobs.wait_job(head_ip, job, timeout=REAL_TASK_SECONDS + REAL_GRACE_SECONDS + 60)
+    if how == "removal taint":
+        core.patch_node(spot, {"spec": {"taints": [PROCESS_TAINT]}})  # its replacement may land there
+    return worker, str(info["status"])
+
+
+def real_reclaims(api: client.ApiClient, kubeconfig: str, ns: str, args: argparse.Namespace) -> tuple[int, list[str]]:
+    """--real-reclaims announced reclaims of a busy spot worker, one at a time: its node tainted for removal or the
+    pod marked DisruptionTarget (seeded), --notice seconds later the pod deleted with its grace period, as a spot
+    termination handler or a cluster autoscaler does. The tasks (max_retries=0) lost, and a line per reclaim."""
+    core: Any = client.CoreV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    rng = random.Random(args.real_seed)
+    pool = f"rr-{uuid.uuid4().hex[:5]}"
+    taint = f"{PROCESS_TAINT['key']}={PROCESS_TAINT['value']}:{PROCESS_TAINT['effect']}"
+    agents = [NodeAgentProcess(kubeconfig, f"{pool}-{role}", cpu="2", memory="4Gi",
+                               labels={"swarm.io/pool": f"{pool}-{role}"}, taints=[taint])
+              for role in ("steady", "spot")]
+    spot = agents[1].node
+    lost, notes = 0, []
+    try:
+        for agent in agents:
+            agent.start()
+        custom.create_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters",
+                                               real_cluster_body("reclaimed", pool))
+        for i in range(args.real_reclaims):
+            how = rng.choice(("removal taint", "DisruptionTarget"))
+            worker, end = one_real_reclaim(core, ns, spot, how, args.notice)
+            lost += end != "SUCCEEDED"
+            notes.append(f"reclaim {i + 1} ({how}, {worker or 'no worker'}): task {end}")
+            print(f"[recovery] {notes[-1]}", flush=True)
+            if not worker:
+                break
+    finally:
+        with contextlib.suppress(ApiException):
+            custom.delete_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters", "reclaimed")
+        wait_for(lambda: not core.list_namespaced_pod(ns, label_selector=f"{labels.CLUSTER}=reclaimed").items,
+                 120, "the real cluster's pods gone")
+        for agent in agents:
+            agent.stop()
+    return lost, notes
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clusters", type=int, default=10)
@@ -405,6 +538,9 @@ def main() -> int:
     ap.add_argument("--reclaim-clusters", type=int, default=5, help="clusters of 3 spot workers each, per seed")
     ap.add_argument("--spot-nodes", type=int, default=4, help="spot nodes at any time (a fresh one replaces each)")
     ap.add_argument("--notice", type=float, default=2.0, help="seconds from a reclaim's announcement to the node gone")
+    ap.add_argument("--real-reclaims", type=int, default=0,
+                    help="announced reclaims of a busy worker on real Ray (process nodes: root; take the Ray lock)")
+    ap.add_argument("--real-seed", type=int, default=2, help="seed of the real reclaims' kinds")
     args = ap.parse_args()
     if args.worker_failures > args.clusters * args.groups or args.head_failures > args.clusters:
         ap.error("one failure per worker group and per head: raise --clusters/--groups or lower the failures")
@@ -494,6 +630,7 @@ def main() -> int:
             print(f"[recovery] seed {seed}: reclaiming {args.reclaims} spot nodes, one at a time …", flush=True)
             reclaims[seed], failed_now = reclaim_round(api, ns, rec, seed, args)
             failed += failed_now
+        real_lost, real_notes = real_reclaims(api, kubeconfig, ns, args) if args.real_reclaims else (0, [])
         rss, cpu = proc_stats(op.proc.pid if op.proc else 0)
     finally:
         rec.stop()
@@ -511,6 +648,14 @@ def main() -> int:
             print(summary(name, values))
     if reclaims:
         ok &= reclaim_report(reclaims, failed)
+    if args.real_reclaims:
+        print(f"\nannounced reclaims of a busy worker on real Ray (task {REAL_TASK_SECONDS} s, max_retries=0; grace "
+              f"{REAL_GRACE_SECONDS} s; notice {args.notice:g} s):")
+        for note in real_notes:
+            print("  " + note)
+        verdict = "met" if not real_lost else "NOT met"
+        print(f"tasks lost: {real_lost} of {len(real_notes)} reclaims; target 0: {verdict}")
+        ok &= real_lost == 0 and len(real_notes) == args.real_reclaims
     return 0 if ok else 1
 
 
