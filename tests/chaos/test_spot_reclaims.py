@@ -7,8 +7,10 @@ the Eviction API). Each group's failure backoff starts at BACKOFF_INITIAL_SECOND
 reclaim as a failure, that group would wait that long for its replacement. Every group is back to its count well
 within it, no group counts a failure, and the operator's counters and Events say "disrupted", never "failed".
 
-Workers the Eviction API deletes (the API server deletes them, the operator only replaces them) are not in
-swarm_pod_disruptions_total: the counter counts the pods the operator deletes after a disruption.
+Workers the Eviction API deletes are in swarm_pod_disruptions_total only when the operator saw their
+DisruptionTarget condition before their deletion (it then deletes and counts them itself); the others it only
+replaces: the counter counts the pods the operator deletes after a disruption (seed 7: 3 of 15 in one run, 0
+in the next).
 """
 
 from __future__ import annotations
@@ -172,13 +174,21 @@ def test_a_storm_of_spot_reclaims_across_50_clusters_is_replaced_at_once(
         cause = ways[way][0]
         if cause is not None:
             wanted[cause.value] += 1
-    assert counted == wanted, (counted, wanted)
+    # The Eviction API writes DisruptionTarget, then deletes: a pod the operator saw in between it deletes and
+    # counts as evicted; one it first saw deleted it only replaces.
+    by_api = sum(1 for _, way in picked if ways[way][0] is None)
+    evicted = Cause.EVICTED.value
+    assert wanted[evicted] <= counted[evicted] <= wanted[evicted] + by_api, (counted, wanted, by_api)
+    assert +Counter({c: n for c, n in counted.items() if c != evicted}) == \
+        +Counter({c: n for c, n in wanted.items() if c != evicted}), (counted, wanted)
     assert sum(metric_values(metrics, "swarm_worker_replacements_total").values()) == 0
+    print(f"disruptions counted by cause: {dict(counted)} ({counted[evicted] - wanted[evicted]} of {by_api} "
+          "Eviction API evictions among them)")
 
-    # The Events: "disrupted (why)" for every pod the operator replaced, no "failed".
+    # The Events: "disrupted (why)" for every pod the operator deleted after a disruption, no "failed".
     events = api.events()
     messages = [e["message"] for e in events if e.get("reason") == "Disrupted"]
-    assert sum(m.count(" disrupted (") for m in messages) == sum(wanted.values()), messages[:10]
+    assert sum(m.count(" disrupted (") for m in messages) == sum(counted.values()), messages[:10]
     assert not [e["message"] for e in events if e.get("reason") == "Replacing"], "a reclaim counted as a failure"
 
     # And in the end nothing is left over: the deleted nodes' pods go with the pod garbage collector.
