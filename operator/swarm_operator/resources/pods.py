@@ -267,11 +267,10 @@ DEFAULT_WORKER_GRACE_SECONDS = 60
 # once a drained node is idle) or the grace period ends, whichever is first. It never fails the stop: a head that
 # does not answer within the short GCS timeouts leaves the kubelet to stop the pod as usual. "Its raylet" is a
 # raylet in the pod's own network namespace: where the pod sees the host's processes (hostPID, or a process node of
-# the local cluster), a raylet of another pod must not hold this one for its whole grace period.
+# the local cluster), a raylet of another pod must not hold this one for its whole grace period. With no raylet of
+# its own (a node Ray drained already, now DEAD) there is nothing to drain, and `ray drain-node` without a node id
+# asks the local Ray for it: on process nodes such a stop took the whole 60 s grace period (the e2e suspend test).
 PRESTOP_DRAIN = """\
-RAY_py_gcs_connect_timeout_s=5 RAY_gcs_rpc_server_connect_timeout_s=5 ray drain-node --address="$1" \\
-  --reason=DRAIN_NODE_REASON_PREEMPTION --reason-message="pod $RAY_CLOUD_INSTANCE_ID is stopping (preStop)" \\
-  --deadline-remaining-seconds="$2" >/dev/null 2>&1 || exit 0
 own=$(readlink /proc/self/ns/net)
 own_raylet() {
   for comm in $(grep -lsx raylet /proc/[0-9]*/comm); do
@@ -279,6 +278,10 @@ own_raylet() {
   done
   return 1
 }
+own_raylet || exit 0
+RAY_py_gcs_connect_timeout_s=5 RAY_gcs_rpc_server_connect_timeout_s=5 ray drain-node --address="$1" \\
+  --reason=DRAIN_NODE_REASON_PREEMPTION --reason-message="pod $RAY_CLOUD_INSTANCE_ID is stopping (preStop)" \\
+  --deadline-remaining-seconds="$2" >/dev/null 2>&1 || exit 0
 end=$(( $(date +%s) + $2 ))
 while [ "$(date +%s)" -lt "$end" ] && own_raylet; do sleep 1; done
 """
