@@ -111,7 +111,7 @@ bench-scale: $(STAMP) build
 bench-autoscale-real: $(STAMP) build
 	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/autoscale_real.py $(AUTOSCALE_REAL_ARGS)
 
-## bench-recovery: worker and head failures on fake nodes, time to recover (p50/p95); RECOVERY_ARGS=…
+## bench-recovery: worker and head failures and spot reclaims on fake nodes, time to recover; RECOVERY_ARGS=…
 bench-recovery: $(STAMP) build
 	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/recovery.py $(RECOVERY_ARGS)
 

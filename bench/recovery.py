@@ -11,6 +11,20 @@ a fresh operator. Then:
   GCS fault tolerance its workers are recycled too, so this includes new workers), p50/p95; and until
   the new head pod alone is Running.
 
+- spot reclaims (default 10 per seed, seeds 2-4): on fake spot nodes of the benchmark's own (each cluster's
+  workers there, its head elsewhere), one node at a time is reclaimed as a cloud does it: announced (a cluster
+  autoscaler's removal taint, or the kubelet's graceful node shutdown failing its pods), then deleted after
+  --notice seconds, and a fresh spot node joins. Measured: seconds from the node's deletion (from the shutdown,
+  for that kind) to each of its workers' replacements Running, median and spread per seed; and that no group
+  counted a failure (their first backoff step is 30 s, so a counted reclaim would show as a 30 s wait).
+
+- announced reclaims on real Ray (--real-reclaims N, default 0; root, process nodes, the shared Ray lock): one
+  cluster, its head on a steady process node, one spot worker on a spot process node; N times, a task with
+  max_retries=0 starts on the worker, the reclaim is announced (the node's removal taint or the pod's
+  DisruptionTarget condition, seeded), and --notice seconds later the pod is deleted with its grace period (30 s,
+  the preStop drain's room), as a spot termination handler or a cluster autoscaler does. Measured: tasks lost
+  (target 0).
+
 The operator delays a group's replacements by its backoff (spec.faultTolerance.workerBackoffInitialSeconds,
 default 1 s, doubling with every consecutive failure of that group within max(60 s, 2 × the cap)). Each
 failure here hits a group that has not failed before, so every replacement waits exactly the initial
@@ -23,7 +37,11 @@ Run: `make bench-recovery`, or `python -m localcluster run -- .venv/bin/python b
 from __future__ import annotations
 
 import argparse
+import contextlib
+import random
+import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +49,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +66,17 @@ from bench.common import (
     kubeconfig_from_env,
     kubectl_apply,
     proc_stats,
+    spread,
     wait_gone,
 )
-from localcluster.chaos import fail_pod
+from localcluster import rayjobs
+from localcluster.chaos import fail_pod, failed_status_patch
+from localcluster.nodeagent import NodeAgentProcess
+from localcluster.nodes import fake_node, wait_nodes_ready
 from localcluster.operator_process import OperatorProcess
+from swarm_operator.reconcile.disruption import NODE_SHUTDOWN_MESSAGE
 from swarm_operator.resources import labels
+from swarm_operator.times import timestamp
 
 
 @dataclass(frozen=True)
@@ -208,6 +233,293 @@ def summary(name: str, values: list[float | None]) -> str:
             f"min {done[0]:5.2f}s  max {done[-1]:6.2f}s")
     return text + (f"  ({missing} not recovered)" if missing else "")
 
+SPOT_POOL = "swarm.io/bench-spot"
+# The reclaim clusters' first backoff step: a reclaim counted as a failure would hold its replacement this long.
+RECLAIM_BACKOFF_SECONDS = 30
+REMOVAL_TAINT = {"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}
+RECLAIM_KINDS = ("removal taint", "node shutdown")
+
+
+def spot_cluster_body(name: str, pool: str) -> dict[str, Any]:
+    """A cluster of the reclaim phase: its workers spread over the spot pool, its head off every spot node."""
+    body = cluster_body(name, dict(FAKE_NODES))
+    off_spot = {"matchExpressions": [{"key": SPOT_POOL, "operator": "DoesNotExist"}]}
+    body["spec"]["head"]["template"]["spec"]["affinity"] = {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [off_spot]}}}
+    # Spread over the spot nodes (the scheduler would pack these tiny pods onto one): a reclaim takes some.
+    spread_out = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+                  "labelSelector": {"matchLabels": {labels.NODE_TYPE: labels.WORKER}}}
+    body["spec"]["workerGroups"][0]["template"] = {"spec": {"nodeSelector": {SPOT_POOL: pool},
+                                                            "topologySpreadConstraints": [spread_out]}}
+    body["spec"]["faultTolerance"] = {"workerBackoffInitialSeconds": RECLAIM_BACKOFF_SECONDS}
+    return body
+
+
+@dataclass
+class Reclaim:
+    at: float  # time.monotonic() when the node was deleted (for a node shutdown: when its pods were stopped)
+    node: str
+    kind: str
+    lost: dict[tuple[str, str], int]  # workers lost per (cluster, group)
+    known_uids: frozenset[str]
+
+
+def replacements_running(r: Reclaim, events: list[Seen]) -> list[float | None]:
+    """Seconds from the reclaim to each lost worker's replacement Running (None: not yet): per group, the first
+    new pods of that group seen Running, as many as it lost."""
+    out: list[float | None] = []
+    for (cluster, group), lost in r.lost.items():
+        first: dict[str, float] = {}
+        for e in events:
+            if (e.at >= r.at and e.kind == "pod" and e.phase == "Running" and e.uid not in r.known_uids
+                    and e.uid not in first and e.labels.get(labels.CLUSTER) == cluster
+                    and e.labels.get(labels.WORKER_GROUP) == group):
+                first[e.uid] = e.at - r.at
+        found = sorted(first.values())[:lost]
+        out += [*found, *[None] * (lost - len(found))]
+    return out
+
+
+def all_replaced(r: Reclaim, rec: Recorder) -> bool:
+    return None not in replacements_running(r, rec.snapshot())
+
+
+def spot_node(core: Any, pool: str, index: int) -> str:
+    name = f"{pool}-{index}"
+    core.create_node(fake_node(name, "32", "128Gi", labels={SPOT_POOL: pool}))
+    return name
+
+
+def remove_nodes(core: Any, names: list[str]) -> None:
+    """Delete the spot nodes left, their pods first (no kubelet will finish those deletions)."""
+    for name in names:
+        for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
+            try:
+                core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        try:
+            core.delete_node(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def reclaim_round(api: client.ApiClient, ns: str, rec: Recorder, seed: int,
+                  args: argparse.Namespace) -> tuple[list[float | None], list[str]]:
+    """One seed's spot reclaims, one node at a time; the replacement times and the groups that counted a failure."""
+    core: Any = client.CoreV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    rng = random.Random(seed)
+    pool = f"spot{seed}-{uuid.uuid4().hex[:4]}"
+    made = args.spot_nodes
+    nodes = [spot_node(core, pool, i) for i in range(made)]
+    wait_nodes_ready(api, nodes)
+    names = [f"s{seed}-{i}" for i in range(args.reclaim_clusters)]
+    for name in names:
+        custom.create_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters",
+                                               spot_cluster_body(name, pool))
+    mine = f"{labels.CLUSTER} in ({','.join(names)}),{labels.NODE_TYPE}={labels.WORKER}"
+
+    def live_workers() -> list[Any]:
+        return [p for p in core.list_namespaced_pod(ns, label_selector=mine).items
+                if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
+
+    times: list[float | None] = []
+    failed: list[str] = []
+    try:
+        if not wait_for(lambda: len(live_workers()) == len(names) * WORKERS, args.timeout,
+                        f"seed {seed}: every spot worker Running"):
+            return [None], failed
+        for _ in range(args.reclaims):
+            by_node: dict[str, list[Any]] = {}
+            for p in live_workers():
+                by_node.setdefault(p.spec.node_name, []).append(p)
+            node = rng.choice(sorted(n for n in nodes if by_node.get(n)))
+            kind = rng.choice(RECLAIM_KINDS)
+            pods = by_node[node]
+            lost: dict[tuple[str, str], int] = {}
+            for p in pods:
+                key = (p.metadata.labels[labels.CLUSTER], p.metadata.labels[labels.WORKER_GROUP])
+                lost[key] = lost.get(key, 0) + 1
+            if kind == "removal taint":  # a cluster autoscaler or Karpenter announces it, then the node goes
+                core.patch_node(node, {"spec": {"taints": [REMOVAL_TAINT]}})
+                time.sleep(args.notice)
+                known = frozenset(e.uid for e in rec.snapshot() if e.kind == "pod")
+                at = time.monotonic()
+                core.delete_node(node)
+            else:  # the kubelet's graceful node shutdown stops its pods, then the node goes
+                known = frozenset(e.uid for e in rec.snapshot() if e.kind == "pod")
+                at = time.monotonic()
+                for p in pods:
+                    core.patch_namespaced_pod_status(p.metadata.name, ns, failed_status_patch(
+                        [c.name for c in p.spec.containers], exit_code=137, reason="Terminated",
+                        message=NODE_SHUTDOWN_MESSAGE))
+                time.sleep(args.notice)
+                core.delete_node(node)
+            nodes.remove(node)
+            nodes.append(spot_node(core, pool, made))  # the cloud brings a fresh one
+            made += 1
+            r = Reclaim(at, node, kind, lost, known)
+            wait_for(partial(all_replaced, r, rec), args.timeout,
+                     f"seed {seed}: the replacements of {node}'s {len(pods)} workers Running")
+            times += replacements_running(r, rec.snapshot())
+            time.sleep(args.interval)
+        for c in custom.list_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters")["items"]:
+            if c["metadata"]["name"] in names:
+                failed += [f"{c['metadata']['name']}/{g.get('name')}" for g in (c.get("status") or {})
+                           .get("workerGroups") or [] if g.get("consecutiveFailures") or g.get("restarts")]
+    finally:
+        for name in names:
+            custom.delete_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters", name)
+        wait_for(lambda: not core.list_namespaced_pod(ns, label_selector=f"{labels.CLUSTER} in ({','.join(names)})")
+                 .items, 120, f"seed {seed}: the clusters' pods gone")
+        remove_nodes(core, nodes)
+    return times, failed
+
+
+def reclaim_report(by_seed: dict[int, list[float | None]], failed: list[str]) -> bool:
+    """Print the reclaim figures per seed and over all seeds; whether the targets were met."""
+    print(f"\nspot reclaims (fake nodes; first backoff step {RECLAIM_BACKOFF_SECONDS} s):")
+    medians: list[float] = []
+    everything: list[float | None] = []
+    for seed, values in by_seed.items():
+        everything += values
+        print(summary(f"seed {seed}: node reclaimed → replacement Running", values))
+        done = [v for v in values if v is not None]
+        if done:
+            medians.append(statistics.median(done))
+    done = sorted(v for v in everything if v is not None)
+    if medians:
+        print(f"median over seeds {spread(medians)} s (median [min–max] of the per-seed medians); all "
+              f"{len(done)} replacements: p95 {pct(done, 95):.2f} s, max {done[-1]:.2f} s")
+    met_time = bool(done) and len(done) == len(everything) and done[-1] < RECLAIM_BACKOFF_SECONDS
+    print(f"target: every replacement Running, each sooner than the {RECLAIM_BACKOFF_SECONDS} s backoff step: "
+          f"{'met' if met_time else 'NOT met'}")
+    print(f"target: no reclaim counted as a failure: {'met' if not failed else 'NOT met: ' + ', '.join(failed)}")
+    return met_time and not failed
+
+
+# --- announced reclaims on real Ray (process nodes: root; run under the shared Ray lock) ----------------------
+
+REAL_TASK_SECONDS = 8
+REAL_GRACE_SECONDS = 30  # the spot workers' terminationGracePeriodSeconds: their preStop drain's room
+PROCESS_TAINT = {"key": "swarm.io/process-node", "value": "true", "effect": "NoSchedule"}
+# One task that may not be retried, on the spot worker: it succeeds only if its worker lives until it is done.
+REAL_TASK = """\
+import socket, time, ray
+ray.init()
+
+@ray.remote(num_cpus=1, resources={"spot": 1}, max_retries=0)
+def work(seconds):
+    print("BENCH-" + "STARTED " + socket.gethostname(), flush=True)  # split: the logs echo this source
+    time.sleep(seconds)
+    return socket.gethostname()
+
+print("BENCH-RESULT " + ray.get(work.remote(%d)))
+"""
+
+
+def real_cluster_body(name: str, pool: str) -> dict[str, Any]:
+    """A head on the steady process node and one spot worker (a `spot` Ray resource) on the spot one."""
+    def place(role: str) -> dict[str, Any]:
+        return {"spec": {"nodeSelector": {"swarm.io/pool": f"{pool}-{role}"}, "tolerations": [
+            {"key": PROCESS_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]}}
+    return {"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmCluster", "metadata": {"name": name},
+            "spec": {"rayVersion": "2.60.0", "image": "rayproject/ray:2.60.0",
+                     "head": {"resources": {"cpu": 1, "memory": "2Gi", "rayCpus": 0}, "template": place("steady")},
+                     "workerGroups": [{"name": "spot", "replicas": 1, "minReplicas": 0, "maxReplicas": 1,
+                                       "resources": {"cpu": 1, "memory": "1Gi"}, "rayResources": {"spot": 1},
+                                       "terminationGracePeriodSeconds": REAL_GRACE_SECONDS,
+                                       "template": place("spot")}],
+                     "autoscaling": {"enabled": False}}}
+
+
+def live_spot_worker(core: Any, ns: str, name: str) -> tuple[str, str] | None:
+    """(head IP, worker pod) once the head and one spot worker are Ready and the worker is a live Ray node."""
+    pods = [p for p in core.list_namespaced_pod(ns, label_selector=f"{labels.CLUSTER}={name}").items
+            if p.metadata.deletion_timestamp is None and any(
+                c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+    heads = [p for p in pods if p.metadata.labels.get(labels.NODE_TYPE) == labels.HEAD]
+    workers = [p.metadata.name for p in pods if p.metadata.labels.get(labels.NODE_TYPE) == labels.WORKER]
+    if len(heads) != 1 or len(workers) != 1:
+        return None
+    try:
+        nodes = rayjobs.ray_nodes(heads[0].status.pod_ip)
+    except (subprocess.SubprocessError, RuntimeError):
+        return None
+    if any(n.instance_id == workers[0] and n.status in ("RUNNING", "IDLE") for n in nodes):
+        return heads[0].status.pod_ip, workers[0]
+    return None
+
+
+def one_real_reclaim(core: Any, ns: str, spot: str, how: str, notice: float) -> tuple[str, str]:
+    """One announced reclaim of the busy spot worker: (the worker, how its task ended: a Ray job status, or why
+    there was none; no worker when none came up)."""
+    deadline = time.monotonic() + 300
+    while (found := live_spot_worker(core, ns, "reclaimed")) is None:
+        if time.monotonic() > deadline:
+            return "", "none: no live spot worker within 300 s"
+        time.sleep(1)
+    head_ip, worker = found
+    job = rayjobs.submit_job(head_ip, "python -c " + shlex.quote(REAL_TASK % REAL_TASK_SECONDS))
+    deadline = time.monotonic() + 120
+    while "BENCH-STARTED " not in rayjobs.job_logs(head_ip, job):
+        if time.monotonic() > deadline:
+            return worker, "none: it did not start within 120 s"
+        time.sleep(0.5)
+    if how == "removal taint":
+        core.patch_node(spot, {"spec": {"taints": [PROCESS_TAINT, REMOVAL_TAINT]}})
+    else:
+        core.patch_namespaced_pod_status(worker, ns, {"status": {"conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+             "message": "spot instance reclaimed", "lastTransitionTime": timestamp(time.time())}]}})
+    time.sleep(notice)
+    with contextlib.suppress(ApiException):  # the operator may have deleted it already
+        core.delete_namespaced_pod(worker, ns)  # with its grace period
+    info = rayjobs.wait_job(head_ip, job, timeout=REAL_TASK_SECONDS + REAL_GRACE_SECONDS + 60)
+    if how == "removal taint":
+        core.patch_node(spot, {"spec": {"taints": [PROCESS_TAINT]}})  # its replacement may land there
+    return worker, str(info["status"])
+
+
+def real_reclaims(api: client.ApiClient, kubeconfig: str, ns: str, args: argparse.Namespace) -> tuple[int, list[str]]:
+    """--real-reclaims announced reclaims of a busy spot worker, one at a time: its node tainted for removal or the
+    pod marked DisruptionTarget (seeded), --notice seconds later the pod deleted with its grace period, as a spot
+    termination handler or a cluster autoscaler does. The tasks (max_retries=0) lost, and a line per reclaim."""
+    core: Any = client.CoreV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    rng = random.Random(args.real_seed)
+    pool = f"rr-{uuid.uuid4().hex[:5]}"
+    taint = f"{PROCESS_TAINT['key']}={PROCESS_TAINT['value']}:{PROCESS_TAINT['effect']}"
+    agents = [NodeAgentProcess(kubeconfig, f"{pool}-{role}", cpu="2", memory="4Gi",
+                               labels={"swarm.io/pool": f"{pool}-{role}"}, taints=[taint])
+              for role in ("steady", "spot")]
+    spot = agents[1].node
+    lost, notes = 0, []
+    try:
+        for agent in agents:
+            agent.start()
+        custom.create_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters",
+                                               real_cluster_body("reclaimed", pool))
+        for i in range(args.real_reclaims):
+            how = rng.choice(("removal taint", "DisruptionTarget"))
+            worker, end = one_real_reclaim(core, ns, spot, how, args.notice)
+            lost += end != "SUCCEEDED"
+            notes.append(f"reclaim {i + 1} ({how}, {worker or 'no worker'}): task {end}")
+            print(f"[recovery] {notes[-1]}", flush=True)
+            if not worker:
+                break
+    finally:
+        with contextlib.suppress(ApiException):
+            custom.delete_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters", "reclaimed")
+        wait_for(lambda: not core.list_namespaced_pod(ns, label_selector=f"{labels.CLUSTER}=reclaimed").items,
+                 120, "the real cluster's pods gone")
+        for agent in agents:
+            agent.stop()
+    return lost, notes
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,6 +532,15 @@ def main() -> int:
     ap.add_argument("--backoff-initial", type=float, default=None,
                     help="spec.faultTolerance.workerBackoffInitialSeconds (default: the operator's, 1 s)")
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--reclaims", type=int, default=10, help="spot nodes reclaimed per seed (0: no reclaim phase)")
+    ap.add_argument("--reclaim-seeds", default="2,3,4",
+                    help="comma-separated seeds, one round of --reclaims each (seed 1 was the one developed on)")
+    ap.add_argument("--reclaim-clusters", type=int, default=5, help="clusters of 3 spot workers each, per seed")
+    ap.add_argument("--spot-nodes", type=int, default=4, help="spot nodes at any time (a fresh one replaces each)")
+    ap.add_argument("--notice", type=float, default=2.0, help="seconds from a reclaim's announcement to the node gone")
+    ap.add_argument("--real-reclaims", type=int, default=0,
+                    help="announced reclaims of a busy worker on real Ray (process nodes: root; take the Ray lock)")
+    ap.add_argument("--real-seed", type=int, default=2, help="seed of the real reclaims' kinds")
     args = ap.parse_args()
     if args.worker_failures > args.clusters * args.groups or args.head_failures > args.clusters:
         ap.error("one failure per worker group and per head: raise --clusters/--groups or lower the failures")
@@ -303,6 +624,13 @@ def main() -> int:
                 describe_cluster(core, custom, ns, f, evs)
         head_pod_times = [head_pod_running(f, evs) for f in heads]
         ready_times = [cluster_ready_again(f, evs) for f in heads]
+        reclaims: dict[int, list[float | None]] = {}
+        failed: list[str] = []
+        for seed in [int(x) for x in args.reclaim_seeds.split(",") if x] if args.reclaims else []:
+            print(f"[recovery] seed {seed}: reclaiming {args.reclaims} spot nodes, one at a time …", flush=True)
+            reclaims[seed], failed_now = reclaim_round(api, ns, rec, seed, args)
+            failed += failed_now
+        real_lost, real_notes = real_reclaims(api, kubeconfig, ns, args) if args.real_reclaims else (0, [])
         rss, cpu = proc_stats(op.proc.pid if op.proc else 0)
     finally:
         rec.stop()
@@ -312,10 +640,22 @@ def main() -> int:
     backoff = "operator default (1 s)" if args.backoff_initial is None else f"{args.backoff_initial:g} s"
     print(f"\nrecovery on fake nodes; worker backoff initial delay: {backoff}; operator peak RSS {rss:.0f} MiB, "
           f"CPU {cpu:.1f}s")
-    print(summary("worker failed → replacement created", worker_created))
-    print(summary("worker failed → replacement Running", worker_times))
-    print(summary("head failed → new head pod Running", head_pod_times))
-    print(summary("head failed → cluster Running again", ready_times))
+    for name, values in (("worker failed → replacement created", worker_created),
+                         ("worker failed → replacement Running", worker_times),
+                         ("head failed → new head pod Running", head_pod_times),
+                         ("head failed → cluster Running again", ready_times)):
+        if values:
+            print(summary(name, values))
+    if reclaims:
+        ok &= reclaim_report(reclaims, failed)
+    if args.real_reclaims:
+        print(f"\nannounced reclaims of a busy worker on real Ray (task {REAL_TASK_SECONDS} s, max_retries=0; grace "
+              f"{REAL_GRACE_SECONDS} s; notice {args.notice:g} s):")
+        for note in real_notes:
+            print("  " + note)
+        verdict = "met" if not real_lost else "NOT met"
+        print(f"tasks lost: {real_lost} of {len(real_notes)} reclaims; target 0: {verdict}")
+        ok &= real_lost == 0 and len(real_notes) == args.real_reclaims
     return 0 if ok else 1
 
 

@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from localcluster.nodes import KWOK_ANNOTATION, fake_node
 from swarm_operator.resources import labels
+from swarm_operator.times import timestamp
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "swarmcluster.yaml"
@@ -289,3 +291,64 @@ def ready_status(swc: Cluster, name: str, workers: int) -> Callable[[], bool]:
         st = swc.status(name)
         return st.get("phase") == "Running" and st.get("workers") == f"{workers}/{workers}"
     return check
+
+
+POOL = "swarm.io/test-pool"
+
+
+class Nodes:
+    """A test's own fake nodes, labelled POOL=<pool>; deleted (with their pods) at the end."""
+
+    def __init__(self, core: Any, count: int) -> None:
+        self.core = core
+        self.pool = f"p{uuid.uuid4().hex[:8]}"
+        self.names = [f"{self.pool}-{i}" for i in range(count)]
+        for name in self.names:
+            core.create_node(fake_node(name, "32", "128Gi", labels={POOL: self.pool}))
+
+    def selector(self) -> dict[str, Any]:
+        """A pod template overlay that schedules onto these nodes only."""
+        return {"spec": {"nodeSelector": {POOL: self.pool}}}
+
+    @staticmethod
+    def avoided() -> dict[str, Any]:
+        """A pod template overlay that keeps off every test's own nodes (a head that must outlive them)."""
+        term = {"matchExpressions": [{"key": POOL, "operator": "DoesNotExist"}]}
+        return {"spec": {"affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}}}
+
+    def not_ready(self, name: str) -> None:
+        """kwok lets go of the node (it would report it Ready again), then the node says NotReady, as a
+        kubelet that lost its runtime does."""
+        # The node lifecycle controller's taint for a NotReady node: no new pods go there.
+        self.core.patch_node(name, {"metadata": {"annotations": {KWOK_ANNOTATION: None}},
+                                    "spec": {"taints": [{"key": "node.kubernetes.io/not-ready",
+                                                         "effect": "NoSchedule"}]}})
+        now = timestamp(time.time())
+        self.core.patch_node_status(name, {"status": {"conditions": [
+            {"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "container runtime is down",
+             "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+
+    def remove(self) -> None:
+        for name in self.names:
+            for p in self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
+                try:  # no kubelet will ever finish their deletion
+                    self.core.delete_namespaced_pod(p.metadata.name, p.metadata.namespace, grace_period_seconds=0)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+            try:
+                self.core.delete_node(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+def evict(core: Any, namespace: str, name: str) -> int:
+    """Ask the Eviction API, as `kubectl drain` does; its HTTP status (201 evicted, 429 refused by a budget)."""
+    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+    try:
+        core.create_namespaced_pod_eviction(name, namespace, body)
+    except ApiException as exc:
+        return int(exc.status)
+    return 201

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,60 +18,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from localcluster.chaos import fail_pod, failed_status_patch
-from localcluster.nodes import KWOK_ANNOTATION, fake_node, wait_nodes_ready
+from localcluster.nodes import wait_nodes_ready
 from localcluster.operator_process import OperatorProcess
 from swarm_operator.resources import labels
 from swarm_operator.times import timestamp
-from tests.integration.helpers import Cluster, manifest, ready_status, wait_for
+from tests.integration.helpers import Cluster, Nodes, evict, manifest, ready_status, wait_for
 
 pytestmark = pytest.mark.integration
 
-POOL = "swarm.io/test-pool"
 # The pod garbage collector deletes pods of a deleted node after 40 s at the earliest: replacements well within
 # that are the operator's doing.
 AT_ONCE_SECONDS = 20.0
 NOT_READY_SECONDS = 4
-
-
-class Nodes:
-    """This test's own fake nodes, labelled POOL=<pool>; deleted (with their pods) at the end."""
-
-    def __init__(self, core: Any, count: int) -> None:
-        self.core = core
-        self.pool = f"p{uuid.uuid4().hex[:8]}"
-        self.names = [f"{self.pool}-{i}" for i in range(count)]
-        for name in self.names:
-            core.create_node(fake_node(name, "32", "128Gi", labels={POOL: self.pool}))
-
-    def selector(self) -> dict[str, Any]:
-        """A pod template overlay that schedules onto these nodes only."""
-        return {"spec": {"nodeSelector": {POOL: self.pool}}}
-
-    def not_ready(self, name: str) -> None:
-        """kwok lets go of the node (it would report it Ready again), then the node says NotReady, as a
-        kubelet that lost its runtime does."""
-        # The node lifecycle controller's taint for a NotReady node: no new pods go there.
-        self.core.patch_node(name, {"metadata": {"annotations": {KWOK_ANNOTATION: None}},
-                                    "spec": {"taints": [{"key": "node.kubernetes.io/not-ready",
-                                                         "effect": "NoSchedule"}]}})
-        now = timestamp(time.time())
-        self.core.patch_node_status(name, {"status": {"conditions": [
-            {"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "container runtime is down",
-             "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
-
-    def remove(self) -> None:
-        for name in self.names:
-            for p in self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
-                try:  # no kubelet will ever finish their deletion
-                    self.core.delete_namespaced_pod(p.metadata.name, p.metadata.namespace, grace_period_seconds=0)
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
-            try:
-                self.core.delete_node(name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
 
 
 @pytest.fixture
@@ -154,16 +111,6 @@ def test_workers_of_a_node_not_ready_past_the_threshold_are_replaced(
     assert group_status(swc, "sick")["consecutiveFailures"] == 0
     assert metric(fast_operator.metrics(), "swarm_pod_disruptions_total", cluster="sick", cause="node-not-ready") \
         == len(on_sick)
-
-
-def evict(core: Any, namespace: str, name: str) -> int:
-    """Ask the Eviction API, as `kubectl drain` does; its HTTP status (201 evicted, 429 refused by a budget)."""
-    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
-    try:
-        core.create_namespaced_pod_eviction(name, namespace, body)
-    except ApiException as exc:
-        return int(exc.status)
-    return 201
 
 
 def budget(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:

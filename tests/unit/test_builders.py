@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -596,6 +601,38 @@ def test_a_worker_drains_its_ray_node_when_stopped(group_fields: dict[str, Any],
     else:
         assert command == ["true"]
     assert "lifecycle" not in build_head_pod(c)["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("own_netns", [
+    pytest.param(True, id="its-own-raylet-is-drained-and-holds-it"),
+    pytest.param(False, id="another-pods-raylet-neither"),
+])
+def test_the_prestop_drains_and_waits_for_the_raylet_of_its_own_network_namespace_only(
+        tmp_path: Path, own_netns: bool) -> None:
+    """The script itself, with a `ray` that accepts the drain (and says it was asked) and a process named raylet: in
+    this network namespace the node is drained and the stop held until the grace period ends; in another one (a pod
+    beside it, where processes are shared: hostPID, a process node) there is no raylet of its own, so no drain and
+    no wait."""
+    unshare = shutil.which("unshare")
+    if not own_netns and (os.geteuid() != 0 or unshare is None):
+        pytest.skip("a network namespace of its own needs root and unshare")
+    asked = tmp_path / "drain-asked"
+    (tmp_path / "ray").write_text(f"#!/bin/sh\ntouch {asked}\nexit 0\n")
+    (tmp_path / "ray").chmod(0o755)
+    shutil.copy("/bin/sleep", tmp_path / "raylet")
+    raylet = [str(tmp_path / "raylet"), "30"] if own_netns else [str(unshare), "--net", str(tmp_path / "raylet"), "30"]
+    with subprocess.Popen(raylet) as proc:
+        try:
+            time.sleep(0.3)
+            c = grace_cluster({"terminationGracePeriodSeconds": 3})
+            command = build_worker_pod(c, c.worker_groups[0], "abcde")["spec"]["containers"][0]["lifecycle"][
+                "preStop"]["exec"]["command"]
+            started = time.monotonic()
+            subprocess.run(command, env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, check=True, timeout=20)
+            took = time.monotonic() - started
+        finally:
+            proc.kill()
+    assert (asked.exists(), took >= 2) == (own_netns, own_netns), took
 
 
 def test_the_grace_period_field_rolls_the_group_only_once_set() -> None:

@@ -267,13 +267,25 @@ DEFAULT_WORKER_GRACE_SECONDS = 60
 # The preStop of a worker's Ray container: Ray drains the node (PREEMPTION, the grace period as deadline), so it
 # schedules nothing more there and lets running tasks finish; then it waits until the raylet is gone (it exits
 # once a drained node is idle) or the grace period ends, whichever is first. It never fails the stop: a head that
-# does not answer within the short GCS timeouts leaves the kubelet to stop the pod as usual.
+# does not answer within the short GCS timeouts leaves the kubelet to stop the pod as usual. "Its raylet" is a
+# raylet in the pod's own network namespace: where the pod sees the host's processes (hostPID, or a process node of
+# the local cluster), a raylet of another pod must not hold this one for its whole grace period. With no raylet of
+# its own (a node Ray drained already, now DEAD) there is nothing to drain, and `ray drain-node` without a node id
+# asks the local Ray for it: on process nodes such a stop took the whole 60 s grace period (the e2e suspend test).
 PRESTOP_DRAIN = """\
+own=$(readlink /proc/self/ns/net)
+own_raylet() {
+  for comm in $(grep -lsx raylet /proc/[0-9]*/comm); do
+    [ "$(readlink "${comm%/comm}/ns/net" 2>/dev/null)" = "$own" ] && return 0
+  done
+  return 1
+}
+own_raylet || exit 0
 RAY_py_gcs_connect_timeout_s=5 RAY_gcs_rpc_server_connect_timeout_s=5 ray drain-node --address="$1" \\
   --reason=DRAIN_NODE_REASON_PREEMPTION --reason-message="pod $RAY_CLOUD_INSTANCE_ID is stopping (preStop)" \\
   --deadline-remaining-seconds="$2" >/dev/null 2>&1 || exit 0
 end=$(( $(date +%s) + $2 ))
-while [ "$(date +%s)" -lt "$end" ] && grep -qsx raylet /proc/[0-9]*/comm; do sleep 1; done
+while [ "$(date +%s)" -lt "$end" ] && own_raylet; do sleep 1; done
 """
 
 
