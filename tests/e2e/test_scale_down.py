@@ -98,12 +98,12 @@ def scale_down_while_busy(core: Any, custom: Any, ns: str, pool: str, name: str,
                 leaving[pod_name] = now
         try:
             info = rayjobs.job_info(ray.head_ip, job)
-        except (OSError, http.client.HTTPException):  # refused, reset, or closed mid-answer by a head going away
-            if not (head_goes and busy in leaving):
+        except (OSError, http.client.HTTPException):  # refused, reset, a 500 or cut mid-answer: a head going away
+            if not head_goes:
                 raise
-            if ray.head in leaving:
+            if busy in leaving and ray.head in leaving:
                 break  # the driver went with the head, after the busy worker
-            info = {}  # the head may have started leaving since the listing above: the next one shows it
+            info = {}  # both may go in one turn, after the listing above: the next listing shows it
         if info.get("status") in rayjobs.TERMINAL_JOB_STATES:
             break
         time.sleep(0.5)
