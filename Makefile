@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit test-clean-clone test-integration test-kueue build-kueue test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-autoscale-real bench-recovery build cluster-up cluster-down clean
+.PHONY: demo test test-unit test-clean-clone test-integration test-kueue build-kueue test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-autoscale-real bench-jobs-real bench-recovery build cluster-up cluster-down clean
 
 # hack/venv.py runs this with $(BIN) first on PATH; the stamp is written only once `ray` and `swarm-operator`
 # exist and import. It takes a lock (two makes at once wait for each other), starts over after an
@@ -110,6 +110,10 @@ bench-scale: $(STAMP) build
 ## bench-autoscale-real: workloads on real Ray (process nodes, root), ours against KubeRay's autoscaler in alternating rounds; not in CI (hours on 2 cores); AUTOSCALE_REAL_ARGS="--workloads burst --pairs 3"
 bench-autoscale-real: $(STAMP) build
 	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/autoscale_real.py $(AUTOSCALE_REAL_ARGS)
+
+## bench-jobs-real: 20 short jobs, 4 at a time, on real Ray (process nodes, root): SwarmJob against KubeRay's RayJob in alternating rounds; not in CI; JOBS_REAL_ARGS="--jobs 8 --concurrency 2 --pairs 1"
+bench-jobs-real: $(STAMP) build
+	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/jobs_real.py $(JOBS_REAL_ARGS)
 
 ## bench-recovery: worker and head failures and spot reclaims on fake nodes, time to recover; RECOVERY_ARGS=…
 bench-recovery: $(STAMP) build

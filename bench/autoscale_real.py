@@ -43,7 +43,16 @@ from kubernetes.client.exceptions import ApiException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import autosim
-from bench.common import CRD, Spread, kubeconfig_from_env, kubectl_apply, spread, wait_gone
+from bench.common import (
+    CRD,
+    Spread,
+    add_round_arguments,
+    kubeconfig_from_env,
+    kubectl_apply,
+    print_targets,
+    spread,
+    wait_gone,
+)
 from localcluster import kuberay, rayjobs
 from localcluster.nodeagent import NodeAgentProcess
 from localcluster.operator_process import OperatorProcess
@@ -642,9 +651,7 @@ def report(runs: Sequence[Run]) -> list[tuple[str, bool]]:
     for line in simulator_gap(runs):
         print(f"  {line}")
     checks = check_targets(summary, runs)
-    print("\nTargets:")
-    for what, met in checks:
-        print(f"  {'met' if met else 'NOT met'}: {what}")
+    print_targets(checks)
     return checks
 
 
@@ -652,9 +659,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
     ap.add_argument("--operators", default="swarm,kuberay-v2", help=f"comma-separated, of {', '.join(OPERATORS)}")
-    ap.add_argument("--pairs", type=int, default=3, help="rounds per workload, order alternating (default 3)")
-    ap.add_argument("--json", type=Path, help="write every run here (appended to what the file holds)")
-    ap.add_argument("--report", type=Path, metavar="JSON", help="only print the report of runs saved by --json")
+    add_round_arguments(ap)
     args = ap.parse_args()
     if args.report:
         saved = [Run(**r) for r in json.loads(args.report.read_text())]

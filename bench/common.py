@@ -6,6 +6,7 @@ repository root on sys.path).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -174,3 +175,16 @@ class Spread:
 
 def spread(values: Sequence[float]) -> Spread:
     return Spread(statistics.median(values), min(values), max(values))
+
+
+def add_round_arguments(ap: argparse.ArgumentParser) -> None:
+    """The flags of a side-by-side benchmark on real Ray: rounds, where the runs are kept, and a report of kept runs."""
+    ap.add_argument("--pairs", type=int, default=3, help="rounds, the order alternating (default 3)")
+    ap.add_argument("--json", type=Path, help="write every run here (appended to what the file holds)")
+    ap.add_argument("--report", type=Path, metavar="JSON", help="only print the report of runs saved by --json")
+
+
+def print_targets(checks: Sequence[tuple[str, bool]]) -> None:
+    print("\nTargets:")
+    for what, met in checks:
+        print(f"  {'met' if met else 'NOT met'}: {what}")

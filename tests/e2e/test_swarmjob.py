@@ -10,7 +10,6 @@ import pytest
 
 from localcluster import rayjobs
 from localcluster.nodeagent import read_logs
-from swarm_operator.jobs.machine import INFEASIBLE_GRACE_SECONDS
 from tests.e2e.helpers import cluster_pods, job_cluster_spec
 from tests.e2e.swarmjobs import FAILS, SLEEPS, SUCCEEDS, Jobs
 from tests.integration.helpers import GROUP, JOB_PLURAL, PLURAL, VERSION, wait_for
@@ -133,7 +132,9 @@ def gpu_cluster_spec(pool: str) -> dict[str, Any]:
 def test_a_gpu_job_starts_the_gpu_group_from_zero_and_one_that_fits_no_group_fails_after_the_grace_period(
         jobs: Jobs, core_v1: Any) -> None:
     jobs.create("gpu", GPU_TASK.format(gpus=1), clusterSpec=gpu_cluster_spec(jobs.pool))
-    jobs.create("toobig", GPU_TASK.format(gpus=2), clusterSpec=gpu_cluster_spec(jobs.pool))
+    grace = 30  # spec.unschedulableGracePeriodSeconds, half the default: the field is what counts
+    jobs.create("toobig", GPU_TASK.format(gpus=2), clusterSpec=gpu_cluster_spec(jobs.pool),
+                unschedulableGracePeriodSeconds=grace)
     wait_for("gpu Running", jobs.deployment("gpu", "Running"), timeout=240)
     done = wait_for("gpu Complete", lambda: (st := jobs.status("gpu")).get("jobDeploymentStatus") in (
         "Complete", "Failed") and st, timeout=240)
@@ -146,8 +147,9 @@ def test_a_gpu_job_starts_the_gpu_group_from_zero_and_one_that_fits_no_group_fai
         "infeasibleSince") and st, timeout=240)
     assert "fits no worker group of SwarmCluster toobig-1" in waiting["message"], waiting["message"]
     assert "fails (Unschedulable) at" in waiting["message"]
-    failed = wait_for("toobig Failed", jobs.deployment("toobig", "Failed"), timeout=INFEASIBLE_GRACE_SECONDS + 30)
+    failed = wait_for("toobig Failed", jobs.deployment("toobig", "Failed"), timeout=grace + 30)
     assert failed["reason"] == "Unschedulable" and failed["attempt"] == 1, failed
+    assert f"(unschedulableGracePeriodSeconds {grace})" in failed["message"], failed["message"]
     assert "GPU:2" in failed["message"], failed["message"]
     assert not [p for p in cluster_pods(core_v1, jobs.ns, "toobig-1") if p.metadata.labels["swarm.io/node-type"]
                 == "worker"], "nothing is scaled for demand that fits no group"

@@ -56,6 +56,7 @@ def cluster_exists(swc: Cluster, name: str) -> bool:
      "spec.clusterSpec.workerGroups"),
     ("bad-mode", {"clusterSpec": HEAD, "submissionMode": "Sidecar"}, "spec.submissionMode"),
     ("bad-cluster", {"clusterSpec": {"head": {"resources": {"cpu": 0}}}}, "spec.clusterSpec.head.resources.cpu"),
+    ("bad-grace", {"clusterSpec": HEAD, "unschedulableGracePeriodSeconds": -1}, "spec.unschedulableGracePeriodSeconds"),
 ])
 def test_the_crd_refuses_a_bad_job_naming_the_field(swj: SwarmJobs, name: str, spec: dict[str, Any],
                                                     field: str) -> None:

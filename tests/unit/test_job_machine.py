@@ -18,7 +18,6 @@ from swarm_operator.jobs.actions import (
     Submit,
 )
 from swarm_operator.jobs.machine import (
-    INFEASIBLE_GRACE_SECONDS,
     NEXT_TURN_SECONDS,
     STATUS_UNREADABLE_SECONDS,
     STOP_WAIT_SECONDS,
@@ -35,7 +34,7 @@ from swarm_operator.jobs.machine import (
     holds_finalizer,
     unplaced_driver,
 )
-from swarm_operator.jobs.spec import JobSpec, parse_job
+from swarm_operator.jobs.spec import DEFAULT_UNSCHEDULABLE_GRACE_SECONDS, JobSpec, parse_job
 from swarm_operator.times import timestamp
 
 NOW = 10_000.0
@@ -462,14 +461,30 @@ def test_demand_that_fits_no_group_is_said_in_status_then_fails_after_the_grace_
     first = decide(j, state, seen(view, ray=ray), NOW)
     assert first.state.infeasible_since == NOW and first.state.deployment == state.deployment
     assert reason_in_message in first.state.message
-    assert f"fails (Unschedulable) at {timestamp(NOW + INFEASIBLE_GRACE_SECONDS)}" in first.state.message
+    assert f"fails (Unschedulable) at {timestamp(NOW + DEFAULT_UNSCHEDULABLE_GRACE_SECONDS)}" in first.state.message
     assert not any(isinstance(a, Submit) for a in first.actions), "a driver that fits nowhere is not submitted"
-    assert first.requeue_after is not None and first.requeue_after <= INFEASIBLE_GRACE_SECONDS
-    late = decide(j, first.state, seen(view, ray=ray), NOW + INFEASIBLE_GRACE_SECONDS)
+    assert first.requeue_after is not None and first.requeue_after <= DEFAULT_UNSCHEDULABLE_GRACE_SECONDS
+    late = decide(j, first.state, seen(view, ray=ray), NOW + DEFAULT_UNSCHEDULABLE_GRACE_SECONDS)
     assert late.state.deployment == "Failed" and late.state.reason == "Unschedulable"  # no retries: it would not fit
     assert late.state.failed_attempts == 1 and reason_in_message in late.state.message
     assert [e.reason for e in late.events][:1] == ["Unschedulable"]
     assert ("StopRayJob" in kinds(late.actions)) is isinstance(ray, RayJob)
+
+
+@pytest.mark.parametrize("grace", [0, 5, 600])
+def test_the_grace_period_is_the_jobs_unschedulable_grace_period_seconds(grace: int) -> None:
+    j = job(unschedulableGracePeriodSeconds=grace, **BIG_DRIVER)
+    first = decide(j, INITIALIZING, seen(shaped(cluster()), ray=RayJobMissing()), NOW)
+    if grace == 0:  # no grace: it fails on the first look
+        assert first.state.deployment == "Failed" and first.state.reason == "Unschedulable"
+        return
+    assert f"fails (Unschedulable) at {timestamp(NOW + grace)}" in first.state.message
+    assert first.requeue_after is not None and first.requeue_after <= grace
+    early = decide(j, first.state, seen(shaped(cluster()), ray=RayJobMissing()), NOW + grace - 1)
+    assert early.state.deployment == "Initializing" and early.state.infeasible_since == NOW
+    late = decide(j, early.state, seen(shaped(cluster()), ray=RayJobMissing()), NOW + grace)
+    assert late.state.deployment == "Failed" and late.state.reason == "Unschedulable"
+    assert f"(unschedulableGracePeriodSeconds {grace})" in late.state.message
 
 
 def test_the_autoscaler_report_counts_only_on_the_jobs_own_cluster() -> None:
@@ -485,6 +500,6 @@ def test_demand_that_fits_again_clears_the_clock() -> None:
 
 
 def test_a_ray_job_that_ended_is_judged_by_its_end_not_by_a_stale_report() -> None:
-    state = replace(RUNNING, infeasible_since=NOW - INFEASIBLE_GRACE_SECONDS)
+    state = replace(RUNNING, infeasible_since=NOW - DEFAULT_UNSCHEDULABLE_GRACE_SECONDS)
     d = decide(job(), state, seen(shaped(cluster(), "1×{GPU: 8}"), ray=RayJob("SUCCEEDED")), NOW)
     assert d.state.deployment == "Complete"

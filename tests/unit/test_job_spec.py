@@ -14,7 +14,13 @@ from localcluster.kueue import EXTERNAL_FRAMEWORKS
 from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
 from swarm_operator.jobs.machine import JobState
 from swarm_operator.jobs.rayapi import submission_body
-from swarm_operator.jobs.spec import OwnCluster, SharedCluster, parse_job
+from swarm_operator.jobs.spec import (
+    DEFAULT_UNSCHEDULABLE_GRACE_SECONDS,
+    MAX_SECONDS,
+    OwnCluster,
+    SharedCluster,
+    parse_job,
+)
 from swarm_operator.jobs.status import bounded, cluster_view, job_status, log_tail, state_from_status
 from swarm_operator.jobs.submitter import build_submitter_pod
 from swarm_operator.spec.parse import parse_cluster
@@ -40,6 +46,13 @@ def test_defaults() -> None:
     assert (job.submission_mode, job.on_success, job.on_failure, job.backoff_limit, job.suspend) == (
         "HTTP", "DeleteCluster", "DeleteCluster", 0, False)
     assert job.ttl_seconds_after_finished is None and job.active_deadline_seconds is None
+    assert job.unschedulable_grace_seconds == DEFAULT_UNSCHEDULABLE_GRACE_SECONDS == 60
+
+
+@pytest.mark.parametrize("grace", [0, 1, 3600])
+def test_the_unschedulable_grace_period_is_read(grace: int) -> None:
+    assert parse_job(body(clusterSpec={"head": {}}, unschedulableGracePeriodSeconds=grace)
+                     ).unschedulable_grace_seconds == grace
 
 
 def test_a_shared_cluster() -> None:
@@ -56,6 +69,10 @@ def test_a_shared_cluster() -> None:
     ("pi", {"clusterSpec": {"head": {}, "workerGroups": [{"name": "g", "minReplicas": 3, "maxReplicas": 1}]}},
      "spec.clusterSpec.workerGroups"),
     ("pi", {"clusterSpec": {"head": {}}, "backoffLimit": 101}, "spec.backoffLimit"),
+    ("pi", {"clusterSpec": {"head": {}}, "unschedulableGracePeriodSeconds": -1},
+     "spec.unschedulableGracePeriodSeconds"),
+    ("pi", {"clusterSelector": {"name": "c"}, "unschedulableGracePeriodSeconds": "1m"},
+     "spec.unschedulableGracePeriodSeconds"),
     ("pi", {"clusterSpec": {"head": {}}, "submissionMode": "Sidecar"}, "spec.submissionMode"),
     ("a" * 46, {"clusterSelector": {"name": "c"}}, "metadata.name"),
     ("pi", {"clusterSpec": {"head": {}}, "entrypointResources": {"numCpus": -1}}, "spec.entrypointResources.numCpus"),
@@ -166,3 +183,11 @@ def test_cluster_view_reads_the_head() -> None:
     view = cluster_view(obj, "u1")
     assert view.owned and view.head_ip == "10.1.1.1" and not view.workers_zero
     assert cluster_view({**obj, "status": {"phase": "Pending", "head": {"podIP": "1"}}}, "u1").head_ip is None
+
+
+def test_the_crd_defaults_and_bounds_the_grace_period_as_the_operator_does() -> None:
+    crd = yaml.safe_load((REPO / "crds" / "swarmjob.yaml").read_text())
+    field = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "unschedulableGracePeriodSeconds"]
+    assert (field["default"], field["minimum"], field["maximum"]) == (DEFAULT_UNSCHEDULABLE_GRACE_SECONDS, 0,
+                                                                      MAX_SECONDS)

@@ -37,7 +37,6 @@ NEXT_TURN_SECONDS = 0.05  # a recorded attempt is acted on at once (0 would mean
 ACTIVE_POLL_SECONDS = 2.0  # how often a running job's status is read from Ray
 WAIT_POLL_SECONDS = 5.0  # waiting for a cluster: its watch events come first, this is the fallback
 STATUS_UNREADABLE_SECONDS = 120.0  # the Ray job's status cannot be read this long: the attempt fails
-INFEASIBLE_GRACE_SECONDS = 60.0  # the job's demand fits no group this long: it fails (a shared cluster may be changed)
 STOP_WAIT_SECONDS = 30.0  # a deleted clusterSelector job waits this long for its Ray job to stop
 SUBMITTER_GRACE_SECONDS = 30.0  # a finished job's submitter pod may follow the log this long before the cluster goes
 
@@ -197,17 +196,18 @@ def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
     if not infeasible or ended:
         return _follow(job, replace(state, infeasible_since=0.0), seen, cluster, now, actions, hold="")
     since = state.infeasible_since or now
-    if now - since >= INFEASIBLE_GRACE_SECONDS:
+    grace = job.unschedulable_grace_seconds  # spec.unschedulableGracePeriodSeconds
+    if now - since >= grace:
         return _fail(job, state, seen, cluster, now, EventReason.JOB_UNSCHEDULABLE,
-                     f"{infeasible} for {INFEASIBLE_GRACE_SECONDS:.0f}s", retry=False)
+                     f"{infeasible} for {now - since:.0f}s (unschedulableGracePeriodSeconds {grace})", retry=False)
     # Said in status, with the time it fails at; a driver that fits nowhere is not submitted meanwhile.
     note = (f"{infeasible}; the attempt fails ({EventReason.JOB_UNSCHEDULABLE}) at "
-            f"{timestamp(since + INFEASIBLE_GRACE_SECONDS)} unless it fits by then")
+            f"{timestamp(since + grace)} unless it fits by then")
     step = _follow(job, replace(state, infeasible_since=since), seen, cluster, now, actions,
                    hold=note if driver else "")
     if step.state.attempt != state.attempt or step.state.deployment in FINISHED:
         return step
-    left = since + INFEASIBLE_GRACE_SECONDS - now
+    left = since + grace - now
     return replace(step, state=replace(step.state, message=note),
                    requeue_after=min(step.requeue_after or left, left))
 

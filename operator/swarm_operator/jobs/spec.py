@@ -23,6 +23,9 @@ MAX_JOB_NAME = 45
 MAX_JOB_NAME_OWN_CLUSTER = 38  # its cluster is <job>-<attempt>, at most 45 characters
 MAX_BACKOFF_LIMIT = 100
 MAX_SECONDS = 31_536_000  # a year
+# Demand that fits no group fails the job after this long unless it fits by then: long enough for a shared
+# cluster's owner to add a group, short enough that a job asking the impossible does not sit for good.
+DEFAULT_UNSCHEDULABLE_GRACE_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class JobSpec:
     active_deadline_seconds: int | None
     backoff_limit: int
     suspend: bool
+    unschedulable_grace_seconds: int  # demand that fits no group fails the job after this long
 
 
 def _number(r: Reader, raw: Mapping[str, Any], key: str, path: str, hi: float) -> float:
@@ -125,6 +129,12 @@ def _cluster(r: Reader, spec: Mapping[str, Any], job: str, namespace: str) -> Ow
     return OwnCluster(own)
 
 
+def _grace(r: Reader, spec: Mapping[str, Any]) -> int:
+    grace = r.integer(spec, "unschedulableGracePeriodSeconds", "spec", DEFAULT_UNSCHEDULABLE_GRACE_SECONDS, 0,
+                      MAX_SECONDS)
+    return DEFAULT_UNSCHEDULABLE_GRACE_SECONDS if grace is None else grace
+
+
 def parse_job(obj: Mapping[str, Any]) -> JobSpec:
     """Validate and default a SwarmJob object; raises SpecError listing every bad field."""
     r = Reader()
@@ -160,6 +170,7 @@ def parse_job(obj: Mapping[str, Any]) -> JobSpec:
         active_deadline_seconds=r.integer(spec, "activeDeadlineSeconds", "spec", None, 1, MAX_SECONDS),
         backoff_limit=r.integer(spec, "backoffLimit", "spec", 0, 0, MAX_BACKOFF_LIMIT) or 0,
         suspend=r.boolean(spec, "suspend", "spec", False),
+        unschedulable_grace_seconds=_grace(r, spec),
     )
     if r.errors:
         raise SpecError(r.errors)
