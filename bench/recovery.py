@@ -72,7 +72,7 @@ from bench.common import (
 from localcluster import rayjobs
 from localcluster.chaos import fail_pod, failed_status_patch
 from localcluster.nodeagent import NodeAgentProcess
-from localcluster.nodes import fake_node, wait_nodes_ready
+from localcluster.nodes import fake_node, remove_node, wait_nodes_ready
 from localcluster.operator_process import OperatorProcess
 from swarm_operator.reconcile.disruption import NODE_SHUTDOWN_MESSAGE
 from swarm_operator.resources import labels
@@ -293,17 +293,7 @@ def spot_node(core: Any, pool: str, index: int) -> str:
 def remove_nodes(core: Any, names: list[str]) -> None:
     """Delete the spot nodes left, their pods first (no kubelet will finish those deletions)."""
     for name in names:
-        for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
-            try:
-                core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-        try:
-            core.delete_node(name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        remove_node(core, name)
 
 
 def reclaim_round(api: client.ApiClient, ns: str, rec: Recorder, seed: int,

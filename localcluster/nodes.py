@@ -120,3 +120,19 @@ def wait_nodes_ready(api: client.ApiClient, names: list[str], timeout: float = 6
         if time.monotonic() > deadline:
             raise TimeoutError(f"nodes not Ready after {timeout:.0f}s: {', '.join(sorted(pending))}")
         time.sleep(0.5)
+
+
+def remove_node(core: Any, name: str) -> None:
+    """Delete a fake node and, first, its pods at once: no kubelet will ever finish their deletion, and the pod
+    garbage collector would leave them ~40 s. Either already gone is fine."""
+    for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
+        try:
+            core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    try:
+        core.delete_node(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from localcluster.nodes import KWOK_ANNOTATION, fake_node
+from localcluster.nodes import KWOK_ANNOTATION, fake_node, remove_node
 from swarm_operator.resources import labels
 from swarm_operator.times import timestamp
 
@@ -331,17 +331,7 @@ class Nodes:
 
     def remove(self) -> None:
         for name in self.names:
-            for p in self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
-                try:  # no kubelet will ever finish their deletion
-                    self.core.delete_namespaced_pod(p.metadata.name, p.metadata.namespace, grace_period_seconds=0)
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
-            try:
-                self.core.delete_node(name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+            remove_node(self.core, name)
 
 
 def evict(core: Any, namespace: str, name: str) -> int:

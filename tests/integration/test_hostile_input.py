@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from localcluster.nodes import create_nodes, fake_node, wait_nodes_ready
+from localcluster.nodes import create_nodes, fake_node, remove_node, wait_nodes_ready
 from localcluster.operator_process import OperatorProcess
 from swarm_operator.reasons import ConditionType
 from swarm_operator.resources import labels
@@ -282,18 +282,7 @@ def neighbour_node(api_client: client.ApiClient) -> Iterator[str]:
     wait_nodes_ready(api_client, [name])
     yield name
     core: Any = client.CoreV1Api(api_client)
-    # Pods of a deleted node wait ~40 s for the pod garbage collector: remove them first (no kubelet to wait for).
-    for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items:
-        try:
-            core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-    try:
-        core.delete_node(name)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    remove_node(core, name)
 
 
 def neighbour_manifest(replicas: int) -> dict[str, Any]:

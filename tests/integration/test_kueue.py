@@ -17,7 +17,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from localcluster import kueue as local_kueue
-from localcluster.nodes import fake_node, wait_nodes_ready
+from localcluster.nodes import fake_node, remove_node, wait_nodes_ready
 from localcluster.operator_process import OperatorProcess
 from tests.integration.helpers import Cluster, Kubectl, SwarmJobs, manifest, wait_for
 from tests.integration.test_swarmjob import cluster_exists
@@ -352,8 +352,4 @@ def test_two_flavors_put_each_jobs_pods_on_its_flavors_nodes(
                 assert pod.spec.node_selector["swarm.io/lifecycle"] == lifecycle
     finally:
         for name in nodes.values():
-            try:
-                core.delete_node(name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+            remove_node(core, name)
