@@ -9,7 +9,9 @@ worker pod-seconds (creation seen → deletion seen; a pod still there when the 
 tasks failed and retried (Ray's state API, one entry per attempt), busy pods deleted, and how many scaling
 actions an Event on the cluster object explains. A pod counts as busy when a task ran on it (its hostname is the
 pod's name) across the moment its deletion was seen, less a second of watch latency: the count errs towards
-finding a busy pod, never away from it. A task killed with its pod shows up as retried or failed as well.
+finding a busy pod, never away from it. A task killed with its pod shows up as retried or failed as well. In
+the actors-objects workload a pod holding an object the driver still references is busy too (each holder is
+recorded from the object's making to the driver's read), and objects the driver cannot read back are counted.
 
 Both operators get the same groups, shapes, min/max, idle timeout (30 s), decision interval (5 s) and
 upscaling (no rate limit: KubeRay's default upscalingMode gives Ray's autoscaler upscaling_speed 1000, so ours
@@ -183,6 +185,41 @@ marks["wave2_submitted"] = time.time()
 records, failed = collect(wave1 + [work.remote("cpu", 20) for _ in range(16)])
 finish(records, failed)
 """,
+    # Actors holding objects: 3 of Ray's default actors (1 CPU to place, none while alive) each keep 64 MiB in
+    # their node's object store, and 3 one-CPU tasks return 64 MiB each (the primary copy stays where the task
+    # ran; max_retries=0, so a lost one is not rebuilt). The driver holds every reference for twice the idle
+    # timeout and more, then reads them all back. A node holding a referenced object must stay: each holder is
+    # recorded busy until the read, and an object that cannot be read counts in marks["objects_lost"].
+    "actors-objects": """
+@ray.remote
+class Holder:
+    def __init__(self):
+        self.blob = ray.put(b"x" * (64 << 20))
+        self.since = time.time()
+
+    def held(self):
+        return [self.blob], socket.gethostname(), self.since
+
+@ray.remote(num_cpus=1, max_retries=0, num_returns=3)
+def make():
+    return b"x" * (64 << 20), socket.gethostname(), time.time()
+
+holders = [Holder.remote() for _ in range(3)]
+held = [(refs[0], host, since) for refs, host, since in ray.get([h.held.remote() for h in holders])]
+made = [make.remote() for _ in range(3)]
+held += [(blob, ray.get(host), ray.get(start)) for blob, host, start in made]
+time.sleep(75)
+marks["read"] = read = time.time()
+records, lost = [], 0
+for blob, host, since in held:
+    try:
+        ray.get(blob, timeout=60)
+    except Exception:
+        lost += 1
+    records.append(["object", host, since, read])
+marks["objects_lost"] = lost
+finish(records, 0)
+""",
 }
 
 
@@ -303,6 +340,7 @@ class Run:
     tasks_failed: int = 0
     attempts_retried: int = 0
     attempts_failed: int = 0
+    objects_lost: int = 0  # referenced objects the driver could not read back (actors-objects)
     busy_pods_deleted: list[str] = field(default_factory=list)
     gpu_pods_before_gpu_demand: int = 0
     cpu_tasks_on_gpu_pods: int = 0
@@ -332,6 +370,7 @@ def measure(run: Run, submitted: float, result: Mapping[str, Any], pod_events: S
     run.pod_seconds = pod_seconds(lives, end)
     run.workers_left = sum(1 for life in lives.values() if life.deleted is None)
     run.busy_pods_deleted = busy_deleted(lives, tasks)
+    run.objects_lost = int((result.get("marks") or {}).get("objects_lost", 0))
     gpu_at = (result.get("marks") or {}).get("gpu_submitted")
     if gpu_at is not None:
         run.gpu_pods_before_gpu_demand = sum(1 for life in lives.values()
@@ -361,6 +400,7 @@ MEASURES: dict[str, Callable[[Run], float]] = {
     "worker pod-s": lambda r: r.pod_seconds,
     "retried": lambda r: r.attempts_retried,
     "busy deleted": lambda r: len(r.busy_pods_deleted),
+    "objects lost": lambda r: r.objects_lost,
     "idle s before deletion": lambda r: statistics.median(r.idle_before_deletion_s) if r.idle_before_deletion_s
     else math.nan,
     "explained": lambda r: r.explained_actions / r.scaling_actions if r.scaling_actions else math.nan,
@@ -400,6 +440,8 @@ def check_targets(summary: Mapping[tuple[str, str], Mapping[str, Spread]], runs:
                    better >= 3))
     busy = sum(len(r.busy_pods_deleted) for r in runs)
     checks.append((f"busy pods deleted: {busy}, want 0", busy == 0))
+    lost = sum(r.objects_lost for r in runs if r.operator == "swarm")
+    checks.append((f"referenced objects lost by ours: {lost}, want 0", lost == 0))
     return checks
 
 

@@ -106,6 +106,17 @@ def test_gpu_pods_started_before_gpu_demand_and_cpu_tasks_on_them_are_counted() 
     assert (run.gpu_pods_before_gpu_demand, run.cpu_tasks_on_gpu_pods) == (1, 1)
 
 
+def test_a_pod_holding_a_referenced_object_is_busy_until_the_read_and_lost_objects_are_counted() -> None:
+    # w1 was seen deleting at 50 (EVENTS): its object, made at 30, was read back at 90, so it was busy.
+    result = {"tasks": [["object", "w1", 30.0, 90.0]], "failed": 0, "done": 91.0,
+              "marks": {"read": 90.0, "objects_lost": 1}}
+    run = Run("swarm", "actors-objects")
+    measure(run, 0.0, result, EVENTS, [], end=100.0)
+    assert (run.busy_pods_deleted, run.objects_lost) == (["w1"], 1)
+    missed = [what for what, met in check_targets(summarize([run]), [run]) if not met]
+    assert "referenced objects lost by ours: 1, want 0" in missed and "busy pods deleted: 1, want 0" in missed
+
+
 def test_rounds_alternate_who_goes_first() -> None:
     assert run_order(["swarm", "kuberay-v2"], 3) == ["swarm", "kuberay-v2", "kuberay-v2", "swarm",
                                                      "swarm", "kuberay-v2"]
