@@ -6,7 +6,9 @@ import copy
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -603,36 +605,44 @@ def test_a_worker_drains_its_ray_node_when_stopped(group_fields: dict[str, Any],
     assert "lifecycle" not in build_head_pod(c)["spec"]["containers"][0]
 
 
-@pytest.mark.parametrize("own_netns", [
-    pytest.param(True, id="its-own-raylet-is-drained-and-holds-it"),
-    pytest.param(False, id="another-pods-raylet-neither"),
+@pytest.mark.parametrize(("own_netns", "head_up", "drained", "held"), [
+    pytest.param(True, True, True, True, id="its-own-raylet-is-drained-and-holds-it"),
+    pytest.param(False, True, False, False, id="another-pods-raylet-neither"),
+    pytest.param(True, False, True, False, id="a-head-gone-holds-nothing"),
 ])
 def test_the_prestop_drains_and_waits_for_the_raylet_of_its_own_network_namespace_only(
-        tmp_path: Path, own_netns: bool) -> None:
-    """The script itself, with a `ray` that accepts the drain (and says it was asked) and a process named raylet: in
-    this network namespace the node is drained and the stop held until the grace period ends; in another one (a pod
-    beside it, where processes are shared: hostPID, a process node) there is no raylet of its own, so no drain and
-    no wait."""
+        tmp_path: Path, own_netns: bool, head_up: bool, drained: bool, held: bool) -> None:
+    """The script itself, with a `ray` that accepts the drain (and says it was asked), a process named raylet, and
+    a listening socket for the head's GCS port: in this network namespace the node is drained and the stop held
+    until the grace period ends; in another one (a pod beside it, where processes are shared: hostPID, a process
+    node) there is no raylet of its own, so no drain and no wait; with the head gone (its cluster deleted) the
+    drain is asked but nothing holds the stop."""
     unshare = shutil.which("unshare")
     if not own_netns and (os.geteuid() != 0 or unshare is None):
         pytest.skip("a network namespace of its own needs root and unshare")
     asked = tmp_path / "drain-asked"
     (tmp_path / "ray").write_text(f"#!/bin/sh\ntouch {asked}\nexit 0\n")
     (tmp_path / "ray").chmod(0o755)
+    (tmp_path / "python").symlink_to(sys.executable)
     shutil.copy("/bin/sleep", tmp_path / "raylet")
     raylet = [str(tmp_path / "raylet"), "30"] if own_netns else [str(unshare), "--net", str(tmp_path / "raylet"), "30"]
-    with subprocess.Popen(raylet) as proc:
+    with socket.create_server(("127.0.0.1", 0)) as gcs, subprocess.Popen(raylet) as proc:
+        address = f"127.0.0.1:{gcs.getsockname()[1]}"
+        if not head_up:
+            gcs.close()
         try:
             time.sleep(0.3)
             c = grace_cluster({"terminationGracePeriodSeconds": 3})
             command = build_worker_pod(c, c.worker_groups[0], "abcde")["spec"]["containers"][0]["lifecycle"][
                 "preStop"]["exec"]["command"]
+            assert command[-2] == "demo-head-svc.ns.svc.cluster.local:6379", command
             started = time.monotonic()
-            subprocess.run(command, env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, check=True, timeout=20)
+            subprocess.run([*command[:-2], address, command[-1]], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+                           check=True, timeout=20)
             took = time.monotonic() - started
         finally:
             proc.kill()
-    assert (asked.exists(), took >= 2) == (own_netns, own_netns), took
+    assert (asked.exists(), took >= 2) == (drained, held), took
 
 
 def test_the_grace_period_field_rolls_the_group_only_once_set() -> None:

@@ -272,6 +272,8 @@ DEFAULT_WORKER_GRACE_SECONDS = 60
 # the local cluster), a raylet of another pod must not hold this one for its whole grace period. With no raylet of
 # its own (a node Ray drained already, now DEAD) there is nothing to drain, and `ray drain-node` without a node id
 # asks the local Ray for it: on process nodes such a stop took the whole 60 s grace period (the e2e suspend test).
+# The wait ends too once the head's GCS port stops answering: the cluster is being deleted (its head goes with its
+# workers) and a raylet that lost its GCS lingers for Ray's reconnect timeout (60 s), held by nothing left to drain.
 PRESTOP_DRAIN = """\
 own=$(readlink /proc/self/ns/net)
 own_raylet() {
@@ -280,12 +282,16 @@ own_raylet() {
   done
   return 1
 }
+head_answers() {
+  python -c 'import socket, sys; h, p = sys.argv[1].rsplit(":", 1); socket.create_connection((h, int(p)), 2)' "$1" \\
+    2>/dev/null
+}
 own_raylet || exit 0
 RAY_py_gcs_connect_timeout_s=5 RAY_gcs_rpc_server_connect_timeout_s=5 ray drain-node --address="$1" \\
   --reason=DRAIN_NODE_REASON_PREEMPTION --reason-message="pod $RAY_CLOUD_INSTANCE_ID is stopping (preStop)" \\
   --deadline-remaining-seconds="$2" >/dev/null 2>&1 || exit 0
 end=$(( $(date +%s) + $2 ))
-while [ "$(date +%s)" -lt "$end" ] && own_raylet; do sleep 1; done
+while [ "$(date +%s)" -lt "$end" ] && own_raylet && head_answers "$1"; do sleep 1; done
 """
 
 
