@@ -274,6 +274,8 @@ DEFAULT_WORKER_GRACE_SECONDS = 60
 # asks the local Ray for it: on process nodes such a stop took the whole 60 s grace period (the e2e suspend test).
 # The wait ends too once the head's GCS port stops answering: the cluster is being deleted (its head goes with its
 # workers) and a raylet that lost its GCS lingers for Ray's reconnect timeout (60 s), held by nothing left to drain.
+# The drain call itself gets the same short reconnect timeout (and a hard bound): a GCS that goes down while it
+# answers would otherwise hold the call, and the stop, for those 60 s (seen on process nodes).
 PRESTOP_DRAIN = """\
 own=$(readlink /proc/self/ns/net)
 own_raylet() {
@@ -287,7 +289,8 @@ head_answers() {
     2>/dev/null
 }
 own_raylet || exit 0
-RAY_py_gcs_connect_timeout_s=5 RAY_gcs_rpc_server_connect_timeout_s=5 ray drain-node --address="$1" \\
+RAY_py_gcs_connect_timeout_s=5 RAY_gcs_rpc_server_connect_timeout_s=5 RAY_gcs_rpc_server_reconnect_timeout_s=5 \\
+  timeout 20 ray drain-node --address="$1" \\
   --reason=DRAIN_NODE_REASON_PREEMPTION --reason-message="pod $RAY_CLOUD_INSTANCE_ID is stopping (preStop)" \\
   --deadline-remaining-seconds="$2" >/dev/null 2>&1 || exit 0
 end=$(( $(date +%s) + $2 ))
