@@ -3,10 +3,10 @@
 A ``PodWorker`` thread owns one pod (by UID) and does what a kubelet does, in a loop: set up its
 network namespace; start init containers one by one, then the containers; watch their exits; run
 probes; restart per ``restartPolicy``; report the status through the status subresource; on deletion
-run the containers' preStop hooks, then stop everything (SIGTERM, grace, SIGKILL), remove the namespace
-and delete the pod object with grace period 0. Its parts: containers.py (one container's process and
-rules), volumes.py (what the containers see of the pod's files, tokens included), podstatus.py (the
-status it reports), podlog.py (its notes), apiproxy.py (the API server reachable from inside the pod).
+stop everything (SIGTERM, grace, SIGKILL), remove the namespace and delete the pod object with grace
+period 0. Its parts: containers.py (one container's process and rules), volumes.py (what the containers
+see of the pod's files, tokens included), podstatus.py (the status it reports), podlog.py (its notes),
+apiproxy.py (the API server reachable from inside the pod).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class PodWorker(threading.Thread):
                 return
             grace = self._deletion_grace()
             if grace is not None:
-                self._stop_containers(self._run_prestop_hooks(grace), "pod deleted")
+                self._stop_containers(grace, "pod deleted")
                 self._push_status()
                 # Like a kubelet: the sandbox is gone before the object is.
                 self._teardown_network()
@@ -367,37 +367,6 @@ class PodWorker(threading.Thread):
                 c.stop(grace)
                 self._reap(c)
                 return
-
-    def _run_prestop_hooks(self, grace: float) -> float:
-        """A kubelet's preStop: every running container's hook at once, within the pod's grace period; what is
-        left of it for SIGTERM, at least the kubelet's one-off 2 s. A forced deletion (grace 0) runs none.
-
-        A hook runs as an exec probe does: in the container's mount, UTS and network namespaces, but with the
-        host's process table (a process node has no PID namespace), so a hook that waits for a process to end
-        (the Ray worker's preStop waits for its raylet) sees every such process of the host."""
-        hooks = [(c, (c.spec.get("lifecycle") or {}).get("preStop")) for c in self.containers if c.running]
-        hooks = [(c, hook) for c, hook in hooks if hook]
-        if not hooks or grace <= 0 or self.net is None:
-            return grace
-        address = str(self.net.address)
-        started = time.monotonic()
-        self.log.note(f"running the preStop hooks of {', '.join(c.name for c, _ in hooks)} (grace {grace:.0f}s)")
-
-        def run(c: Container, hook: dict[str, Any]) -> None:
-            assert c.proc is not None
-            ok, what = check(hook, c.spec, address, c.proc.pid, c.env, grace)
-            self.log.note(f"container {c.name}: preStop hook {'done' if ok else 'failed'} after "
-                          f"{time.monotonic() - started:.1f}s: {what}")
-            if not ok:
-                self.agent.pod_api.event(self.pod, "Warning", "FailedPreStopHook",
-                                         f"PreStopHook failed for container {c.name}: {what}")
-
-        threads = [threading.Thread(target=run, args=pair, daemon=True) for pair in hooks]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(grace)
-        return max(2.0, grace - (time.monotonic() - started))
 
     def _stop_containers(self, grace: float, why: str) -> None:
         """Stop every container of the pod at once, within one grace period, then everything left
