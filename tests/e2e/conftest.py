@@ -156,16 +156,21 @@ def operator(kubeconfig: str, module_namespace: str, core_v1: Any, namespaces: N
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """A failed test shows what the operator did meanwhile: its log's tail and the namespace's Events.
-    CI keeps only this output; a flaky failure is diagnosed from it or not at all."""
+    """A failed test (or its set-up or teardown) shows what the operator and the node agents did meanwhile: their
+    logs' tails and the namespace's Events. CI keeps only this output; a flaky failure is diagnosed from it or not
+    at all."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.when != "call" or not report.failed:
+    if not report.failed:
         return
     funcargs = getattr(item, "funcargs", {})
     op = funcargs.get("operator")
     if isinstance(op, OperatorProcess):
         report.sections.append(("operator log (last 120 lines)", op.log_tail(120)))
+    nodes = funcargs.get("process_nodes")
+    if isinstance(nodes, ProcessNodes):
+        for agent in (nodes.cpu, nodes.gpu):
+            report.sections.append((f"node agent {agent.node} (last 40 lines)", agent.log_tail(40)))
     ns, core = funcargs.get("module_namespace"), funcargs.get("core_v1")
     if ns and core is not None:
         report.sections.append((f"events in {ns}", namespace_events(core, ns)))
