@@ -556,6 +556,16 @@ def test_rollout_reason_names_what_changed() -> None:
     assert action.reason == f"worker {w(0)} of group cpu: rayStartParams changed; rolling update (Rolling); idle in Ray"
 
 
+def test_a_rollout_drain_is_looked_at_again_soon() -> None:
+    """Ray's read said idle, but a task may have started since: the raylet then refuses the IDLE_TERMINATION drain,
+    nothing is marked, and no pod event follows. The next turn must come anyway, to see the worker busy and replace
+    the one that really is idle first (an e2e rollout stalled for its whole 40 s task without it)."""
+    drains = run(C3, [head(C3), *workers(C3_OLD, 3)], **ray_of(all_(IDLE)))
+    assert any(isinstance(a, DrainWorker) for a in drains.actions) and drains.requeue_after == DRAIN_POLL_SECONDS
+    nothing = run(C3, [head(C3), *workers(C3, 3)], **ray_of(all_(IDLE)))
+    assert nothing.actions == () and nothing.requeue_after is None
+
+
 def test_a_pod_without_a_revision_record_is_replaced_saying_so() -> None:
     old = [dataclasses.replace(p, revision=None, template_hash="0123456789") for p in workers(C3, 3)]
     (action, *_) = run(C3, [head(C3), *old], **ray_of(all_(IDLE))).actions
@@ -826,10 +836,11 @@ W2 = workers(SUSPENDED, 2)
     ("pods", "ray", "ray_dead", "expected", "requeue"),
     [
         # Idle workers are drained too (the raylet re-checks idleness): the head waits for them to leave.
-        pytest.param([head(C), *W2], all_(IDLE, 2), set(), [("drain-idle", w(0)), ("drain-idle", w(1))], None,
-                     id="all-idle-drained-the-head-waits"),
+        # A drain asked is looked at again soon: a refused one (a task started since the read) is chosen anew.
+        pytest.param([head(C), *W2], all_(IDLE, 2), set(), [("drain-idle", w(0)), ("drain-idle", w(1))],
+                     DRAIN_POLL_SECONDS, id="all-idle-drained-the-head-waits"),
         pytest.param([head(C), *W2], {w(0): BUSY, w(1): IDLE}, set(), [("drain-idle", w(1)), ("drain", w(0))],
-                     None, id="busy-drained-the-head-waits-for-it"),
+                     DRAIN_POLL_SECONDS, id="busy-drained-the-head-waits-for-it"),
         pytest.param([head(C), drained(C, "w0000")], all_(BUSY, 1), set(), [], DRAIN_POLL_SECONDS,
                      id="draining-the-head-still-waits"),
         pytest.param([head(C), drained(C, "w0000")], {}, {w(0)}, [("delete", "demo-head"), ("delete", w(0))], None,
@@ -843,7 +854,7 @@ W2 = workers(SUSPENDED, 2)
         pytest.param([head(C, deleting=True), *W2], None, set(), [("delete", w(0)), ("delete", w(1))], None,
                      id="head-already-going-workers-deleted"),
         pytest.param([head(C), worker(C, suffix="w0000", deleting=True, **FAILED), *W2[1:]], all_(IDLE, 2), set(),
-                     [("drain-idle", w(1))], None, id="pods-already-deleting-skipped"),
+                     [("drain-idle", w(1))], DRAIN_POLL_SECONDS, id="pods-already-deleting-skipped"),
         pytest.param([], None, set(), [], None, id="nothing-left-nothing-created"),
     ],
 )

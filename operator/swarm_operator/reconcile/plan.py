@@ -26,6 +26,7 @@ from swarm_operator.reconcile.backoff import GroupHealth, HeadBackoff, head_back
 from swarm_operator.reconcile.head import WaitForHead, current_generation, next_head
 from swarm_operator.reconcile.observe import Observed, PodState
 from swarm_operator.reconcile.retire import (
+    DRAIN_POLL_SECONDS,
     RAY_STATE_RETRY_SECONDS,
     RayWork,
     drained_deletions,
@@ -187,6 +188,13 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     return actions, health, requeues, notes
 
 
+def drain_recheck(actions: list[Action]) -> list[float]:
+    """A drain asked of Ray is looked at again soon: an idle worker's (IDLE_TERMINATION) is refused when a task
+    has started there since Ray's state was read, and nothing else may bring the next turn; that turn sees the
+    worker busy and chooses again (in a rollout: the worker that really is idle first)."""
+    return [DRAIN_POLL_SECONDS] if any(isinstance(a, DrainWorker) for a in actions) else []
+
+
 def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], now: float, stopped_by: str) -> Plan:
     """Workers first, taken down as in a scale-down to zero; the head last, once no worker is left running:
     a busy worker's tasks need their head. Failure counts stay as they were; a head crash-loop backoff ends (a
@@ -206,6 +214,7 @@ def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], no
     if all(not p.alive or p.name in leaving for p in workers):
         actions += [DeletePod(p.name, "cluster is suspended") for p in heads if not p.deleting]
     notes = (waiting_note("cluster is suspended (the head goes last)", waiting),) if waiting else ()
+    requeues += drain_recheck(actions)
     return Plan(tuple(actions), dict(obs.health), obs.head_restarts, requeue_after=min(requeues) if requeues else None,
                 notes=notes, head_generation=current_generation(obs.head_generation, heads))
 
@@ -330,6 +339,7 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     leaving = {a.name for a in actions if isinstance(a, DeletePod)}
     actions.extend(drains_ahead(cluster, obs, now, {a.name for a in actions if isinstance(a, DrainWorker)}))
     actions.extend(_metadata_patches(cluster, pods, leaving))
+    requeues += drain_recheck(actions)
     return Plan(tuple(actions), health, head_restarts, head_backoff, min(requeues) if requeues else None,
                 tuple(notes), generation)
 
