@@ -88,6 +88,7 @@ def scale_down_while_busy(core: Any, custom: Any, ns: str, pool: str, name: str,
     changed_at = time.time()
     leaving: dict[str, float] = {}
     info: dict[str, Any] = {}
+    logs = ""
     deadline = time.monotonic() + TASK_SECONDS + 60
     while time.monotonic() < deadline:
         now = time.time()
@@ -98,22 +99,23 @@ def scale_down_while_busy(core: Any, custom: Any, ns: str, pool: str, name: str,
                 leaving[pod_name] = now
         try:
             info = rayjobs.job_info(ray.head_ip, job)
+            if info.get("status") in rayjobs.TERMINAL_JOB_STATES:
+                logs = rayjobs.job_logs(ray.head_ip, job)  # the head may go between the two reads
+                break
         except (OSError, http.client.HTTPException):  # refused, reset, a 500 or cut mid-answer: a head going away
             if not head_goes:
                 raise
+            info = {}
             if busy in leaving and ray.head in leaving:
                 break  # the driver went with the head, after the busy worker
-            info = {}  # both may go in one turn, after the listing above: the next listing shows it
-        if info.get("status") in rayjobs.TERMINAL_JOB_STATES:
-            break
+            # both may go in one turn, after the listing above: the next listing shows it
         time.sleep(0.5)
-    if head_goes and info.get("status") not in rayjobs.TERMINAL_JOB_STATES:
+    if head_goes and not logs:
         wait_for("the busy worker's pod gone",
                  lambda: busy not in {p.metadata.name for p in cluster_pods(core, ns, name)}, timeout=90)
         finished = started_seen + TASK_SECONDS - LOG_LAG_SECONDS
         print(f"{name}: the head went before the driver reported; the task ended no earlier than {finished:.1f}")
         return Run(busy, idle, ray.head, changed_at, finished, leaving, time.time())
-    logs = rayjobs.job_logs(ray.head_ip, job) if info.get("status") else ""
     assert info.get("status") == "SUCCEEDED", (info, logs, leaving)
     line = next(ln for ln in logs.splitlines() if ln.startswith("E2E-RESULT "))
     result = json.loads(line.split(" ", 1)[1])
