@@ -42,7 +42,7 @@ test-clean-clone: $(STAMP)
 	@$(LEFTOVERS) --clone -- $(abspath $(BIN))/python -m pytest -q tests/unit
 
 test-integration: $(STAMP) build build-kueue
-	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/integration
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q --durations=15 tests/integration
 
 ## test-kueue: only the integration tests of queued SwarmJobs and SwarmClusters, against the real Kueue (built on first use, cached)
 test-kueue: $(STAMP) build build-kueue
@@ -51,12 +51,12 @@ test-kueue: $(STAMP) build build-kueue
 # Real Ray in pods on process nodes (root, iproute2), and the autoscaler's GCS client against real Ray; Kueue (built on
 # first use, cached) for the preemption of a queued SwarmJob on real Ray.
 test-e2e: $(STAMP) build build-kueue
-	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/e2e tests/ray
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q --durations=20 tests/e2e tests/ray
 
 # Chaos (seeded; CHAOS_SEED=…): kill -9 the operator, restart kube-apiserver and etcd, conflicting writers,
 # scale-down under running Ray tasks; each time everything converges. ~5 min; -m "not ray" skips real Ray.
 test-chaos: $(STAMP) build
-	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q tests/chaos
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q --durations=10 tests/chaos
 
 # The image's install steps in a fresh virtual environment, and its entry point on a read-only root.
 test-packaging: $(STAMP) build
