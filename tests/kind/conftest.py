@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ from tests.integration.conftest import (  # noqa: F401
     namespaces,
 )
 from tests.integration.helpers import CRD_FILE
-from tests.kind.helpers import OPERATOR_IMAGE, KindTier, install_operator
+from tests.kind.helpers import OPERATOR_IMAGE, KindTier, build_upgrade_image, install_operator
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +47,7 @@ def kind_tier() -> Iterator[KindTier]:
         pytest.skip("helm is not built: run `python -m localcluster build`")
     keep = os.environ.get("SWARM_KIND_KEEP") == "1"
     with docker_engine.running(kind.engine_for_kind()) as engine, \
-            tempfile.TemporaryDirectory(prefix="swarm-kind-") as tmp:
+            tempfile.TemporaryDirectory(prefix="swarm-kind-") as tmp, ThreadPoolExecutor(1) as background:
         start = time.monotonic()
         node_image = kind.node_image_tag()
         ray, redis = image.ray_image_tag(), image.redis_image_tag()
@@ -59,6 +60,8 @@ def kind_tier() -> Iterator[KindTier]:
         # Each commit's operator image leaves its predecessor untagged (~700 MB): this engine is the tier's own.
         engine.docker("image", "prune", "--force")
         print(f"\n[kind] operator image {OPERATOR_IMAGE} built in {operator.build_seconds:.0f}s", flush=True)
+        # The upgrade test's image (~40 s of docker build) is made while kind creates the cluster, mostly waiting.
+        upgrade = background.submit(build_upgrade_image, engine)
         cluster = kind.KindCluster(os.environ.get("SWARM_KIND_CLUSTER", "swarm-kind"), engine,
                                    Path(tmp) / "kubeconfig")
         try:
@@ -69,7 +72,7 @@ def kind_tier() -> Iterator[KindTier]:
                 if cluster.exists():  # left by an interrupted run: start clean
                     cluster.delete()
                 cluster.create(node_image)
-            tier = KindTier(cluster, engine, ray, redis, OPERATOR_IMAGE)
+            tier = KindTier(cluster, engine, ray, redis, OPERATOR_IMAGE, upgrade)
             loaded = time.monotonic()
             cluster.load(ray, ("cpu", "gpu"))
             cluster.load(redis, ("cpu",))

@@ -5,19 +5,15 @@ Each test has its own SwarmCluster in its own namespace; the operator is the ses
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from localcluster import image
 from tests.e2e.helpers import cluster_pods, delete_swarmcluster
 from tests.e2e.test_autoscaling import Scaled, result_line
-from tests.integration.helpers import GROUP, PLURAL, REPO, VERSION, wait_for
+from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
 from tests.kind.helpers import OPERATOR_IMAGE, KindTier, install_operator, run_job, swarmcluster, wait_ray_cluster
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(480)]
@@ -80,25 +76,6 @@ def test_the_operator_pod_deleted_mid_scale_up_converges_without_duplicates(
         delete_swarmcluster(core_v1, custom_objects, cluster_ns, "midscale")
 
 
-def build_upgrade_image(kind_tier: KindTier) -> str:
-    """The operator's image once more, as a new release would be: another version (the wheel's and the label's)
-    and another revision."""
-    tag = f"{OPERATOR_IMAGE}-upgrade"
-    version = f"{image.project_version()}+kind.upgrade"
-    with tempfile.TemporaryDirectory(prefix="swarm-upgrade-") as tmp:
-        context = Path(tmp)
-        for part in ("Dockerfile", ".dockerignore", "README.md", "operator"):
-            src = REPO / part
-            (shutil.copytree if src.is_dir() else shutil.copyfile)(src, context / part)
-        pyproject = (REPO / "pyproject.toml").read_text()
-        (context / "pyproject.toml").write_text(
-            pyproject.replace(f'version = "{image.project_version()}"', f'version = "{version}"', 1))
-        image.docker_build(kind_tier.engine, context, tag,
-                           {"VERSION": version, "REVISION": f"{image.git_revision()}-upgrade"}, "image-build-upgrade")
-    kind_tier.cluster.load(tag, ("cpu",))
-    return tag
-
-
 def test_helm_upgrade_to_a_new_operator_image_restarts_no_ray_pod(
         kind_tier: KindTier, core_v1: Any, custom_objects: Any, cluster_ns: str) -> None:
     manifest = swarmcluster("upgrade", kind_tier.ray_image, cpu=(1, 1), gpu=(0, 0))
@@ -107,7 +84,8 @@ def test_helm_upgrade_to_a_new_operator_image_restarts_no_ray_pod(
         before = wait_ray_cluster(kind_tier, core_v1, cluster_ns, "upgrade", want=2)
         uids = {name: pod.metadata.uid for name, pod in before.pods.items()}
         (old_operator,) = operator_pods(kind_tier, core_v1)
-        tag = build_upgrade_image(kind_tier)
+        tag = kind_tier.upgrade_image.result(timeout=600)  # built beside the cluster's creation
+        kind_tier.cluster.load(tag, ("cpu",))
         try:
             install_operator(kind_tier, tag)
             (new_operator,) = wait_for("one operator pod of the new image", lambda: [
