@@ -175,14 +175,23 @@ def test_a_broken_head_can_be_evicted_despite_its_budget(swc: Cluster, operator:
     assert evict(swc.core, swc.ns, "broken-head") == 201
 
 
+def a_running_worker(swc: Cluster, name: str) -> str:
+    """A cluster of two workers, Running; the name of one of them."""
+    swc.create(manifest(name, replicas=2))
+    wait_for("Running 2/2", ready_status(swc, name, 2))
+    return str(swc.workers(name)[0].metadata.name)
+
+
+def mark_disruption_target(swc: Cluster, pod: str, reason: str, message: str) -> None:
+    """The condition DisruptionTarget on the pod, as the controller named by `reason` writes it."""
+    swc.core.patch_namespaced_pod_status(pod, swc.ns, {"status": {"conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message,
+         "lastTransitionTime": timestamp(time.time())}]}})
+
+
 def test_a_disruption_target_condition_is_a_disruption(swc: Cluster, operator: OperatorProcess) -> None:
-    swc.create(manifest("target", replicas=2))
-    wait_for("Running 2/2", ready_status(swc, "target", 2))
-    victim = swc.workers("target")[0].metadata.name
-    now = timestamp(time.time())
-    swc.core.patch_namespaced_pod_status(victim, swc.ns, {"status": {"conditions": [
-        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-         "message": "preempted by a higher-priority pod", "lastTransitionTime": now}]}})
+    victim = a_running_worker(swc, "target")
+    mark_disruption_target(swc, victim, "PreemptionByScheduler", "preempted by a higher-priority pod")
     wait_for("its replacement", lambda: victim not in {p.metadata.name for p in swc.workers("target")}
              and len(swc.workers("target")) == 2)
     wait_for("Running 2/2 again", ready_status(swc, "target", 2))
@@ -196,13 +205,8 @@ def test_a_worker_gone_between_two_turns_is_counted_from_its_last_state(
     """The taint manager's DisruptionTarget and a deletion without grace, back to back: the pod is gone before the
     operator's next turn (which waits 0.5 s for a burst of pod events to settle), so only the watch's DELETED event,
     whose object is the pod's last state, tells the operator it was disrupted."""
-    swc.create(manifest("vanish", replicas=2))
-    wait_for("Running 2/2", ready_status(swc, "vanish", 2))
-    victim = swc.workers("vanish")[0].metadata.name
-    now = timestamp(time.time())
-    swc.core.patch_namespaced_pod_status(victim, swc.ns, {"status": {"conditions": [
-        {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
-         "message": "Taint manager: deleting due to NoExecute taint", "lastTransitionTime": now}]}})
+    victim = a_running_worker(swc, "vanish")
+    mark_disruption_target(swc, victim, "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")
     swc.core.delete_namespaced_pod(victim, swc.ns, grace_period_seconds=0)
     wait_for("its replacement", lambda: len(swc.running("vanish")) == 3
              and victim not in {p.metadata.name for p in swc.pods("vanish", include_deleting=True)})
