@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from swarm_operator.reconcile.actions import (
     PatchPod,
 )
 from swarm_operator.reconcile.service import service_change
+from swarm_operator.reconcile.tally import Disruption
 from swarm_operator.resources.budget import build_head_budget
 from swarm_operator.resources.pods import build_head_pod, build_worker_pod
 from swarm_operator.resources.service import build_head_service
@@ -126,15 +127,18 @@ class ClusterEffects(Effects):
         failures = [d for d in outcomes.deleted if d.failed]
         if failures:
             posts.append((EventReason.REPLACING, "; ".join(d.reason for d in failures)))
-        disruptions = [d for d in outcomes.deleted if d.disrupted]
-        if disruptions:
-            posts.append((EventReason.DISRUPTED, "; ".join(d.reason for d in disruptions) + "; replacing at once"))
-        others = [d for d in outcomes.deleted if d not in failures and d not in disruptions]
+        # A disrupted pod's deletion is no news of its own: its disruption is (report_disruptions).
+        others = [d for d in outcomes.deleted if d not in failures and not d.disrupted]
         if others or outcomes.budgets_deleted:
             gone: list[DeletePod | DeleteBudget] = [*others, *outcomes.budgets_deleted]
             posts.append((EventReason.DELETED, "; ".join(f"{d.name}: {d.reason}" for d in gone)))
         for reason, message in posts:
             await self.event(reason, message)
+
+    async def report_disruptions(self, disruptions: Sequence[Disruption]) -> None:
+        """One `Disrupted` Event naming every pod whose disruption this turn counts (reconcile/tally.py)."""
+        if disruptions:
+            await self.event(EventReason.DISRUPTED, "; ".join(d.message for d in disruptions))
 
     async def mark_drained(self, patches: Iterable[PatchPod]) -> None:
         """The drained-at annotations of drains Ray accepted (the autoscaler's, a rollout's): no Event of

@@ -18,7 +18,7 @@ from swarm_operator.autoscaler.runner import Autoscaler
 from swarm_operator.config import OperatorConfig
 from swarm_operator.gauges import set_cluster_phases
 from swarm_operator.kit.blocking import Blocking
-from swarm_operator.kit.cache import Key, WatchCache
+from swarm_operator.kit.cache import Key, WatchCache, owner_key
 from swarm_operator.kit.loop import Loop, LoopSettings
 from swarm_operator.kube import SWARMCLUSTER, Kube
 from swarm_operator.nodes import NodeCache
@@ -58,8 +58,22 @@ class Controller:
         self.loop.gone(key, stored)
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        if event_type == "DELETED":
+            self._pod_deleted(body)
         # Pods of a cluster change in bursts (scheduled, running, ready …): one turn for the burst.
         self.loop.on_child(self.cache.pods, event_type, body, POD_EVENT_SETTLE_SECONDS)
+
+    def _pod_deleted(self, body: Mapping[str, Any]) -> None:
+        """A served cluster's pod that the cache still holds is gone: its last state goes to the cluster's next turn,
+        which may not have seen it end (the Eviction API deletes in one go). One the cache no longer holds left it
+        through the operator's own delete (removed at once, or already gone), which a turn saw, or a re-list."""
+        key = owner_key(body, labels.CLUSTER)
+        meta = body.get("metadata") or {}
+        if key is None or self.cache.objects.get(key) is None:
+            return
+        held = self.cache.pods.get(key, meta.get("name") or "")
+        if held is not None and (held.get("metadata") or {}).get("uid") == meta.get("uid"):
+            self.turns.pod_vanished(key, slim_pod(body))
 
     def on_node(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A Node event: the clusters with a pod on it get a turn when it was deleted or its readiness changed."""

@@ -16,7 +16,8 @@ WORKER_REPLACEMENTS = Counter("swarm_worker_replacements_total", "Failed workers
                               ["namespace", "cluster", "group"])
 HEAD_REPLACEMENTS = Counter("swarm_head_replacements_total", "Failed heads replaced", ["namespace", "cluster"])
 POD_DISRUPTIONS = Counter("swarm_pod_disruptions_total",
-                          "Pods replaced after a disruption (eviction, node shutdown or loss): not failures",
+                          "Pods ended by a disruption the operator did not cause (an eviction, a node shutdown "
+                          "or loss), each once: not failures",
                           ["namespace", "cluster", "group", "cause"])
 API_REQUESTS = Counter("swarm_api_requests_total", "Kubernetes API requests issued by the operator",
                        ["verb", "resource"])

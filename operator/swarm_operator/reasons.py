@@ -82,8 +82,9 @@ _MEANINGS = {
                                "held by an object that is not this cluster's; retried",
     EventReason.REPLACING: "a worker or the head failed (or its Ray node died) and is being replaced, with backoff; "
                            "the message quotes the Ray container's reason, exit code and message",
-    EventReason.DISRUPTED: "a worker or the head was disrupted (evicted, its node shut down, deleted or NotReady "
-                           "too long) and is replaced at once; not a failure, no backoff",
+    EventReason.DISRUPTED: "a worker or the head was disrupted (evicted by the kubelet or through the Eviction API, "
+                           "its node shut down, deleted or NotReady too long), once per pod, and is replaced at "
+                           "once; not a failure, no backoff",
     EventReason.INVALID_SPEC: "the spec cannot be served (the message names the field); `Valid=False`",
     EventReason.TEMPLATE_OVERRIDDEN: "a pod template sets values the operator sets itself; the operator's values win",
     EventReason.ROLLOUT_WAITING: "a rolling update waits (busy workers while Ray's state is unknown)",

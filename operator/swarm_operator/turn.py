@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ from swarm_operator.reconcile.actions import (
 )
 from swarm_operator.reconcile.observe import Observed, PodState, observe_pod, owned_by
 from swarm_operator.reconcile.plan import Plan, desired_replicas, needs_ray_state, plan_cluster
+from swarm_operator.reconcile.tally import Disruption, tally_disruptions
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import template_overrides
 from swarm_operator.spec.parse import parse_cluster
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 Gone = Callable[[Key, dict[str, Any] | None], None]  # the cluster is gone (and what is stored under its name)
 # Workloads are not watched (yet): a queued cluster reads its Workload again this often.
 KUEUE_POLL_SECONDS = 2.0
+VANISHED_KEPT = 1000  # pods gone since a cluster's last turn, kept for it; far more than one burst of deletions
 
 
 @dataclass
@@ -69,6 +71,9 @@ class ClusterMemory:
     overrides_seen: int | None = None  # the generation whose template overrides were reported
     taken: set[str] = field(default_factory=set)  # names found held by others, warned about once
     deleted: set[str] = field(default_factory=set)  # pods this operator deleted: no disruption to drain ahead of
+    counted: frozenset[str] = frozenset()  # uids of pods whose disruption was counted, while they may be seen again
+    # The last states of pods deleted since the last turn (DELETED events), by uid: a pod gone between two turns.
+    vanished: dict[str, dict[str, Any]] = field(default_factory=dict)
     noted: tuple[Note, ...] = ()  # the plan's last notes, posted once while they hold
     token: TokenMemory = field(default_factory=TokenMemory)
     autoscaler: AutoscalerMemory = field(default_factory=AutoscalerMemory)
@@ -138,10 +143,21 @@ class Turns:
             self.autoscaler.forget(key, memory.autoscaler)
             remove_pod_gauges(key, memory.pod_series)
 
-    def _pod_states(self, key: Key, uid: str) -> list[PodState]:
+    def pod_vanished(self, key: Key, last_state: dict[str, Any]) -> None:
+        """A served cluster's pod is gone (its DELETED event; `last_state` slimmed): its next turn may count its
+        disruption. At most VANISHED_KEPT are kept while no turn takes them (an invalid spec stops its turns early)."""
+        vanished = self.memories[key].vanished
+        vanished[(last_state.get("metadata") or {}).get("uid") or ""] = last_state
+        while len(vanished) > VANISHED_KEPT:
+            del vanished[next(iter(vanished))]
+
+    def _observe(self, pods: Iterable[Mapping[str, Any]], uid: str) -> list[PodState]:
         now, not_ready = time.time(), self.config.node_not_ready_seconds
         return [observe_pod(p, self.nodes.state((p.get("spec") or {}).get("nodeName")), now, not_ready)
-                for p in self.cache.pods.objects(key) if owned_by(p, uid)]
+                for p in pods if owned_by(p, uid)]
+
+    def _pod_states(self, key: Key, uid: str) -> list[PodState]:
+        return self._observe(self.cache.pods.objects(key), uid)
 
     async def run(self, key: Key) -> float | None:
         """One turn; returns when the cluster wants its next one (seconds), None for the resync."""
@@ -232,6 +248,11 @@ class Turns:
                 await fx.event(reason, message)
             view = RayView.of(outcome)
         pods = self._pod_states(key, cluster.uid)
+        vanished = self._observe(memory.vanished.values(), cluster.uid)
+        memory.vanished = {}
+        tally = tally_disruptions(pods, vanished, memory.deleted, memory.counted)
+        memory.counted = tally.counted
+        await self._count(fx, tally.new)
         if outcome is None and not seen.held and needs_ray_state(cluster, pods, targets):
             view = await self.autoscaler.observe(key, pods, head_ip(self.cache, key, cluster), seen.token)
             if view is None:
@@ -246,13 +267,20 @@ class Turns:
                             head_backoff=seen.kept.head_backoff, idle_pods=view.idle if view else None,
                             ray_dead=view.ray_dead if view else frozenset(),
                             ray_nodes=view.ray_nodes if view else None, budgets=budgets,
-                            deleted_by_operator=frozenset(memory.deleted))
+                            deleted_by_operator=frozenset(memory.deleted), vanished=tuple(vanished))
         plan = plan_cluster(cluster, observed, targets, now, seen.held)
         if plan.notes != memory.noted:
             memory.noted = plan.notes
             for reason, note in plan.notes:
                 await fx.event(reason, note)
         return Decided(plan, targets, scale_ups, outcome, view, ours, observed.pods)
+
+    @staticmethod
+    async def _count(fx: ClusterEffects, disruptions: Sequence[Disruption]) -> None:
+        """Disruptions counted at once, as they are remembered counted: the metric and one `Disrupted` Event."""
+        for disruption in disruptions:
+            metrics.POD_DISRUPTIONS.labels(*fx.key, disruption.group, disruption.cause).inc()
+        await fx.report_disruptions(disruptions)
 
     async def _act(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen, decided: Decided) -> Acted:
         """The plan's actions, its drains of busy workers, the head service's sync."""
@@ -295,8 +323,6 @@ class Turns:
         for action in plan.actions:
             if isinstance(action, DeletePod) and action.failed_group:
                 metrics.WORKER_REPLACEMENTS.labels(*key, action.failed_group).inc()
-            if isinstance(action, DeletePod) and action.disrupted:
-                metrics.POD_DISRUPTIONS.labels(*key, action.group, action.disrupted.cause).inc()
         if plan.head_restarts > kept.head_restarts:
             metrics.HEAD_REPLACEMENTS.labels(*key).inc(plan.head_restarts - kept.head_restarts)
         states = self._pod_states(key, cluster.uid)

@@ -136,6 +136,11 @@ def test_the_head_budget_refuses_an_eviction_until_switched_off(swc: Cluster, op
     assert swc.heads("guard")[0].metadata.uid == head_uid
     worker = swc.workers("guard")[0].metadata.name
     assert evict(swc.core, swc.ns, worker) == 201, "workers have no budget"
+    # The Eviction API writes DisruptionTarget and deletes the pod in one go: counted once, as evicted.
+    wait_for("the evicted worker counted", lambda: metric(operator.metrics(), "swarm_pod_disruptions_total",
+                                                          cluster="guard", group="cpu", cause="evicted") == 1)
+    assert sum(m.count(f"worker {worker} of group cpu disrupted (evicted through the Eviction API)")
+               for m in disrupted_events(swc, "guard")) == 1
 
     swc.patch("guard", {"spec": {"head": {"podDisruptionBudget": {"enabled": False}}}})
     wait_for("the budget deleted", lambda: budget(swc.api, swc.ns, "guard-head-pdb") is None)
@@ -147,6 +152,15 @@ def test_the_head_budget_refuses_an_eviction_until_switched_off(swc: Cluster, op
     wait_for("Running again", ready_status(swc, "guard", 1))
     assert swc.status("guard")["head"]["restarts"] == 0, "an eviction is not a failure"
     assert group_status(swc, "guard")["consecutiveFailures"] == 0
+    # The head's eviction is the head's disruption, counted once; the workers recycled with it are the operator's
+    # own deletions, and the worker evicted before is not counted again.
+    text = operator.metrics()
+    assert metric(text, "swarm_pod_disruptions_total", cluster="guard", group="head", cause="evicted") == 1
+    assert metric(text, "swarm_pod_disruptions_total", cluster="guard") == 2
+    assert metric(text, "swarm_head_replacements_total", cluster="guard") == 0
+    messages = disrupted_events(swc, "guard")
+    assert sum(m.count("head guard-head disrupted (evicted through the Eviction API)") for m in messages) == 1
+    assert sum(m.count(" disrupted (") for m in messages) == 2, messages
 
 
 def test_a_broken_head_can_be_evicted_despite_its_budget(swc: Cluster, operator: OperatorProcess) -> None:
@@ -161,20 +175,48 @@ def test_a_broken_head_can_be_evicted_despite_its_budget(swc: Cluster, operator:
     assert evict(swc.core, swc.ns, "broken-head") == 201
 
 
+def a_running_worker(swc: Cluster, name: str) -> str:
+    """A cluster of two workers, Running; the name of one of them."""
+    swc.create(manifest(name, replicas=2))
+    wait_for("Running 2/2", ready_status(swc, name, 2))
+    return str(swc.workers(name)[0].metadata.name)
+
+
+def mark_disruption_target(swc: Cluster, pod: str, reason: str, message: str) -> None:
+    """The condition DisruptionTarget on the pod, as the controller named by `reason` writes it."""
+    swc.core.patch_namespaced_pod_status(pod, swc.ns, {"status": {"conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message,
+         "lastTransitionTime": timestamp(time.time())}]}})
+
+
 def test_a_disruption_target_condition_is_a_disruption(swc: Cluster, operator: OperatorProcess) -> None:
-    swc.create(manifest("target", replicas=2))
-    wait_for("Running 2/2", ready_status(swc, "target", 2))
-    victim = swc.workers("target")[0].metadata.name
-    now = timestamp(time.time())
-    swc.core.patch_namespaced_pod_status(victim, swc.ns, {"status": {"conditions": [
-        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-         "message": "preempted by a higher-priority pod", "lastTransitionTime": now}]}})
+    victim = a_running_worker(swc, "target")
+    mark_disruption_target(swc, victim, "PreemptionByScheduler", "preempted by a higher-priority pod")
     wait_for("its replacement", lambda: victim not in {p.metadata.name for p in swc.workers("target")}
              and len(swc.workers("target")) == 2)
     wait_for("Running 2/2 again", ready_status(swc, "target", 2))
     assert any(f"worker {victim} of group cpu disrupted (preempted by the scheduler)" in m
                for m in disrupted_events(swc, "target"))
     assert group_status(swc, "target")["consecutiveFailures"] == 0
+
+
+def test_a_worker_gone_between_two_turns_is_counted_from_its_last_state(
+        swc: Cluster, operator: OperatorProcess) -> None:
+    """The taint manager's DisruptionTarget and a deletion without grace, back to back: the pod is gone before the
+    operator's next turn (which waits 0.5 s for a burst of pod events to settle), so only the watch's DELETED event,
+    whose object is the pod's last state, tells the operator it was disrupted."""
+    victim = a_running_worker(swc, "vanish")
+    mark_disruption_target(swc, victim, "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")
+    swc.core.delete_namespaced_pod(victim, swc.ns, grace_period_seconds=0)
+    wait_for("its replacement", lambda: len(swc.running("vanish")) == 3
+             and victim not in {p.metadata.name for p in swc.pods("vanish", include_deleting=True)})
+    wait_for("counted", lambda: metric(operator.metrics(), "swarm_pod_disruptions_total", cluster="vanish",
+                                       group="cpu", cause="disruption-target") == 1)
+    assert sum(m.count(f"worker {victim} of group cpu disrupted (deleted by the taint manager (its node was tainted "
+                       "NoExecute))") for m in disrupted_events(swc, "vanish")) == 1
+    wait_for("Running 2/2 again", ready_status(swc, "vanish", 2))
+    assert group_status(swc, "vanish")["consecutiveFailures"] == 0
+    assert metric(operator.metrics(), "swarm_pod_disruptions_total", cluster="vanish") == 1
 
 
 def test_nine_evicted_workers_are_replaced_at_once_and_told_apart_from_a_failure(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from swarm_operator import turn as turn_module
 from swarm_operator.nodes import NodeCache
@@ -232,13 +234,26 @@ def test_workers_evicted_through_the_api_are_replaced_at_once_though_already_goi
     assert not [a for a in plan.actions if isinstance(a, DeletePod)], "its deletion is under way"
 
 
+def test_a_worker_gone_between_two_turns_by_a_disruption_is_replaced_at_once() -> None:
+    raw = worker_pod(C, suffix="ev1", deleting=True)
+    raw["status"]["conditions"].append(target("EvictionByEvictionAPI"))
+    obs = Observed(pods=(head(C), *workers(C, 1)), service_exists=True, health={"cpu": IN_BACKOFF},
+                   vanished=(observe_pod(raw),))
+    assert [a for a in plan_cluster(C, obs, {}, NOW).actions if isinstance(a, CreateWorkers)] == [
+        CreateWorkers("cpu", 1, "group cpu has 1 of 2 workers (replacing 1 disrupted at once; the rest wait for "
+                                "the failure backoff)")]
+    ours = replace(obs, deleted_by_operator=frozenset({"demo-cpu-ev1"}))
+    assert not [a for a in plan_cluster(C, ours, {}, NOW).actions if isinstance(a, CreateWorkers)], \
+        "one the operator deleted itself is no disruption: it waits for the backoff"
+
+
 def test_workers_on_a_deleted_node_are_replaced_and_ones_on_a_briefly_not_ready_node_are_rechecked() -> None:
     lost = observe_pod(worker_pod(C, suffix="lost1", node="gone"), NodeState.gone("gone"), NOW)
     wobbly = observe_pod(worker_pod(C, suffix="wob01", node="n2"), NodeState("n2", ready=False, ready_since=NOW - 20),
                          NOW, NOT_READY_SECONDS)
     plan = plan_cluster(C, observed([head(C), lost, wobbly]), {}, NOW)
     assert DeletePod("demo-cpu-lost1", "worker demo-cpu-lost1 of group cpu disrupted (its node gone was deleted)",
-                     disrupted=Disrupted(Cause.NODE_DELETED, "its node gone was deleted"), group="cpu") in plan.actions
+                     disrupted=Disrupted(Cause.NODE_DELETED, "its node gone was deleted")) in plan.actions
     assert plan.requeue_after == pytest.approx(40), "looked at again when the NotReady threshold passes"
 
 
@@ -284,6 +299,12 @@ def test_a_deleted_node_disrupts_its_pods_and_the_turn_replaces_them(monkeypatch
         assert len(c.loop.queue) == 1, "its pods' cluster gets a turn"
         kube.calls.clear()
         await c.reconcile(key)
+        # The pod garbage collector ends the pod the operator deleted, marking it: no second count.
+        last = with_state(kube.pods.pop((NAMESPACE, placed["metadata"]["name"])), node="n1", deleting=True,
+                          resource_version=kube.bump())
+        last["status"]["conditions"].append(target("DeletionByPodGC"))
+        c.on_pod("DELETED", last)
+        await c.reconcile(key)
 
     asyncio.run(asyncio.wait_for(body(), timeout=10))
     assert (kube.verbs()["delete_pod"], kube.verbs()["create_pod"]) == (1, 1)
@@ -292,3 +313,92 @@ def test_a_deleted_node_disrupts_its_pods_and_the_turn_replaces_them(monkeypatch
     assert not [e for e in kube.events if e[2] == "Replacing"]
     (group_status,) = kube.statuses[-1][2]["workerGroups"]
     assert (group_status["restarts"], group_status["consecutiveFailures"]) == (0, 0)
+
+
+# -- the turn: every disruption counted once, however the operator first sees it -------------------------------
+
+def running(kube: FakeKube, c: Any) -> list[dict[str, Any]]:
+    """Every pod of the fake API server Running on n1, as the watch reports it."""
+    out = []
+    for (ns, name), p in list(kube.pods.items()):
+        placed = with_state(p, node="n1", resource_version=kube.bump())
+        kube.pods[(ns, name)] = placed
+        c.on_pod("MODIFIED", placed)
+        out.append(placed)
+    return out
+
+
+def evicted_through_the_api(kube: FakeKube, raw: dict[str, Any]) -> dict[str, Any]:
+    """What the Eviction API leaves: DisruptionTarget and the deletion, in one go."""
+    going = with_state(raw, node="n1", deleting=True, resource_version=kube.bump())
+    going["status"]["conditions"].append(target("EvictionByEvictionAPI"))
+    return going
+
+
+def disruptions_counted(group_name: str, cause: Cause) -> float:
+    return REGISTRY.get_sample_value("swarm_pod_disruptions_total", {
+        "namespace": NAMESPACE, "cluster": "demo", "group": group_name, "cause": cause.value}) or 0.0
+
+
+def test_workers_evicted_through_the_api_are_counted_once_whether_seen_going_or_only_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turn_module, "time", FixedClock)
+    kube = FakeKube()
+    key = (NAMESPACE, "demo")
+    before = disruptions_counted("cpu", Cause.EVICTED)
+
+    async def body() -> tuple[str, str]:
+        c = serving(kube)
+        await c.reconcile(key)  # head + 2 workers
+        first, second = (p for p in running(kube, c) if p["metadata"]["name"].startswith("demo-cpu-"))
+        await c.reconcile(key)
+        # The first seen deleting with its condition, then gone.
+        going = evicted_through_the_api(kube, first)
+        kube.pods[(NAMESPACE, going["metadata"]["name"])] = going
+        c.on_pod("MODIFIED", going)
+        await c.reconcile(key)
+        del kube.pods[(NAMESPACE, going["metadata"]["name"])]
+        c.on_pod("DELETED", {**going, "metadata": {**going["metadata"], "resourceVersion": kube.bump()}})
+        await c.reconcile(key)
+        # The second only gone: its condition, its deletion and its end all between two turns.
+        gone = evicted_through_the_api(kube, second)
+        c.on_pod("MODIFIED", gone)
+        del kube.pods[(NAMESPACE, gone["metadata"]["name"])]
+        c.on_pod("DELETED", {**gone, "metadata": {**gone["metadata"], "resourceVersion": kube.bump()}})
+        await c.reconcile(key)
+        await c.reconcile(key)
+        return first["metadata"]["name"], second["metadata"]["name"]
+
+    names = asyncio.run(asyncio.wait_for(body(), timeout=10))
+    assert disruptions_counted("cpu", Cause.EVICTED) - before == 2
+    messages = [e[3] for e in kube.events if e[2] == "Disrupted"]
+    for name in names:
+        assert sum(m.count(f"worker {name} of group cpu disrupted (evicted through the Eviction API)")
+                   for m in messages) == 1, messages
+    assert not [e for e in kube.events if e[2] in ("Replacing", "Deleted")], kube.events
+    (group_status,) = kube.statuses[-1][2]["workerGroups"]
+    assert (group_status["restarts"], group_status["consecutiveFailures"]) == (0, 0)
+
+
+def test_a_pod_the_operator_deleted_is_neither_kept_as_gone_nor_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its own delete answered (here: at once, as for a failed pod) takes it out of the cache; its DELETED event then
+    brings nothing, even with the pod garbage collector's DisruptionTarget on it. A cluster not served keeps none."""
+    monkeypatch.setattr(turn_module, "time", FixedClock)
+    kube = FakeKube()
+    key = (NAMESPACE, "demo")
+
+    async def body() -> None:
+        c = serving(kube)
+        await c.reconcile(key)
+        worker_raw = next(p for p in running(kube, c) if p["metadata"]["name"].startswith("demo-cpu-"))
+        c.cache.pods.gone(key, worker_raw["metadata"]["name"], worker_raw["metadata"]["uid"])
+        marked = with_state(worker_raw, node="n1", deleting=True, resource_version=kube.bump())
+        marked["status"]["conditions"].append(target("DeletionByPodGC"))
+        c.on_pod("DELETED", marked)
+        assert c.turns.memories[key].vanished == {}
+        other = {**marked, "metadata": {**marked["metadata"], "labels": {
+            **marked["metadata"]["labels"], "swarm.io/cluster": "unserved"}}}
+        c.on_pod("DELETED", other)
+        assert (NAMESPACE, "unserved") not in c.turns.memories
+
+    asyncio.run(asyncio.wait_for(body(), timeout=10))

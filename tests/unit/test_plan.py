@@ -700,7 +700,7 @@ def test_ray_dead_and_drained_reasons() -> None:
     assert by_name[w(1)] == DeletePod(w(1), f"worker {w(1)} of group cpu: its Ray node was drained; "
                                             "removing the pod")
     assert by_name[w(2)] == DeletePod(w(2), f"worker {w(2)} of group cpu failed (its Ray node died)", "cpu",
-                                        failed=True, group="cpu")
+                                        failed=True)
     create = next(a for a in p.actions if isinstance(a, CreateWorkers))
     assert create == CreateWorkers("cpu", 2, "group cpu has 1 of 3 workers (replacing 1 failed)")
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from swarm_operator.reasons import EventReason
 from swarm_operator.reconcile.disruption import Disrupted
-from swarm_operator.resources import labels
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,9 @@ class DeletePod:
     reason: str
     failed_group: str | None = None  # set when the deletion replaces a failed worker
     failed: bool = False  # the pod died (worker or head): reported as a Warning
-    disrupted: Disrupted | None = None  # an eviction, a node shutdown or loss ended it: replaced, not a failure
-    group: str = labels.HEAD  # the pod's worker group, or the head (for the disruption metric)
+    # An eviction, a node shutdown or loss ended it: replaced, not a failure; counted and reported once per pod by
+    # reconcile/tally.py, not as a deletion.
+    disrupted: Disrupted | None = None
 
 
 @dataclass(frozen=True)

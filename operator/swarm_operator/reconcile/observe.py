@@ -47,6 +47,7 @@ class PodState:
     node_removal: str | None = None  # why its node is going (a cluster autoscaler's or Karpenter's taint)
     node_lost: str | None = None  # why its node is known dead (deleted, NotReady past the threshold); None if not
     head_generation: int = 0  # a head pod's generation (labels.HEAD_GENERATION); 0 for workers
+    uid: str = ""  # its metadata.uid: a disruption is counted once per pod (reconcile/tally.py)
 
     @property
     def alive(self) -> bool:
@@ -149,6 +150,7 @@ def observe_pod(pod: Mapping[str, Any], node: NodeState | None = None, now: floa
         node_removal=node.removal if node else None,
         node_lost=node_lost(node, now, not_ready_seconds),
         head_generation=labels.head_generation(pod_labels),
+        uid=meta.get("uid", ""),
     )
 
 
@@ -209,3 +211,5 @@ class Observed:
     budgets: Mapping[str, str] = field(default_factory=dict)  # this cluster's PodDisruptionBudgets: name → uid
     # Pods this operator deleted (remembered in memory only): their deletion is no disruption to drain ahead of.
     deleted_by_operator: frozenset[str] = frozenset()
+    # The last states of its pods deleted since the last turn (the watch's DELETED events of pods the cache held).
+    vanished: tuple[PodState, ...] = ()

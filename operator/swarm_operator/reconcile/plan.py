@@ -38,6 +38,7 @@ from swarm_operator.reconcile.retire import (
     take_down,
     waiting_note,
 )
+from swarm_operator.reconcile.tally import disruption_message
 from swarm_operator.resources import labels, revision
 from swarm_operator.resources.budget import head_budget_name
 from swarm_operator.resources.pods import head_hash
@@ -100,14 +101,11 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
              and (p.failure is not None or p.disruption is not None or p.name in obs.ray_dead)]
     disrupted = [p for p in ended if p.disruption is not None]
     dead = [p for p in ended if p.disruption is None]
-    for p in disrupted:
-        assert p.disruption is not None
-        actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name} disrupted ({p.disruption.reason})",
-                                 disrupted=p.disruption, group=group.name))
+    actions += [DeletePod(p.name, disruption_message(p), disrupted=p.disruption) for p in disrupted]
     for p in dead:
         why = p.failure or "its Ray node died"
         actions.append(DeletePod(p.name, f"worker {p.name} of group {group.name} failed ({why})", group.name,
-                                 failed=True, group=group.name))
+                                 failed=True))
     health = record_failures(health, len(dead), now, cluster.fault_tolerance.backoff_initial_seconds,
                              cluster.fault_tolerance.backoff_max_seconds)
     health = settle(health, now, cluster.fault_tolerance.backoff_max_seconds)
@@ -119,9 +117,12 @@ def _plan_group(cluster: ClusterSpec, group: WorkerGroupSpec, pods: list[PodStat
     # A drained worker whose node is going (a removal taint, a cordon) gives up its place at once: its
     # replacement starts elsewhere while Ray lets its tasks finish.
     leaving_node = [p for p in live if p.drained and node_going(p, cluster)]
-    # Pods ended by a disruption, ours to delete or already going (the Eviction API deletes): replaced at once.
-    replace_at_once = (len(disrupted) + len(leaving_node)
-                       + sum(1 for p in pods if p.deleting and p.disruption is not None))
+    # Pods ended by a disruption, ours to delete, already going (the Eviction API deletes) or gone since the last
+    # turn (deleted in one go): replaced at once.
+    going = [p for p in pods if p.deleting and p.disruption is not None]
+    gone = [p for p in obs.vanished if p.node_type == labels.WORKER and p.group == group.name
+            and p.disruption is not None and p.name not in obs.deleted_by_operator]
+    replace_at_once = len(disrupted) + len(leaving_node) + len(going) + len(gone)
     live = [p for p in live if p not in leaving_node]
     missing = desired - len(live)
     if missing > 0 and not head_coming:
@@ -273,10 +274,8 @@ def plan_cluster(cluster: ClusterSpec, obs: Observed, targets: Mapping[str, int]
     for p in head_dead:
         actions.append(DeletePod(p.name, f"head {p.name} failed ({p.failure}); replacing it", failed=True))
         head_restarts += 1
-    for p in head_disrupted:
-        assert p.disruption is not None
-        actions.append(DeletePod(p.name, f"head {p.name} disrupted ({p.disruption.reason}); replacing it",
-                                 disrupted=p.disruption))
+    actions += [DeletePod(p.name, f"{disruption_message(p)}; replacing it", disrupted=p.disruption)
+                for p in head_disrupted]
     if (head_dead or head_disrupted) and cluster.fault_tolerance.gcs is None:
         recycle_workers = True
     live_heads = [p for p in heads if p.alive]
