@@ -17,6 +17,7 @@ from swarm_operator.reconcile.disruption import (
     classify,
     node_lost,
 )
+from swarm_operator.reconcile.suspend import HeadJobs
 from swarm_operator.resources import labels, revision
 from swarm_operator.spec.rules import PREFIX, RAY_CONTAINER
 from swarm_operator.times import parse_time
@@ -209,3 +210,7 @@ class Observed:
     budgets: Mapping[str, str] = field(default_factory=dict)  # this cluster's PodDisruptionBudgets: name → uid
     # Pods this operator deleted (remembered in memory only): their deletion is no disruption to drain ahead of.
     deleted_by_operator: frozenset[str] = frozenset()
+    # A suspended cluster: since when (epoch seconds; 0 when it begins this turn), and the Ray jobs its head's Jobs
+    # API lists as not ended (None: not read this turn; the plan asks for them once the head is all that is left).
+    suspended_since: float = 0.0
+    head_jobs: HeadJobs | None = None
