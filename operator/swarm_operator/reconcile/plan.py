@@ -219,16 +219,16 @@ def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], no
     notes = [waiting_note("cluster is suspended (the head goes last)", waiting)] if waiting else []
     head_kept = ""
     if all(not p.alive or p.name in leaving for p in workers):
-        held = _head_for_jobs(cluster, heads, obs, now)
-        if held is None:
+        for_jobs = _head_for_jobs(cluster, heads, obs, now)
+        if for_jobs is None:
             return Plan(tuple(actions), dict(obs.health), obs.head_restarts, reads_head_jobs=True,
                         head_generation=current_generation(obs.head_generation, heads))
-        if isinstance(held, HeadStays):
-            notes.append(held.note)
-            head_kept = held.why
-            requeues.append(held.recheck)
+        if isinstance(for_jobs, HeadStays):
+            notes.append(for_jobs.note)
+            head_kept = for_jobs.why
+            requeues.append(for_jobs.recheck)
         else:
-            notes += [held.note] if held.note else []
+            notes += [for_jobs.note] if for_jobs.note else []
             actions += [DeletePod(p.name, "cluster is suspended") for p in heads if not p.deleting]
     requeues += drain_recheck(actions)
     return Plan(tuple(actions), dict(obs.health), obs.head_restarts, requeue_after=min(requeues) if requeues else None,
