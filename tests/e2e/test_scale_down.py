@@ -202,9 +202,13 @@ def test_suspend_drains_the_busy_worker_and_removes_the_head_last(
         assert head is not None and head.metadata.deletion_timestamp is None, stays
         assert not [p.metadata.name for p in cluster_pods(core_v1, ns, name)
                     if p.metadata.name != run.head and p.metadata.deletion_timestamp is None], "no worker left"
-        obj = custom_objects.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-        suspended = next(c for c in obj["status"]["conditions"] if c["type"] == "Suspended")
-        assert f"the head stays while Ray job(s) {run.guard} run" in suspended["message"], suspended
+
+        def suspended_message() -> str:
+            obj = custom_objects.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            return str(next(c for c in obj["status"]["conditions"] if c["type"] == "Suspended")["message"])
+        # The turn that posts the Event writes status after it.
+        wait_for("the Suspended condition naming the guard job",
+                 lambda: f"the head stays while Ray job(s) {run.guard} run" in suspended_message(), timeout=10)
 
         rayjobs.stop_job(run.head_ip, run.guard)
         stopped_at = time.time()
