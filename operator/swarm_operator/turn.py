@@ -73,6 +73,7 @@ class ClusterMemory:
     taken: set[str] = field(default_factory=set)  # names found held by others, warned about once
     deleted: set[str] = field(default_factory=set)  # pods this operator deleted: no disruption to drain ahead of
     noted: tuple[Note, ...] = ()  # the plan's last notes, posted once while they hold
+    jobs_unreadable: str = ""  # why a suspended head's Jobs API could not be read, logged once while it holds
     token: TokenMemory = field(default_factory=TokenMemory)
     autoscaler: AutoscalerMemory = field(default_factory=AutoscalerMemory)
     pod_series: set[tuple[str, str]] = field(default_factory=set)  # swarm_pods' (group, state) series
@@ -254,7 +255,7 @@ class Turns:
                             suspended_since=suspended_since(seen.old_status, now) if cluster.suspend else 0.0)
         plan = plan_cluster(cluster, observed, targets, now, seen.held)
         if plan.reads_head_jobs:  # suspended, and the head is all that is left: does it still run a Ray job?
-            jobs = await self._head_jobs(fx, cluster, seen.token)
+            jobs = await self._head_jobs(fx, memory, cluster, seen.token)
             observed = replace(observed, head_jobs=jobs)
             plan = plan_cluster(cluster, observed, targets, now, seen.held)
         if plan.notes != memory.noted:
@@ -263,14 +264,17 @@ class Turns:
                 await fx.event(reason, note)
         return Decided(plan, targets, scale_ups, outcome, view, ours, observed.pods)
 
-    async def _head_jobs(self, fx: ClusterEffects, cluster: ClusterSpec, token: str | None) -> HeadJobs:
+    async def _head_jobs(self, fx: ClusterEffects, memory: ClusterMemory, cluster: ClusterSpec,
+                         token: str | None) -> HeadJobs:
         """The Ray jobs the head's Jobs API lists as not ended (a short read on the blocking pool)."""
         ip = head_ip(self.cache, fx.key, cluster)
         if ip is None:
             return JobsUnreadable("the head pod has no IP")
         jobs = await fx.call(self.ray_jobs.unended_submissions, ip, token)
-        if isinstance(jobs, JobsUnreadable):
-            log.info("SwarmCluster %s/%s is suspended; its head's Jobs API could not be read: %s", *fx.key, jobs.error)
+        error = jobs.error if isinstance(jobs, JobsUnreadable) else ""
+        if error and error != memory.jobs_unreadable:  # the Event leaves the error out, to be posted once
+            log.info("SwarmCluster %s/%s is suspended; its head's Jobs API could not be read: %s", *fx.key, error)
+        memory.jobs_unreadable = error
         return jobs
 
     async def _act(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen, decided: Decided) -> Acted:
