@@ -95,6 +95,14 @@ def submit_job(head_ip: str, entrypoint: str, metadata: dict[str, str] | None = 
         return str(json.load(resp)["submission_id"])
 
 
+def stop_job(head_ip: str, job_id: str) -> None:
+    """Ask Ray to stop the job (what ``ray job stop`` does)."""
+    req = urllib.request.Request(_jobs_url(head_ip, f"{job_id}/stop"), data=b"{}",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30):
+        pass
+
+
 def list_jobs(head_ip: str) -> list[dict[str, Any]]:
     """Every job the head's Jobs API knows (its history lives in the GCS)."""
     return list(_get(_jobs_url(head_ip)))

@@ -17,6 +17,7 @@ from swarm_operator import metrics
 from swarm_operator.autoscaler.runner import Autoscaler
 from swarm_operator.config import OperatorConfig
 from swarm_operator.gauges import set_cluster_phases
+from swarm_operator.jobs.rayapi import RayJobsClient
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key, WatchCache, owner_key
 from swarm_operator.kit.loop import Loop, LoopSettings
@@ -40,7 +41,9 @@ class Controller:
         self.nodes = NodeCache()
         self.active = active or asyncio.Event()  # set while this replica may act (always, without election)
         self.autoscaler = Autoscaler(self.blocking)
-        self.turns = Turns(kube, self.blocking, config, self.cache, self.nodes, self.autoscaler, self._gone)
+        self.ray_jobs = RayJobsClient()  # shared with SwarmJob's controller (handlers.py)
+        self.turns = Turns(kube, self.blocking, config, self.cache, self.nodes, self.autoscaler, self._gone,
+                           self.ray_jobs)
         settings = LoopSettings(config.workers, config.resync_seconds, config.relist_seconds, config.namespaces)
         self.loop = Loop(SWARMCLUSTER, kube, self.blocking, self.cache.objects, self.turns, settings, self.active,
                          relist_children=self._relist_children, on_depth=metrics.QUEUE_DEPTH.set)

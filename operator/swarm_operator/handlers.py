@@ -89,8 +89,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     pods_listed_at = await blocking(controller.seed)
     Runtime.controller = controller
     controller.start()
-    # SwarmJobs on the same kit: one blocking pool, one leader (controller.active), SwarmCluster's cache.
-    Runtime.jobs = JobController(kube, cfg, blocking, controller.active, controller.cache.objects)
+    # SwarmJobs on the same kit: one blocking pool, one leader (controller.active), SwarmCluster's cache, one Jobs
+    # API client (its connection pools).
+    Runtime.jobs = JobController(kube, cfg, blocking, controller.active, controller.cache.objects,
+                                 controller.ray_jobs)
     Runtime.jobs.start()
     loop = asyncio.get_running_loop()
     for ns, version in pods_listed_at.items():

@@ -23,6 +23,8 @@ class EventReason(StrEnum):
     ROLLOUT_WAITING = "RolloutWaiting"
     SCALE_DOWN_WAITING = "ScaleDownWaiting"
     HEAD_WAITING = "HeadWaiting"
+    SUSPEND_WAITING = "SuspendWaiting"
+    SUSPEND_TIMED_OUT = "SuspendTimedOut"
     SERVICE_UPDATED = "ServiceUpdated"
     SERVICE_REPLACED = "ServiceReplaced"
     RAY_TOKEN_MISSING = "RayTokenMissing"
@@ -68,10 +70,10 @@ _WARNINGS = frozenset({
     EventReason.CREATE_FAILED, EventReason.REPLACING, EventReason.INVALID_SPEC, EventReason.TEMPLATE_OVERRIDDEN,
     EventReason.SERVICE_REPLACED, EventReason.RAY_TOKEN_MISSING, EventReason.INFEASIBLE_DEMAND,
     EventReason.RAY_VERSION_MISMATCH, EventReason.RAY_VERSION_UNSUPPORTED, EventReason.REDIS_CLEANUP_FAILED,
-    EventReason.REDIS_CLEANUP_TIMED_OUT, EventReason.JOB_RETRYING, EventReason.RAY_JOB_FAILED,
-    EventReason.RAY_JOB_LOST, EventReason.CLUSTER_LOST, EventReason.STATUS_UNREADABLE, EventReason.DEADLINE_EXCEEDED,
-    EventReason.BACKOFF_LIMIT_EXCEEDED, EventReason.SUBMIT_FAILED, EventReason.STOP_FAILED,
-    EventReason.JOB_UNSCHEDULABLE,
+    EventReason.REDIS_CLEANUP_TIMED_OUT, EventReason.SUSPEND_TIMED_OUT, EventReason.JOB_RETRYING,
+    EventReason.RAY_JOB_FAILED, EventReason.RAY_JOB_LOST, EventReason.CLUSTER_LOST, EventReason.STATUS_UNREADABLE,
+    EventReason.DEADLINE_EXCEEDED, EventReason.BACKOFF_LIMIT_EXCEEDED, EventReason.SUBMIT_FAILED,
+    EventReason.STOP_FAILED, EventReason.JOB_UNSCHEDULABLE,
 })
 
 _MEANINGS = {
@@ -92,6 +94,11 @@ _MEANINGS = {
                                     "wait: while Ray's state is unknown, busy cannot be told from idle",
     EventReason.HEAD_WAITING: "a new head waits for the old head pod to be gone: its node is not known to be dead, "
                               "and two GCS servers must never run at once",
+    EventReason.SUSPEND_WAITING: "a suspended cluster's head stays, its workers gone, while a Ray job submitted "
+                                 "through its Jobs API has not ended (its driver runs there), or while that API "
+                                 "cannot be read; at most updateStrategy.drainTimeoutSeconds from the suspension",
+    EventReason.SUSPEND_TIMED_OUT: "a suspended cluster's head went at the bound (updateStrategy.drainTimeoutSeconds "
+                                   "from the suspension) while Ray jobs still ran there, or their state was unknown",
     EventReason.SERVICE_UPDATED: "the head service's annotations, type or selector (a new head generation) were "
                                  "patched in place",
     EventReason.SERVICE_REPLACED: "the head service was re-created (headless and not cannot change in place)",
@@ -159,7 +166,8 @@ _CONDITION_MEANINGS = {
     ConditionType.WORKERS_READY: "every group has as many ready workers as its target (the message lists the "
                                  "groups short of it)",
     ConditionType.AUTOSCALING: "`autoscaling.enabled`: worker groups follow Ray's pending demand",
-    ConditionType.SUSPENDED: "`spec.suspend` is true: no pods run",
+    ConditionType.SUSPENDED: "`spec.suspend` is true: no pods run (the message says what the suspension still "
+                             "waits for: workers draining, then Ray jobs running on the head)",
     ConditionType.REPLICA_FAILURE: "workers failed recently (consecutive failures per group and each group's last "
                                    "failure in the message)",
     ConditionType.ROLLOUT_COMPLETE: "every pod runs the current spec (reason AllPodsUpdated); a GitOps health "

@@ -138,23 +138,36 @@ def _next_head(kept: Persisted, now: float) -> str:
     return f"{NEXT_HEAD}{timestamp(backoff.until)} (crash-loop backoff; a changed head template starts at once)"
 
 
-def _suspended_message(pods: list[PodState], held: str) -> str:
+def _suspended_message(pods: list[PodState], held: str, head_kept: str) -> str:
     """Why it is suspended (`held`: Kueue's reason, "" for spec.suspend) and what that still waits for: busy
-    workers drain first, the head goes last (reconcile/retire.py)."""
+    workers drain first, then the head goes, once no Ray job runs its driver there (`head_kept`: why it stays)."""
     why = held or "spec.suspend is true"
     workers = [p for p in pods if p.alive and p.node_type == labels.WORKER]
     if not workers:
-        return why
+        return f"{why}; {head_kept}" if head_kept else why
     draining = sum(1 for p in workers if p.drained)
     return f"{why}; {len(workers)} worker(s) still running ({draining} draining in Ray), then the head goes"
 
 
+def suspended_since(status: Mapping[str, Any], now: float) -> float:
+    """When the suspension began: the Suspended condition's last transition to True (`now` when it is not True
+    yet: the suspension begins this turn, and this turn's status records it)."""
+    for c in status.get("conditions") or []:
+        if c.get("type") == ConditionType.SUSPENDED and c.get("status") == "True":
+            try:
+                return parse_time(c.get("lastTransitionTime")) or now
+            except ValueError:
+                return now
+    return now
+
+
 def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, old: Mapping[str, Any],
                    now: float, head_ip: str | None, autoscaler: Mapping[str, Any] | None = None,
-                   held: str = "", quota: str = "") -> dict[str, Any]:
+                   held: str = "", quota: str = "", head_kept: str = "") -> dict[str, Any]:
     """The whole status: `kept` (its targets are the desired replicas of every group) with what the
     pods show; `autoscaler` is this turn's status.autoscaler, None to keep the stored one. A queued cluster's
-    `held` is why Kueue holds it suspended ("" while it may run), `quota` what Kueue admitted of its groups."""
+    `held` is why Kueue holds it suspended ("" while it may run), `quota` what Kueue admitted of its groups;
+    `head_kept` why a suspended cluster's head stays for its Ray jobs."""
     desired = kept.targets
     persisted = persisted_to_status(kept, now)
     stored_groups = {e["name"]: e for e in persisted["workerGroups"]}
@@ -224,7 +237,7 @@ def cluster_status(cluster: ClusterSpec, pods: list[PodState], kept: Persisted, 
                   else "worker groups follow spec.replicas"),
         condition(ConditionType.SUSPENDED, cluster.suspend,
                   "HeldByKueue" if held else "Suspended" if cluster.suspend else "Active",
-                  _suspended_message(pods, held) if cluster.suspend else "cluster is active"),
+                  _suspended_message(pods, held, head_kept) if cluster.suspend else "cluster is active"),
         condition(ConditionType.REPLICA_FAILURE, bool(failing), "WorkersFailing" if failing else "NoFailures",
                   "; ".join(failing) if failing else "no recent worker failures"),
         condition(ConditionType.ROLLOUT_COMPLETE, not behind and not cluster.suspend,

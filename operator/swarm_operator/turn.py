@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from swarm_operator import metrics
@@ -19,6 +19,7 @@ from swarm_operator.cluster_effects import NAME_TAKEN_RETRY_SECONDS, ClusterEffe
 from swarm_operator.config import OperatorConfig
 from swarm_operator.finalizer import delete_with_cleanup, keep_finalizer
 from swarm_operator.gauges import remove_pod_gauges, update_pod_gauges
+from swarm_operator.jobs.rayapi import RayJobsClient
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key, WatchCache
 from swarm_operator.kit.memory import Memories
@@ -41,6 +42,7 @@ from swarm_operator.reconcile.actions import (
 )
 from swarm_operator.reconcile.observe import Observed, PodState, observe_pod, owned_by
 from swarm_operator.reconcile.plan import Plan, desired_replicas, needs_ray_state, plan_cluster
+from swarm_operator.reconcile.suspend import HeadJobs, JobsUnreadable
 from swarm_operator.reconcile.tally import Disruption, tally_disruptions
 from swarm_operator.resources import labels
 from swarm_operator.resources.pods import template_overrides
@@ -54,6 +56,7 @@ from swarm_operator.status import (
     differs,
     invalid_status,
     persisted_from_status,
+    suspended_since,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ class ClusterMemory:
     # The last states of pods deleted since the last turn (DELETED events), by uid: a pod gone between two turns.
     vanished: dict[str, dict[str, Any]] = field(default_factory=dict)
     noted: tuple[Note, ...] = ()  # the plan's last notes, posted once while they hold
+    jobs_unreadable: str = ""  # why a suspended head's Jobs API could not be read, logged once while it holds
     token: TokenMemory = field(default_factory=TokenMemory)
     autoscaler: AutoscalerMemory = field(default_factory=AutoscalerMemory)
     pod_series: set[tuple[str, str]] = field(default_factory=set)  # swarm_pods' (group, state) series
@@ -127,7 +131,7 @@ def head_ip(cache: WatchCache, key: Key, cluster: ClusterSpec) -> str | None:
 
 class Turns:
     def __init__(self, kube: Kube, blocking: Blocking, config: OperatorConfig, cache: WatchCache, nodes: NodeCache,
-                 autoscaler: Autoscaler, gone: Gone) -> None:
+                 autoscaler: Autoscaler, gone: Gone, ray_jobs: RayJobsClient) -> None:
         self.kube = kube
         self.blocking = blocking
         self.config = config
@@ -135,6 +139,7 @@ class Turns:
         self.nodes = nodes
         self.autoscaler = autoscaler
         self._gone = gone
+        self.ray_jobs = ray_jobs
         self.memories: Memories[ClusterMemory] = Memories(ClusterMemory)
 
     def forget(self, key: Key) -> None:
@@ -267,8 +272,13 @@ class Turns:
                             head_backoff=seen.kept.head_backoff, idle_pods=view.idle if view else None,
                             ray_dead=view.ray_dead if view else frozenset(),
                             ray_nodes=view.ray_nodes if view else None, budgets=budgets,
-                            deleted_by_operator=frozenset(memory.deleted), vanished=tuple(vanished))
+                            deleted_by_operator=frozenset(memory.deleted), vanished=tuple(vanished),
+                            suspended_since=suspended_since(seen.old_status, now) if cluster.suspend else 0.0)
         plan = plan_cluster(cluster, observed, targets, now, seen.held)
+        if plan.reads_head_jobs:  # suspended, and the head is all that is left: does it still run a Ray job?
+            jobs = await self._head_jobs(fx, memory, cluster, seen.token)
+            observed = replace(observed, head_jobs=jobs)
+            plan = plan_cluster(cluster, observed, targets, now, seen.held)
         if plan.notes != memory.noted:
             memory.noted = plan.notes
             for reason, note in plan.notes:
@@ -281,6 +291,19 @@ class Turns:
         for disruption in disruptions:
             metrics.POD_DISRUPTIONS.labels(*fx.key, disruption.group, disruption.cause).inc()
         await fx.report_disruptions(disruptions)
+
+    async def _head_jobs(self, fx: ClusterEffects, memory: ClusterMemory, cluster: ClusterSpec,
+                         token: str | None) -> HeadJobs:
+        """The Ray jobs the head's Jobs API lists as not ended (a short read on the blocking pool)."""
+        ip = head_ip(self.cache, fx.key, cluster)
+        if ip is None:
+            return JobsUnreadable("the head pod has no IP")
+        jobs = await fx.call(self.ray_jobs.unended_submissions, ip, token)
+        error = jobs.error if isinstance(jobs, JobsUnreadable) else ""
+        if error and error != memory.jobs_unreadable:  # the Event leaves the error out, to be posted once
+            log.info("SwarmCluster %s/%s is suspended; its head's Jobs API could not be read: %s", *fx.key, error)
+        memory.jobs_unreadable = error
+        return jobs
 
     async def _act(self, fx: ClusterEffects, memory: ClusterMemory, seen: Seen, decided: Decided) -> Acted:
         """The plan's actions, its drains of busy workers, the head service's sync."""
@@ -337,7 +360,7 @@ class Turns:
         now_named = {state.name for state in states}
         gone = [pod for pod in decided.pods if pod.failure is not None and pod.name not in now_named]
         status = cluster_status(cluster, [*states, *gone], after, seen.old_status, seen.now,
-                                head_ip(self.cache, key, cluster), record, seen.held, seen.quota)
+                                head_ip(self.cache, key, cluster), record, seen.held, seen.quota, plan.head_kept)
         if differs(seen.old_status, status) and not await fx.write_status(status):
             self._gone(key, None)  # deleted, though no watch said so
             return False

@@ -10,7 +10,6 @@ retries cannot hide a killed worker here: the task allows none.
 from __future__ import annotations
 
 import copy
-import http.client
 import json
 import math
 import shlex
@@ -36,7 +35,6 @@ from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 TASK_SECONDS = 25
-LOG_LAG_SECONDS = 3.0  # how late the driver's log can show the task's first line
 AUTOSCALING_OFF = {"enabled": False}
 # Idle workers are not the autoscaler's to remove during the test: only the lowered maxReplicas removes them.
 AUTOSCALING_ON = {"enabled": True, "intervalSeconds": 2, "idleTimeoutSeconds": 600}
@@ -64,22 +62,25 @@ class Run:
     finished: float  # when the long task returned (epoch seconds, on the worker)
     leaving: dict[str, float]
     busy_gone_at: float
+    head_ip: str
+    guard: str | None  # a job that keeps a suspended cluster's head until the test stops it
 
 
 def scale_down_while_busy(core: Any, custom: Any, ns: str, pool: str, name: str, autoscaling: dict[str, Any],
-                          change: Callable[[dict[str, Any]], dict[str, Any]], head_goes: bool = False) -> Run:
+                          change: Callable[[dict[str, Any]], dict[str, Any]], guard: bool = False) -> Run:
     """Start the long task on one of two workers, apply `change(stored spec) -> merge patch of spec`, and follow
     the pods until the task's job ends; then wait until the busy worker's pod is gone.
 
-    `head_goes` (suspend): the head, where the job's driver runs, goes right after the busy worker, often before the
-    driver has reported; the task's end is then bounded by when it was seen starting (the log lags by at most
-    LOG_LAG_SECONDS), and the busy pod must not have left before that bound."""
+    The job's driver runs on the head, which stays on every path (suspend too: while a job runs there): its
+    SUCCEEDED must be read while the head pod is there and not deleting. With `guard`, a second job (no Ray work:
+    it only sleeps) runs on the head until the test stops it: once the long job has ended, a suspended cluster's
+    head would otherwise go at the operator's next read of the Jobs API, maybe before this test's own read."""
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, two_workers(pool, name, autoscaling))
     ray = wait_ray_cluster(core, ns, name, want=3, timeout=150)
     workers = {n for n in ray.pods if n != ray.head}
+    guard_job = rayjobs.submit_job(ray.head_ip, "sleep 600") if guard else None
     job = rayjobs.submit_job(ray.head_ip, "python -c " + shlex.quote(LONG_TASK % TASK_SECONDS))
     busy = wait_for("the long task started", lambda: started_on(rayjobs.job_logs(ray.head_ip, job)), timeout=60)
-    started_seen = time.time()
     assert busy in workers, busy
     (idle,) = workers - {busy}
 
@@ -89,40 +90,32 @@ def scale_down_while_busy(core: Any, custom: Any, ns: str, pool: str, name: str,
     leaving: dict[str, float] = {}
     info: dict[str, Any] = {}
     logs = ""
-    deadline = time.monotonic() + TASK_SECONDS + 60
-    while time.monotonic() < deadline:
-        now = time.time()
-        pods = {p.metadata.name: p for p in cluster_pods(core, ns, name)}
+
+    def note_leaving() -> dict[str, Any]:
+        now, pods = time.time(), {p.metadata.name: p for p in cluster_pods(core, ns, name)}
         for pod_name in (*workers, ray.head):
             pod = pods.get(pod_name)
             if pod_name not in leaving and (pod is None or pod.metadata.deletion_timestamp is not None):
                 leaving[pod_name] = now
-        try:
-            info = rayjobs.job_info(ray.head_ip, job)
-            if info.get("status") in rayjobs.TERMINAL_JOB_STATES:
-                logs = rayjobs.job_logs(ray.head_ip, job)  # the head may go between the two reads
-                break
-        except (OSError, http.client.HTTPException):  # refused, reset, a 500 or cut mid-answer: a head going away
-            if not head_goes:
-                raise
-            info = {}
-            if busy in leaving and ray.head in leaving:
-                break  # the driver went with the head, after the busy worker
-            # both may go in one turn, after the listing above: the next listing shows it
+        return pods
+
+    deadline = time.monotonic() + TASK_SECONDS + 60
+    while time.monotonic() < deadline:
+        note_leaving()
+        info = rayjobs.job_info(ray.head_ip, job)
+        if info.get("status") in rayjobs.TERMINAL_JOB_STATES:
+            logs = rayjobs.job_logs(ray.head_ip, job)
+            break
         time.sleep(0.5)
-    if head_goes and not logs:
-        wait_for("the busy worker's pod gone",
-                 lambda: busy not in {p.metadata.name for p in cluster_pods(core, ns, name)}, timeout=90)
-        finished = started_seen + TASK_SECONDS - LOG_LAG_SECONDS
-        print(f"{name}: the head went before the driver reported; the task ended no earlier than {finished:.1f}")
-        return Run(busy, idle, ray.head, changed_at, finished, leaving, time.time())
+    # Listed after the result was read: a head here and not deleting now was so when the driver reported.
+    head_after = note_leaving().get(ray.head)
+    assert head_after is not None and ray.head not in leaving, (info, leaving)
     assert info.get("status") == "SUCCEEDED", (info, logs, leaving)
     line = next(ln for ln in logs.splitlines() if ln.startswith("E2E-RESULT "))
     result = json.loads(line.split(" ", 1)[1])
     assert result["pod"] == busy, result
-    wait_for("the busy worker's pod gone", lambda: busy not in {p.metadata.name for p in cluster_pods(core, ns, name)},
-             timeout=90)
-    run = Run(busy, idle, ray.head, changed_at, result["finished"], leaving, time.time())
+    wait_for("the busy worker's pod gone", lambda: busy not in note_leaving(), timeout=90)
+    run = Run(busy, idle, ray.head, changed_at, result["finished"], leaving, time.time(), ray.head_ip, guard_job)
     print(f"{name}: idle worker leaving {leaving.get(idle, math.nan) - changed_at:.1f}s after the change; task done "
           f"{run.finished - changed_at:.1f}s after it; busy pod gone {run.busy_gone_at - run.finished:.1f}s after "
           "the task")
@@ -189,14 +182,39 @@ def test_a_removed_group_drains_its_busy_worker(core_v1: Any, custom_objects: An
 
 def test_suspend_drains_the_busy_worker_and_removes_the_head_last(
         core_v1: Any, custom_objects: Any, module_namespace: str, operator: Any, process_nodes: ProcessNodes) -> None:
+    """The busy worker is drained first; the head, where the jobs' drivers run, stays while a job runs there: the
+    long job's SUCCEEDED is read with the head up, and the head goes once the guard job is stopped too."""
     ns, name = module_namespace, "paused"
     try:
         run = scale_down_while_busy(core_v1, custom_objects, ns, process_nodes.pool, name, AUTOSCALING_OFF,
-                                    lambda spec: {"suspend": True}, head_goes=True)
+                                    lambda spec: {"suspend": True}, guard=True)
         assert_drained_first(core_v1, ns, name, run)
-        # The job's driver runs on the head: it stayed until the busy worker was gone, then went too.
+        assert run.guard is not None
+
+        def events(reason: str) -> list[str]:
+            return [e.message for e in core_v1.list_namespaced_event(ns).items
+                    if e.involved_object.name == name and e.reason == reason]
+
+        # No worker left: the head stays for the guard job, and says so.
+        stays = wait_for("SuspendWaiting naming the guard job", lambda: [
+            m for m in events("SuspendWaiting") if f"Ray job(s) {run.guard} run" in m], timeout=15)
+        head = {p.metadata.name: p for p in cluster_pods(core_v1, ns, name)}.get(run.head)
+        assert head is not None and head.metadata.deletion_timestamp is None, stays
+        assert not [p.metadata.name for p in cluster_pods(core_v1, ns, name)
+                    if p.metadata.name != run.head and p.metadata.deletion_timestamp is None], "no worker left"
+
+        def suspended_message() -> str:
+            obj = custom_objects.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            return str(next(c for c in obj["status"]["conditions"] if c["type"] == "Suspended")["message"])
+        # The turn that posts the Event writes status after it.
+        wait_for("the Suspended condition naming the guard job",
+                 lambda: f"the head stays while Ray job(s) {run.guard} run" in suspended_message(), timeout=10)
+
+        rayjobs.stop_job(run.head_ip, run.guard)
+        stopped_at = time.time()
         wait_for("every pod gone", lambda: not cluster_pods(core_v1, ns, name), timeout=60)
-        assert run.leaving.get(run.head, run.busy_gone_at) >= run.finished, run
+        print(f"{name}: head gone {time.time() - stopped_at:.1f}s after the guard job was stopped")
+        assert not events("SuspendTimedOut"), "the head went within the bound, once no job ran"
         obj = custom_objects.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
         assert obj["status"]["phase"] == "Suspended", obj["status"]
     finally:

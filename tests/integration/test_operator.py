@@ -208,19 +208,35 @@ def _condition(swc: Cluster, name: str, ctype: str) -> dict[str, str]:
     return found[0] if found else {"status": "Unknown", "reason": "", "message": ""}
 
 
+SUSPEND_BOUND = 25  # updateStrategy.drainTimeoutSeconds: how long a suspended head may stay for its Ray jobs
+
+
 def test_suspend_and_resume(swc: Cluster, operator: OperatorProcess) -> None:
     """Suspending takes the workers down first, the head last. kwok runs no Ray, so the ready workers wait (busy
-    cannot be told from idle) and say so; deleted by hand, they let the head go."""
-    swc.create(manifest("eta", replicas=2))
+    cannot be told from idle) and say so; deleted by hand, they leave the head, whose Jobs API cannot be read
+    either: it stays, saying so, until drainTimeoutSeconds after the suspension, then goes with a Warning."""
+    swc.create(manifest("eta", replicas=2, updateStrategy={"drainTimeoutSeconds": SUSPEND_BOUND}))
     wait_for("Running", ready_status(swc, "eta", 2))
     swc.patch("eta", {"spec": {"suspend": True}})
+    suspended_at = time.time()
     wait_for("ScaleDownWaiting", lambda: [e for e in swc.events("eta") if e.reason == "ScaleDownWaiting"], timeout=30)
     wait_for("Suspended says what it waits for", lambda: "2 worker(s) still running" in _condition(
         swc, "eta", "Suspended")["message"])
     assert len(swc.heads("eta")) == 1, "the head goes last"
     for pod in swc.workers("eta"):
         swc.core.delete_namespaced_pod(pod.metadata.name, swc.ns, grace_period_seconds=0)
+    wait_for("SuspendWaiting", lambda: [e for e in swc.events("eta") if e.reason == "SuspendWaiting"
+                                        and "its Jobs API cannot be read" in (e.message or "")], timeout=10)
+    assert "the head stays while its Jobs API cannot be read" in _condition(swc, "eta", "Suspended")["message"]
+    assert len(swc.heads("eta")) == 1, "the head stays (not deleting) within the bound"
+    assert time.time() < suspended_at + SUSPEND_BOUND - 1, "the head was seen staying before the bound"
+    left_at = wait_for("the head leaving", lambda: None if swc.heads("eta") else time.time(),
+                       timeout=SUSPEND_BOUND + 30)
+    # The bound counts from the Suspended condition's lastTransitionTime (whole seconds: up to 1 s early).
+    assert left_at >= suspended_at + SUSPEND_BOUND - 1.5, (left_at - suspended_at, "the head went before the bound")
     wait_for("no pods", lambda: not swc.pods("eta", include_deleting=True))
+    (timed_out,) = [e for e in swc.events("eta") if e.reason == "SuspendTimedOut"]
+    assert timed_out.type == "Warning" and "Jobs API could not be read" in timed_out.message, timed_out
     wait_for("Suspended", lambda: swc.status("eta").get("phase") == "Suspended")
     swc.patch("eta", {"spec": {"suspend": False}})
     wait_for("back", ready_status(swc, "eta", 2))

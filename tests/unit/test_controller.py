@@ -21,9 +21,11 @@ from swarm_operator.autoscaler.snapshot import NodeStatus
 from swarm_operator.cluster_effects import NAME_TAKEN_RETRY_SECONDS, SUFFIX_ALPHABET, random_suffix
 from swarm_operator.config import OperatorConfig
 from swarm_operator.controller import Controller
+from swarm_operator.jobs.rayapi import RayJobsClient
 from swarm_operator.kit import loop as loop_module
 from swarm_operator.kit.cache import Key
 from swarm_operator.kube_http import ApiError
+from swarm_operator.reconcile.suspend import HeadJobs, JobsUnreadable
 from swarm_operator.resources import labels
 from tests.unit.operator_fixtures import NAMESPACE, NOW, FakeKube, FixedClock, as_kube, iso, manifest, with_state
 from tests.unit.ray_fixtures import HEAD_IP, FakeRay, node_id, ray_node, snapshot
@@ -952,3 +954,93 @@ def test_a_head_service_change_is_applied_without_touching_pods(head: dict[str, 
     svc = kube.services[(NAMESPACE, "demo-head-svc")]
     assert svc["metadata"].get("annotations", {}).get("lb") == head.get("service", {}).get("annotations", {}).get("lb")
     assert (svc["spec"].get("clusterIP") == "None") is (head["serviceType"] == "Headless")
+
+
+# -- suspend: the head stays while a Ray job's driver runs there (reconcile/suspend.py) ------------------------
+
+
+class FakeJobsApi(RayJobsClient):
+    """The head's Jobs API: the jobs it lists as not ended (or why it cannot be read); each read's address kept."""
+
+    def __init__(self, jobs: HeadJobs) -> None:
+        super().__init__()
+        self.jobs = jobs
+        self.reads: list[str] = []
+
+    def unended_submissions(self, head_ip: str, token: str | None) -> HeadJobs:
+        self.reads.append(head_ip)
+        return self.jobs
+
+
+def _suspend_with_head_up(kube: FakeKube, jobs: FakeJobsApi, spec: dict[str, Any] | None = None,
+                          status: dict[str, Any] | None = None) -> Callable[[], Awaitable[Controller]]:
+    """A cluster of only a head, running at HEAD_IP, then suspended (with `status` as stored, if given)."""
+    async def start() -> Controller:
+        c = make(kube)
+        c.turns.ray_jobs = jobs
+        c.on_cluster("ADDED", manifest(spec, groups=[]))
+        await c.reconcile(KEY)
+        running(kube, c, "demo-head", HEAD_IP)
+        await c.reconcile(KEY)
+        c.on_cluster("MODIFIED", {**manifest({**(spec or {}), "suspend": True}, groups=[], generation=2),
+                                  "status": status or kube.statuses[-1][2]})
+        return c
+    return start
+
+
+def _suspended_condition(kube: FakeKube) -> dict[str, Any]:
+    return next(x for x in kube.statuses[-1][2]["conditions"] if x["type"] == "Suspended")
+
+
+def test_a_suspended_head_stays_while_a_ray_job_runs_there_and_says_so_once() -> None:
+    kube, jobs = FakeKube(), FakeJobsApi(("raysubmit_a",))
+    why = f"the head stays while Ray job(s) raysubmit_a run, at most until {iso(NOW + 600)}"
+
+    async def body() -> None:
+        c = await _suspend_with_head_up(kube, jobs)()
+        await c.reconcile(KEY)
+        await c.reconcile(KEY)
+        assert jobs.reads == [HEAD_IP, HEAD_IP] and kube.verbs()["delete_pod"] == 0
+        assert [e[3] for e in kube.events if e[2] == "SuspendWaiting"] == [f"cluster is suspended: {why}"]
+        assert _suspended_condition(kube)["message"] == f"spec.suspend is true; {why}"
+        jobs.jobs = ()  # the driver reported and ended
+        await c.reconcile(KEY)
+        assert [n for verb, n in kube.calls if verb == "delete_pod"] == ["demo-head"]
+        assert _suspended_condition(kube)["message"] == "spec.suspend is true"
+
+    run(body)
+    assert not [e for e in kube.events if e[2] == "SuspendTimedOut"]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "warning"),
+    [
+        pytest.param(("raysubmit_a",), "while Ray job(s) raysubmit_a still run", id="jobs-running"),
+        pytest.param(JobsUnreadable("timed out"), "though its Jobs API could not be read (timed out)",
+                     id="unreadable"),
+    ],
+)
+def test_a_suspended_head_goes_at_the_bound_with_a_warning(jobs: HeadJobs, warning: str) -> None:
+    kube, api = FakeKube(), FakeJobsApi(jobs)
+    since = {"conditions": [{"type": "Suspended", "status": "True", "lastTransitionTime": iso(NOW - 600)}]}
+
+    async def body() -> None:
+        c = await _suspend_with_head_up(kube, api, status=since)()
+        await c.reconcile(KEY)
+
+    run(body)
+    assert [n for verb, n in kube.calls if verb == "delete_pod"] == ["demo-head"]
+    assert [(e[1], warning in e[3]) for e in kube.events if e[2] == "SuspendTimedOut"] == [("Warning", True)]
+
+
+def test_a_suspended_head_without_a_dashboard_goes_without_a_read() -> None:
+    kube, jobs = FakeKube(), FakeJobsApi(("raysubmit_a",))
+    no_dashboard = {"head": {"resources": {"cpu": "1", "memory": "2Gi"},
+                             "rayStartParams": {"include-dashboard": "false"}}}
+
+    async def body() -> None:
+        c = await _suspend_with_head_up(kube, jobs, no_dashboard)()
+        await c.reconcile(KEY)
+
+    run(body)
+    assert jobs.reads == [] and [n for verb, n in kube.calls if verb == "delete_pod"] == ["demo-head"]

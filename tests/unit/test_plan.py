@@ -24,6 +24,7 @@ from swarm_operator.reconcile.disruption import DISRUPTION_TARGET, NodeState
 from swarm_operator.reconcile.observe import Observed, PodState, observe_pod
 from swarm_operator.reconcile.plan import Plan, desired_replicas, needs_ray_state, plan_cluster
 from swarm_operator.reconcile.retire import DRAIN_POLL_SECONDS, RAY_STATE_RETRY_SECONDS
+from swarm_operator.reconcile.suspend import JOBS_POLL_SECONDS, HeadJobs, JobsUnreadable
 from swarm_operator.resources import labels, revision
 from swarm_operator.resources.pods import head_hash
 from swarm_operator.spec.types import ClusterSpec
@@ -38,10 +39,13 @@ HEAD_BUDGET = {"demo-head-pdb": "pdb-uid"}  # the head's PodDisruptionBudget exi
 def run(c: ClusterSpec, pods: list[PodState], *, service: bool = True, health: Mapping[str, GroupHealth] | None = None,
         targets: Mapping[str, int] | None = None, idle: frozenset[str] | None = None, head_restarts: int = 0,
         ray_nodes: frozenset[str] | None = None, ray_dead: frozenset[str] = frozenset(),
-        deleted_by_operator: frozenset[str] = frozenset(), held_by_kueue: str = "") -> Plan:
+        deleted_by_operator: frozenset[str] = frozenset(), held_by_kueue: str = "",
+        head_jobs: HeadJobs | None = (), suspended_since: float = 0.0) -> Plan:
+    """The plan for `pods`; a suspended cluster's head runs no Ray job unless `head_jobs` says otherwise."""
     obs = Observed(pods=tuple(pods), service_exists=service, health=dict(health or {}),
                    head_restarts=head_restarts, idle_pods=idle, ray_nodes=ray_nodes, ray_dead=ray_dead,
-                   budgets=HEAD_BUDGET, deleted_by_operator=deleted_by_operator)
+                   budgets=HEAD_BUDGET, deleted_by_operator=deleted_by_operator, head_jobs=head_jobs,
+                   suspended_since=suspended_since)
     return plan_cluster(c, obs, dict(targets or {}), NOW, held_by_kueue)
 
 
@@ -889,6 +893,73 @@ def test_a_cluster_kueue_evicted_loses_every_pod_at_once() -> None:
     p = run(SUSPENDED, [head(C), *W2, worker(C, suffix="going", deleting=True)], held_by_kueue=why)
     assert sorted(a.name for a in p.actions if isinstance(a, DeletePod)) == sorted(["demo-head", w(0), w(1)])
     assert all(a.reason == why for a in p.actions if isinstance(a, DeletePod)) and not p.notes
+
+
+# -- a suspended cluster's head stays while a Ray job's driver runs there (reconcile/suspend.py) ----------------
+
+NO_DASHBOARD = cluster({"suspend": True, "head": {"resources": {"cpu": "1", "memory": "2Gi"},
+                                                  "rayStartParams": {"include-dashboard": "False"}}})
+STAYS_FOR_A = (EventReason.SUSPEND_WAITING, "cluster is suspended: the head stays while Ray job(s) raysubmit_a run, "
+                                            f"at most until {iso(NOW + 590)}")
+STAYS_UNREADABLE = (EventReason.SUSPEND_WAITING, "cluster is suspended: the head stays while its Jobs API cannot be "
+                                                 "read (a Ray job's driver may run there), at most until "
+                                                 f"{iso(NOW + 590)}")
+
+
+@pytest.mark.parametrize(
+    ("c", "pods", "kwargs", "head_goes", "reads", "notes", "requeue"),
+    [
+        pytest.param(SUSPENDED, [head(C)], {"head_jobs": None}, False, True, (), None, id="head-alone-its-jobs-read"),
+        pytest.param(SUSPENDED, [head(C), drained(C, "w0000")], {"head_jobs": None, "ray_dead": frozenset({w(0)})},
+                     False, True, (), None, id="the-last-worker-leaving-its-jobs-read"),
+        pytest.param(SUSPENDED, [head(C), *W2], {"head_jobs": None, **ray_of(all_(IDLE, 2))}, False, False, (),
+                     DRAIN_POLL_SECONDS, id="workers-running-nothing-read"),
+        pytest.param(SUSPENDED, [head(C)], {"head_jobs": ()}, True, False, (), None, id="no-job-the-head-goes"),
+        pytest.param(SUSPENDED, [head(C)], {"head_jobs": ("raysubmit_a",), "suspended_since": NOW - 10}, False,
+                     False, (STAYS_FOR_A,), JOBS_POLL_SECONDS, id="a-job-runs-the-head-stays"),
+        pytest.param(SUSPENDED, [head(C), drained(C, "w0000")], {"head_jobs": ("raysubmit_a",),
+                                                                 "ray_dead": frozenset({w(0)}),
+                                                                 "suspended_since": NOW - 10},
+                     False, False, (STAYS_FOR_A,), JOBS_POLL_SECONDS, id="the-last-worker-goes-the-head-stays"),
+        pytest.param(SUSPENDED, [head(C)], {"head_jobs": ("raysubmit_a",), "suspended_since": NOW - 599.5}, False,
+                     False, None, 0.5, id="looked-at-again-at-the-bound"),
+        pytest.param(SUSPENDED, [head(C)], {"head_jobs": ("raysubmit_a",), "suspended_since": NOW - 600}, True,
+                     False, ((EventReason.SUSPEND_TIMED_OUT,
+                              "cluster is suspended: the head goes at the bound (updateStrategy.drainTimeoutSeconds "
+                              "600s) while Ray job(s) raysubmit_a still run; their drivers end with it"),),
+                     None, id="past-the-bound-the-head-goes-saying-so"),
+        pytest.param(SUSPENDED, [head(C)], {"head_jobs": JobsUnreadable("timed out"), "suspended_since": NOW - 10},
+                     False, False, (STAYS_UNREADABLE,), JOBS_POLL_SECONDS, id="unreadable-the-head-stays"),
+        pytest.param(SUSPENDED, [head(C)], {"head_jobs": JobsUnreadable("timed out"), "suspended_since": NOW - 601},
+                     True, False, ((EventReason.SUSPEND_TIMED_OUT,
+                                    "cluster is suspended: the head goes at the bound (updateStrategy."
+                                    "drainTimeoutSeconds 600s) though its Jobs API could not be read (timed out); a "
+                                    "Ray job's driver may have been running there"),),
+                     None, id="unreadable-past-the-bound-the-head-goes"),
+        pytest.param(NO_DASHBOARD, [head(NO_DASHBOARD)], {"head_jobs": None}, True, False, (), None,
+                     id="dashboard-off-no-jobs-api-no-wait"),
+        pytest.param(SUSPENDED, [head(C, **PENDING)], {"head_jobs": None}, True, False, (), None,
+                     id="a-head-not-running-runs-no-driver"),
+        pytest.param(SUSPENDED, [head(C, **HEAD_FAILED)], {"head_jobs": None}, True, False, (), None,
+                     id="a-failed-head-goes"),
+        pytest.param(SUSPENDED, [head(C), *W2], {"head_jobs": None, "held_by_kueue": "evicted by Kueue (Preempted)"},
+                     True, False, (), None, id="stopped-by-kueue-every-pod-at-once-nothing-read"),
+    ],
+)
+def test_a_suspended_head_stays_while_its_ray_jobs_run(c: ClusterSpec, pods: list[PodState], kwargs: dict[str, Any],
+                                                       head_goes: bool, reads: bool,
+                                                       notes: tuple[tuple[EventReason, str], ...] | None,
+                                                       requeue: float | None) -> None:
+    p = run(c, pods, **kwargs)
+    assert (any(isinstance(a, DeletePod) and a.name == "demo-head" for a in p.actions), p.reads_head_jobs) == (
+        head_goes, reads), p
+    if notes is not None:
+        assert p.notes == notes
+    assert p.requeue_after == pytest.approx(requeue) if requeue is not None else p.requeue_after is None
+    stays = [note for reason, note in p.notes if reason == EventReason.SUSPEND_WAITING]
+    assert p.head_kept == (stays[0].removeprefix("cluster is suspended: ") if stays else "")
+    if head_goes and "held_by_kueue" not in kwargs:
+        assert {a.reason for a in p.actions if isinstance(a, DeletePod)} == {"cluster is suspended"}
 
 
 GPU = "demo-gpu-g0000"

@@ -1,5 +1,6 @@
 """The one module that talks to Ray's Jobs API: HTTP to the head's dashboard (port 8265), as `ray job submit`
-does, with `Authorization: Bearer <token>` on a token-auth cluster.
+does, with `Authorization: Bearer <token>` on a token-auth cluster. SwarmJobs submit, read and stop their jobs
+through it; a suspended SwarmCluster's turn lists the jobs its head still runs (reconcile/suspend.py).
 
 Blocking (urllib3); the turn runs each call off the event loop. Short timeouts: an unreachable head must not
 hold a worker, the state machine has its own deadline for "the status cannot be read".
@@ -18,10 +19,14 @@ import urllib3
 from swarm_operator.jobs.machine import TERMINAL_RAY, RayJob, RayJobMissing, RayUnreachable, RayView
 from swarm_operator.jobs.spec import JobSpec
 from swarm_operator.jobs.status import log_tail
+from swarm_operator.reconcile.suspend import HeadJobs, JobsUnreadable
 from swarm_operator.resources.pods import DASHBOARD_PORT
 
 log = logging.getLogger(__name__)
 TIMEOUT = urllib3.Timeout(connect=3.0, read=15.0)
+# Listing a suspended cluster's jobs is a read inside a SwarmCluster's turn: a head that does not answer must
+# not hold the turn (the caller counts it unreadable and looks again).
+LIST_TIMEOUT = urllib3.Timeout(connect=1.0, read=3.0)
 
 
 class JobsApiError(Exception):
@@ -55,12 +60,12 @@ class RayJobsClient:
                                          timeout=TIMEOUT)
 
     def _request(self, method: str, head_ip: str, path: str, token: str | None,
-                 body: Mapping[str, Any] | None = None) -> tuple[int, bytes]:
+                 body: Mapping[str, Any] | None = None, timeout: urllib3.Timeout = TIMEOUT) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         resp = self._http.request(method, f"http://{head_ip}:{DASHBOARD_PORT}/api/jobs/{path}", headers=headers,
-                                  body=json.dumps(body).encode() if body is not None else None)
+                                  body=json.dumps(body).encode() if body is not None else None, timeout=timeout)
         return resp.status, resp.data
 
     def info(self, head_ip: str, job_id: str, token: str | None) -> dict[str, Any] | None:
@@ -71,6 +76,22 @@ class RayJobsClient:
         if status >= 400:
             raise JobsApiError(status, data.decode(errors="replace"))
         return dict(json.loads(data))
+
+    def unended_submissions(self, head_ip: str, token: str | None) -> HeadJobs:
+        """The submission ids of the jobs the Jobs API lists as not ended (PENDING, RUNNING): their drivers run
+        on the head. Jobs of type DRIVER (`ray.init` from a shell, a notebook, Ray Client) are not counted: the Jobs
+        API keeps no result of theirs, and a session left connected would hold every suspension to its bound."""
+        try:
+            status, data = self._request("GET", head_ip, "", token, timeout=LIST_TIMEOUT)
+            if status >= 400:
+                raise JobsApiError(status, data.decode(errors="replace"))
+            listed = json.loads(data)
+            if not isinstance(listed, list):
+                raise ValueError(f"the Jobs API listed no jobs: {data[:200]!r}")
+            return tuple(sorted(str(j.get("submission_id")) for j in listed if isinstance(j, dict)
+                                and j.get("type") == "SUBMISSION" and j.get("status") not in TERMINAL_RAY))
+        except (JobsApiError, urllib3.exceptions.HTTPError, ValueError) as exc:
+            return JobsUnreadable(str(exc) or type(exc).__name__)
 
     def logs(self, head_ip: str, job_id: str, token: str | None) -> str:
         status, data = self._request("GET", head_ip, f"{quote(job_id)}/logs", token)

@@ -17,6 +17,7 @@ from swarm_operator.reconcile.disruption import (
     classify,
     node_lost,
 )
+from swarm_operator.reconcile.suspend import HeadJobs
 from swarm_operator.resources import labels, revision
 from swarm_operator.spec.rules import PREFIX, RAY_CONTAINER
 from swarm_operator.times import parse_time
@@ -213,3 +214,7 @@ class Observed:
     deleted_by_operator: frozenset[str] = frozenset()
     # The last states of its pods deleted since the last turn (the watch's DELETED events of pods the cache held).
     vanished: tuple[PodState, ...] = ()
+    # A suspended cluster: since when (epoch seconds; 0 when it begins this turn), and the Ray jobs its head's Jobs
+    # API lists as not ended (None: not read this turn; the plan asks for them once the head is all that is left).
+    suspended_since: float = 0.0
+    head_jobs: HeadJobs | None = None

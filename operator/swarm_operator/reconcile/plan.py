@@ -38,6 +38,7 @@ from swarm_operator.reconcile.retire import (
     take_down,
     waiting_note,
 )
+from swarm_operator.reconcile.suspend import HeadGoes, HeadStays, head_for_jobs, serves_jobs_api
 from swarm_operator.reconcile.tally import disruption_message
 from swarm_operator.resources import labels, revision
 from swarm_operator.resources.budget import head_budget_name
@@ -54,6 +55,9 @@ class Plan:
     requeue_after: float | None = None  # seconds; when a backoff expires or a name frees up
     notes: tuple[Note, ...] = field(default_factory=tuple)
     head_generation: int = 0  # the current head generation after this plan (status.head.generation)
+    # Suspended, no worker left: read the head's Jobs API (Observed.head_jobs) and plan again.
+    reads_head_jobs: bool = False
+    head_kept: str = ""  # why a suspended cluster's head stays for its Ray jobs ("" when it does not)
 
 
 def desired_replicas(cluster: ClusterSpec, status_targets: Mapping[str, int]) -> dict[str, int]:
@@ -197,10 +201,11 @@ def drain_recheck(actions: list[Action]) -> list[float]:
 
 
 def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], now: float, stopped_by: str) -> Plan:
-    """Workers first, taken down as in a scale-down to zero; the head last, once no worker is left running:
-    a busy worker's tasks need their head. Failure counts stay as they were; a head crash-loop backoff ends (a
-    resumed head starts at once). Stopped by Kueue (`stopped_by`: why), every pod is deleted at once, as Kueue stops
-    a job of its own kinds: its quota goes to another workload once the pods are gone, not when Ray finds them idle."""
+    """Workers first, taken down as in a scale-down to zero; the head last, once no worker is left running (a busy
+    worker's tasks need their head) and no Ray job submitted through its Jobs API still runs its driver there
+    (reconcile/suspend.py). Failure counts stay as they were; a head crash-loop backoff ends (a resumed head starts
+    at once). Stopped by Kueue (`stopped_by`: why), every pod is deleted at once, as Kueue stops a job of its own
+    kinds: its quota goes to another workload once the pods are gone, not when Ray finds them idle."""
     heads = [p for p in obs.pods if p.node_type == labels.HEAD]
     workers = [p for p in obs.pods if p.node_type == labels.WORKER]
     if stopped_by:
@@ -212,12 +217,36 @@ def _plan_suspend(cluster: ClusterSpec, obs: Observed, actions: list[Action], no
     actions += retired
     actions += drains_ahead(cluster, obs, now, {a.name for a in retired if isinstance(a, DrainWorker)})
     leaving = {a.name for a in retired if isinstance(a, DeletePod)}
+    notes = [waiting_note("cluster is suspended (the head goes last)", waiting)] if waiting else []
+    head_kept = ""
     if all(not p.alive or p.name in leaving for p in workers):
-        actions += [DeletePod(p.name, "cluster is suspended") for p in heads if not p.deleting]
-    notes = (waiting_note("cluster is suspended (the head goes last)", waiting),) if waiting else ()
+        for_jobs = _head_for_jobs(cluster, heads, obs, now)
+        if for_jobs is None:
+            return Plan(tuple(actions), dict(obs.health), obs.head_restarts, reads_head_jobs=True,
+                        head_generation=current_generation(obs.head_generation, heads))
+        if isinstance(for_jobs, HeadStays):
+            notes.append(for_jobs.note)
+            head_kept = for_jobs.why
+            requeues.append(for_jobs.recheck)
+        else:
+            notes += [for_jobs.note] if for_jobs.note else []
+            actions += [DeletePod(p.name, "cluster is suspended") for p in heads if not p.deleting]
     requeues += drain_recheck(actions)
     return Plan(tuple(actions), dict(obs.health), obs.head_restarts, requeue_after=min(requeues) if requeues else None,
-                notes=notes, head_generation=current_generation(obs.head_generation, heads))
+                notes=tuple(notes), head_generation=current_generation(obs.head_generation, heads),
+                head_kept=head_kept)
+
+
+def _head_for_jobs(cluster: ClusterSpec, heads: list[PodState], obs: Observed, now: float
+                   ) -> HeadStays | HeadGoes | None:
+    """Whether the head stays for Ray jobs whose driver it may run; None: its Jobs API must be read first. Only a
+    running head serving the Jobs API (its dashboard on) can run such a driver."""
+    if not serves_jobs_api(cluster) or not any(p.alive and p.phase == "Running" for p in heads):
+        return HeadGoes()
+    if obs.head_jobs is None:
+        return None
+    return head_for_jobs(obs.head_jobs, obs.suspended_since or now, now,
+                         cluster.update_strategy.drain_timeout_seconds)
 
 
 def _metadata_patches(cluster: ClusterSpec, pods: list[PodState], leaving: set[str]) -> list[PatchPod]:
