@@ -114,18 +114,19 @@ def test_workers_to_zero_keeps_every_group() -> None:
     assert view.workers_zero and not view.owned
 
 
-@pytest.mark.parametrize("phase, ready, head_ip", [
-    ("Running", True, "10.0.0.9"),
-    ("Pending", True, "10.0.0.9"),  # workers still starting: the job is submitted, and followed, through the head
-    ("Degraded", True, "10.0.0.9"),
-    ("Pending", False, None),  # a head starting, or being replaced
-    ("Running", False, None),
-    ("Suspended", True, None),  # its head is on its way out
-    ("Invalid", True, None),  # an invalid spec's status keeps the last head; it is not used
+@pytest.mark.parametrize("phase, ready, head_ip, running", [
+    ("Running", True, "10.0.0.9", True),
+    ("Pending", True, "10.0.0.9", False),  # workers still starting: the job is submitted and followed; not PodsReady
+    ("Degraded", True, "10.0.0.9", True),
+    ("Pending", False, None, False),  # a head starting, or being replaced
+    ("Running", False, None, False),
+    ("Suspended", True, None, False),  # its head is on its way out
+    ("Invalid", True, None, False),  # an invalid spec's status keeps the last head; it is not used
 ])
-def test_the_head_is_used_once_it_is_ready(phase: str, ready: bool, head_ip: str | None) -> None:
+def test_the_head_is_used_once_it_is_ready(phase: str, ready: bool, head_ip: str | None, running: bool) -> None:
     body = {"metadata": {"name": "c"}, "status": {"phase": phase, "head": {"ready": ready, "podIP": "10.0.0.9"}}}
-    assert cluster_view(body, "u1").head_ip == head_ip
+    view = cluster_view(body, "u1")
+    assert view.head_ip == head_ip and view.running == running
 
 
 @pytest.mark.parametrize("info, seconds", [

@@ -84,6 +84,12 @@ class ClusterView:
     # not known (its spec unreadable)
     infeasible_demand: str = ""  # the cluster's autoscaler: Ray demand that fits no group ("" when none or no report)
 
+    @property
+    def running(self) -> bool:
+        """Its head Ready and its workers too (phase Running, or Degraded: failing ones being replaced). Not needed
+        to submit or follow a job (the head is enough); it is what a queued job's Kueue PodsReady says."""
+        return self.head_ip is not None and self.phase in ("Running", "Degraded")
+
 
 @dataclass(frozen=True)
 class RayJob:
