@@ -87,11 +87,12 @@ def test_a_new_job_records_its_first_attempt_and_nothing_else() -> None:
 def test_the_recorded_attempt_creates_its_own_cluster() -> None:
     d = decide(job(), INITIALIZING, seen(), NOW)
     assert d.actions == (CreateCluster("pi-1", 1),)
-    assert "creating SwarmCluster pi-1" in d.state.message
+    assert d.state.message == "waiting for the head of SwarmCluster pi-1"  # as until the head is Ready: one write
 
 
 @pytest.mark.parametrize("view, why", [
-    (cluster(ready=False), "waiting for SwarmCluster pi-1 (Pending)"),
+    (cluster(ready=False), "waiting for the head of SwarmCluster pi-1"),
+    (replace(cluster(ready=False), phase="Invalid"), "waiting for the head of SwarmCluster pi-1 (Invalid)"),
     (cluster(deleting=True), "is being deleted"),
     (cluster(owned=False), "held by an object not this job's"),
 ])

@@ -201,7 +201,9 @@ def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
         if submitted:
             return _fail(job, state, seen, cluster, now, EventReason.CLUSTER_LOST, f"SwarmCluster {name} is gone")
         if cluster is None and own:
-            return _wait(state, (*actions, CreateCluster(name, state.attempt)), f"creating SwarmCluster {name}")
+            # The message is the one of the turns that wait for its head: no status write in between (the Created
+            # Event says it was made).
+            return _wait(state, (*actions, CreateCluster(name, state.attempt)), _waiting_for_head(name, ""))
         why = ("is being deleted" if cluster is not None and cluster.deleting
                else "is held by an object not this job's" if cluster is not None else "does not exist")
         return _wait(state, actions, f"SwarmCluster {name} {why}; waiting")
@@ -248,8 +250,7 @@ def _follow(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView,
         if submitted:  # the head is being replaced: the status read below has its deadline
             return _unreadable(job, replace(state, dashboard_url=url), seen, cluster, now, actions,
                                f"the head of SwarmCluster {name} is not running")
-        return _wait(replace(state, dashboard_url=url), actions,
-                     f"waiting for SwarmCluster {name} ({cluster.phase or 'new'})")
+        return _wait(replace(state, dashboard_url=url), actions, _waiting_for_head(name, cluster.phase))
     ray = seen.ray
     jid = job_id(job, state)
     if isinstance(ray, RayUnreachable) or ray is None:
@@ -294,6 +295,12 @@ def poll_interval(ray: RayJob, now: float) -> float:
     if ray.status != "PENDING" or not ray.submitted_at or pending_for < -CLOCK_SKEW_SECONDS:
         return ACTIVE_POLL_SECONDS
     return next((every for until, every in PENDING_POLLS if pending_for < until), ACTIVE_POLL_SECONDS)
+
+
+def _waiting_for_head(cluster: str, phase: str) -> str:
+    """One message from the cluster's creation to its head's readiness (each change is a status write); the
+    phase only when it explains the wait (Suspended, Invalid)."""
+    return f"waiting for the head of SwarmCluster {cluster}" + (f" ({phase})" if phase not in ("", "Pending") else "")
 
 
 def _through_submitter(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView, now: float,
