@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -178,6 +179,7 @@ class Run:
     startup_cpu_s: float = 0.0  # before the first apply (imports, caches, informers)
     peak_rss_mib: float = 0.0
     executions: dict[str, int] = field(default_factory=dict)  # per job, from the counter file
+    turns: dict[str, float] = field(default_factory=dict)  # reconciles by "job" and "cluster", from its metrics
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end
     note: str = ""
 
@@ -194,6 +196,26 @@ class Run:
 def executions(counter_text: str) -> dict[str, int]:
     """Executions per job from the counter file: one line with the job's name per run of its entrypoint."""
     return dict(Counter(line for line in counter_text.splitlines() if line))
+
+
+# Each operator counts its own reconciles: ours by kind, KubeRay's (controller-runtime's) by controller.
+RECONCILE_METRICS = {"swarm": ("swarm_reconcile_total", "kind"),
+                     "kuberay": ("controller_runtime_reconcile_total", "controller")}
+TURN_KINDS = {"swarmjob": "job", "rayjob": "job", "swarmcluster": "cluster", "raycluster": "cluster"}
+
+
+def turns(metrics_text: str, metric: str, label: str) -> dict[str, float]:
+    """Reconciles of jobs and of clusters (every result summed) from a Prometheus text exposition (TURN_KINDS:
+    KubeRay's controllers are named after their kinds, in lower case); other kinds are left out."""
+    out: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        found = re.match(rf'{re.escape(metric)}{{.*\b{re.escape(label)}="([^"]*)".*}} (\S+)$', line)
+        if found is None:
+            continue
+        what = TURN_KINDS.get(found[1].lower())
+        if what is not None:
+            out[what] = out.get(what, 0.0) + float(found[2])
+    return out
 
 
 def run_from_json(raw: Mapping[str, Any]) -> Run:
@@ -217,6 +239,8 @@ MEASURES: dict[str, Callable[[Run], float]] = {
     "operator CPU s": lambda r: r.cpu_s,
     "operator peak RSS MiB": lambda r: r.peak_rss_mib,
     "duplicate executions": lambda r: float(r.duplicates),
+    "job turns/job": lambda r: r.turns["job"] / r.jobs if "job" in r.turns else math.nan,
+    "cluster turns/job": lambda r: r.turns["cluster"] / r.jobs if "cluster" in r.turns else math.nan,
 }
 # The issue's targets: ours ≤ KubeRay's by median on these (lower is better on both).
 COMPARED = ("apply→RUNNING s", "operator CPU s")
@@ -320,6 +344,10 @@ def run_one(api: Any, kubeconfig: str, which: str, jobs: int, concurrency: int, 
         else:
             run.note = f"not done after {timeout:.0f}s"
         run.peak_rss_mib, end_cpu = proc_stats(op.proc.pid)
+        try:
+            run.turns = turns(op.metrics(), *RECONCILE_METRICS[which])
+        except OSError as exc:
+            run.note += f" metrics not read: {exc}"
         run.startup_cpu_s, run.cpu_s = startup_cpu, end_cpu - startup_cpu
         run.executions = executions(counter.read_text() if counter.exists() else "")
         run.load = (run.load[0], os.getloadavg()[0])

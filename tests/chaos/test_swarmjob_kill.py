@@ -74,7 +74,7 @@ def test_an_operator_killed_in_any_phase_runs_the_job_exactly_once(
     killed_at = status()
     first.kill()
     if phase == "between-post-and-status":
-        # The operator writes Running only on its next look at Ray (1 s after the POST).
+        # The operator writes Running only on its next look at Ray (0.5 s after the POST).
         assert killed_at.get("jobDeploymentStatus") == "Initializing", killed_at
     time.sleep(3)
     second = operator_factory("operator-2.log")

@@ -25,6 +25,7 @@ from bench.jobs_real import (
     seen_job,
     summarize,
     swarmjob_body,
+    turns,
 )
 
 
@@ -147,3 +148,21 @@ def test_runs_round_trip_through_json() -> None:
     run.load = (1.5, 2.5)
     again = run_from_json(asdict(run))
     assert again == run and again.finished and math.isclose(again.times[1].applied, 1.0)
+
+
+def test_turns_per_kind_from_either_operators_metrics() -> None:
+    ours = "\n".join([
+        "# HELP swarm_reconcile_total Reconciles run",
+        'swarm_reconcile_total{kind="SwarmCluster",result="ok"} 120.0',
+        'swarm_reconcile_total{kind="SwarmCluster",result="error"} 2.0',
+        'swarm_reconcile_total{kind="SwarmJob",result="ok"} 80.0',
+        'swarm_reconcile_created{kind="SwarmJob",result="ok"} 1.7e9',
+    ])
+    assert turns(ours, "swarm_reconcile_total", "kind") == {"cluster": 122.0, "job": 80.0}
+    theirs = "\n".join([
+        'controller_runtime_reconcile_total{controller="raycluster",result="success"} 50',
+        'controller_runtime_reconcile_total{controller="rayjob",result="requeue_after"} 30',
+        'controller_runtime_reconcile_total{controller="rayjob",result="success"} 10',
+        'controller_runtime_reconcile_total{controller="raycronjob",result="success"} 0',
+    ])
+    assert turns(theirs, "controller_runtime_reconcile_total", "controller") == {"cluster": 50.0, "job": 40.0}

@@ -18,7 +18,11 @@ from swarm_operator.jobs.actions import (
     Submit,
 )
 from swarm_operator.jobs.machine import (
+    ACTIVE_POLL_SECONDS,
+    CLOCK_SKEW_SECONDS,
+    JOBS_API_RETRY_SECONDS,
     NEXT_TURN_SECONDS,
+    PENDING_POLLS,
     STATUS_UNREADABLE_SECONDS,
     STOP_WAIT_SECONDS,
     SUBMITTER_GRACE_SECONDS,
@@ -32,6 +36,7 @@ from swarm_operator.jobs.machine import (
     decide,
     deleting,
     holds_finalizer,
+    poll_interval,
     unplaced_driver,
 )
 from swarm_operator.jobs.spec import DEFAULT_UNSCHEDULABLE_GRACE_SECONDS, JobSpec, parse_job
@@ -82,11 +87,12 @@ def test_a_new_job_records_its_first_attempt_and_nothing_else() -> None:
 def test_the_recorded_attempt_creates_its_own_cluster() -> None:
     d = decide(job(), INITIALIZING, seen(), NOW)
     assert d.actions == (CreateCluster("pi-1", 1),)
-    assert "creating SwarmCluster pi-1" in d.state.message
+    assert d.state.message == "waiting for the head of SwarmCluster pi-1"  # as until the head is Ready: one write
 
 
 @pytest.mark.parametrize("view, why", [
-    (cluster(ready=False), "waiting for SwarmCluster pi-1 (Pending)"),
+    (cluster(ready=False), "waiting for the head of SwarmCluster pi-1"),
+    (replace(cluster(ready=False), phase="Invalid"), "waiting for the head of SwarmCluster pi-1 (Invalid)"),
     (cluster(deleting=True), "is being deleted"),
     (cluster(owned=False), "held by an object not this job's"),
 ])
@@ -104,6 +110,43 @@ def test_a_ready_cluster_without_the_job_gets_it_submitted() -> None:
     d = decide(job(), INITIALIZING, seen(cluster(), ray=RayJobMissing()), NOW)
     assert d.actions == (Submit(JID1, "10.0.0.5"),)
     assert d.state.dashboard_url == "http://pi-1-head-svc:8265"
+    assert d.requeue_after == PENDING_POLLS[0][1]  # the new job is read back at the PENDING pace
+
+
+def test_a_ready_head_whose_workers_still_start_gets_the_job_submitted() -> None:
+    """The driver waits for its workers itself: the head's readiness is enough (the view's head_ip says it)."""
+    starting = replace(cluster(), phase="Pending")
+    d = decide(job(), INITIALIZING, seen(starting, ray=RayJobMissing()), NOW)
+    assert d.actions == (Submit(JID1, "10.0.0.5"),)
+
+
+@pytest.mark.parametrize("state, every", [
+    (INITIALIZING, JOBS_API_RETRY_SECONDS),  # a head just Ready: its Jobs API comes up a moment later
+    (RUNNING, ACTIVE_POLL_SECONDS),  # a submitted job's head stopped answering: the usual pace, and the deadline
+])
+def test_a_jobs_api_not_answering_is_asked_again_sooner_before_submission(state: JobState, every: float) -> None:
+    d = decide(job(), state, seen(cluster(), ray=RayUnreachable("503")), NOW)
+    assert d.actions == () and d.requeue_after == every and d.state.unreadable_since == NOW
+
+
+@pytest.mark.parametrize("status, pending_for, every", [
+    ("PENDING", 0.0, 0.5),
+    ("PENDING", 4.9, 0.5),
+    ("PENDING", 5.0, 1.0),
+    ("PENDING", 14.9, 1.0),
+    ("PENDING", 15.0, ACTIVE_POLL_SECONDS),  # a driver slow to start is not read faster forever
+    ("PENDING", 600.0, ACTIVE_POLL_SECONDS),
+    ("PENDING", -CLOCK_SKEW_SECONDS + 0.1, 0.5),  # the head's clock a little ahead
+    ("PENDING", -CLOCK_SKEW_SECONDS - 0.1, ACTIVE_POLL_SECONDS),  # far ahead: the slow pace, not fast forever
+    ("PENDING", None, ACTIVE_POLL_SECONDS),  # Ray did not say when it took the job
+    ("RUNNING", 0.0, ACTIVE_POLL_SECONDS),
+    ("RUNNING", 600.0, ACTIVE_POLL_SECONDS),
+])
+def test_a_pending_job_is_read_sooner_for_a_while(status: str, pending_for: float | None, every: float) -> None:
+    ray = RayJob(status, submitted_at=0.0 if pending_for is None else NOW - pending_for)
+    assert poll_interval(ray, NOW) == every
+    d = decide(job(), INITIALIZING, seen(cluster(), ray=ray), NOW)
+    assert d.state.deployment == "Running" and d.requeue_after == every
 
 
 def test_a_job_ray_knows_is_running() -> None:

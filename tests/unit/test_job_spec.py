@@ -13,7 +13,7 @@ import yaml
 from localcluster.kueue import EXTERNAL_FRAMEWORKS
 from swarm_operator.jobs.cluster import build_job_cluster, workers_to_zero
 from swarm_operator.jobs.machine import JobState
-from swarm_operator.jobs.rayapi import submission_body
+from swarm_operator.jobs.rayapi import submission_body, submitted_at
 from swarm_operator.jobs.spec import (
     DEFAULT_UNSCHEDULABLE_GRACE_SECONDS,
     MAX_SECONDS,
@@ -112,6 +112,31 @@ def test_workers_to_zero_keeps_every_group() -> None:
     assert patch == {"spec": {"workerGroups": [{"name": "a", "replicas": 0, "minReplicas": 0, "maxReplicas": 0}]}}
     view = cluster_view({"metadata": {"name": "c"}, "spec": patch["spec"]}, "u1")
     assert view.workers_zero and not view.owned
+
+
+@pytest.mark.parametrize("phase, ready, head_ip, running", [
+    ("Running", True, "10.0.0.9", True),
+    ("Pending", True, "10.0.0.9", False),  # workers still starting: the job is submitted and followed; not PodsReady
+    ("Degraded", True, "10.0.0.9", True),
+    ("Pending", False, None, False),  # a head starting, or being replaced
+    ("Running", False, None, False),
+    ("Suspended", True, None, False),  # its head is on its way out
+    ("Invalid", True, None, False),  # an invalid spec's status keeps the last head; it is not used
+])
+def test_the_head_is_used_once_it_is_ready(phase: str, ready: bool, head_ip: str | None, running: bool) -> None:
+    body = {"metadata": {"name": "c"}, "status": {"phase": phase, "head": {"ready": ready, "podIP": "10.0.0.9"}}}
+    view = cluster_view(body, "u1")
+    assert view.head_ip == head_ip and view.running == running
+
+
+@pytest.mark.parametrize("info, seconds", [
+    ({"start_time": 1_700_000_000_500}, 1_700_000_000.5),  # Ray's milliseconds
+    ({"start_time": None}, 0.0),
+    ({}, 0.0),
+    ({"start_time": "soon"}, 0.0),
+])
+def test_when_ray_took_the_submission(info: dict[str, Any], seconds: float) -> None:
+    assert submitted_at(info) == seconds
 
 
 def test_submission_body() -> None:

@@ -79,10 +79,10 @@ class World:
     def status(self) -> dict[str, Any]:
         return dict((self.cache.objects.get(KEY) or {}).get("status") or {})
 
-    def cluster_up(self, name: str) -> None:
-        """The SwarmCluster the job made, as its watch shows it once its head runs."""
+    def cluster_up(self, name: str, phase: str = "Running", head_ready: bool = True) -> None:
+        """The SwarmCluster the job made, as its watch shows it once its head runs (Pending: workers are short)."""
         body = copy.deepcopy(self.kube.swarmclusters[(NS, name)])
-        body["status"] = {"phase": "Running", "head": {"ready": True, "podIP": "10.0.0.9",
+        body["status"] = {"phase": phase, "head": {"ready": head_ready, "podIP": "10.0.0.9",
                                                        "dashboardURL": f"http://{name}-head-svc.{NS}.svc:8265"}}
         self.clusters.put((NS, name), body)
 
@@ -110,6 +110,22 @@ def test_a_job_on_its_own_cluster_from_start_to_success() -> None:
     assert (NS, "pi-1") not in w.kube.swarmclusters  # deletionPolicy DeleteCluster
     reasons = [e[2] for e in w.kube.events]
     assert reasons == ["Initializing", "Created", "Submitted", "Running", "Deleted", "Complete"]
+
+
+def test_the_job_is_submitted_once_the_head_is_ready_not_once_every_worker_is() -> None:
+    w = World(job_body(clusterSpec={"head": {}, "workerGroups": [{"name": "cpu", "replicas": 2}]}))
+    w.turn()
+    w.turn()
+    w.cluster_up("pi-1", phase="Pending", head_ready=False)
+    w.turn()
+    assert w.ray.posts == []
+    w.cluster_up("pi-1", phase="Pending")
+    w.turn()
+    assert w.ray.posts == ["pi-ju-1"]
+    w.restart()  # and a restarted operator, its cluster still Pending, finds it
+    w.turn()
+    w.turn()
+    assert w.ray.posts == ["pi-ju-1"] and w.status()["jobDeploymentStatus"] == "Running"
 
 
 def test_a_restarted_operator_finds_its_job_instead_of_submitting_again() -> None:

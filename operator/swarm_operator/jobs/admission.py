@@ -44,7 +44,7 @@ async def admission(fx: JobEffects, owner: Owner, job: JobSpec, queue: str, stat
     if view is not None and view.evicted is not None and view.quota_reserved:
         pods_left = await _pods_left(fx, job, state, views)
     side = OwnerSide(queue=queue, finished=state.deployment if state.deployment in FINISHED else "",
-                     message=state.message, running=current is not None and current.head_ip is not None,
+                     message=state.message, running=current is not None and current.running,
                      pods_left=pods_left)
     gate = admission_gate(side, view)
     for action in gate.actions:

@@ -5,6 +5,10 @@ transition.
 Deployment statuses: Initializing (the attempt's cluster comes up, the job is being submitted) → Running
 (Ray knows the job) → Complete or Failed; Retrying (a failed attempt, the next one on its way); Suspended.
 
+The job is submitted as soon as its cluster's head pod is Ready and the Jobs API answers, not once every worker
+is: the driver waits for the workers its tasks need (Ray queues them), so the cluster's start-up overlaps the
+driver's.
+
 Two rules keep submission exactly-once across restarts: the submission id is derived from the uid and the
 attempt (names.submission_id), and a decision that starts a new attempt only records it (no submission, no
 cluster in the same turn), so nothing of an attempt exists before status says which attempt it is.
@@ -35,6 +39,12 @@ TERMINAL_RAY = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 FINISHED = frozenset({"Complete", "Failed"})
 NEXT_TURN_SECONDS = 0.05  # a recorded attempt is acted on at once (0 would mean "at the resync" to the kit's loop)
 ACTIVE_POLL_SECONDS = 2.0  # how often a running job's status is read from Ray
+# A PENDING job (submitted, its driver starting) is read sooner, so RUNNING is seen soon after Ray says it: every
+# 0.5 s for its first 5 s, then every 1 s up to 15 s (at most 20 reads), then as a running job. Counted from Ray's
+# own submission time, so a restarted operator keeps the pace.
+PENDING_POLLS = ((5.0, 0.5), (15.0, 1.0))
+CLOCK_SKEW_SECONDS = 2.0  # a submission time this far ahead of ours: the head's clock differs; read at the slow pace
+JOBS_API_RETRY_SECONDS = 0.5  # the head is Ready, nothing submitted, and its Jobs API does not answer yet
 WAIT_POLL_SECONDS = 5.0  # waiting for a cluster: its watch events come first, this is the fallback
 STATUS_UNREADABLE_SECONDS = 120.0  # the Ray job's status cannot be read this long: the attempt fails
 STOP_WAIT_SECONDS = 30.0  # a deleted clusterSelector job waits this long for its Ray job to stop
@@ -66,13 +76,19 @@ class ClusterView:
     name: str
     owned: bool  # by this job (an ownerReference with its uid)
     deleting: bool
-    head_ip: str | None  # the head pod's IP once the cluster is Running
+    head_ip: str | None  # the head pod's IP while the head is Ready (workers may still be starting)
     phase: str
     dashboard_url: str = ""
     workers_zero: bool = False  # every worker group scaled to 0 (DeleteWorkers done)
     node_shapes: tuple[Mapping[str, float], ...] = ()  # Ray resources of the head and of each group's node; ():
     # not known (its spec unreadable)
     infeasible_demand: str = ""  # the cluster's autoscaler: Ray demand that fits no group ("" when none or no report)
+
+    @property
+    def running(self) -> bool:
+        """Its head Ready and its workers too (phase Running, or Degraded: failing ones being replaced). Not needed
+        to submit or follow a job (the head is enough); it is what a queued job's Kueue PodsReady says."""
+        return self.head_ip is not None and self.phase in ("Running", "Degraded")
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,7 @@ class RayJob:
     status: str  # PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED
     message: str = ""
     log_tail: str = ""  # the driver's last lines, read only once it ended
+    submitted_at: float = 0.0  # when Ray took the submission (its start_time, the head's clock); 0: not said
 
 
 @dataclass(frozen=True)
@@ -184,7 +201,9 @@ def _attempt(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView
         if submitted:
             return _fail(job, state, seen, cluster, now, EventReason.CLUSTER_LOST, f"SwarmCluster {name} is gone")
         if cluster is None and own:
-            return _wait(state, (*actions, CreateCluster(name, state.attempt)), f"creating SwarmCluster {name}")
+            # The message is the one of the turns that wait for its head: no status write in between (the Created
+            # Event says it was made).
+            return _wait(state, (*actions, CreateCluster(name, state.attempt)), _waiting_for_head(name, ""))
         why = ("is being deleted" if cluster is not None and cluster.deleting
                else "is held by an object not this job's" if cluster is not None else "does not exist")
         return _wait(state, actions, f"SwarmCluster {name} {why}; waiting")
@@ -231,14 +250,15 @@ def _follow(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView,
         if submitted:  # the head is being replaced: the status read below has its deadline
             return _unreadable(job, replace(state, dashboard_url=url), seen, cluster, now, actions,
                                f"the head of SwarmCluster {name} is not running")
-        return _wait(replace(state, dashboard_url=url), actions,
-                     f"waiting for SwarmCluster {name} ({cluster.phase or 'new'})")
+        return _wait(replace(state, dashboard_url=url), actions, _waiting_for_head(name, cluster.phase))
     ray = seen.ray
     jid = job_id(job, state)
     if isinstance(ray, RayUnreachable) or ray is None:
         why = ray.error if isinstance(ray, RayUnreachable) else "not asked"
+        # Not submitted yet: a head just Ready, whose Jobs API (a dashboard module of its own) answers a moment later.
         return _unreadable(job, replace(state, dashboard_url=url), seen, cluster, now, actions,
-                           f"the Jobs API at {name} does not answer: {why}")
+                           f"the Jobs API at {name} does not answer: {why}",
+                           every=ACTIVE_POLL_SECONDS if submitted else JOBS_API_RETRY_SECONDS)
     state = replace(state, dashboard_url=url, unreadable_since=0.0)
     if isinstance(ray, RayJobMissing):
         if submitted:
@@ -250,7 +270,7 @@ def _follow(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView,
         if job.submission_mode == "SubmitterPod":
             return _through_submitter(job, state, seen, cluster, now, actions)
         return Decision(replace(state, message=f"submitting Ray job {jid} to SwarmCluster {name}"),
-                        (*actions, Submit(jid, cluster.head_ip)), requeue_after=1.0)
+                        (*actions, Submit(jid, cluster.head_ip)), requeue_after=PENDING_POLLS[0][1])
     if ray.status == "SUCCEEDED":
         done = replace(state, deployment="Complete", job_status=ray.status, reason=EventReason.JOB_COMPLETE,
                        end_time=now, message=f"Ray job {jid} succeeded")
@@ -265,7 +285,22 @@ def _follow(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView,
                       message=f"Ray job {jid} {ray.status}")
     events = (Event(EventReason.JOB_RUNNING, f"Ray job {jid} {ray.status} on SwarmCluster {name}"),) if (
         not submitted) else ()
-    return Decision(running, actions, events, requeue_after=ACTIVE_POLL_SECONDS)
+    return Decision(running, actions, events, requeue_after=poll_interval(ray, now))
+
+
+def poll_interval(ray: RayJob, now: float) -> float:
+    """When to read a submitted, unfinished Ray job again: soon while it is PENDING and young, else every
+    ACTIVE_POLL_SECONDS."""
+    pending_for = now - ray.submitted_at
+    if ray.status != "PENDING" or not ray.submitted_at or pending_for < -CLOCK_SKEW_SECONDS:
+        return ACTIVE_POLL_SECONDS
+    return next((every for until, every in PENDING_POLLS if pending_for < until), ACTIVE_POLL_SECONDS)
+
+
+def _waiting_for_head(cluster: str, phase: str) -> str:
+    """One message from the cluster's creation to its head's readiness (each change is a status write); the
+    phase only when it explains the wait (Suspended, Invalid)."""
+    return f"waiting for the head of SwarmCluster {cluster}" + (f" ({phase})" if phase not in ("", "Pending") else "")
 
 
 def _through_submitter(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView, now: float,
@@ -287,8 +322,8 @@ def _wait(state: JobState, actions: tuple[Action, ...], message: str) -> Decisio
 
 
 def _unreadable(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | None, now: float,
-                actions: tuple[Action, ...], why: str) -> Decision:
-    """The Ray job's status cannot be read: wait, but never forever."""
+                actions: tuple[Action, ...], why: str, every: float = ACTIVE_POLL_SECONDS) -> Decision:
+    """The Ray job's status cannot be read: wait (asking again `every` seconds), but never forever."""
     since = state.unreadable_since or now
     if now - since >= STATUS_UNREADABLE_SECONDS:
         return _fail(job, state, seen, cluster, now, EventReason.STATUS_UNREADABLE,
@@ -296,8 +331,7 @@ def _unreadable(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterV
     # The deadline is said in status (and unreadableSince kept there): a reader knows what happens when.
     message = (f"{why}; the attempt fails ({EventReason.STATUS_UNREADABLE}) at "
                f"{timestamp(since + STATUS_UNREADABLE_SECONDS)} unless the job's status can be read by then")
-    return Decision(replace(state, unreadable_since=since, message=message), actions,
-                    requeue_after=ACTIVE_POLL_SECONDS)
+    return Decision(replace(state, unreadable_since=since, message=message), actions, requeue_after=every)
 
 
 def _fail(job: JobSpec, state: JobState, seen: Observed, cluster: ClusterView | None, now: float,

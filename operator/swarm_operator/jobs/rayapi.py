@@ -54,6 +54,14 @@ def submission_body(job: JobSpec, submission_id: str) -> dict[str, Any]:
     return body
 
 
+def submitted_at(info: Mapping[str, Any]) -> float:
+    """Ray's start_time of a job (ms since the epoch, set when it took the submission) in seconds; 0 if absent."""
+    try:
+        return float(info.get("start_time") or 0) / 1000.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
 class RayJobsClient:
     def __init__(self, pool_size: int = 8) -> None:
         self._http = urllib3.PoolManager(num_pools=64, maxsize=pool_size, block=False, retries=False,
@@ -112,7 +120,7 @@ class RayJobsClient:
                     tail = log_tail(self.logs(head_ip, job_id, token))
                 except (JobsApiError, urllib3.exceptions.HTTPError, ValueError) as exc:
                     tail = f"(the driver's log could not be read: {exc})"
-            return RayJob(status, str(info.get("message") or ""), tail)
+            return RayJob(status, str(info.get("message") or ""), tail, submitted_at(info))
         except (JobsApiError, urllib3.exceptions.HTTPError, ValueError) as exc:
             return RayUnreachable(str(exc))
 

@@ -14,6 +14,7 @@ from swarm_operator.times import parse_time, timestamp
 MAX_MESSAGE_BYTES = 4096
 VALID = ConditionType.VALID
 LOG_TAIL_LINES = 20
+HEAD_SERVES = ("Running", "Degraded", "Pending")  # the cluster phases in which a Ready head is used
 TIMES = {"startTime": "start_time", "endTime": "end_time", "attemptStartTime": "attempt_start",
          "unreadableSince": "unreadable_since", "infeasibleSince": "infeasible_since"}
 
@@ -99,7 +100,9 @@ def cluster_view(body: Mapping[str, Any], job_uid: str) -> ClusterView:
     head = status.get("head") or {}
     groups = (body.get("spec") or {}).get("workerGroups") or []
     owned = any(ref.get("uid") == job_uid for ref in meta.get("ownerReferences") or [])
-    running = status.get("phase") in ("Running", "Degraded") and bool(head.get("ready"))
+    # Its head Ready is enough to submit to and to follow a job on: workers still starting (Pending), or failing
+    # (Degraded), do not stop Ray's Jobs API. A suspended or invalid cluster's head is not used.
+    running = status.get("phase") in HEAD_SERVES and bool(head.get("ready"))
     return ClusterView(
         name=str(meta.get("name") or ""),
         owned=owned,

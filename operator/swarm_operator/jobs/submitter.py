@@ -23,18 +23,40 @@ CONTAINER = "submitter"
 PLACEMENT_FIELDS = ("nodeSelector", "tolerations", "affinity", "imagePullSecrets")
 
 SUBMITTER = """\
-import asyncio, json, os, sys
+import asyncio, json, os, sys, time
 from ray.job_submission import JobSubmissionClient
 
-client = JobSubmissionClient(os.environ["SWARM_DASHBOARD_ADDRESS"])
 submission = json.loads(os.environ["SWARM_SUBMISSION"])
 job_id = submission["submission_id"]
-try:
-    client.get_job_info(job_id)
+# The pod starts once the head pod is Ready; the head service's DNS name and the Jobs API (a dashboard module of
+# its own) may answer a moment later. Past this the pod fails, and with it the attempt (SubmitFailed).
+FIRST_CONTACT_SECONDS = 60
+
+
+def first_contact():
+    \"\"\"The client, and whether Ray knows the job; retried while the head service does not answer yet.\"\"\"
+    deadline = time.monotonic() + FIRST_CONTACT_SECONDS
+    while True:
+        try:
+            client = JobSubmissionClient(os.environ["SWARM_DASHBOARD_ADDRESS"])
+            try:
+                client.get_job_info(job_id)
+                return client, True
+            except RuntimeError as exc:
+                if "404" in str(exc):
+                    return client, False
+                raise
+        except (ConnectionError, RuntimeError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            print(f"[submitter] the Jobs API does not answer yet ({exc}); asking again", flush=True)
+            time.sleep(1)
+
+
+client, known = first_contact()
+if known:
     print(f"[submitter] Ray job {job_id} was submitted already: following it", flush=True)
-except RuntimeError as exc:
-    if "404" not in str(exc):
-        raise
+else:
     client.submit_job(**submission)
     print(f"[submitter] submitted Ray job {job_id}", flush=True)
 
