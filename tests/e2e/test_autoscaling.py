@@ -230,7 +230,13 @@ def test_a_ray_version_other_than_the_specs_is_shown_with_a_warning(scaled: Call
 
     (message, *_) = wait_for("a RayVersionMismatch event", warned, timeout=150)
     assert message.startswith(f"spec.rayVersion is 2.59.0 but the head runs Ray {ray.__version__}")
-    record = c.status()["autoscaler"]
+
+    # The Event goes out during the turn and the status patch ends it, so the record may lag by a moment.
+    def recorded() -> dict[str, Any] | None:
+        record: dict[str, Any] = c.status().get("autoscaler", {})
+        return record if record.get("rayVersionWarning") else None
+
+    record = wait_for("status.autoscaler with the warning", recorded, timeout=30)
     assert record["rayVersion"] == ray.__version__ and record["rayVersionWarning"] == message
 
 
