@@ -19,9 +19,11 @@ from tests.integration.helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kueue, pytest.mark.timeout(900)]
 KUEUE, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
-# Long enough to be preempted while it runs, short enough to complete once resumed.
-SLEEPS_A_WHILE = ("python -c \"import ray, time; ray.init(); print('started', flush=True); time.sleep(40); "
-                  "print('slept')\"")
+# The first attempt (on cluster low-1, whose head's Ray node names its pod) runs until it is stopped: it is preempted
+# while it runs, however slow the machine. The resumed attempt ends at once instead of sleeping through a fixed wait.
+SLEEPS_UNTIL_RESUMED = ("python -c \"import os, ray, time; ray.init(); print('started', flush=True); "
+                        "time.sleep(600 if os.environ['RAY_CLOUD_INSTANCE_ID'].startswith('low-1-') else 0); "
+                        "print('slept')\"")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def evicted(jobs: Jobs, name: str) -> dict[str, Any] | None:
 
 def test_a_higher_priority_job_preempts_a_running_one_which_completes_later(queue: str, jobs: Jobs,
                                                                            core_v1: Any) -> None:
-    queued(jobs, "low", SLEEPS_A_WHILE, queue, "low")
+    queued(jobs, "low", SLEEPS_UNTIL_RESUMED, queue, "low")
     running = wait_for("the low job Running on Ray", jobs.deployment("low", "Running"), timeout=240)
     head_ip = (jobs.cluster("low-1") or {})["status"]["head"]["podIP"]
     wait_for("the low job's Ray job RUNNING", lambda: rayjobs.job_info(head_ip, running["jobId"])["status"]

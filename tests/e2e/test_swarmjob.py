@@ -60,7 +60,10 @@ def test_the_active_deadline_stops_the_ray_job(jobs: Jobs) -> None:
 
 
 def test_suspend_stops_the_job_and_deletes_its_cluster_and_resume_runs_it_again(jobs: Jobs, core_v1: Any) -> None:
-    jobs.create("pause", SUCCEEDS.replace("ray.init();", "ray.init(); import time; time.sleep(20);"))
+    # The first attempt (on cluster pause-1, whose head's Ray node names its pod) runs until it is stopped: it runs
+    # when suspended, however slow the machine. The resumed one goes straight on instead of sleeping a fixed while.
+    jobs.create("pause", SUCCEEDS.replace("ray.init();", "ray.init(); import os, time; time.sleep(600 if os.environ["
+                                          "'RAY_CLOUD_INSTANCE_ID'].startswith('pause-1-') else 0);"))
     wait_for("Running", jobs.deployment("pause", "Running"), timeout=240)
     jobs.patch_spec("pause", {"suspend": True})
     suspended = wait_for("Suspended", jobs.deployment("pause", "Suspended"), timeout=60)
