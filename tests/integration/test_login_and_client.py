@@ -27,10 +27,12 @@ SERVICE_ACCOUNT = "swarm-operator-exec"
 
 
 def operator_rules() -> list[dict[str, Any]]:
-    """The rules of the ClusterRole the plain-manifest install grants the operator."""
+    """The rules of the ClusterRole the plain-manifest install grants the operator, plus what the chart grants
+    an operator that serves named namespaces (watchNamespaces), as this one does: kopf lists and watches
+    namespaces then, and without that it retries the refused list for ~55 s before it serves anything."""
     docs = yaml.safe_load_all((REPO / "manifests" / "install.yaml").read_text())
     role = next(d for d in docs if d and d["kind"] == "ClusterRole" and d["metadata"]["name"] == "swarm-operator")
-    return list(role["rules"])
+    return [*role["rules"], {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
 
 
 @pytest.fixture
