@@ -122,6 +122,11 @@ def scaled(core_v1: Any, custom_objects: Any, module_namespace: str, operator: A
 
     yield make
     for name in made:
+        # Its pods too, not only through the garbage collector: a fresh cluster's collector learns of the SwarmCluster
+        # kind at its next discovery sync (every 30 s), which held the session's first teardown ~27 s. The cascade
+        # is what test_cluster_deletion.py proves; here only the room on the process nodes matters.
+        custom_objects.delete_namespaced_custom_object(GROUP, VERSION, module_namespace, PLURAL, name)
+        core_v1.delete_collection_namespaced_pod(module_namespace, label_selector=f"swarm.io/cluster={name}")
         delete_swarmcluster(core_v1, custom_objects, module_namespace, name)
 
 
