@@ -144,8 +144,10 @@ def test_the_head_budget_refuses_an_eviction_until_switched_off(swc: Cluster, op
 
     swc.patch("guard", {"spec": {"head": {"podDisruptionBudget": {"enabled": False}}}})
     wait_for("the budget deleted", lambda: budget(swc.api, swc.ns, "guard-head-pdb") is None)
-    assert any("guard-head-pdb: head.podDisruptionBudget.enabled is false" in e.message
-               for e in swc.events("guard") if e.reason == "Deleted")
+    # The Deleted Event is posted once the deletion was answered: the budget is gone a moment before it is there.
+    wait_for("a Deleted Event for the budget", lambda: any(
+        "guard-head-pdb: head.podDisruptionBudget.enabled is false" in e.message
+        for e in swc.events("guard") if e.reason == "Deleted"), timeout=10)
     assert evict(swc.core, swc.ns, "guard-head") == 201
     wait_for("a new head", lambda: [h for h in swc.heads("guard") if h.metadata.uid != head_uid
                                     and h.status.phase == "Running"])
