@@ -126,13 +126,19 @@ def assert_drained_first(core: Any, ns: str, name: str, run: Run) -> None:
     """The idle worker went while the task ran; the busy one not before it finished, and through Ray's drain."""
     assert run.idle in run.leaving and run.changed_at <= run.leaving[run.idle] < run.finished, run
     assert run.leaving.get(run.busy, run.busy_gone_at) >= run.finished, run
-    events = [e for e in core.list_namespaced_event(ns).items if e.involved_object.name == name]
-    draining = [e.message for e in events if e.reason == "Draining"]
+
+    def events() -> list[Any]:
+        return [e for e in core.list_namespaced_event(ns).items if e.involved_object.name == name]
+
+    # The Deleted Event is posted once the API server answered the deletion: a pod stopped at once (its raylet
+    # drained and gone) can vanish from the list before that Event is there.
+    wait_for("Deleted Events naming both workers", lambda: (d := " ".join(
+        e.message for e in events() if e.reason == "Deleted")) and run.idle in d and run.busy in d and d, timeout=30)
+    listed = events()
+    draining = [e.message for e in listed if e.reason == "Draining"]
     assert any(run.busy in m and "running tasks finish" in m for m in draining), draining
     assert any(run.idle in m and "idle in Ray" in m for m in draining), draining
-    deleted = " ".join(e.message for e in events if e.reason == "Deleted")
-    assert run.idle in deleted and run.busy in deleted, deleted
-    assert not [e.message for e in events if e.reason == "Replacing"], "no worker counted as failed"
+    assert not [e.message for e in listed if e.reason == "Replacing"], "no worker counted as failed"
 
 
 def test_replicas_lowered_drains_the_busy_worker(core_v1: Any, custom_objects: Any, module_namespace: str,

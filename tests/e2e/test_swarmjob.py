@@ -25,8 +25,10 @@ def test_a_job_succeeds_its_cluster_goes_and_its_ttl_deletes_it(jobs: Jobs, core
     assert done["startTime"] <= done["endTime"]
     conditions = {c["type"]: c["status"] for c in done["conditions"]}
     assert conditions == {"Complete": "True", "Failed": "False", "Suspended": "False"}
-    reasons = [r for r, _ in jobs.events("ok")]
-    assert reasons.count("Submitted") == 1 and "Complete" in reasons
+    # The turn that finishes the job writes status first and posts its Complete Event after (jobs/turn.py).
+    reasons = wait_for("the Complete Event", lambda: (rs := [r for r, _ in jobs.events("ok")]) and "Complete" in rs
+                       and rs, timeout=30)
+    assert reasons.count("Submitted") == 1, reasons
     wait_for("its cluster torn down", lambda: jobs.cluster("ok-1") is None
              and not cluster_pods(core_v1, jobs.ns, "ok-1"), timeout=90)
     wait_for("the job deleted by its TTL", lambda: jobs.get("ok") is None, timeout=60)
@@ -42,8 +44,10 @@ def test_a_failing_entrypoint_is_retried_on_fresh_clusters_then_fails_with_its_l
     assert failed["jobStatus"] == "FAILED"
     assert "boom: the entrypoint failed on purpose" in failed["message"], failed["message"]
     assert len(failed["message"].encode()) <= 4096
-    reasons = [r for r, _ in jobs.events("bad")]
-    assert reasons.count("Submitted") == 2 and "Retrying" in reasons and "BackoffLimitExceeded" in reasons
+    # As above: the BackoffLimitExceeded Event follows the status write that says Failed.
+    reasons = wait_for("the BackoffLimitExceeded Event", lambda: (rs := [r for r, _ in jobs.events("bad")])
+                       and "BackoffLimitExceeded" in rs and rs, timeout=30)
+    assert reasons.count("Submitted") == 2 and "Retrying" in reasons, reasons
     wait_for("both clusters gone", lambda: jobs.cluster("bad-1") is None and jobs.cluster("bad-2") is None,
              timeout=90)
 

@@ -139,13 +139,18 @@ def test_the_head_budget_refuses_an_eviction_until_switched_off(swc: Cluster, op
     # The Eviction API writes DisruptionTarget and deletes the pod in one go: counted once, as evicted.
     wait_for("the evicted worker counted", lambda: metric(operator.metrics(), "swarm_pod_disruptions_total",
                                                           cluster="guard", group="cpu", cause="evicted") == 1)
-    assert sum(m.count(f"worker {worker} of group cpu disrupted (evicted through the Eviction API)")
-               for m in disrupted_events(swc, "guard")) == 1
+    # The counter goes up just before the Disrupted Event is posted (turn.py, _count): wait for the Event too.
+    told = wait_for("the Disrupted Event", lambda: sum(
+        m.count(f"worker {worker} of group cpu disrupted (evicted through the Eviction API)")
+        for m in disrupted_events(swc, "guard")), timeout=10)
+    assert told == 1, disrupted_events(swc, "guard")
 
     swc.patch("guard", {"spec": {"head": {"podDisruptionBudget": {"enabled": False}}}})
     wait_for("the budget deleted", lambda: budget(swc.api, swc.ns, "guard-head-pdb") is None)
-    assert any("guard-head-pdb: head.podDisruptionBudget.enabled is false" in e.message
-               for e in swc.events("guard") if e.reason == "Deleted")
+    # The Deleted Event is posted once the deletion was answered: the budget is gone a moment before it is there.
+    wait_for("a Deleted Event for the budget", lambda: any(
+        "guard-head-pdb: head.podDisruptionBudget.enabled is false" in e.message
+        for e in swc.events("guard") if e.reason == "Deleted"), timeout=10)
     assert evict(swc.core, swc.ns, "guard-head") == 201
     wait_for("a new head", lambda: [h for h in swc.heads("guard") if h.metadata.uid != head_uid
                                     and h.status.phase == "Running"])
@@ -212,8 +217,11 @@ def test_a_worker_gone_between_two_turns_is_counted_from_its_last_state(
              and victim not in {p.metadata.name for p in swc.pods("vanish", include_deleting=True)})
     wait_for("counted", lambda: metric(operator.metrics(), "swarm_pod_disruptions_total", cluster="vanish",
                                        group="cpu", cause="disruption-target") == 1)
-    assert sum(m.count(f"worker {victim} of group cpu disrupted (deleted by the taint manager (its node was tainted "
-                       "NoExecute))") for m in disrupted_events(swc, "vanish")) == 1
+    # As above: the Event follows the counter.
+    told = wait_for("the Disrupted Event", lambda: sum(
+        m.count(f"worker {victim} of group cpu disrupted (deleted by the taint manager (its node was tainted "
+                "NoExecute))") for m in disrupted_events(swc, "vanish")), timeout=10)
+    assert told == 1, disrupted_events(swc, "vanish")
     wait_for("Running 2/2 again", ready_status(swc, "vanish", 2))
     assert group_status(swc, "vanish")["consecutiveFailures"] == 0
     assert metric(operator.metrics(), "swarm_pod_disruptions_total", cluster="vanish") == 1

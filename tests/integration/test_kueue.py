@@ -260,8 +260,10 @@ def test_a_queued_cluster_waits_runs_and_on_eviction_loses_its_pods_not_itself(
 
     queues.deactivate(queues.workload_of("first", "SwarmCluster")["metadata"]["name"])  # type: ignore[index]
     wait_for("the first cluster's pods gone", lambda: not swc.pods("first", include_deleting=True), timeout=60)
-    first = swc.get("first")  # the resource stays, suspended, saying why
-    assert first["status"]["phase"] == "Suspended"
+    # The resource stays, suspended, saying why: written at the end of the turn that deleted the pods, which kwok
+    # may finish first.
+    first = wait_for("the first cluster Suspended", lambda: (c := swc.get("first"))["status"].get("phase")
+                     == "Suspended" and c, timeout=10)
     assert "evicted by Kueue" in condition(first, "Suspended")["message"]
     released = wait_for("the first Workload's quota released by the operator", lambda: (
         w := queues.workload_of("first", "SwarmCluster")) and condition(w, "QuotaReserved").get("status") == "False"

@@ -181,6 +181,8 @@ def test_a_replacement_storm_ends_in_one_event_with_a_count(kubeconfig: str, nam
         combined = [e for e in replacing() if e.message.startswith("(combined from similar events): ")]
         assert len(replacing()) == 11, [(e.count, e.message) for e in replacing()]
         assert len(combined) == 1 and combined[0].count == failures - 10, combined
-        assert swc.status("storm")["workerGroups"][0]["restarts"] == failures
+        # The last failure's turn posts its Event mid-turn and writes the count to status at its end.
+        wait_for("status counting every failure",
+                 lambda: swc.status("storm")["workerGroups"][0]["restarts"] == failures, timeout=10)
     finally:
         proc.stop()

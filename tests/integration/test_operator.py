@@ -160,7 +160,8 @@ def test_template_labels_and_annotations_are_patched_in_place(swc: Cluster, oper
     wait_for("labels and annotations on every pod", patched)
     assert {p.metadata.name: p.metadata.uid for p in swc.pods("kappa")} == before, "no pod was replaced"
     assert _condition(swc, "kappa", "RolloutComplete")["status"] == "True"
-    assert any(e.reason == "Updated" for e in swc.events("kappa"))
+    # The Updated Event is posted once every patch was answered: the pods show the patch before it is there.
+    wait_for("an Updated Event", lambda: any(e.reason == "Updated" for e in swc.events("kappa")), timeout=10)
     # Removing the label from the template removes it from the pods it was patched onto.
     swc.patch_group("kappa", template={"metadata": {"annotations": {"prometheus.io/scrape": "true"}}})
     wait_for("label removed from workers",
@@ -226,8 +227,10 @@ def test_suspend_and_resume(swc: Cluster, operator: OperatorProcess) -> None:
     for pod in swc.workers("eta"):
         swc.core.delete_namespaced_pod(pod.metadata.name, swc.ns, grace_period_seconds=0)
     wait_for("SuspendWaiting", lambda: [e for e in swc.events("eta") if e.reason == "SuspendWaiting"
-                                        and "its Jobs API cannot be read" in (e.message or "")], timeout=10)
-    assert "the head stays while its Jobs API cannot be read" in _condition(swc, "eta", "Suspended")["message"]
+                                        and "its Jobs API cannot be read" in (e.message or "")], timeout=20)
+    # The Event goes out mid-turn; the status patch that carries the same words ends the turn.
+    wait_for("Suspended says the head stays", lambda: "the head stays while its Jobs API cannot be read"
+             in _condition(swc, "eta", "Suspended")["message"], timeout=10)
     assert len(swc.heads("eta")) == 1, "the head stays (not deleting) within the bound"
     assert time.time() < suspended_at + SUSPEND_BOUND - 1, "the head was seen staying before the bound"
     left_at = wait_for("the head leaving", lambda: None if swc.heads("eta") else time.time(),
@@ -261,8 +264,10 @@ def test_invalid_spec_is_marked_and_neighbour_keeps_working(swc: Cluster, operat
     wait_for("neighbour Running", ready_status(swc, "fine", 2))
     assert swc.status("broken")["phase"] == "Invalid"
     assert not swc.pods("broken"), "no pods for a spec the operator cannot serve"
-    warnings = [e for e in swc.events("broken") if e.type == "Warning" and e.reason == "InvalidSpec"]
-    assert warnings and "spec.workerGroups[0].template.spec.containers" in warnings[0].message
+    # The InvalidSpec Warning follows the status write (turn.py, _report_invalid).
+    warnings = wait_for("an InvalidSpec Warning", lambda: [
+        e for e in swc.events("broken") if e.type == "Warning" and e.reason == "InvalidSpec"], timeout=10)
+    assert "spec.workerGroups[0].template.spec.containers" in warnings[0].message, warnings[0].message
     # the neighbour is still served: scale it while the broken one sits there
     swc.patch_group("fine", replicas=3)
     wait_for("neighbour scaled", ready_status(swc, "fine", 3))

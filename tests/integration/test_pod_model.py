@@ -91,7 +91,9 @@ def test_head_service_annotations_and_type_are_patched_in_place(swc: Cluster, op
     assert (now.metadata.uid, now.spec.cluster_ip) == (first.metadata.uid, first.spec.cluster_ip), "patched in place"
     assert all(p.node_port is None for p in now.spec.ports)
     assert swc.heads("svc")[0].metadata.uid == head_uid, "a service change never restarts the head"
-    assert any(e.reason == "ServiceUpdated" and "NodePort → ClusterIP" in e.message for e in swc.events("svc"))
+    # The Event follows the patch's answer: the service shows the change a moment before the Event is there.
+    wait_for("a ServiceUpdated Event", lambda: any(e.reason == "ServiceUpdated" and "NodePort → ClusterIP" in e.message
+                                                   for e in swc.events("svc")), timeout=10)
 
 
 def test_headless_to_cluster_ip_recreates_the_service_with_a_warning(swc: Cluster,
@@ -111,6 +113,8 @@ def test_headless_to_cluster_ip_recreates_the_service_with_a_warning(swc: Cluste
         return svc if svc.metadata.uid != before.metadata.uid and svc.spec.cluster_ip != "None" else None
 
     wait_for("a new ClusterIP service", replaced)
-    warnings = [e for e in swc.events("hl") if e.type == "Warning" and e.reason == "ServiceReplaced"]
-    assert warnings and "spec.head.serviceType" in warnings[0].message
+    # The Warning follows the new service's creation (cluster_effects.sync_service).
+    warnings = wait_for("a ServiceReplaced Warning", lambda: [
+        e for e in swc.events("hl") if e.type == "Warning" and e.reason == "ServiceReplaced"], timeout=10)
+    assert "spec.head.serviceType" in warnings[0].message, warnings[0].message
     assert swc.heads("hl")[0].metadata.uid == head_uid

@@ -179,11 +179,21 @@ def test_a_task_past_its_workers_memory_limit_is_told_why_and_the_cluster_heals(
     # Ray's memory monitor killed the task (it reads the container's cgroup limit: OutOfMemoryError); or the
     # kernel killed Ray's worker process (Ray's error names the OOM killer); or the kernel killed the container,
     # and the operator's Event says OOMKilled.
-    events = [e.message for e in core_v1.list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}").items if e.reason == "Replacing"]
-    told = (error["type"] == "OutOfMemoryError" or "OOM killer" in error["message"]
-            or any("OOMKilled" in m for m in events))
-    assert told, f"the user is not told about memory: {error}; Replacing events: {events}"
+    events: list[str] = []
+
+    def told() -> bool:
+        if error["type"] == "OutOfMemoryError" or "OOM killer" in error["message"]:
+            return True
+        # The driver hears of its lost worker as soon as the container dies; the operator's Event follows its
+        # own turn over the pod, maybe after the job has ended.
+        events[:] = [e.message for e in core_v1.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}").items if e.reason == "Replacing"]
+        return any("OOMKilled" in m for m in events)
+
+    try:
+        wait_for("the user told about memory", told, timeout=60)
+    except AssertionError:
+        raise AssertionError(f"the user is not told about memory: {error}; Replacing events: {events}") from None
     print(f"\n[kind] memory overrun: {error['type']}: {error['message'][:300]}")
     after = _up(kind_tier, core_v1, sample)
     assert after.head == before.head
