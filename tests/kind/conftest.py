@@ -64,20 +64,27 @@ def kind_tier() -> Iterator[KindTier]:
         upgrade = background.submit(build_upgrade_image, engine)
         cluster = kind.KindCluster(os.environ.get("SWARM_KIND_CLUSTER", "swarm-kind"), engine,
                                    Path(tmp) / "kubeconfig")
+
+        def load() -> None:
+            """Into the workers that run them: Ray into both, the rest into the CPU one, in one archive (the two
+            operator images share all but their last layers), both loads at once."""
+            loaded = time.monotonic()
+            with ThreadPoolExecutor(1) as pool:
+                ray_loaded = pool.submit(cluster.load, (ray,), ("cpu", "gpu"))
+                cluster.load((redis, OPERATOR_IMAGE, upgrade.result(timeout=600)), ("cpu",))
+                ray_loaded.result()
+            print(f"[kind] images loaded into the workers in {time.monotonic() - loaded:.0f}s", flush=True)
+
         try:
             if cluster.exists() and keep:
                 print(f"[kind] reusing cluster {cluster.name} (SWARM_KIND_KEEP=1)", flush=True)
                 cluster.export_kubeconfig()
+                load()
             else:
                 if cluster.exists():  # left by an interrupted run: start clean
                     cluster.delete()
-                cluster.create(node_image)
-            tier = KindTier(cluster, engine, ray, redis, OPERATOR_IMAGE, upgrade)
-            loaded = time.monotonic()
-            cluster.load(ray, ("cpu", "gpu"))
-            cluster.load(redis, ("cpu",))
-            cluster.load(OPERATOR_IMAGE, ("cpu",))
-            print(f"[kind] images loaded into the workers in {time.monotonic() - loaded:.0f}s", flush=True)
+                cluster.create(node_image, meanwhile=load)  # loading needs the nodes, not their CNI
+            tier = KindTier(cluster, engine, ray, redis, OPERATOR_IMAGE, upgrade.result())
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=swarm-tests",
                             "-f", str(CRD_FILE))
             install_operator(tier, OPERATOR_IMAGE)

@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ class KindTier:
     ray_image: str
     redis_image: str
     operator_image: str
-    upgrade_image: Future[str]  # another release of the operator's image (build_upgrade_image), built meanwhile
+    upgrade_image: str  # another release of the operator's image (build_upgrade_image), in the CPU worker
     release: str = "swarm-operator"
     operator_namespace: str = "swarm-operator"
 
