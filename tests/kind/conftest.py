@@ -56,11 +56,16 @@ def kind_tier() -> Iterator[KindTier]:
         if missing:  # minutes when cold: not under a test's timeout
             pytest.fail(f"not built: {', '.join(missing)}; run `python -m localcluster kind-images` "
                         "(make test-kind does)")
-        operator = image.build_operator_image(engine, tag=OPERATOR_IMAGE)
-        # Each commit's operator image leaves its predecessor untagged (~700 MB): this engine is the tier's own.
-        engine.docker("image", "prune", "--force")
-        print(f"\n[kind] operator image {OPERATOR_IMAGE} built in {operator.build_seconds:.0f}s", flush=True)
-        # The upgrade test's image (~40 s of docker build) is made while kind creates the cluster, mostly waiting.
+
+        def build_operator() -> None:
+            operator = image.build_operator_image(engine, tag=OPERATOR_IMAGE)
+            # Each commit's operator image leaves its predecessor untagged (~700 MB): this engine is the tier's own.
+            engine.docker("image", "prune", "--force")
+            print(f"\n[kind] operator image {OPERATOR_IMAGE} built in {operator.build_seconds:.0f}s", flush=True)
+
+        # The operator's image (~25 s of docker build) and the upgrade test's (~40 s), one after the other, while kind
+        # creates the cluster, mostly waiting.
+        built = background.submit(build_operator)
         upgrade = background.submit(build_upgrade_image, engine)
         cluster = kind.KindCluster(os.environ.get("SWARM_KIND_CLUSTER", "swarm-kind"), engine,
                                    Path(tmp) / "kubeconfig")
@@ -71,6 +76,7 @@ def kind_tier() -> Iterator[KindTier]:
             loaded = time.monotonic()
             with ThreadPoolExecutor(1) as pool:
                 ray_loaded = pool.submit(cluster.load, (ray,), ("cpu", "gpu"))
+                built.result(timeout=600)
                 cluster.load((redis, OPERATOR_IMAGE, upgrade.result(timeout=600)), ("cpu",))
                 ray_loaded.result()
             print(f"[kind] images loaded into the workers in {time.monotonic() - loaded:.0f}s", flush=True)
