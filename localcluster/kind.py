@@ -275,9 +275,16 @@ class KindCluster:
     def exists(self) -> bool:
         return self.name in self.kind("get", "clusters").split()
 
-    def node(self, pool: str) -> str:
-        """The name of the worker of ``pool`` (cpu or gpu)."""
-        return self.kubectl("get", "nodes", "-l", f"{POOL_LABEL}={pool}", "-o", "jsonpath={.items[0].metadata.name}")
+    def node(self, pool: str, wait: float = 60) -> str:
+        """The name of the worker of ``pool`` (cpu or gpu), waiting ``wait`` seconds at most for it to be registered
+        (images are loaded as soon as `kind create` returns)."""
+        deadline = time.monotonic() + wait
+        while not (name := self.kubectl("get", "nodes", "-l", f"{POOL_LABEL}={pool}", "-o",
+                                        "jsonpath={.items[*].metadata.name}").strip()):
+            if time.monotonic() > deadline:
+                raise EngineError(f"no node of pool {pool} in cluster {self.name} after {wait:.0f}s")
+            time.sleep(1)
+        return name.split()[0]
 
     def create(self, node_image: str, gpus: int = 2, meanwhile: Callable[[], object] | None = None) -> None:
         """`kind create cluster`, flannel, every node Ready, the GPU worker's fake GPUs, CoreDNS serving.
