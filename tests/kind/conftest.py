@@ -71,15 +71,21 @@ def kind_tier() -> Iterator[KindTier]:
                                    Path(tmp) / "kubeconfig")
 
         def load() -> None:
-            """Into the workers that run them: Ray into both, the rest into the CPU one, in one archive (the two
-            operator images share all but their last layers), both loads at once."""
+            """Into the workers that run them: Ray into both, Redis and the operator into the CPU one, both loads at
+            once. Not the upgrade test's image: it is loaded after its build, behind the set-up (its build, after the
+            operator's, would hold the set-up up)."""
             loaded = time.monotonic()
             with ThreadPoolExecutor(1) as pool:
                 ray_loaded = pool.submit(cluster.load, (ray,), ("cpu", "gpu"))
                 built.result(timeout=600)
-                cluster.load((redis, OPERATOR_IMAGE, upgrade.result(timeout=600)), ("cpu",))
+                cluster.load((redis, OPERATOR_IMAGE), ("cpu",))
                 ray_loaded.result()
             print(f"[kind] images loaded into the workers in {time.monotonic() - loaded:.0f}s", flush=True)
+
+        def load_upgrade() -> str:
+            tag = upgrade.result()
+            cluster.load((tag,), ("cpu",))
+            return tag
 
         try:
             if cluster.exists() and keep:
@@ -90,7 +96,7 @@ def kind_tier() -> Iterator[KindTier]:
                 if cluster.exists():  # left by an interrupted run: start clean
                     cluster.delete()
                 cluster.create(node_image, meanwhile=load)  # loading needs the nodes, not their CNI
-            tier = KindTier(cluster, engine, ray, redis, OPERATOR_IMAGE, upgrade.result())
+            tier = KindTier(cluster, engine, ray, redis, OPERATOR_IMAGE, background.submit(load_upgrade))
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=swarm-tests",
                             "-f", str(CRD_FILE))
             install_operator(tier, OPERATOR_IMAGE)

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ class KindTier:
     ray_image: str
     redis_image: str
     operator_image: str
-    upgrade_image: str  # another release of the operator's image (build_upgrade_image), in the CPU worker
+    upgrade_image: Future[str]  # another release of the operator's image (build_upgrade_image), built and
+    # loaded into the CPU worker behind the set-up
     release: str = "swarm-operator"
     operator_namespace: str = "swarm-operator"
 
