@@ -33,9 +33,10 @@ from tests.kind.helpers import (
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(420)]
 
-# A deleted cluster's pods are gone within this many seconds: under the head's 30 s grace period, and far under the
-# workers' 60 s, which they took while their stop waited for the deleted head's GCS.
-DELETED_WITHIN = 25
+# A deleted cluster's pods are gone within this many seconds, well under the workers' 60 s grace period, which they
+# took while Ray's own drain on SIGTERM waited for the deleted head's GCS (measured on this machine: 62 s before, 35 s
+# with that drain off; one run each).
+DELETED_WITHIN = 45
 
 # A task on the GPU worker and tasks on the CPU worker (only it has the `slot` resource): two kind nodes; each
 # says where it ran.
