@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,18 +275,35 @@ class KindCluster:
     def exists(self) -> bool:
         return self.name in self.kind("get", "clusters").split()
 
-    def node(self, pool: str) -> str:
-        """The name of the worker of ``pool`` (cpu or gpu)."""
-        return self.kubectl("get", "nodes", "-l", f"{POOL_LABEL}={pool}", "-o", "jsonpath={.items[0].metadata.name}")
+    def node(self, pool: str, wait: float = 60) -> str:
+        """The name of the worker of ``pool`` (cpu or gpu), waiting ``wait`` seconds at most for it to be registered
+        (images are loaded as soon as `kind create` returns)."""
+        deadline = time.monotonic() + wait
+        while not (name := self.kubectl("get", "nodes", "-l", f"{POOL_LABEL}={pool}", "-o",
+                                        "jsonpath={.items[*].metadata.name}").strip()):
+            if time.monotonic() > deadline:
+                raise EngineError(f"no node of pool {pool} in cluster {self.name} after {wait:.0f}s")
+            time.sleep(1)
+        return name.split()[0]
 
-    def create(self, node_image: str, gpus: int = 2) -> None:
-        """`kind create cluster`, flannel, every node Ready, the GPU worker's fake GPUs, CoreDNS serving."""
+    def create(self, node_image: str, gpus: int = 2, meanwhile: Callable[[], object] | None = None) -> None:
+        """`kind create cluster`, flannel, every node Ready, the GPU worker's fake GPUs, CoreDNS serving.
+        ``meanwhile`` runs once the nodes are there (their containerd serves), beside the waits for the rest: loading
+        images into the nodes needs no CNI."""
         start = time.monotonic()
         self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         print(f"[kind] creating cluster {self.name} ({CLUSTER_CONFIG.name}, {node_image})", flush=True)
         # No --wait: nodes are NotReady until a CNI runs, and that is applied next.
         self.kind("create", "cluster", "--name", self.name, "--image", node_image, "--config", str(CLUSTER_CONFIG),
                   "--kubeconfig", str(self.kubeconfig))
+        print(f"[kind] nodes up after {time.monotonic() - start:.0f}s", flush=True)
+        with ThreadPoolExecutor(1) as side:
+            done = side.submit(meanwhile) if meanwhile is not None else None
+            self._settle(gpus, start)
+            if done is not None:
+                done.result()
+
+    def _settle(self, gpus: int, start: float) -> None:
         self.kubectl("apply", "-f", str(FLANNEL_MANIFEST))
         # A worker's flanneld may exit once before its node's kube-proxy serves the API's Service VIP; the DaemonSet
         # restarts it, and its rollout is done when every node has its subnet and CNI configuration.
@@ -305,12 +324,11 @@ class KindCluster:
               f"{gpu_node}; host settings: none changed (the nodes share one Docker bridge and route pod traffic "
               "in their own network namespaces)", flush=True)
 
-    def load(self, tag: str, pools: tuple[str, ...]) -> float:
-        """`kind load docker-image` onto the workers of ``pools`` only (an image is hundreds of MB)."""
-        start = time.monotonic()
+    def load(self, tags: Sequence[str], pools: Sequence[str]) -> None:
+        """`kind load docker-image` onto the workers of ``pools`` only (an image is hundreds of MB). Images given
+        together go in one archive: layers they share are copied once."""
         nodes = ",".join(self.node(pool) for pool in pools)
-        self.kind("load", "docker-image", "--name", self.name, "--nodes", nodes, tag)
-        return time.monotonic() - start
+        self.kind("load", "docker-image", "--name", self.name, "--nodes", nodes, *tags)
 
     def export_kubeconfig(self) -> None:
         """Write the kubeconfig of a cluster that exists already (one kept by an earlier run)."""

@@ -56,28 +56,47 @@ def kind_tier() -> Iterator[KindTier]:
         if missing:  # minutes when cold: not under a test's timeout
             pytest.fail(f"not built: {', '.join(missing)}; run `python -m localcluster kind-images` "
                         "(make test-kind does)")
-        operator = image.build_operator_image(engine, tag=OPERATOR_IMAGE)
-        # Each commit's operator image leaves its predecessor untagged (~700 MB): this engine is the tier's own.
-        engine.docker("image", "prune", "--force")
-        print(f"\n[kind] operator image {OPERATOR_IMAGE} built in {operator.build_seconds:.0f}s", flush=True)
-        # The upgrade test's image (~40 s of docker build) is made while kind creates the cluster, mostly waiting.
+
+        def build_operator() -> None:
+            operator = image.build_operator_image(engine, tag=OPERATOR_IMAGE)
+            # Each commit's operator image leaves its predecessor untagged (~700 MB): this engine is the tier's own.
+            engine.docker("image", "prune", "--force")
+            print(f"\n[kind] operator image {OPERATOR_IMAGE} built in {operator.build_seconds:.0f}s", flush=True)
+
+        # The operator's image (~25 s of docker build) and the upgrade test's (~40 s), one after the other, while kind
+        # creates the cluster, mostly waiting.
+        built = background.submit(build_operator)
         upgrade = background.submit(build_upgrade_image, engine)
         cluster = kind.KindCluster(os.environ.get("SWARM_KIND_CLUSTER", "swarm-kind"), engine,
                                    Path(tmp) / "kubeconfig")
+
+        def load() -> None:
+            """Into the workers that run them: Ray into both, Redis and the operator into the CPU one, both loads at
+            once. Not the upgrade test's image: it is loaded after its build, behind the set-up (its build, after the
+            operator's, would hold the set-up up)."""
+            loaded = time.monotonic()
+            with ThreadPoolExecutor(1) as pool:
+                ray_loaded = pool.submit(cluster.load, (ray,), ("cpu", "gpu"))
+                built.result(timeout=600)
+                cluster.load((redis, OPERATOR_IMAGE), ("cpu",))
+                ray_loaded.result()
+            print(f"[kind] images loaded into the workers in {time.monotonic() - loaded:.0f}s", flush=True)
+
+        def load_upgrade() -> str:
+            tag = upgrade.result()
+            cluster.load((tag,), ("cpu",))
+            return tag
+
         try:
             if cluster.exists() and keep:
                 print(f"[kind] reusing cluster {cluster.name} (SWARM_KIND_KEEP=1)", flush=True)
                 cluster.export_kubeconfig()
+                load()
             else:
                 if cluster.exists():  # left by an interrupted run: start clean
                     cluster.delete()
-                cluster.create(node_image)
-            tier = KindTier(cluster, engine, ray, redis, OPERATOR_IMAGE, upgrade)
-            loaded = time.monotonic()
-            cluster.load(ray, ("cpu", "gpu"))
-            cluster.load(redis, ("cpu",))
-            cluster.load(OPERATOR_IMAGE, ("cpu",))
-            print(f"[kind] images loaded into the workers in {time.monotonic() - loaded:.0f}s", flush=True)
+                cluster.create(node_image, meanwhile=load)  # loading needs the nodes, not their CNI
+            tier = KindTier(cluster, engine, ray, redis, OPERATOR_IMAGE, background.submit(load_upgrade))
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=swarm-tests",
                             "-f", str(CRD_FILE))
             install_operator(tier, OPERATOR_IMAGE)

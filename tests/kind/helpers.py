@@ -43,7 +43,8 @@ class KindTier:
     ray_image: str
     redis_image: str
     operator_image: str
-    upgrade_image: Future[str]  # another release of the operator's image (build_upgrade_image), built meanwhile
+    upgrade_image: Future[str]  # another release of the operator's image (build_upgrade_image), built and
+    # loaded into the CPU worker behind the set-up
     release: str = "swarm-operator"
     operator_namespace: str = "swarm-operator"
 

@@ -84,8 +84,7 @@ def test_helm_upgrade_to_a_new_operator_image_restarts_no_ray_pod(
         before = wait_ray_cluster(kind_tier, core_v1, cluster_ns, "upgrade", want=2)
         uids = {name: pod.metadata.uid for name, pod in before.pods.items()}
         (old_operator,) = operator_pods(kind_tier, core_v1)
-        tag = kind_tier.upgrade_image.result(timeout=600)  # built beside the cluster's creation
-        kind_tier.cluster.load(tag, ("cpu",))
+        tag = kind_tier.upgrade_image.result(timeout=600)  # built and loaded behind the set-up
         try:
             install_operator(kind_tier, tag)
             (new_operator,) = wait_for("one operator pod of the new image", lambda: [

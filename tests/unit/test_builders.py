@@ -18,6 +18,7 @@ import pytest
 from swarm_operator.resources import labels
 from swarm_operator.resources.overlay import apply_overlay, overridden
 from swarm_operator.resources.pods import (
+    SIGTERM_DRAIN_ENV,
     build_head_pod,
     build_worker_pod,
     head_address,
@@ -603,6 +604,31 @@ def test_a_worker_drains_its_ray_node_when_stopped(group_fields: dict[str, Any],
     else:
         assert command == ["true"]
     assert "lifecycle" not in build_head_pod(c)["spec"]["containers"][0]
+
+
+def _sigterm_drain(pod: dict[str, Any]) -> list[str]:
+    return [e["value"] for e in pod["spec"]["containers"][0].get("env", []) if e["name"] == SIGTERM_DRAIN_ENV]
+
+
+@pytest.mark.parametrize(
+    ("ray_container", "wanted", "overrides"),
+    [
+        pytest.param({}, ["0"], [], id="our-prestop-drains-so-rays-own-sigterm-drain-is-off"),
+        pytest.param({"env": [{"name": SIGTERM_DRAIN_ENV, "value": "30"}]}, ["30"], [],
+                     id="the-templates-value-wins-and-is-not-reported-overridden"),
+        pytest.param({"lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}, [], [],
+                     id="a-lifecycle-of-its-own-keeps-rays-drain"),
+    ],
+)
+def test_rays_own_drain_on_sigterm_is_off_only_where_our_prestop_drained(
+        ray_container: dict[str, Any], wanted: list[str], overrides: list[str]) -> None:
+    """Ray drains its node again on SIGTERM, through the head's GCS, for up to 30 s: after our preStop there is
+    nothing left to drain, and on a deleted cluster's workers (their head gone) that call only waited on the
+    unreachable GCS. A container with a preStop of its own keeps Ray's drain, its only one."""
+    c = grace_cluster({"template": {"spec": {"containers": [{"name": "ray", **ray_container}]}}})
+    assert _sigterm_drain(build_worker_pod(c, c.worker_groups[0], "abcde")) == wanted
+    assert template_overrides(c) == overrides
+    assert _sigterm_drain(build_head_pod(c)) == []
 
 
 @pytest.mark.parametrize(("own_netns", "head_up", "drained", "held"), [

@@ -304,8 +304,38 @@ def prestop_drain(address: str, grace_seconds: int) -> dict[str, Any]:
                                              str(grace_seconds)]}}}
 
 
+# Ray (2.60 on) drains its own node once more when `ray start --block` gets SIGTERM, for up to this many seconds
+# (Ray's default 30), through the head's GCS. After our preStop that drain has nothing left to do: the preStop
+# drained already, with the whole grace period as deadline, and returned once the raylet ended or the head stopped
+# answering. In the second case (the cluster is being deleted: its head goes with its workers) Ray's drain call
+# would wait on the unreachable GCS for up to those 30 s, holding the pod's deletion. Off wherever our preStop
+# drains; the template's own value for it wins.
+SIGTERM_DRAIN_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
+
+
+def _env_default(container: dict[str, Any], name: str, value: str) -> None:
+    """``name=value`` in the container's env unless it has a value for ``name`` (its template's) already; first,
+    as the template's own entries come last."""
+    env = container.setdefault("env", [])
+    if not any(e.get("name") == name for e in env):
+        env.insert(0, _env(name, value))
+
+
 def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
                      cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> dict[str, Any]:
+    pod = _worker_pod(cluster, group, suffix, cluster_domain)
+    # After the overlay: the template's grace period wins, and so does a lifecycle of its own for the container
+    # (then Ray's own drain on SIGTERM stays as the template left it), and its own value for SIGTERM_DRAIN_ENV.
+    ray = next(c for c in pod["spec"]["containers"] if c["name"] == RAY_CONTAINER)
+    if "lifecycle" not in ray:
+        ray["lifecycle"] = prestop_drain(head_address(cluster, cluster_domain),
+                                         int(pod["spec"]["terminationGracePeriodSeconds"]))
+        _env_default(ray, SIGTERM_DRAIN_ENV, "0")
+    return pod
+
+
+def _worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str, cluster_domain: str) -> dict[str, Any]:
+    """A worker pod with its template applied, before the defaults that yield to the template."""
     name = labels.worker_pod_name(cluster.name, group.name, suffix)
     env = [
         _env("RAY_CLOUD_INSTANCE_ID", name),
@@ -321,15 +351,10 @@ def build_worker_pod(cluster: ClusterSpec, group: WorkerGroupSpec, suffix: str,
     args = ray_start_args(group.resources, dict(group.ray_start_params), [join], dict(group.ray_resources))
     grace = (DEFAULT_WORKER_GRACE_SECONDS if group.termination_grace_period_seconds is None
              else group.termination_grace_period_seconds)
-    pod = _pod(cluster, name, pod_labels, group.resources, args, env,
-               [{"name": "metrics", "containerPort": METRICS_PORT}],
-               "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.probes, group.template,
-               revision.worker_parts(cluster, group), grace_seconds=grace)
-    # After the overlay: the template's grace period wins, and so does a lifecycle of its own for the container.
-    ray = next(c for c in pod["spec"]["containers"] if c["name"] == RAY_CONTAINER)
-    ray.setdefault("lifecycle", prestop_drain(head_address(cluster, cluster_domain),
-                                              int(pod["spec"]["terminationGracePeriodSeconds"])))
-    return pod
+    return _pod(cluster, name, pod_labels, group.resources, args, env,
+                [{"name": "metrics", "containerPort": METRICS_PORT}],
+                "/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, group.probes, group.template,
+                revision.worker_parts(cluster, group), grace_seconds=grace)
 
 
 def template_overrides(cluster: ClusterSpec) -> list[str]:
@@ -342,6 +367,7 @@ def template_overrides(cluster: ClusterSpec) -> list[str]:
         out += [f"spec.head.template.{p}" for p in overridden(plain, head.template)]
     for i, group in enumerate(cluster.worker_groups):
         if group.template:
-            plain = build_worker_pod(cluster, replace(group, template=MappingProxyType({})), "x")
+            # Before the defaults that yield to a template: a template giving one of those overrides nothing.
+            plain = _worker_pod(cluster, replace(group, template=MappingProxyType({})), "x", DEFAULT_CLUSTER_DOMAIN)
             out += [f"spec.workerGroups[{i}].template.{p}" for p in overridden(plain, group.template)]
     return out
