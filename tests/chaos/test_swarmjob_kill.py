@@ -5,6 +5,7 @@ file system outside their private /tmp, /run and /dev/shm)."""
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -69,6 +70,10 @@ def test_an_operator_killed_in_any_phase_runs_the_job_exactly_once(
                 return False  # the dashboard not up yet
 
         wait_for("Ray to know the job", submitted, timeout=240, every=0.05)
+        # Frozen at once, so the status read below is what it had written when Ray first listed the job (reading
+        # it first left the operator's 0.5 s look at Ray racing that read).
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGSTOP)
     else:
         wait_for("Running", lambda: status().get("jobDeploymentStatus") == "Running", timeout=240)
     killed_at = status()

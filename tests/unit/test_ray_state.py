@@ -23,6 +23,7 @@ from swarm_operator.autoscaler.gcs import (
     snapshot_from_state,
 )
 from swarm_operator.autoscaler.gcs.parse import (
+    CLUSTER_METADATA_KEY,
     aggregate,
     is_placement_group_shape,
     parse_cluster_metadata,
@@ -649,6 +650,7 @@ class FakeWire:
 
     script: ClassVar[list[Exception | None]] = []
     made: ClassVar[int] = 0
+    metadata: ClassVar[bytes | None] = None  # CLUSTER_METADATA as the head has written it so far
 
     def __init__(self, address: str, connect_timeout_s: float) -> None:
         FakeWire.made += 1
@@ -662,7 +664,7 @@ class FakeWire:
         return state(node_states=[node(WORKER_ID, "w-1", "cpu", pb.IDLE)])
 
     def kv_get(self, key: bytes, namespace: bytes, timeout_s: float) -> bytes | None:
-        return None
+        return FakeWire.metadata if key == CLUSTER_METADATA_KEY else None
 
     def drain(self, node_id_hex: str, reason: int, message: str, deadline_ms: int, timeout_s: float) -> DrainResult:
         self.drains += 1
@@ -676,7 +678,7 @@ class FakeWire:
 def fake_wire(monkeypatch: pytest.MonkeyPatch) -> type[FakeWire]:
     client = importlib.import_module("swarm_operator.autoscaler.gcs.client")
     monkeypatch.setattr(client, "GcsClientWire", FakeWire)
-    FakeWire.script, FakeWire.made = [], 0
+    FakeWire.script, FakeWire.made, FakeWire.metadata = [], 0, None
     return FakeWire
 
 
@@ -715,3 +717,14 @@ def test_a_drain_is_not_sent_when_the_session_changed(fake_wire: type[FakeWire])
     accepted, why = client.drain(WORKER_ID.hex(), snapshot=old)
     assert not accepted and "session is now session_1" in why
     assert client.drain(WORKER_ID.hex(), snapshot=client.read()) == (True, "")
+
+
+def test_a_version_the_head_had_not_written_yet_is_read_again(fake_wire: type[FakeWire]) -> None:
+    # Measured in CI: the first read came between the GCS answering and `ray start` writing its metadata,
+    # and the version stayed unknown for the head's whole life.
+    client = RayStateClient(ADDRESS)
+    assert client.read().ray_version is None
+    fake_wire.metadata = b'{"ray_version": "2.59.0"}'
+    assert client.read().ray_version == "2.59.0"
+    fake_wire.metadata = b'{"ray_version": "2.61.0"}'
+    assert client.read().ray_version == "2.59.0"  # once known, read once per session

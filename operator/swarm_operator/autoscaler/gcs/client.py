@@ -115,8 +115,9 @@ class RayStateClient:
         state = wire.resource_state(self.rpc_timeout_s)
         v1_requests = wire.kv_get(V1_REQUEST_KEY, b"", self.rpc_timeout_s)
         session = self._session
-        if session is None or session.session_name != state.cluster_session_name:
-            # Version and mode only change with the head, so they are read once per session.
+        if session is None or session.session_name != state.cluster_session_name or session.ray_version is None:
+            # Version and mode only change with the head, so they are read once per session; but the head's
+            # `ray start` writes its metadata only after its GCS answers, so a read that found none is retried.
             v2 = wire.kv_get(V2_ENABLED_KEY, V2_ENABLED_NS, self.rpc_timeout_s)
             session = _SessionInfo(
                 session_name=state.cluster_session_name,
