@@ -18,12 +18,12 @@ a fresh operator. Then:
   for that kind) to each of its workers' replacements Running, median and spread per seed; and that no group
   counted a failure (their first backoff step is 30 s, so a counted reclaim would show as a 30 s wait).
 
-- announced reclaims on real Ray (--real-reclaims N, default 0; root, process nodes, the shared Ray lock): one
-  cluster, its head on a steady process node, one spot worker on a spot process node; N times, a task with
-  max_retries=0 starts on the worker, the reclaim is announced (the node's removal taint or the pod's
-  DisruptionTarget condition, seeded), and --notice seconds later the pod is deleted with its grace period (30 s,
-  the preStop drain's room), as a spot termination handler or a cluster autoscaler does. Measured: tasks lost
-  (target 0).
+- announced reclaims on real Ray (--real-reclaims N, default 0; root, process nodes, the shared Ray lock): in each
+  of --real-lanes clusters side by side, its head on a steady process node and one spot worker on a spot process
+  node of its own; N times in all, a task with max_retries=0 starts on a lane's worker, the reclaim is announced
+  (the node's removal taint or the pod's DisruptionTarget condition, seeded), and --notice seconds later the pod
+  is deleted with its grace period (30 s, the preStop drain's room), as a spot termination handler or a cluster
+  autoscaler does. Measured: tasks lost (target 0).
 
 The operator delays a group's replacements by its backoff (spec.faultTolerance.workerBackoffInitialSeconds,
 default 1 s, doubling with every consecutive failure of that group within max(60 s, 2 × the cap)). Each
@@ -48,6 +48,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -411,8 +412,8 @@ print("BENCH-RESULT " + ray.get(work.remote(%d)))
 """
 
 
-def real_cluster_body(name: str, pool: str) -> dict[str, Any]:
-    """A head on the steady process node and one spot worker (a `spot` Ray resource) on the spot one."""
+def real_cluster_body(name: str, pool: str, spot: str = "spot") -> dict[str, Any]:
+    """A head on the steady process node and one spot worker (a `spot` Ray resource) on the `spot` one."""
     def place(role: str) -> dict[str, Any]:
         return {"spec": {"nodeSelector": {"swarm.io/pool": f"{pool}-{role}"}, "tolerations": [
             {"key": PROCESS_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]}}
@@ -422,7 +423,7 @@ def real_cluster_body(name: str, pool: str) -> dict[str, Any]:
                      "workerGroups": [{"name": "spot", "replicas": 1, "minReplicas": 0, "maxReplicas": 1,
                                        "resources": {"cpu": 1, "memory": "1Gi"}, "rayResources": {"spot": 1},
                                        "terminationGracePeriodSeconds": REAL_GRACE_SECONDS,
-                                       "template": place("spot")}],
+                                       "template": place(spot)}],
                      "autoscaling": {"enabled": False}}}
 
 
@@ -444,11 +445,11 @@ def live_spot_worker(core: Any, ns: str, name: str) -> tuple[str, str] | None:
     return None
 
 
-def one_real_reclaim(core: Any, ns: str, spot: str, how: str, notice: float) -> tuple[str, str]:
-    """One announced reclaim of the busy spot worker: (the worker, how its task ended: a Ray job status, or why
-    there was none; no worker when none came up)."""
+def one_real_reclaim(core: Any, ns: str, name: str, spot: str, how: str, notice: float) -> tuple[str, str]:
+    """One announced reclaim of cluster `name`'s busy spot worker: (the worker, how its task ended: a Ray job status,
+    or why there was none; no worker when none came up)."""
     deadline = time.monotonic() + 300
-    while (found := live_spot_worker(core, ns, "reclaimed")) is None:
+    while (found := live_spot_worker(core, ns, name)) is None:
         if time.monotonic() > deadline:
             return "", "none: no live spot worker within 300 s"
         time.sleep(1)
@@ -474,41 +475,60 @@ def one_real_reclaim(core: Any, ns: str, spot: str, how: str, notice: float) -> 
     return worker, str(info["status"])
 
 
+def real_lane(core: Any, ns: str, lane: int, spot: str, kinds: list[str], notice: float,
+              lost: list[int], notes: list[str]) -> None:
+    """One cluster's reclaims, one after the other; `kinds` says how each is announced."""
+    for how in kinds:
+        worker, end = one_real_reclaim(core, ns, f"reclaimed-{lane}", spot, how, notice)
+        lost.append(end != "SUCCEEDED")
+        notes.append(f"lane {lane}, reclaim {len(lost)} ({how}, {worker or 'no worker'}): task {end}")
+        print(f"[recovery] {notes[-1]}", flush=True)
+        if not worker:
+            return
+
+
 def real_reclaims(api: client.ApiClient, kubeconfig: str, ns: str, args: argparse.Namespace) -> tuple[int, list[str]]:
-    """--real-reclaims announced reclaims of a busy spot worker, one at a time: its node tainted for removal or the
-    pod marked DisruptionTarget (seeded), --notice seconds later the pod deleted with its grace period, as a spot
-    termination handler or a cluster autoscaler does. The tasks (max_retries=0) lost, and a line per reclaim."""
+    """--real-reclaims announced reclaims of a busy spot worker, spread over --real-lanes clusters that run side by
+    side (each its own spot process node, one reclaim at a time): the node tainted for removal or the pod marked
+    DisruptionTarget (seeded), --notice seconds later the pod deleted with its grace period, as a spot termination
+    handler or a cluster autoscaler does. The tasks (max_retries=0) lost, and a line per reclaim."""
     core: Any = client.CoreV1Api(api)
     custom: Any = client.CustomObjectsApi(api)
     rng = random.Random(args.real_seed)
+    kinds = [rng.choice(("removal taint", "DisruptionTarget")) for _ in range(args.real_reclaims)]
+    lanes = max(1, min(args.real_lanes, args.real_reclaims))
     pool = f"rr-{uuid.uuid4().hex[:5]}"
     taint = f"{PROCESS_TAINT['key']}={PROCESS_TAINT['value']}:{PROCESS_TAINT['effect']}"
-    agents = [NodeAgentProcess(kubeconfig, f"{pool}-{role}", cpu="2", memory="4Gi",
-                               labels={"swarm.io/pool": f"{pool}-{role}"}, taints=[taint])
-              for role in ("steady", "spot")]
-    spot = agents[1].node
-    lost, notes = 0, []
+    # The heads share the steady node (one logical CPU each); each lane's worker has a spot node of its own.
+    agents = [NodeAgentProcess(kubeconfig, f"{pool}-steady", cpu=str(lanes + 1), memory=f"{2 * lanes + 2}Gi",
+                               labels={"swarm.io/pool": f"{pool}-steady"}, taints=[taint])]
+    agents += [NodeAgentProcess(kubeconfig, f"{pool}-spot{k}", cpu="2", memory="4Gi",
+                                labels={"swarm.io/pool": f"{pool}-spot{k}"}, taints=[taint]) for k in range(lanes)]
+    names = [f"reclaimed-{k}" for k in range(lanes)]
+    lost: dict[int, list[int]] = {k: [] for k in range(lanes)}
+    notes: dict[int, list[str]] = {k: [] for k in range(lanes)}
     try:
         for agent in agents:
             agent.start()
-        custom.create_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters",
-                                               real_cluster_body("reclaimed", pool))
-        for i in range(args.real_reclaims):
-            how = rng.choice(("removal taint", "DisruptionTarget"))
-            worker, end = one_real_reclaim(core, ns, spot, how, args.notice)
-            lost += end != "SUCCEEDED"
-            notes.append(f"reclaim {i + 1} ({how}, {worker or 'no worker'}): task {end}")
-            print(f"[recovery] {notes[-1]}", flush=True)
-            if not worker:
-                break
+        for k, name in enumerate(names):
+            custom.create_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters",
+                                                   real_cluster_body(name, pool, f"spot{k}"))
+        print(f"[recovery] {args.real_reclaims} announced reclaims on real Ray over {lanes} clusters side by side",
+              flush=True)
+        with ThreadPoolExecutor(lanes) as executor:
+            for future in [executor.submit(real_lane, core, ns, k, agents[k + 1].node, kinds[k::lanes], args.notice,
+                                        lost[k], notes[k]) for k in range(lanes)]:
+                future.result()
     finally:
-        with contextlib.suppress(ApiException):
-            custom.delete_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters", "reclaimed")
-        wait_for(lambda: not core.list_namespaced_pod(ns, label_selector=f"{labels.CLUSTER}=reclaimed").items,
-                 120, "the real cluster's pods gone")
+        for name in names:
+            with contextlib.suppress(ApiException):
+                custom.delete_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters", name)
+        wait_for(lambda: not [p for p in core.list_namespaced_pod(ns).items
+                              if p.metadata.labels.get(labels.CLUSTER) in names],
+                 120, "the real clusters' pods gone")
         for agent in agents:
             agent.stop()
-    return lost, notes
+    return sum(sum(v) for v in lost.values()), [n for k in range(lanes) for n in notes[k]]
 
 
 def main() -> int:
@@ -531,6 +551,8 @@ def main() -> int:
     ap.add_argument("--real-reclaims", type=int, default=0,
                     help="announced reclaims of a busy worker on real Ray (process nodes: root; take the Ray lock)")
     ap.add_argument("--real-seed", type=int, default=2, help="seed of the real reclaims' kinds")
+    ap.add_argument("--real-lanes", type=int, default=3,
+                    help="clusters reclaimed side by side (each on a spot process node of its own)")
     args = ap.parse_args()
     if args.worker_failures > args.clusters * args.groups or args.head_failures > args.clusters:
         ap.error("one failure per worker group and per head: raise --clusters/--groups or lower the failures")
