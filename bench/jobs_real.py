@@ -68,7 +68,7 @@ from bench.common import (
     proc_stats,
     wait_gone,
 )
-from localcluster import kuberay
+from localcluster import kuberay, rayjobs
 from localcluster.demo_cluster import is_ready
 from localcluster.nodeagent import NodeAgentProcess
 from localcluster.operator_process import OperatorProcess
@@ -129,6 +129,7 @@ class Seen:
     finished: bool  # the job resource's deployment status is final
     failed: bool
     cluster: str  # its cluster's name, "" while unknown
+    job_id: str = ""  # the Ray job's submission id, once the operator wrote it
 
 
 def seen_job(operator: str, obj: Mapping[str, Any]) -> Seen:
@@ -137,7 +138,7 @@ def seen_job(operator: str, obj: Mapping[str, Any]) -> Seen:
     deployment = str(status.get("jobDeploymentStatus") or "")
     cluster = str(status.get("clusterName" if operator == "swarm" else "rayClusterName") or "")
     return Seen(str(status.get("jobStatus") or ""), deployment in ("Complete", "Failed"), deployment == "Failed",
-                cluster)
+                cluster, str(status.get("jobId") or ""))
 
 
 @dataclass
@@ -147,6 +148,7 @@ class JobTimes:
     name: str
     applied: float
     head_ready: float | None = None  # its cluster's head pod Ready: apply → here is the cluster's start
+    submitted: float | None = None  # Ray took the job (its Jobs API's start_time): head Ready → here is the operator's
     running: float | None = None
     finished: float | None = None
     gone: float | None = None
@@ -233,6 +235,9 @@ def _median(values: Sequence[float | None]) -> float:
 MEASURES: dict[str, Callable[[Run], float]] = {
     "apply→head Ready s": lambda r: _median([t.head_ready - t.applied if t.head_ready is not None else None
                                              for t in r.times]),
+    "head Ready→submitted s": lambda r: _median([t.submitted - t.head_ready
+                                                 if t.submitted is not None and t.head_ready is not None else None
+                                                 for t in r.times]),
     "apply→RUNNING s": lambda r: _median([t.running - t.applied if t.running is not None else None for t in r.times]),
     "apply→cluster gone s": lambda r: _median([t.gone - t.applied if t.gone is not None else None for t in r.times]),
     "jobs/min": lambda r: jobs_per_minute(r.times),
@@ -298,6 +303,16 @@ def start_operator(which: str, kubeconfig: str, namespace: str, log: Path) -> Op
     return op
 
 
+def ray_took(head_ip: str, job_id: str, wall_start: float) -> float | None:
+    """When the head's Jobs API took the job (its start_time, set at submission; both run on this host's clock), in
+    seconds after the run's start; None while it does not know the job."""
+    try:
+        start_ms = rayjobs.job_info(head_ip, job_id).get("start_time")
+    except (OSError, ValueError):
+        return None
+    return start_ms / 1000 - wall_start if isinstance(start_ms, int | float) else None
+
+
 def run_one(api: Any, kubeconfig: str, which: str, jobs: int, concurrency: int, pool: str, logs: Path,
             timeout: float) -> Run:
     core: Any = client.CoreV1Api(api)
@@ -314,7 +329,7 @@ def run_one(api: Any, kubeconfig: str, which: str, jobs: int, concurrency: int, 
     names = [f"j{i:02d}" for i in range(jobs)]
     body = swarmjob_body if which == "swarm" else rayjob_body
     _, startup_cpu = proc_stats(op.proc.pid)
-    start = time.monotonic()
+    start, wall_start = time.monotonic(), time.time()
     deadline = start + timeout
     try:
         while time.monotonic() < deadline:
@@ -327,10 +342,14 @@ def run_one(api: Any, kubeconfig: str, which: str, jobs: int, concurrency: int, 
             alive |= {(p.metadata.labels or {}).get(kind.cluster_label, "") for p in pods}
             ready_heads = {(p.metadata.labels or {}).get(kind.cluster_label, "") for p in pods
                            if is_head(p) and is_ready(p)}
+            head_ips = {(p.metadata.labels or {}).get(kind.cluster_label, ""): p.status.pod_ip for p in pods
+                        if is_head(p) and p.status.pod_ip}
             for t in run.times:
                 obj = objs.get(t.name)
-                t.observe(seen_job(which, obj) if obj is not None else None, t.cluster in alive, now,
-                          t.cluster in ready_heads)
+                seen = seen_job(which, obj) if obj is not None else None
+                t.observe(seen, t.cluster in alive, now, t.cluster in ready_heads)
+                if t.submitted is None and seen is not None and seen.job_id and t.cluster in head_ips:
+                    t.submitted = ray_took(head_ips[t.cluster], seen.job_id, wall_start)
             unfinished = sum(1 for t in run.times if t.finished is None)
             while unfinished < concurrency and len(run.times) < jobs:
                 name = names[len(run.times)]

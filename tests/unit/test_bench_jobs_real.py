@@ -30,9 +30,10 @@ from bench.jobs_real import (
 
 
 def test_a_swarmjob_and_a_rayjob_read_alike() -> None:
-    ours = {"status": {"jobStatus": "RUNNING", "jobDeploymentStatus": "Running", "clusterName": "j00-1"}}
+    ours = {"status": {"jobStatus": "RUNNING", "jobDeploymentStatus": "Running", "clusterName": "j00-1",
+                       "jobId": "j00-uid-1"}}
     theirs = {"status": {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete", "rayClusterName": "j00-x7"}}
-    assert seen_job("swarm", ours) == Seen("RUNNING", False, False, "j00-1")
+    assert seen_job("swarm", ours) == Seen("RUNNING", False, False, "j00-1", "j00-uid-1")
     assert seen_job("kuberay", theirs) == Seen("SUCCEEDED", True, False, "j00-x7")
     assert seen_job("kuberay", {"status": {"jobDeploymentStatus": "Failed"}}) == Seen("", True, True, "")
     assert seen_job("swarm", {}) == Seen("", False, False, "")
@@ -97,7 +98,8 @@ def test_jobs_per_minute_runs_from_the_first_apply_to_the_last_finish() -> None:
 
 
 def finished_run(operator: str, running: float, cpu: float, duplicates: int = 0) -> Run:
-    times = [JobTimes(f"j{i}", float(i), head_ready=i + running - 1, running=i + running, finished=i + 20.0,
+    times = [JobTimes(f"j{i}", float(i), head_ready=i + running - 1,
+                      submitted=i + running - 0.75, running=i + running, finished=i + 20.0,
                       gone=i + 25.0, cluster="c") for i in range(3)]
     counts = {t.name: 1 for t in times}
     counts["j0"] += duplicates
@@ -115,16 +117,17 @@ def test_summary_is_over_finished_runs_and_the_targets_compare_medians() -> None
     checks = dict((what.split(":")[0], met) for what, met in check_targets(summary, runs))
     assert checks == {"apply→RUNNING s": True, "operator CPU s": False, "duplicate executions": True}
     table = markdown(summary, runs)
-    assert "| swarm | 2 | 5 [4–6] | 6 [5–7] |" in table and "| kuberay | 1 |" in table
+    assert "| swarm | 2 | 5 [4–6] | 0.25 [0.25–0.25] | 6 [5–7] |" in table and "| kuberay | 1 |" in table
 
 
 def test_a_measure_no_run_has_is_a_dash_in_the_table() -> None:
     run = finished_run("swarm", 5.0, 1.0)
     for t in run.times:
-        t.head_ready = None  # runs saved before the measure existed
+        t.head_ready = t.submitted = None  # runs saved before the measures existed
     summary = summarize([run])
     assert math.isnan(summary["swarm"]["apply→head Ready s"].median)
-    assert "| swarm | 1 | — | 5 [5–5] |" in markdown(summary, [run])
+    assert math.isnan(summary["swarm"]["head Ready→submitted s"].median)
+    assert "| swarm | 1 | — | — | 5 [5–5] |" in markdown(summary, [run])
 
 
 def test_a_duplicate_execution_misses_a_target_and_so_does_a_missing_side() -> None:
