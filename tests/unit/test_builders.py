@@ -651,8 +651,10 @@ def test_the_prestop_drains_and_waits_for_the_raylet_of_its_own_network_namespac
     (tmp_path / "ray").chmod(0o755)
     (tmp_path / "python").symlink_to(sys.executable)
     shutil.copy("/bin/sleep", tmp_path / "raylet")
-    raylet = [str(tmp_path / "raylet"), "30"] if own_netns else [str(unshare), "--net", str(tmp_path / "raylet"), "30"]
-    with socket.create_server(("127.0.0.1", 0)) as gcs, subprocess.Popen(raylet) as proc:
+    # "Another pod's" case runs the script in a network namespace of its own, so that no raylet on this machine (the
+    # fake one here, or another test run's) is its own.
+    elsewhere = [] if own_netns else [str(unshare), "--net"]
+    with socket.create_server(("127.0.0.1", 0)) as gcs, subprocess.Popen([str(tmp_path / "raylet"), "30"]) as proc:
         address = f"127.0.0.1:{gcs.getsockname()[1]}"
         if not head_up:
             gcs.close()
@@ -663,8 +665,8 @@ def test_the_prestop_drains_and_waits_for_the_raylet_of_its_own_network_namespac
                 "preStop"]["exec"]["command"]
             assert command[-2] == "demo-head-svc.ns.svc.cluster.local:6379", command
             started = time.monotonic()
-            subprocess.run([*command[:-2], address, command[-1]], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
-                           check=True, timeout=20)
+            subprocess.run([*elsewhere, *command[:-2], address, command[-1]],
+                           env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, check=True, timeout=20)
             took = time.monotonic() - started
         finally:
             proc.kill()
