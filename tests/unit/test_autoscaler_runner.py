@@ -510,3 +510,51 @@ def test_drain_workers_uses_preemption_and_the_deadline(h: Harness, fail: bool, 
         assert [e[0] for e in evs] == ["Draining"]
     else:
         assert (marks, evs) == ([], [])
+
+
+# -- a scale-up that may be Ray counting the same tasks twice waits for a second read (autoscaler.confirm)
+
+def took(c: ClusterSpec, cpus: float) -> RayNode:
+    """The harness's first cpu worker, having taken `cpus` of its 4 CPUs."""
+    return ray_node(f"{c.name}-cpu-w0000", "cpu", total=CPU_TOTAL, available={**CPU_TOTAL, "CPU": 4.0 - cpus})
+
+
+@pytest.mark.parametrize("before", ["idle", "not yet a Ray node"])
+@pytest.mark.parametrize(("second_read", "target"), [
+    ((demand(4, CPU=1.0),), 2),  # still there 1.5 s later: real demand, the node opens then
+    ((demand(3, CPU=1.0),), 1),  # gone: the task the worker took had been counted twice
+])
+def test_a_scale_up_no_bigger_than_what_the_live_nodes_just_took_waits_for_a_second_read(
+        h: Harness, before: str, second_read: tuple[ResourceDemand, ...], target: int) -> None:
+    c = autoscaled()
+    pods = h.pods(c, 1)
+    h.ray.snapshot = snapshot(head_node(c), *([took(c, 0)] if before == "idle" else []))
+    assert h.step(c, pods, {"cpu": 1, "gpu": 0}, scale_ups={"cpu": NOW - 60}) is not None
+    # The worker took one CPU while Ray still counts 4 tasks pending: 3 fit it, 1 would open a node.
+    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(4, CPU=1.0),))
+    held = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 5, scale_ups={"cpu": NOW - 60})
+    assert held is not None
+    assert (held.targets, held.scaled_up, held.events, held.marks) == ({"cpu": 1, "gpu": 0}, frozenset(), (), ())
+    assert held.report.decisions == ("held for a second read in 1.5s (Ray may count the tasks the live nodes just "
+                                     "took twice): cpu 1→2: 1 pending {CPU:1}",)
+    assert h.scaler.due_in(h.memory(c), NOW + 5) == pytest.approx(1.5)
+    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=second_read)
+    o = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 6.5, scale_ups={"cpu": NOW - 60})
+    assert o is not None and o.targets == {"cpu": target, "gpu": 0}
+    assert h.scaler.due_in(h.memory(c), NOW + 6.5) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(("pending", "gangs", "target"), [
+    ((demand(8, CPU=1.0),), (), 3),  # 5 on new nodes, more than the 1 CPU taken
+    # A placement group opens a node too: one more for the 4th task goes with it.
+    ((demand(4, CPU=1.0),), (GangDemand((Bundle({"CPU": 4.0}),), Strategy.PACK, 1),), 3),
+])
+def test_other_scale_ups_go_at_once(h: Harness, pending: tuple[ResourceDemand, ...],
+                                    gangs: tuple[GangDemand, ...], target: int) -> None:
+    c = autoscaled()
+    pods = h.pods(c, 1)
+    h.ray.snapshot = snapshot(head_node(c), took(c, 0))
+    h.step(c, pods, {"cpu": 1, "gpu": 0})
+    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=pending, gangs=gangs)
+    o = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 5)
+    assert o is not None and o.targets == {"cpu": target, "gpu": 0} and o.scaled_up == frozenset({"cpu"})

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from swarm_operator import metrics
-from swarm_operator.autoscaler import policy, ray_version
+from swarm_operator.autoscaler import confirm, policy, ray_version
 from swarm_operator.autoscaler.inputs import demand_summary, policy_input
-from swarm_operator.autoscaler.snapshot import ClusterSnapshot, NodeStatus
+from swarm_operator.autoscaler.snapshot import ClusterSnapshot, NodeStatus, Resources
 from swarm_operator.kit.blocking import Blocking
 from swarm_operator.kit.cache import Key
 from swarm_operator.reasons import EventReason
@@ -49,6 +49,19 @@ class AutoscalerMemory:
     warned_version: tuple[str, ...] = ()  # the Ray version warnings last given, each once
     last_infeasible: str = ""  # the infeasible demand last reported
     pending_resources: set[str] = field(default_factory=set)  # resources ever reported in the pending gauge
+    last_available: dict[str, Resources] | None = None  # the live nodes' available resources at the last read
+    held_scale_up: bool = False  # the last read held a scale-up back for this one to confirm (autoscaler.confirm)
+
+
+def _report(snap: ClusterSnapshot, inp: policy.PolicyInput, decision: policy.Decision,
+            version: ray_version.VersionCheck, decisions: tuple[str, ...]) -> AutoscalerReport:
+    return AutoscalerReport(
+        pending_demand=demand_summary([*inp.demands, *inp.constraints]),
+        infeasible_demand=demand_summary(decision.infeasible),
+        ray_version=snap.ray_version or "",
+        ray_version_warning="; ".join(version.warnings),
+        decisions=decisions,
+    )
 
 
 def drained_mark(name: str, now: float, why: str) -> PatchPod:
@@ -203,6 +216,17 @@ class Autoscaler:
         unavailable = unavailable_groups(pods, now, cluster.autoscaling.pending_timeout_seconds)
         inp = policy_input(cluster, snap, pods, targets, last_scale_ups, unavailable, now)
         decision = policy.decide(inp)
+        previous, memory.last_available = memory.last_available, confirm.available_by_node(snap.nodes)
+        if not memory.held_scale_up and confirm.may_be_counted_twice(
+                decision.tasks_on_new_nodes, decision.new_nodes_for_more_than_tasks, previous, snap.nodes):
+            memory.held_scale_up = True
+            memory.next_read = now + confirm.SECOND_READ_AFTER_S
+            view = ray_view(snap, pods)
+            held = tuple(f"held for a second read in {confirm.SECOND_READ_AFTER_S:g}s (Ray may count the tasks the "
+                         f"live nodes just took twice): {text}" for text in decision.reasons.values())
+            return Outcome(dict(targets), _report(snap, inp, decision, version, held), frozenset(), view.ray_dead,
+                           view.idle, view.ray_nodes, tuple(events), (), snap)
+        memory.held_scale_up = False
         new_targets = dict(decision.targets)
         accepted, refused = await self._drain(key, snap, decision.drains, events)
         for d in refused:  # the node got work: it stays, and so does its place in the target
@@ -229,14 +253,9 @@ class Autoscaler:
         for resource, amount in pending.items():
             metrics.AUTOSCALER_PENDING.labels(ns, name, resource).set(amount)
         memory.pending_resources |= pending.keys()
-        report = AutoscalerReport(
-            pending_demand=demand_summary([*inp.demands, *inp.constraints]),
-            infeasible_demand=infeasible,
-            ray_version=snap.ray_version or "",
-            ray_version_warning="; ".join(version.warnings),
-            decisions=(*reasons, *(f"drained {d.node}: {d.reason}" for d in accepted),
-                       *(f"drain of {d.node} refused (it got work)" for d in refused)),
-        )
+        done = (*reasons, *(f"drained {d.node}: {d.reason}" for d in accepted),
+                *(f"drain of {d.node} refused (it got work)" for d in refused))
+        report = _report(snap, inp, decision, version, done)
         view = ray_view(snap, pods)
         return Outcome(new_targets, report, frozenset(scaled_up), view.ray_dead, view.idle, view.ray_nodes,
                        tuple(events), marks, snap)

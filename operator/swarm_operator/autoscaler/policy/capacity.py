@@ -78,6 +78,7 @@ class DecisionState:
         for group in self.groups:
             group.set_budget(self.settings)
         self.infeasible: list[Unplaced] = []
+        self.tasks_on_new_nodes: dict[str, float] = {}  # the pending tasks' resources placed on new nodes
         self.waiting: list[Unplaced] = []
         self._gang_instances = 0
 

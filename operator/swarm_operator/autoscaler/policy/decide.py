@@ -124,6 +124,10 @@ def _place_demands(state: DecisionState, demands: Iterable[ResourceDemand], kind
         if placed < demand.requests:
             openings = state.open_nodes(shape, demand.requests - placed, candidates, pool, also_in)
             count_growth(openings, kind, format_resources(demand.resources))
+            if kind is DemandKind.TASK:
+                for name, amount in demand.resources.items():
+                    state.tasks_on_new_nodes[name] = (state.tasks_on_new_nodes.get(name, 0.0)
+                                                      + amount * requests_placed(openings))
             placed += requests_placed(openings)
         if placed < demand.requests:
             state.waiting.append(Unplaced(kind, (demand.resources,), demand.requests - placed, selector=shape.selector))
@@ -171,7 +175,11 @@ def _decision(state: DecisionState, drains: list[Drain]) -> Decision:
         targets[spec.name] = target
         if target != spec.replicas:
             reasons[spec.name] = f"{spec.name} {spec.replicas}→{target}: " + _explain(state, group, wanted)
-    return Decision(targets, tuple(drains), tuple(state.infeasible), tuple(state.waiting), reasons)
+    more_than_tasks = any(group.minimum_new or any(kind is not DemandKind.TASK for kind, _ in group.growth)
+                          for group in state.groups)
+    return Decision(targets, tuple(drains), tuple(state.infeasible), tuple(state.waiting), reasons,
+                    {name: amount for name, amount in state.tasks_on_new_nodes.items() if amount > 0},
+                    more_than_tasks)
 
 
 def _explain(state: DecisionState, group: GroupPlan, wanted: int) -> str:

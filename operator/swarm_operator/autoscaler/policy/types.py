@@ -123,6 +123,10 @@ class Decision:
     infeasible: tuple[Unplaced, ...]
     waiting: tuple[Unplaced, ...]
     reasons: Mapping[str, str]  # changed groups only: "gpu 2→5: 12 pending {GPU:1}"
+    # What the new nodes are for, for a caller that double-checks a small scale-up: the pending tasks placed on them
+    # (their resources summed), and whether minReplicas, request_resources or placement groups opened any.
+    tasks_on_new_nodes: Resources = field(default_factory=dict)
+    new_nodes_for_more_than_tasks: bool = False
 
 
 def format_resources(shape: Resources) -> str:
