@@ -350,6 +350,8 @@ class Run:
     events: list[list[Any]] = field(default_factory=list)  # [seconds after submission, reason, message]
     pods: list[list[Any]] = field(default_factory=list)  # [name, group, created s, deleted s | None]
     task_records: list[list[Any]] = field(default_factory=list)  # [kind, pod, start s, end s]
+    # Ours: each new status.autoscaler.lastDecision, [seconds after submission, text] (a held scale-up shows here only)
+    decisions: list[list[Any]] = field(default_factory=list)
 
 
 def measure(run: Run, submitted: float, result: Mapping[str, Any], pod_events: Sequence[PodEvent],
@@ -541,6 +543,34 @@ def is_head(pod: Any) -> bool:
     return "head" in (labels.get("swarm.io/node-type"), labels.get("ray.io/node-type"))
 
 
+class DecisionWatch:
+    """Each new status.autoscaler.lastDecision of a SwarmCluster, stamped when a 0.5 s poll first sees it."""
+
+    def __init__(self, custom: Any, namespace: str, name: str) -> None:
+        self.custom, self.namespace, self.name = custom, namespace, name
+        self.seen: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                obj = self.custom.get_namespaced_custom_object("swarm.io", "v1alpha1", self.namespace, "swarmclusters",
+                                                               self.name)
+            except ApiException:
+                continue
+            text = str(((obj.get("status") or {}).get("autoscaler") or {}).get("lastDecision") or "")
+            if text and (not self.seen or self.seen[-1][1] != text):
+                self.seen.append((time.time(), text))
+
+
 class PodWatch:
     """Every pod event of a namespace, stamped on arrival, from a thread of its own."""
 
@@ -637,6 +667,9 @@ def run_one(api: Any, kubeconfig: str, which: str, workload: str, pool: str, log
         body = raycluster_body(name, pool, which.rsplit("-", 1)[1])
     pods = PodWatch(core, namespace)
     pods.start()
+    decisions = DecisionWatch(custom, namespace, name)
+    if which == "swarm":
+        decisions.start()
     op = start_operator(which, kubeconfig, namespace, logs / f"{namespace}.log")
     print(f"[autoscale-real] {workload} on {which} in {namespace} (operator log {logs / f'{namespace}.log'})",
           flush=True)
@@ -665,10 +698,14 @@ def run_one(api: Any, kubeconfig: str, which: str, workload: str, pool: str, log
         end = time.time()
         time.sleep(2)  # the Events of the last deletions
         measure(run, submitted, result, pods.events, cluster_events(core, namespace, kind), end)
+        run.decisions = [[round(at - submitted, 2), text] for at, text in decisions.seen]
+        held = sum(1 for _, text in decisions.seen if text.startswith("held for a second read"))
         print(f"[autoscale-real]   first task {run.first_task_s:.1f}s, all done {run.all_done_s:.1f}s, "
               f"{run.pods_created} pods (peak {run.peak_pods}), {run.pod_seconds:.0f} pod-s, "
               f"retried {run.attempts_retried}, busy deleted {run.busy_pods_deleted}, "
-              f"explained {run.explained_actions}/{run.scaling_actions} {run.note}", flush=True)
+              f"explained {run.explained_actions}/{run.scaling_actions}"
+              + (f", scale-ups held for a second read {held}" if which == "swarm" else "") + f" {run.note}",
+              flush=True)
         return run
     finally:
         try:
@@ -678,6 +715,8 @@ def run_one(api: Any, kubeconfig: str, which: str, workload: str, pool: str, log
             print(f"[autoscale-real]   teardown: {exc}", flush=True)
         op.stop()
         pods.stop()
+        if which == "swarm":
+            decisions.stop()
         core.delete_namespace(namespace)
         wait_gone(core, namespace, timeout=300)
 
