@@ -23,7 +23,10 @@ a fresh operator. Then:
   node of its own; N times in all, a task with max_retries=0 starts on a lane's worker, the reclaim is announced
   (the node's removal taint or the pod's DisruptionTarget condition, seeded), and --notice seconds later the pod
   is deleted with its grace period (30 s, the preStop drain's room), as a spot termination handler or a cluster
-  autoscaler does. Measured: tasks lost (target 0).
+  autoscaler does. Measured: tasks lost (target 0). Process nodes run no preStop hook, and the operator turns Ray's
+  own drain on SIGTERM off where its preStop would drain, so there the deleted worker's task dies (48 of 48, session
+  12); --ray-sigterm-drain 30 gives the workers Ray's own drain in its place (the kubelet's preStop path is the kind
+  tier's).
 
 The operator delays a group's replacements by its backoff (spec.faultTolerance.workerBackoffInitialSeconds,
 default 1 s, doubling with every consecutive failure of that group within max(60 s, 2 × the cap)). Each
@@ -412,18 +415,24 @@ print("BENCH-RESULT " + ray.get(work.remote(%d)))
 """
 
 
-def real_cluster_body(name: str, pool: str, spot: str = "spot") -> dict[str, Any]:
-    """A head on the steady process node and one spot worker (a `spot` Ray resource) on the `spot` one."""
-    def place(role: str) -> dict[str, Any]:
-        return {"spec": {"nodeSelector": {"swarm.io/pool": f"{pool}-{role}"}, "tolerations": [
+def real_cluster_body(name: str, pool: str, spot: str = "spot", sigterm_drain: int | None = None) -> dict[str, Any]:
+    """A head on the steady process node and one spot worker (a `spot` Ray resource) on the `spot` one.
+    `sigterm_drain`: the workers' RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S (None: the operator's default, 0)."""
+    def place(role: str, env: list[dict[str, str]] | None = None) -> dict[str, Any]:
+        template: dict[str, Any] = {"spec": {"nodeSelector": {"swarm.io/pool": f"{pool}-{role}"}, "tolerations": [
             {"key": PROCESS_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]}}
+        if env:
+            template["spec"]["containers"] = [{"name": "ray", "env": env}]
+        return template
+    drain_env = None if sigterm_drain is None else [
+        {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(sigterm_drain)}]
     return {"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmCluster", "metadata": {"name": name},
             "spec": {"rayVersion": "2.60.0", "image": "rayproject/ray:2.60.0",
                      "head": {"resources": {"cpu": 1, "memory": "2Gi", "rayCpus": 0}, "template": place("steady")},
                      "workerGroups": [{"name": "spot", "replicas": 1, "minReplicas": 0, "maxReplicas": 1,
                                        "resources": {"cpu": 1, "memory": "1Gi"}, "rayResources": {"spot": 1},
                                        "terminationGracePeriodSeconds": REAL_GRACE_SECONDS,
-                                       "template": place(spot)}],
+                                       "template": place(spot, drain_env)}],
                      "autoscaling": {"enabled": False}}}
 
 
@@ -512,7 +521,7 @@ def real_reclaims(api: client.ApiClient, kubeconfig: str, ns: str, args: argpars
             agent.start()
         for k, name in enumerate(names):
             custom.create_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters",
-                                                   real_cluster_body(name, pool, f"spot{k}"))
+                                                   real_cluster_body(name, pool, f"spot{k}", args.ray_sigterm_drain))
         print(f"[recovery] {args.real_reclaims} announced reclaims on real Ray over {lanes} clusters side by side",
               flush=True)
         with ThreadPoolExecutor(lanes) as executor:
@@ -551,6 +560,9 @@ def main() -> int:
     ap.add_argument("--real-reclaims", type=int, default=0,
                     help="announced reclaims of a busy worker on real Ray (process nodes: root; take the Ray lock)")
     ap.add_argument("--real-seed", type=int, default=2, help="seed of the real reclaims' kinds")
+    ap.add_argument("--ray-sigterm-drain", type=int, default=None, metavar="SECONDS",
+                    help="the real reclaims' workers get RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=SECONDS (default: the "
+                         "operator's 0): process nodes run no preStop, so Ray's own drain on SIGTERM stands in for it")
     ap.add_argument("--real-lanes", type=int, default=3,
                     help="clusters reclaimed side by side (each on a spot process node of its own)")
     args = ap.parse_args()
