@@ -543,12 +543,10 @@ def is_head(pod: Any) -> bool:
     return "head" in (labels.get("swarm.io/node-type"), labels.get("ray.io/node-type"))
 
 
-class DecisionWatch:
-    """Each new status.autoscaler.lastDecision of a SwarmCluster, stamped when a 0.5 s poll first sees it."""
+class BackgroundWatch:
+    """A loop on a daemon thread of its own, from start() until stop(); subclasses write _loop."""
 
-    def __init__(self, custom: Any, namespace: str, name: str) -> None:
-        self.custom, self.namespace, self.name = custom, namespace, name
-        self.seen: list[tuple[float, str]] = []
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -558,6 +556,18 @@ class DecisionWatch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(15)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class DecisionWatch(BackgroundWatch):
+    """Each new status.autoscaler.lastDecision of a SwarmCluster, stamped when a 0.5 s poll first sees it."""
+
+    def __init__(self, custom: Any, namespace: str, name: str) -> None:
+        super().__init__()
+        self.custom, self.namespace, self.name = custom, namespace, name
+        self.seen: list[tuple[float, str]] = []
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
@@ -571,22 +581,14 @@ class DecisionWatch:
                 self.seen.append((time.time(), text))
 
 
-class PodWatch:
+class PodWatch(BackgroundWatch):
     """Every pod event of a namespace, stamped on arrival, from a thread of its own."""
 
     def __init__(self, core: Any, namespace: str) -> None:
+        super().__init__()
         self.core, self.namespace = core, namespace
         self.events: list[PodEvent] = []
         self.heads: dict[str, Any] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
     def _loop(self) -> None:
         version = ""
