@@ -139,6 +139,20 @@ def run_job(tier: KindTier, namespace: str, head: str, driver: str, timeout: flo
     raise AssertionError(f"job {job} did not end in {timeout:.0f}s")
 
 
+def watch_job(dashboard: str, job: str, timeout: float, each: Callable[[float], None]) -> tuple[dict[str, Any], str]:
+    """Read the job once a second until it ends or ``timeout`` passes, calling ``each(time.time())`` before every
+    read (what a test watches meanwhile); its last info and its logs."""
+    info: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        each(time.time())
+        info = rayjobs.job_info(dashboard, job)
+        if info["status"] in rayjobs.TERMINAL_JOB_STATES:
+            break
+        time.sleep(1)
+    return info, rayjobs.job_logs(dashboard, job)
+
+
 def kill_ray_container(tier: KindTier, pod: Any) -> None:
     """SIGKILL the main process of ``pod``'s Ray container from its kind node, as the kernel's OOM killer would;
     the container ends with exit code 137."""

@@ -29,6 +29,7 @@ from tests.kind.helpers import (
     run_job,
     swarmcluster,
     wait_ray_cluster,
+    watch_job,
 )
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(420)]
@@ -310,20 +311,16 @@ def test_kubectl_drain_of_a_busy_gpu_workers_node_drains_ray_first_and_the_heads
             drain = _drain(kind_tier, gpu_node, timeout=150)
             drained_at = time.time()
             draining_at, after_drain = 0.0, None
-            info: dict[str, Any] = {}
-            deadline = time.monotonic() + TASK_SECONDS + 90
-            while time.monotonic() < deadline:
-                now = time.time()
+
+            def watch_draining(now: float) -> None:
+                nonlocal draining_at, after_drain
                 if not draining_at and any(n.instance_id == busy and n.status == "DRAINING" for n in
                                            kind_tier.ray_nodes(namespace, before.head, before.head_ip)):
                     draining_at = now
                     # New work while the busy node drains: it must go to the other nodes.
                     after_drain = rayjobs.submit_job(dashboard, "python -c " + shlex.quote(SPREAD))
-                info = rayjobs.job_info(dashboard, job)
-                if info["status"] in rayjobs.TERMINAL_JOB_STATES:
-                    break
-                time.sleep(1)
-            logs = rayjobs.job_logs(dashboard, job)
+
+            info, logs = watch_job(dashboard, job, TASK_SECONDS + 90, watch_draining)
             assert info.get("status") == "SUCCEEDED", logs
             result = result_line(logs)
             assert result["pod"] == busy, result

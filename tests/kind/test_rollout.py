@@ -13,7 +13,7 @@ import pytest
 from localcluster import rayjobs
 from tests.e2e.helpers import LONG_TASK, cluster_pods, delete_swarmcluster, started_on
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
-from tests.kind.helpers import KindTier, swarmcluster, wait_ray_cluster
+from tests.kind.helpers import KindTier, swarmcluster, wait_ray_cluster, watch_job
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(480)]
 
@@ -47,20 +47,15 @@ def test_a_template_change_drains_the_busy_worker_after_the_idle_one(
                                                           {"spec": {"workerGroups": groups}})
             changed_at = time.time()
             leaving: dict[str, float] = {}
-            info: dict[str, Any] = {}
-            deadline = time.monotonic() + TASK_SECONDS + 150
-            while time.monotonic() < deadline:
-                now = time.time()
+
+            def watch_leaving(now: float) -> None:
                 pods = {p.metadata.name: p for p in cluster_pods(core_v1, namespace, NAME)}
                 for name in old_workers:
                     pod = pods.get(name)
                     if name not in leaving and (pod is None or pod.metadata.deletion_timestamp is not None):
                         leaving[name] = now
-                info = rayjobs.job_info(dashboard, job)
-                if info["status"] in rayjobs.TERMINAL_JOB_STATES:
-                    break
-                time.sleep(1)
-            logs = rayjobs.job_logs(dashboard, job)
+
+            info, logs = watch_job(dashboard, job, TASK_SECONDS + 150, watch_leaving)
         assert info.get("status") == "SUCCEEDED", logs
         result = json.loads(next(ln for ln in logs.splitlines() if ln.startswith("E2E-RESULT ")).split(" ", 1)[1])
         assert result["pod"] == busy, result
