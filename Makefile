@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-unit test-clean-clone test-integration test-kueue build-kueue test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-autoscale-real bench-jobs-real bench-recovery build cluster-up cluster-down clean
+.PHONY: demo test test-static unit-helm test-unit test-clean-clone test-integration test-kueue build-kueue test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-autoscale-real bench-jobs-real bench-recovery build cluster-up cluster-down clean
 
 # hack/venv.py runs this with $(BIN) first on PATH; the stamp is written only once `ray` and `swarm-operator`
 # exist and import. It takes a lock (two makes at once wait for each other), starts over after an
@@ -23,7 +23,13 @@ demo: $(STAMP)
 	@$(BIN)/python -m localcluster.demo
 
 ## test: the whole suite: lint, unit, the integration tier, then real Ray end to end on a local cluster
-test: build lint test-unit test-clean-clone test-integration test-e2e test-chaos test-packaging
+test: build test-static test-integration test-e2e test-chaos test-packaging
+
+# lint, test-unit and test-clean-clone at once: each is one process on one core (mypy, two pytest runs), and none
+# touches what another reads; -O keeps each one's output together.
+test-static: $(STAMP)
+	@echo "[test] lint, the unit tier and its clean-clone run at once (~2 min; each one's output when it ends)"
+	@$(MAKE) --no-print-directory -j3 -O lint test-unit test-clean-clone
 
 # Every tier runs under hack/leftovers.py: it fails when the tier left anything new in the checkout
 # (`git status --porcelain --ignored`; caches such as __pycache__ and .pytest_cache aside).
@@ -31,14 +37,16 @@ LEFTOVERS := $(BIN)/python hack/leftovers.py
 
 # The helm chart's tests need helm: the one on PATH (or $$HELM), else built from Go modules like the control
 # plane (cached; without Go the build says so and the target fails rather than skipping those tests).
-test-unit: $(STAMP)
+unit-helm: $(STAMP)
 	@$(BIN)/python -c 'from hack.generate import helm_binary; raise SystemExit(helm_binary() is None)' \
 		|| $(BIN)/python -m localcluster build helm
+
+test-unit: $(STAMP) unit-helm
 	@$(LEFTOVERS) -- $(BIN)/pytest -q tests/unit
 
 # The unit tier in a fresh clone of HEAD (no .venv there), run with this .venv's Python: it must make no
-# .venv there and leave nothing behind. Run after test-unit, which has built helm if need be.
-test-clean-clone: $(STAMP)
+# .venv there and leave nothing behind.
+test-clean-clone: $(STAMP) unit-helm
 	@$(LEFTOVERS) --clone -- $(abspath $(BIN))/python -m pytest -q tests/unit
 
 test-integration: $(STAMP) build build-kueue

@@ -97,15 +97,21 @@ def _ray_image() -> int:
     return 0
 
 
-def _kind_images() -> int:
-    """The kind tier's images that take minutes when cold: the node image, Ray and Redis (tests/kind builds the
-    operator's own, which changes with every commit). Apart from pytest, so that a cold build is no test's time
-    (nor under its timeout), and shows its own figures."""
+def _kind_images(operator: bool) -> int:
+    """The kind tier's images that take minutes when cold: the node image, Ray and Redis. Apart from pytest, so that
+    a cold build is no test's time (nor under its timeout), and shows its own figures. tests/kind builds the
+    operator's own images, which change with every commit; with ``operator`` they are built here too (.ci/run does,
+    beside the other tiers), so that the tier's builds find every layer cached."""
     start = time.monotonic()
     with docker_engine.running(kind.engine_for_kind()) as engine:
         tag, seconds = kind.ensure_node_image(engine)
         print(f"[kind] {tag}: {'cached' if not seconds else f'made in {seconds:.0f}s'}", flush=True)
         _workload_images(engine)
+        if operator:
+            for built in (image.build_operator_image(engine, tag=image.KIND_OPERATOR_IMAGE),
+                          image.build_upgrade_image(engine)):
+                print(f"[image] {built.tag}: {built.size_bytes / 1e6:.0f} MB; docker build {built.build_seconds:.0f}s",
+                      flush=True)
     print(f"[kind] images ready in {time.monotonic() - start:.0f}s", flush=True)
     return 0
 
@@ -124,7 +130,9 @@ def main(argv: list[str]) -> int:
     sub.add_parser("image", help="build the operator's image from the Dockerfile on a local Docker engine")
     sub.add_parser("ray-image", help="build the Ray and Redis images of the kind tier (cached by version)")
     sub.add_parser("kind-node-image", help="build a kind node image here, with no registry (cached by version)")
-    sub.add_parser("kind-images", help="the kind tier's node, Ray and Redis images (cached by version)")
+    p_kind_images = sub.add_parser("kind-images", help="the kind tier's node, Ray and Redis images (cached by version)")
+    p_kind_images.add_argument("--operator", action="store_true",
+                               help="also the operator's images that tests/kind builds, to fill Docker's layer cache")
     p_kind = sub.add_parser("kind-e2e", help="hack/kind-e2e.sh on a kind cluster of that node image")
     p_kind.add_argument("args", nargs=argparse.REMAINDER, help="pytest arguments (after --)")
     sub.add_parser("up", help="start the cluster and its fake nodes (idempotent)")
@@ -149,7 +157,7 @@ def main(argv: list[str]) -> int:
         if ns.command == "ray-image":
             return _ray_image()
         if ns.command == "kind-images":
-            return _kind_images()
+            return _kind_images(ns.operator)
         if ns.command == "kind-node-image":
             with docker_engine.running(kind.engine_for_kind()) as engine:
                 tag, seconds = kind.ensure_node_image(engine)

@@ -191,6 +191,27 @@ def build_operator_image(engine: DockerEngine, tag: str | None = None, version: 
                         "image-build")
 
 
+# The kind tier's operator images: the one under test, and another release of it for the upgrade test.
+KIND_OPERATOR_IMAGE = "swarm-operator:kind"
+KIND_UPGRADE_IMAGE = f"{KIND_OPERATOR_IMAGE}-upgrade"
+
+
+def build_upgrade_image(engine: DockerEngine) -> BuiltImage:
+    """The operator's image once more, as a new release would be: another version (the wheel's and the label's)
+    and another revision."""
+    version = f"{project_version()}+kind.upgrade"
+    with tempfile.TemporaryDirectory(prefix="swarm-upgrade-") as tmp:
+        context = Path(tmp)
+        for part in ("Dockerfile", ".dockerignore", "README.md", "operator"):
+            src = REPO / part
+            (shutil.copytree if src.is_dir() else shutil.copyfile)(src, context / part)
+        pyproject = (REPO / "pyproject.toml").read_text()
+        (context / "pyproject.toml").write_text(
+            pyproject.replace(f'version = "{project_version()}"', f'version = "{version}"', 1))
+        return docker_build(engine, context, KIND_UPGRADE_IMAGE,
+                            {"VERSION": version, "REVISION": f"{git_revision()}-upgrade"}, "image-build-upgrade")
+
+
 def ray_image_tag() -> str:
     return f"swarm-local/ray:{versions.RAY}-{versions.LOCAL_BASE_IMAGE}"
 

@@ -34,7 +34,7 @@ from tests.integration.conftest import (  # noqa: F401
     namespaces,
 )
 from tests.integration.helpers import CRD_FILE
-from tests.kind.helpers import OPERATOR_IMAGE, KindTier, build_upgrade_image, install_operator
+from tests.kind.helpers import OPERATOR_IMAGE, KindTier, install_operator
 
 
 @pytest.fixture(scope="session")
@@ -63,10 +63,10 @@ def kind_tier() -> Iterator[KindTier]:
             engine.docker("image", "prune", "--force")
             print(f"\n[kind] operator image {OPERATOR_IMAGE} built in {operator.build_seconds:.0f}s", flush=True)
 
-        # The operator's image (~25 s of docker build) and the upgrade test's (~40 s), one after the other, while kind
-        # creates the cluster, mostly waiting.
+        # The operator's image and the upgrade test's, one after the other, while kind creates the cluster, mostly
+        # waiting: ~100 s cold, seconds when `localcluster kind-images --operator` (.ci/run) has built both.
         built = background.submit(build_operator)
-        upgrade = background.submit(build_upgrade_image, engine)
+        upgrade = background.submit(lambda: image.build_upgrade_image(engine).tag)
         cluster = kind.KindCluster(os.environ.get("SWARM_KIND_CLUSTER", "swarm-kind"), engine,
                                    Path(tmp) / "kubeconfig")
 

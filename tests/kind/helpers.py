@@ -10,14 +10,11 @@ import contextlib
 import json
 import re
 import shlex
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hack.generate import helm_binary
@@ -30,7 +27,7 @@ from tests.integration.helpers import REPO
 
 RAY_CONTAINER = "ray"
 CHART = REPO / "helm" / "swarm-operator"
-OPERATOR_IMAGE = "swarm-operator:kind"
+OPERATOR_IMAGE = image.KIND_OPERATOR_IMAGE
 GPU_TOLERATION = {"key": kind.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -43,7 +40,7 @@ class KindTier:
     ray_image: str
     redis_image: str
     operator_image: str
-    upgrade_image: Future[str]  # another release of the operator's image (build_upgrade_image), built and
+    upgrade_image: Future[str]  # another release of the operator's image (image.build_upgrade_image), built and
     # loaded into the CPU worker behind the set-up
     release: str = "swarm-operator"
     operator_namespace: str = "swarm-operator"
@@ -188,21 +185,3 @@ def install_operator(tier: KindTier, tag: str) -> None:
          "--create-namespace", "--skip-crds", "--wait", "--timeout", "4m", values=operator_values(tag))
     tier.cluster.kubectl("-n", tier.operator_namespace, "rollout", "status", f"deployment/{tier.release}",
                          "--timeout=120s")
-
-
-def build_upgrade_image(engine: DockerEngine) -> str:
-    """The operator's image once more, as a new release would be: another version (the wheel's and the label's)
-    and another revision."""
-    tag = f"{OPERATOR_IMAGE}-upgrade"
-    version = f"{image.project_version()}+kind.upgrade"
-    with tempfile.TemporaryDirectory(prefix="swarm-upgrade-") as tmp:
-        context = Path(tmp)
-        for part in ("Dockerfile", ".dockerignore", "README.md", "operator"):
-            src = REPO / part
-            (shutil.copytree if src.is_dir() else shutil.copyfile)(src, context / part)
-        pyproject = (REPO / "pyproject.toml").read_text()
-        (context / "pyproject.toml").write_text(
-            pyproject.replace(f'version = "{image.project_version()}"', f'version = "{version}"', 1))
-        image.docker_build(engine, context, tag,
-                           {"VERSION": version, "REVISION": f"{image.git_revision()}-upgrade"}, "image-build-upgrade")
-    return tag
