@@ -392,12 +392,13 @@ TUNING = range(1, 11)  # the seeds the policy may be tuned on
 HELD_OUT = range(11, 31)
 
 
-def _run_seed(job: tuple[Family, int, int]) -> SeedRun:
+def _run_seed(job: tuple[Family, int, int, bool]) -> SeedRun:
     return run_seed(*job)
 
 
-def run_quality(seeds: Sequence[int], episodes: int, jobs: int) -> list[SeedRun]:
-    work = [(f, seed, episodes) for f in FAMILIES for seed in seeds]
+def run_quality(seeds: Sequence[int], episodes: int, jobs: int, families: Sequence[Family] = FAMILIES,
+                conserve_gpu_nodes: bool = True) -> list[SeedRun]:
+    work = [(f, seed, episodes, conserve_gpu_nodes) for f in families for seed in seeds]
     if jobs <= 1:
         return [_run_seed(w) for w in work]
     with mp.get_context("fork").Pool(jobs) as pool:
@@ -474,7 +475,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--markdown", action="store_true", help="also print the quality tables as Markdown")
     ap.add_argument("--save", type=Path, help="write every seed's figures to this JSON file")
     ap.add_argument("--skip-timing", action="store_true", help="quality only")
+    ap.add_argument("--family", action="append", choices=[f.name for f in FAMILIES],
+                    help="replay only this family (repeatable; default every family)")
+    ap.add_argument("--conserve-gpu-nodes", choices=("on", "off"), default="on",
+                    help="our policy's autoscaling.conserveGpuNodes in the replays (default on, as in a SwarmCluster;"
+                         " Ray's side has no such setting)")
     args = ap.parse_args(argv)
+    families = [f for f in FAMILIES if args.family is None or f.name in args.family]
+    conserve = args.conserve_gpu_nodes == "on"
     budget = args.ray_budget if args.ray_budget is not None else (20.0 if args.quick else 120.0)
     seeds = range(1, 1 + (args.seeds or (10 if args.quick else 30)))
     episodes = args.episodes or (1 if args.quick else 3)
@@ -491,13 +499,14 @@ def main(argv: list[str]) -> int:
             targets.append((f"≥ 100× faster than Ray at the largest size both finish ({size.label()}): "
                             f"{ratio:,.0f}×", ratio >= 100))
 
-    print(f"\nQuality: {len(FAMILIES)} families × seeds {seeds.start}-{seeds.stop - 1}, {episodes} episode(s) of "
-          "20 min each; 5 s decisions, 30 s pod start, idle timeout 60 s, the same launch pacing for both.")
+    print(f"\nQuality: {len(families)} families × seeds {seeds.start}-{seeds.stop - 1}, {episodes} episode(s) of "
+          "20 min each; 5 s decisions, 30 s pod start, idle timeout 60 s, the same launch pacing for both; "
+          f"conserveGpuNodes {args.conserve_gpu_nodes} for ours.")
     print("Per family and split: medians of ours / Ray's; per-seed ratio ours/Ray as median [worst]; launched / "
           "lower bound as median [worst] (old LB: without the idle timeout); launched / most nodes at once, worst. "
           "Cost = node-seconds × price (CPU node 1, GPU node 8).\n")
     started = time.monotonic()
-    runs = run_quality(seeds, episodes, args.jobs)
+    runs = run_quality(seeds, episodes, args.jobs, families, conserve)
     summaries = splits(runs)
     rows = quality_rows(summaries)
     print_table(QUALITY_HEADER, rows)
@@ -507,7 +516,7 @@ def main(argv: list[str]) -> int:
     if args.markdown:
         print("\n" + markdown(QUALITY_HEADER, rows))
     if args.save:
-        args.save.write_text(json.dumps({"seeds": list(seeds), "episodes": episodes,
+        args.save.write_text(json.dumps({"seeds": list(seeds), "episodes": episodes, "conserve_gpu_nodes": conserve,
                                          "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
     for s in summaries:
         targets += check(s)

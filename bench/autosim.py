@@ -17,7 +17,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from swarm_operator.autoscaler.policy import Decision, Node, PolicyInput, Settings, WorkerGroup, decide
@@ -430,14 +430,19 @@ def pace(current: int) -> int:
 class OursDriver:
     name = "ours"
 
-    def __init__(self, observe: Callable[[PolicyInput, Decision], None] | None = None) -> None:
+    def __init__(self, observe: Callable[[PolicyInput, Decision], None] | None = None,
+                 conserve_gpu_nodes: bool = True) -> None:
         self.replicas: dict[str, int] = {}
         self.last_up: dict[str, float] = {}
         self.seconds = 0.0
         self.observe = observe  # sees every decision with its input (tests/unit/policy_replay.py records them)
+        # The cluster's autoscaling.conserveGpuNodes; Ray's scheduler has no such setting, so it only changes ours.
+        self.conserve_gpu_nodes = conserve_gpu_nodes
 
     def act(self, c: Cluster, now: float) -> None:
         inp = c.snapshot(now, self.replicas, self.last_up)
+        if inp.settings.conserve_gpu_nodes != self.conserve_gpu_nodes:
+            inp = replace(inp, settings=replace(inp.settings, conserve_gpu_nodes=self.conserve_gpu_nodes))
         t0 = time.perf_counter()
         d = decide(inp)
         self.seconds += time.perf_counter() - t0
@@ -603,12 +608,14 @@ class SeedRun:
     ours: SimResult
     ray: SimResult
     episode_bound: int  # the bound before the idle timeout was taken into account, kept for comparison
+    conserve_gpu_nodes: bool = True  # our policy's setting in this run (Ray's side has none)
 
 
-def run_seed(family: Family, seed: int, episodes: int) -> SeedRun:
+def run_seed(family: Family, seed: int, episodes: int, conserve_gpu_nodes: bool = True) -> SeedRun:
     trace = make_trace(family, episodes, seed)
-    return SeedRun(family.name, seed, lower_bound(trace), simulate(trace, OursDriver()), simulate(trace, RayDriver()),
-                   episode_bound(trace))
+    ours = simulate(trace, OursDriver(conserve_gpu_nodes=conserve_gpu_nodes))
+    return SeedRun(family.name, seed, lower_bound(trace), ours, simulate(trace, RayDriver()), episode_bound(trace),
+                   conserve_gpu_nodes)
 
 
 def ratio(ours: float, theirs: float) -> float:

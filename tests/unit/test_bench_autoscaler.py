@@ -7,7 +7,7 @@ import pytest
 
 import bench.autoscaler
 from bench.autoscaler import Size, make_case, make_turn, turn_input, turn_snapshot
-from bench.autosim import FAMILIES, SeedRun, SimResult
+from bench.autosim import FAMILIES, Family, SeedRun, SimResult
 from swarm_operator.autoscaler.policy import decide
 from swarm_operator.autoscaler.snapshot import GangDemand
 
@@ -46,3 +46,23 @@ def test_the_quality_run_exits_1_on_a_missed_target(monkeypatch: pytest.MonkeyPa
     runs = [seed_run(f.name, seed, launched) for f in FAMILIES for seed in (1, 11)]
     monkeypatch.setattr(bench.autoscaler, "run_quality", lambda *_: runs)
     assert bench.autoscaler.main(["--skip-timing", "--seeds", "11"]) == status
+
+
+@pytest.mark.parametrize(("argv", "families", "conserve"), [
+    ([], [f.name for f in FAMILIES], True),
+    (["--family", "mixed-shapes", "--conserve-gpu-nodes", "off"], ["mixed-shapes"], False),
+    (["--family", "mixed-shapes", "--family", "gpu-train-8x", "--conserve-gpu-nodes", "on"],
+     ["mixed-shapes", "gpu-train-8x"], True),
+])
+def test_the_quality_run_replays_the_families_and_setting_asked(monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                                                 families: list[str], conserve: bool) -> None:
+    asked: list[tuple[list[str], bool]] = []
+
+    def run_quality(seeds: object, episodes: int, jobs: int, chosen: list[Family], conserve_gpu_nodes: bool,
+                    ) -> list[SeedRun]:
+        asked.append(([f.name for f in chosen], conserve_gpu_nodes))
+        return [seed_run(f.name, seed, 10) for f in chosen for seed in (1, 11)]
+
+    monkeypatch.setattr(bench.autoscaler, "run_quality", run_quality)
+    assert bench.autoscaler.main(["--skip-timing", "--seeds", "11", *argv]) == 0
+    assert asked == [(families, conserve)]

@@ -408,3 +408,20 @@ def test_rays_scheduler_reads_the_translation(demands: tuple[ResourceDemand, ...
     """Ray's own scheduler on to_ray's output launches what that snapshot needs: the translation carries
     free room, pending pods, queued launches and minReplicas (gpu's 1) as Ray reads them."""
     assert ray_launches(snapshot(demands=demands), queued) == expected
+
+
+@pytest.mark.parametrize(("conserve", "nodes"), [
+    (True, {"cpu": 5, "gpu": 0}),  # the GPU task waits while the CPU group ramps up; CPU work opens no GPU node
+    (False, {"cpu": 5, "gpu": 5}),  # the GPU task's node opens at once, and CPU work past the CPU cap opens GPU nodes
+])
+def test_our_driver_decides_with_its_conserve_gpu_nodes_setting(conserve: bool, nodes: dict[str, int]) -> None:
+    """bench/autoscaler.py --conserve-gpu-nodes off replays our policy with the cluster's setting off (Ray's side has
+    no such setting): the first decision for 20 full-node CPU tasks and one GPU task."""
+    c = Cluster(one_node_trace(*(task({"CPU": 16}) for _ in range(20)), task({"GPU": 1, "CPU": 1})))
+    seen: list[bool] = []
+    driver = OursDriver(observe=lambda inp, _: seen.append(inp.settings.conserve_gpu_nodes),
+                        conserve_gpu_nodes=conserve)
+    c.step(0.0)
+    driver.act(c, 0.0)
+    assert seen == [conserve]
+    assert {t.name: c.count(t.name) for t in c.trace.types} == nodes
