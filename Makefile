@@ -50,7 +50,7 @@ test-clean-clone: $(STAMP) unit-helm
 	@$(LEFTOVERS) --clone -- $(abspath $(BIN))/python -m pytest -q tests/unit
 
 test-integration: $(STAMP) build build-kueue
-	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q --durations=15 tests/integration
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q --durations=40 tests/integration
 
 ## test-kueue: only the integration tests of queued SwarmJobs and SwarmClusters, against the real Kueue (built on first use, cached)
 test-kueue: $(STAMP) build build-kueue
@@ -59,7 +59,7 @@ test-kueue: $(STAMP) build build-kueue
 # Real Ray in pods on process nodes (root, iproute2), and the autoscaler's GCS client against real Ray; Kueue (built on
 # first use, cached) for the preemption of a queued SwarmJob on real Ray.
 test-e2e: $(STAMP) build build-kueue
-	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q --durations=20 tests/e2e tests/ray
+	@$(LEFTOVERS) -- $(BIN)/python -m localcluster test -- -q --durations=0 tests/e2e tests/ray
 
 # Chaos (seeded; CHAOS_SEED=…): kill -9 the operator, restart kube-apiserver and etcd, conflicting writers,
 # scale-down under running Ray tasks; each time everything converges. ~5 min; -m "not ray" skips real Ray.
