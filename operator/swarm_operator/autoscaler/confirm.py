@@ -10,7 +10,8 @@ So when everything a scale-up opens new nodes for is pending tasks, and no more 
 taken since the previous read (all of a node's taken resources when it joined since), the same tasks may be
 counted twice: the runner reads Ray again after the GCS's next poll and acts on that read. Demand larger than what
 was taken, placement groups, request_resources and minReplicas scale up at once. It cures the short double count,
-not every one: in 2 of 4 burst runs (bench/README.md, session 12) the phantom task outlived the second read.
+not every one: in 2 of 4 burst runs (bench/README.md, session 12) the phantom task outlived the second read
+(a lease waiting for its worker process is both taken and pending: docs/architecture.md).
 """
 
 from __future__ import annotations
