@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from swarm_operator.autoscaler.confirm import available_by_node, may_be_counted_twice, taken_since
+from swarm_operator.autoscaler.confirm import (
+    MAX_HOLD_S,
+    Hold,
+    available_by_node,
+    may_be_counted_twice,
+    next_hold,
+    taken_since,
+)
 from swarm_operator.autoscaler.policy import PolicyInput, Settings, WorkerGroup, decide
 from swarm_operator.autoscaler.snapshot import Bundle, GangDemand, NodeStatus, RayNode, Strategy
 from tests.unit.ray_fixtures import demand, node_id, ray_node
@@ -50,6 +57,26 @@ def test_available_by_node_keeps_the_live_ones() -> None:
 def test_may_be_counted_twice(tasks: dict[str, float], more: bool, previous: dict[str, Mapping[str, float]] | None,
                               held: bool) -> None:
     assert may_be_counted_twice(tasks, more, previous, [worker("a", 7)]) is held
+
+
+NOW = 1_000.0
+JOINED = Hold(NOW - 1.5, {})  # held at the previous read; node a joined since the read before that
+KNOWN = Hold(NOW - 1.5, before(("a", 8)))  # held at the previous read; node a was there before
+
+
+@pytest.mark.parametrize(("hold", "previous", "tasks", "after"), [
+    (None, before(("a", 8)), {"CPU": 1.0}, Hold(NOW, before(("a", 8)))),  # a first hold, from the previous read
+    (None, None, {"CPU": 1.0}, None),  # the first read: nothing to compare with
+    (None, before(("a", 8)), {"CPU": 2.0}, None),  # more than was taken
+    (JOINED, before(("a", 7)), {"CPU": 1.0}, JOINED),  # a new node's worker may still be starting: held on
+    (KNOWN, before(("a", 7)), {"CPU": 1.0}, None),  # an older node's take gets the one second read only
+    (Hold(NOW - MAX_HOLD_S, {}), before(("a", 7)), {"CPU": 1.0}, None),  # held long enough: real demand
+    (JOINED, before(("a", 7)), {"CPU": 2.0}, None),  # more than the new node took
+    (JOINED, before(("a", 7)), {}, None),  # the task went: the decision goes ahead (with no new node)
+])
+def test_next_hold(hold: Hold | None, previous: dict[str, Mapping[str, float]] | None, tasks: dict[str, float],
+                   after: Hold | None) -> None:
+    assert next_hold(hold, previous, tasks, False, [worker("a", 7)], NOW) == after
 
 
 GROUP = WorkerGroup("cpu", CPU8, min_replicas=0, max_replicas=10, replicas=1)

@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 from prometheus_client import REGISTRY
 
-from swarm_operator.autoscaler import gcs
+from swarm_operator.autoscaler import confirm, gcs
 from swarm_operator.autoscaler.ray_version import check
 from swarm_operator.autoscaler.runner import (
     Autoscaler,
@@ -519,29 +519,56 @@ def took(c: ClusterSpec, cpus: float) -> RayNode:
     return ray_node(f"{c.name}-cpu-w0000", "cpu", total=CPU_TOTAL, available={**CPU_TOTAL, "CPU": 4.0 - cpus})
 
 
-@pytest.mark.parametrize("before", ["idle", "not yet a Ray node"])
-@pytest.mark.parametrize(("second_read", "target"), [
-    ((demand(4, CPU=1.0),), 2),  # still there 1.5 s later: real demand, the node opens then
-    ((demand(3, CPU=1.0),), 1),  # gone: the task the worker took had been counted twice
-])
-def test_a_scale_up_no_bigger_than_what_the_live_nodes_just_took_waits_for_a_second_read(
-        h: Harness, before: str, second_read: tuple[ResourceDemand, ...], target: int) -> None:
-    c = autoscaled()
-    pods = h.pods(c, 1)
+HELD = ("held for a second read in 1.5s (Ray may count the tasks the live nodes just took twice): "
+        "cpu 1→2: 1 pending {CPU:1}")
+
+
+def hold_then_read(h: Harness, c: ClusterSpec, pods: list[PodState], before: str) -> None:
+    """A first read with the worker idle or not yet a Ray node, then one 5 s later where it took one CPU while Ray
+    still counts 4 tasks pending: 3 fit it, 1 would open a node, and that scale-up is held for a second read."""
     h.ray.snapshot = snapshot(head_node(c), *([took(c, 0)] if before == "idle" else []))
     assert h.step(c, pods, {"cpu": 1, "gpu": 0}, scale_ups={"cpu": NOW - 60}) is not None
-    # The worker took one CPU while Ray still counts 4 tasks pending: 3 fit it, 1 would open a node.
     h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(4, CPU=1.0),))
     held = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 5, scale_ups={"cpu": NOW - 60})
     assert held is not None
     assert (held.targets, held.scaled_up, held.events, held.marks) == ({"cpu": 1, "gpu": 0}, frozenset(), (), ())
-    assert held.report.decisions == ("held for a second read in 1.5s (Ray may count the tasks the live nodes just "
-                                     "took twice): cpu 1→2: 1 pending {CPU:1}",)
+    assert held.report.decisions == (HELD,)
     assert h.scaler.due_in(h.memory(c), NOW + 5) == pytest.approx(1.5)
-    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=second_read)
+
+
+@pytest.mark.parametrize("before", ["idle", "not yet a Ray node"])
+def test_a_scale_up_whose_task_went_by_the_second_read_is_dropped(h: Harness, before: str) -> None:
+    c = autoscaled()
+    pods = h.pods(c, 1)
+    hold_then_read(h, c, pods, before)
+    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(3, CPU=1.0),))  # it had been counted twice
     o = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 6.5, scale_ups={"cpu": NOW - 60})
-    assert o is not None and o.targets == {"cpu": target, "gpu": 0}
+    assert o is not None and o.targets == {"cpu": 1, "gpu": 0}
     assert h.scaler.due_in(h.memory(c), NOW + 6.5) == pytest.approx(5.0)
+
+
+def test_a_known_nodes_task_still_pending_at_the_second_read_opens_the_node(h: Harness) -> None:
+    c = autoscaled()
+    pods = h.pods(c, 1)
+    hold_then_read(h, c, pods, "idle")
+    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(4, CPU=1.0),))
+    o = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 6.5, scale_ups={"cpu": NOW - 60})
+    assert o is not None and o.targets == {"cpu": 2, "gpu": 0}
+
+
+def test_a_new_nodes_task_still_pending_is_held_while_its_workers_may_start_then_opens_the_node(h: Harness) -> None:
+    c = autoscaled()
+    pods = h.pods(c, 1)
+    hold_then_read(h, c, pods, "not yet a Ray node")
+    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(4, CPU=1.0),))
+    still = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 6.5, scale_ups={"cpu": NOW - 60})
+    assert still is not None and still.targets == {"cpu": 1, "gpu": 0} and still.scaled_up == frozenset()
+    assert still.report.decisions == (
+        "still held, read again in 1.5s (1.5s of at most 10s: the new nodes' worker processes may still be starting)"
+        ": cpu 1→2: 1 pending {CPU:1}",)
+    assert h.scaler.due_in(h.memory(c), NOW + 6.5) == pytest.approx(1.5)
+    o = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 5 + confirm.MAX_HOLD_S, scale_ups={"cpu": NOW - 60})
+    assert o is not None and o.targets == {"cpu": 2, "gpu": 0} and o.scaled_up == frozenset({"cpu"})
 
 
 @pytest.mark.parametrize(("pending", "gangs", "target"), [

@@ -8,20 +8,36 @@ one of them join with one CPU taken and all 16 tasks still pending, and a third 
 
 So when everything a scale-up opens new nodes for is pending tasks, and no more than the live nodes' resources
 taken since the previous read (all of a node's taken resources when it joined since), the same tasks may be
-counted twice: the runner reads Ray again after the GCS's next poll and acts on that read. Demand larger than what
-was taken, placement groups, request_resources and minReplicas scale up at once. It cures the short double count,
-not every one: in 2 of 4 burst runs (bench/README.md, session 12) the phantom task outlived the second read
-(a lease waiting for its worker process is both taken and pending: docs/architecture.md).
+counted twice: the runner reads Ray again after the GCS's next poll. Demand larger than what was taken, placement
+groups, request_resources and minReplicas scale up at once. That cures the short double count, not every one: in 2 of
+4 burst runs (bench/README.md, session 12) the phantom task outlived the second read.
+
+A lease that a node granted takes its resources at once but stays in the raylet's queue, and so in Ray's pending
+demand, until a worker process has started for it (Ray's raylet source: docs/architecture.md). A node that has just
+joined starts a process for every task it takes, seconds apart on a loaded machine, so its tasks stay both taken and
+pending that long. So a hold goes on, read after read, while the tasks are no more than what nodes that joined since
+the read before the hold have taken, for at most MAX_HOLD_S; what older nodes took gets the one second read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from swarm_operator.autoscaler.snapshot import RayNode, Resources
 
 # Past the GCS's one-second poll of every raylet, so the second read sees fresh answers from all of them.
 SECOND_READ_AFTER_S = 1.5
+# How long new nodes' worker processes may take to start before a still-pending task counts as real demand.
+MAX_HOLD_S = 10.0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A scale-up held back for another read."""
+
+    since: float  # epoch seconds of the read that first held it
+    baseline: Mapping[str, Resources]  # the live nodes' available resources at the read before that one
 
 
 def available_by_node(nodes: Iterable[RayNode]) -> dict[str, Resources]:
@@ -53,3 +69,19 @@ def may_be_counted_twice(tasks_on_new_nodes: Resources, more_than_tasks: bool,
         return False
     taken = taken_since(previous, nodes)
     return all(amount <= taken.get(name, 0.0) + 1e-9 for name, amount in tasks_on_new_nodes.items())
+
+
+def next_hold(hold: Hold | None, previous: Mapping[str, Resources] | None, tasks_on_new_nodes: Resources,
+              more_than_tasks: bool, nodes: Sequence[RayNode], now: float) -> Hold | None:
+    """The hold after this read, or None: the decision goes ahead. A first hold when the scale-up may be the same
+    tasks counted twice against the previous read; then held on while, for at most MAX_HOLD_S, its tasks are no more
+    than what the nodes that joined since the hold's baseline have taken (their worker processes may be starting)."""
+    if hold is None:
+        if previous is not None and may_be_counted_twice(tasks_on_new_nodes, more_than_tasks, previous, nodes):
+            return Hold(now, dict(previous))
+        return None
+    joined = [node for node in nodes if node.node_id not in hold.baseline]
+    if now - hold.since < MAX_HOLD_S and may_be_counted_twice(tasks_on_new_nodes, more_than_tasks, hold.baseline,
+                                                              joined):
+        return hold
+    return None

@@ -50,7 +50,7 @@ class AutoscalerMemory:
     last_infeasible: str = ""  # the infeasible demand last reported
     pending_resources: set[str] = field(default_factory=set)  # resources ever reported in the pending gauge
     last_available: dict[str, Resources] | None = None  # the live nodes' available resources at the last read
-    held_scale_up: bool = False  # the last read held a scale-up back for this one to confirm (autoscaler.confirm)
+    hold: confirm.Hold | None = None  # a scale-up held back for another read (autoscaler.confirm)
 
 
 def _report(snap: ClusterSnapshot, inp: policy.PolicyInput, decision: policy.Decision,
@@ -217,16 +217,19 @@ class Autoscaler:
         inp = policy_input(cluster, snap, pods, targets, last_scale_ups, unavailable, now)
         decision = policy.decide(inp)
         previous, memory.last_available = memory.last_available, confirm.available_by_node(snap.nodes)
-        if not memory.held_scale_up and confirm.may_be_counted_twice(
-                decision.tasks_on_new_nodes, decision.new_nodes_for_more_than_tasks, previous, snap.nodes):
-            memory.held_scale_up = True
+        first = memory.hold is None
+        memory.hold = confirm.next_hold(memory.hold, previous, decision.tasks_on_new_nodes,
+                                        decision.new_nodes_for_more_than_tasks, snap.nodes, now)
+        if memory.hold is not None:
             memory.next_read = now + confirm.SECOND_READ_AFTER_S
             view = ray_view(snap, pods)
-            held = tuple(f"held for a second read in {confirm.SECOND_READ_AFTER_S:g}s (Ray may count the tasks the "
-                         f"live nodes just took twice): {text}" for text in decision.reasons.values())
+            why = ("held for a second read in {after:g}s (Ray may count the tasks the live nodes just took twice)"
+                   if first else "still held, read again in {after:g}s ({waited:.1f}s of at most {most:g}s: the new "
+                   "nodes' worker processes may still be starting)").format(
+                after=confirm.SECOND_READ_AFTER_S, waited=now - memory.hold.since, most=confirm.MAX_HOLD_S)
+            held = tuple(f"{why}: {text}" for text in decision.reasons.values())
             return Outcome(dict(targets), _report(snap, inp, decision, version, held), frozenset(), view.ray_dead,
                            view.idle, view.ray_nodes, tuple(events), (), snap)
-        memory.held_scale_up = False
         new_targets = dict(decision.targets)
         accepted, refused = await self._drain(key, snap, decision.drains, events)
         for d in refused:  # the node got work: it stays, and so does its place in the target
