@@ -564,8 +564,8 @@ def test_a_new_nodes_task_still_pending_is_held_while_its_workers_may_start_then
     still = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 6.5, scale_ups={"cpu": NOW - 60})
     assert still is not None and still.targets == {"cpu": 1, "gpu": 0} and still.scaled_up == frozenset()
     assert still.report.decisions == (
-        "still held, read again in 1.5s (1.5s of at most 10s: the new nodes' worker processes may still be starting)"
-        ": cpu 1→2: 1 pending {CPU:1}",)
+        "still held, read again in 1.5s (1.5s of at most 10s: nodes that just joined took as much): "
+        "cpu 1→2: 1 pending {CPU:1}",)
     assert h.scaler.due_in(h.memory(c), NOW + 6.5) == pytest.approx(1.5)
     o = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 5 + confirm.MAX_HOLD_S, scale_ups={"cpu": NOW - 60})
     assert o is not None and o.targets == {"cpu": 2, "gpu": 0} and o.scaled_up == frozenset({"cpu"})

@@ -12,11 +12,10 @@ counted twice: the runner reads Ray again after the GCS's next poll. Demand larg
 groups, request_resources and minReplicas scale up at once. That cures the short double count, not every one: in 2 of
 4 burst runs (bench/README.md, session 12) the phantom task outlived the second read.
 
-A lease that a node granted takes its resources at once but stays in the raylet's queue, and so in Ray's pending
-demand, until a worker process has started for it (Ray's raylet source: docs/architecture.md). A node that has just
-joined starts a process for every task it takes, seconds apart on a loaded machine, so its tasks stay both taken and
-pending that long. So a hold goes on, read after read, while the tasks are no more than what nodes that joined since
-the read before the hold have taken, for at most MAX_HOLD_S; what older nodes took gets the one second read.
+The longer double count came right after new nodes had joined and taken their tasks (gpu-after-cpu and burst; why
+is not established: docs/architecture.md). So a hold goes on, read after read, while the tasks are no more than what
+nodes that joined since the read before the hold have taken, for at most MAX_HOLD_S; what older nodes took gets the
+one second read.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from swarm_operator.autoscaler.snapshot import RayNode, Resources
 
 # Past the GCS's one-second poll of every raylet, so the second read sees fresh answers from all of them.
 SECOND_READ_AFTER_S = 1.5
-# How long new nodes' worker processes may take to start before a still-pending task counts as real demand.
+# How long a task still pending beside newly joined nodes may be their double count before it counts as real demand.
 MAX_HOLD_S = 10.0
 
 
@@ -75,7 +74,7 @@ def next_hold(hold: Hold | None, previous: Mapping[str, Resources] | None, tasks
               more_than_tasks: bool, nodes: Sequence[RayNode], now: float) -> Hold | None:
     """The hold after this read, or None: the decision goes ahead. A first hold when the scale-up may be the same
     tasks counted twice against the previous read; then held on while, for at most MAX_HOLD_S, its tasks are no more
-    than what the nodes that joined since the hold's baseline have taken (their worker processes may be starting)."""
+    than what the nodes that joined since the hold's baseline have taken."""
     if hold is None:
         if previous is not None and may_be_counted_twice(tasks_on_new_nodes, more_than_tasks, previous, nodes):
             return Hold(now, dict(previous))

@@ -224,8 +224,8 @@ class Autoscaler:
             memory.next_read = now + confirm.SECOND_READ_AFTER_S
             view = ray_view(snap, pods)
             why = ("held for a second read in {after:g}s (Ray may count the tasks the live nodes just took twice)"
-                   if first else "still held, read again in {after:g}s ({waited:.1f}s of at most {most:g}s: the new "
-                   "nodes' worker processes may still be starting)").format(
+                   if first else "still held, read again in {after:g}s ({waited:.1f}s of at most {most:g}s: nodes that "
+                   "just joined took as much)").format(
                 after=confirm.SECOND_READ_AFTER_S, waited=now - memory.hold.since, most=confirm.MAX_HOLD_S)
             held = tuple(f"{why}: {text}" for text in decision.reasons.values())
             return Outcome(dict(targets), _report(snap, inp, decision, version, held), frozenset(), view.ray_dead,
