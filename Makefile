@@ -38,7 +38,7 @@ LEFTOVERS := $(BIN)/python hack/leftovers.py
 # The helm chart's tests need helm: the one on PATH (or $$HELM), else built from Go modules like the control
 # plane (cached; without Go the build says so and the target fails rather than skipping those tests).
 unit-helm: $(STAMP)
-	@$(BIN)/python -c 'from hack.generate import helm_binary; raise SystemExit(helm_binary() is None)' \
+	@$(BIN)/python -c 'from localcluster.versions import helm_binary; raise SystemExit(helm_binary() is None)' \
 		|| $(BIN)/python -m localcluster build helm
 
 test-unit: $(STAMP) unit-helm
