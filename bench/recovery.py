@@ -813,7 +813,7 @@ def kind_reclaims(args: argparse.Namespace) -> int:
         if args.json:
             args.json.write_text(json.dumps({
                 "what": "bench/recovery.py --kind", "date": timestamp(time.time()),
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "args": {k: getattr(args, k) for k in ("real_reclaims", "real_seed", "real_lanes", "notice")},
                 "figures": figures, "loads": loads, "reclaims": [asdict(r) for r in done]}, indent=1) + "\n")
             print(f"written to {args.json}", flush=True)
     return 0 if len(done) == args.real_reclaims and not any(r.lost for r in done) else 1
