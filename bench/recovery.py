@@ -40,7 +40,8 @@ failure here hits a group that has not failed before, so every replacement waits
 delay: that is what a first crash costs. `--backoff-initial 0` takes it out to show the reaction alone.
 Times are taken when this process receives the watch events (pods and SwarmClusters).
 
-Run: `make bench-recovery`, or `python -m localcluster run -- .venv/bin/python bench/recovery.py`.
+Run: `make bench-recovery`, or `python -m localcluster run -- .venv/bin/python bench/recovery.py`; the kind reclaims:
+`make bench-recovery-kind` (`bench/recovery.py --kind --real-reclaims 100`, no local cluster).
 """
 
 from __future__ import annotations
@@ -739,14 +740,17 @@ def kind_report(done: list[KindReclaim], loads: list[float]) -> dict[str, Any]:
     figures["ran_elsewhere"] = [r.worker for r in done if r.ran_on != r.worker]
     if figures["ran_elsewhere"]:
         print(f"NOT reclaimed while busy (the task ran on another pod): {', '.join(figures['ran_elsewhere'])}")
+    # Per kind as well: a removal taint keeps the replacement off the node until the reclaimed pod is gone, a
+    # DisruptionTarget does not, so the two kinds' times lie apart and their joint median says little.
     for key, what in (("replacement_running_s", "announcement → replacement worker Running"),
                       ("pod_gone_s", "announcement → reclaimed pod gone")):
-        values = [v for r in done if (v := getattr(r, key)) is not None]
-        if values:
-            figures[key] = {"median": statistics.median(values), "min": min(values), "max": max(values),
-                            "p95": pct(sorted(values), 95), "n": len(values)}
-            print(f"{what}: median {spread(values)} s, p95 {pct(sorted(values), 95):.1f} s (n={len(values)} of "
-                  f"{len(done)})")
+        for how in ("all", *by_kind):
+            values = [v for r in done if (v := getattr(r, key)) is not None and how in ("all", r.how)]
+            if values:
+                figures[f"{key} ({how})"] = {"median": statistics.median(values), "min": min(values),
+                                             "max": max(values), "p95": pct(sorted(values), 95), "n": len(values)}
+                print(f"{what} ({how}): median {spread(values)} s, p95 {pct(sorted(values), 95):.1f} s "
+                      f"(n={len(values)})")
     if loads:
         figures["load1"] = {"median": statistics.median(loads), "min": min(loads), "max": max(loads), "n": len(loads)}
         print(f"1-minute load average during the reclaims: median {spread(loads)} ({len(loads)} samples, 10 s apart)")
