@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-static unit-helm test-unit test-clean-clone test-integration test-kueue build-kueue test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-autoscale-real bench-jobs-real bench-recovery build cluster-up cluster-down clean
+.PHONY: demo test test-static unit-helm test-unit test-clean-clone test-integration test-kueue build-kueue test-e2e test-chaos test-packaging test-image image kind-e2e lint generate bench bench-scale bench-autoscale-real bench-jobs-real bench-recovery bench-recovery-kind build cluster-up cluster-down clean
 
 # hack/venv.py runs this with $(BIN) first on PATH; the stamp is written only once `ray` and `swarm-operator`
 # exist and import. It takes a lock (two makes at once wait for each other), starts over after an
@@ -38,7 +38,7 @@ LEFTOVERS := $(BIN)/python hack/leftovers.py
 # The helm chart's tests need helm: the one on PATH (or $$HELM), else built from Go modules like the control
 # plane (cached; without Go the build says so and the target fails rather than skipping those tests).
 unit-helm: $(STAMP)
-	@$(BIN)/python -c 'from hack.generate import helm_binary; raise SystemExit(helm_binary() is None)' \
+	@$(BIN)/python -c 'from localcluster.versions import helm_binary; raise SystemExit(helm_binary() is None)' \
 		|| $(BIN)/python -m localcluster build helm
 
 test-unit: $(STAMP) unit-helm
@@ -126,6 +126,11 @@ bench-jobs-real: $(STAMP) build
 ## bench-recovery: worker and head failures and spot reclaims on fake nodes, time to recover; RECOVERY_ARGS=…
 bench-recovery: $(STAMP) build
 	@$(BIN)/python -m localcluster run -- $(BIN)/python bench/recovery.py $(RECOVERY_ARGS)
+
+## bench-recovery-kind: 100 announced reclaims of a busy worker under kind's kubelet (its preStop), operator defaults, 3 lanes: ~30 min (root; the kind tier's images first); RECOVERY_KIND_ARGS="--real-reclaims 6 --json out.json"
+bench-recovery-kind: $(STAMP) build
+	@$(BIN)/python -m localcluster kind-images
+	@$(BIN)/python bench/recovery.py --kind --real-reclaims 100 $(RECOVERY_KIND_ARGS)
 
 ## build: the control plane from Go modules (cached by version)
 build: $(STAMP)

@@ -25,8 +25,14 @@ a fresh operator. Then:
   is deleted with its grace period (30 s, the preStop drain's room), as a spot termination handler or a cluster
   autoscaler does. Measured: tasks lost (target 0). Process nodes run no preStop hook, and the operator turns Ray's
   own drain on SIGTERM off where its preStop would drain, so there the deleted worker's task dies (48 of 48, session
-  12); --ray-sigterm-drain 30 gives the workers Ray's own drain in its place (the kubelet's preStop path is the kind
-  tier's).
+  12); --ray-sigterm-drain 30 gives the workers Ray's own drain in its place.
+
+- the same reclaims under a real kubelet (--real-reclaims N --kind; root, the kind tier's images; the shared Ray
+  lock): a kind cluster made as the kind tier makes it (localcluster.kind_tier: node, Ray and operator images built
+  here, the operator from the Helm chart) plus a spot node per lane; the workers keep every operator default, so
+  the kubelet runs their preStop (drain the Ray node, wait for its tasks) within the default 60 s grace period.
+  Measured: tasks lost (target 0), and seconds from the announcement to the reclaimed pod gone and to its
+  replacement worker pod Running. Nothing else runs with --kind; no local cluster is needed.
 
 The operator delays a group's replacements by its backoff (spec.faultTolerance.workerBackoffInitialSeconds,
 default 1 s, doubling with every consecutive failure of that group within max(60 s, 2 × the cap)). Each
@@ -34,15 +40,19 @@ failure here hits a group that has not failed before, so every replacement waits
 delay: that is what a first crash costs. `--backoff-initial 0` takes it out to show the reaction alone.
 Times are taken when this process receives the watch events (pods and SwarmClusters).
 
-Run: `make bench-recovery`, or `python -m localcluster run -- .venv/bin/python bench/recovery.py`.
+Run: `make bench-recovery`, or `python -m localcluster run -- .venv/bin/python bench/recovery.py`; the kind reclaims:
+`make bench-recovery-kind` (`bench/recovery.py --kind --real-reclaims 100`, no local cluster).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import random
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,7 +62,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -73,8 +83,9 @@ from bench.common import (
     spread,
     wait_gone,
 )
-from localcluster import rayjobs
+from localcluster import kind, kind_tier, rayjobs, versions
 from localcluster.chaos import fail_pod, failed_status_patch
+from localcluster.docker_engine import EngineError
 from localcluster.nodeagent import NodeAgentProcess
 from localcluster.nodes import fake_node, remove_node, wait_nodes_ready
 from localcluster.operator_process import OperatorProcess
@@ -415,8 +426,18 @@ print("BENCH-RESULT " + ray.get(work.remote(%d)))
 """
 
 
+def reclaim_cluster(name: str, image: str, head: dict[str, Any], worker: dict[str, Any]) -> dict[str, Any]:
+    """A head and one spot worker (Ray resource `spot`), no autoscaling; `head` and `worker`: the rest of their
+    specs (resources, template, …)."""
+    return {"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmCluster", "metadata": {"name": name},
+            "spec": {"rayVersion": versions.RAY, "image": image, "head": head,
+                     "workerGroups": [{"name": "spot", "replicas": 1, "minReplicas": 0, "maxReplicas": 1,
+                                       "rayResources": {"spot": 1}, **worker}],
+                     "autoscaling": {"enabled": False}}}
+
+
 def real_cluster_body(name: str, pool: str, spot: str = "spot", sigterm_drain: int | None = None) -> dict[str, Any]:
-    """A head on the steady process node and one spot worker (a `spot` Ray resource) on the `spot` one.
+    """A head on the steady process node and one spot worker on the `spot` one.
     `sigterm_drain`: the workers' RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S (None: the operator's default, 0)."""
     def place(role: str, env: list[dict[str, str]] | None = None) -> dict[str, Any]:
         template: dict[str, Any] = {"spec": {"nodeSelector": {"swarm.io/pool": f"{pool}-{role}"}, "tolerations": [
@@ -426,14 +447,11 @@ def real_cluster_body(name: str, pool: str, spot: str = "spot", sigterm_drain: i
         return template
     drain_env = None if sigterm_drain is None else [
         {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(sigterm_drain)}]
-    return {"apiVersion": "swarm.io/v1alpha1", "kind": "SwarmCluster", "metadata": {"name": name},
-            "spec": {"rayVersion": "2.60.0", "image": "rayproject/ray:2.60.0",
-                     "head": {"resources": {"cpu": 1, "memory": "2Gi", "rayCpus": 0}, "template": place("steady")},
-                     "workerGroups": [{"name": "spot", "replicas": 1, "minReplicas": 0, "maxReplicas": 1,
-                                       "resources": {"cpu": 1, "memory": "1Gi"}, "rayResources": {"spot": 1},
-                                       "terminationGracePeriodSeconds": REAL_GRACE_SECONDS,
-                                       "template": place(spot, drain_env)}],
-                     "autoscaling": {"enabled": False}}}
+    # The image is never pulled: process nodes run `ray start` from the local environment.
+    return reclaim_cluster(name, "rayproject/ray:2.60.0",
+                           {"resources": {"cpu": 1, "memory": "2Gi", "rayCpus": 0}, "template": place("steady")},
+                           {"resources": {"cpu": 1, "memory": "1Gi"},
+                            "terminationGracePeriodSeconds": REAL_GRACE_SECONDS, "template": place(spot, drain_env)})
 
 
 def live_spot_worker(core: Any, ns: str, name: str) -> tuple[str, str] | None:
@@ -540,6 +558,271 @@ def real_reclaims(api: client.ApiClient, kubeconfig: str, ns: str, args: argpars
     return sum(sum(v) for v in lost.values()), [n for k in range(lanes) for n in notes[k]]
 
 
+# --- announced reclaims under a real kubelet (--kind: root, the kind tier's images; take the Ray lock) -----------
+
+KIND_CLUSTER = "swarm-reclaims"
+# The kind tier's requests and limits: tiny requests, as every pod shares the machine's 2 cores; real limits, which
+# Ray counts.
+KIND_HEAD = {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+KIND_WORKER = {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+# The operator's default worker grace period (resources/pods.py DEFAULT_WORKER_GRACE_SECONDS): the preStop's room.
+KIND_GRACE_SECONDS = 60
+
+
+def kind_cluster_body(name: str, ray_image: str, spot: str) -> dict[str, Any]:
+    """A head on the kind tier's CPU worker, one spot worker on the spot node of pool `spot`; nothing else set: the
+    workers get the operator's defaults (the preStop drain, a 60 s grace period, Ray's drain on SIGTERM off)."""
+    return reclaim_cluster(name, ray_image,
+                           {"resources": KIND_HEAD, "template": {"spec": {"nodeSelector": {kind.POOL_LABEL: "cpu"}}}},
+                           {"resources": KIND_WORKER, "template": {"spec": {"nodeSelector": {kind.POOL_LABEL: spot}}}})
+
+
+@dataclass
+class KindReclaim:
+    """One announced reclaim under the kubelet, as the benchmark saw it."""
+
+    lane: int
+    how: str  # how it was announced: "removal taint" or "DisruptionTarget"
+    worker: str  # the reclaimed pod
+    task: str  # the job's end status (SUCCEEDED: the task was not lost), or why there was none
+    ran_on: str  # the pod the task said it ran on
+    pod_gone_s: float | None = None  # announcement → the reclaimed pod deleted (the preStop held it this long)
+    replacement_running_s: float | None = None  # announcement → its replacement worker pod Running
+
+    @property
+    def lost(self) -> bool:
+        return self.task != "SUCCEEDED"
+
+
+def first_seen(rec: Recorder, since: float, match: Callable[[Seen], bool]) -> float | None:
+    """Seconds from `since` to the first pod event that matches; None when none did yet."""
+    return next((e.at - since for e in rec.snapshot() if e.kind == "pod" and e.at >= since and match(e)), None)
+
+
+def ready_pods(core: Any, ns: str, name: str) -> tuple[str, str] | None:
+    """(head pod, worker pod) once cluster `name` has a Ready head and exactly one worker, Ready, none leaving."""
+    pods = [p for p in core.list_namespaced_pod(ns, label_selector=f"{labels.CLUSTER}={name}").items]
+    heads = [p for p in pods if p.metadata.labels.get(labels.NODE_TYPE) == labels.HEAD]
+    workers = [p for p in pods if p.metadata.labels.get(labels.NODE_TYPE) == labels.WORKER]
+    ready = [p for p in heads + workers if p.metadata.deletion_timestamp is None and any(
+        c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+    if len(heads) != 1 or len(workers) != 1 or len(ready) != 2:
+        return None
+    return heads[0].metadata.name, workers[0].metadata.name
+
+
+def kind_job_end(tier: kind_tier.KindTier, ns: str, head: str, job: str, timeout: float) -> str:
+    """The job's end status, read through a port-forward to the head that is opened again if it breaks."""
+    deadline = time.monotonic() + timeout
+    why = "not read"
+    while time.monotonic() < deadline:
+        try:
+            with tier.dashboard(ns, head) as dashboard:
+                return str(rayjobs.wait_job(dashboard, job, timeout=deadline - time.monotonic())["status"])
+        except TimeoutError as exc:
+            return f"none: {exc}"
+        except (OSError, EngineError) as exc:  # the port-forward ended (a dropped stream): forward again
+            why = str(exc)
+            time.sleep(1)
+    return f"none: not ended within {timeout:.0f} s ({why})"
+
+
+@dataclass(frozen=True)
+class BusyWorker:
+    """A lane's spot worker running the task, before its reclaim is announced."""
+
+    head: str
+    worker: str
+    uid: str
+    job: str
+    ran_on: str  # the pod the task said it runs on
+
+
+def busy_worker(tier: kind_tier.KindTier, core: Any, ns: str, name: str) -> BusyWorker | str:
+    """Cluster `name`'s spot worker once it runs the task (a job submitted through a port-forward to the head), or
+    why it does not."""
+    deadline = time.monotonic() + 300
+    while (found := ready_pods(core, ns, name)) is None:
+        if time.monotonic() > deadline:
+            return "no Ready head and spot worker within 300 s"
+        time.sleep(1)
+    head, worker = found
+    uid = core.read_namespaced_pod(worker, ns).metadata.uid
+    with tier.dashboard(ns, head) as dashboard:
+        job = rayjobs.submit_job(dashboard, "python -c " + shlex.quote(REAL_TASK % REAL_TASK_SECONDS))
+        deadline = time.monotonic() + 120
+        while "BENCH-STARTED " not in (logs := rayjobs.job_logs(dashboard, job)):
+            if time.monotonic() > deadline:
+                return f"the task on {worker} did not start within 120 s"
+            time.sleep(0.5)
+    return BusyWorker(head, worker, uid, job, logs.split("BENCH-STARTED ", 1)[1].split()[0])
+
+
+def reclaim_busy(tier: kind_tier.KindTier, core: Any, rec: Recorder, ns: str, lane: int, spot: str, how: str,
+                 busy: BusyWorker, notice: float) -> KindReclaim:
+    """`busy`'s reclaim: announced (`how`), the pod deleted with its grace period `notice` s later (the kubelet runs
+    its preStop); the task's end, and the times of the pod's end and of its replacement Running."""
+    known = frozenset(e.uid for e in rec.snapshot() if e.kind == "pod")
+    at = time.monotonic()
+
+    def gone(e: Seen) -> bool:
+        return e.uid == busy.uid and e.phase == "Deleted"
+
+    def replacement(e: Seen) -> bool:
+        return (e.phase == "Running" and e.uid not in known and e.labels.get(labels.CLUSTER) == f"reclaimed-{lane}"
+                and e.labels.get(labels.NODE_TYPE) == labels.WORKER)
+
+    if how == "removal taint":
+        core.patch_node(spot, {"spec": {"taints": [REMOVAL_TAINT]}})
+    else:
+        core.patch_namespaced_pod_status(busy.worker, ns, {"status": {"conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+             "message": "spot instance reclaimed", "lastTransitionTime": timestamp(time.time())}]}})
+    time.sleep(notice)
+    with contextlib.suppress(ApiException):  # the operator may have deleted it already
+        core.delete_namespaced_pod(busy.worker, ns)  # with its grace period
+    wait_for(lambda: first_seen(rec, at, gone) is not None, KIND_GRACE_SECONDS + 60, f"{busy.worker} gone")
+    if how == "removal taint":
+        # The reclaimed node is gone with its last pod; this node stands for the fresh one the cloud brings, so the
+        # replacement (held off it by the taint) may land there now.
+        core.patch_node(spot, {"spec": {"taints": []}})
+    end = kind_job_end(tier, ns, busy.head, busy.job, REAL_TASK_SECONDS + KIND_GRACE_SECONDS + 60)
+    wait_for(lambda: first_seen(rec, at, replacement) is not None, 180, f"the replacement of {busy.worker} Running")
+    return KindReclaim(lane, how, busy.worker, end, busy.ran_on, first_seen(rec, at, gone),
+                       first_seen(rec, at, replacement))
+
+
+def kind_lane(tier: kind_tier.KindTier, core: Any, rec: Recorder, ns: str, lane: int, kinds: list[str],
+              args: argparse.Namespace, done: list[KindReclaim], stop: threading.Event) -> None:
+    """Lane `lane`'s reclaims, one after the other, until `kinds` are done or `stop` is set. A worker that could
+    not be made busy (an API or port-forward error) is tried again, three times at most; an error after the
+    announcement counts the task lost."""
+    name, spot = f"reclaimed-{lane}", tier.cluster.node(kind.spot_pool(lane))
+    for how in kinds:
+        busy: BusyWorker | str = "not tried"
+        for _ in range(3):
+            if stop.is_set():
+                return
+            try:
+                busy = busy_worker(tier, core, ns, name)
+                break
+            except (OSError, EngineError, ApiException) as exc:
+                busy = f"{exc!r}"
+                print(f"[recovery] lane {lane}: no busy worker ({busy}); trying again", flush=True)
+                time.sleep(5)
+        if not isinstance(busy, BusyWorker):
+            print(f"[recovery] lane {lane} stops: {busy}", flush=True)
+            return
+        try:
+            r = reclaim_busy(tier, core, rec, ns, lane, spot, how, busy, args.notice)
+        except (OSError, EngineError, ApiException) as exc:
+            r = KindReclaim(lane, how, busy.worker, f"none: {exc!r}", busy.ran_on)
+        done.append(r)
+        times = ", ".join(f"{what} +{v:.1f}s" for what, v in (("pod gone", r.pod_gone_s),
+                                                              ("replacement Running", r.replacement_running_s))
+                          if v is not None)
+        print(f"[recovery] {len(done)}/{args.real_reclaims} lane {lane} ({r.how}, {r.worker}, task on {r.ran_on}): "
+              f"task {r.task}; {times or 'no times'}", flush=True)
+
+
+def kind_report(done: list[KindReclaim], loads: list[float]) -> dict[str, Any]:
+    """Print the figures of the reclaims done; return them."""
+    lost = [r for r in done if r.lost]
+    by_kind = {how: sum(1 for r in done if r.how == how) for how in ("removal taint", "DisruptionTarget")}
+    figures: dict[str, Any] = {"reclaims": len(done), "lost": len(lost), "by_kind": by_kind}
+    print(f"\nannounced reclaims of a busy worker under kind's kubelet (operator defaults: preStop drain, grace "
+          f"{KIND_GRACE_SECONDS} s; task {REAL_TASK_SECONDS} s, max_retries=0):")
+    print(f"tasks lost: {len(lost)} of {len(done)} reclaims ({by_kind['removal taint']} removal taints, "
+          f"{by_kind['DisruptionTarget']} DisruptionTarget); target 0: {'met' if not lost else 'NOT met'}")
+    for r in lost:
+        print(f"  lost: lane {r.lane} {r.how} {r.worker}: {r.task}")
+    # The task can only run on the lane's one spot worker; one that ran elsewhere would not have been reclaimed.
+    figures["ran_elsewhere"] = [r.worker for r in done if r.ran_on != r.worker]
+    if figures["ran_elsewhere"]:
+        print(f"NOT reclaimed while busy (the task ran on another pod): {', '.join(figures['ran_elsewhere'])}")
+    # Per kind as well: a removal taint keeps the replacement off the node until the reclaimed pod is gone, a
+    # DisruptionTarget does not, so the two kinds' times lie apart and their joint median says little.
+    for key, what in (("replacement_running_s", "announcement → replacement worker Running"),
+                      ("pod_gone_s", "announcement → reclaimed pod gone")):
+        for how in ("all", *by_kind):
+            values = [v for r in done if (v := getattr(r, key)) is not None and how in ("all", r.how)]
+            if values:
+                figures[f"{key} ({how})"] = {"median": statistics.median(values), "min": min(values),
+                                             "max": max(values), "p95": pct(sorted(values), 95), "n": len(values)}
+                print(f"{what} ({how}): median {spread(values)} s, p95 {pct(sorted(values), 95):.1f} s "
+                      f"(n={len(values)})")
+    if loads:
+        figures["load1"] = {"median": statistics.median(loads), "min": min(loads), "max": max(loads), "n": len(loads)}
+        print(f"1-minute load average during the reclaims: median {spread(loads)} ({len(loads)} samples, 10 s apart)")
+    return figures
+
+
+def kind_reclaims(args: argparse.Namespace) -> int:
+    """--kind: the --real-reclaims on a kind cluster of the kind tier's with a spot node per lane (see the docstring
+    at the top). A first SIGINT or SIGTERM lets the reclaims under way end and prints the figures so far; a second
+    stops at once. Everything it started is stopped: the kind cluster, the Docker engine if it started it."""
+    why = kind_tier.missing_prerequisite()
+    if why is not None:
+        print(f"[recovery] --kind: {why}", file=sys.stderr)
+        return 2
+    rng = random.Random(args.real_seed)
+    kinds = [rng.choice(("removal taint", "DisruptionTarget")) for _ in range(args.real_reclaims)]
+    lanes = max(1, min(args.real_lanes, args.real_reclaims))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\n[recovery] {signal.Signals(signum).name}: stopping once the reclaims under way end "
+              "(again: at once)", flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    done: list[KindReclaim] = []
+    loads: list[float] = []
+    started = time.monotonic()
+    with kind_tier.kind_tier(KIND_CLUSTER, spot_workers=lanes) as tier:
+        api = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(tier.cluster.kubeconfig))
+        core: Any = client.CoreV1Api(api)
+        custom: Any = client.CustomObjectsApi(api)
+        ns = f"reclaims-{uuid.uuid4().hex[:5]}"
+        core.create_namespace({"metadata": {"name": ns}})
+        rec = Recorder(api, ns)
+        try:
+            for k in range(lanes):
+                custom.create_namespaced_custom_object("swarm.io", "v1alpha1", ns, "swarmclusters", kind_cluster_body(
+                    f"reclaimed-{k}", tier.ray_image, kind.spot_pool(k)))
+            print(f"[recovery] {args.real_reclaims} announced reclaims under kind's kubelet over {lanes} clusters side "
+                  f"by side (seed {args.real_seed}, notice {args.notice:g} s)", flush=True)
+            reclaims_from = time.monotonic()
+            threads = [threading.Thread(target=kind_lane, daemon=True, args=(
+                tier, core, rec, ns, k, kinds[k::lanes], args, done, stop)) for k in range(lanes)]
+            for thread in threads:
+                thread.start()
+            # Daemon threads, joined in steps: a second signal leaves them to the cluster's deletion.
+            while any(thread.is_alive() for thread in threads):
+                loads.append(os.getloadavg()[0])
+                for thread in threads:
+                    thread.join(timeout=10 / lanes)
+        finally:
+            stop.set()
+            rec.stop()
+        # Before the cluster's deletion: a run stopped near a deadline keeps its figures.
+        figures = kind_report(done, loads)
+        figures.update(setup_seconds=round(reclaims_from - started), reclaims_seconds=round(
+            time.monotonic() - reclaims_from))
+        print(f"{len(done)} reclaims in {figures['reclaims_seconds']} s, after {figures['setup_seconds']} s of set-up")
+        if args.json:
+            args.json.write_text(json.dumps({
+                "what": "bench/recovery.py --kind", "date": timestamp(time.time()),
+                "args": {k: getattr(args, k) for k in ("real_reclaims", "real_seed", "real_lanes", "notice")},
+                "figures": figures, "loads": loads, "reclaims": [asdict(r) for r in done]}, indent=1) + "\n")
+            print(f"written to {args.json}", flush=True)
+    return 0 if len(done) == args.real_reclaims and not any(r.lost for r in done) else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clusters", type=int, default=10)
@@ -564,8 +847,17 @@ def main() -> int:
                     help="the real reclaims' workers get RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=SECONDS (default: the "
                          "operator's 0): process nodes run no preStop, so Ray's own drain on SIGTERM stands in for it")
     ap.add_argument("--real-lanes", type=int, default=3,
-                    help="clusters reclaimed side by side (each on a spot process node of its own)")
+                    help="clusters reclaimed side by side (each on a spot node of its own)")
+    ap.add_argument("--kind", action="store_true",
+                    help="only the --real-reclaims, under kind's kubelet (its preStop) instead of on process nodes: a "
+                         "kind cluster of the kind tier's with a spot node per lane (root; `python -m localcluster "
+                         "kind-images` first; take the Ray lock)")
+    ap.add_argument("--json", type=Path, help="--kind: write the figures and every reclaim here")
     args = ap.parse_args()
+    if args.kind:
+        if args.real_reclaims < 1 or args.ray_sigterm_drain is not None:
+            ap.error("--kind runs --real-reclaims N (N > 0) with the operator's defaults (no --ray-sigterm-drain)")
+        return kind_reclaims(args)
     if args.worker_failures > args.clusters * args.groups or args.head_failures > args.clusters:
         ap.error("one failure per worker group and per head: raise --clusters/--groups or lower the failures")
     kubeconfig = kubeconfig_from_env()

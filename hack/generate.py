@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -67,13 +65,6 @@ metadata:
     app.kubernetes.io/name: swarm-operator
     app.kubernetes.io/part-of: swarm-operator
 """
-
-
-def helm_binary() -> str | None:
-    built = versions.tool_path("helm")
-    if built.is_file():
-        return str(built)
-    return os.environ.get("HELM") or shutil.which("helm")
 
 
 def chart_crd() -> str:
@@ -145,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hack.generate", description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file is stale")
     args = p.parse_args(argv)
-    helm = helm_binary()
+    helm = versions.helm_binary()
     if helm is None:
         print(f"helm not found: {INSTALL.relative_to(REPO)} left as it is "
               "(build it with `python -m localcluster build`, or set HELM)", file=sys.stderr)

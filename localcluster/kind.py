@@ -2,7 +2,8 @@
 
 Run as ``python -m localcluster kind-node-image`` (the node image, cached by version) or
 ``python -m localcluster kind-e2e`` (that, then hack/kind-e2e.sh against it); the kind tier (tests/kind) makes
-its cluster with ``KindCluster`` (hack/kind/cluster.yaml, flannel from hack/kind/flannel.yaml). Pieces:
+its cluster with ``KindCluster`` (hack/kind/cluster.yaml, flannel from hack/kind/flannel.yaml) through
+localcluster.kind_tier. Pieces:
 
 - the kind CLI from the Go module proxy;
 - kubelet, kubeadm and kube-proxy from the same Kubernetes module as the control plane (build.py);
@@ -29,6 +30,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from localcluster import build, versions
 from localcluster.docker_engine import DockerEngine, EngineError, apt_install, running
@@ -250,13 +253,27 @@ POOL_LABEL = "swarm.io/pool"  # hack/kind/cluster.yaml labels each worker with i
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
+def spot_pool(index: int) -> str:
+    """The pool of the ``index``-th spot worker (from 0): one node each, so that reclaiming it hits its pods only."""
+    return f"spot{index}"
+
+
+def cluster_config(spot_workers: int) -> str:
+    """hack/kind/cluster.yaml with ``spot_workers`` more workers, each the only node of its pool (spot_pool)."""
+    config = yaml.safe_load(CLUSTER_CONFIG.read_text())
+    config["nodes"] += [{"role": "worker", "labels": {POOL_LABEL: spot_pool(k)}} for k in range(spot_workers)]
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 @dataclass(frozen=True)
 class KindCluster:
-    """A kind cluster of hack/kind/cluster.yaml on ``engine``: flannel as its CNI, a CPU and a GPU worker."""
+    """A kind cluster of hack/kind/cluster.yaml on ``engine``: flannel as its CNI, a CPU and a GPU worker, and
+    ``spot_workers`` more (cluster_config)."""
 
     name: str
     engine: DockerEngine
     kubeconfig: Path
+    spot_workers: int = 0
 
     def _run(self, tool: str, *args: str, timeout: float = 600) -> str:
         res = subprocess.run([tool, *args], env=kind_env(self.engine), capture_output=True, text=True,
@@ -276,8 +293,8 @@ class KindCluster:
         return self.name in self.kind("get", "clusters").split()
 
     def node(self, pool: str, wait: float = 60) -> str:
-        """The name of the worker of ``pool`` (cpu or gpu), waiting ``wait`` seconds at most for it to be registered
-        (images are loaded as soon as `kind create` returns)."""
+        """The name of the worker of ``pool`` (cpu, gpu or a spot_pool), waiting ``wait`` seconds at most for it to be
+        registered (images are loaded as soon as `kind create` returns)."""
         deadline = time.monotonic() + wait
         while not (name := self.kubectl("get", "nodes", "-l", f"{POOL_LABEL}={pool}", "-o",
                                         "jsonpath={.items[*].metadata.name}").strip()):
@@ -292,9 +309,12 @@ class KindCluster:
         images into the nodes needs no CNI."""
         start = time.monotonic()
         self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[kind] creating cluster {self.name} ({CLUSTER_CONFIG.name}, {node_image})", flush=True)
+        spots = f" + {self.spot_workers} spot workers" if self.spot_workers else ""
+        print(f"[kind] creating cluster {self.name} ({CLUSTER_CONFIG.name}{spots}, {node_image})", flush=True)
+        config = self.kubeconfig.parent / f"{self.name}-cluster.yaml"
+        config.write_text(cluster_config(self.spot_workers))
         # No --wait: nodes are NotReady until a CNI runs, and that is applied next.
-        self.kind("create", "cluster", "--name", self.name, "--image", node_image, "--config", str(CLUSTER_CONFIG),
+        self.kind("create", "cluster", "--name", self.name, "--image", node_image, "--config", str(config),
                   "--kubeconfig", str(self.kubeconfig))
         print(f"[kind] nodes up after {time.monotonic() - start:.0f}s", flush=True)
         with ThreadPoolExecutor(1) as side:

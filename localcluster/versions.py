@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 KUBERNETES = "v1.36.3"
@@ -103,6 +104,14 @@ def tool_path(name: str) -> Path:
         "kueue": kueue_bin(),
     }
     return where[name] / name
+
+
+def helm_binary() -> str | None:
+    """The helm built here, else $HELM or one on PATH; None when there is none."""
+    built = tool_path("helm")
+    if built.is_file():
+        return str(built)
+    return os.environ.get("HELM") or shutil.which("helm")
 
 
 def path_dirs() -> list[str]:

@@ -18,9 +18,9 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from hack.generate import helm_binary
 from localcluster.cluster import LocalCluster
 from localcluster.nodeagent import pod_usage, read_logs
+from localcluster.versions import helm_binary
 from tests.integration.helpers import REPO, wait_for
 
 CHART = REPO / "helm" / "swarm-operator"

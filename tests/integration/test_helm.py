@@ -28,8 +28,9 @@ from typing import Any
 import pytest
 import yaml
 
-from hack.generate import INSTALL, helm_binary
+from hack.generate import INSTALL
 from localcluster.operator_process import OperatorProcess
+from localcluster.versions import helm_binary
 from tests.integration.helpers import GROUP, PLURAL, VERSION, Kubectl, Namespaces, wait_for
 
 REPO = Path(__file__).resolve().parents[2]

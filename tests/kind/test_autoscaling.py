@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from localcluster.kind_tier import KindTier
 from tests.e2e.helpers import delete_swarmcluster, is_ready
 from tests.e2e.test_autoscaling import GPU_JOB, Scaled, result_line
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
-from tests.kind.helpers import KindTier, run_job, swarmcluster
+from tests.kind.helpers import run_job, swarmcluster
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(480)]
 

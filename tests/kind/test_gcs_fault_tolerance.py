@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from localcluster.kind_tier import KindTier
 from tests.e2e.helpers import cluster_pods, delete_swarmcluster
 from tests.e2e.test_gcs_fault_tolerance import CREATE_ACTOR, USE_ACTOR
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
-from tests.kind.helpers import KindTier, kill_ray_container, pool_template, run_job, swarmcluster, wait_ray_cluster
+from tests.kind.helpers import kill_ray_container, pool_template, run_job, swarmcluster, wait_ray_cluster
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(480)]
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from localcluster.kind_tier import OPERATOR_IMAGE, KindTier, install_operator
 from tests.e2e.helpers import cluster_pods, delete_swarmcluster
 from tests.e2e.test_autoscaling import Scaled, result_line
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
-from tests.kind.helpers import OPERATOR_IMAGE, KindTier, install_operator, run_job, swarmcluster, wait_ray_cluster
+from tests.kind.helpers import run_job, swarmcluster, wait_ray_cluster
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(480)]
 
@@ -84,6 +85,7 @@ def test_helm_upgrade_to_a_new_operator_image_restarts_no_ray_pod(
         before = wait_ray_cluster(kind_tier, core_v1, cluster_ns, "upgrade", want=2)
         uids = {name: pod.metadata.uid for name, pod in before.pods.items()}
         (old_operator,) = operator_pods(kind_tier, core_v1)
+        assert kind_tier.upgrade_image is not None, "the session's tier is made with upgrade=True"
         tag = kind_tier.upgrade_image.result(timeout=600)  # built and loaded behind the set-up
         try:
             install_operator(kind_tier, tag)

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from localcluster import rayjobs
+from localcluster.kind_tier import KindTier
 from tests.e2e.helpers import LONG_TASK, cluster_pods, delete_swarmcluster, started_on
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
-from tests.kind.helpers import KindTier, swarmcluster, wait_ray_cluster
+from tests.kind.helpers import swarmcluster, wait_ray_cluster
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(480)]
 

@@ -17,20 +17,13 @@ from typing import Any
 import pytest
 
 from localcluster import rayjobs, versions
+from localcluster.kind_tier import KindTier
 from swarm_operator.resources.pods import object_store_bytes
 from swarm_operator.spec.parse import parse_cluster
 from tests.e2e.helpers import cluster_pods, delete_swarmcluster, started_on
 from tests.e2e.test_autoscaling import result_line
 from tests.integration.helpers import GROUP, PLURAL, VERSION, wait_for
-from tests.kind.helpers import (
-    KindTier,
-    RayCluster,
-    kill_ray_container,
-    run_job,
-    swarmcluster,
-    wait_ray_cluster,
-    watch_job,
-)
+from tests.kind.helpers import RayCluster, kill_ray_container, run_job, swarmcluster, wait_ray_cluster, watch_job
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(420)]
 

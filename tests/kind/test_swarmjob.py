@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from localcluster.kind_tier import KindTier
 from tests.e2e.swarmjobs import SUCCEEDS
 from tests.integration.helpers import GROUP, PLURAL, VERSION, SwarmJobs, wait_for
-from tests.kind.helpers import KindTier, pool_template, resources
+from tests.kind.helpers import pool_template, resources
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(480)]
 

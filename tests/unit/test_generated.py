@@ -15,6 +15,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from hack import crd_docs, dashboard, generate
+from localcluster import versions
 from swarm_operator import metrics
 from swarm_operator.reasons import ConditionType, EventReason
 
@@ -35,7 +36,7 @@ def test_the_job_crds_cluster_spec_is_the_swarmcluster_spec() -> None:
 
 
 def test_install_yaml_is_the_chart_rendered_with_defaults() -> None:
-    helm = generate.helm_binary()
+    helm = versions.helm_binary()
     if helm is None:
         pytest.skip("helm is not built: run `python -m localcluster build` (or put helm on PATH, or set HELM)")
     assert generate.INSTALL.read_text() == generate.install_yaml(helm), FIX

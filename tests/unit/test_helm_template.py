@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hack.generate import helm_binary
+from localcluster.versions import helm_binary
 from swarm_operator.config import from_args
 
 REPO = Path(__file__).resolve().parents[2]
