@@ -523,9 +523,12 @@ HELD = ("held for a second read in 1.5s (Ray may count the tasks the live nodes 
         "cpu 1→2: 1 pending {CPU:1}")
 
 
-def hold_then_read(h: Harness, c: ClusterSpec, pods: list[PodState], before: str) -> None:
-    """A first read with the worker idle or not yet a Ray node, then one 5 s later where it took one CPU while Ray
-    still counts 4 tasks pending: 3 fit it, 1 would open a node, and that scale-up is held for a second read."""
+def second_read(h: Harness, before: str, pending: int) -> tuple[Any, ClusterSpec, list[PodState]]:
+    """A first read with the worker idle or not yet a Ray node; one 5 s later where it took one CPU while Ray still
+    counts 4 tasks pending (3 fit it, 1 would open a node), held for a second read; then that read 1.5 s later, with
+    `pending` tasks. Its outcome, the cluster and its pods."""
+    c = autoscaled()
+    pods = h.pods(c, 1)
     h.ray.snapshot = snapshot(head_node(c), *([took(c, 0)] if before == "idle" else []))
     assert h.step(c, pods, {"cpu": 1, "gpu": 0}, scale_ups={"cpu": NOW - 60}) is not None
     h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(4, CPU=1.0),))
@@ -534,34 +537,24 @@ def hold_then_read(h: Harness, c: ClusterSpec, pods: list[PodState], before: str
     assert (held.targets, held.scaled_up, held.events, held.marks) == ({"cpu": 1, "gpu": 0}, frozenset(), (), ())
     assert held.report.decisions == (HELD,)
     assert h.scaler.due_in(h.memory(c), NOW + 5) == pytest.approx(1.5)
+    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(pending, CPU=1.0),))
+    return h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 6.5, scale_ups={"cpu": NOW - 60}), c, pods
 
 
 @pytest.mark.parametrize("before", ["idle", "not yet a Ray node"])
 def test_a_scale_up_whose_task_went_by_the_second_read_is_dropped(h: Harness, before: str) -> None:
-    c = autoscaled()
-    pods = h.pods(c, 1)
-    hold_then_read(h, c, pods, before)
-    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(3, CPU=1.0),))  # it had been counted twice
-    o = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 6.5, scale_ups={"cpu": NOW - 60})
+    o, c, _ = second_read(h, before, pending=3)  # the task the worker took had been counted twice
     assert o is not None and o.targets == {"cpu": 1, "gpu": 0}
     assert h.scaler.due_in(h.memory(c), NOW + 6.5) == pytest.approx(5.0)
 
 
 def test_a_known_nodes_task_still_pending_at_the_second_read_opens_the_node(h: Harness) -> None:
-    c = autoscaled()
-    pods = h.pods(c, 1)
-    hold_then_read(h, c, pods, "idle")
-    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(4, CPU=1.0),))
-    o = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 6.5, scale_ups={"cpu": NOW - 60})
+    o, _, _ = second_read(h, "idle", pending=4)
     assert o is not None and o.targets == {"cpu": 2, "gpu": 0}
 
 
-def test_a_new_nodes_task_still_pending_is_held_while_its_workers_may_start_then_opens_the_node(h: Harness) -> None:
-    c = autoscaled()
-    pods = h.pods(c, 1)
-    hold_then_read(h, c, pods, "not yet a Ray node")
-    h.ray.snapshot = snapshot(head_node(c), took(c, 1), pending=(demand(4, CPU=1.0),))
-    still = h.step(c, pods, {"cpu": 1, "gpu": 0}, now=NOW + 6.5, scale_ups={"cpu": NOW - 60})
+def test_a_task_still_pending_beside_a_node_that_just_joined_is_held_on_then_opens_the_node(h: Harness) -> None:
+    still, c, pods = second_read(h, "not yet a Ray node", pending=4)
     assert still is not None and still.targets == {"cpu": 1, "gpu": 0} and still.scaled_up == frozenset()
     assert still.report.decisions == (
         "still held, read again in 1.5s (1.5s of at most 10s: nodes that just joined took as much): "
