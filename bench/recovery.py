@@ -472,6 +472,22 @@ def live_spot_worker(core: Any, ns: str, name: str) -> tuple[str, str] | None:
     return None
 
 
+def announce_and_delete(core: Any, ns: str, pod: str, node: str, how: str, notice: float,
+                        node_taints: list[dict[str, str]]) -> None:
+    """A spot reclaim as a termination handler or a cluster autoscaler makes it: `node` tainted for removal (beside
+    its `node_taints`) or `pod` given condition DisruptionTarget, then, `notice` s later, `pod` deleted with its grace
+    period."""
+    if how == "removal taint":
+        core.patch_node(node, {"spec": {"taints": [*node_taints, REMOVAL_TAINT]}})
+    else:
+        core.patch_namespaced_pod_status(pod, ns, {"status": {"conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+             "message": "spot instance reclaimed", "lastTransitionTime": timestamp(time.time())}]}})
+    time.sleep(notice)
+    with contextlib.suppress(ApiException):  # the operator may have deleted it already
+        core.delete_namespaced_pod(pod, ns)  # with its grace period
+
+
 def one_real_reclaim(core: Any, ns: str, name: str, spot: str, how: str, notice: float) -> tuple[str, str]:
     """One announced reclaim of cluster `name`'s busy spot worker: (the worker, how its task ended: a Ray job status,
     or why there was none; no worker when none came up)."""
@@ -487,15 +503,7 @@ def one_real_reclaim(core: Any, ns: str, name: str, spot: str, how: str, notice:
         if time.monotonic() > deadline:
             return worker, "none: it did not start within 120 s"
         time.sleep(0.5)
-    if how == "removal taint":
-        core.patch_node(spot, {"spec": {"taints": [PROCESS_TAINT, REMOVAL_TAINT]}})
-    else:
-        core.patch_namespaced_pod_status(worker, ns, {"status": {"conditions": [
-            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
-             "message": "spot instance reclaimed", "lastTransitionTime": timestamp(time.time())}]}})
-    time.sleep(notice)
-    with contextlib.suppress(ApiException):  # the operator may have deleted it already
-        core.delete_namespaced_pod(worker, ns)  # with its grace period
+    announce_and_delete(core, ns, worker, spot, how, notice, [PROCESS_TAINT])
     info = rayjobs.wait_job(head_ip, job, timeout=REAL_TASK_SECONDS + REAL_GRACE_SECONDS + 60)
     if how == "removal taint":
         core.patch_node(spot, {"spec": {"taints": [PROCESS_TAINT]}})  # its replacement may land there
@@ -672,15 +680,7 @@ def reclaim_busy(tier: kind_tier.KindTier, core: Any, rec: Recorder, ns: str, la
         return (e.phase == "Running" and e.uid not in known and e.labels.get(labels.CLUSTER) == f"reclaimed-{lane}"
                 and e.labels.get(labels.NODE_TYPE) == labels.WORKER)
 
-    if how == "removal taint":
-        core.patch_node(spot, {"spec": {"taints": [REMOVAL_TAINT]}})
-    else:
-        core.patch_namespaced_pod_status(busy.worker, ns, {"status": {"conditions": [
-            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
-             "message": "spot instance reclaimed", "lastTransitionTime": timestamp(time.time())}]}})
-    time.sleep(notice)
-    with contextlib.suppress(ApiException):  # the operator may have deleted it already
-        core.delete_namespaced_pod(busy.worker, ns)  # with its grace period
+    announce_and_delete(core, ns, busy.worker, spot, how, notice, [])
     wait_for(lambda: first_seen(rec, at, gone) is not None, KIND_GRACE_SECONDS + 60, f"{busy.worker} gone")
     if how == "removal taint":
         # The reclaimed node is gone with its last pod; this node stands for the fresh one the cloud brings, so the
